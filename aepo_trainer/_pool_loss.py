@@ -1,0 +1,206 @@
+"""The loss of a pool (group) batch: one policy and one reference pass over every response, then TRL's own loss types
+on the gathered pairs and the reward-aware (RPO) losses on all ordered pairs of each prompt's responses.
+
+TRL's loss code is *called*, not copied: `DPOTrainer._compute_loss` runs on the gathered `[chosen; rejected]` rows
+with a proxy policy and a proxy reference that hand back the rows of the single passes made here. Everything TRL does
+on pairs (15 loss types with `loss_weights`, `ld_alpha`, f-divergences, WPO weighting, MoE aux loss, its metrics)
+therefore applies unchanged to the pairs formed on the fly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from accelerate.utils import is_peft_model
+from trl import DPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import FusedCausalLMOutput, use_adapter
+
+from .losses import RPO_LOSS_TYPES, mean_multi_response_reward_aware_loss
+from .pipeline import STATS_FIELDS
+
+_PER_TOKEN_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
+
+
+class _GatheredModel:
+    """Stands in for a model inside `DPOTrainer._compute_loss`: a fused-head call returns the rows `index` of a pass
+    already made; any other call (TRL's deprecated `return_outputs` logits) goes to the real model."""
+
+    def __init__(self, outputs, index: torch.Tensor, model=None):
+        self._outputs, self._index, self._model = outputs, index, model
+
+    def __call__(self, *args, fused_lm_head: bool = False, **kwargs):
+        if not fused_lm_head:
+            if self._model is None:  # pragma: no cover - TRL only calls the reference with the fused head
+                raise RuntimeError("The reference proxy only serves fused-head log-probabilities.")
+            return self._model(*args, **kwargs)
+        fields = {name: (None if getattr(self._outputs, name, None) is None
+                         else getattr(self._outputs, name)[self._index]) for name in _PER_TOKEN_FIELDS}
+        return FusedCausalLMOutput(loss=self._outputs.loss, aux_loss=getattr(self._outputs, "aux_loss", None), **fields)
+
+
+def _varlen_gather(original_gather, num_processes: int):
+    """`accelerator.gather` for tensors whose first dimension differs between processes (the number of pairs of a
+    batch depends on ties and on the budget): sizes are gathered first, rows are padded, then the padding removed."""
+
+    def gather(tensor):
+        if not isinstance(tensor, torch.Tensor) or tensor.ndim == 0:
+            return original_gather(tensor)
+        size = torch.tensor([tensor.shape[0]], device=tensor.device)
+        sizes = original_gather(size).tolist()
+        padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor
+        gathered = original_gather(padded.contiguous()).view(num_processes, max(sizes), *tensor.shape[1:])
+        return torch.cat([gathered[r, : sizes[r]] for r in range(num_processes)])
+
+    return gather
+
+
+def reference_outputs(trainer, model_kwargs: dict, labels: torch.Tensor):
+    """Reference per-token log-probs of every response, once: `ref_model`, or the policy with its PEFT adapter
+    disabled (or the frozen "ref" adapter), exactly as `DPOTrainer._compute_loss` obtains them."""
+    ref_kwargs = {k: v for k, v in model_kwargs.items() if k != "output_router_logits"}
+    with torch.no_grad(), disable_gradient_checkpointing(trainer.model, trainer.args.gradient_checkpointing_kwargs):
+        if trainer.ref_model is None and is_peft_model(trainer.model):
+            unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+            with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+                return trainer.model(**ref_kwargs, labels=labels, fused_lm_head=True)
+        if trainer.ref_model is None:
+            raise ValueError(
+                "No reference model is available for the pool batch: pass `ref_model`, train a PEFT adapter, or load "
+                "the policy from a path so that the reference can be re-loaded from it."
+            )
+        return trainer.ref_model(**ref_kwargs, labels=labels, fused_lm_head=True)
+
+
+def _drop_nan_entries(metrics: dict, lengths: dict) -> None:
+    """Remove the metric entries TRL appended for a step without any pair on any process (means of nothing)."""
+    for key, values in metrics.items():
+        start = lengths.get(key, 0)
+        if isinstance(values, list) and len(values) > start:
+            kept = [v for v in values[start:] if not (isinstance(v, float) and math.isnan(v))]
+            del values[start:]
+            values.extend(kept)
+
+
+def _record_stats(trainer, mode: str, stats: torch.Tensor, rpo_values: list[tuple[str, torch.Tensor]]) -> dict:
+    """Gather the batch statistics of every process (one collective) and append the `aepo/*` metrics."""
+    num_fields = len(STATS_FIELDS)
+    device = trainer.accelerator.device
+    parts = [stats.reshape(-1).float()] + [value.detach().float().reshape(1) for _, value in rpo_values]
+    local = torch.cat([part.to(device) for part in parts])
+    rows = trainer.accelerator.gather(local).view(-1, local.numel()).cpu()
+    s = dict(zip(STATS_FIELDS, rows[:, :num_fields].T))
+    total = {name: float(torch.nan_to_num(col).sum()) for name, col in s.items()}
+    m = trainer._metrics[mode]
+    prompts = max(total["prompts"], 1.0)
+    pairs = total["pairs"]
+    m["aepo/representativeness"].append(total["representativeness_sum"] / prompts)
+    m["aepo/diversity"].append(total["diversity_sum"] / prompts)
+    m["aepo/pairs"].append(pairs)
+    if pairs > 0:
+        m["aepo/reward_chosen"].append(total["reward_chosen_sum"] / pairs)
+        m["aepo/reward_rejected"].append(total["reward_rejected_sum"] / pairs)
+    for name in ("ties_dropped", "invalid_dropped", "prompts_skipped", "annotations_paid", "annotations_reused"):
+        m[f"aepo/{name}"].append(total[name])
+    m["aepo/empty_batches"].append(float(pairs == 0))
+    spent = float(torch.nan_to_num(s["annotations_spent"], nan=0.0).max())
+    m["aepo/annotations_spent"] = [spent]  # a running total: keep the latest, not the mean over the log window
+    budget_left = s["budget_left"]
+    if not torch.isnan(budget_left).all():
+        m["aepo/budget_left"] = [float(budget_left[~torch.isnan(budget_left)].min())]
+    for i, (name, _) in enumerate(rpo_values):
+        m[f"aepo/{name}"].append(float(rows[:, num_fields + i].mean()))
+    return {"budget_exhausted": bool(total["budget_exhausted"] > 0), "pending": bool(total["annotations_pending"] > 0),
+            "spent": spent, "pairs": pairs}
+
+
+def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False):
+    """Loss of a group batch (see `AEPODataCollator`); called by `AEPOTrainer._compute_loss`."""
+    mode = "train" if trainer.model.training else "eval"
+    inputs = dict(inputs)
+    chosen_rows = inputs.pop("pair_chosen_rows")
+    rejected_rows = inputs.pop("pair_rejected_rows")
+    scores = inputs.pop("response_scores")
+    groups = inputs.pop("response_groups")
+    stats = inputs.pop("aepo_stats")
+    prompt_keys = inputs.pop("aepo_prompt_keys", None)
+    if prompt_keys is not None and mode == "train":
+        trainer._aepo_seen_prompt_keys.extend(int(k) for k in prompt_keys.tolist())
+
+    input_ids, attention_mask, completion_mask = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
+    model_kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    if trainer.aux_loss_enabled:
+        model_kwargs["output_router_logits"] = True
+    labels = input_ids.masked_fill(completion_mask == 0, -100)
+
+    # One policy pass and one reference pass over every response of the batch.
+    outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+    ref_outputs = reference_outputs(trainer, model_kwargs, labels)
+    seq_len = completion_mask.size(1) - 1
+    # A zero attached to the whole graph: keeps empty batches differentiable and every parameter used (DDP).
+    loss = outputs.log_probs.sum() * 0.0
+
+    # TRL's loss types on the gathered pairs. Every process runs this (also with no pair) so that TRL's collective
+    # metric gathers line up across processes.
+    trl_types = [(t, w) for t, w in zip(trainer.loss_types, trainer.loss_weights) if t not in RPO_LOSS_TYPES]
+    rpo_types = [(t, w) for t, w in zip(trainer.loss_types, trainer.loss_weights) if t in RPO_LOSS_TYPES]
+    pair_index = torch.cat([chosen_rows, rejected_rows]).to(input_ids.device)
+    num_pairs = int(chosen_rows.numel())
+    pair_inputs = {"input_ids": input_ids[pair_index], "attention_mask": attention_mask[pair_index],
+                   "completion_mask": completion_mask[pair_index]}
+    saved = (trainer.loss_types, trainer.loss_weights, trainer.ref_model, trainer.precompute_ref_logps)
+    tokens_before = trainer._total_train_tokens
+    accelerator = trainer.accelerator
+    patched_gather = accelerator.num_processes > 1
+    metric_lengths = {key: len(v) for key, v in trainer._metrics[mode].items() if isinstance(v, list)}
+    try:
+        trainer.loss_types = [t for t, _ in trl_types]
+        trainer.loss_weights = [w for _, w in trl_types]
+        trainer.ref_model = _GatheredModel(ref_outputs, pair_index)
+        trainer.precompute_ref_logps = False
+        if patched_gather:
+            accelerator.gather = _varlen_gather(type(accelerator).gather.__get__(accelerator), accelerator.num_processes)
+        trl_loss = DPOTrainer._compute_loss(trainer, _GatheredModel(outputs, pair_index, model), pair_inputs, False)
+    finally:
+        trainer.loss_types, trainer.loss_weights, trainer.ref_model, trainer.precompute_ref_logps = saved
+        if patched_gather:
+            del accelerator.gather
+    if num_pairs > 0 and isinstance(trl_loss, torch.Tensor):
+        loss = loss + trl_loss
+
+    # Reward-aware losses over all ordered pairs of each prompt's annotated responses.
+    rpo_values = []
+    if rpo_types:
+        shift_mask = completion_mask[:, 1:].to(outputs.log_probs.dtype)
+        policy_logps = (outputs.log_probs[:, -seq_len:] * shift_mask).sum(dim=1)
+        ref_logps = (ref_outputs.log_probs[:, -seq_len:] * shift_mask).sum(dim=1)
+        valid = groups.to(input_ids.device) >= 0
+        logratios = (policy_logps - ref_logps)[valid]
+        for kind, weight in rpo_types:
+            value = mean_multi_response_reward_aware_loss(
+                logratios, scores.to(input_ids.device)[valid], groups.to(input_ids.device)[valid], kind,
+                beta=trainer.beta, reward_scale=trainer.args.reward_scale,
+            )
+            loss = loss + weight * value
+            rpo_values.append((kind, value))
+
+    # Token count: each response once (TRL counted the gathered pairs, where a response can repeat).
+    if mode == "train":
+        tokens = accelerator.gather_for_metrics(attention_mask[groups.to(attention_mask.device) >= 0].sum()).sum()
+        trainer._total_train_tokens = tokens_before + int(tokens.item()) // trainer._tp_size
+        trainer._metrics[mode]["num_tokens"] = [trainer._total_train_tokens]
+
+    summary = _record_stats(trainer, mode, stats, rpo_values)
+    if summary["pairs"] == 0:
+        _drop_nan_entries(trainer._metrics[mode], metric_lengths)
+    if mode == "train":
+        trainer._aepo_on_batch(summary)
+
+    if return_outputs:  # TRL's deprecated logits for `compute_metrics`: an extra plain forward, as TRL does
+        with torch.no_grad():
+            outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return loss, outputs
+    return loss

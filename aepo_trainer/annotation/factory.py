@@ -1,0 +1,69 @@
+"""`build_annotator`: the annotator an `AEPOConfig` asks for."""
+
+from __future__ import annotations
+
+import os
+
+from .dataset_scores import DatasetScoresAnnotator
+from .human import HumanQueueAnnotator
+from .judge import PairwiseJudgeAnnotator
+from .reward_function import RewardFunctionAnnotator
+from .reward_model import RewardModelAnnotator
+
+__all__ = ["build_annotator"]
+
+
+def build_annotator(args, model=None, tokenizer=None, reward_funcs=None):
+    """Map `args.annotator` (an `AEPOConfig` or any object with the same fields) to an annotator instance.
+
+    * `reward_funcs` given (a TRL-style reward function or a list of them): `RewardFunctionAnnotator` — allowed with
+      the default `annotator='dataset_scores'` only, any other annotator setting is a conflict.
+    * `'dataset_scores'`: `DatasetScoresAnnotator(args.scores_column)`.
+    * `'reward_model'`: `RewardModelAnnotator(args.reward_model_name_or_path)`, loaded on first use on the policy's
+      device when `model` is given (else CUDA when available).
+    * `'judge'`: `PairwiseJudgeAnnotator(model, tokenizer)` — `model` is required: the policy when it is a PEFT model
+      (judged with its adapter disabled, i.e. the frozen starting model), otherwise the frozen reference model.
+    * `'human'`: `HumanQueueAnnotator(args.annotation_queue or <output_dir>/annotation_queue.jsonl)`.
+    """
+    kind = getattr(args, "annotator", "dataset_scores")
+    batch_size = int(getattr(args, "annotation_batch_size", 16) or 16)
+    if reward_funcs is not None:
+        if kind != "dataset_scores":
+            raise ValueError(
+                f"reward_funcs were given but AEPOConfig.annotator={kind!r}: pass either reward functions or another "
+                "annotator, not both."
+            )
+        return RewardFunctionAnnotator(reward_funcs, weights=getattr(args, "reward_weights", None),
+                                       tokenizer=tokenizer)
+    if kind == "dataset_scores":
+        return DatasetScoresAnnotator(getattr(args, "scores_column", "scores"))
+    if kind == "reward_model":
+        path = getattr(args, "reward_model_name_or_path", None)
+        if not path:
+            raise ValueError("AEPOConfig.annotator='reward_model' needs `reward_model_name_or_path`.")
+        device = "auto"
+        if model is not None:
+            try:
+                device = str(next(model.parameters()).device)
+            except (AttributeError, StopIteration, TypeError):
+                pass
+        return RewardModelAnnotator(path, batch_size=batch_size, device=device)
+    if kind == "judge":
+        if model is None:
+            raise ValueError(
+                "AEPOConfig.annotator='judge' needs the judge model: the policy (PEFT: judged with the adapter "
+                "disabled) or the frozen reference model."
+            )
+        return PairwiseJudgeAnnotator(model, tokenizer=tokenizer, batch_size=batch_size, disable_adapter=True)
+    if kind == "human":
+        queue = getattr(args, "annotation_queue", None)
+        if not queue:
+            output_dir = getattr(args, "output_dir", None)
+            if not output_dir:
+                raise ValueError("AEPOConfig.annotator='human' needs `annotation_queue` or `output_dir`.")
+            queue = os.path.join(output_dir, "annotation_queue.jsonl")
+        return HumanQueueAnnotator(queue)
+    raise ValueError(
+        f"AEPOConfig.annotator={kind!r} is invalid: expected one of 'dataset_scores', 'reward_model', 'judge', "
+        "'human'."
+    )

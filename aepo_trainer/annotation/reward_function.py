@@ -1,0 +1,155 @@
+"""`RewardFunctionAnnotator`: users' TRL reward functions, unchanged.
+
+TRL's GRPO/RLOO/Online-DPO call reward functions as
+`f(prompts=..., completions=..., completion_ids=..., trainer_state=..., log_extra=..., log_metric=..., **columns)`
+with one entry per (prompt, completion) and every other dataset column repeated per completion, and accept
+`list[float | None]` back. This annotator makes exactly that call on the selected completions only.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from typing import Callable, Sequence
+
+from .base import AnnotationError, AnnotationRequest, Annotator
+
+__all__ = ["RewardFunctionAnnotator"]
+
+# Keywords the annotator sets itself; row columns with these names are not forwarded.
+_RESERVED = ("prompts", "completions", "completion_ids", "prompt", "completion", "trainer_state", "log_extra",
+             "log_metric")
+
+
+def _noop(*args, **kwargs):
+    return None
+
+
+class RewardFunctionAnnotator(Annotator):
+    """Scores completions with one or several TRL-style reward functions.
+
+    Args:
+        reward_funcs: a callable `f(prompts, completions, **kwargs) -> list[float | None]` (sync or async), or a
+            list of them.
+        weights: one weight per function (default 1.0 each). With several functions the score is the weighted sum
+            of the non-None rewards, as in TRL (None is ignored); None when every function returned None.
+        name: the identity's name part (default: the functions' `module.qualname`s). Set it for lambdas and
+            closures, and change it whenever the function's behaviour changes — cached scores are keyed by it.
+        tokenizer: optional; when given, `completion_ids` are the tokenized completions (otherwise None).
+        columns: forward the row's other columns as keyword lists, as TRL does (default True).
+    """
+
+    def __init__(self, reward_funcs: Callable | Sequence[Callable], weights: Sequence[float] | None = None,
+                 name: str | None = None, tokenizer=None, columns: bool = True):
+        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        if not funcs:
+            raise ValueError("RewardFunctionAnnotator needs at least one reward function.")
+        for f in funcs:
+            if isinstance(f, str) or not callable(f):
+                raise TypeError(
+                    f"RewardFunctionAnnotator takes callables, got {f!r}. For a reward *model* (a path or Hub id) use "
+                    "RewardModelAnnotator."
+                )
+        if weights is None:
+            weights = [1.0] * len(funcs)
+        weights = [float(w) for w in weights]
+        if len(weights) != len(funcs) or not all(math.isfinite(w) for w in weights):
+            raise ValueError(f"weights must be {len(funcs)} finite numbers, got {weights!r}.")
+        self.reward_funcs = funcs
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.columns = columns
+        self.trainer_state = None  # set by the trainer, forwarded like TRL does
+        self.log_extra = _noop
+        self.log_metric = _noop
+        self.names = [_callable_name(f) for f in funcs]
+        base = name if name is not None else "+".join(self.names)
+        if len(funcs) > 1 and any(w != 1.0 for w in weights):
+            base += "|w=" + ",".join(f"{w:g}" for w in weights)
+        self.identity = f"reward_function:{base}"
+
+    def score(self, requests: list[AnnotationRequest]) -> list[list[float | None]]:
+        prompts, completions, rows = [], [], []
+        for req in requests:
+            for c in req.completions:
+                prompts.append(req.prompt)
+                completions.append(c)
+                rows.append(req.row or {})
+        if not completions:
+            return [[] for _ in requests]
+        kwargs = {}
+        if self.columns:
+            names = dict.fromkeys(k for row in rows for k in row if k not in _RESERVED)
+            kwargs = {k: [row.get(k) for row in rows] for k in names}
+        completion_ids = None
+        if self.tokenizer is not None:
+            completion_ids = [self.tokenizer(_plain(c), add_special_tokens=False)["input_ids"] for c in completions]
+        per_func = []
+        for f, fname in zip(self.reward_funcs, self.names):
+            out = f(prompts=prompts, completions=completions, completion_ids=completion_ids,
+                    trainer_state=self.trainer_state, log_extra=self.log_extra, log_metric=self.log_metric, **kwargs)
+            if inspect.isawaitable(out):
+                out = _run_awaitable(out)
+            out = list(out) if out is not None else None
+            if out is None or len(out) != len(completions):
+                raise AnnotationError(
+                    f"Reward function {fname!r} returned {'None' if out is None else len(out)} rewards for "
+                    f"{len(completions)} (prompt, completion) pairs; it must return one reward per completion."
+                )
+            per_func.append(out)
+        totals = []
+        for j in range(len(completions)):
+            values = [(w, fo[j]) for w, fo in zip(self.weights, per_func) if _finite(fo[j])]
+            if len(self.reward_funcs) == 1:
+                totals.append(per_func[0][j])  # keep the raw value: the service counts None/NaN/inf as invalid
+            else:
+                totals.append(sum(w * float(v) for w, v in values) if values else None)
+        out, start = [], 0
+        for req in requests:
+            out.append(totals[start : start + len(req.completions)])
+            start += len(req.completions)
+        return out
+
+
+async def _await(awaitable):
+    return await awaitable
+
+
+def _run_awaitable(awaitable):
+    """Result of an async reward function, also from code already running an event loop (notebooks)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_await(awaitable))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, _await(awaitable)).result()
+
+
+def _finite(value) -> bool:
+    try:
+        return value is not None and not isinstance(value, bool) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _plain(completion) -> str:
+    if isinstance(completion, str):
+        return completion
+    return "".join(m.get("content", "") if isinstance(m, dict) else str(m) for m in completion)
+
+
+def _callable_name(f) -> str:
+    while isinstance(f, functools.partial):
+        f = f.func
+    name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None)
+    if name is None:  # callable instance
+        name = type(f).__qualname__
+        module = type(f).__module__
+    else:
+        module = getattr(f, "__module__", None)
+    return f"{module}.{name}" if module and module != "__main__" else name

@@ -1,0 +1,79 @@
+"""The `aepo` command: `aepo generate`, `aepo select`, `aepo stats`.
+
+Subcommand modules are imported only when their subcommand runs, so `aepo --help` does not import torch. Exit codes
+are listed in `aepo_trainer.cli.errors` and in `aepo --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import EXIT_ERROR, EXIT_INTERRUPTED, CLIError
+
+COMMANDS = {
+    "generate": "Sample N completions per prompt from a causal LM into a pool dataset (resumable).",
+    "select": "Pools -> embed -> select k -> annotate -> pair: a prompt/chosen/rejected dataset (resumable).",
+    "stats": "Annotation cost, coverage and representativeness/diversity of each selection strategy; a plot.",
+}
+
+EPILOG = """\
+exit codes:
+  0    success
+  1    unexpected error (traceback printed)
+  2    bad input: usage, missing/unreadable file, bad column or row, invalid setting
+  3    annotation budget exhausted (select: the pairs annotated so far are written)
+  4    annotations pending (select --annotator human: label the queue file, then rerun)
+  130  interrupted: rerun the same command to resume (nothing annotated is paid twice)
+
+Run `aepo <command> --help` for the flags of a command. Docs: docs/cli.md.
+"""
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    from aepo_trainer import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="aepo", description="Annotation-Efficient Preference Optimization: build preference datasets from "
+        "candidate pools while annotating only k of N candidates per prompt.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"aepo-trainer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
+    for name, summary in COMMANDS.items():
+        sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `aepo` command with `argv` (default: `sys.argv[1:]`); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser = _top_parser()
+        if not argv:
+            parser.print_help()
+            return 0
+        try:
+            parser.parse_args(argv)  # --help / --version / an unknown command: argparse prints and exits
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
+        return 0
+    command = argv[0]
+    try:
+        module = importlib.import_module(f"aepo_trainer.cli.{command}")
+        return module.main(argv[1:])
+    except SystemExit as exit_:  # argparse: --help (0) and usage errors (2)
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    except CLIError as error:
+        print(f"aepo {command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"\naepo {command}: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `aepo stats ... | head`
+        return 0
+    except Exception:  # noqa: BLE001 - anything else is a bug: show it
+        import traceback
+
+        traceback.print_exc()
+        return EXIT_ERROR

@@ -1,0 +1,280 @@
+"""`aepo generate`: sample N completions per prompt from a causal LM and write a pool dataset.
+
+Batched `transformers` generation (or vLLM with `--backend vllm`), sampling options, chat templates for conversational
+prompts. Resumable: finished prompt batches are appended to a JSON Lines file as they complete (the output itself when
+it is `.jsonl`, else `<output>.partial.jsonl`, converted at the end); a rerun of the same command skips the prompts
+already there. Each batch is sampled with its own seed, derived from `--seed` and the batch's position, so a resumed
+run writes the same pools as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections import Counter
+
+from .args import ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, parse_with_yaml
+from .errors import EXIT_OK, InputError
+
+DESCRIPTION = "Sample N completions per prompt from a causal LM and write a pool dataset (resumable)."
+
+EPILOG = """\
+examples:
+  aepo generate --model Qwen/Qwen2.5-0.5B-Instruct --input prompts.jsonl --output pools.jsonl \\
+      --num_completions 8 --temperature 0.8 --max_new_tokens 512
+  aepo generate --model ./my-sft-model --input HuggingFaceH4/ultrafeedback_binarized --split train_prefs \\
+      --output pools.jsonl --backend vllm
+
+The input needs a prompt column (a string, or a list of chat messages). Every input column is kept; the
+completions are added as a list. Rerun the same command after an interruption: finished prompts are skipped.
+"""
+
+
+def build_parser(prog: str = "aepo generate") -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
+    add_yaml_flag(parser)
+    io = parser.add_argument_group("data")
+    io.add_argument("--model_name_or_path", "--model", dest="model_name_or_path", required=True,
+                    help="Causal LM to sample from: a Hub id or a local folder.")
+    io.add_argument("--input", required=True,
+                    help="Prompts: .jsonl(.gz)/.json/.csv/.parquet file, `save_to_disk` folder or Hub dataset id.")
+    io.add_argument("--split", default="train", help="Split to read when the input is a Hub dataset or folder.")
+    io.add_argument("--output", required=True,
+                    help="Pool dataset to write (.jsonl is appended to as batches finish; other formats are written "
+                    "at the end from `<output>.partial.jsonl`).")
+    io.add_argument("--prompt_column", default="prompt", help="Input column holding the prompts.")
+    io.add_argument("--max_prompts", type=int, default=None, help="Only use the first M prompts of the input.")
+    add_config_flags(parser, names={"completions_column", "seed"}, title="columns and seed (AEPOConfig fields)")
+    gen = parser.add_argument_group("sampling")
+    gen.add_argument("--num_completions", type=int, default=32,
+                     help="N: completions sampled per prompt (the AEPO reference uses 32; the paper up to 128).")
+    gen.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (0 = greedy).")
+    gen.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling probability mass.")
+    gen.add_argument("--top_k", type=int, default=0, help="Top-k sampling (0 = off).")
+    gen.add_argument("--max_new_tokens", type=int, default=256, help="Maximum tokens generated per completion.")
+    gen.add_argument("--batch_size", type=int, default=2,
+                     help="Prompts per generate call; each call samples batch_size x num_completions sequences.")
+    gen.add_argument("--use_chat_template", choices=["auto", "true", "false"], default="auto",
+                     help="Apply the tokenizer's chat template: 'auto' does so for conversational prompts (lists of "
+                     "messages); 'true' also wraps string prompts as one user message.")
+    gen.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto",
+                     help="'auto' uses vLLM when it is installed and a GPU is present, else transformers.")
+    gen.add_argument("--device", default="auto", help="Device for transformers ('auto': cuda when available).")
+    gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                     help="Model weights dtype ('auto': bfloat16 on GPU, float32 on CPU).")
+    gen.add_argument("--trust_remote_code", action="store_true", help="Allow custom model code from the Hub.")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = parse_with_yaml(build_parser(), argv)
+    _check_args(args)
+    from .io import append_jsonl, is_jsonl, read_jsonl, read_rows, repair_jsonl_tail, write_rows
+
+    rows = read_rows(args.input, split=args.split)
+    if args.max_prompts is not None:
+        rows = rows[: args.max_prompts]
+    _check_prompts(rows, args)
+
+    direct = is_jsonl(args.output) and not args.output.endswith(".gz")
+    work_path = args.output if direct else f"{args.output}.partial.jsonl"
+    os.makedirs(os.path.dirname(os.path.abspath(work_path)), exist_ok=True)
+    done_rows = []
+    if os.path.exists(work_path):
+        if repair_jsonl_tail(work_path):
+            print(f"{work_path}: removed a truncated last line left by an interrupted run", file=sys.stderr)
+        done_rows = read_jsonl(work_path)
+    done = Counter(_prompt_id(r.get(args.prompt_column)) for r in done_rows)
+
+    batches = []  # fixed batches over the input: a batch's seed depends only on its position
+    for start in range(0, len(rows), args.batch_size):
+        todo = []
+        for row in rows[start:start + args.batch_size]:
+            key = _prompt_id(row[args.prompt_column])
+            if done[key] > 0:
+                done[key] -= 1
+            else:
+                todo.append(row)
+        if todo:
+            batches.append((start // args.batch_size, todo))
+    remaining = sum(len(todo) for _, todo in batches)
+    if done_rows:
+        print(f"resuming: {len(rows) - remaining} of {len(rows)} prompts already in {work_path}", file=sys.stderr)
+
+    if remaining:
+        sampler = _make_sampler(args)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows), initial=len(rows) - remaining, unit="prompt", desc="generate", dynamic_ncols=True)
+        tokens = 0
+        for index, todo in batches:
+            completions, new_tokens = sampler([r[args.prompt_column] for r in todo], _batch_seed(args.seed, index))
+            tokens += new_tokens
+            append_jsonl(work_path, [{**row, args.completions_column: c} for row, c in zip(todo, completions)])
+            bar.update(len(todo))
+            elapsed = bar.format_dict.get("elapsed") or 0
+            if elapsed:
+                bar.set_postfix(tok_s=f"{tokens / elapsed:.0f}", refresh=False)
+        bar.close()
+
+    if not direct:
+        write_rows(read_jsonl(work_path), args.output)
+        os.remove(work_path)
+    print(f"wrote {len(rows)} pools x {args.num_completions} completions to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _check_args(args) -> None:
+    for name in ("num_completions", "batch_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise InputError("--temperature must be >= 0, --top_p in (0, 1] and --top_k >= 0")
+    if args.max_prompts is not None and args.max_prompts < 0:
+        raise InputError(f"--max_prompts must be >= 0, got {args.max_prompts}")
+
+
+def _check_prompts(rows: list[dict], args) -> None:
+    if not rows:
+        raise InputError(f"{args.input}: has no rows")
+    for number, row in enumerate(rows):
+        if args.prompt_column not in row:
+            raise InputError(f"{args.input}: row {number} has no {args.prompt_column!r} column (columns: "
+                             f"{', '.join(map(repr, row))}); pass --prompt_column")
+        prompt = row[args.prompt_column]
+        if not (isinstance(prompt, str) and prompt.strip()) and not _is_conversation(prompt):
+            raise InputError(f"{args.input}: row {number}, column {args.prompt_column!r}: expected a non-empty string "
+                             f"or a list of chat messages, got {type(prompt).__name__}")
+
+
+def _is_conversation(prompt) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in prompt)
+
+
+def _prompt_id(prompt) -> str:
+    from aepo_trainer.annotation.base import canonical_json
+
+    return canonical_json(prompt)
+
+
+def _batch_seed(seed: int, index: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"aepo-generate:{seed}:{index}".encode()).digest()[:7], "little")
+
+
+# --------------------------------------------------------------------------------------------------- backends
+def _make_sampler(args):
+    backend = args.backend
+    if backend == "auto":
+        import importlib.util
+
+        import torch
+
+        backend = "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "transformers"
+    return _VLLMSampler(args) if backend == "vllm" else _TransformersSampler(args)
+
+
+class _Prompts:
+    """Loads the tokenizer and turns prompts into token ids (chat template when asked for or conversational)."""
+
+    def __init__(self, args):
+        from transformers import AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path,
+                                                           trust_remote_code=args.trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise InputError(f"--model_name_or_path {args.model_name_or_path!r}: cannot load its tokenizer "
+                             f"({error})") from None
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.mode = args.use_chat_template
+        self.model = args.model_name_or_path
+
+    def encode(self, prompt) -> tuple[list[int], bool]:
+        conversational = not isinstance(prompt, str)
+        if self.mode == "true" or (self.mode == "auto" and conversational):
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise InputError(f"the tokenizer of {self.model!r} has no chat template, but "
+                                 + ("the prompts are conversational" if conversational else "--use_chat_template true")
+                                 + " (pass plain-text prompts, or a model with a chat template)")
+            messages = prompt if conversational else [{"role": "user", "content": prompt}]
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"], conversational
+        if conversational:
+            raise InputError("conversational prompts need a chat template; do not pass --use_chat_template false")
+        return self.tokenizer(prompt)["input_ids"], False
+
+    @staticmethod
+    def wrap(text: str, conversational: bool):
+        return [{"role": "assistant", "content": text}] if conversational else text
+
+
+class _TransformersSampler:
+    def __init__(self, args):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.torch = torch
+        self.args = args
+        self.prompts = _Prompts(args)
+        device = args.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                args.model_name_or_path, dtype=getattr(torch, dtype), trust_remote_code=args.trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise InputError(f"--model_name_or_path {args.model_name_or_path!r}: cannot load it as a causal LM "
+                             f"({error})") from None
+        self.model.to(device).eval()
+        self.device = device
+
+    def __call__(self, prompts: list, seed: int) -> tuple[list[list], int]:
+        torch, args, tok = self.torch, self.args, self.prompts.tokenizer
+        encoded = [self.prompts.encode(p) for p in prompts]
+        width = max(len(ids) for ids, _ in encoded)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in encoded], device=self.device)
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in encoded],
+                                 device=self.device)
+        sample = args.temperature > 0
+        options = dict(do_sample=sample, num_return_sequences=args.num_completions,
+                       max_new_tokens=args.max_new_tokens, pad_token_id=pad)
+        if sample:
+            options.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or None)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            output = self.model.generate(input_ids=input_ids, attention_mask=attention, **options)
+        new = output[:, width:]
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        specials = [i for i in (pad, tok.eos_token_id) if i is not None]
+        new_tokens = int((~torch.isin(new, torch.tensor(specials, device=new.device))).sum()) if specials else new.numel()
+        n = args.num_completions
+        return [[self.prompts.wrap(t, conv) for t in texts[i * n:(i + 1) * n]]
+                for i, (_, conv) in enumerate(encoded)], new_tokens
+
+
+class _VLLMSampler:
+    def __init__(self, args):
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise InputError("--backend vllm: vLLM is not installed (pip install 'aepo-trainer[vllm]')") from None
+        self.args = args
+        self.prompts = _Prompts(args)
+        self.llm = LLM(model=args.model_name_or_path, seed=args.seed, trust_remote_code=args.trust_remote_code,
+                       dtype=args.dtype)
+
+    def __call__(self, prompts: list, seed: int) -> tuple[list[list], int]:
+        from vllm import SamplingParams
+
+        args = self.args
+        encoded = [self.prompts.encode(p) for p in prompts]
+        params = SamplingParams(n=args.num_completions, temperature=args.temperature, top_p=args.top_p,
+                                top_k=args.top_k or -1, max_tokens=args.max_new_tokens, seed=seed)
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids, _ in encoded], params, use_tqdm=False)
+        pools = [[self.prompts.wrap(o.text, conv) for o in out.outputs] for out, (_, conv) in zip(outputs, encoded)]
+        return pools, sum(len(o.token_ids) for out in outputs for o in out.outputs)

@@ -1,0 +1,259 @@
+"""`aepo stats`: what each selection strategy and k would cost on a pool file, and what its selections look like.
+
+For every strategy (AEPO at several diversity weights λ, random, West-of-N, representativeness only, k-medoids) and
+every k: the annotations needed for the whole file, the prompts a budget covers, the mean representativeness and
+diversity of the selected subsets and, when the file has a scores column, the mean best/worst/gap of the selected
+candidates' scores. Selections are made by `PoolReducer.select`, exactly as `aepo select` and the trainer make them.
+Nothing is annotated; the scores column is only read.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+
+from .args import ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, build_config, parse_with_yaml
+from .errors import EXIT_OK, InputError
+
+DESCRIPTION = ("Annotation cost, budget coverage and representativeness/diversity (and selected scores, when the "
+               "file has them) of each selection strategy and k on a pool file; prints a table, draws a plot.")
+
+EPILOG = """\
+examples:
+  aepo stats --input pools.jsonl.gz --plot stats.png
+  aepo stats --input pools.jsonl --num_annotations 2 3 4 8 --annotation_budget 1000 --json stats.json
+  aepo stats --input pools.jsonl --strategies aepo random --diversity_weight 0.5 1
+"""
+
+STRATEGIES = ("aepo", "random", "west_of_n", "representativeness", "kmedoids")
+_SELECTION_FIELDS = {"num_annotations", "diversity_weight", "selection_search", "local_search_rounds",
+                     "selection_seed", "seed", "embedding_model", "embedding_batch_size", "completions_column",
+                     "scores_column", "embeddings_column", "annotation_budget"}
+
+
+def build_parser(prog: str = "aepo stats") -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
+    add_yaml_flag(parser)
+    io = parser.add_argument_group("data")
+    io.add_argument("--input", required=True, help="Pool dataset (same formats as `aepo select --input`).")
+    io.add_argument("--split", default="train", help="Split to read when the input is a Hub dataset or folder.")
+    io.add_argument("--max_prompts", type=int, default=None, help="Only use the first M prompts of the input.")
+    io.add_argument("--plot", metavar="FILE.png", default=None, help="Write the plot to this image file.")
+    io.add_argument("--json", metavar="FILE.json", default=None, help="Write the table as JSON records.")
+    run = parser.add_argument_group("strategies")
+    run.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES),
+                     metavar="STRATEGY", help=f"Strategies to compare, among {', '.join(STRATEGIES)}.")
+    run.add_argument("--batch_size", type=int, default=256, help="Prompts per selection call.")
+    run.add_argument("--device", default=None, help="Device for embedding and selection (default: cuda if "
+                     "available, else cpu).")
+    add_config_flags(parser, names=_SELECTION_FIELDS, overrides={
+        "num_annotations": dict(nargs="+", default=[2, 4, 8], metavar="K",
+                                help="The values of k to compare (annotations per prompt)."),
+        "diversity_weight": dict(nargs="+", default=[0.0, 0.5, 1.0, 2.0], metavar="LAMBDA",
+                                 help="The diversity weights λ of the 'aepo' strategy to compare (the paper "
+                                 "ablates 0, 0.5, 1, 2)."),
+        "annotation_budget": dict(help="Report how many prompts this many annotations cover, per strategy and k "
+                                  "(prompts are covered whole, in file order)."),
+    })
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = parse_with_yaml(build_parser(), argv)
+    ks = sorted(set(args.num_annotations))
+    if min(ks) < 2 or args.batch_size < 1 or any(w < 0 or not math.isfinite(w) for w in args.diversity_weight):
+        raise InputError("--num_annotations values must be >= 2, --diversity_weight values finite and >= 0, "
+                         "--batch_size >= 1")
+    from .io import read_rows
+    from .select import check_pools, pool_embeddings
+
+    rows = read_rows(args.input, split=args.split)
+    if args.max_prompts is not None:
+        rows = rows[: args.max_prompts]
+    names = [n for n in _SELECTION_FIELDS if n not in ("num_annotations", "diversity_weight")]
+    import tempfile
+
+    config = build_config(args, names, output_dir=tempfile.gettempdir(), num_annotations=ks[0])
+    check_pools(rows, config, args.input, need_scores=False)
+    has_scores = all(isinstance(r.get(config.scores_column), list) for r in rows)
+    pool_sizes = [len(r[config.completions_column]) for r in rows]
+
+    embeddings = pool_embeddings(rows, config, device=args.device)
+    records = compute(rows, embeddings, config, args, ks, has_scores, pool_sizes)
+    print(format_table(records, args.annotation_budget, len(rows), has_scores))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(records, f, indent=1)
+    if args.plot:
+        plot(records, args.plot, args.input, len(rows), max(pool_sizes), args.annotation_budget, has_scores)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _variants(args, ks, pool_sizes):
+    """(label, strategy, λ, k) for every comparison; West-of-N once (it annotates the whole pool)."""
+    n_min = min(pool_sizes)
+    for strategy in args.strategies:
+        if strategy == "west_of_n":
+            yield "west_of_n", strategy, 0.0, None
+            continue
+        for k in ks:
+            if k > n_min:
+                continue
+            if strategy == "aepo":
+                for weight in args.diversity_weight:
+                    yield f"aepo λ={weight:g}", strategy, weight, k
+            else:
+                yield strategy, strategy, 0.0, k
+
+
+def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    from aepo_trainer.pipeline import PoolReducer
+
+    from .select import _batch
+
+    variants = list(_variants(args, ks, pool_sizes))
+    if not variants:
+        raise InputError(f"no strategy/k to compare: every k in {ks} exceeds the smallest pool ({min(pool_sizes)})")
+    records = []
+    bar = tqdm(total=len(variants) * len(rows), unit="prompt", desc="selecting", dynamic_ncols=True)
+    for label, strategy, weight, k in variants:
+        variant = copy.copy(config)  # the same settings object `aepo select` builds, one strategy at a time
+        variant.selection_strategy = strategy
+        variant.diversity_weight = weight
+        variant.num_annotations = k if k is not None else 2
+        reducer = PoolReducer(variant, service=None, device=args.device)
+        subsets, rep, div = [], [], []
+        for start in range(0, len(rows), args.batch_size):
+            batch_rows, tensor, mask = _batch(rows, embeddings, start, start + args.batch_size,
+                                              config.embeddings_column)
+            selection, batch_subsets, _ = reducer.select(batch_rows, tensor, mask)
+            subsets.extend(batch_subsets)
+            rep.extend(selection.representativeness.float().cpu().tolist())
+            div.extend(selection.diversity.float().cpu().tolist())
+            bar.update(len(batch_rows))
+        costs = [len(s) for s in subsets]
+        record = {
+            "strategy": label, "k": k if k is not None else "N", "annotations": sum(costs),
+            "representativeness": _mean(rep), "diversity": _mean(div),
+        }
+        if args.annotation_budget is not None:
+            covered, left = 0, args.annotation_budget
+            for cost in costs:
+                if cost <= left:
+                    left -= cost
+                    covered += 1
+            record["prompts_covered"] = covered
+        if has_scores:
+            best, worst = [], []
+            for row, subset in zip(rows, subsets):
+                values = [row[config.scores_column][i] for i in subset]
+                values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+                if len(values) >= 1:
+                    best.append(max(values))
+                    worst.append(min(values))
+            record.update(best=_mean(best), worst=_mean(worst), gap=_mean([b - w for b, w in zip(best, worst)]))
+        records.append(record)
+    bar.close()
+    return records
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def format_table(records: list[dict], budget, prompts: int, has_scores: bool) -> str:
+    columns = [("strategy", "strategy", "{}"), ("k", "k", "{}"), ("annotations", "annotations", "{}")]
+    if budget is not None:
+        columns.append(("prompts_covered", f"covered/{prompts} (budget {budget})", "{}"))
+    columns += [("representativeness", "representativeness", "{:.4f}"), ("diversity", "diversity", "{:.4f}")]
+    if has_scores:
+        columns += [("best", "best score", "{:.3f}"), ("worst", "worst score", "{:.3f}"), ("gap", "gap", "{:.3f}")]
+    cells = [[fmt.format(r[key]) for key, _, fmt in columns] for r in records]
+    widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (_, title, _) in enumerate(columns)]
+    lines = ["  ".join(title.ljust(w) if i == 0 else title.rjust(w) for i, ((_, title, _), w)
+                       in enumerate(zip(columns, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for c in cells:
+        lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))))
+    return "\n".join(lines)
+
+
+def plot(records, path, source, prompts, n_max, budget, has_scores) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 3 if has_scores else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.6), constrained_layout=True)
+    labels = list(dict.fromkeys(r["strategy"] for r in records if r["k"] != "N"))
+    colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+    west = next((r for r in records if r["k"] == "N"), None)
+
+    # 1. cost: annotations needed (or prompts covered by the budget) against k
+    ax = axes[0]
+    key = "prompts_covered" if budget is not None else "annotations"
+    by_k = {}
+    for r in records:
+        if r["k"] != "N":
+            by_k[r["k"]] = r[key]
+    ks = sorted(by_k)
+    ax.plot(ks, [by_k[k] for k in ks], "o-", color="tab:blue", label="select k of N (any strategy)")
+    if west is not None:
+        ax.axhline(west[key], color="black", linestyle="--", label=f"West-of-N (annotate all N ≤ {n_max})")
+    ax.set_xlabel("k = annotations per prompt")
+    ax.set_xticks(ks)
+    if budget is not None:
+        ax.set_ylabel(f"prompts covered (of {prompts})")
+        ax.set_title(f"Prompts a budget of {budget} annotations covers")
+    else:
+        ax.set_ylabel("annotations needed for the whole file")
+        ax.set_title(f"Annotation cost ({prompts} prompts)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+    # 2. the trade-off the AEPO objective controls
+    ax = axes[1]
+    markers = "osD^v<>p*h"
+    for i, k in enumerate(ks):
+        for r in records:
+            if r["k"] == k:
+                ax.scatter(r["diversity"], r["representativeness"], color=colors[r["strategy"]],
+                           marker=markers[i % len(markers)], s=55, edgecolor="black", linewidth=0.4)
+    if west is not None:
+        ax.scatter(west["diversity"], west["representativeness"], color="black", marker="X", s=70,
+                   label="west_of_n (whole pool)")
+    for label in labels:
+        ax.scatter([], [], color=colors[label], marker="s", label=label)
+    for i, k in enumerate(ks):
+        ax.scatter([], [], color="white", edgecolor="black", marker=markers[i % len(markers)], label=f"k = {k}")
+    ax.set_xlabel("mean diversity of the selection (1 − mean pairwise cosine)")
+    ax.set_ylabel("mean representativeness (mean cosine to the pool)")
+    ax.set_title("Selections: representativeness vs diversity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+    # 3. what the annotator would see: score gap between the best and worst selected candidate
+    if has_scores:
+        ax = axes[2]
+        for label in labels:
+            points = sorted((r["k"], r["gap"]) for r in records if r["strategy"] == label)
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=colors[label], label=label)
+        if west is not None:
+            ax.axhline(west["gap"], color="black", linestyle="--", label="west_of_n (best − worst of pool)")
+        ax.set_xlabel("k = annotations per prompt")
+        ax.set_xticks(ks)
+        ax.set_ylabel("mean score gap: best − worst selected")
+        ax.set_title("Preference signal of the pairs (scores column)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"aepo stats — {source} ({prompts} prompts, N ≤ {n_max})", fontsize=11)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

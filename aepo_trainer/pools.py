@@ -1,0 +1,319 @@
+"""Candidate-pool datasets: detection, validation and one-time preparation for `AEPOTrainer`.
+
+A *pool dataset* has one row per prompt with the prompt's candidate completions:
+
+    {"prompt": "...", "completions": ["...", "...", ...]}                                   # standard
+    {"prompt": [{"role": "user", ...}], "completions": [[{"role": "assistant", ...}], ...]}   # conversational
+
+plus optional `scores` (one per completion, read by the 'dataset_scores' annotator), `embeddings` (one vector per
+completion; otherwise computed once with `embed_pools`) and any other columns (handed to annotators, e.g. to reward
+functions as keyword arguments). Column names follow `AEPOConfig.completions_column` / `scores_column` /
+`embeddings_column`.
+
+Preparation happens once, before training (`prepare_pool_dataset`):
+
+* **Tokenization is TRL's own.** The pools are flattened into pseudo preference pairs (completion 2i as "chosen",
+  2i+1 as "rejected") and handed to `DPOTrainer._prepare_dataset`, so EOS handling, chat templates, tools and the
+  prompt/completion boundary are exactly those of DPO training on pairs; each completion is tokenized once. The pairs
+  are then regrouped into one row per pool with `prompt_ids` and `completions_ids` (a list per completion).
+* **Embeddings** come from the `embeddings` column when present, else from `embed_pools` (the sentence embedder).
+* Both steps are `datasets.map` calls with deterministic fingerprints, so a dataset loaded from files is prepared
+  once and read back from the datasets cache afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any, Callable
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PROMPT_IDS",
+    "COMPLETIONS_IDS",
+    "is_pool_dataset",
+    "is_prepared_pool_dataset",
+    "validate_pool_dataset",
+    "prepare_pool_dataset",
+    "pool_format",
+]
+
+PROMPT_IDS = "prompt_ids"
+COMPLETIONS_IDS = "completions_ids"
+_PAIR_COLUMNS_PASSED_TO_TRL = ("tools", "chat_template_kwargs")  # read by TRL's tokenize_fn when present
+
+
+def _first_row(dataset) -> dict | None:
+    if dataset is None:
+        return None
+    try:
+        return next(iter(dataset))
+    except StopIteration:
+        return None
+
+
+def is_pool_dataset(dataset, args) -> bool:
+    """True when `dataset` is a candidate-pool dataset: its first row has `args.completions_column` and no
+    `"chosen"`. Anything else (prompt/chosen/rejected pairs in any TRL format) is left entirely to `DPOTrainer`."""
+    row = _first_row(dataset)
+    column = getattr(args, "completions_column", "completions")
+    return row is not None and column in row and "chosen" not in row
+
+
+def is_prepared_pool_dataset(dataset) -> bool:
+    row = _first_row(dataset)
+    return row is not None and COMPLETIONS_IDS in row and PROMPT_IDS in row
+
+
+# ----------------------------------------------------------------------------------------------------- validation
+
+
+def _is_message(x) -> bool:
+    return isinstance(x, dict) and "role" in x and "content" in x
+
+
+def _is_messages(x) -> bool:
+    return isinstance(x, list) and len(x) > 0 and all(_is_message(m) for m in x)
+
+
+def _value_format(x) -> str | None:
+    """'standard' for a string, 'conversational' for a non-empty list of chat messages, None otherwise."""
+    if isinstance(x, str):
+        return "standard"
+    if _is_messages(x):
+        return "conversational"
+    return None
+
+
+def _is_empty(x, fmt: str) -> bool:
+    if fmt == "standard":
+        return x.strip() == ""
+    return all(not str(m.get("content") or "").strip() for m in x)
+
+
+def pool_format(row: dict, args) -> str:
+    """'standard' or 'conversational' (the format of the row's prompt)."""
+    return _value_format(row.get("prompt")) or "standard"
+
+
+def validate_pool_dataset(dataset, args, dataset_name: str = "train") -> None:
+    """Check every row of a pool dataset; raise `ValueError` naming the row index and the field on the first problem.
+
+    Checked: the `prompt` and completions columns exist; each prompt is a string or a list of chat messages; each pool
+    is a list of at least `num_annotations` completions (2 with `selection_strategy='west_of_n'`), none of them empty;
+    prompt and completions share one format, and every row has the format of row 0; `scores`, when present, has one
+    entry per completion; `embeddings`, when present, has one vector per completion, all of the same dimension.
+    """
+    ccol, scol, ecol = args.completions_column, args.scores_column, args.embeddings_column
+    columns = getattr(dataset, "column_names", None)
+    where = f"{dataset_name} pool dataset"
+    if columns is not None:
+        for needed in ("prompt", ccol):
+            if needed not in columns:
+                raise ValueError(
+                    f"{where}, row 0: missing column {needed!r} (columns: {columns}). A pool dataset has one row per "
+                    f"prompt with 'prompt' and {ccol!r} (a list of candidate completions)."
+                )
+    k = 2 if args.selection_strategy == "west_of_n" else args.num_annotations
+    wanted = [c for c in ("prompt", ccol, scol, ecol) if columns is None or c in columns]
+    rows = dataset.select_columns(wanted) if hasattr(dataset, "select_columns") and columns is not None else dataset
+    expected_format = None
+    embedding_dim = None
+    for index, row in enumerate(rows):
+        if "prompt" not in row or row["prompt"] is None:
+            raise ValueError(f"{where}, row {index}, field 'prompt': missing prompt.")
+        prompt_format = _value_format(row["prompt"])
+        if prompt_format is None:
+            raise ValueError(
+                f"{where}, row {index}, field 'prompt': expected a string or a list of chat messages "
+                f"({{'role', 'content'}} dicts), got {type(row['prompt']).__name__}."
+            )
+        if expected_format is None:
+            expected_format = prompt_format
+        elif prompt_format != expected_format:
+            raise ValueError(
+                f"{where}, row {index}, field 'prompt': mixed formats: row 0 is {expected_format} but this row is "
+                f"{prompt_format}. Use one format for the whole dataset."
+            )
+        pool = row.get(ccol)
+        if not isinstance(pool, list):
+            raise ValueError(
+                f"{where}, row {index}, field {ccol!r}: expected a list of candidate completions, got "
+                f"{type(pool).__name__}."
+            )
+        if len(pool) < k:
+            raise ValueError(
+                f"{where}, row {index}, field {ccol!r}: {len(pool)} completion(s), fewer than "
+                f"{'2 (west_of_n needs a pair)' if args.selection_strategy == 'west_of_n' else f'num_annotations = {k}'}."
+            )
+        for j, completion in enumerate(pool):
+            fmt = _value_format(completion)
+            if fmt is None:
+                raise ValueError(
+                    f"{where}, row {index}, field {ccol!r}[{j}]: expected a string or a list of chat messages, got "
+                    f"{type(completion).__name__}."
+                )
+            if fmt != prompt_format:
+                raise ValueError(
+                    f"{where}, row {index}, field {ccol!r}[{j}]: mixed formats: the prompt is {prompt_format} but "
+                    f"this completion is {fmt}."
+                )
+            if _is_empty(completion, fmt):
+                raise ValueError(f"{where}, row {index}, field {ccol!r}[{j}]: empty completion.")
+        if scol in row and row[scol] is not None:
+            scores = row[scol]
+            if not isinstance(scores, (list, tuple)) or len(scores) != len(pool):
+                got = len(scores) if isinstance(scores, (list, tuple)) else type(scores).__name__
+                raise ValueError(
+                    f"{where}, row {index}, field {scol!r}: expected one score per completion ({len(pool)}), got {got}."
+                )
+        if ecol in row and row[ecol] is not None:
+            vectors = row[ecol]
+            if not isinstance(vectors, (list, tuple)) or len(vectors) != len(pool):
+                got = len(vectors) if isinstance(vectors, (list, tuple)) else type(vectors).__name__
+                raise ValueError(
+                    f"{where}, row {index}, field {ecol!r}: expected one embedding per completion ({len(pool)}), "
+                    f"got {got}."
+                )
+            for j, vector in enumerate(vectors):
+                dim = len(vector) if isinstance(vector, (list, tuple)) else -1
+                if embedding_dim is None:
+                    embedding_dim = dim
+                if dim <= 0 or dim != embedding_dim:
+                    raise ValueError(
+                        f"{where}, row {index}, field {ecol!r}[{j}]: expected a vector of dimension {embedding_dim}, "
+                        f"got {'a non-vector' if dim < 0 else dim}."
+                    )
+                if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vector):
+                    raise ValueError(f"{where}, row {index}, field {ecol!r}[{j}]: non-finite embedding value.")
+    if expected_format is None:
+        raise ValueError(f"{where} is empty.")
+
+
+# ----------------------------------------------------------------------------------------------------- preparation
+
+
+def _explode_pools(batch: dict, completions_column: str, extra_columns: list[str]) -> dict:
+    """Pools -> pseudo preference pairs (completion 2i as chosen, 2i+1 as rejected; an odd last one paired with
+    itself), so that TRL tokenizes every completion exactly like a DPO completion."""
+    out: dict[str, list] = {"prompt": [], "chosen": [], "rejected": []}
+    for column in extra_columns:
+        out[column] = []
+    for i, (prompt, pool) in enumerate(zip(batch["prompt"], batch[completions_column])):
+        for t in range(0, len(pool), 2):
+            out["prompt"].append(prompt)
+            out["chosen"].append(pool[t])
+            out["rejected"].append(pool[t + 1] if t + 1 < len(pool) else pool[t])
+            for column in extra_columns:
+                out[column].append(batch[column][i])
+    return out
+
+
+def _regroup(batch: dict, indices: list[int], tokens: dict, offsets: list[int], completions_column: str) -> dict:
+    """One row per pool: the common tokenized prompt and one token list per completion (the tokens of
+    prompt+completion after the shortest prompt prefix shared by all the pool's pseudo pairs)."""
+    prompt_ids_out, completions_ids_out = [], []
+    for index, pool in zip(indices, batch[completions_column]):
+        start, stop = offsets[index], offsets[index + 1]
+        pair_prompts = tokens["prompt_ids"][start:stop]
+        common = min(len(p) for p in pair_prompts)
+        completions_ids = []
+        for t, pair_prompt in enumerate(pair_prompts):
+            carry = list(pair_prompt[common:])  # prompt tokens a pair kept that another pair merged into its answer
+            completions_ids.append(carry + list(tokens["chosen_ids"][start + t]))
+            if 2 * t + 1 < len(pool):
+                completions_ids.append(carry + list(tokens["rejected_ids"][start + t]))
+        prompt_ids_out.append(list(pair_prompts[0][:common]))
+        completions_ids_out.append(completions_ids)
+    return {PROMPT_IDS: prompt_ids_out, COMPLETIONS_IDS: completions_ids_out}
+
+
+def prepare_pool_dataset(
+    dataset,
+    args,
+    tokenize_pairs: Callable[[Any, Any], Any],
+    dataset_name: str = "train",
+    embed: Callable[[Any, Any], Any] | None = None,
+):
+    """Validate, tokenize (through `tokenize_pairs`, i.e. TRL's `_prepare_dataset`) and embed a pool dataset.
+
+    Args:
+        dataset: a `datasets.Dataset` of pools.
+        args: the `AEPOConfig`.
+        tokenize_pairs: `f(pair_dataset, args) -> tokenized` (the trainer passes `DPOTrainer._prepare_dataset`); it is
+            called with a copy of `args` whose `max_length` is None, so that no pseudo pair is dropped and the pools
+            stay aligned; pools whose prompt alone fills `max_length` are dropped here instead, as TRL does for pairs.
+        embed: `f(dataset, args) -> dataset` adding `args.embeddings_column` (used only when that column is absent).
+
+    Returns:
+        The dataset with all its original columns plus `prompt_ids`, `completions_ids` and the embeddings column.
+    """
+    from datasets import Dataset
+    from datasets.fingerprint import Hasher
+
+    if not isinstance(dataset, Dataset):
+        raise TypeError(
+            f"Pool datasets must be map-style `datasets.Dataset` objects (got {type(dataset).__name__}): pools are "
+            "prepared once (tokenized and embedded) before training. Materialize a streaming dataset first, e.g. "
+            "`Dataset.from_list(list(iterable_dataset))`."
+        )
+    if is_prepared_pool_dataset(dataset):
+        return dataset
+    validate_pool_dataset(dataset, args, dataset_name)
+    ccol = args.completions_column
+
+    extra = [c for c in _PAIR_COLUMNS_PASSED_TO_TRL if c in dataset.column_names]
+    flat = dataset.select_columns(["prompt", ccol, *extra]).map(
+        _explode_pools,
+        batched=True,
+        remove_columns=["prompt", ccol] if ccol != "prompt" else ["prompt"],
+        fn_kwargs={"completions_column": ccol, "extra_columns": extra},
+        desc=f"Flattening {dataset_name} pools for tokenization",
+    )
+    untruncated = copy.copy(args)
+    untruncated.max_length = None
+    tokenized = tokenize_pairs(flat, untruncated)
+    tokens = tokenized.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).to_dict()
+
+    offsets = [0]
+    for pool in dataset[ccol]:
+        offsets.append(offsets[-1] + (len(pool) + 1) // 2)
+    if offsets[-1] != len(tokens["prompt_ids"]):  # pragma: no cover - defensive
+        raise RuntimeError("Internal error: tokenized pseudo pairs are not aligned with the pools.")
+
+    prepared = dataset.map(
+        _regroup,
+        batched=True,
+        with_indices=True,
+        fn_kwargs={"tokens": tokens, "offsets": offsets, "completions_column": ccol},
+        new_fingerprint=Hasher.hash(("aepo-regroup-v1", dataset._fingerprint, tokenized._fingerprint)),
+        desc=f"Grouping tokenized {dataset_name} pools",
+    )
+
+    if args.max_length is not None and args.truncation_mode == "keep_start":
+        before = len(prepared)
+        max_length = args.max_length
+        prepared = prepared.filter(
+            lambda row: len(row[PROMPT_IDS]) < max_length,
+            desc=f"Dropping {dataset_name} pools whose prompt fills max_length",
+        )
+        if len(prepared) < before:
+            logger.warning(
+                "%d of %d %s pools were dropped: their prompt alone is at least max_length=%d tokens, so truncation "
+                "would leave no completion token to train on (as DPOTrainer does for pairs).",
+                before - len(prepared), before, dataset_name, max_length,
+            )
+        if len(prepared) == 0:
+            raise ValueError(
+                f"Every {dataset_name} pool was dropped: all prompts are at least max_length={max_length} tokens long."
+            )
+
+    if args.embeddings_column not in prepared.column_names:
+        if embed is None:
+            raise ValueError(
+                f"The {dataset_name} pool dataset has no {args.embeddings_column!r} column and no embedder is available."
+            )
+        prepared = embed(prepared, args)
+    return prepared

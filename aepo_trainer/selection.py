@@ -1,0 +1,363 @@
+"""Fused, batched AEPO subset selection: pick k of each prompt's N candidates on the device.
+
+For every prompt b with valid pool `Y_b` (`N_b` candidates) and cosine similarities `M` of the L2-normalised
+embeddings, a subset S of size k maximises (self-similarity excluded)
+
+    f(S) = 1/(k (N_b - 1)) sum_{i in S} sum_{j != i, j valid} M_ij  -  lambda / (k (k - 1)) sum_{i != j in S} M_ij
+           `------------------ representativeness ------------------'           `--- mean similarity inside S ---'
+
+`select_subsets` runs one similarity GEMM per chunk of prompts and then solves all prompts of the chunk at once:
+k = 2 exactly (one argmax over all pairs), k > 2 by greedy forward selection with incremental gains followed by
+seeded swap local search, or exhaustively when C(N, k) is small. See docs/selection.md for the user guide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import _selection_search as _search
+
+__all__ = ["SelectionResult", "select_subsets", "stable_row_key", "STRATEGIES", "SEARCHES"]
+
+STRATEGIES = ("aepo", "random", "west_of_n", "representativeness", "kmedoids")
+SEARCHES = ("auto", "greedy", "exhaustive")
+DEFAULT_EXHAUSTIVE_LIMIT = 5000  # "auto" enumerates every subset when C(N_max, k) <= this
+MAX_EXHAUSTIVE = 2_000_000  # search="exhaustive" refuses more subsets than this
+DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20  # temporary memory per chunk of prompts
+NORM_TOLERANCE = 1e-6  # |‖x‖² - 1| <= this: the row is already unit-norm and is used as is
+KMEDOIDS_MAX_ITER = 20
+
+
+@dataclass
+class SelectionResult:
+    """What `select_subsets` returns, all on the device of the embeddings.
+
+    indices:            LongTensor [B, k], sorted ascending in each row (for "west_of_n": [B, N_max], valid indices
+                        first, ascending, then -1 padding).
+    objective:          float32 [B], f(S) (= representativeness - lambda * (1 - diversity)).
+    representativeness: float32 [B], mean over i in S of the mean similarity of i to the other valid candidates.
+    diversity:          float32 [B], 1 - mean pairwise cosine similarity inside S.
+    valid:              BoolTensor like `indices`, True for real entries (all True except for "west_of_n").
+    """
+
+    indices: torch.Tensor
+    objective: torch.Tensor
+    representativeness: torch.Tensor
+    diversity: torch.Tensor
+    valid: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.indices.shape[0]
+
+    def tolist(self) -> list[list[int]]:
+        """The selected candidate indices of each row as Python lists (padding dropped)."""
+        idx, ok = self.indices.cpu().tolist(), self.valid.cpu().tolist()
+        return [[i for i, v in zip(row, vrow) if v] for row, vrow in zip(idx, ok)]
+
+    def to(self, device) -> SelectionResult:
+        return SelectionResult(*(getattr(self, f).to(device) for f in
+                                 ("indices", "objective", "representativeness", "diversity", "valid")))
+
+
+def stable_row_key(text: str) -> int:
+    """A stable signed int64 key for a prompt: the first 8 bytes of sha256(text), big-endian.
+
+    Pass `row_keys=torch.tensor([stable_row_key(p) for p in prompts])` so that a prompt's random choices do not depend
+    on which batch it lands in, nor on the process or the device.
+    """
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big", signed=True)
+
+
+def select_subsets(
+    embeddings: torch.Tensor,
+    k: int,
+    diversity_weight: float = 1.0,
+    mask: torch.Tensor | None = None,
+    strategy: str = "aepo",
+    seed: int = 0,
+    *,
+    row_keys=None,
+    search: str = "auto",
+    local_search_rounds: int = 20,
+    exhaustive_limit: int = DEFAULT_EXHAUSTIVE_LIMIT,
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    compile: bool | None = None,
+) -> SelectionResult:
+    """Select k candidates per prompt from a batch of candidate pools.
+
+    Args:
+        embeddings: float tensor [B, N, D] (fp32, bf16, fp16 or fp64) on any device; rows are L2-normalised inside
+            and similarities are accumulated in fp32.
+        k: subset size (>= 2, <= every row's valid pool size). Ignored by "west_of_n".
+        diversity_weight: lambda >= 0, the weight of the diversity term (forced to 0 by "representativeness").
+        mask: optional bool tensor [B, N]; False marks padding of ragged pools.
+        strategy: "aepo", "random", "west_of_n" (the whole valid pool), "representativeness" (lambda = 0) or
+            "kmedoids" (k-medoids coreset on cosine distance).
+        seed: seed of the counter-based RNG (local search, "random").
+        row_keys: optional int64 [B] per-prompt keys for the RNG (default `arange(B)`), e.g. from `stable_row_key`.
+        search: k > 2 search for "aepo": "greedy" (greedy + seeded swap local search), "exhaustive" (all C(N, k)
+            subsets) or "auto" (exhaustive when C(N_max, k) <= `exhaustive_limit`, else greedy). k = 2 is always
+            exact.
+        local_search_rounds: rounds of swap local search after the greedy pass.
+        exhaustive_limit: largest C(N_max, k) that "auto" solves exhaustively.
+        max_chunk_bytes: bound on the temporary memory; prompts are processed in chunks that fit in it.
+        compile: fuse the k = 2 pair kernel with `torch.compile` (None: the `AEPO_SELECTION_COMPILE` environment
+            variable, default off); any compilation failure falls back to eager.
+
+    Returns:
+        `SelectionResult`; `indices` are sorted ascending within each row.
+    """
+    E, mask, keys, counts, lam, k = _validate(embeddings, k, diversity_weight, mask, strategy, seed, row_keys, search,
+                                              local_search_rounds, exhaustive_limit, max_chunk_bytes)
+    B, N, D = E.shape
+    dev = E.device
+    west = strategy == "west_of_n"
+    width = N if west else k
+    out_idx = torch.empty(B, width, dtype=torch.long, device=dev)
+    out_valid = torch.ones(B, width, dtype=torch.bool, device=dev)
+    out = {name: torch.empty(B, dtype=torch.float32, device=dev) for name in ("obj", "rep", "div")}
+    if B == 0:
+        return SelectionResult(out_idx, out["obj"], out["rep"], out["div"], out_valid)
+
+    method = _method(strategy, k, lam, search, N, exhaustive_limit)
+    use_compile = _want_compile(compile)
+    rows = _chunk_rows(method, N, D, k, max_chunk_bytes)
+    counts_dev = torch.as_tensor(counts, device=dev)
+    for start in range(0, B, rows):
+        stop = min(B, start + rows)
+        msk = mask[start:stop]
+        cnt = counts_dev[start:stop]
+        M, rep = _similarities(E[start:stop], msk, cnt, start, padded=min(counts[start:stop]) < N)
+        if west:
+            idx, ok, obj, repr_, pair = _west_of_n(M, rep, msk, cnt, lam)
+            out_valid[start:stop] = ok
+        else:
+            sel = _select(method, M, rep, msk, k, lam, seed, keys[start:stop], local_search_rounds, max_chunk_bytes,
+                          use_compile)
+            obj, repr_, pair = _search.subset_scores(M, rep, sel, lam)
+            idx = sel
+        out_idx[start:stop] = idx
+        out["obj"][start:stop] = obj.float()
+        out["rep"][start:stop] = repr_.float()
+        out["div"][start:stop] = (1.0 - pair).float()
+        del M, rep
+    return SelectionResult(out_idx, out["obj"], out["rep"], out["div"], out_valid)
+
+
+# ------------------------------------------------------------------------------------------------ validation
+def _fail(message: str):
+    raise ValueError(f"select_subsets: {message}")
+
+
+def _validate(embeddings, k, lam, mask, strategy, seed, row_keys, search, rounds, exhaustive_limit, max_chunk_bytes):
+    if not isinstance(embeddings, torch.Tensor):
+        _fail(f"embeddings must be a torch.Tensor of shape [B, N, D], got {type(embeddings).__name__}")
+    if embeddings.dim() != 3:
+        _fail(f"embeddings must have shape [B, N, D], got {list(embeddings.shape)}")
+    if not embeddings.is_floating_point():
+        _fail(f"embeddings must be a floating-point tensor (fp32, bf16, fp16), got {embeddings.dtype}")
+    B, N, D = embeddings.shape
+    if D == 0:
+        _fail("embeddings have dimension D=0")
+    if strategy not in STRATEGIES:
+        _fail(f"unknown strategy {strategy!r}; expected one of {', '.join(map(repr, STRATEGIES))}")
+    if search not in SEARCHES:
+        _fail(f"unknown search {search!r}; expected one of {', '.join(map(repr, SEARCHES))}")
+    west = strategy == "west_of_n"
+    if not west and (isinstance(k, bool) or not isinstance(k, int)):
+        _fail(f"k must be an int, got {k!r}")
+    if not west and k < 2:
+        _fail(f"k={k} but at least 2 candidates must be selected per prompt")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+        _fail(f"diversity_weight must be a finite number >= 0, got {lam!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        _fail(f"seed must be an int, got {seed!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        _fail(f"local_search_rounds must be an int >= 0, got {rounds!r}")
+    if isinstance(exhaustive_limit, bool) or not isinstance(exhaustive_limit, int) or exhaustive_limit < 0:
+        _fail(f"exhaustive_limit must be an int >= 0, got {exhaustive_limit!r}")
+    if isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, int) or max_chunk_bytes <= 0:
+        _fail(f"max_chunk_bytes must be a positive int, got {max_chunk_bytes!r}")
+    dev = embeddings.device
+
+    if mask is None:
+        mask = torch.ones(B, N, dtype=torch.bool, device=dev)
+    else:
+        if not isinstance(mask, torch.Tensor):
+            _fail(f"mask must be a bool tensor of shape [B, N] = {[B, N]}, got {type(mask).__name__}")
+        if tuple(mask.shape) != (B, N):
+            _fail(f"mask has shape {list(mask.shape)} but embeddings are [B, N, D] = {[B, N, D]}")
+        if mask.dtype != torch.bool:
+            if mask.is_floating_point() or mask.is_complex():
+                _fail(f"mask must be a bool tensor (False = padding), got {mask.dtype}")
+            mask = mask != 0
+        mask = mask.to(dev)
+
+    if row_keys is None:
+        keys = torch.arange(B, dtype=torch.int64, device=dev)
+    else:
+        keys = torch.as_tensor(row_keys, device=dev) if not isinstance(row_keys, torch.Tensor) else row_keys.to(dev)
+        if keys.is_floating_point() or keys.dtype == torch.bool or tuple(keys.shape) != (B,):
+            _fail(f"row_keys must be an integer tensor of shape [B] = [{B}], got {keys.dtype} {list(keys.shape)}")
+        keys = keys.to(torch.int64)
+
+    counts = mask.sum(1).tolist()
+    for b, n in enumerate(counts):
+        if n == 0:
+            _fail(f"row {b} has no valid candidates (all padding)")
+        if west and n < 2:
+            _fail(f"row {b} has {n} valid candidate(s); 'west_of_n' needs at least 2")
+        if not west and n < k:
+            _fail(f"row {b} has {n} valid candidate(s) but k={k}")
+    lam = 0.0 if strategy == "representativeness" else float(lam)
+    return embeddings, mask, keys, counts, lam, (0 if west else k)
+
+
+# ------------------------------------------------------------------------------------------------ similarities
+@contextlib.contextmanager
+def _ieee_fp32_matmul(device: torch.device):
+    """Disable TF32 for the similarity GEMM on CUDA so that GPU similarities are true fp32 (CPU/GPU parity)."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _similarities(X, msk, counts, offset: int, padded: bool):
+    """fp32 cosine similarities `M` [b, N, N] (padding rows/columns 0) and float64 representativeness [b, N]."""
+    X = X.to(torch.float32)
+    if padded:
+        X = X.masked_fill(~msk[:, :, None], 0.0)
+    with _ieee_fp32_matmul(X.device):
+        M = torch.bmm(X, X.transpose(1, 2))
+    sq = torch.diagonal(M, dim1=1, dim2=2).clone()  # squared norms
+    finite = torch.isfinite(sq)
+    bad = msk & ~(finite & (sq > 0))
+    if bool(bad.any()):
+        b, i = (int(v) for v in bad.nonzero()[0])
+        problem = ("has a non-finite embedding (NaN or inf, or too large to square in fp32)" if not bool(finite[b, i])
+                   else "has an all-zero embedding, which cannot be L2-normalised")
+        _fail(f"row {offset + b} candidate {i} {problem}")
+    w = torch.where((sq - 1.0).abs() <= NORM_TOLERANCE, torch.ones_like(sq), sq.rsqrt())
+    w = w.masked_fill(~msk, 1.0)
+    if bool((w != 1.0).any()):
+        M.mul_(w[:, :, None] * w[:, None, :])  # symmetric scaling keeps M exactly symmetric
+    row_sum = M.sum(2).double()  # fp32 accumulation (pairwise), 30x faster than a float64 upcast
+    self_sim = torch.diagonal(M, dim1=1, dim2=2).double()
+    rep = (row_sum - self_sim) / (counts - 1).clamp_min(1).double()[:, None]
+    return M, rep.masked_fill(~msk, 0.0)
+
+
+# ------------------------------------------------------------------------------------------------ dispatch
+def _method(strategy: str, k: int, lam: float, search: str, n_max: int, exhaustive_limit: int) -> str:
+    if strategy in ("random", "west_of_n", "kmedoids"):
+        return strategy
+    if lam == 0.0:
+        return "topk"  # exact: the objective is a sum of per-candidate terms
+    if k == 2:
+        return "pair"
+    n_subsets = math.comb(n_max, k)
+    if search == "exhaustive":
+        if n_subsets > MAX_EXHAUSTIVE:
+            _fail(f"search='exhaustive' would enumerate C({n_max}, {k}) = {n_subsets} subsets per prompt "
+                  f"(limit {MAX_EXHAUSTIVE}); use search='greedy' or 'auto'")
+        return "exhaustive"
+    if search == "auto" and n_subsets <= exhaustive_limit:
+        return "exhaustive"
+    return "greedy"
+
+
+def _chunk_rows(method: str, N: int, D: int, k: int, max_chunk_bytes: int) -> int:
+    """Prompts per chunk so that the chunk's temporaries stay under `max_chunk_bytes` (at least one prompt)."""
+    n2 = 4 * N * N
+    per_row = 4 * N * D + 64 * N + {"kmedoids": 7 * n2, "pair": 3 * n2}.get(method, 2 * n2)
+    if method in ("greedy", "kmedoids"):
+        per_row += 64 * k * N
+    return max(1, max_chunk_bytes // per_row)
+
+
+def _select(method, M, rep, msk, k, lam, seed, keys, rounds, max_chunk_bytes, use_compile):
+    if method == "topk":
+        return _search.top_k(rep, msk, k)
+    if method == "pair":
+        return _pair(M, rep, msk, lam, use_compile)
+    if method == "greedy":
+        sel = _search.greedy(M, rep, msk, k, lam)
+        if rounds > 0 and k < int(msk.sum(1).min()):
+            sel = _search.local_search(M, rep, msk, sel, lam, rounds, seed, keys)
+        return sel
+    if method == "exhaustive":
+        per_combo = M.shape[0] * (k + k * (k - 1) // 2) * 8 * 4
+        return _search.exhaustive(M, rep, msk, k, lam, block=max(1, max_chunk_bytes // (2 * per_combo)))
+    if method == "random":
+        return _search.random_subsets(msk, k, seed, keys)
+    if method == "kmedoids":
+        return _search.kmedoids(M, rep, msk, k, KMEDOIDS_MAX_ITER)
+    raise AssertionError(method)
+
+
+def _west_of_n(M, rep, msk, counts, lam):
+    b, N = msk.shape
+    ar = torch.arange(N, device=msk.device)
+    order = torch.where(msk, ar, ar + N).sort(1).values
+    ok = ar[None, :] < counts[:, None]
+    idx = order.masked_fill(~ok, -1)
+    mean_sim = rep.sum(1) / counts.double()  # = mean pairwise similarity of the whole valid pool
+    return idx, ok, (1.0 - lam) * mean_sim, mean_sim, mean_sim
+
+
+# ------------------------------------------------------------------------------------------------ k = 2: pair kernel
+def _pair_scores_argmax(M: torch.Tensor, h: torch.Tensor, lam: float) -> torch.Tensor:
+    """argmax over i != j of h_i + h_j - lam * M_ij (flattened index); h is -inf on padding."""
+    F = h[:, :, None] + h[:, None, :]
+    if lam != 0.0:
+        F.sub_(M, alpha=lam)
+    torch.diagonal(F, dim1=1, dim2=2).fill_(float("-inf"))
+    return F.flatten(1).max(1).indices  # first maximum; `max` is ~2x faster than `argmax` on CPU
+
+
+def _pair_scores_argmax_fused(M: torch.Tensor, h: torch.Tensor, lam: float) -> torch.Tensor:
+    n = M.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool, device=M.device)
+    F = (h[:, :, None] + h[:, None, :] - lam * M).masked_fill(eye, float("-inf"))
+    return F.flatten(1).argmax(1)
+
+
+_compiled_pair = None
+
+
+def _want_compile(flag: bool | None) -> bool:
+    if flag is None:
+        flag = os.environ.get("AEPO_SELECTION_COMPILE", "0").strip().lower() in ("1", "true", "yes", "on")
+    return bool(flag)
+
+
+def _pair(M, rep, msk, lam: float, use_compile: bool) -> torch.Tensor:
+    """Exact k = 2: f({i, j}) = (rep_i + rep_j) / 2 - lam * M_ij, maximised over all pairs by one argmax."""
+    global _compiled_pair
+    N = M.shape[-1]
+    h = (0.5 * rep).float().masked_fill(~msk, float("-inf"))
+    flat = None
+    if use_compile:
+        try:
+            if _compiled_pair is None:
+                _compiled_pair = torch.compile(_pair_scores_argmax_fused, dynamic=True)
+            flat = _compiled_pair(M, h, lam)
+        except Exception:  # noqa: BLE001 - any compiler problem: fall back to the eager kernel
+            _compiled_pair = None
+            flat = None
+    if flat is None:
+        flat = _pair_scores_argmax(M, h, lam)
+    i, j = flat // N, flat % N
+    return torch.stack((torch.minimum(i, j), torch.maximum(i, j)), 1)

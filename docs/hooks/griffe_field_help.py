@@ -1,0 +1,44 @@
+"""Griffe extension used by the docs build (mkdocs.yml): dataclass `field(metadata={"help": ...})` → attribute docs.
+
+`AEPOConfig` documents each field the way TRL's configs do, in `metadata={"help": ...}`, so that `TrlParser` and the
+`aepo` CLI show it as flag help. Griffe does not read that metadata; this extension copies the help string into the
+attribute's docstring (only when the attribute has no docstring of its own), so the API reference shows the same text
+as `aepo --help`. It reads the source statically: nothing is imported.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import griffe
+
+
+def _help_from_field_call(node: ast.AST) -> str | None:
+    value = getattr(node, "value", None)
+    if not isinstance(value, ast.Call):
+        return None
+    func = value.func
+    name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+    if name != "field":
+        return None
+    for keyword in value.keywords:
+        if keyword.arg == "metadata" and isinstance(keyword.value, ast.Dict):
+            for key, item in zip(keyword.value.keys, keyword.value.values):
+                if isinstance(key, ast.Constant) and key.value == "help":
+                    try:
+                        text = ast.literal_eval(item)  # implicit string concatenation is one Constant
+                    except ValueError:
+                        return None
+                    return text if isinstance(text, str) else None
+    return None
+
+
+class FieldHelpExtension(griffe.Extension):
+    """Use `field(metadata={"help": ...})` as the docstring of dataclass attributes that have none."""
+
+    def on_attribute_instance(self, *, node, attr, agent, **kwargs) -> None:
+        if attr.docstring is not None or not isinstance(node, ast.AST):
+            return
+        text = _help_from_field_call(node)
+        if text:
+            attr.docstring = griffe.Docstring(text, lineno=getattr(node, "lineno", None), parent=attr)

@@ -1,0 +1,196 @@
+"""AEPOTrainer on candidate pools: end-to-end training, equality with DPOTrainer on the same pairs, per-batch
+selection, budget, metrics, resume without re-annotating, LoRA, model card, and the refusals."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DPOConfig, DPOTrainer
+
+from aepo_trainer import AEPOConfig, AEPOTrainer
+from aepo_trainer.annotation.dataset_scores import DatasetScoresAnnotator
+from aepo_trainer.annotation.service import AnnotationService
+from aepo_trainer.pipeline import PoolReducer, prompt_key
+
+WORDS = ["blue", "green", "Paris", "four", "the sea", "a cat", "yes", "no", "maybe", "sleep"]
+
+
+def pool_rows(n=8, size=4, seed=0, ties=()):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        scores = torch.randperm(size, generator=g).float().div(size).tolist()  # distinct: no ties
+        rows.append({
+            "prompt": f"Question {i}: tell me about {WORDS[i % len(WORDS)]}.",
+            "completions": [f" It is {WORDS[(i + j) % len(WORDS)]}, {j}." for j in range(size)],
+            "scores": [0.5] * size if i in ties else scores,
+            "embeddings": torch.randn(size, 8, generator=g).tolist(),
+        })
+    return rows
+
+
+def make_trainer(model_path, dpo_args, rows=None, peft_config=None, annotator=None, **overrides):
+    kwargs = {**dpo_args, "max_length": 64, **overrides}
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    ref = None if peft_config is not None else AutoModelForCausalLM.from_pretrained(model_path)
+    return AEPOTrainer(model=model, ref_model=ref, args=AEPOConfig(**kwargs),
+                       train_dataset=Dataset.from_list(rows if rows is not None else pool_rows()),
+                       processing_class=AutoTokenizer.from_pretrained(model_path), peft_config=peft_config,
+                       annotator=annotator)
+
+
+def logged(trainer):
+    return [e for e in trainer.state.log_history if "loss" in e]
+
+
+def test_training_on_pools_changes_weights_and_logs_metrics(tiny_model_path, dpo_args):
+    trainer = make_trainer(tiny_model_path, dpo_args)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+    entries = logged(trainer)
+    assert len(entries) == 3
+    for key in ("aepo/representativeness", "aepo/diversity", "aepo/reward_chosen", "aepo/reward_rejected",
+                "aepo/annotations_spent", "aepo/ties_dropped", "rewards/margins", "logps/chosen"):
+        assert key in entries[-1], key
+    assert [e["aepo/annotations_spent"] for e in entries] == [4, 8, 12]  # k = 2 per prompt, 2 prompts per step
+    assert all(e["aepo/reward_chosen"] > e["aepo/reward_rejected"] for e in entries)
+    assert all(-1.0 <= e["aepo/representativeness"] <= 1.0 and 0.0 <= e["aepo/diversity"] <= 2.0 for e in entries)
+    assert trainer.recent_pairs and trainer.recent_pairs[0]["chosen_score"] > trainer.recent_pairs[0]["rejected_score"]
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"ld_alpha": 0.5},
+    {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]},
+])
+def test_pool_training_equals_dpo_on_the_selected_pairs(tiny_model_path, dpo_args, tmp_path, overrides):
+    """With k = 2, training on pools is DPO on the pairs AEPO selects: same losses and weights, step by step."""
+    rows = pool_rows()
+    trainer = make_trainer(tiny_model_path, dpo_args, rows, **overrides)
+    trainer.train()
+
+    # The same pairs, formed offline by the same PoolReducer (fresh store), as a prompt/chosen/rejected dataset.
+    args = AEPOConfig(**{**dpo_args, "output_dir": str(tmp_path / "offline")})
+    reducer = PoolReducer(args, AnnotationService(DatasetScoresAnnotator(), tmp_path / "offline.sqlite"))
+    reduced = reducer.reduce(rows, torch.tensor([r["embeddings"] for r in rows]))
+    assert len(reduced.pairs) == len(rows)
+    pairs = [{"prompt": rows[p.row]["prompt"],
+              "chosen": rows[p.row]["completions"][reduced.subsets[p.row][p.chosen]],
+              "rejected": rows[p.row]["completions"][reduced.subsets[p.row][p.rejected]]} for p in reduced.pairs]
+    dpo = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                     ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                     args=DPOConfig(**{**dpo_args, "max_length": 64, "output_dir": str(tmp_path / "dpo"), **overrides}),
+                     train_dataset=Dataset.from_list(pairs),
+                     processing_class=AutoTokenizer.from_pretrained(tiny_model_path))
+    dpo.train()
+    ours, theirs = logged(trainer), logged(dpo)
+    for key in ("loss", "rewards/chosen", "rewards/margins", "logps/rejected", "num_tokens"):
+        assert [e[key] for e in ours] == pytest.approx([e[key] for e in theirs], rel=1e-4, abs=1e-5), key
+    theirs_weights = dict(dpo.model.named_parameters())
+    for name, p in trainer.model.named_parameters():
+        torch.testing.assert_close(p, theirs_weights[name], rtol=1e-4, atol=1e-5)
+
+
+def test_selection_happens_per_batch(tiny_model_path, dpo_args):
+    trainer = make_trainer(tiny_model_path, dpo_args)
+    calls = []
+    original = trainer.pool_reducer.reduce
+
+    def spy(rows, embeddings, mask=None):
+        calls.append([r["prompt"] for r in rows])
+        return original(rows, embeddings, mask)
+
+    trainer.pool_reducer.reduce = spy
+    trainer.train()
+    # One reduction per batch of 2 pools, plus the batch the DataLoader prepares ahead (accelerate looks one batch
+    # ahead to detect the end of the epoch): max_steps=3 stops before the epoch's 4th batch is trained.
+    assert len(calls) == 4 and all(len(c) == 2 for c in calls)
+    assert trainer._aepo_seen_prompt_keys == [prompt_key(p) for c in calls[:3] for p in c]
+    assert trainer.annotation_service.spent == 16
+
+
+def test_budget_is_respected_and_training_stops_with_a_checkpoint(tiny_model_path, dpo_args, caplog):
+    trainer = make_trainer(tiny_model_path, dpo_args, annotation_budget=6, max_steps=10)
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    assert trainer.annotation_service.spent == 6  # 3 prompts x k = 2; the 4th prompt did not fit and was skipped
+    assert trainer.state.global_step == 2  # step 2 trained on what was annotated, then stopped
+    assert "budget exhausted" in trainer.aepo_stop_reason and "6/6" in trainer.aepo_stop_reason
+    assert any("stopping training" in r.getMessage() for r in caplog.records)
+    assert os.path.isdir(os.path.join(trainer.args.output_dir, "checkpoint-2"))
+    assert logged(trainer)[-1]["aepo/budget_left"] == 0
+
+
+def test_resume_does_not_re_annotate(tiny_model_path, dpo_args):
+    first = make_trainer(tiny_model_path, dpo_args, max_steps=2, save_strategy="steps", save_steps=2)
+    first.train()
+    assert first.annotation_service.spent == 8
+    resumed = make_trainer(tiny_model_path, dpo_args, max_steps=4, save_strategy="steps", save_steps=2)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 4
+    assert resumed.annotation_service.spent == 16  # same ledger; the 2 resumed steps paid only for new prompts
+    entries = logged(resumed)
+    assert [e["aepo/annotations_paid"] for e in entries] == [4, 4]
+    assert len(set(first._aepo_seen_prompt_keys + resumed._aepo_seen_prompt_keys)) == 8  # no prompt seen twice
+
+
+def test_ties_give_an_empty_but_valid_step(tiny_model_path, dpo_args):
+    trainer = make_trainer(tiny_model_path, dpo_args, rows=pool_rows(n=2, ties=(0, 1)), max_steps=1)
+    trainer.train()
+    entry = logged(trainer)[0]
+    assert entry["loss"] == 0.0 and entry["aepo/empty_batches"] == 1 and entry["aepo/ties_dropped"] == 2
+    assert "rewards/chosen" not in entry  # no NaN metric from a step without pairs
+
+
+def test_lora_on_pools_with_gradient_checkpointing(tiny_model_path, dpo_args):
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = make_trainer(tiny_model_path, dpo_args, peft_config=lora, activation_checkpointing=True, max_steps=2)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert logged(trainer)[-1]["rewards/margins"] != 0  # the reference (adapter disabled) differs from the policy
+
+
+def test_reward_function_annotator(tiny_model_path, dpo_args):
+    seen = {}
+
+    def length_reward(prompts, completions, **columns):
+        seen.setdefault("columns", set(columns))
+        return [float(len(c)) for c in completions]
+
+    trainer = make_trainer(tiny_model_path, dpo_args, annotator=length_reward, max_steps=1)
+    trainer.train()
+    assert "scores" in seen["columns"]  # the row's other columns reach the reward function
+    assert all(p["chosen_score"] == len(p["chosen"]) for p in trainer.recent_pairs)
+
+
+def test_model_card_mentions_aepo(tiny_model_path, dpo_args):
+    trainer = make_trainer(tiny_model_path, dpo_args, max_steps=1, diversity_weight=0.5)
+    trainer.train()
+    trainer.create_model_card()
+    card = open(os.path.join(trainer.args.output_dir, "README.md"), encoding="utf-8").read()
+    assert "trained with **AEPO**" in card and "| `diversity_weight` | `0.5` |" in card
+    assert "annotations spent" in card
+
+
+def test_refusals(tiny_model_path, dpo_args):
+    with pytest.raises(ValueError, match="precompute_ref_log_probs=True` cannot be used with candidate-pool"):
+        make_trainer(tiny_model_path, dpo_args, precompute_ref_log_probs=True)
+    pairs = Dataset.from_dict({"prompt": ["a"], "chosen": [" b"], "rejected": [" c"]})
+    with pytest.raises(ValueError, match="reward-aware losses"):
+        AEPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                    ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                    args=AEPOConfig(**dpo_args, loss_type=["rpo_sq"]), train_dataset=pairs,
+                    processing_class=AutoTokenizer.from_pretrained(tiny_model_path))
+    with pytest.raises(ValueError, match=r"row 1, field 'completions': 1 completion"):
+        bad = pool_rows(n=2)
+        bad[1]["completions"], bad[1]["scores"], bad[1]["embeddings"] = [" x"], [0.1], [[0.0] * 8]
+        make_trainer(tiny_model_path, dpo_args, rows=bad)
