@@ -77,12 +77,14 @@ def reference_outputs(trainer, model_kwargs: dict, labels: torch.Tensor):
 
 def _drop_nan_entries(metrics: dict, lengths: dict) -> None:
     """Remove the metric entries TRL appended for a step without any pair on any process (means of nothing)."""
-    for key, values in metrics.items():
+    for key, values in list(metrics.items()):
         start = lengths.get(key, 0)
         if isinstance(values, list) and len(values) > start:
             kept = [v for v in values[start:] if not (isinstance(v, float) and math.isnan(v))]
             del values[start:]
             values.extend(kept)
+        if isinstance(values, list) and not values:  # TRL's `log` averages every key: no empty lists
+            del metrics[key]
 
 
 def _record_stats(trainer, mode: str, stats: torch.Tensor, rpo_values: list[tuple[str, torch.Tensor]]) -> dict:

@@ -91,18 +91,39 @@ def hash32_reference(seed: int, row_key: int, *counters: int) -> int:
     return h
 
 
+# ------------------------------------------------------------------------------------------------ helpers
+# Performance notes (CPU, measured): boolean `masked_fill`/`where` on [B, N] are ~30x slower than adding a 0/-inf
+# penalty tensor, advanced indexing `M[ar, sel]` is ~4x slower than `index_select` on the flattened matrix, and
+# `max(dim).indices` is ~2x faster than `argmax` (both return the first maximum).
+def penalty(valid: torch.Tensor) -> torch.Tensor:
+    """float32 [B, N]: 0 where valid, -inf on padding (added to scores instead of boolean masking)."""
+    return torch.zeros(valid.shape, dtype=torch.float32, device=valid.device).masked_fill_(~valid, NEG_INF)
+
+
+def rows_of(M: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """M[b, idx[b, p], :] as [B, P, N] (idx [B, P]) or [B, N] (idx [B])."""
+    B, N, _ = M.shape
+    base = torch.arange(B, device=M.device) * N
+    if idx.dim() == 1:
+        return M.view(B * N, N).index_select(0, idx + base)
+    return M.view(B * N, N).index_select(0, (idx + base[:, None]).flatten()).view(B, idx.shape[1], N)
+
+
+def argmax_first(x: torch.Tensor) -> torch.Tensor:
+    return x.max(-1).indices
+
+
 # ------------------------------------------------------------------------------------------------ objective
 def subset_scores(M: torch.Tensor, rep: torch.Tensor, sel: torch.Tensor, lam: float):
-    """Objective terms of the subsets `sel` `[B, k]`: (objective, representativeness, mean pairwise similarity).
+    """Objective terms of the subsets `sel` `[B, k]` (sorted ascending): (objective, representativeness, mean
+    pairwise similarity), float64, from the same fp32 similarities as the search so that comparisons are consistent.
 
-    float64, computed from the same fp32 similarities as the search, so comparisons between subsets are consistent.
+    Only the upper-triangle entries M_ij, i < j, are read (the exhaustive search and the k = 2 kernel read the same).
     """
     B, k = sel.shape
-    rows = torch.arange(B, device=sel.device)[:, None]
+    N = M.shape[-1]
     iu = torch.triu_indices(k, k, offset=1, device=sel.device)
-    # `sel` is sorted ascending, so these are the upper-triangle entries M_ij, i < j (the exhaustive search and the
-    # k = 2 pair kernel read the same entries).
-    pair = M[rows, sel[:, iu[0]], sel[:, iu[1]]].double().sum(1) * (2.0 / (k * (k - 1)))
+    pair = M.view(B, N * N).gather(1, sel[:, iu[0]] * N + sel[:, iu[1]]).double().sum(1) * (2.0 / (k * (k - 1)))
     repr_ = rep.gather(1, sel).sum(1) / k
     return repr_ - lam * pair, repr_, pair
 
@@ -115,107 +136,120 @@ def greedy(M: torch.Tensor, rep: torch.Tensor, valid: torch.Tensor, k: int, lam:
     `rep_c - (2 lam / t) * sum_{s in S} M_sc` (t >= 1; the first pick is the most representative candidate).
     """
     B, N = rep.shape
-    ar = torch.arange(B, device=rep.device)
     sel = torch.empty(B, k, dtype=torch.long, device=rep.device)
-    taken = ~valid
-    acc = torch.zeros(B, N, dtype=torch.float64, device=rep.device)
+    pen = penalty(valid)
+    gain = rep.float() + pen
+    acc = torch.zeros(B, N, dtype=torch.float32, device=rep.device)
     for t in range(k):
-        gain = rep if t == 0 else rep - (2.0 * lam / t) * acc
-        c = gain.masked_fill(taken, NEG_INF).argmax(1)
+        if t > 0:
+            gain = torch.add(rep.float(), acc, alpha=-2.0 * lam / t).add_(pen)
+        c = argmax_first(gain)
         sel[:, t] = c
-        taken[ar, c] = True
+        pen.scatter_(1, c[:, None], NEG_INF)
         if t + 1 < k:
-            acc = acc + M[ar, c].double()
+            acc += rows_of(M, c)
     return sel.sort(1).values
 
 
 def top_k(rep: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
     """The k most representative candidates (exact optimum for lambda = 0); ties to the lowest index."""
-    order = rep.masked_fill(~valid, NEG_INF).sort(dim=1, descending=True, stable=True).indices
+    order = (rep + penalty(valid)).sort(dim=1, descending=True, stable=True).indices
     return order[:, :k].sort(1).values
 
 
 # ------------------------------------------------------------------------------------------------ local search
-def _best_swap(M, rep32, blocked0, sel, cur, rep, lam: float):
+def _best_swap(M, rep32, pen0, sel, cur, rep, lam: float):
     """One steepest-ascent step: the best (member, non-member) exchange by incremental gain, applied where it strictly
     improves the objective (checked with `subset_scores`). Returns (sel, objective)."""
     B, k = sel.shape
     N = rep32.shape[1]
-    ar = torch.arange(B, device=sel.device)
     coef = 2.0 * lam / (k - 1)
-    rows = M[ar[:, None], sel]  # [B, k, N]: M_{p, c} for members p
+    rows = rows_of(M, sel)  # [B, k, N]: M_{p, c} for members p
     acc = rows.sum(1)  # [B, N]: sum_{s in S} M_{s, c}
     pair_p = acc.gather(1, sel) - rows.gather(2, sel[:, :, None]).squeeze(2)  # sum_{s != p} M_{s, p}
-    # k * (f(S - p + c) - f(S)) = (rep_c - coef * acc_c) + coef * M_pc - (rep_p - coef * pair_p)
-    delta = torch.add((rep32 - coef * acc)[:, None, :], rows, alpha=coef)
-    delta.sub_((rep32.gather(1, sel) - coef * pair_p)[:, :, None])
-    blocked = blocked0.clone()
-    blocked[ar[:, None], sel] = True
-    best_val, best = delta.masked_fill_(blocked[:, None, :], NEG_INF).flatten(1).max(1)
-    cand = sel.clone()
-    cand[ar, best // N] = best % N
-    cand = cand.sort(1).values
+    # k * (f(S - p + c) - f(S)) = (rep_c - coef * acc_c) + coef * M_pc - (rep_p - coef * pair_p); members and padding
+    # get -inf through the penalty.
+    u = torch.add(rep32, acc, alpha=-coef).add_(pen0).scatter_(1, sel, NEG_INF)
+    delta = torch.add(u[:, None, :], rows, alpha=coef).sub_((rep32.gather(1, sel) - coef * pair_p)[:, :, None])
+    best_val, best = delta.flatten(1).max(1)
+    cand = sel.scatter(1, (best // N)[:, None], (best % N)[:, None]).sort(1).values
     new = subset_scores(M, rep, cand, lam)[0]
-    better = (new > cur) & torch.isfinite(best_val)
+    better = (new > cur) & (best_val > NEG_INF)
     return torch.where(better[:, None], cand, sel), torch.where(better, new, cur)
 
 
 def local_search(M, rep, valid, sel, lam: float, rounds: int, seed: int, row_keys: torch.Tensor,
-                 polish_steps: int = 2):
+                 polish_steps: int = 2, drop: int = 4, inserts: int = 2):
     """Batched iterated local search from `sel`; never returns a subset with a lower objective than its input.
 
-    First the start is polished by steepest-ascent swaps (`_best_swap`). Then each round, for every row at once:
-      1. seeded perturbation: drop min(2, k - 1) members and insert one non-member, all drawn by the counter-based
-         hash of (seed, row key, round), then complete the subset greedily with incremental gains;
+    First the start is polished by k steepest-ascent swaps (`_best_swap`). Then each round, for every row at once:
+      1. seeded perturbation: drop min(`drop`, k - 1) members and insert `inserts` random non-members, all drawn by
+         the counter-based hash of (seed, row key, round), then complete the subset greedily with incremental gains;
       2. polish the perturbed subset with `polish_steps` steepest-ascent swaps;
       3. keep it if its objective is not worse than the incumbent's.
     The reference's move (drop one random member, re-add greedily) cannot leave a 1-swap local optimum; the random
     insertion plus polishing can.
     """
     B, k = sel.shape
-    N = rep.shape[1]
     dev = rep.device
-    ar = torch.arange(B, device=dev)
-    invalid = ~valid
-    m = min(2, k - 1)
+    m = min(drop, k - 1)
+    q = min(inserts, m)
     rep32 = rep.float()
+    pen0 = penalty(valid)
     cur = subset_scores(M, rep, sel, lam)[0]
     for _ in range(k):
-        sel, cur = _best_swap(M, rep32, invalid, sel, cur, rep, lam)
-    base = hash32(seed, row_keys, STREAM_LOCAL_SEARCH)  # [B], per-row RNG state
+        sel, cur = _best_swap(M, rep32, pen0, sel, cur, rep, lam)
+    base = hash32(seed, row_keys, STREAM_LOCAL_SEARCH)  # [B]: per-row RNG state
     positions = torch.arange(k, device=dev)
     for r in range(rounds):
-        # 1. perturbation: drop m members, insert one uniformly random allowed candidate, greedy completion
-        drop = _absorb(_absorb(base[:, None], r), positions).sort(dim=1, stable=True).indices[:, :m]  # [B, m]
+        # 1. perturbation: drop m members, insert q uniformly random non-members, complete greedily
+        state = _absorb(base, r)
+        dropped = _absorb(state[:, None], positions).sort(dim=1, stable=True).indices[:, :m]  # [B, m] positions
+        allowed = torch.ones_like(valid).scatter_(1, sel, False) & valid
         cand = sel.clone()
-        taken = invalid.clone()
-        taken[ar[:, None], sel] = True
-        allowed = ~taken
-        draw = _absorb(_absorb(base, r), 0xFFFFFFFF)  # [B] in [0, 2**32)
-        target = (draw * allowed.sum(1)) >> 32  # uniform rank among the allowed candidates
-        c = (allowed.cumsum(1) > target[:, None]).to(torch.uint8).argmax(1)
-        cand[ar, drop[:, 0]] = c
-        taken[ar, c] = True
-        keep = torch.ones(B, k, dtype=torch.bool, device=dev).scatter_(1, drop, False)
-        taken[ar[:, None], sel] = keep  # dropped members may come back in the greedy completion
-        taken[ar, c] = True
-        acc = (M[ar[:, None], cand] * keep.scatter(1, drop[:, :1], True)[:, :, None]).sum(1)
-        for step in range(1, m):
-            t = k - m + step
-            c = torch.add(rep32, acc, alpha=-2.0 * lam / t).masked_fill_(taken, NEG_INF).argmax(1)
-            cand[ar, drop[:, step]] = c
-            taken[ar, c] = True
-            acc += M[ar, c]
+        for i in range(q):
+            draw = _absorb(state, 0xFFFFFFFF - i)  # [B] uniform in [0, 2**32)
+            n_allowed = allowed.sum(1)
+            rank = (draw * n_allowed) >> 32  # uniform rank among the allowed candidates
+            c = argmax_first((allowed.cumsum(1) > rank[:, None]).to(torch.uint8))
+            # a row without room (N_b - k < i + 1) keeps its member at that position
+            c = torch.where(n_allowed > 0, c, sel.gather(1, dropped[:, i:i + 1]).squeeze(1))
+            cand.scatter_(1, dropped[:, i:i + 1], c[:, None])
+            allowed.scatter_(1, c[:, None], False)
+        pen = pen0.scatter(1, cand, NEG_INF)
+        if q < m:
+            pen.scatter_(1, sel.gather(1, dropped[:, q:]), 0.0)  # the other dropped members may come back
+            keep = torch.ones(B, k, dtype=torch.bool, device=dev).scatter_(1, dropped[:, q:], False)
+            acc = (rows_of(M, cand) * keep[:, :, None]).sum(1)
+            for step in range(q, m):
+                c = argmax_first(torch.add(rep32, acc, alpha=-2.0 * lam / (k - m + step)).add_(pen))
+                cand.scatter_(1, dropped[:, step:step + 1], c[:, None])
+                pen.scatter_(1, c[:, None], NEG_INF)
+                acc += rows_of(M, c)
         cand = cand.sort(1).values
         new = subset_scores(M, rep, cand, lam)[0]
         # 2. polish
         for _ in range(polish_steps):
-            cand, new = _best_swap(M, rep32, invalid, cand, new, rep, lam)
+            cand, new = _best_swap(M, rep32, pen0, cand, new, rep, lam)
         # 3. accept if not worse
         better = new >= cur
         sel = torch.where(better[:, None], cand, sel)
         cur = torch.where(better, new, cur)
     return sel
+
+
+def canonical_copies(M, rep, valid, sel):
+    """Replace members by their lowest-index exact copies (candidate j is a copy of member s when M_sj equals the
+    self-similarity M_ss and rep_j equals rep_s bit for bit, which identical embeddings give). The objective is
+    unchanged; this makes the lowest-index rule hold for duplicates after local search too."""
+    rows = rows_of(M, sel)  # [B, k, N]
+    self_sim = rows.gather(2, sel[:, :, None])
+    copies = (rows == self_sim) & (rep[:, None, :] == rep.gather(1, sel)[:, :, None]) & valid[:, None, :]
+    group = argmax_first(copies.to(torch.uint8))  # [B, k]: lowest copy = group id
+    same = group[:, :, None] == group[:, None, :]
+    rank = (same & torch.ones_like(same).tril(-1)).sum(2)  # members of the same group before this one
+    new = argmax_first((copies.cumsum(2) > rank[:, :, None]).to(torch.uint8))
+    return new.sort(1).values
 
 
 # ------------------------------------------------------------------------------------------------ exhaustive
@@ -226,6 +260,7 @@ def exhaustive(M, rep, valid, k: int, lam: float, block: int) -> torch.Tensor:
     combos = torch.combinations(torch.arange(N, device=dev), r=k)  # [C, k], lexicographic
     iu = torch.triu_indices(k, k, offset=1, device=dev)
     flatM = M.flatten(1)
+    pen = penalty(valid).double()
     best_val = torch.full((B,), NEG_INF, dtype=torch.float64, device=dev)
     best_idx = torch.zeros(B, dtype=torch.long, device=dev)
     for start in range(0, combos.shape[0], block):
@@ -233,8 +268,7 @@ def exhaustive(M, rep, valid, k: int, lam: float, block: int) -> torch.Tensor:
         rep_s = rep[:, cb].sum(2) / k  # [B, c]
         flat = cb[:, iu[0]] * N + cb[:, iu[1]]  # [c, P]
         pair = flatM[:, flat].double().sum(2) * (2.0 / (k * (k - 1)))
-        val = rep_s - lam * pair
-        val = val.masked_fill(~valid[:, cb].all(2), NEG_INF)
+        val = rep_s - lam * pair + pen[:, cb].sum(2)
         v, i = val.max(1)
         upd = v > best_val  # strict: the earlier (lexicographically smaller) subset wins ties
         best_val = torch.where(upd, v, best_val)

@@ -30,7 +30,7 @@ SEARCHES = ("auto", "greedy", "exhaustive")
 DEFAULT_EXHAUSTIVE_LIMIT = 5000  # "auto" enumerates every subset when C(N_max, k) <= this
 MAX_EXHAUSTIVE = 2_000_000  # search="exhaustive" refuses more subsets than this
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20  # temporary memory per chunk of prompts
-NORM_TOLERANCE = 1e-6  # |‖x‖² - 1| <= this: the row is already unit-norm and is used as is
+NORM_TOLERANCE = 1e-5  # |‖x‖² - 1| <= this: the row counts as unit-norm (fp32 GEMM rounding is ~1e-6)
 KMEDOIDS_MAX_ITER = 20
 
 
@@ -125,7 +125,7 @@ def select_subsets(
     if B == 0:
         return SelectionResult(out_idx, out["obj"], out["rep"], out["div"], out_valid)
 
-    method = _method(strategy, k, lam, search, N, exhaustive_limit)
+    method = _method(strategy, k, lam, search, max(counts), exhaustive_limit)
     use_compile = _want_compile(compile)
     rows = _chunk_rows(method, N, D, k, max_chunk_bytes)
     counts_dev = torch.as_tensor(counts, device=dev)
@@ -138,8 +138,8 @@ def select_subsets(
             idx, ok, obj, repr_, pair = _west_of_n(M, rep, msk, cnt, lam)
             out_valid[start:stop] = ok
         else:
-            sel = _select(method, M, rep, msk, k, lam, seed, keys[start:stop], local_search_rounds, max_chunk_bytes,
-                          use_compile)
+            sel = _select(method, M, rep, msk, counts[start:stop], k, lam, seed, keys[start:stop],
+                          local_search_rounds, exhaustive_limit, max_chunk_bytes, use_compile)
             obj, repr_, pair = _search.subset_scores(M, rep, sel, lam)
             idx = sel
         out_idx[start:stop] = idx
@@ -260,21 +260,21 @@ def _similarities(X, msk, counts, offset: int, padded: bool):
 
 
 # ------------------------------------------------------------------------------------------------ dispatch
-def _method(strategy: str, k: int, lam: float, search: str, n_max: int, exhaustive_limit: int) -> str:
+def _method(strategy: str, k: int, lam: float, search: str, n_largest: int, exhaustive_limit: int) -> str:
     if strategy in ("random", "west_of_n", "kmedoids"):
         return strategy
     if lam == 0.0:
         return "topk"  # exact: the objective is a sum of per-candidate terms
     if k == 2:
         return "pair"
-    n_subsets = math.comb(n_max, k)
     if search == "exhaustive":
+        n_subsets = math.comb(n_largest, k)
         if n_subsets > MAX_EXHAUSTIVE:
-            _fail(f"search='exhaustive' would enumerate C({n_max}, {k}) = {n_subsets} subsets per prompt "
+            _fail(f"search='exhaustive' would enumerate C({n_largest}, {k}) = {n_subsets} subsets per prompt "
                   f"(limit {MAX_EXHAUSTIVE}); use search='greedy' or 'auto'")
         return "exhaustive"
-    if search == "auto" and n_subsets <= exhaustive_limit:
-        return "exhaustive"
+    if search == "auto" and exhaustive_limit > 0:
+        return "auto"  # decided per row: exhaustive where C(N_b, k) <= exhaustive_limit
     return "greedy"
 
 
@@ -282,29 +282,53 @@ def _chunk_rows(method: str, N: int, D: int, k: int, max_chunk_bytes: int) -> in
     """Prompts per chunk so that the chunk's temporaries stay under `max_chunk_bytes` (at least one prompt)."""
     n2 = 4 * N * N
     per_row = 4 * N * D + 64 * N + {"kmedoids": 7 * n2, "pair": 3 * n2}.get(method, 2 * n2)
-    if method in ("greedy", "kmedoids"):
+    if method in ("greedy", "auto", "kmedoids"):
         per_row += 64 * k * N
     return max(1, max_chunk_bytes // per_row)
 
 
-def _select(method, M, rep, msk, k, lam, seed, keys, rounds, max_chunk_bytes, use_compile):
+def _select(method, M, rep, msk, counts, k, lam, seed, keys, rounds, exhaustive_limit, max_chunk_bytes,
+            use_compile):
     if method == "topk":
         return _search.top_k(rep, msk, k)
     if method == "pair":
         return _pair(M, rep, msk, lam, use_compile)
-    if method == "greedy":
-        sel = _search.greedy(M, rep, msk, k, lam)
-        if rounds > 0 and k < int(msk.sum(1).min()):
-            sel = _search.local_search(M, rep, msk, sel, lam, rounds, seed, keys)
-        return sel
-    if method == "exhaustive":
-        per_combo = M.shape[0] * (k + k * (k - 1) // 2) * 8 * 4
-        return _search.exhaustive(M, rep, msk, k, lam, block=max(1, max_chunk_bytes // (2 * per_combo)))
     if method == "random":
         return _search.random_subsets(msk, k, seed, keys)
     if method == "kmedoids":
-        return _search.kmedoids(M, rep, msk, k, KMEDOIDS_MAX_ITER)
-    raise AssertionError(method)
+        return _search.canonical_copies(M, rep, msk, _search.kmedoids(M, rep, msk, k, KMEDOIDS_MAX_ITER))
+    if method == "exhaustive":
+        return _exhaustive(M, rep, msk, counts, None, k, lam, max_chunk_bytes)
+    small = None
+    if method == "auto":  # per row, so that a prompt's search does not depend on the other prompts of the batch
+        small = [math.comb(n, k) <= exhaustive_limit for n in counts]
+        if all(small):
+            return _exhaustive(M, rep, msk, counts, None, k, lam, max_chunk_bytes)
+    sel = _search.greedy(M, rep, msk, k, lam)
+    if rounds > 0:
+        sel = _search.canonical_copies(M, rep, msk, _search.local_search(M, rep, msk, sel, lam, rounds, seed, keys))
+    if small is not None and any(small):
+        rows = torch.tensor([b for b, s in enumerate(small) if s], device=M.device)
+        sel[rows] = _exhaustive(M, rep, msk, counts, rows, k, lam, max_chunk_bytes)
+    return sel
+
+
+def _exhaustive(M, rep, msk, counts, rows, k, lam, max_chunk_bytes):
+    """Exhaustive search on the rows `rows` (None: all), with each row's valid candidates moved to the front so that
+    only C(max N_b, k) subsets are enumerated; returns indices into the original pools."""
+    if rows is None:
+        rows = torch.arange(M.shape[0], device=M.device)
+    n_cut = max(counts[b] for b in rows.tolist())
+    N = msk.shape[1]
+    ar = torch.arange(N, device=M.device)
+    order = torch.where(msk[rows], ar, ar + N).sort(1).indices[:, :n_cut]  # valid positions first, ascending
+    Mc = M[rows[:, None, None], order[:, :, None], order[:, None, :]]
+    valid_c = ar[None, :n_cut] < torch.as_tensor([counts[b] for b in rows.tolist()], device=M.device)[:, None]
+    per_combo = rows.numel() * (k + k * (k - 1) // 2) * 8 * 4
+    sel_c = _search.exhaustive(Mc, rep[rows].gather(1, order), valid_c, k, lam,
+                               block=max(1, max_chunk_bytes // (2 * per_combo)))
+    # copies tie exactly only up to the summation order, hence the explicit canonicalisation
+    return _search.canonical_copies(M[rows], rep[rows], msk[rows], order.gather(1, sel_c))
 
 
 def _west_of_n(M, rep, msk, counts, lam):
@@ -328,13 +352,14 @@ def _pair_scores_argmax(M: torch.Tensor, h: torch.Tensor, lam: float) -> torch.T
 
 
 def _pair_scores_argmax_fused(M: torch.Tensor, h: torch.Tensor, lam: float) -> torch.Tensor:
+    """The same scores written for `torch.compile` (one fused pass)."""
     n = M.shape[-1]
     eye = torch.eye(n, dtype=torch.bool, device=M.device)
     F = (h[:, :, None] + h[:, None, :] - lam * M).masked_fill(eye, float("-inf"))
     return F.flatten(1).argmax(1)
 
 
-_compiled_pair = None
+_compiled_pair = None  # None: not built yet; False: compilation failed once, eager from then on
 
 
 def _want_compile(flag: bool | None) -> bool:
@@ -349,14 +374,13 @@ def _pair(M, rep, msk, lam: float, use_compile: bool) -> torch.Tensor:
     N = M.shape[-1]
     h = (0.5 * rep).float().masked_fill(~msk, float("-inf"))
     flat = None
-    if use_compile:
+    if use_compile and _compiled_pair is not False:
         try:
             if _compiled_pair is None:
                 _compiled_pair = torch.compile(_pair_scores_argmax_fused, dynamic=True)
             flat = _compiled_pair(M, h, lam)
-        except Exception:  # noqa: BLE001 - any compiler problem: fall back to the eager kernel
-            _compiled_pair = None
-            flat = None
+        except Exception:  # noqa: BLE001 - any compiler problem: use the eager kernel from now on
+            _compiled_pair = False
     if flat is None:
         flat = _pair_scores_argmax(M, h, lam)
     i, j = flat // N, flat % N

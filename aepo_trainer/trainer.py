@@ -137,6 +137,7 @@ class AEPOTrainer(DPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
+        self._aepo_embedder = None  # only needed while preparing datasets: free its memory
         if self._aepo_uses_pools:
             self._aepo_setup(annotator, user_collator=data_collator is not None)
 
@@ -188,10 +189,15 @@ class AEPOTrainer(DPOTrainer):
         self.add_callback(_AEPOControlCallback(self))
 
     def _aepo_embed(self, dataset, args):
-        from .embedding import embed_pools
+        """Sentence embeddings of every candidate, computed once and cached by the dataset fingerprint."""
+        from .embedding import Embedder, embed_pools
 
+        if self._aepo_embedder is None:
+            self._aepo_embedder = Embedder(args.embedding_model, device=args.device,
+                                           batch_size=args.embedding_batch_size)
         with global_then_local_main_first():
-            return embed_pools(dataset, args, device=str(args.device))
+            return embed_pools(dataset, completions_column=args.completions_column, embedder=self._aepo_embedder,
+                               embeddings_column=args.embeddings_column)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if not pools.is_pool_dataset(dataset, args):

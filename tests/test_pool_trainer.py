@@ -129,13 +129,15 @@ def test_budget_is_respected_and_training_stops_with_a_checkpoint(tiny_model_pat
 def test_resume_does_not_re_annotate(tiny_model_path, dpo_args):
     first = make_trainer(tiny_model_path, dpo_args, max_steps=2, save_strategy="steps", save_steps=2)
     first.train()
-    assert first.annotation_service.spent == 8
+    # 2 trained batches + the batch the DataLoader prepared ahead (annotated, stored, not trained)
+    assert first.annotation_service.spent == 12
     resumed = make_trainer(tiny_model_path, dpo_args, max_steps=4, save_strategy="steps", save_steps=2)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 4
-    assert resumed.annotation_service.spent == 16  # same ledger; the 2 resumed steps paid only for new prompts
-    entries = logged(resumed)
-    assert [e["aepo/annotations_paid"] for e in entries] == [4, 4]
+    assert resumed.annotation_service.spent == 16  # same ledger: 8 prompts x k = 2, nothing paid twice
+    entries = logged(resumed)[-2:]  # the log history of steps 1-2 is restored from the checkpoint
+    assert [e["aepo/annotations_paid"] for e in entries] == [0, 4]  # step 3's batch came from the store
+    assert [e["aepo/annotations_reused"] for e in entries] == [4, 0]
     assert len(set(first._aepo_seen_prompt_keys + resumed._aepo_seen_prompt_keys)) == 8  # no prompt seen twice
 
 
@@ -194,3 +196,43 @@ def test_refusals(tiny_model_path, dpo_args):
         bad = pool_rows(n=2)
         bad[1]["completions"], bad[1]["scores"], bad[1]["embeddings"] = [" x"], [0.1], [[0.0] * 8]
         make_trainer(tiny_model_path, dpo_args, rows=bad)
+
+
+def test_on_the_fly_pairs_equal_aepo_select(tiny_model_path, dpo_args, tmp_path):
+    """Same seed and settings: the pairs formed during training are exactly those `aepo select` writes."""
+    import json
+
+    from aepo_trainer.cli import main as aepo
+
+    rows = pool_rows(n=8, size=6, seed=3)
+    pools_path, pairs_path = tmp_path / "pools.jsonl", tmp_path / "pairs.jsonl"
+    pools_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = {"num_annotations": 3, "pairing_rule": "best_vs_random", "selection_strategy": "random"}
+    flags = [f"--{name}={value}" for name, value in settings.items()]
+    assert aepo(["select", "--input", str(pools_path), "--output", str(pairs_path), "--seed", "0", *flags]) == 0
+    offline = {(r["prompt"], r["chosen"], r["rejected"]) for r in map(json.loads, pairs_path.read_text().splitlines())}
+
+    trainer = make_trainer(tiny_model_path, dpo_args, rows, max_steps=-1, num_train_epochs=1, **settings)
+    on_the_fly = set()
+    original = trainer.pool_reducer.reduce
+
+    def spy(batch_rows, embeddings, mask=None):
+        reduced = original(batch_rows, embeddings, mask)
+        for p in reduced.pairs:
+            row, subset = batch_rows[p.row], reduced.subsets[p.row]
+            on_the_fly.add((row["prompt"], row["completions"][subset[p.chosen]], row["completions"][subset[p.rejected]]))
+        return reduced
+
+    trainer.pool_reducer.reduce = spy
+    trainer.train()
+    assert len(offline) == 8 and on_the_fly == offline
+
+
+def test_pools_without_embeddings_use_the_sentence_embedder(tiny_model_path, dpo_args, minilm_path):
+    rows = [{k: v for k, v in r.items() if k != "embeddings"} for r in pool_rows(n=4)]
+    trainer = make_trainer(tiny_model_path, dpo_args, rows=rows, max_steps=1, embedding_model=minilm_path)
+    vectors = torch.tensor(trainer.train_dataset[0]["embeddings"])
+    assert vectors.shape == (4, 384)
+    torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(4), atol=1e-4, rtol=0)
+    trainer.train()
+    assert logged(trainer)[0]["aepo/representativeness"] > 0  # real sentence similarities of related answers

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import warnings
 
 from .errors import InputError
 
@@ -228,6 +229,8 @@ def build_config(namespace: argparse.Namespace, names: list[str], output_dir: st
     values = {name: getattr(namespace, name) for name in names if hasattr(namespace, name)}
     values.update(extra)
     try:
-        return AEPOConfig(output_dir=output_dir, bf16=False, report_to="none", disable_tqdm=True, **values)
+        with warnings.catch_warnings():  # training-only deprecation notices of TrainingArguments
+            warnings.simplefilter("ignore", FutureWarning)
+            return AEPOConfig(output_dir=output_dir, bf16=False, report_to="none", disable_tqdm=True, **values)
     except ValueError as error:
         raise InputError(str(error)) from None

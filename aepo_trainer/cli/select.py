@@ -79,17 +79,17 @@ def main(argv: list[str]) -> int:
     timings = {}
     started = time.perf_counter()
 
+    output = os.path.abspath(os.path.expanduser(args.output))
+    config = build_config(  # first: a bad setting fails before any reading or embedding
+        args, [f for f in vars(args) if f in _config_names()], output_dir=os.path.dirname(output),
+        annotation_store=args.annotation_store or f"{output}.annotations.sqlite",
+        annotation_queue=args.annotation_queue or (f"{output}.annotation_queue.jsonl"
+                                                   if args.annotator == "human" else None))
     from .io import read_rows
 
     rows = read_rows(args.input, split=args.split)
     if args.max_prompts is not None:
         rows = rows[: args.max_prompts]
-    output = os.path.abspath(os.path.expanduser(args.output))
-    config = build_config(
-        args, [f for f in vars(args) if f in _config_names()], output_dir=os.path.dirname(output),
-        annotation_store=args.annotation_store or f"{output}.annotations.sqlite",
-        annotation_queue=args.annotation_queue or (f"{output}.annotation_queue.jsonl"
-                                                   if args.annotator == "human" else None))
     check_pools(rows, config, args.input, need_scores=config.annotator == "dataset_scores")
     timings["read"] = time.perf_counter() - started
 
@@ -119,9 +119,12 @@ def main(argv: list[str]) -> int:
     t = time.perf_counter()
     from .io import push_to_hub, write_rows
 
-    if pending is not None:
-        print(f"aepo select: {pending}", file=sys.stderr)
+    if pending:  # a human queue: every batch queued its items; nothing is written until all labels are in
         print(summary(totals, service, timings, started, written=None), file=sys.stderr)
+        print(f"aepo select: {sum(p.pending for p in pending)} annotation(s) are waiting for labels in "
+              f"{pending[0].queue_path}; write them to {pending[0].labels_path} (lines {{\"id\": ..., \"score\": "
+              f"...}}) and rerun the same command. Labels already given are saved in {service.store.path}.",
+              file=sys.stderr)
         return EXIT_ANNOTATIONS_PENDING
     write_rows(pairs, output)
     timings["write"] = time.perf_counter() - t
@@ -164,16 +167,50 @@ def check_pools(rows: list[dict], config, source: str, need_scores: bool) -> Non
 
 
 # ------------------------------------------------------------------------------------------------------- stages
-def pool_embeddings(rows: list[dict], config, device=None):
-    """One `[N_b, D]` float32 tensor per row: the `embeddings` column when present, else the sentence embedder's."""
+def pool_embeddings(rows: list[dict], config, device=None, shard_texts: int = 256):
+    """One `[N_b, D]` float32 tensor per row: the `embeddings` column when every row has one, else the embedder's.
+
+    Embedding goes through `embedding.embed_pools` (what the trainer uses), shard by shard: each shard's result is
+    cached by the datasets library under the data's fingerprint and the embedder's identity, so a rerun after an
+    interruption (or `aepo stats` then `aepo select` on the same file) does not embed the finished shards again.
+    """
+    import numpy as np
     import torch
 
-    column = config.embeddings_column
+    column, ccol = config.embeddings_column, config.completions_column
     if all(row.get(column) is not None for row in rows):
-        return [torch.as_tensor(row[column], dtype=torch.float32) for row in rows]
-    from aepo_trainer.embedding import embed_texts_of_pools
+        return [torch.as_tensor(np.asarray(row[column], dtype=np.float32)) for row in rows]
+    import datasets
+    from tqdm.auto import tqdm
 
-    return embed_texts_of_pools(rows, config, device=device)
+    from aepo_trainer.embedding import Embedder, embed_pools
+
+    embedder = Embedder(config.embedding_model, device=device, batch_size=config.embedding_batch_size,
+                        show_progress=False)
+    data = datasets.Dataset.from_list([{ccol: row[ccol]} for row in rows])
+    datasets.disable_progress_bars()  # one bar below, over all shards
+    texts = sum(len(row[ccol]) for row in rows)
+    shard_rows = max(1, shard_texts // max(len(row[ccol]) for row in rows))  # the unit of caching and resuming
+    out = []
+    bar = tqdm(total=texts, unit="text", desc="embed",
+               dynamic_ncols=True)
+    try:
+        for start in range(0, len(rows), shard_rows):
+            shard = data.select(range(start, min(start + shard_rows, len(rows))))
+            try:
+                embedded = embed_pools(shard, ccol, embedder, column, batch_size=config.embedding_batch_size,
+                                       rows_per_batch=shard_rows)
+            except RuntimeError as error:
+                if embedder._model is None:  # the model could not be loaded: a bad --embedding_model
+                    raise InputError(f"--embedding_model {config.embedding_model!r}: {error}") from None
+                raise
+            out.extend(torch.as_tensor(np.asarray(e, dtype=np.float32))
+                       for e in embedded.with_format("numpy")[column])
+            bar.update(sum(len(c) for c in shard[ccol]))
+    finally:
+        bar.close()
+        datasets.enable_progress_bars()
+    return out
 
 
 def _batch(rows: list[dict], embeddings: list, start: int, stop: int, drop: str):
@@ -191,14 +228,14 @@ def _batch(rows: list[dict], embeddings: list, start: int, stop: int, drop: str)
 
 
 def reduce_all(rows, embeddings, reducer, size: int):
-    """Run `PoolReducer.reduce` over chunks of rows; returns (output rows, summed stats, pending error or None)."""
+    """Run `PoolReducer.reduce` over chunks of rows; returns (output rows, summed stats, `AnnotationsPending`s)."""
     from tqdm.auto import tqdm
 
     from aepo_trainer.pipeline import STATS_FIELDS
 
     config = reducer.args
     totals = dict.fromkeys(STATS_FIELDS, 0.0)
-    out, pending = [], None
+    out, pending = [], []
     bar = tqdm(total=len(rows), unit="prompt", desc="select+annotate+pair", dynamic_ncols=True)
     for start in range(0, len(rows), size):
         batch_rows, tensor, mask = _batch(rows, embeddings, start, start + size, config.embeddings_column)
@@ -209,11 +246,12 @@ def reduce_all(rows, embeddings, reducer, size: int):
                 totals[name] = value
             elif not (isinstance(value, float) and math.isnan(value)):
                 totals[name] += value
-        pending = pending or reduced.pending
+        if reduced.pending is not None:
+            pending.append(reduced.pending)
         out.extend(pair_rows(batch_rows, reduced, config))
-        bar.update(len(batch_rows))
         bar.set_postfix(paid=int(totals["annotations_paid"]), reused=int(totals["annotations_reused"]),
                         pairs=len(out), refresh=False)
+        bar.update(len(batch_rows))
     bar.close()
     return out, totals, pending
 

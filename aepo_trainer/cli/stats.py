@@ -66,16 +66,16 @@ def main(argv: list[str]) -> int:
     if min(ks) < 2 or args.batch_size < 1 or any(w < 0 or not math.isfinite(w) for w in args.diversity_weight):
         raise InputError("--num_annotations values must be >= 2, --diversity_weight values finite and >= 0, "
                          "--batch_size >= 1")
+    import tempfile
+
     from .io import read_rows
     from .select import check_pools, pool_embeddings
 
+    names = [n for n in _SELECTION_FIELDS if n not in ("num_annotations", "diversity_weight")]
+    config = build_config(args, names, output_dir=tempfile.gettempdir(), num_annotations=ks[0])
     rows = read_rows(args.input, split=args.split)
     if args.max_prompts is not None:
         rows = rows[: args.max_prompts]
-    names = [n for n in _SELECTION_FIELDS if n not in ("num_annotations", "diversity_weight")]
-    import tempfile
-
-    config = build_config(args, names, output_dir=tempfile.gettempdir(), num_annotations=ks[0])
     check_pools(rows, config, args.input, need_scores=False)
     has_scores = all(isinstance(r.get(config.scores_column), list) for r in rows)
     pool_sizes = [len(r[config.completions_column]) for r in rows]
@@ -95,12 +95,16 @@ def main(argv: list[str]) -> int:
 def _variants(args, ks, pool_sizes):
     """(label, strategy, λ, k) for every comparison; West-of-N once (it annotates the whole pool)."""
     n_min = min(pool_sizes)
+    skipped = [k for k in ks if k >= n_min]
+    if skipped:
+        print(f"k = {', '.join(map(str, skipped))} left out: not smaller than the smallest pool (N = {n_min}); "
+              "selecting the whole pool is west_of_n", file=sys.stderr)
     for strategy in args.strategies:
         if strategy == "west_of_n":
             yield "west_of_n", strategy, 0.0, None
             continue
         for k in ks:
-            if k > n_min:
+            if k >= n_min:
                 continue
             if strategy == "aepo":
                 for weight in args.diversity_weight:
@@ -118,7 +122,8 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
 
     variants = list(_variants(args, ks, pool_sizes))
     if not variants:
-        raise InputError(f"no strategy/k to compare: every k in {ks} exceeds the smallest pool ({min(pool_sizes)})")
+        raise InputError(f"no strategy/k to compare: no k in {ks} is smaller than the smallest pool "
+                         f"(N = {min(pool_sizes)})")
     records = []
     bar = tqdm(total=len(variants) * len(rows), unit="prompt", desc="selecting", dynamic_ncols=True)
     for label, strategy, weight, k in variants:
@@ -225,13 +230,18 @@ def plot(records, path, source, prompts, n_max, budget, has_scores) -> None:
     for i, k in enumerate(ks):
         for r in records:
             if r["k"] == k:
-                ax.scatter(r["diversity"], r["representativeness"], color=colors[r["strategy"]],
-                           marker=markers[i % len(markers)], s=55, edgecolor="black", linewidth=0.4)
+                baseline = not r["strategy"].startswith("aepo")  # hollow: stays visible over an equal aepo point
+                ax.scatter(r["diversity"], r["representativeness"], marker=markers[i % len(markers)],
+                           s=90 if baseline else 50, linewidth=1.6 if baseline else 0.4,
+                           facecolor="none" if baseline else colors[r["strategy"]],
+                           edgecolor=colors[r["strategy"]] if baseline else "black")
     if west is not None:
         ax.scatter(west["diversity"], west["representativeness"], color="black", marker="X", s=70,
                    label="west_of_n (whole pool)")
     for label in labels:
-        ax.scatter([], [], color=colors[label], marker="s", label=label)
+        baseline = not label.startswith("aepo")
+        ax.scatter([], [], marker="s", facecolor="none" if baseline else colors[label], edgecolor=colors[label],
+                   linewidth=1.6 if baseline else 0.4, label=label)
     for i, k in enumerate(ks):
         ax.scatter([], [], color="white", edgecolor="black", marker=markers[i % len(markers)], label=f"k = {k}")
     ax.set_xlabel("mean diversity of the selection (1 − mean pairwise cosine)")
@@ -245,7 +255,8 @@ def plot(records, path, source, prompts, n_max, budget, has_scores) -> None:
         ax = axes[2]
         for label in labels:
             points = sorted((r["k"], r["gap"]) for r in records if r["strategy"] == label)
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=colors[label], label=label)
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-" if label.startswith("aepo") else "s--",
+                    color=colors[label], label=label, mfc="none" if not label.startswith("aepo") else None)
         if west is not None:
             ax.axhline(west["gap"], color="black", linestyle="--", label="west_of_n (best − worst of pool)")
         ax.set_xlabel("k = annotations per prompt")
@@ -253,7 +264,7 @@ def plot(records, path, source, prompts, n_max, budget, has_scores) -> None:
         ax.set_ylabel("mean score gap: best − worst selected")
         ax.set_title("Preference signal of the pairs (scores column)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"aepo stats — {source} ({prompts} prompts, N ≤ {n_max})", fontsize=11)
     fig.savefig(path, dpi=120)
     plt.close(fig)

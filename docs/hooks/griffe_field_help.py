@@ -14,6 +14,7 @@ import griffe
 
 
 def _help_from_field_call(node: ast.AST) -> str | None:
+    """The `help` text of `x: T = field(default=..., metadata={"help": ...})`, followed by the default value."""
     value = getattr(node, "value", None)
     if not isinstance(value, ast.Call):
         return None
@@ -21,16 +22,24 @@ def _help_from_field_call(node: ast.AST) -> str | None:
     name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
     if name != "field":
         return None
+    text, default = None, None
     for keyword in value.keywords:
-        if keyword.arg == "metadata" and isinstance(keyword.value, ast.Dict):
+        if keyword.arg == "default":
+            default = ast.unparse(keyword.value)
+        elif keyword.arg == "default_factory":
+            default = f"{ast.unparse(keyword.value)}()"
+        elif keyword.arg == "metadata" and isinstance(keyword.value, ast.Dict):
             for key, item in zip(keyword.value.keys, keyword.value.values):
                 if isinstance(key, ast.Constant) and key.value == "help":
                     try:
-                        text = ast.literal_eval(item)  # implicit string concatenation is one Constant
+                        help_text = ast.literal_eval(item)  # implicit string concatenation is one Constant
                     except ValueError:
-                        return None
-                    return text if isinstance(text, str) else None
-    return None
+                        continue
+                    if isinstance(help_text, str):
+                        text = help_text
+    if text is None:
+        return None
+    return text if default is None else f"{text}\n\nDefault: `{default}`."
 
 
 class FieldHelpExtension(griffe.Extension):

@@ -1,0 +1,201 @@
+"""Overhead of on-the-fly AEPO in the training loop: AEPOTrainer on pools vs DPOTrainer on the same, already-selected
+pairs, same model (>= 10M parameters), same batches, same sequences.
+
+    python benchmarks/trainer_overhead.py                      # CPU, ~2-4 minutes on 2 cores
+    python benchmarks/trainer_overhead.py --steps 30 --max_length 512
+
+What is timed: the wall time of training steps (DataLoader + collation + forward/backward/optimizer), measured by a
+callback between step ends, after `--warmup` steps. The AEPO run does, in every step, what it does in real training:
+stack the batch's pool embeddings ([B, N=32, D=384]), `select_subsets` (k = 2), annotate the selected candidates with
+the dataset-scores annotator through the SQLite annotation store (every score written before use), pair, lay out the
+group batch, and compute the loss once per response. The DPO run trains on the pairs the same `PoolReducer` forms
+offline, in the same order (same seed, same sampler), so both runs train on identical sequences.
+
+Not timed (one-time preparation, reported separately): tokenization and the sentence embeddings, which are computed
+once per dataset and cached. This benchmark uses random 384-d embeddings (the selection cost does not depend on
+their values) unless `--real_embeddings` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_POOLS = REPO.parent / "shared" / "data" / "alpaca_eval_pools.jsonl.gz"
+DEMO_POOLS = REPO / "aepo_trainer" / "data" / "alpaca_eval_pools_demo.jsonl"
+
+
+def load_pools(num_prompts: int, pool_size: int) -> tuple[list[dict], str]:
+    """Real AlpacaEval pools with N = 32 when the project's shared data is there; else pools of N completions built
+    from the packaged demo sample (each prompt's 8 completions plus those of the next prompts)."""
+    import gzip
+
+    if SHARED_POOLS.exists() and pool_size <= 32:
+        rows = []
+        with gzip.open(SHARED_POOLS, "rt", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                rows.append({"prompt": row["prompt"], "completions": row["completions"][:pool_size],
+                             "scores": row["scores"][:pool_size]})
+                if len(rows) == num_prompts:
+                    break
+        return rows, f"{SHARED_POOLS.name} (real AlpacaEval pools)"
+    demo = [json.loads(line) for line in DEMO_POOLS.read_text(encoding="utf-8").splitlines()]
+    rows = []
+    for i in range(num_prompts):
+        completions, scores = [], []
+        j = i
+        while len(completions) < pool_size:
+            completions += demo[j % len(demo)]["completions"]
+            scores += demo[j % len(demo)]["scores"]
+            j += 1
+        rows.append({"prompt": demo[i % len(demo)]["prompt"], "completions": completions[:pool_size],
+                     "scores": scores[:pool_size]})
+    return rows, f"{DEMO_POOLS.name} (packaged sample, pools widened to N={pool_size})"
+
+
+def build_model(path: Path, hidden: int, layers: int) -> int:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from aepo_trainer.testing import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=hidden // 64,
+                         num_key_value_heads=max(1, hidden // 128), tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = Qwen2ForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return sum(p.numel() for p in model.parameters())
+
+
+class StepTimer:
+    def __init__(self, warmup: int):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                timer.stamps.append(time.perf_counter())
+
+        self.warmup = warmup
+        self.stamps: list[float] = []
+        self.callback = _Callback()
+
+    def steps_per_second(self) -> float:
+        stamps = self.stamps[self.warmup:]
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--pool_size", type=int, default=32, help="N")
+    parser.add_argument("--num_annotations", type=int, default=2, help="k")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--max_length", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=384)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--real_embeddings", action="store_true", help="Embed with the real sentence embedder.")
+    parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
+    opts = parser.parse_args()
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from aepo_trainer import AEPOConfig, AEPOTrainer
+    from aepo_trainer.annotation.dataset_scores import DatasetScoresAnnotator
+    from aepo_trainer.annotation.service import AnnotationService
+    from aepo_trainer.pipeline import PoolReducer
+
+    tmp = Path(tempfile.mkdtemp(prefix="aepo-overhead-"))
+    num_params = build_model(tmp / "model", opts.hidden, opts.layers)
+    rows, source = load_pools(opts.prompts, opts.pool_size)
+    common = dict(bf16=False, report_to="none", per_device_train_batch_size=opts.batch_size,
+                  max_steps=opts.warmup + opts.steps, logging_steps=10_000, save_strategy="no", learning_rate=1e-5,
+                  activation_checkpointing=False, seed=0, disable_tqdm=True, max_length=opts.max_length,
+                  dataloader_num_workers=0)
+
+    t = time.perf_counter()
+    pools = Dataset.from_list(rows)
+    if opts.real_embeddings:
+        from aepo_trainer.embedding import embed_pools
+
+        pools = embed_pools(pools)
+    else:
+        g = torch.Generator().manual_seed(0)
+        pools = pools.add_column("embeddings", [torch.randn(len(r["completions"]), 384, generator=g).tolist()
+                                                for r in rows])
+    embed_s = time.perf_counter() - t
+
+    def load(path):
+        return AutoModelForCausalLM.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+
+    # ---- AEPOTrainer on pools
+    model, ref = load(tmp / "model")
+    timer = StepTimer(opts.warmup)
+    t = time.perf_counter()
+    aepo = AEPOTrainer(model=model, ref_model=ref, train_dataset=pools, callbacks=[timer.callback],
+                       processing_class=AutoTokenizer.from_pretrained(tmp / "model"),
+                       args=AEPOConfig(output_dir=str(tmp / "aepo"), num_annotations=opts.num_annotations, **common))
+    prepare_s = time.perf_counter() - t
+    aepo.train()
+    aepo_sps = timer.steps_per_second()
+
+    # ---- the same pairs, formed offline by the same PoolReducer, in the same dataset order
+    args = AEPOConfig(output_dir=str(tmp / "offline"), num_annotations=opts.num_annotations, bf16=False,
+                      report_to="none", seed=0)
+    reducer = PoolReducer(args, AnnotationService(DatasetScoresAnnotator(), tmp / "offline.sqlite"))
+    reduced = reducer.reduce(rows, torch.tensor(pools["embeddings"]))
+    if len(reduced.pairs) != len(rows):
+        raise SystemExit(f"{len(rows) - len(reduced.pairs)} prompt(s) gave no pair (tied scores): the two runs would "
+                         "not train on the same batches; use other --prompts.")
+    pairs = Dataset.from_list([{
+        "prompt": rows[p.row]["prompt"],
+        "chosen": rows[p.row]["completions"][reduced.subsets[p.row][p.chosen]],
+        "rejected": rows[p.row]["completions"][reduced.subsets[p.row][p.rejected]],
+    } for p in reduced.pairs])
+
+    model, ref = load(tmp / "model")
+    timer = StepTimer(opts.warmup)
+    dpo = DPOTrainer(model=model, ref_model=ref, train_dataset=pairs, callbacks=[timer.callback],
+                     processing_class=AutoTokenizer.from_pretrained(tmp / "model"),
+                     args=DPOConfig(output_dir=str(tmp / "dpo"), **common))
+    dpo.train()
+    dpo_sps = timer.steps_per_second()
+
+    ratio = dpo_sps / aepo_sps
+    results = {
+        "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+        "torch_threads": torch.get_num_threads(), "model_parameters": num_params, "data": source,
+        "prompts": opts.prompts, "N": opts.pool_size, "k": opts.num_annotations, "batch_size": opts.batch_size,
+        "max_length": opts.max_length, "timed_steps": opts.steps, "aepo_steps_per_s": aepo_sps,
+        "dpo_steps_per_s": dpo_sps, "time_ratio_aepo_over_dpo": ratio, "overhead_percent": 100 * (ratio - 1),
+        "one_time_embedding_s": embed_s, "one_time_prepare_s": prepare_s,
+        "annotations_paid": aepo.annotation_service.spent,
+    }
+    print(json.dumps(results, indent=2))
+    print(f"\nAEPOTrainer on pools: {aepo_sps:.3f} steps/s | DPOTrainer on the selected pairs: {dpo_sps:.3f} steps/s")
+    print(f"time ratio AEPO/DPO = {ratio:.3f}  (overhead {100 * (ratio - 1):+.1f}%; target <= +5% on CPU)")
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
