@@ -1,11 +1,12 @@
 """Overhead of on-the-fly AEPO in the training loop: AEPOTrainer on pools vs DPOTrainer on the same, already-selected
 pairs, same model (>= 10M parameters), same batches, same sequences.
 
-    python benchmarks/trainer_overhead.py                      # CPU, ~2-4 minutes on 2 cores
-    python benchmarks/trainer_overhead.py --steps 30 --max_length 512
+    python benchmarks/trainer_overhead.py                      # CPU, a few minutes on 2 cores
+    python benchmarks/trainer_overhead.py --steps 30 --max_length 256
 
-What is timed: the wall time of training steps (DataLoader + collation + forward/backward/optimizer), measured by a
-callback between step ends, after `--warmup` steps. The AEPO run does, in every step, what it does in real training:
+What is timed: the wall time of training steps (DataLoader + collation + forward/backward + optimizer step), after
+`--warmup` steps. By default the two trainers' steps are interleaved (one AEPO step, one DPO step, ...) so that both
+see the same load on a shared machine; `--mode sequential` times `trainer.train()` of each instead. The AEPO run does, in every step, what it does in real training:
 stack the batch's pool embeddings ([B, N=32, D=384]), `select_subsets` (k = 2), annotate the selected candidates with
 the dataset-scores annotator through the SQLite annotation store (every score written before use), pair, lay out the
 group batch, and compute the loss once per response. The DPO run trains on the pairs the same `PoolReducer` forms
@@ -80,6 +81,27 @@ def build_model(path: Path, hidden: int, layers: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+class Stepper:
+    """One training step of `trainer` per call (DataLoader + collation + `training_step` + optimizer); returns its
+    wall time in seconds."""
+
+    def __init__(self, trainer, total_steps: int):
+        trainer.create_optimizer_and_scheduler(num_training_steps=total_steps)
+        self.trainer = trainer
+        self.iterator = iter(trainer.get_train_dataloader())
+        trainer.model.train()
+
+    def __call__(self) -> float:
+        trainer = self.trainer
+        start = time.perf_counter()
+        batch = next(self.iterator)
+        trainer.training_step(trainer.model, batch)
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+        trainer.model.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+
 class StepTimer:
     def __init__(self, warmup: int):
         from transformers import TrainerCallback
@@ -105,11 +127,14 @@ def main() -> None:
     parser.add_argument("--pool_size", type=int, default=32, help="N")
     parser.add_argument("--num_annotations", type=int, default=2, help="k")
     parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--max_length", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--mode", choices=["alternate", "sequential"], default="alternate",
+                        help="'alternate' (default): interleave AEPO and DPO steps so both see the same machine load; "
+                        "'sequential': time `trainer.train()` of AEPO, then of DPO.")
     parser.add_argument("--real_embeddings", action="store_true", help="Embed with the real sentence embedder.")
     parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
     opts = parser.parse_args()
@@ -147,48 +172,66 @@ def main() -> None:
     def load(path):
         return AutoModelForCausalLM.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
 
-    # ---- AEPOTrainer on pools
-    model, ref = load(tmp / "model")
-    timer = StepTimer(opts.warmup)
-    t = time.perf_counter()
-    aepo = AEPOTrainer(model=model, ref_model=ref, train_dataset=pools, callbacks=[timer.callback],
-                       processing_class=AutoTokenizer.from_pretrained(tmp / "model"),
-                       args=AEPOConfig(output_dir=str(tmp / "aepo"), num_annotations=opts.num_annotations, **common))
-    prepare_s = time.perf_counter() - t
-    aepo.train()
-    aepo_sps = timer.steps_per_second()
-
-    # ---- the same pairs, formed offline by the same PoolReducer, in the same dataset order
+    # ---- the pairs AEPO forms, computed offline by the same PoolReducer, in the dataset order
     args = AEPOConfig(output_dir=str(tmp / "offline"), num_annotations=opts.num_annotations, bf16=False,
                       report_to="none", seed=0)
     reducer = PoolReducer(args, AnnotationService(DatasetScoresAnnotator(), tmp / "offline.sqlite"))
     reduced = reducer.reduce(rows, torch.tensor(pools["embeddings"]))
-    if len(reduced.pairs) != len(rows):
-        raise SystemExit(f"{len(rows) - len(reduced.pairs)} prompt(s) gave no pair (tied scores): the two runs would "
-                         "not train on the same batches; use other --prompts.")
+    # Prompts whose two selected candidates tie give no pair: leave them out of both runs, so that both train on the
+    # same batches (selection and pairing of a prompt do not depend on its batch).
+    keep = sorted(p.row for p in reduced.pairs)
+    tied = len(rows) - len(keep)
+    pools = pools.select(keep)
     pairs = Dataset.from_list([{
         "prompt": rows[p.row]["prompt"],
         "chosen": rows[p.row]["completions"][reduced.subsets[p.row][p.chosen]],
         "rejected": rows[p.row]["completions"][reduced.subsets[p.row][p.rejected]],
     } for p in reduced.pairs])
 
+    # ---- both trainers, same model initialisation, same batch size, same data order (same seed, same length)
+    total = opts.warmup + opts.steps
     model, ref = load(tmp / "model")
-    timer = StepTimer(opts.warmup)
-    dpo = DPOTrainer(model=model, ref_model=ref, train_dataset=pairs, callbacks=[timer.callback],
+    t = time.perf_counter()
+    aepo = AEPOTrainer(model=model, ref_model=ref, train_dataset=pools,
+                       processing_class=AutoTokenizer.from_pretrained(tmp / "model"),
+                       args=AEPOConfig(output_dir=str(tmp / "aepo"), num_annotations=opts.num_annotations, **common))
+    prepare_s = time.perf_counter() - t
+    model, ref = load(tmp / "model")
+    dpo = DPOTrainer(model=model, ref_model=ref, train_dataset=pairs,
                      processing_class=AutoTokenizer.from_pretrained(tmp / "model"),
                      args=DPOConfig(output_dir=str(tmp / "dpo"), **common))
-    dpo.train()
-    dpo_sps = timer.steps_per_second()
+
+    if opts.mode == "sequential":
+        timings = {}
+        for name, trainer in (("aepo", aepo), ("dpo", dpo)):
+            timer = StepTimer(opts.warmup)
+            trainer.add_callback(timer.callback)
+            trainer.train()
+            timings[name] = timer.steps_per_second()
+        aepo_sps, dpo_sps = timings["aepo"], timings["dpo"]
+    else:
+        # Alternate one AEPO step and one DPO step, so that both see the same machine load (a shared CPU's load
+        # drifts over minutes). A step is what `Trainer` does per step without gradient accumulation: fetch and
+        # collate the batch, `training_step` (forward + backward), optimizer and scheduler step.
+        step_aepo, step_dpo = Stepper(aepo, total), Stepper(dpo, total)
+        times = {"aepo": [], "dpo": []}
+        for i in range(total):
+            for name, stepper in (("aepo", step_aepo), ("dpo", step_dpo)) if i % 2 == 0 else (
+                    ("dpo", step_dpo), ("aepo", step_aepo)):
+                seconds = stepper()
+                if i >= opts.warmup:
+                    times[name].append(seconds)
+        aepo_sps, dpo_sps = len(times["aepo"]) / sum(times["aepo"]), len(times["dpo"]) / sum(times["dpo"])
 
     ratio = dpo_sps / aepo_sps
     results = {
         "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "torch_threads": torch.get_num_threads(), "model_parameters": num_params, "data": source,
         "prompts": opts.prompts, "N": opts.pool_size, "k": opts.num_annotations, "batch_size": opts.batch_size,
-        "max_length": opts.max_length, "timed_steps": opts.steps, "aepo_steps_per_s": aepo_sps,
+        "max_length": opts.max_length, "timed_steps": opts.steps, "mode": opts.mode, "aepo_steps_per_s": aepo_sps,
         "dpo_steps_per_s": dpo_sps, "time_ratio_aepo_over_dpo": ratio, "overhead_percent": 100 * (ratio - 1),
         "one_time_embedding_s": embed_s, "one_time_prepare_s": prepare_s,
-        "annotations_paid": aepo.annotation_service.spent,
+        "annotations_paid": aepo.annotation_service.spent, "tied_prompts_left_out": tied,
     }
     print(json.dumps(results, indent=2))
     print(f"\nAEPOTrainer on pools: {aepo_sps:.3f} steps/s | DPOTrainer on the selected pairs: {dpo_sps:.3f} steps/s")

@@ -283,7 +283,11 @@ def plot(summary, path, title_suffix=""):
         ax.set_xticks(sizes)
         ax.set_xticklabels([str(n) for n in sizes])
         if logy:
+            from matplotlib.ticker import FuncFormatter, NullFormatter
+
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("pool size N")
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)

@@ -9,7 +9,7 @@ partially right answers get partial credit and every sample can be scored.
 
 Pipeline per seed (everything below is re-drawn for every seed: model init, SFT data, pools, selection, DPO order):
 
-1. SFT: a tiny Qwen2 (`aepo_trainer.testing`, character-level tokenizer) is trained from scratch on *noisy*
+1. SFT: a tiny Qwen2 (config from `aepo_trainer.testing`, 13-token character-level tokenizer) is trained from scratch on *noisy*
    demonstrations (30% exact sorts, 70% with 1-3 random edits), so that sampling gives varied candidates of varying
    correctness, like a real SFT model.
 2. Pools: N candidates per training prompt are sampled from the SFT policy (temperature 1).
@@ -170,25 +170,47 @@ def prompt_sets(scale: Scale, seed: int):
 
 
 # ---------------------------------------------------------------------------------------------------- model
+VOCAB_SPECIALS = ["<|im_end|>", "<|pad|>"]  # EOS, padding
+INVALID = "\ufffd"  # how a sampled padding token is written in a completion (an error for the gold reward)
+
+
 def build_tokenizer():
-    """Character-level tokenizer (byte-level BPE with no merges: 256 bytes + the 4 special tokens)."""
-    from aepo_trainer.testing import build_tiny_tokenizer
+    """Character-level tokenizer over exactly the task's alphabet: the 10 digits, "=", EOS and padding (13 tokens).
 
-    return build_tiny_tokenizer(vocab_size=260, corpus=[DIGITS + "="])
+    A larger vocabulary (e.g. the 260-token byte-level one of `aepo_trainer.testing`) lets DPO's well-known
+    likelihood displacement move probability mass onto characters the SFT data never contained, so samples fill with
+    junk bytes; with the task's alphabet only, mass can only move between meaningful tokens.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(VOCAB_SPECIALS + list(DIGITS + "="))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=VOCAB_SPECIALS[0], pad_token=VOCAB_SPECIALS[1])
 
 
-def build_model(tokenizer, scale: Scale, seed: int):
-    import torch
+def decode_completion(tokenizer, ids) -> str:
+    """Characters up to the first EOS; a sampled padding token counts as an invalid character."""
+    out = []
+    for i in ids:
+        i = int(i)
+        if i == tokenizer.eos_token_id:
+            break
+        out.append(INVALID if i == tokenizer.pad_token_id else tokenizer.convert_ids_to_tokens(i))
+    return "".join(out)
+
+
+def build_model(tokenizer, scale: Scale, seed: int, workdir: str):
+    """A freshly initialised tiny Qwen2 from `aepo_trainer.testing.build_tiny_causal_lm`, loaded back by path."""
     from transformers import Qwen2ForCausalLM
 
-    from aepo_trainer.testing import _qwen2_config
+    from aepo_trainer.testing import build_tiny_causal_lm
 
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(_qwen2_config(tokenizer, scale.hidden_size, scale.num_layers,
-                                           max_position_embeddings=64))
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model
+    path = build_tiny_causal_lm(os.path.join(workdir, "init"), hidden_size=scale.hidden_size,
+                                num_layers=scale.num_layers, seed=seed, tokenizer=tokenizer)
+    return Qwen2ForCausalLM.from_pretrained(path)
 
 
 def sft(model, tokenizer, scale: Scale, seed: int, device, log=print):
@@ -245,7 +267,7 @@ def sample(model, tokenizer, prompts: list[str], n: int, seed: int, device, batc
                 chunk = group[start:start + batch_prompts]
                 x = torch.tensor([tokenizer(p + "=")["input_ids"] for p in chunk], device=device)
                 g = model.generate(input_ids=x, attention_mask=torch.ones_like(x), generation_config=gen)
-                texts = tokenizer.batch_decode(g[:, x.shape[1]:], skip_special_tokens=True)
+                texts = [decode_completion(tokenizer, row) for row in g[:, x.shape[1]:].tolist()]
                 for i, text in enumerate(texts):
                     out.setdefault(chunk[i // n], []).append(text)
     return out
@@ -321,27 +343,25 @@ def dpo(model_dir: str, tokenizer, pairs: dict, scale: Scale, seed: int, workdir
 
 # ---------------------------------------------------------------------------------------------------- one seed
 def run_seed(scale: Scale, seed: int, strategies, embedder, device, log=print):
-    import torch
-
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
     records = []
     tokenizer = build_tokenizer()
     train_prompts, held_out = prompt_sets(scale, seed)
-    t0 = time.time()
-    model = sft(build_model(tokenizer, scale, seed), tokenizer, scale, seed, device, log=log)
-    log(f"  [seed {seed}] SFT done in {time.time() - t0:.0f}s")
-    sft_eval = evaluate(model, tokenizer, held_out, scale, device)
-    records.append({"seed": seed, "label": "SFT policy (no DPO)", "strategy": "sft", "lam": 0.0, **sft_eval})
-    log(f"  [seed {seed}] SFT policy: gold {sft_eval['gold_reward']:.3f}, exact {sft_eval['exact']:.3f}")
-
-    pools = sample(model, tokenizer, train_prompts, scale.pool_size, seed + 1, device)
-    pool_rewards = np.array([[gold_reward(p, y) for y in pools[p]] for p in train_prompts])
-    flat = [y for p in train_prompts for y in pools[p]]
-    embeddings = embedder.encode(flat).reshape(len(train_prompts), scale.pool_size, -1).astype(np.float32)
     budget = scale.budget or scale.k * scale.train_prompts
     with tempfile.TemporaryDirectory(prefix="aepo-eff-") as workdir:
+        t0 = time.time()
+        model = sft(build_model(tokenizer, scale, seed, workdir), tokenizer, scale, seed, device, log=log)
+        log(f"  [seed {seed}] SFT done in {time.time() - t0:.0f}s")
+        sft_eval = evaluate(model, tokenizer, held_out, scale, device)
+        records.append({"seed": seed, "label": "SFT policy (no DPO)", "strategy": "sft", "lam": 0.0, **sft_eval})
+        log(f"  [seed {seed}] SFT policy: gold {sft_eval['gold_reward']:.3f}, exact {sft_eval['exact']:.3f}")
+
+        pools = sample(model, tokenizer, train_prompts, scale.pool_size, seed + 1, device)
+        pool_rewards = np.array([[gold_reward(p, y) for y in pools[p]] for p in train_prompts])
+        flat = [y for p in train_prompts for y in pools[p]]
+        embeddings = embedder.encode(flat).reshape(len(train_prompts), scale.pool_size, -1).astype(np.float32)
         model_dir = os.path.join(workdir, "sft")
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
@@ -360,8 +380,6 @@ def run_seed(scale: Scale, seed: int, strategies, embedder, device, log=print):
             del trained
     records[0].update({"pool_mean_reward": float(pool_rewards.mean()),
                        "pool_exact": float((pool_rewards == 1.0).mean())})
-    del model
-    torch.manual_seed(0)
     return records
 
 
@@ -508,8 +526,8 @@ def main(argv=None):
         records += run_seed(scale, seed, strategies, embedder, device,
                             log=lambda m: print(m, flush=True))
     summary = summarize(records)
-    tokenizer = build_tokenizer()
-    params = sum(p.numel() for p in build_model(tokenizer, scale, 0).parameters())
+    with tempfile.TemporaryDirectory() as tmp:
+        params = sum(p.numel() for p in build_model(build_tokenizer(), scale, 0, tmp).parameters())
     sft_rows = [r for r in records if r["strategy"] == "sft"]
     suffix = f"_{args.tag}" if args.tag else ("_quick" if args.quick else ("" if args.scale == "small" else
                                                                            f"_{args.scale}"))

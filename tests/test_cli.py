@@ -167,7 +167,9 @@ def _check_pairs(pairs: list[dict], pools: list[dict]):
         assert "generators" not in pair and "completions" not in pair  # per-candidate columns are not
 
 
-def test_select_end_to_end_with_the_real_minilm_embedder(tmp_path, minilm_path, demo_pool_rows):
+def test_select_end_to_end_with_the_real_minilm_embedder(tmp_path, minilm_path, demo_pool_rows, monkeypatch):
+    cache = tmp_path / "datasets-cache"
+    monkeypatch.setitem(ENV, "HF_DATASETS_CACHE", str(cache))  # embeddings are cached there, not in ~/.cache
     out = tmp_path / "pairs.parquet"
     result = aepo("select", "--input", DEMO_POOLS, "--output", out, "--embedding_model", minilm_path,
                   "--max_prompts", 12, "--batch_size", 5)
@@ -180,6 +182,7 @@ def test_select_end_to_end_with_the_real_minilm_embedder(tmp_path, minilm_path, 
     _check_pairs(pairs, demo_pool_rows)
     assert "annotations: paid 24" in result.stderr and "prompt/s" in result.stderr  # progress bar with a rate
     assert Path(f"{out}.annotations.sqlite").exists()
+    assert list(cache.rglob("*.arrow"))  # the embeddings are cached: a rerun does not embed again
 
 
 def test_select_pairs_do_not_depend_on_the_batch_size(tmp_path, embedded_pools, reference_pairs, demo_pool_rows):

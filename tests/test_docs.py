@@ -42,18 +42,20 @@ API_EXEMPT = {"cli": "the `aepo` command, docs/cli.md"}
 @dataclasses.dataclass
 class Snippet:
     page: str  # path relative to docs/, e.g. "quickstart.md"
-    index: int  # 1-based index among the page's python blocks (skipped ones included)
+    index: int  # 1-based index among the page's blocks of this language (skipped ones included)
     line: int  # 1-based line of the opening fence
     code: str
     skip: bool
+    lang: str = "python"
 
     @property
     def filename(self) -> str:
         return f"<docs/{self.page} python block {self.index} (line {self.line})>"
 
 
-def extract_snippets(text: str, page: str = "<page>") -> list[Snippet]:
-    """Every fenced python block of a Markdown page, in order, de-indented, with its skip marker.
+def extract_snippets(text: str, page: str = "<page>", langs=PYTHON_LANGS) -> list[Snippet]:
+    """Every fenced block of a Markdown page in one of `langs` (python by default), in order, de-indented, with its
+    skip marker.
 
     Handles backtick and tilde fences, longer fences (```` ```` ````), fences indented inside admonitions or content
     tabs, and info strings with attributes (```` ```python title="train.py" ````).
@@ -73,13 +75,13 @@ def extract_snippets(text: str, page: str = "<page>") -> list[Snippet]:
         while j < len(lines) and not close.match(lines[j]):
             body.append(lines[j])
             j += 1
-        if lang in PYTHON_LANGS:
+        if lang in langs:
             k = i - 1
             while k >= 0 and not lines[k].strip():
                 k -= 1
             skip = k >= 0 and bool(SKIP_MARKER.match(lines[k]))
             code = "\n".join(line[len(indent):] if line.startswith(indent) else line.lstrip() for line in body)
-            snippets.append(Snippet(page, len(snippets) + 1, i + 1, textwrap.dedent(code) + "\n", skip))
+            snippets.append(Snippet(page, len(snippets) + 1, i + 1, textwrap.dedent(code) + "\n", skip, lang))
         i = j + 1
     return snippets
 
@@ -145,6 +147,52 @@ def test_doc_snippets_run(page, _preamble, tmp_path, monkeypatch):
                 pytest.fail(_report(snippet, exc), pytrace=False)
         except Exception as exc:  # noqa: BLE001 - any failure of a snippet is a docs failure
             pytest.fail(_report(snippet, exc), pytrace=False)
+
+
+# ------------------------------------------------------------------------------------------------------ configs
+def _parse_json_values(text: str) -> list:
+    """One JSON document, or several one after the other (JSON Lines, possibly pretty-printed over several lines)."""
+    import json
+
+    decoder, values, position = json.JSONDecoder(), [], 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            return values
+        value, position = decoder.raw_decode(text, position)
+        values.append(value)
+
+
+def test_doc_config_blocks_parse():
+    """```yaml and ```json blocks are not executed, but they must parse; accelerate configs must load as such."""
+    import json
+
+    import yaml
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    problems = []
+    for path in _pages():
+        page = path.relative_to(DOCS).as_posix()
+        for block in extract_snippets(path.read_text(encoding="utf-8"), page, langs={"yaml", "yml", "json", "jsonl"}):
+            if block.skip:
+                continue
+            where = f"docs/{page}: {block.lang} block {block.index} (line {block.line})"
+            try:
+                if block.lang in ("json", "jsonl"):
+                    _parse_json_values(block.code)
+                    continue
+                data = yaml.safe_load(block.code)
+                if isinstance(data, dict) and "distributed_type" in data:
+                    config_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"docs-accelerate-{os.getpid()}.yaml"
+                    config_file.write_text(block.code, encoding="utf-8")
+                    try:
+                        ClusterConfig.from_yaml_file(str(config_file))
+                    finally:
+                        config_file.unlink()
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"{where}: {type(exc).__name__}: {exc}")
+    assert not problems, "configuration blocks that do not parse:\n" + "\n".join(problems)
 
 
 # ------------------------------------------------------------------------------------------------------ extractor

@@ -236,3 +236,14 @@ def test_pools_without_embeddings_use_the_sentence_embedder(tiny_model_path, dpo
     torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(4), atol=1e-4, rtol=0)
     trainer.train()
     assert logged(trainer)[0]["aepo/representativeness"] > 0  # real sentence similarities of related answers
+
+
+def test_evaluate_on_pools(tiny_model_path, dpo_args):
+    rows = pool_rows(n=8)
+    trainer = make_trainer(tiny_model_path, dpo_args, rows=rows[:4], max_steps=1)
+    trainer.eval_dataset = trainer._prepare_dataset(Dataset.from_list(rows[4:]), trainer.processing_class,
+                                                     trainer.args, "eval")
+    metrics = trainer.evaluate()
+    assert metrics["eval_loss"] == pytest.approx(0.6931, abs=1e-3)  # policy = reference before training
+    assert metrics["eval_aepo/pairs"] == 2 and "eval_rewards/margins" in metrics
+    assert trainer._aepo_seen_prompt_keys == []  # evaluation prompts are not counted as trained

@@ -73,20 +73,21 @@ def test_exhaustive_equals_brute_force():
                 assert tuple(res.indices[b].tolist()) == S
 
 
-def test_greedy_local_search_never_below_greedy_and_matches_exhaustive_rate():
-    # Measured on this generator (seeds 10..12, 300 pools each): greedy alone reaches the exhaustive optimum on
-    # 3-5% of the pools, greedy + 20 rounds of local search on 97-100%. The test asserts >= 93%.
+@pytest.mark.parametrize("N, k, lam, seeds, rate", [(12, 4, 1.0, (10, 11), 0.95), (14, 4, 0.5, (20,), 0.9)])
+def test_greedy_local_search_never_below_greedy_and_matches_exhaustive_rate(N, k, lam, seeds, rate):
+    # Measured on these pools (100 per seed): greedy alone reaches the exhaustive optimum on 2-5% of them; greedy +
+    # 20 rounds of local search on 100% (N=12, k=4, lambda=1) and 97-98% (N=14, k=4, lambda=0.5).
     hits = total = 0
-    for seed in (10, 11, 12):
-        E = clustered_pools(100, 12, seed=seed)
-        plain = select_subsets(E, 4, 1.0, search="greedy", local_search_rounds=0)
-        ls = select_subsets(E, 4, 1.0, search="greedy")
-        ex = select_subsets(E, 4, 1.0, search="exhaustive")
+    for seed in seeds:
+        E = clustered_pools(100, N, seed=seed)
+        plain = select_subsets(E, k, lam, search="greedy", local_search_rounds=0)
+        ls = select_subsets(E, k, lam, search="greedy")
+        ex = select_subsets(E, k, lam, search="exhaustive")
         assert bool((ls.objective >= plain.objective).all())
         assert bool((ex.objective >= ls.objective - 1e-6).all())
         hits += int((ls.objective >= ex.objective - 1e-6).sum())
         total += E.shape[0]
-    assert hits / total >= 0.93
+    assert hits / total >= rate
 
 
 def test_auto_search_uses_exhaustive_for_small_pools():
@@ -168,7 +169,7 @@ def test_row_keys_make_selection_batch_invariant():
 
 
 def test_chunking_gives_identical_results():
-    E = clustered_pools(33, 20, D=8, seed=8)
+    E = clustered_pools(9, 20, D=8, seed=8)
     for k in (2, 4):
         one = select_subsets(E, k, 1.0, exhaustive_limit=0)
         many = select_subsets(E, k, 1.0, exhaustive_limit=0, max_chunk_bytes=1)  # one prompt per chunk
@@ -285,15 +286,16 @@ def test_exact_duplicates_resolve_to_lowest_index():
     E[:, 2] = E[:, 7] = E[:, 9] = E.mean(1)  # three copies of the most representative candidate
     group = [2, 7, 9]
     seen = 0
-    cases = [(k, lam, s, "aepo") for k in (2, 3, 4) for lam in (0.0, 0.3, 1.0) for s in ("exhaustive", "greedy")]
-    cases += [(k, 1.0, "auto", "kmedoids") for k in (2, 3, 4)]
+    cases = [(2, lam, "auto", "aepo") for lam in (0.0, 0.3, 1.0)]
+    cases += [(k, lam, s, "aepo") for k in (3, 4) for lam in (0.0, 0.3) for s in ("exhaustive", "greedy")]
+    cases += [(k, 1.0, "auto", "kmedoids") for k in (2, 4)]
     for k, lam, search_, strategy in cases:
         r = select_subsets(E, k, lam, search=search_, strategy=strategy, exhaustive_limit=0)
         for row in r.indices.tolist():
             chosen = [i for i in row if i in group]
             assert chosen == group[:len(chosen)], (k, lam, search_, strategy, row)
             seen += len(chosen)
-    assert seen > 50
+    assert seen > 30
 
 
 def test_strategy_lists_match_config():

@@ -85,6 +85,15 @@ def main(argv: list[str]) -> int:
         annotation_store=args.annotation_store or f"{output}.annotations.sqlite",
         annotation_queue=args.annotation_queue or (f"{output}.annotation_queue.jsonl"
                                                    if args.annotator == "human" else None))
+    from aepo_trainer.annotation import AnnotationService, build_annotator
+    from aepo_trainer.pipeline import PoolReducer
+
+    try:  # models are loaded lazily, on the first annotation
+        annotator = build_annotator(config, model=args.judge_model if config.annotator == "judge" else None)
+    except ValueError as error:
+        raise InputError(f"{error} (with --annotator judge, pass --judge_model)" if config.annotator == "judge"
+                         else str(error)) from None
+
     from .io import read_rows
 
     rows = read_rows(args.input, split=args.split)
@@ -92,17 +101,7 @@ def main(argv: list[str]) -> int:
         rows = rows[: args.max_prompts]
     check_pools(rows, config, args.input, need_scores=config.annotator == "dataset_scores")
     timings["read"] = time.perf_counter() - started
-
-    from aepo_trainer.annotation import AnnotationService, build_annotator
-    from aepo_trainer.pipeline import PoolReducer
-
-    try:
-        annotator = build_annotator(config, model=args.judge_model if config.annotator == "judge" else None)
-    except ValueError as error:
-        raise InputError(f"{error} (with --annotator judge, pass --judge_model)" if config.annotator == "judge"
-                         else str(error)) from None
-    run_id = args.run_id or f"aepo-select:{output}"
-    service = AnnotationService.from_config(config, annotator, run_id=run_id)
+    service = AnnotationService.from_config(config, annotator, run_id=args.run_id or f"aepo-select:{output}")
     reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
 
     t = time.perf_counter()

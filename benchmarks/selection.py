@@ -1,0 +1,263 @@
+"""Side-by-side benchmark of AEPO subset selection.
+
+On the same pools (B prompts x N candidates x D dims, unit-norm fp32 embeddings) it times
+  (a) `aepo_trainer.select_subsets` (the fused batched kernel),
+  (b) a plain per-prompt NumPy implementation of the reference algorithm's shape: greedy forward selection plus 20
+      rounds of local search (drop a random member, re-add the best, keep if not worse), the full objective
+      re-evaluated for every candidate (as `diverse_mbr.py` does, minus its defects),
+  (c) the batched similarity GEMM alone (`torch.bmm(E, E^T)`): the floor,
+and prints the ratios for N in {8, 32, 128, 512} and k in {2, 4}. (b) is a Python loop over prompts, so it is timed on
+as many prompts as fit in a time budget and scaled linearly to B (the row says on how many). Then it times embed +
+select end to end on the real AlpacaEval pools (../shared/data/alpaca_eval_pools.jsonl.gz, N = 32).
+
+Runs on CUDA when available (`--device` to force); the GEMM then runs in true fp32 (TF32 off), like the kernel.
+
+    python benchmarks/selection.py            # full run (about 3-4 min on 2 CPU cores, most of it embedding)
+    python benchmarks/selection.py --quick    # smaller budgets, fewer end-to-end prompts
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from aepo_trainer.selection import select_subsets  # noqa: E402
+
+DEFAULT_POOLS = REPO_ROOT.parent / "shared" / "data" / "alpaca_eval_pools.jsonl.gz"
+
+
+# ------------------------------------------------------------------------------------------------ (b) reference
+def reference_select(E: np.ndarray, k: int, lam: float, rng: np.random.Generator, rounds: int = 20):
+    """One prompt, the reference algorithm's shape: greedy + `rounds` rounds of drop-one/re-add-best local search,
+    the full objective re-evaluated for every candidate subset. Self-similarity excluded, seeded RNG."""
+    n = E.shape[0]
+    M = E @ E.T
+    np.fill_diagonal(M, 0.0)
+
+    def f(S):
+        S = np.asarray(S)
+        rep = M[S].sum() / (len(S) * (n - 1))
+        if len(S) < 2:
+            return rep
+        return rep - lam * M[np.ix_(S, S)].sum() / (len(S) * (len(S) - 1))
+
+    S: list[int] = []
+    for _ in range(k):
+        best, best_c = -np.inf, -1
+        for c in range(n):
+            if c not in S:
+                v = f(S + [c])
+                if v > best:
+                    best, best_c = v, c
+        S.append(best_c)
+    cur = f(S)
+    for _ in range(rounds):
+        p = int(rng.integers(k))
+        rest = S[:p] + S[p + 1:]
+        best, best_c = -np.inf, -1
+        for c in range(n):
+            if c not in rest:
+                v = f(rest + [c])
+                if v > best:
+                    best, best_c = v, c
+        if best >= cur:
+            S, cur = rest + [best_c], best
+    return sorted(S), float(cur)
+
+
+def time_reference(E: np.ndarray, k: int, lam: float, budget_s: float):
+    """Run (b) prompt by prompt until the budget is spent (at least 2 prompts); returns (seconds per prompt,
+    number of prompts timed, their objectives)."""
+    rng = np.random.default_rng(0)
+    objectives = []
+    start = time.perf_counter()
+    for b in range(E.shape[0]):
+        objectives.append(reference_select(E[b], k, lam, rng)[1])
+        if b >= 1 and time.perf_counter() - start > budget_s:
+            break
+    elapsed = time.perf_counter() - start
+    return elapsed / len(objectives), len(objectives), np.array(objectives)
+
+
+# ------------------------------------------------------------------------------------------------ timing helpers
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_of(fns: dict, device, repeats: int, min_time: float = 0.0) -> dict:
+    """Interleaved timing: each repeat runs every function once (so load on a shared machine hits all of them
+    alike); returns the minimum and median seconds per function."""
+    for fn in fns.values():  # warm-up
+        fn()
+    sync(device)
+    samples = {name: [] for name in fns}
+    start = time.perf_counter()
+    r = 0
+    while r < repeats or (time.perf_counter() - start < min_time and r < 50 * repeats):
+        for name, fn in fns.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            samples[name].append(time.perf_counter() - t)
+        r += 1
+    return {name: (min(s), statistics.median(s)) for name, s in samples.items()}
+
+
+def clustered_unit_pools(B, N, D, seed, device):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(B, 4, D, generator=g)
+    assign = torch.randint(0, 4, (B, N), generator=g)
+    X = centers.gather(1, assign[..., None].expand(B, N, D)) + 1.5 * torch.randn(B, N, D, generator=g)
+    return torch.nn.functional.normalize(X, dim=-1).to(device)
+
+
+def ieee_fp32():
+    torch.set_float32_matmul_precision("highest")
+
+
+# ------------------------------------------------------------------------------------------------ benchmark parts
+def kernel_table(args, device):
+    rows = []
+    print(f"\n(a) select_subsets  vs  (b) per-prompt NumPy reference  vs  (c) bmm floor;  B={args.batch} "
+          f"D={args.dim} lambda={args.lam}, times = min over interleaved repeats")
+    header = (f"{'N':>4} {'k':>2} | {'(a) select':>11} {'(c) GEMM':>10} {'(b) NumPy':>10} {'b timed on':>10} | "
+              f"{'a/c':>6} {'b/a':>8} | {'obj a-b':>8}")
+    print(header)
+    print("-" * len(header))
+    for N in args.sizes:
+        E = clustered_unit_pools(args.batch, N, args.dim, seed=N, device=device)
+        E_np = E.cpu().numpy().astype(np.float64)
+        for k in args.ks:
+            fns = {
+                "a": lambda: select_subsets(E, k, args.lam, compile=args.compile),
+                "c": lambda: torch.bmm(E, E.transpose(1, 2)),
+            }
+            t = best_of(fns, device, args.repeats, min_time=args.min_time)
+            per_prompt, n_ref, ref_obj = time_reference(E_np, k, args.lam, args.ref_budget)
+            t_b = per_prompt * args.batch
+            res = select_subsets(E, k, args.lam)
+            obj_gap = float(res.objective[:n_ref].double().cpu().numpy().mean() - ref_obj.mean())
+            row = dict(N=N, k=k, a=t["a"][0], a_median=t["a"][1], c=t["c"][0], c_median=t["c"][1], b=t_b,
+                       b_prompts=n_ref, a_over_c=t["a"][0] / t["c"][0], b_over_a=t_b / t["a"][0],
+                       objective_a_minus_b=obj_gap)
+            rows.append(row)
+            print(f"{N:>4} {k:>2} | {fmt(row['a']):>11} {fmt(row['c']):>10} {fmt(t_b):>10} {n_ref:>10} | "
+                  f"{row['a_over_c']:>5.2f}x {row['b_over_a']:>7.0f}x | {obj_gap:>+8.1e}")
+    return rows
+
+
+def fmt(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def end_to_end(args, device):
+    from aepo_trainer.embedding import Embedder
+
+    path = Path(args.pools)
+    if not path.exists():
+        print(f"\nend-to-end: {path} not found, skipped")
+        return None
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    n_prompts = len(rows) if args.e2e_prompts <= 0 else min(args.e2e_prompts, len(rows))
+    rows = rows[:n_prompts]
+    pools = [r["completions"] for r in rows]
+    t0 = time.perf_counter()
+    embedder = Embedder(device=device, batch_size=args.embed_batch_size, show_progress=False)
+    embedder.model
+    t_load = time.perf_counter() - t0
+    sync(device)
+    t0 = time.perf_counter()
+    E, mask = embedder.encode_pools(pools)
+    sync(device)
+    t_embed = time.perf_counter() - t0
+    E = E.to(device)
+    mask = mask.to(device)
+    select_subsets(E, 2, args.lam, mask=mask)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    res = select_subsets(E, 2, args.lam, mask=mask)
+    sync(device)
+    t_select = time.perf_counter() - t0
+    n_texts = sum(len(p) for p in pools)
+    n_unique = len({c for p in pools for c in p})
+    out = dict(prompts=n_prompts, texts=n_texts, unique_texts=n_unique, load_s=t_load, embed_s=t_embed,
+               select_s=t_select, texts_per_s=n_texts / t_embed,
+               full_805_estimate_s=(805 * 32) / (n_texts / t_embed) + t_select * 805 / n_prompts)
+    print(f"\nend to end on real AlpacaEval pools ({n_prompts} of 805 prompts, N = 32, {n_texts} texts, "
+          f"{n_unique} distinct), k = 2, device {device}:")
+    print(f"  load embedder {t_load:.2f} s | embed {t_embed:.2f} s ({out['texts_per_s']:.1f} texts/s) | "
+          f"select {t_select * 1e3:.2f} ms | selection share {t_select / (t_embed + t_select):.2%}")
+    if n_prompts < 805:
+        print(f"  all 805 prompts at this rate: ~{out['full_805_estimate_s']:.0f} s (embedding dominates)")
+    print(f"  mean objective {float(res.objective.mean()):.4f}, mean diversity {float(res.diversity.mean()):.4f}")
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller time budgets and 4 end-to-end prompts")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 128, 512])
+    p.add_argument("--ks", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--lam", type=float, default=1.0)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="select_subsets(compile=True) for the k=2 pair kernel")
+    p.add_argument("--pools", default=str(DEFAULT_POOLS))
+    p.add_argument("--e2e-prompts", type=int, default=None,
+                   help="prompts embedded end to end (0 = all 805; default all on CUDA, 16 on CPU, 4 with --quick)")
+    p.add_argument("--embed-batch-size", type=int, default=64)
+    p.add_argument("--no-e2e", action="store_true")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ieee_fp32()
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    args.min_time = 0.5 if args.quick else 2.0
+    args.ref_budget = 0.5 if args.quick else 2.0
+    if args.e2e_prompts is None:
+        args.e2e_prompts = 4 if args.quick else (0 if device.type == "cuda" else 16)
+
+    machine = dict(device=str(device), cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
+                   torch_threads=torch.get_num_threads(), torch=torch.__version__, numpy=np.__version__,
+                   gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    print("machine:", json.dumps(machine))
+    if device.type == "cpu":
+        print("note: no CUDA device here, CPU timings only (the script runs the same on CUDA when present)")
+    rows = kernel_table(args, device)
+    print("\ntargets (CPU): b/a >= 100x at N=128, k=4; a/c <= 2x for k=2")
+    for r in rows:
+        if (r["N"], r["k"]) == (128, 4):
+            print(f"  N=128 k=4: (b)/(a) = {r['b_over_a']:.0f}x  [{'met' if r['b_over_a'] >= 100 else 'NOT met'}]")
+    for r in rows:
+        if r["k"] == 2:
+            print(f"  N={r['N']} k=2: (a)/(c) = {r['a_over_c']:.2f}x  [{'met' if r['a_over_c'] <= 2 else 'NOT met'}]")
+    e2e = None if args.no_e2e else end_to_end(args, device)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(machine=machine, kernel=rows, end_to_end=e2e), f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
