@@ -122,8 +122,11 @@ def subset_scores(M: torch.Tensor, rep: torch.Tensor, sel: torch.Tensor, lam: fl
     """
     B, k = sel.shape
     N = M.shape[-1]
-    iu = torch.triu_indices(k, k, offset=1, device=sel.device)
-    pair = M.view(B, N * N).gather(1, sel[:, iu[0]] * N + sel[:, iu[1]]).double().sum(1) * (2.0 / (k * (k - 1)))
+    if k == 2:
+        pair = M.view(B, N * N).gather(1, sel[:, :1] * N + sel[:, 1:]).squeeze(1).double()
+    else:
+        iu = torch.triu_indices(k, k, offset=1, device=sel.device)
+        pair = M.view(B, N * N).gather(1, sel[:, iu[0]] * N + sel[:, iu[1]]).double().sum(1) * (2.0 / (k * (k - 1)))
     repr_ = rep.gather(1, sel).sum(1) / k
     return repr_ - lam * pair, repr_, pair
 

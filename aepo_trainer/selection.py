@@ -74,6 +74,7 @@ def stable_row_key(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big", signed=True)
 
 
+@torch.no_grad()
 def select_subsets(
     embeddings: torch.Tensor,
     k: int,
@@ -118,36 +119,41 @@ def select_subsets(
     B, N, D = E.shape
     dev = E.device
     west = strategy == "west_of_n"
-    width = N if west else k
-    out_idx = torch.empty(B, width, dtype=torch.long, device=dev)
-    out_valid = torch.ones(B, width, dtype=torch.bool, device=dev)
-    out = {name: torch.empty(B, dtype=torch.float32, device=dev) for name in ("obj", "rep", "div")}
     if B == 0:
-        return SelectionResult(out_idx, out["obj"], out["rep"], out["div"], out_valid)
+        width = N if west else k
+        return SelectionResult(torch.empty(0, width, dtype=torch.long, device=dev),
+                               *(torch.empty(0, device=dev) for _ in range(3)),
+                               torch.empty(0, width, dtype=torch.bool, device=dev))
 
     method = _method(strategy, k, lam, search, max(counts), exhaustive_limit)
     use_compile = _want_compile(compile)
     rows = _chunk_rows(method, N, D, k, max_chunk_bytes)
-    counts_dev = torch.as_tensor(counts, device=dev)
+    parts = []
     for start in range(0, B, rows):
         stop = min(B, start + rows)
-        msk = mask[start:stop]
-        cnt = counts_dev[start:stop]
-        M, rep = _similarities(E[start:stop], msk, cnt, start, padded=min(counts[start:stop]) < N)
+        msk, cnt = mask[start:stop], counts[start:stop]
+        padded = min(cnt) < N
+        M, rep = _similarities(E[start:stop], msk, cnt, start, padded)
         if west:
             idx, ok, obj, repr_, pair = _west_of_n(M, rep, msk, cnt, lam)
-            out_valid[start:stop] = ok
         else:
-            sel = _select(method, M, rep, msk, counts[start:stop], k, lam, seed, keys[start:stop],
-                          local_search_rounds, exhaustive_limit, max_chunk_bytes, use_compile)
-            obj, repr_, pair = _search.subset_scores(M, rep, sel, lam)
-            idx = sel
-        out_idx[start:stop] = idx
-        out["obj"][start:stop] = obj.float()
-        out["rep"][start:stop] = repr_.float()
-        out["div"][start:stop] = (1.0 - pair).float()
+            chunk_keys = None
+            if method in ("random", "greedy", "auto"):
+                chunk_keys = keys[start:stop] if keys is not None else torch.arange(start, stop, device=dev)
+            idx = _select(method, M, rep, msk, cnt, padded, k, lam, seed, chunk_keys, local_search_rounds,
+                          exhaustive_limit, max_chunk_bytes, use_compile)
+            obj, repr_, pair = _search.subset_scores(M, rep, idx, lam)
+            ok = None
+        parts.append((idx, obj.float(), repr_.float(), (1.0 - pair).float(), ok))
         del M, rep
-    return SelectionResult(out_idx, out["obj"], out["rep"], out["div"], out_valid)
+    if len(parts) == 1:
+        idx, obj, repr_, div, ok = parts[0]
+    else:
+        idx, obj, repr_, div = (torch.cat([p[i] for p in parts]) for i in range(4))
+        ok = torch.cat([p[4] for p in parts]) if west else None
+    if ok is None:
+        ok = torch.ones(idx.shape, dtype=torch.bool, device=dev)
+    return SelectionResult(idx, obj, repr_, div, ok)
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -188,6 +194,7 @@ def _validate(embeddings, k, lam, mask, strategy, seed, row_keys, search, rounds
 
     if mask is None:
         mask = torch.ones(B, N, dtype=torch.bool, device=dev)
+        counts = [N] * B
     else:
         if not isinstance(mask, torch.Tensor):
             _fail(f"mask must be a bool tensor of shape [B, N] = {[B, N]}, got {type(mask).__name__}")
@@ -198,23 +205,24 @@ def _validate(embeddings, k, lam, mask, strategy, seed, row_keys, search, rounds
                 _fail(f"mask must be a bool tensor (False = padding), got {mask.dtype}")
             mask = mask != 0
         mask = mask.to(dev)
+        counts = mask.sum(1).tolist()
 
     if row_keys is None:
-        keys = torch.arange(B, dtype=torch.int64, device=dev)
+        keys = None  # arange(B), built per chunk when needed
     else:
         keys = torch.as_tensor(row_keys, device=dev) if not isinstance(row_keys, torch.Tensor) else row_keys.to(dev)
         if keys.is_floating_point() or keys.dtype == torch.bool or tuple(keys.shape) != (B,):
             _fail(f"row_keys must be an integer tensor of shape [B] = [{B}], got {keys.dtype} {list(keys.shape)}")
         keys = keys.to(torch.int64)
 
-    counts = mask.sum(1).tolist()
-    for b, n in enumerate(counts):
+    need = 2 if west else k
+    if B and min(counts) < need:  # name the first offending row
+        b, n = next((b, n) for b, n in enumerate(counts) if n < need)
         if n == 0:
             _fail(f"row {b} has no valid candidates (all padding)")
-        if west and n < 2:
+        if west:
             _fail(f"row {b} has {n} valid candidate(s); 'west_of_n' needs at least 2")
-        if not west and n < k:
-            _fail(f"row {b} has {n} valid candidate(s) but k={k}")
+        _fail(f"row {b} has {n} valid candidate(s) but k={k}")
     lam = 0.0 if strategy == "representativeness" else float(lam)
     return embeddings, mask, keys, counts, lam, (0 if west else k)
 
@@ -234,29 +242,44 @@ def _ieee_fp32_matmul(device: torch.device):
         torch.set_float32_matmul_precision(previous)
 
 
-def _similarities(X, msk, counts, offset: int, padded: bool):
-    """fp32 cosine similarities `M` [b, N, N] (padding rows/columns 0) and float64 representativeness [b, N]."""
+def _check_and_rescale(M, sq, msk, offset: int, padded: bool):
+    """Raise on NaN/inf/all-zero embeddings (naming the row and candidate), else L2-normalise in place the rows of
+    `M` whose squared norm is not within NORM_TOLERANCE of 1."""
+    bad = ((sq > 0) & (sq < float("inf"))).logical_not_()  # NaN, inf or 0 (padding rows are 0)
+    off = (sq - 1.0).abs_() > NORM_TOLERANCE
+    if padded:
+        bad &= msk
+        off &= msk
+    if bool(bad.any()):
+        b, i = (int(v) for v in bad.nonzero()[0])
+        problem = ("has an all-zero embedding, which cannot be L2-normalised" if float(sq[b, i]) == 0.0 else
+                   "has a non-finite embedding (NaN or inf, or too large to square in fp32)")
+        _fail(f"row {offset + b} candidate {i} {problem}")
+    w = torch.where(off, sq.rsqrt(), 1.0)
+    M.mul_(w[:, :, None] * w[:, None, :])  # symmetric scaling keeps M exactly symmetric
+
+
+def _similarities(X, msk, counts: list[int], offset: int, padded: bool):
+    """fp32 cosine similarities `M` [b, N, N] (padding rows/columns 0) and float64 representativeness [b, N]
+    (self-similarity excluded, divided by N_b - 1; 0 on padding)."""
     X = X.to(torch.float32)
     if padded:
         X = X.masked_fill(~msk[:, :, None], 0.0)
     with _ieee_fp32_matmul(X.device):
         M = torch.bmm(X, X.transpose(1, 2))
-    sq = torch.diagonal(M, dim1=1, dim2=2).clone()  # squared norms
-    finite = torch.isfinite(sq)
-    bad = msk & ~(finite & (sq > 0))
-    if bool(bad.any()):
-        b, i = (int(v) for v in bad.nonzero()[0])
-        problem = ("has a non-finite embedding (NaN or inf, or too large to square in fp32)" if not bool(finite[b, i])
-                   else "has an all-zero embedding, which cannot be L2-normalised")
-        _fail(f"row {offset + b} candidate {i} {problem}")
-    w = torch.where((sq - 1.0).abs() <= NORM_TOLERANCE, torch.ones_like(sq), sq.rsqrt())
-    w = w.masked_fill(~msk, 1.0)
-    if bool((w != 1.0).any()):
-        M.mul_(w[:, :, None] * w[:, None, :])  # symmetric scaling keeps M exactly symmetric
-    row_sum = M.sum(2).double()  # fp32 accumulation (pairwise), 30x faster than a float64 upcast
-    self_sim = torch.diagonal(M, dim1=1, dim2=2).double()
-    rep = (row_sum - self_sim) / (counts - 1).clamp_min(1).double()[:, None]
-    return M, rep.masked_fill(~msk, 0.0)
+    sq = torch.diagonal(M, dim1=1, dim2=2)  # squared norms (a view: read before any rescaling)
+    # fast path, one device sync: every valid squared norm finite and within NORM_TOLERANCE of 1 (NaN fails it)
+    lo, hi = torch.aminmax(torch.where(msk, sq, 1.0) if padded else sq)
+    lo, hi = torch.stack((lo, hi)).tolist()
+    if not (1.0 - NORM_TOLERANCE <= lo and hi <= 1.0 + NORM_TOLERANCE):
+        _check_and_rescale(M, sq, msk, offset, padded)
+    # fp32 accumulation (30x faster than a float64 upcast on CPU); padding rows are 0
+    rep = (M.sum(2) - torch.diagonal(M, dim1=1, dim2=2)).double()
+    if padded:
+        rep.mul_(torch.tensor([1.0 / max(n - 1, 1) for n in counts], dtype=torch.float64, device=M.device)[:, None])
+    else:
+        rep.mul_(1.0 / max(M.shape[-1] - 1, 1))
+    return M, rep
 
 
 # ------------------------------------------------------------------------------------------------ dispatch
@@ -287,12 +310,12 @@ def _chunk_rows(method: str, N: int, D: int, k: int, max_chunk_bytes: int) -> in
     return max(1, max_chunk_bytes // per_row)
 
 
-def _select(method, M, rep, msk, counts, k, lam, seed, keys, rounds, exhaustive_limit, max_chunk_bytes,
+def _select(method, M, rep, msk, counts, padded, k, lam, seed, keys, rounds, exhaustive_limit, max_chunk_bytes,
             use_compile):
     if method == "topk":
         return _search.top_k(rep, msk, k)
     if method == "pair":
-        return _pair(M, rep, msk, lam, use_compile)
+        return _pair(M, rep, msk if padded else None, lam, use_compile)
     if method == "random":
         return _search.random_subsets(msk, k, seed, keys)
     if method == "kmedoids":
@@ -331,9 +354,10 @@ def _exhaustive(M, rep, msk, counts, rows, k, lam, max_chunk_bytes):
     return _search.canonical_copies(M[rows], rep[rows], msk[rows], order.gather(1, sel_c))
 
 
-def _west_of_n(M, rep, msk, counts, lam):
+def _west_of_n(M, rep, msk, counts: list[int], lam):
     b, N = msk.shape
     ar = torch.arange(N, device=msk.device)
+    counts = torch.tensor(counts, device=msk.device)
     order = torch.where(msk, ar, ar + N).sort(1).values
     ok = ar[None, :] < counts[:, None]
     idx = order.masked_fill(~ok, -1)
@@ -372,7 +396,9 @@ def _pair(M, rep, msk, lam: float, use_compile: bool) -> torch.Tensor:
     """Exact k = 2: f({i, j}) = (rep_i + rep_j) / 2 - lam * M_ij, maximised over all pairs by one argmax."""
     global _compiled_pair
     N = M.shape[-1]
-    h = (0.5 * rep).float().masked_fill(~msk, float("-inf"))
+    h = (0.5 * rep).float()
+    if msk is not None:
+        h.masked_fill_(~msk, float("-inf"))
     flat = None
     if use_compile and _compiled_pair is not False:
         try:

@@ -87,6 +87,7 @@ class Stepper:
 
     def __init__(self, trainer, total_steps: int):
         trainer.create_optimizer_and_scheduler(num_training_steps=total_steps)
+        trainer.current_gradient_accumulation_steps = 1  # set by `Trainer.train`'s loop otherwise
         self.trainer = trainer
         self.iterator = iter(trainer.get_train_dataloader())
         trainer.model.train()

@@ -64,10 +64,12 @@ def test_top_level_help_is_fast_and_lists_commands_and_exit_codes():
     assert aepo("frobnicate", check_rc=2).stderr.count("invalid choice") == 1
 
 
-def test_select_help_documents_every_aepo_config_field():
+def test_select_help_documents_every_aepo_config_field(capsys):
+    from aepo_trainer.cli import main
     from aepo_trainer.cli.args import aepo_fields
 
-    text = aepo("select", "--help").stdout
+    assert main(["select", "--help"]) == 0
+    text = capsys.readouterr().out
     for field in aepo_fields():
         assert f"--{field.name}" in text
     flat = " ".join(text.split())
@@ -108,16 +110,18 @@ def test_generate_resumes_after_interruption_and_matches_an_uninterrupted_run(tm
     for row in rows:  # conversational prompts give conversational completions
         assert len(row["completions"]) == 3
         assert all(c[0]["role"] == "assistant" and isinstance(c[0]["content"], str) for c in row["completions"])
-    result = aepo(*common, "--output", resumed)  # nothing left to do
-    assert "5 of 5 prompts already" in result.stderr and read_jsonl(resumed) == rows
+    assert main([str(a) for a in common + ["--output", resumed]]) == 0  # nothing left to do
+    assert read_jsonl(resumed) == rows
 
 
-def test_generate_bad_prompt_column_exits_2(tmp_path, tiny_model_path):
+def test_generate_bad_prompt_column_exits_2(tmp_path, tiny_model_path, capsys):
+    from aepo_trainer.cli import main
+
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "hi"}])
-    result = aepo("generate", "--model", tiny_model_path, "--input", bad, "--output", tmp_path / "o.jsonl",
-                  check_rc=2)
-    assert "row 0 has no 'prompt' column" in result.stderr and "'question'" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert main(["generate", "--model", tiny_model_path, "--input", str(bad), "--output",
+                 str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "row 0 has no 'prompt' column" in err and "'question'" in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------------------------------- select
@@ -375,3 +379,15 @@ def test_select_with_a_human_queue_exits_4_then_finishes_once_labelled(tmp_path,
     pairs = read_jsonl(out)
     assert len(pairs) == 6 and all(len(p["chosen"]) > len(p["rejected"]) for p in pairs)
     assert main(argv) == 0 and len(read_jsonl(queue)) == 12  # rerun: nothing queued twice
+
+
+# ----------------------------------------------------------------------------------------------------------- io
+@pytest.mark.parametrize("name", ["pools.jsonl", "pools.jsonl.gz", "pools.json", "pools.parquet", "pools.csv",
+                                  "pools_folder"])
+def test_every_output_format_reads_back(tmp_path, demo_pool_rows, name):
+    from aepo_trainer.cli.io import read_rows, write_rows
+
+    rows = [{k: r[k] for k in ("prompt", "completions", "scores", "dataset")} for r in demo_pool_rows[:3]]
+    path = write_rows(rows, str(tmp_path / name))
+    assert read_rows(path) == rows
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # atomic writes leave no temporary file

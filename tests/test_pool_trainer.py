@@ -245,5 +245,5 @@ def test_evaluate_on_pools(tiny_model_path, dpo_args):
                                                      trainer.args, "eval")
     metrics = trainer.evaluate()
     assert metrics["eval_loss"] == pytest.approx(0.6931, abs=1e-3)  # policy = reference before training
-    assert metrics["eval_aepo/pairs"] == 2 and "eval_rewards/margins" in metrics
+    assert metrics["eval_aepo/pairs"] == 4 and "eval_rewards/margins" in metrics
     assert trainer._aepo_seen_prompt_keys == []  # evaluation prompts are not counted as trained

@@ -37,7 +37,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with exit code 2 for every usage error (argparse's own convention) and a one-line hint."""
 
-    def error(self, message):  # pragma: no cover - exercised through subprocesses
+    def error(self, message):
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n(run `{self.prog} --help` for every flag)\n")
 
@@ -86,17 +86,15 @@ def _str_to_bool(text: str) -> bool:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, names=None, *, title="AEPO settings (AEPOConfig fields)",
-                     overrides: dict | None = None) -> list[str]:
+                     overrides: dict | None = None) -> None:
     """Add one flag per AEPO field of `AEPOConfig` (all of them, or those in `names`) and `--seed`.
 
-    `overrides` maps a field name to extra `add_argument` keywords (e.g. `nargs="+"` for `aepo stats`). Returns the
-    flag names that were added, so callers can build the config from exactly those.
+    `overrides` maps a field name to extra `add_argument` keywords (e.g. `nargs="+"` for `aepo stats`).
     """
     from trl import DPOConfig
 
     overrides = overrides or {}
     group = parser.add_argument_group(title)
-    added = []
     for f in aepo_fields():
         if names is not None and f.name not in names:
             continue
@@ -113,13 +111,10 @@ def add_config_flags(parser: argparse.ArgumentParser, names=None, *, title="AEPO
             kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
         kwargs.update(overrides.get(f.name, {}))
         group.add_argument(f"--{f.name}", **kwargs)
-        added.append(f.name)
     if names is None or "seed" in names:
         seed = next(f for f in dataclasses.fields(DPOConfig) if f.name == "seed")
         group.add_argument("--seed", type=int, default=seed.default,
                            help="Seed of the run; also the selection seed unless `--selection_seed` is given.")
-        added.append("seed")
-    return added
 
 
 def add_yaml_flag(parser: argparse.ArgumentParser) -> None:
@@ -217,8 +212,8 @@ def _coerce(action: argparse.Action, value, path: str, key: str):
     return values if action.nargs in ("+", "*") or isinstance(action.nargs, int) else values[0]
 
 
-def build_config(namespace: argparse.Namespace, names: list[str], output_dir: str, **extra):
-    """The `AEPOConfig` the pipeline needs, from the parsed AEPO flags (`names`) — never a training run's config.
+def build_config(namespace: argparse.Namespace, output_dir: str, **extra):
+    """The `AEPOConfig` the pipeline needs, from the parsed AEPO flags and `extra` values — not a training config.
 
     `output_dir` is only used for the config's own defaults (e.g. the annotation store); bf16 is off and reporting
     is disabled, since nothing is trained. A value `AEPOConfig` rejects becomes an `InputError` (exit code 2) whose
@@ -226,6 +221,7 @@ def build_config(namespace: argparse.Namespace, names: list[str], output_dir: st
     """
     from aepo_trainer.config import AEPOConfig
 
+    names = [f.name for f in aepo_fields()] + ["seed"]
     values = {name: getattr(namespace, name) for name in names if hasattr(namespace, name)}
     values.update(extra)
     try:

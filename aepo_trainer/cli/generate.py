@@ -251,7 +251,8 @@ class _TransformersSampler:
         new = output[:, width:]
         texts = tok.batch_decode(new, skip_special_tokens=True)
         specials = [i for i in (pad, tok.eos_token_id) if i is not None]
-        new_tokens = int((~torch.isin(new, torch.tensor(specials, device=new.device))).sum()) if specials else new.numel()
+        new_tokens = int((~torch.isin(new, torch.tensor(specials, device=new.device))).sum()) if specials \
+            else new.numel()
         n = args.num_completions
         return [[self.prompts.wrap(t, conv) for t in texts[i * n:(i + 1) * n]]
                 for i, (_, conv) in enumerate(encoded)], new_tokens

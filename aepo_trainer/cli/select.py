@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
 
     output = os.path.abspath(os.path.expanduser(args.output))
     config = build_config(  # first: a bad setting fails before any reading or embedding
-        args, [f for f in vars(args) if f in _config_names()], output_dir=os.path.dirname(output),
+        args, output_dir=os.path.dirname(output),
         annotation_store=args.annotation_store or f"{output}.annotations.sqlite",
         annotation_queue=args.annotation_queue or (f"{output}.annotation_queue.jsonl"
                                                    if args.annotator == "human" else None))
@@ -137,12 +137,6 @@ def main(argv: list[str]) -> int:
     return EXIT_OK
 
 
-def _config_names() -> set[str]:
-    from .args import aepo_fields
-
-    return {f.name for f in aepo_fields()} | {"seed"}
-
-
 def check_pools(rows: list[dict], config, source: str, need_scores: bool) -> None:
     """`pools.validate_pool_dataset`, with its `ValueError` (naming row and field) turned into exit code 2."""
     from aepo_trainer.pools import validate_pool_dataset
@@ -191,8 +185,7 @@ def pool_embeddings(rows: list[dict], config, device=None, shard_texts: int = 25
     texts = sum(len(row[ccol]) for row in rows)
     shard_rows = max(1, shard_texts // max(len(row[ccol]) for row in rows))  # the unit of caching and resuming
     out = []
-    bar = tqdm(total=texts, unit="text", desc="embed",
-               dynamic_ncols=True)
+    bar = tqdm(total=texts, unit="text", desc="embed", dynamic_ncols=True)
     try:
         for start in range(0, len(rows), shard_rows):
             shard = data.select(range(start, min(start + shard_rows, len(rows))))
@@ -213,16 +206,10 @@ def pool_embeddings(rows: list[dict], config, device=None, shard_texts: int = 25
 
 
 def _batch(rows: list[dict], embeddings: list, start: int, stop: int, drop: str):
-    """The reducer's input for rows[start:stop]: rows (without the embeddings column), `[B, N, D]` and `[B, N]`."""
-    import torch
+    """The reducer's input for rows[start:stop]: the rows (without the embeddings column), `[B, N, D]`, `[B, N]`."""
+    from aepo_trainer.embedding import stack_pool_embeddings
 
-    chunk = embeddings[start:stop]
-    n_max = max(e.shape[0] for e in chunk)
-    tensor = torch.zeros(len(chunk), n_max, chunk[0].shape[1], dtype=torch.float32)
-    mask = torch.zeros(len(chunk), n_max, dtype=torch.bool)
-    for b, e in enumerate(chunk):
-        tensor[b, : e.shape[0]] = e
-        mask[b, : e.shape[0]] = True
+    tensor, mask = stack_pool_embeddings(embeddings[start:stop])
     return [{k: v for k, v in row.items() if k != drop} for row in rows[start:stop]], tensor, mask
 
 
@@ -306,25 +293,33 @@ def report_dry_run(rows, embeddings, reducer, service, size: int) -> None:
             per_prompt_cost.append(len(keys) - len(have))
     to_pay = needed - stored
     remaining = service.remaining
+    per_prompt = "N" if config.selection_strategy == "west_of_n" else config.num_annotations
     lines = [
         f"dry run: {len(rows)} prompts, annotator {service.identity}, store {service.store.path}",
-        f"  annotations needed        {needed:>10}  ({config.num_annotations if config.selection_strategy != 'west_of_n' else 'N'} per prompt)",
+        f"  annotations needed        {needed:>10}  ({per_prompt} per prompt)",
         f"  already in the store      {stored:>10}  (free)",
         f"  would be paid             {to_pay:>10}",
     ]
     if remaining is None:
-        lines.append(f"  budget                    unlimited  (spent so far by run '{service.run_id}': {service.spent})")
+        lines.append(f"  budget                    unlimited  (spent so far by run '{service.run_id}': "
+                     f"{service.spent})")
     else:
-        covered, left = 0, remaining
-        for cost in per_prompt_cost:  # prompts are skipped whole when their annotations do not fit
-            if cost <= left:
-                left -= cost
-                covered += 1
+        covered = prompts_covered(per_prompt_cost, remaining)
         lines += [f"  budget                    {config.annotation_budget:>10}  (spent so far: {service.spent}, "
                   f"left: {remaining})",
                   f"  prompts covered           {covered:>10}  of {len(rows)}"
                   + ("" if covered == len(rows) else "  (the rest would be skipped: budget exhausted)")]
     print("\n".join(lines))
+
+
+def prompts_covered(costs: list[int], budget: int) -> int:
+    """How many prompts a budget pays for, in order, each whole or not at all (as `AnnotationService` skips them)."""
+    covered = 0
+    for cost in costs:
+        if cost <= budget:
+            budget -= cost
+            covered += 1
+    return covered
 
 
 def summary(totals: dict, service, timings: dict, started: float, written: str | None) -> str:

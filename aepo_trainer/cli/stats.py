@@ -14,7 +14,8 @@ import json
 import math
 import sys
 
-from .args import ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, build_config, parse_with_yaml
+from .args import (ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, build_config,
+                   parse_with_yaml)
 from .errors import EXIT_OK, InputError
 
 DESCRIPTION = ("Annotation cost, budget coverage and representativeness/diversity (and selected scores, when the "
@@ -71,8 +72,8 @@ def main(argv: list[str]) -> int:
     from .io import read_rows
     from .select import check_pools, pool_embeddings
 
-    names = [n for n in _SELECTION_FIELDS if n not in ("num_annotations", "diversity_weight")]
-    config = build_config(args, names, output_dir=tempfile.gettempdir(), num_annotations=ks[0])
+    config = build_config(args, output_dir=tempfile.gettempdir(), num_annotations=ks[0],
+                          diversity_weight=args.diversity_weight[0])  # each comparison sets its own k and λ
     rows = read_rows(args.input, split=args.split)
     if args.max_prompts is not None:
         rows = rows[: args.max_prompts]
@@ -118,7 +119,7 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
 
     from aepo_trainer.pipeline import PoolReducer
 
-    from .select import _batch
+    from .select import _batch, prompts_covered
 
     variants = list(_variants(args, ks, pool_sizes))
     if not variants:
@@ -147,12 +148,7 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
             "representativeness": _mean(rep), "diversity": _mean(div),
         }
         if args.annotation_budget is not None:
-            covered, left = 0, args.annotation_budget
-            for cost in costs:
-                if cost <= left:
-                    left -= cost
-                    covered += 1
-            record["prompts_covered"] = covered
+            record["prompts_covered"] = prompts_covered(costs, args.annotation_budget)
         if has_scores:
             best, worst = [], []
             for row, subset in zip(rows, subsets):
