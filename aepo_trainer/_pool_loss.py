@@ -9,7 +9,6 @@ therefore applies unchanged to the pairs formed on the fly.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch

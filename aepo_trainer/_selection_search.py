@@ -14,8 +14,6 @@ never overflow, so it is the same on every device and for every batch compositio
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 NEG_INF = float("-inf")
@@ -51,7 +49,8 @@ def hash32(seed: int, row_keys: torch.Tensor, *counters) -> torch.Tensor:
     """A 32-bit hash (int64 tensor in [0, 2**32)) of (seed, row_keys[b], *counters), broadcast over the counters.
 
     `row_keys` is an int64 tensor `[B]`; each counter is a Python int or an int64 tensor of trailing shape `T` (the
-    result is then `[B, *T]`). Pure int64 arithmetic with masks (no overflow, no floating point), so CPU and CUDA agree bit for bit.
+    result is then `[B, *T]`). Pure int64 arithmetic with masks (no overflow, no floating point), so CPU and CUDA
+    agree bit for bit.
     """
     seed = int(seed) & 0xFFFFFFFFFFFFFFFF
     keys = row_keys.to(torch.int64)
@@ -277,10 +276,6 @@ def exhaustive(M, rep, valid, k: int, lam: float, block: int) -> torch.Tensor:
         best_val = torch.where(upd, v, best_val)
         best_idx = torch.where(upd, i + start, best_idx)
     return combos[best_idx]
-
-
-def exhaustive_count(n: int, k: int) -> int:
-    return math.comb(n, k)
 
 
 # ------------------------------------------------------------------------------------------------ random

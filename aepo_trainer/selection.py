@@ -8,7 +8,8 @@ embeddings, a subset S of size k maximises (self-similarity excluded)
 
 `select_subsets` runs one similarity GEMM per chunk of prompts and then solves all prompts of the chunk at once:
 k = 2 exactly (one argmax over all pairs), k > 2 by greedy forward selection with incremental gains followed by
-seeded swap local search, or exhaustively when C(N, k) is small. See docs/selection.md for the user guide.
+seeded swap local search (in `_selection_search.py`), or exhaustively when C(N_b, k) is small. See
+docs/selection.md for the user guide.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ __all__ = ["SelectionResult", "select_subsets", "stable_row_key", "STRATEGIES", 
 
 STRATEGIES = ("aepo", "random", "west_of_n", "representativeness", "kmedoids")
 SEARCHES = ("auto", "greedy", "exhaustive")
-DEFAULT_EXHAUSTIVE_LIMIT = 5000  # "auto" enumerates every subset when C(N_max, k) <= this
+DEFAULT_EXHAUSTIVE_LIMIT = 5000  # "auto" enumerates every subset of a prompt when C(N_b, k) <= this
 MAX_EXHAUSTIVE = 2_000_000  # search="exhaustive" refuses more subsets than this
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20  # temporary memory per chunk of prompts
 NORM_TOLERANCE = 1e-5  # |‖x‖² - 1| <= this: the row counts as unit-norm (fp32 GEMM rounding is ~1e-6)
@@ -102,11 +103,11 @@ def select_subsets(
             "kmedoids" (k-medoids coreset on cosine distance).
         seed: seed of the counter-based RNG (local search, "random").
         row_keys: optional int64 [B] per-prompt keys for the RNG (default `arange(B)`), e.g. from `stable_row_key`.
-        search: k > 2 search for "aepo": "greedy" (greedy + seeded swap local search), "exhaustive" (all C(N, k)
-            subsets) or "auto" (exhaustive when C(N_max, k) <= `exhaustive_limit`, else greedy). k = 2 is always
-            exact.
+        search: k > 2 search for "aepo": "greedy" (greedy + seeded swap local search), "exhaustive" (all C(N_b, k)
+            subsets) or "auto" (per prompt: exhaustive when C(N_b, k) <= `exhaustive_limit`, else greedy). k = 2 is
+            always exact (one argmax over all pairs), and so is lambda = 0 (top-k by representativeness).
         local_search_rounds: rounds of swap local search after the greedy pass.
-        exhaustive_limit: largest C(N_max, k) that "auto" solves exhaustively.
+        exhaustive_limit: largest C(N_b, k) that "auto" solves exhaustively.
         max_chunk_bytes: bound on the temporary memory; prompts are processed in chunks that fit in it.
         compile: fuse the k = 2 pair kernel with `torch.compile` (None: the `AEPO_SELECTION_COMPILE` environment
             variable, default off); any compilation failure falls back to eager.
@@ -140,9 +141,10 @@ def select_subsets(
             chunk_keys = None
             if method in ("random", "greedy", "auto"):
                 chunk_keys = keys[start:stop] if keys is not None else torch.arange(start, stop, device=dev)
-            idx = _select(method, M, rep, msk, cnt, padded, k, lam, seed, chunk_keys, local_search_rounds,
-                          exhaustive_limit, max_chunk_bytes, use_compile)
-            obj, repr_, pair = _search.subset_scores(M, rep, idx, lam)
+            with _search_threads(dev, method, M.numel()):
+                idx = _select(method, M, rep, msk, cnt, padded, k, lam, seed, chunk_keys, local_search_rounds,
+                              exhaustive_limit, max_chunk_bytes, use_compile)
+                obj, repr_, pair = _search.subset_scores(M, rep, idx, lam)
             ok = None
         parts.append((idx, obj.float(), repr_.float(), (1.0 - pair).float(), ok))
         del M, rep
@@ -282,6 +284,29 @@ def _similarities(X, msk, counts: list[int], offset: int, padded: bool):
     return M, rep
 
 
+@contextlib.contextmanager
+def _search_threads(device: torch.device, method: str, numel: int):
+    """On CPU, run the selection phase with AEPO_SELECTION_SEARCH_THREADS intra-op threads (default 1) when it is made
+    of small tensor ops: the k > 2 searches (hundreds of ops on [B, k, N]) and kernels on fewer than 2**22 similarity
+    entries. Measured on a shared 2-core VM (load ~10): with 2 threads each small op can wait at an OpenMP barrier for
+    a descheduled worker, and N=128, k=4 took 5.5 s instead of 0.14 s; on an idle machine single-threaded small ops
+    lose little. The similarity GEMM keeps all threads; the setting is restored on exit."""
+    threads = torch.get_num_threads()
+    try:
+        target = int(os.environ.get("AEPO_SELECTION_SEARCH_THREADS", "1"))
+    except ValueError:
+        target = 1
+    small = method in ("greedy", "auto", "exhaustive", "kmedoids") or numel < 2**22
+    if device.type != "cpu" or not small or target <= 0 or threads <= target:
+        yield
+        return
+    torch.set_num_threads(target)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ------------------------------------------------------------------------------------------------ dispatch
 def _method(strategy: str, k: int, lam: float, search: str, n_largest: int, exhaustive_limit: int) -> str:
     if strategy in ("random", "west_of_n", "kmedoids"):
@@ -348,10 +373,11 @@ def _exhaustive(M, rep, msk, counts, rows, k, lam, max_chunk_bytes):
     Mc = M[rows[:, None, None], order[:, :, None], order[:, None, :]]
     valid_c = ar[None, :n_cut] < torch.as_tensor([counts[b] for b in rows.tolist()], device=M.device)[:, None]
     per_combo = rows.numel() * (k + k * (k - 1) // 2) * 8 * 4
-    sel_c = _search.exhaustive(Mc, rep[rows].gather(1, order), valid_c, k, lam,
-                               block=max(1, max_chunk_bytes // (2 * per_combo)))
-    # copies tie exactly only up to the summation order, hence the explicit canonicalisation
-    return _search.canonical_copies(M[rows], rep[rows], msk[rows], order.gather(1, sel_c))
+    rep_c = rep[rows].gather(1, order)
+    sel_c = _search.exhaustive(Mc, rep_c, valid_c, k, lam, block=max(1, max_chunk_bytes // (2 * per_combo)))
+    # copies tie exactly only up to the summation order, hence the explicit canonicalisation (`order` is increasing,
+    # so the lowest compacted index is the lowest original index)
+    return order.gather(1, _search.canonical_copies(Mc, rep_c, valid_c, sel_c))
 
 
 def _west_of_n(M, rep, msk, counts: list[int], lam):

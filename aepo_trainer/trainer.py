@@ -207,6 +207,8 @@ class AEPOTrainer(DPOTrainer):
             return DPOTrainer._prepare_dataset(self, pair_dataset, processing_class, pair_args, dataset_name)
 
         prepared = pools.prepare_pool_dataset(dataset, args, tokenize_pairs, dataset_name, embed=self._aepo_embed)
+        # The collator stacks the embeddings into one tensor: read them from Arrow as tensors, not Python lists.
+        prepared = prepared.with_format("torch", columns=[args.embeddings_column], output_all_columns=True)
         columns = getattr(self, "_aepo_pool_columns", [])
         self._aepo_pool_columns = list(dict.fromkeys([*columns, *prepared.column_names]))
         if getattr(self, "_signature_columns", None) is not None:  # a pool dataset given to `evaluate()` later

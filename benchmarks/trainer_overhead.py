@@ -90,12 +90,14 @@ class Stepper:
         trainer.current_gradient_accumulation_steps = 1  # set by `Trainer.train`'s loop otherwise
         self.trainer = trainer
         self.iterator = iter(trainer.get_train_dataloader())
+        self.data_seconds: list[float] = []  # fetch + collate (AEPO: + select + annotate + pair) of each step
         trainer.model.train()
 
     def __call__(self) -> float:
         trainer = self.trainer
         start = time.perf_counter()
         batch = next(self.iterator)
+        self.data_seconds.append(time.perf_counter() - start)
         trainer.training_step(trainer.model, batch)
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
@@ -223,7 +225,11 @@ def main() -> None:
                 if i >= opts.warmup:
                     times[name].append(seconds)
         aepo_sps, dpo_sps = len(times["aepo"]) / sum(times["aepo"]), len(times["dpo"]) / sum(times["dpo"])
+        data_ms = {name: 1000 * sum(st.data_seconds[opts.warmup:]) / opts.steps
+                   for name, st in (("aepo", step_aepo), ("dpo", step_dpo))}
 
+    if opts.mode == "sequential":
+        data_ms = {"aepo": float("nan"), "dpo": float("nan")}
     ratio = dpo_sps / aepo_sps
     results = {
         "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
@@ -231,11 +237,15 @@ def main() -> None:
         "prompts": opts.prompts, "N": opts.pool_size, "k": opts.num_annotations, "batch_size": opts.batch_size,
         "max_length": opts.max_length, "timed_steps": opts.steps, "mode": opts.mode, "aepo_steps_per_s": aepo_sps,
         "dpo_steps_per_s": dpo_sps, "time_ratio_aepo_over_dpo": ratio, "overhead_percent": 100 * (ratio - 1),
+        "data_ms_per_step_aepo": data_ms["aepo"], "data_ms_per_step_dpo": data_ms["dpo"],
         "one_time_embedding_s": embed_s, "one_time_prepare_s": prepare_s,
         "annotations_paid": aepo.annotation_service.spent, "tied_prompts_left_out": tied,
     }
     print(json.dumps(results, indent=2))
     print(f"\nAEPOTrainer on pools: {aepo_sps:.3f} steps/s | DPOTrainer on the selected pairs: {dpo_sps:.3f} steps/s")
+    if opts.mode == "alternate":
+        print(f"data per step (fetch + collate; AEPO also selects, annotates, pairs): AEPO {data_ms['aepo']:.1f} ms, "
+              f"DPO {data_ms['dpo']:.1f} ms")
     print(f"time ratio AEPO/DPO = {ratio:.3f}  (overhead {100 * (ratio - 1):+.1f}%; target <= +5% on CPU)")
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2))

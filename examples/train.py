@@ -109,12 +109,13 @@ def summary(trainer, script_args) -> str:
         for p in pairs:
             lines.append(f"  prompt:   {_snippet(p['prompt'])}")
             lines.append(f"    selected {p['selected']} of {p['pool_size']} candidates")
-            lines.append(f"    chosen   ({p['chosen_score']:.3f}): {_snippet(p['chosen'])}")
-            lines.append(f"    rejected ({p['rejected_score']:.3f}): {_snippet(p['rejected'])}")
+            lines.append(f"    chosen   (score {p['chosen_score']:.3g}): {_snippet(p['chosen'])}")
+            lines.append(f"    rejected (score {p['rejected_score']:.3g}): {_snippet(p['rejected'])}")
     logged = [e for e in trainer.state.log_history if "loss" in e]
     if logged:
         first, last = logged[0], logged[-1]
-        line = f"Training: loss {first['loss']:.4f} -> {last['loss']:.4f} over {trainer.state.global_step} steps"
+        line = (f"Training: loss {first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f} (step {last['step']}), "
+                f"{trainer.state.global_step} steps")
         if "rewards/accuracies" in last:
             line += f"; reward accuracy {last['rewards/accuracies']:.2f}, margin {last['rewards/margins']:.4f}"
         lines.append(line)

@@ -1,6 +1,9 @@
-"""A 2-process CPU launch (`torchrun --nproc_per_node 2`, gloo; `accelerate launch --cpu` starts a single process on
-CPU unless mpirun is set up) trains on pools with each prompt exactly once
-per epoch: every rank collates its own shard, the SQLite annotation store is shared, and each item is paid once."""
+"""A 2-process CPU launch trains on pools with each prompt exactly once per epoch: every rank collates its own shard,
+the SQLite annotation store is shared, and each item is paid once.
+
+The launcher is torchrun (gloo): `accelerate launch --cpu --num_processes 2` starts a single process on CPU unless
+mpirun is set up. Some steps hold different numbers of pairs on the two ranks (ties), which exercises the
+variable-length gather of TRL's per-pair metrics, and an RPO loss is mixed in."""
 
 from __future__ import annotations
 
@@ -9,8 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-
-import pytest
 
 from aepo_trainer.pipeline import prompt_key
 

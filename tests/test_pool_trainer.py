@@ -231,7 +231,7 @@ def test_on_the_fly_pairs_equal_aepo_select(tiny_model_path, dpo_args, tmp_path)
 def test_pools_without_embeddings_use_the_sentence_embedder(tiny_model_path, dpo_args, minilm_path):
     rows = [{k: v for k, v in r.items() if k != "embeddings"} for r in pool_rows(n=4)]
     trainer = make_trainer(tiny_model_path, dpo_args, rows=rows, max_steps=1, embedding_model=minilm_path)
-    vectors = torch.tensor(trainer.train_dataset[0]["embeddings"])
+    vectors = torch.as_tensor(trainer.train_dataset[0]["embeddings"])
     assert vectors.shape == (4, 384)
     torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(4), atol=1e-4, rtol=0)
     trainer.train()
@@ -247,3 +247,13 @@ def test_evaluate_on_pools(tiny_model_path, dpo_args):
     assert metrics["eval_loss"] == pytest.approx(0.6931, abs=1e-3)  # policy = reference before training
     assert metrics["eval_aepo/pairs"] == 4 and "eval_rewards/margins" in metrics
     assert trainer._aepo_seen_prompt_keys == []  # evaluation prompts are not counted as trained
+
+
+def test_human_annotation_pending_stops_cleanly(tiny_model_path, dpo_args):
+    trainer = make_trainer(tiny_model_path, dpo_args, annotator="human", max_steps=3)
+    trainer.train()  # returns normally: no exception escapes the training loop
+    assert trainer.state.global_step == 1
+    assert "pending" in trainer.aepo_stop_reason.lower() and "labels" in trainer.aepo_stop_reason
+    queue = os.path.join(trainer.args.output_dir, "annotation_queue.jsonl")
+    assert os.path.exists(queue)
+    assert logged(trainer)[0]["aepo/empty_batches"] == 1  # nothing was trained on unlabeled items

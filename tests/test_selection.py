@@ -392,3 +392,22 @@ def test_stable_row_key():
     assert k == stable_row_key("What is AEPO?") and -(2**63) <= k < 2**63
     assert k != stable_row_key("What is AEPO")
     assert stable_row_key("") == int.from_bytes(bytes.fromhex("e3b0c44298fc1c14"), "big", signed=True)
+
+
+# ------------------------------------------------------------------------------------------------ runtime knobs
+def test_thread_setting_is_restored_and_compile_falls_back(monkeypatch):
+    from aepo_trainer import selection
+
+    threads = torch.get_num_threads()
+    E = clustered_pools(8, 20, D=8, seed=16)
+    eager = select_subsets(E, 2, 1.0)
+    select_subsets(E, 4, 1.0, exhaustive_limit=0)
+    assert torch.get_num_threads() == threads
+
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(selection, "_compiled_pair", None)
+    assert torch.equal(select_subsets(E, 2, 1.0, compile=True).indices, eager.indices)
+    assert selection._compiled_pair is False  # eager from then on

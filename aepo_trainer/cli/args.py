@@ -6,7 +6,7 @@ name, type, default, help (`metadata["help"]`) and choices (`metadata["choices"]
 
 `--config file.yaml` works like TRL's CLI: its keys (flag names) become the parser's defaults, flags given on the
 command line override them, and an `env:` mapping is exported to the environment. Keys that belong to TRL's own
-training configs (`DPOConfig`, `ScriptArguments`, `ModelConfig`) are ignored, so one YAML file can drive both
+training configs (`AEPOConfig`/`DPOConfig`, `ScriptArguments`, `ModelConfig`) are ignored, so one YAML file can drive both
 `aepo select` and training; any other unknown key is an error (it is most likely a typo).
 """
 
@@ -85,25 +85,27 @@ def _str_to_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, names=None, *, title="AEPO settings (AEPOConfig fields)",
-                     overrides: dict | None = None) -> None:
-    """Add one flag per AEPO field of `AEPOConfig` (all of them, or those in `names`) and `--seed`.
+def add_config_flags(parser: argparse.ArgumentParser, names=None, *, exclude=(),
+                     title="AEPO settings (AEPOConfig fields)", overrides: dict | None = None,
+                     notes: dict | None = None) -> None:
+    """Add one flag per AEPO field of `AEPOConfig` (those in `names`, default all, minus `exclude`) and `--seed`.
 
-    `overrides` maps a field name to extra `add_argument` keywords (e.g. `nargs="+"` for `aepo stats`).
+    `overrides` maps a field name to extra `add_argument` keywords (e.g. `nargs="+"` for `aepo stats`); `notes` maps
+    a field name to a sentence appended to its help (what the field means for this command).
     """
     from trl import DPOConfig
 
-    overrides = overrides or {}
+    overrides, notes = overrides or {}, notes or {}
     group = parser.add_argument_group(title)
     for f in aepo_fields():
-        if names is not None and f.name not in names:
+        if (names is not None and f.name not in names) or f.name in exclude:
             continue
         type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         optional = _optional(type_name)
         kwargs = dict(
             type=_parse_type(type_name, optional),
             default=f.default,
-            help=" ".join(f.metadata.get("help", "").split()).replace("%", "%%"),
+            help=" ".join((f.metadata.get("help", "") + " " + notes.get(f.name, "")).split()).replace("%", "%%"),
             metavar=f.name.upper(),
         )
         if "choices" in f.metadata:
@@ -127,8 +129,10 @@ def add_yaml_flag(parser: argparse.ArgumentParser) -> None:
 def _trl_training_keys() -> set[str]:
     import trl
 
+    from aepo_trainer.config import AEPOConfig
+
     keys = set()
-    for cls in (trl.DPOConfig, trl.ScriptArguments, trl.ModelConfig):
+    for cls in (AEPOConfig, trl.ScriptArguments, trl.ModelConfig):
         keys.update(f.name for f in dataclasses.fields(cls))
     return keys
 

@@ -189,6 +189,8 @@ class _Prompts:
                              f"({error})") from None
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.tokenizer.pad_token_id is None:
+            raise InputError(f"the tokenizer of {args.model_name_or_path!r} has neither a pad nor an EOS token")
         self.mode = args.use_chat_template
         self.model = args.model_name_or_path
 
@@ -244,7 +246,7 @@ class _TransformersSampler:
         options = dict(do_sample=sample, num_return_sequences=args.num_completions,
                        max_new_tokens=args.max_new_tokens, pad_token_id=pad)
         if sample:
-            options.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or None)
+            options.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)  # 0 = off
         torch.manual_seed(seed)
         with torch.inference_mode():
             output = self.model.generate(input_ids=input_ids, attention_mask=attention, **options)

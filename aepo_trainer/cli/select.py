@@ -66,8 +66,14 @@ def build_parser(prog: str = "aepo select") -> ArgumentParser:
                      "starting policy).")
     run.add_argument("--device", default=None, help="Device for embedding and selection (default: cuda if "
                      "available, else cpu).")
-    add_config_flags(parser)
+    add_config_flags(parser, exclude={"reward_scale"}, notes={  # reward_scale: a loss setting, training only
+        "annotation_budget": "In `aepo select`: when it is spent, the pairs of the prompts annotated so far are "
+        "written and the exit code is 3; rerun with a larger budget to continue.",
+        "annotation_store": "In `aepo select`: defaults to `<output>.annotations.sqlite`.",
+        "annotation_queue": "In `aepo select`: defaults to `<output>.annotation_queue.jsonl`.",
+    })
     return parser
+
 
 
 def main(argv: list[str]) -> int:
@@ -160,7 +166,7 @@ def check_pools(rows: list[dict], config, source: str, need_scores: bool) -> Non
 
 
 # ------------------------------------------------------------------------------------------------------- stages
-def pool_embeddings(rows: list[dict], config, device=None, shard_texts: int = 256):
+def pool_embeddings(rows: list[dict], config, device=None, shard_texts: int = 1024):
     """One `[N_b, D]` float32 tensor per row: the `embeddings` column when every row has one, else the embedder's.
 
     Embedding goes through `embedding.embed_pools` (what the trainer uses), shard by shard: each shard's result is
@@ -205,7 +211,7 @@ def pool_embeddings(rows: list[dict], config, device=None, shard_texts: int = 25
     return out
 
 
-def _batch(rows: list[dict], embeddings: list, start: int, stop: int, drop: str):
+def batch_inputs(rows: list[dict], embeddings: list, start: int, stop: int, drop: str):
     """The reducer's input for rows[start:stop]: the rows (without the embeddings column), `[B, N, D]`, `[B, N]`."""
     from aepo_trainer.embedding import stack_pool_embeddings
 
@@ -224,7 +230,7 @@ def reduce_all(rows, embeddings, reducer, size: int):
     out, pending = [], []
     bar = tqdm(total=len(rows), unit="prompt", desc="select+annotate+pair", dynamic_ncols=True)
     for start in range(0, len(rows), size):
-        batch_rows, tensor, mask = _batch(rows, embeddings, start, start + size, config.embeddings_column)
+        batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + size, config.embeddings_column)
         reduced = reducer.reduce(batch_rows, tensor, mask)
         for name in STATS_FIELDS:
             value = reduced.stats.get(name, 0.0)
@@ -281,7 +287,7 @@ def report_dry_run(rows, embeddings, reducer, service, size: int) -> None:
     needed = stored = 0
     per_prompt_cost = []
     for start in range(0, len(rows), size):
-        batch_rows, tensor, mask = _batch(rows, embeddings, start, start + size, config.embeddings_column)
+        batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + size, config.embeddings_column)
         _, subsets, _ = reducer.select(batch_rows, tensor, mask)
         for row, subset in zip(batch_rows, subsets):
             completions = [row[config.completions_column][i] for i in subset]

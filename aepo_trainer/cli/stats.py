@@ -119,7 +119,7 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
 
     from aepo_trainer.pipeline import PoolReducer
 
-    from .select import _batch, prompts_covered
+    from .select import batch_inputs, prompts_covered
 
     variants = list(_variants(args, ks, pool_sizes))
     if not variants:
@@ -135,7 +135,7 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
         reducer = PoolReducer(variant, service=None, device=args.device)
         subsets, rep, div = [], [], []
         for start in range(0, len(rows), args.batch_size):
-            batch_rows, tensor, mask = _batch(rows, embeddings, start, start + args.batch_size,
+            batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + args.batch_size,
                                               config.embeddings_column)
             selection, batch_subsets, _ = reducer.select(batch_rows, tensor, mask)
             subsets.extend(batch_subsets)
