@@ -171,7 +171,6 @@ def prompt_sets(scale: Scale, seed: int):
 
 # ---------------------------------------------------------------------------------------------------- model
 VOCAB_SPECIALS = ["<|im_end|>", "<|pad|>"]  # EOS, padding
-INVALID = "\ufffd"  # how a sampled padding token is written in a completion (an error for the gold reward)
 
 
 def build_tokenizer():
@@ -192,13 +191,13 @@ def build_tokenizer():
 
 
 def decode_completion(tokenizer, ids) -> str:
-    """Characters up to the first EOS; a sampled padding token counts as an invalid character."""
+    """The characters up to the first EOS (the padding token is suppressed at sampling time)."""
     out = []
     for i in ids:
         i = int(i)
-        if i == tokenizer.eos_token_id:
+        if i in (tokenizer.eos_token_id, tokenizer.pad_token_id):
             break
-        out.append(INVALID if i == tokenizer.pad_token_id else tokenizer.convert_ids_to_tokens(i))
+        out.append(tokenizer.convert_ids_to_tokens(i))
     return "".join(out)
 
 
@@ -247,13 +246,14 @@ def sft(model, tokenizer, scale: Scale, seed: int, device, log=print):
 
 
 def sample(model, tokenizer, prompts: list[str], n: int, seed: int, device, batch_prompts: int = 512):
-    """n samples (temperature 1, no top-k/top-p) per prompt; prompts are grouped by length, so no padding."""
+    """n samples (temperature 1, no top-k/top-p; the padding token is never sampled) per prompt. Prompts are grouped
+    by length, so there is no padding."""
     import torch
     from transformers import GenerationConfig
 
     gen = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=12,
                            num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
-                           eos_token_id=tokenizer.eos_token_id)
+                           eos_token_id=tokenizer.eos_token_id, suppress_tokens=[tokenizer.pad_token_id])
     out = {}
     torch.manual_seed(seed)
     model.eval()

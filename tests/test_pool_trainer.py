@@ -250,7 +250,11 @@ def test_evaluate_on_pools(tiny_model_path, dpo_args):
 
 
 def test_human_annotation_pending_stops_cleanly(tiny_model_path, dpo_args):
-    trainer = make_trainer(tiny_model_path, dpo_args, annotator="human", max_steps=3)
+    trainer = AEPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                          ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                          args=AEPOConfig(**{**dpo_args, "max_length": 64, "annotator": "human"}),
+                          train_dataset=Dataset.from_list(pool_rows()),
+                          processing_class=AutoTokenizer.from_pretrained(tiny_model_path))
     trainer.train()  # returns normally: no exception escapes the training loop
     assert trainer.state.global_step == 1
     assert "pending" in trainer.aepo_stop_reason.lower() and "labels" in trainer.aepo_stop_reason
