@@ -53,12 +53,17 @@ class _AEPOControlCallback(TrainerCallback):
 class AEPOTrainer(DPOTrainer):
     """Annotation-Efficient Preference Optimization trainer; a drop-in replacement for TRL's `DPOTrainer`.
 
+    Every argument of `trl.DPOTrainer` is accepted, by keyword and with the same meaning: `model`, `ref_model`,
+    `data_collator`, `train_dataset`, `eval_dataset`, `processing_class`, `compute_metrics`, `callbacks`,
+    `optimizers`, `quantization_config` and `peft_config`. On prompt/chosen/rejected datasets the trainer computes
+    exactly what `DPOTrainer` computes. On candidate-pool datasets (`{"prompt", "completions": [...]}`) each batch is
+    reduced on the fly: select k of N, annotate only those, pair, then DPO (and/or the `rpo_*` losses).
+
     Args:
-        model, ref_model, args, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics,
-        callbacks, optimizers, quantization_config, peft_config:
-            As for `trl.DPOTrainer` (pass them by keyword). `args` may be an `AEPOConfig` or a plain `DPOConfig`
-            (then the AEPO fields take their defaults).
-        annotator:
+        args (`AEPOConfig` or `DPOConfig`, *optional*):
+            The configuration. A plain `DPOConfig` is upgraded to an `AEPOConfig` whose AEPO fields take their
+            defaults.
+        annotator (`Annotator`, callable or list of callables, *optional*):
             Who scores the selected candidates of pool datasets: an `Annotator` object, or a TRL/GRPO-style reward
             function `f(prompts=..., completions=..., **columns) -> list[float]` (or a list of them). Defaults to
             the annotator `args.annotator` names (`build_annotator`). Unused on pair datasets.
