@@ -59,7 +59,7 @@ STRATEGIES = [
     ("k-medoids", "kmedoids", 0.0),
 ]
 METRICS = ["prompts", "annotations", "pairs", "chosen", "rejected", "gap", "total_gap", "chosen_is_pool_best",
-           "diversity", "representativeness"]
+           "diversity", "representativeness", "annotated_len", "chosen_len"]
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -118,8 +118,10 @@ def best_vs_worst(selected_scores: np.ndarray, valid: np.ndarray):
     return hi > lo, hi, lo
 
 
-def evaluate_strategy(emb_n, scores_n, order, strategy, lam, k, budget, seed, row_keys):
-    """Metrics of one strategy on pools `emb_n` [P, N, D] / `scores_n` [P, N] at total budget `budget`."""
+def evaluate_strategy(emb_n, scores_n, order, strategy, lam, k, budget, seed, row_keys, lengths_n=None):
+    """Metrics of one strategy on pools `emb_n` [P, N, D] / `scores_n` [P, N] at total budget `budget`.
+
+    `lengths_n` [P, N] (optional): completion lengths in characters, for the length diagnostics."""
     import torch
 
     from aepo_trainer.selection import select_subsets
@@ -137,9 +139,16 @@ def evaluate_strategy(emb_n, scores_n, order, strategy, lam, k, budget, seed, ro
     sel_scores = np.take_along_axis(scores_n[covered], np.where(valid, idx, 0), axis=1)
     has_pair, chosen, rejected = best_vs_worst(sel_scores, valid)
     pool_best = scores_n[covered].max(1)
+    nan = float("nan")
+    if lengths_n is not None:
+        sel_len = np.take_along_axis(lengths_n[covered], np.where(valid, idx, 0), axis=1).astype(np.float64)
+        annotated_len = float(sel_len[valid].mean())
+        best_pos = np.where(valid, sel_scores, -np.inf).argmax(1)
+        chosen_len = float(sel_len[np.arange(len(covered)), best_pos][has_pair].mean()) if has_pair.any() else nan
+    else:
+        annotated_len = chosen_len = nan
     gap = chosen - rejected
     pairs = int(has_pair.sum())
-    nan = float("nan")
     return {
         "prompts": float(len(covered)),
         "annotations": float(valid.sum()),
@@ -151,10 +160,13 @@ def evaluate_strategy(emb_n, scores_n, order, strategy, lam, k, budget, seed, ro
         "chosen_is_pool_best": float((chosen[has_pair] >= pool_best[has_pair]).mean()) if pairs else nan,
         "diversity": float(res.diversity.mean()),
         "representativeness": float(res.representativeness.mean()),
+        "annotated_len": annotated_len,
+        "chosen_len": chosen_len,
     }
 
 
-def run_experiment(embeddings, scores, row_keys, pool_sizes, seeds, budget, k=2, strategies=STRATEGIES, log=print):
+def run_experiment(embeddings, scores, row_keys, pool_sizes, seeds, budget, k=2, strategies=STRATEGIES, log=print,
+                   lengths=None):
     """All strategies x pool sizes x seeds. Returns a list of records {strategy, label, lam, N, seed, metrics...}."""
     P, M = scores.shape
     records = []
@@ -166,9 +178,11 @@ def run_experiment(embeddings, scores, row_keys, pool_sizes, seeds, budget, k=2,
             sub = pool_subsets(P, M, n, seed)
             emb_n = np.take_along_axis(embeddings, sub[:, :, None], axis=1)
             scores_n = np.take_along_axis(scores, sub, axis=1)
+            lengths_n = None if lengths is None else np.take_along_axis(lengths, sub, axis=1)
             for label, strategy, lam in strategies:
                 t0 = time.time()
-                metrics = evaluate_strategy(emb_n, scores_n, order, strategy, lam, k, budget, seed, row_keys)
+                metrics = evaluate_strategy(emb_n, scores_n, order, strategy, lam, k, budget, seed, row_keys,
+                                            lengths_n)
                 records.append({"label": label, "strategy": strategy, "lam": lam, "N": n, "seed": seed,
                                 "seconds": time.time() - t0, **metrics})
         log(f"[select] seed {seed} done")
@@ -224,6 +238,10 @@ def results_markdown(summary, diffs, meta) -> str:
             fmt_ci(e["chosen_is_pool_best"], e["chosen_is_pool_best_ci"], 2),
             fmt_ci(e["diversity"], e["diversity_ci"]), fmt_ci(e["representativeness"], e["representativeness_ci"]),
         ])
+    lheader = ["N", "strategy", "mean length of annotated (chars)", "mean length of chosen (chars)"]
+    lrows = [[str(e["N"]), e["label"], fmt_ci(e["annotated_len"], e["annotated_len_ci"], 0),
+              fmt_ci(e["chosen_len"], e["chosen_len_ci"], 0)] for e in summary
+             if not math.isnan(e.get("annotated_len", float("nan")))]
     dheader = ["N", "strategy", "Δ gold chosen", "Δ gap", "Δ total gap"]
     drows = [[str(e["N"]), e["label"], fmt_ci(e["chosen"], e["chosen_ci"]), fmt_ci(e["gap"], e["gap_ci"]),
               fmt_ci(e["total_gap"], e["total_gap_ci"], 1)] for e in diffs]
@@ -252,6 +270,15 @@ def results_markdown(summary, diffs, meta) -> str:
         "",
         markdown_table(dheader, drows, ["--:", "---", "--:", "--:", "--:"]),
     ]
+    if lrows:
+        lines += [
+            "## Length of the annotated responses (the judge is known to favour longer answers)",
+            "",
+            f"Mean length of the {meta['prompts']} × {meta['full_pool']} completions: {meta.get('mean_len', float('nan')):.0f} "
+            "characters.",
+            "",
+            markdown_table(lheader, lrows, ["--:", "---", "--:", "--:"]),
+        ]
     return "\n".join(lines)
 
 
@@ -348,7 +375,9 @@ def main(argv=None):
     row_keys = np.array([stable_row_key(p) for p in prompts], dtype=np.int64)
     seeds = list(range(args.seeds))
     t0 = time.time()
-    records = run_experiment(embeddings, scores, row_keys, args.pool_sizes, seeds, budget, k=args.k)
+    lengths = np.array([[len(c) for c in pool] for pool in completions], dtype=np.int64)
+    records = run_experiment(embeddings, scores, row_keys, args.pool_sizes, seeds, budget, k=args.k,
+                             lengths=lengths)
     select_seconds = time.time() - t0
     summary = summarize(records)
     diffs = paired_differences(records)
@@ -364,6 +393,7 @@ def main(argv=None):
                                    if args.embedder == "minilm" else ""),
         "machine": machine_line(info), "machine_info": info, "embed_seconds": embed_seconds,
         "select_seconds": select_seconds, "wall_seconds": time.time() - t_start,
+        "mean_len": float(lengths.mean()),
     }
     md_path = out / f"selection{suffix}.md"
     png_path = out / f"selection{suffix}.png"

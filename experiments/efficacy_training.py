@@ -83,7 +83,7 @@ class Scale:
     budget: int | None = None  # default: k * train_prompts (the k = 2 strategies cover every prompt)
     dpo_steps: int = 64
     dpo_batch: int = 32
-    dpo_lr: float = 1e-3
+    dpo_lr: float = 3e-4
     beta: float = 0.1
     eval_prompts: int = 512
     eval_samples: int = 4
