@@ -36,7 +36,7 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,26 +78,26 @@ class Scale:
     sft_batch: int = 64
     sft_lr: float = 3e-3
     train_prompts: int = 512  # prompts with a pool; the budget decides how many get annotated
-    pool_size: int = 8
+    pool_sizes: tuple = (8, 16)  # nested: the N=8 pool is the first 8 samples of the N=16 pool
     k: int = 2
     budget: int | None = None  # default: k * train_prompts (the k = 2 strategies cover every prompt)
     dpo_steps: int = 64
     dpo_batch: int = 32
     dpo_lr: float = 3e-4
-    beta: float = 0.1
+    dpo_scheduler: str = "linear"
+    beta: float = 0.5
     eval_prompts: int = 512
     eval_samples: int = 4
-    seeds: int = 5
-    extra: dict = field(default_factory=dict)
+    seeds: int = 10
 
 
 SCALES = {
-    "quick": Scale(sft_steps=150, train_prompts=96, dpo_steps=8, dpo_batch=16, eval_prompts=64, eval_samples=2,
-                   seeds=2),
+    "quick": Scale(sft_steps=150, train_prompts=96, pool_sizes=(8,), dpo_steps=8, dpo_batch=16, eval_prompts=64,
+                   eval_samples=2, seeds=2),
     "small": Scale(),
     "large": Scale(hidden_size=256, num_layers=4, sft_steps=3000, sft_batch=128, sft_lr=1e-3, train_prompts=4096,
-                   pool_size=16, dpo_steps=400, dpo_batch=64, dpo_lr=3e-4, eval_prompts=2048, eval_samples=8,
-                   seeds=5),
+                   pool_sizes=(8, 16, 32), dpo_steps=400, dpo_batch=64, dpo_lr=1e-4, eval_prompts=2048,
+                   eval_samples=8, seeds=5),
 }
 
 
@@ -320,6 +320,7 @@ def build_pairs(pools: dict, train_prompts: list[str], embeddings: np.ndarray, s
 
 
 def dpo(model_dir: str, tokenizer, pairs: dict, scale: Scale, seed: int, workdir: str, device):
+    """DPO with `AEPOTrainer` on prompt/chosen/rejected pairs (exactly TRL's DPOTrainer), from the SFT model."""
     from datasets import Dataset
     from transformers import Qwen2ForCausalLM
 
@@ -330,117 +331,149 @@ def dpo(model_dir: str, tokenizer, pairs: dict, scale: Scale, seed: int, workdir
     args = AEPOConfig(
         output_dir=os.path.join(workdir, "dpo"), bf16=False, report_to="none", seed=seed,
         per_device_train_batch_size=min(scale.dpo_batch, len(pairs["prompt"])), max_steps=scale.dpo_steps,
-        learning_rate=scale.dpo_lr, lr_scheduler_type="constant", warmup_steps=0, beta=scale.beta,
+        learning_rate=scale.dpo_lr, lr_scheduler_type=scale.dpo_scheduler, warmup_steps=0, beta=scale.beta,
         logging_steps=max(1, scale.dpo_steps // 4), save_strategy="no", activation_checkpointing=False,
         dataloader_num_workers=0, disable_tqdm=True, use_cpu=device.type == "cpu",
     )
     trainer = AEPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_dict(pairs),
                           processing_class=tokenizer)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # keep the console to one line per run (losses are in log_history)
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return trainer.model.eval(), losses
 
 
 # ---------------------------------------------------------------------------------------------------- one seed
+SFT_LABEL = "SFT policy (no DPO)"
+
+
 def run_seed(scale: Scale, seed: int, strategies, embedder, device, log=print):
+    """SFT → pools → (for each N and strategy) select/annotate/pair → DPO → evaluate. Returns per-run records."""
+    import transformers
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
+    transformers.logging.set_verbosity_error()
     records = []
     tokenizer = build_tokenizer()
     train_prompts, held_out = prompt_sets(scale, seed)
     budget = scale.budget or scale.k * scale.train_prompts
+    n_max = max(scale.pool_sizes)
     with tempfile.TemporaryDirectory(prefix="aepo-eff-") as workdir:
         t0 = time.time()
-        model = sft(build_model(tokenizer, scale, seed, workdir), tokenizer, scale, seed, device, log=log)
-        log(f"  [seed {seed}] SFT done in {time.time() - t0:.0f}s")
+        model = sft(build_model(tokenizer, scale, seed, workdir), tokenizer, scale, seed, device,
+                    log=lambda m: None)
         sft_eval = evaluate(model, tokenizer, held_out, scale, device)
-        records.append({"seed": seed, "label": "SFT policy (no DPO)", "strategy": "sft", "lam": 0.0, **sft_eval})
-        log(f"  [seed {seed}] SFT policy: gold {sft_eval['gold_reward']:.3f}, exact {sft_eval['exact']:.3f}")
-
-        pools = sample(model, tokenizer, train_prompts, scale.pool_size, seed + 1, device)
+        pools = sample(model, tokenizer, train_prompts, n_max, seed + 1, device)
         pool_rewards = np.array([[gold_reward(p, y) for y in pools[p]] for p in train_prompts])
+        records.append({"seed": seed, "label": SFT_LABEL, "strategy": "sft", "lam": 0.0, "N": 0, **sft_eval,
+                        "pool_mean_reward": float(pool_rewards.mean()),
+                        "pool_exact": float((pool_rewards == 1.0).mean())})
+        log(f"  [seed {seed}] SFT ({time.time() - t0:.0f}s): gold {sft_eval['gold_reward']:.3f}, exact "
+            f"{sft_eval['exact']:.3f}; samples in the pools: gold {pool_rewards.mean():.3f}")
         flat = [y for p in train_prompts for y in pools[p]]
-        embeddings = embedder.encode(flat).reshape(len(train_prompts), scale.pool_size, -1).astype(np.float32)
+        embeddings = embedder.encode(flat).reshape(len(train_prompts), n_max, -1).astype(np.float32)
         model_dir = os.path.join(workdir, "sft")
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
-        for label, strategy, lam in strategies:
-            t1 = time.time()
-            pairs, stats = build_pairs(pools, train_prompts, embeddings, strategy, lam, scale.k, budget, seed)
-            if pairs["prompt"]:
-                trained, losses = dpo(model_dir, tokenizer, pairs, scale, seed, workdir, device)
-                ev = evaluate(trained, tokenizer, held_out, scale, device)
-            else:  # every annotated subset was a tie: nothing to train on, the policy stays the SFT policy
-                trained, losses, ev = None, [], dict(sft_eval)
-            records.append({"seed": seed, "label": label, "strategy": strategy, "lam": lam, **stats, **ev,
-                            "dpo_losses": losses, "seconds": time.time() - t1})
-            log(f"  [seed {seed}] {label:26s} pairs {stats['pairs']:4d} gap {stats['pair_gap']:.3f} -> gold "
-                f"{ev['gold_reward']:.3f} exact {ev['exact']:.3f} ({time.time() - t1:.0f}s)")
-            del trained
-    records[0].update({"pool_mean_reward": float(pool_rewards.mean()),
-                       "pool_exact": float((pool_rewards == 1.0).mean())})
+        for n in scale.pool_sizes:
+            pools_n = {p: pools[p][:n] for p in train_prompts}
+            for label, strategy, lam in strategies:
+                t1 = time.time()
+                pairs, stats = build_pairs(pools_n, train_prompts, embeddings[:, :n], strategy, lam, scale.k,
+                                           budget, seed)
+                if pairs["prompt"]:
+                    trained, losses = dpo(model_dir, tokenizer, pairs, scale, seed, workdir, device)
+                    ev = evaluate(trained, tokenizer, held_out, scale, device)
+                    del trained
+                else:  # every annotated subset was a tie: nothing to train on, the policy stays the SFT policy
+                    losses, ev = [], {k: sft_eval[k] for k in ("gold_reward", "exact")}
+                records.append({"seed": seed, "label": label, "strategy": strategy, "lam": lam, "N": n, **stats,
+                                **ev, "dpo_losses": losses, "seconds": time.time() - t1})
+                log(f"  [seed {seed}] N={n:<3d}{label:26s} pairs {stats['pairs']:4d} gap {stats['pair_gap']:.3f} "
+                    f"-> gold {ev['gold_reward']:.3f} exact {ev['exact']:.3f} ({time.time() - t1:.0f}s)")
     return records
 
 
 # ---------------------------------------------------------------------------------------------------- reporting
+PAIR_METRICS = ("prompts", "pairs", "pair_chosen", "pair_rejected", "pair_gap", "diversity", "representativeness")
+
+
 def summarize(records):
-    labels = list(dict.fromkeys(r["label"] for r in records))
+    """Per (label, N): mean ± 95% CI over seeds, and paired per-seed differences vs random k and vs SFT."""
     seeds = sorted({r["seed"] for r in records})
-    by = {(r["label"], r["seed"]): r for r in records}
+    by = {(r["label"], r["N"], r["seed"]): r for r in records}
+    keys = list(dict.fromkeys((r["label"], r["N"]) for r in records))
     out = []
-    for label in labels:
-        rows = [by[(label, s)] for s in seeds if (label, s) in by]
-        e = {"label": label, "seeds": len(rows)}
-        for m in ("gold_reward", "exact", "prompts", "pairs", "pair_chosen", "pair_rejected", "pair_gap",
-                  "diversity", "representativeness"):
+    for label, n in keys:
+        rows = [by[(label, n, s)] for s in seeds if (label, n, s) in by]
+        e = {"label": label, "N": n, "seeds": len(rows)}
+        for m in ("gold_reward", "exact") + PAIR_METRICS:
             vals = [r[m] for r in rows if m in r]
             e[m], e[m + "_ci"] = mean_ci(vals) if vals else (float("nan"), float("nan"))
-        for ref in ("random k", "SFT policy (no DPO)"):
-            diffs = [by[(label, s)]["gold_reward"] - by[(ref, s)]["gold_reward"] for s in seeds
-                     if (label, s) in by and (ref, s) in by]
-            key = "vs_random" if ref == "random k" else "vs_sft"
+        for key, ref in (("vs_random", ("random k", n)), ("vs_sft", (SFT_LABEL, 0))):
+            diffs = [by[(label, n, s)]["gold_reward"] - by[(*ref, s)]["gold_reward"] for s in seeds
+                     if (label, n, s) in by and (*ref, s) in by]
             e[key], e[key + "_ci"] = mean_ci(diffs)
+            exact_diffs = [by[(label, n, s)]["exact"] - by[(*ref, s)]["exact"] for s in seeds
+                           if (label, n, s) in by and (*ref, s) in by]
+            e[key + "_exact"], e[key + "_exact_ci"] = mean_ci(exact_diffs)
         out.append(e)
     return out
 
 
 def results_markdown(summary, meta) -> str:
-    header = ["policy", "prompts annotated", "pairs", "pair gap (gold)", "held-out gold reward", "exact sorts",
-              "Δ gold vs random k (paired)", "Δ gold vs SFT (paired)"]
+    header = ["N", "policy", "prompts annotated", "pairs", "gold chosen", "gold rejected", "pair gap",
+              "held-out gold reward", "exact sorts", "Δ gold vs random k", "Δ exact vs random k", "Δ gold vs SFT"]
     rows = []
     for e in summary:
-        sft_row = e["label"].startswith("SFT")
+        sft_row = e["label"] == SFT_LABEL
+        dash = "–"
         rows.append([
-            e["label"],
-            "–" if sft_row else f"{e['prompts']:.0f}",
-            "–" if sft_row else fmt_ci(e["pairs"], e["pairs_ci"], 1),
-            "–" if sft_row else fmt_ci(e["pair_gap"], e["pair_gap_ci"]),
+            dash if sft_row else str(e["N"]), e["label"],
+            dash if sft_row else f"{e['prompts']:.0f}",
+            dash if sft_row else fmt_ci(e["pairs"], e["pairs_ci"], 1),
+            dash if sft_row else fmt_ci(e["pair_chosen"], e["pair_chosen_ci"]),
+            dash if sft_row else fmt_ci(e["pair_rejected"], e["pair_rejected_ci"]),
+            dash if sft_row else fmt_ci(e["pair_gap"], e["pair_gap_ci"]),
             fmt_ci(e["gold_reward"], e["gold_reward_ci"]),
             fmt_ci(e["exact"], e["exact_ci"]),
-            "–" if e["label"] == "random k" else fmt_ci(e["vs_random"], e["vs_random_ci"]),
-            "–" if sft_row else fmt_ci(e["vs_sft"], e["vs_sft_ci"]),
+            dash if sft_row or e["label"] == "random k" else fmt_ci(e["vs_random"], e["vs_random_ci"]),
+            dash if sft_row or e["label"] == "random k" else fmt_ci(e["vs_random_exact"], e["vs_random_exact_ci"]),
+            dash if sft_row else fmt_ci(e["vs_sft"], e["vs_sft_ci"]),
         ])
     s = meta["scale"]
+    sizes = ", ".join(str(n) for n in s["pool_sizes"])
+    won = ", ".join(f"{meta['budget'] // n} prompts at N = {n}" for n in s["pool_sizes"])
     lines = [
         "# Training-level efficacy at an equal annotation budget (digit sorting, programmatic gold reward)",
         "",
         f"Generated by `{meta['command']}` in {meta['wall_seconds'] / 60:.1f} min.",
         "",
         f"- Machine: {meta['machine']}.",
-        f"- Scale `{meta['scale_name']}`: Qwen2 policy hidden {s['hidden_size']} × {s['num_layers']} layers "
-        f"({meta['params']:,} parameters), SFT {s['sft_steps']} steps × {s['sft_batch']} noisy demonstrations "
-        f"({s['p_clean']:.0%} exact); {s['train_prompts']} training prompts with pools of N = {s['pool_size']} samples; "
-        f"budget B = {meta['budget']} annotations (k = {s['k']}: {meta['budget'] // s['k']} prompts; West-of-N: "
-        f"{meta['budget'] // s['pool_size']} prompts); DPO β = {s['beta']}, lr {s['dpo_lr']}, {s['dpo_steps']} steps × "
-        f"batch {s['dpo_batch']} for every strategy; evaluation: {s['eval_samples']} samples (temperature 1) on each of "
-        f"{s['eval_prompts']} held-out prompts.",
-        f"- Embedder for selection: {meta['embedder']}.",
-        f"- Seeds: {meta['seeds']}. Values: mean ± 95% t-interval half-width over seeds; Δ columns are per-seed "
-        "differences (same SFT model, same pools, same evaluation prompts) averaged over seeds.",
-        f"- SFT pools: mean gold reward of a sample {meta['pool_mean_reward']:.3f}, exact {meta['pool_exact']:.3f}.",
+        f"- Scale `{meta['scale_name']}`: Qwen2 policy, hidden {s['hidden_size']} × {s['num_layers']} layers "
+        f"({meta['params']:,} parameters), 13-token character vocabulary; SFT {s['sft_steps']} steps × "
+        f"{s['sft_batch']} noisy demonstrations ({s['p_clean']:.0%} exact sorts, the rest with 1–3 random edits).",
+        f"- Pools: {s['train_prompts']} training prompts, N ∈ {{{sizes}}} samples each from the SFT policy "
+        f"(temperature 1; the N = 8 pool is the first 8 of the 16). Budget B = {meta['budget']} annotations: the k = "
+        f"{s['k']} strategies annotate {meta['budget'] // s['k']} prompts, West-of-N {won}.",
+        f"- DPO (`AEPOTrainer` on the pairs = TRL DPOTrainer): β = {s['beta']}, lr {s['dpo_lr']} ({s['dpo_scheduler']} "
+        f"decay), {s['dpo_steps']} steps × batch {s['dpo_batch']} for every strategy (equal compute; West-of-N's "
+        "fewer pairs are repeated more often).",
+        f"- Evaluation: {s['eval_samples']} samples (temperature 1) on each of {s['eval_prompts']} held-out prompts "
+        "(the same prompts and sampling seed for every policy); gold reward = 1 − edit distance / length, "
+        "exact = share of samples that are exactly the sorted digits.",
+        f"- Selection embedder: {meta['embedder']}.",
+        f"- Seeds: {len(meta['seeds'])} ({meta['seeds'][0]}–{meta['seeds'][-1]}); each seed re-draws the model "
+        "initialisation, SFT data, training prompts, pools, random selections and DPO data order. Values: mean ± 95% "
+        "t-interval half-width over seeds; Δ columns are per-seed paired differences (same SFT model, same pools, "
+        "same evaluation), then mean ± 95% CI.",
+        f"- Samples of the SFT policy in the pools: mean gold reward {meta['pool_mean_reward']:.3f}, exact "
+        f"{meta['pool_exact']:.3f}.",
         "",
-        markdown_table(header, rows, ["---"] + ["--:"] * (len(header) - 1)),
+        markdown_table(header, rows, ["--:", "---"] + ["--:"] * (len(header) - 2)),
     ]
     return "\n".join(lines)
 
@@ -451,29 +484,38 @@ def plot(summary, records, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [e["label"] for e in summary]
-    colors = {"SFT policy (no DPO)": "#bbbbbb", "AEPO λ=0.5": "#1f77b4", "AEPO λ=1": "#0b3d91",
-              "AEPO λ=2": "#6baed6", "random k": "#7f7f7f", "West-of-N": "#d62728",
-              "representativeness (λ=0)": "#2ca02c", "k-medoids": "#9467bd"}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    y = np.arange(len(labels))[::-1]
-    for ax, (metric, name) in zip(axes, [("gold_reward", "held-out mean gold reward"),
-                                         ("vs_random", "Δ gold reward vs random k (paired by seed)")]):
-        vals = [e[metric] for e in summary]
-        errs = [0 if np.isnan(e[metric + "_ci"]) else e[metric + "_ci"] for e in summary]
-        ax.barh(y, vals, xerr=errs, color=[colors.get(lab, "#444") for lab in labels], capsize=3, alpha=0.85)
-        for yy, lab in zip(y, labels):
-            pts = [r.get("gold_reward") if metric == "gold_reward" else None for r in records if r["label"] == lab]
-            pts = [p for p in pts if p is not None]
-            ax.plot(pts, [yy] * len(pts), "k.", markersize=4, alpha=0.6)
-        ax.set_yticks(y)
+    sft = next(e for e in summary if e["label"] == SFT_LABEL)
+    sizes = sorted({e["N"] for e in summary if e["label"] != SFT_LABEL})
+    labels = list(dict.fromkeys(e["label"] for e in summary if e["label"] != SFT_LABEL))
+    shades = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.55 * len(labels) * max(1, len(sizes)) + 1.8))
+    height = 0.8 / max(1, len(sizes))
+    base = np.arange(len(labels))[::-1].astype(float)
+    for ax, metric, name in ((axes[0], "gold_reward", "held-out mean gold reward (dots: seeds)"),
+                             (axes[1], "vs_random", "Δ gold reward vs random k, paired by seed")):
+        for j, n in enumerate(sizes):
+            es = [next(e for e in summary if e["label"] == lab and e["N"] == n) for lab in labels]
+            y = base + (len(sizes) - 1) / 2 * height - j * height
+            vals = np.array([e[metric] for e in es])
+            errs = np.array([0.0 if np.isnan(e[metric + "_ci"]) else e[metric + "_ci"] for e in es])
+            vals = np.nan_to_num(vals)
+            ax.barh(y, vals, height=height * 0.9, xerr=errs, color=shades[j % len(shades)], alpha=0.8, capsize=2,
+                    label=f"N = {n}")
+            if metric == "gold_reward":
+                for yy, lab in zip(y, labels):
+                    pts = [r["gold_reward"] for r in records if r["label"] == lab and r["N"] == n]
+                    ax.plot(pts, [yy] * len(pts), "k.", markersize=2.5, alpha=0.6)
+        ax.set_yticks(base)
         ax.set_yticklabels(labels, fontsize=9)
         ax.set_title(name, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         if metric == "gold_reward":
-            lo = min(v - e for v, e in zip(vals, errs))
-            hi = max(max(v + e for v, e in zip(vals, errs)), max(r["gold_reward"] for r in records))
-            ax.set_xlim(max(0.0, lo - 0.03), min(1.0, hi + 0.02))
+            ax.axvline(sft["gold_reward"], color="k", linestyle="--", linewidth=1,
+                       label=f"SFT policy ({sft['gold_reward']:.3f})")
+            lo = min(min(r["gold_reward"] for r in records), sft["gold_reward"])
+            hi = max(r["gold_reward"] for r in records)
+            ax.set_xlim(max(0.0, lo - 0.02), min(1.0, hi + 0.02))
+            ax.legend(fontsize=8, loc="lower right")
         else:
             ax.axvline(0, color="k", linewidth=0.8)
     fig.suptitle(title, fontsize=11)
@@ -487,17 +529,20 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="experiments/results")
     p.add_argument("--scale", choices=["small", "large"], default="small",
-                   help="small: ~15-20 min on 2 CPU cores; large: for a GPU (bigger model, 4096 prompts, N = 16)")
-    p.add_argument("--quick", action="store_true", help="smoke run (tiny everything, 2 seeds)")
+                   help="small: ~10-15 min on 2 CPU cores; large: for a GPU (bigger model, 4096 prompts, N up to 32)")
+    p.add_argument("--quick", action="store_true", help="smoke run (tiny everything, 2 seeds, N = 8)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the scale's)")
-    p.add_argument("--pool-size", type=int, default=None, help="N (default: the scale's)")
+    p.add_argument("--pool-sizes", type=int, nargs="+", default=None, help="N values (default: the scale's)")
     p.add_argument("--budget", type=int, default=None, help="total annotations (default: k x training prompts)")
     p.add_argument("--embedder", choices=["ngram", "minilm"], default="ngram",
-                   help="ngram: hashed character 1-3-grams (default: similarity = character agreement between two "
-                        "digit strings); minilm: all-MiniLM-L6-v2, the product default for natural-language text")
+                   help="ngram (default): hashed character 1-3-grams, whose cosine tracks character agreement "
+                        "between two digit strings; minilm: all-MiniLM-L6-v2, the product default for natural text")
     p.add_argument("--strategies", nargs="+", default=None, help="subset of strategy labels to run")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--tag", default="")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the model is tiny, and on a shared machine 2+ OpenMP threads "
+                        "can be 10-100x slower than 1)")
+    p.add_argument("--tag", default="", help="suffix of the output file names")
     return p.parse_args(argv)
 
 
@@ -506,16 +551,16 @@ def main(argv=None):
     import torch
 
     scale_name = "quick" if args.quick else args.scale
-    scale = Scale(**{k: v for k, v in asdict(SCALES[scale_name]).items()})
+    scale = replace(SCALES[scale_name])
     if args.seeds is not None:
         scale.seeds = args.seeds
-    if args.pool_size is not None:
-        scale.pool_size = args.pool_size
+    if args.pool_sizes is not None:
+        scale.pool_sizes = tuple(args.pool_sizes)
     if args.budget is not None:
         scale.budget = args.budget
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+        torch.set_num_threads(max(1, args.threads))
     strategies = [s for s in STRATEGIES if args.strategies is None or s[0] in args.strategies]
     embedder = CharNgramEncoder() if args.embedder == "ngram" else MiniLMEncoder(bf16=device.type == "cpu")
     info = machine_info()
@@ -523,14 +568,13 @@ def main(argv=None):
     records = []
     for seed in range(scale.seeds):
         print(f"[seed {seed}] ({time.time() - t_start:.0f}s elapsed)", flush=True)
-        records += run_seed(scale, seed, strategies, embedder, device,
-                            log=lambda m: print(m, flush=True))
+        records += run_seed(scale, seed, strategies, embedder, device, log=lambda m: print(m, flush=True))
     summary = summarize(records)
     with tempfile.TemporaryDirectory() as tmp:
         params = sum(p.numel() for p in build_model(build_tokenizer(), scale, 0, tmp).parameters())
     sft_rows = [r for r in records if r["strategy"] == "sft"]
-    suffix = f"_{args.tag}" if args.tag else ("_quick" if args.quick else ("" if args.scale == "small" else
-                                                                           f"_{args.scale}"))
+    default_suffix = "_quick" if args.quick else ("" if args.scale == "small" else f"_{args.scale}")
+    suffix = f"_{args.tag}" if args.tag else default_suffix
     cmd = "python experiments/efficacy_training.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
         "command": cmd.strip(), "scale_name": scale_name, "scale": asdict(scale), "params": params,
@@ -547,8 +591,7 @@ def main(argv=None):
     md_path, png_path, json_path = (out / f"training{suffix}.{ext}" for ext in ("md", "png", "json"))
     md_path.write_text(results_markdown(summary, meta), encoding="utf-8")
     plot(summary, records, png_path,
-         f"DPO on each strategy's pairs at an equal budget (B = {meta['budget']}, N = {scale.pool_size}, "
-         f"{scale.seeds} seeds; digit sorting)")
+         f"DPO on each strategy's pairs at an equal budget (B = {meta['budget']}, {scale.seeds} seeds; digit sorting)")
     json_path.write_text(json.dumps({"meta": meta, "summary": summary, "records": records}, indent=1),
                          encoding="utf-8")
     print(f"[done] {(time.time() - t_start) / 60:.1f} min -> {md_path}, {png_path}, {json_path}")

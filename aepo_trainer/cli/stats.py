@@ -192,7 +192,7 @@ def plot(records, path, source, prompts, n_max, budget, has_scores) -> None:
     import matplotlib.pyplot as plt
 
     panels = 3 if has_scores else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, panels, figsize=(5.6 * panels, 5.6), constrained_layout=True)
     labels = list(dict.fromkeys(r["strategy"] for r in records if r["k"] != "N"))
     colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
     west = next((r for r in records if r["k"] == "N"), None)
@@ -244,7 +244,7 @@ def plot(records, path, source, prompts, n_max, budget, has_scores) -> None:
     ax.set_ylabel("mean representativeness (mean cosine to the pool)")
     ax.set_title("Selections: representativeness vs diversity")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: never over a point
 
     # 3. what the annotator would see: score gap between the best and worst selected candidate
     if has_scores:
@@ -260,7 +260,7 @@ def plot(records, path, source, prompts, n_max, budget, has_scores) -> None:
         ax.set_ylabel("mean score gap: best − worst selected")
         ax.set_title("Preference signal of the pairs (scores column)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     fig.suptitle(f"aepo stats — {source} ({prompts} prompts, N ≤ {n_max})", fontsize=11)
     fig.savefig(path, dpi=120)
     plt.close(fig)
