@@ -368,6 +368,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared or oversubscribed machine, 2+ OpenMP threads can "
                         "be several times slower than 1; on a dedicated machine try 2)")
+    p.add_argument("--docs-assets", default=None,
+                   help="also copy the PNG there (docs/assets/efficacy for the documentation site)")
     p.add_argument("--tag", default="", help="suffix of the output file names")
     return p.parse_args(argv)
 
@@ -423,6 +425,11 @@ def main(argv=None):
     plot(summary, png_path, title_suffix=f" (B = {budget}, k = {args.k}, {len(seeds)} seeds)")
     json_path.write_text(json.dumps({"meta": meta, "summary": summary, "paired_vs_random": diffs,
                                      "records": records}, indent=1), encoding="utf-8")
+    if args.docs_assets:
+        import shutil
+
+        Path(args.docs_assets).mkdir(parents=True, exist_ok=True)
+        shutil.copy(png_path, Path(args.docs_assets) / png_path.name)
     print(f"[done] {time.time() - t_start:.0f}s -> {md_path}, {png_path}, {json_path}")
     return summary
 

@@ -274,9 +274,13 @@ def sample(model, tokenizer, prompts: list[str], n: int, seed: int, device, batc
 
 
 def evaluate(model, tokenizer, held_out, scale: Scale, device, seed: int = 12345):
+    """Mean gold reward, exact-sort rate, share of samples of the right length and mean |length error|."""
     samples = sample(model, tokenizer, held_out, scale.eval_samples, seed, device)
     rewards = [gold_reward(p, y) for p in held_out for y in samples[p]]
-    return {"gold_reward": float(np.mean(rewards)), "exact": float(np.mean([r == 1.0 for r in rewards]))}
+    len_err = [len(y) - len(p) for p in held_out for y in samples[p]]
+    return {"gold_reward": float(np.mean(rewards)), "exact": float(np.mean([r == 1.0 for r in rewards])),
+            "right_length": float(np.mean([e == 0 for e in len_err])),
+            "abs_length_error": float(np.mean(np.abs(len_err)))}
 
 
 # ---------------------------------------------------------------------------------------------------- selection
@@ -313,6 +317,7 @@ def build_pairs(pools: dict, train_prompts: list[str], embeddings: np.ndarray, s
         "pair_chosen": float(np.mean([pr.chosen_score for pr in result.pairs])) if gaps else float("nan"),
         "pair_rejected": float(np.mean([pr.rejected_score for pr in result.pairs])) if gaps else float("nan"),
         "pair_gap": float(np.mean(gaps)) if gaps else float("nan"),
+        "pair_chosen_exact": float(np.mean([pr.chosen_score == 1.0 for pr in result.pairs])) if gaps else float("nan"),
         "diversity": float(res.diversity.mean()),
         "representativeness": float(res.representativeness.mean()),
     }
@@ -389,7 +394,8 @@ def run_seed(scale: Scale, seed: int, strategies, embedder, device, log=print):
                     ev = evaluate(trained, tokenizer, held_out, scale, device)
                     del trained
                 else:  # every annotated subset was a tie: nothing to train on, the policy stays the SFT policy
-                    losses, ev = [], {k: sft_eval[k] for k in ("gold_reward", "exact")}
+                    losses, ev = [], {k: sft_eval[k] for k in ("gold_reward", "exact", "right_length",
+                                                                    "abs_length_error")}
                 records.append({"seed": seed, "label": label, "strategy": strategy, "lam": lam, "N": n, **stats,
                                 **ev, "dpo_losses": losses, "seconds": time.time() - t1})
                 log(f"  [seed {seed}] N={n:<3d}{label:26s} pairs {stats['pairs']:4d} gap {stats['pair_gap']:.3f} "
@@ -398,7 +404,8 @@ def run_seed(scale: Scale, seed: int, strategies, embedder, device, log=print):
 
 
 # ---------------------------------------------------------------------------------------------------- reporting
-PAIR_METRICS = ("prompts", "pairs", "pair_chosen", "pair_rejected", "pair_gap", "diversity", "representativeness")
+PAIR_METRICS = ("prompts", "pairs", "pair_chosen", "pair_rejected", "pair_gap", "pair_chosen_exact", "diversity",
+                "representativeness")
 
 
 def summarize(records):
@@ -410,7 +417,7 @@ def summarize(records):
     for label, n in keys:
         rows = [by[(label, n, s)] for s in seeds if (label, n, s) in by]
         e = {"label": label, "N": n, "seeds": len(rows)}
-        for m in ("gold_reward", "exact") + PAIR_METRICS:
+        for m in ("gold_reward", "exact", "right_length", "abs_length_error") + PAIR_METRICS:
             vals = [r[m] for r in rows if m in r]
             e[m], e[m + "_ci"] = mean_ci(vals) if vals else (float("nan"), float("nan"))
         for key, ref in (("vs_random", ("random k", n)), ("vs_sft", (SFT_LABEL, 0))):
@@ -425,7 +432,7 @@ def summarize(records):
 
 
 def results_markdown(summary, meta) -> str:
-    header = ["N", "policy", "prompts annotated", "pairs", "gold chosen", "gold rejected", "pair gap",
+    header = ["N", "policy", "prompts annotated", "pairs", "gold chosen", "chosen exact", "gold rejected", "pair gap",
               "held-out gold reward", "exact sorts", "Δ gold vs random k", "Δ exact vs random k", "Δ gold vs SFT"]
     rows = []
     for e in summary:
@@ -436,6 +443,7 @@ def results_markdown(summary, meta) -> str:
             dash if sft_row else f"{e['prompts']:.0f}",
             dash if sft_row else fmt_ci(e["pairs"], e["pairs_ci"], 1),
             dash if sft_row else fmt_ci(e["pair_chosen"], e["pair_chosen_ci"]),
+            dash if sft_row else fmt_ci(e["pair_chosen_exact"], e["pair_chosen_exact_ci"], 2),
             dash if sft_row else fmt_ci(e["pair_rejected"], e["pair_rejected_ci"]),
             dash if sft_row else fmt_ci(e["pair_gap"], e["pair_gap_ci"]),
             fmt_ci(e["gold_reward"], e["gold_reward_ci"]),
@@ -474,6 +482,17 @@ def results_markdown(summary, meta) -> str:
         f"{meta['pool_exact']:.3f}.",
         "",
         markdown_table(header, rows, ["--:", "---"] + ["--:"] * (len(header) - 2)),
+        "## Where the errors are: length of the held-out samples",
+        "",
+        "A sorted answer has as many digits as the prompt. `right length` = share of samples with exactly that many "
+        "characters; `|length error|` = mean absolute difference in characters.",
+        "",
+        markdown_table(["N", "policy", "right length", "|length error|", "held-out gold reward", "exact sorts"],
+                       [[("–" if e["label"] == SFT_LABEL else str(e["N"])), e["label"],
+                         fmt_ci(e["right_length"], e["right_length_ci"]),
+                         fmt_ci(e["abs_length_error"], e["abs_length_error_ci"], 2),
+                         fmt_ci(e["gold_reward"], e["gold_reward_ci"]), fmt_ci(e["exact"], e["exact_ci"])]
+                        for e in summary], ["--:", "---", "--:", "--:", "--:", "--:"]),
     ]
     return "\n".join(lines)
 
@@ -488,7 +507,7 @@ def plot(summary, records, path, title):
     sizes = sorted({e["N"] for e in summary if e["label"] != SFT_LABEL})
     labels = list(dict.fromkeys(e["label"] for e in summary if e["label"] != SFT_LABEL))
     shades = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.55 * len(labels) * max(1, len(sizes)) + 1.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.32 * len(labels) * max(1, len(sizes)) + 1.6))
     height = 0.8 / max(1, len(sizes))
     base = np.arange(len(labels))[::-1].astype(float)
     for ax, metric, name in ((axes[0], "gold_reward", "held-out mean gold reward (dots: seeds)"),
@@ -518,6 +537,7 @@ def plot(summary, records, path, title):
             ax.legend(fontsize=8, loc="lower right")
         else:
             ax.axvline(0, color="k", linewidth=0.8)
+            ax.legend(fontsize=8, loc="lower left")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -534,6 +554,10 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the scale's)")
     p.add_argument("--pool-sizes", type=int, nargs="+", default=None, help="N values (default: the scale's)")
     p.add_argument("--budget", type=int, default=None, help="total annotations (default: k x training prompts)")
+    p.add_argument("--beta", type=float, default=None, help="DPO beta (default: the scale's, 0.5)")
+    p.add_argument("--dpo-lr", type=float, default=None, help="DPO learning rate (default: the scale's, 3e-4)")
+    p.add_argument("--dpo-scheduler", default=None, help="DPO lr schedule (default: the scale's, linear)")
+    p.add_argument("--dpo-steps", type=int, default=None, help="DPO optimiser steps (default: the scale's, 64)")
     p.add_argument("--embedder", choices=["ngram", "minilm"], default="ngram",
                    help="ngram (default): hashed character 1-3-grams, whose cosine tracks character agreement "
                         "between two digit strings; minilm: all-MiniLM-L6-v2, the product default for natural text")
@@ -542,6 +566,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the model is tiny, and on a shared machine 2+ OpenMP threads "
                         "can be 10-100x slower than 1)")
+    p.add_argument("--docs-assets", default=None,
+                   help="also copy the PNG there (docs/assets/efficacy for the documentation site)")
     p.add_argument("--tag", default="", help="suffix of the output file names")
     return p.parse_args(argv)
 
@@ -558,6 +584,9 @@ def main(argv=None):
         scale.pool_sizes = tuple(args.pool_sizes)
     if args.budget is not None:
         scale.budget = args.budget
+    for name in ("beta", "dpo_lr", "dpo_scheduler", "dpo_steps"):
+        if getattr(args, name) is not None:
+            setattr(scale, name, getattr(args, name))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
         torch.set_num_threads(max(1, args.threads))
@@ -594,6 +623,11 @@ def main(argv=None):
          f"DPO on each strategy's pairs at an equal budget (B = {meta['budget']}, {scale.seeds} seeds; digit sorting)")
     json_path.write_text(json.dumps({"meta": meta, "summary": summary, "records": records}, indent=1),
                          encoding="utf-8")
+    if args.docs_assets:
+        import shutil
+
+        Path(args.docs_assets).mkdir(parents=True, exist_ok=True)
+        shutil.copy(png_path, Path(args.docs_assets) / png_path.name)
     print(f"[done] {(time.time() - t_start) / 60:.1f} min -> {md_path}, {png_path}, {json_path}")
     return summary
 
