@@ -339,3 +339,15 @@ def test_forked_children_share_the_store_and_budget(store):
         assert p.exitcode == 0
     assert svc.spent == 9 and len(store) == 9  # the same 4 prompts in both children: 2 fit, each paid once
     assert store.ledger_summary() == {"paid": 9, "reserved": 0, "queued": 0}
+
+
+def test_cost_counts_what_annotating_would_pay_without_calling_the_annotator(store):
+    ann = CountingAnnotator()
+    svc = AnnotationService(ann, store)
+    request = AnnotationRequest("p", ["a", "bb", "a"], [0, 1, 2])  # a duplicate completion is one annotation
+    assert svc.cost(request) == (2, 0)
+    assert ann.calls == []
+    svc.annotate([AnnotationRequest("p", ["a"], [0])])
+    assert svc.cost(request) == (2, 1)
+    svc.annotate([request])
+    assert svc.cost(request) == (2, 2) and svc.spent == 2

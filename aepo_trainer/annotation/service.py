@@ -222,6 +222,12 @@ class AnnotationService:
             )
         return outcome
 
+    def cost(self, request: AnnotationRequest) -> tuple[int, int]:
+        """What annotating `request` would take, without calling the annotator: `(needed, already_stored)`, counted
+        in distinct store keys. `needed - already_stored` is what it would pay (the `--dry-run` of `aepo select`)."""
+        keys = list(dict.fromkeys(self._keys(request, bool(getattr(self.annotator, "relative", False)))))
+        return len(keys), len(self.store.get(keys))
+
     # ------------------------------------------------------------------------------------------- internals
 
     def _keys(self, req: AnnotationRequest, relative: bool) -> list[str]:

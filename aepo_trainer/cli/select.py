@@ -280,10 +280,9 @@ def pair_rows(rows: list[dict], reduced, config) -> list[dict]:
 
 def report_dry_run(rows, embeddings, reducer, service, size: int) -> None:
     """Print what the run would pay for: selected items minus those in the store, against the budget."""
-    from aepo_trainer.annotation.base import make_key, subset_context
+    from aepo_trainer.annotation.base import AnnotationRequest
 
     config = reducer.args
-    relative = bool(getattr(service.annotator, "relative", False))
     needed = stored = 0
     per_prompt_cost = []
     for start in range(0, len(rows), size):
@@ -291,12 +290,11 @@ def report_dry_run(rows, embeddings, reducer, service, size: int) -> None:
         _, subsets, _ = reducer.select(batch_rows, tensor, mask)
         for row, subset in zip(batch_rows, subsets):
             completions = [row[config.completions_column][i] for i in subset]
-            context = subset_context(completions) if relative else None
-            keys = list(dict.fromkeys(make_key(service.identity, row["prompt"], c, context) for c in completions))
-            have = service.store.get(keys)
-            needed += len(keys)
-            stored += len(have)
-            per_prompt_cost.append(len(keys) - len(have))
+            request = AnnotationRequest(prompt=row["prompt"], completions=completions, indices=list(subset), row=row)
+            prompt_needed, prompt_stored = service.cost(request)
+            needed += prompt_needed
+            stored += prompt_stored
+            per_prompt_cost.append(prompt_needed - prompt_stored)
     to_pay = needed - stored
     remaining = service.remaining
     per_prompt = "N" if config.selection_strategy == "west_of_n" else config.num_annotations
