@@ -17,7 +17,7 @@ and rejected, gap (chosen - rejected), total gap (sum over pairs), how often the
 whole pool, and the diversity / representativeness of the selected sets (as returned by `select_subsets`).
 
     python experiments/efficacy_selection.py --out experiments/results            # full run (embeds once, cached)
-    python experiments/efficacy_selection.py --out /tmp/quick --quick              # smoke run, ~1 minute
+    python experiments/efficacy_selection.py --out /tmp/quick --quick              # smoke run, ~20 s
 """
 
 from __future__ import annotations
@@ -200,6 +200,43 @@ def run_experiment(embeddings, scores, row_keys, pool_sizes, seeds, budget, k=2,
     return records
 
 
+# ---------------------------------------------------------------------------------------------------- diagnostics
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Average ranks along the last axis (ties share their mean rank), like scipy.stats.rankdata."""
+    out = np.empty(a.shape, dtype=np.float64)
+    for idx in np.ndindex(a.shape[:-1]):
+        row = a[idx]
+        order = np.argsort(row, kind="mergesort")
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(row))
+        sorted_row = row[order]
+        first = np.r_[True, sorted_row[1:] != sorted_row[:-1]]
+        dense = np.cumsum(first)[inv]
+        bounds = np.r_[np.nonzero(first)[0], len(row)]
+        out[idx] = 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
+    return out
+
+
+def within_prompt_spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean over prompts of the Spearman correlation between x[p, :] and y[p, :] (constant rows skipped)."""
+    rx, ry = _ranks(x), _ranks(y)
+    rx -= rx.mean(1, keepdims=True)
+    ry -= ry.mean(1, keepdims=True)
+    den = np.sqrt((rx ** 2).sum(1) * (ry ** 2).sum(1))
+    ok = den > 0
+    return float(((rx * ry).sum(1)[ok] / den[ok]).mean())
+
+
+def pool_diagnostics(embeddings: np.ndarray, scores: np.ndarray, lengths: np.ndarray) -> dict:
+    """How representativeness (mean cosine similarity to the rest of the full pool), length and gold score relate."""
+    E = embeddings / np.linalg.norm(embeddings, axis=-1, keepdims=True)
+    sims = np.einsum("pnd,pmd->pnm", E, E)
+    rep = (sims.sum(2) - np.einsum("pnn->pn", sims)) / (E.shape[1] - 1)
+    return {"spearman_rep_score": within_prompt_spearman(rep, scores),
+            "spearman_len_score": within_prompt_spearman(lengths.astype(np.float64), scores),
+            "spearman_rep_len": within_prompt_spearman(rep, lengths.astype(np.float64))}
+
+
 # ---------------------------------------------------------------------------------------------------- reporting
 def summarize(records):
     """Per (label, N): mean and 95% CI half-width of every metric over seeds."""
@@ -290,6 +327,16 @@ def results_markdown(summary, diffs, meta) -> str:
         "",
         markdown_table(dheader, drows, ["--:", "---", "--:", "--:", "--:"]),
     ]
+    if "diagnostics" in meta:
+        d = meta["diagnostics"]
+        lines += [
+            "## Does representativeness track the gold reward in these pools?",
+            "",
+            f"Mean within-prompt Spearman correlation over the full {meta['full_pool']}-completion pools: "
+            f"representativeness vs gold score {d['spearman_rep_score']:+.3f}, length vs gold score "
+            f"{d['spearman_len_score']:+.3f}, representativeness vs length {d['spearman_rep_len']:+.3f}.",
+            "",
+        ]
     if lrows:
         lines += [
             "## Length of the annotated responses (the judge is known to favour longer answers)",
@@ -330,9 +377,10 @@ def plot(summary, path, title_suffix=""):
         ax.set_xticks(sizes)
         ax.set_xticklabels([str(n) for n in sizes])
         if logy:
-            from matplotlib.ticker import FuncFormatter, NullFormatter
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("pool size N")
@@ -417,6 +465,7 @@ def main(argv=None):
         "machine": machine_line(info), "machine_info": info, "embed": embed_info,
         "select_seconds": select_seconds, "wall_seconds": time.time() - t_start,
         "mean_len": float(lengths.mean()),
+        "diagnostics": pool_diagnostics(embeddings, scores, lengths),
     }
     md_path = out / f"selection{suffix}.md"
     png_path = out / f"selection{suffix}.png"

@@ -12,18 +12,19 @@ Pipeline per seed (everything below is re-drawn for every seed: model init, SFT 
 1. SFT: a tiny Qwen2 (config from `aepo_trainer.testing`, 13-token character-level tokenizer) is trained from scratch on *noisy*
    demonstrations (30% exact sorts, 70% with 1-3 random edits), so that sampling gives varied candidates of varying
    correctness, like a real SFT model.
-2. Pools: N candidates per training prompt are sampled from the SFT policy (temperature 1).
+2. Pools: max(N) candidates per training prompt are sampled from the SFT policy (temperature 1); the pool of a
+   smaller N is the first N of them.
 3. Selection + annotation at an equal budget B: the subset strategies annotate k = 2 candidates per prompt and cover
    B/2 prompts; West-of-N annotates all N and covers B/N prompts. Candidates are embedded with a character n-gram
    embedder (default; see `--embedder`), selected with `aepo_trainer.selection.select_subsets`, scored with the gold
    reward and paired best vs worst with `aepo_trainer.pairing.make_pairs`.
 4. DPO: `AEPOTrainer` (= TRL's DPOTrainer on pair data) from the SFT model, the same number of optimiser steps for
    every strategy (so West-of-N's fewer pairs are seen more often, not for less compute).
-5. Evaluation: `--eval-samples` samples per held-out prompt (prompts never used in training), mean gold reward and
+5. Evaluation: `eval_samples` samples per held-out prompt (prompts never used in training), mean gold reward and
    exact-sort rate; the SFT policy itself is the reference row.
 
     python experiments/efficacy_training.py --out experiments/results            # default small CPU scale
-    python experiments/efficacy_training.py --out /tmp/quick --quick              # smoke run, ~1-2 minutes
+    python experiments/efficacy_training.py --out /tmp/quick --quick              # smoke run, ~20 s
     python experiments/efficacy_training.py --out experiments/results --scale large   # on a GPU
 """
 
@@ -420,7 +421,7 @@ def summarize(records):
         for m in ("gold_reward", "exact", "right_length", "abs_length_error") + PAIR_METRICS:
             vals = [r[m] for r in rows if m in r]
             e[m], e[m + "_ci"] = mean_ci(vals) if vals else (float("nan"), float("nan"))
-        for key, ref in (("vs_random", ("random k", n)), ("vs_sft", (SFT_LABEL, 0))):
+        for key, ref in (("vs_random", ("random k", n)), ("vs_sft", (SFT_LABEL, 0)), ("vs_west", ("West-of-N", n))):
             diffs = [by[(label, n, s)]["gold_reward"] - by[(*ref, s)]["gold_reward"] for s in seeds
                      if (label, n, s) in by and (*ref, s) in by]
             e[key], e[key + "_ci"] = mean_ci(diffs)
@@ -433,7 +434,8 @@ def summarize(records):
 
 def results_markdown(summary, meta) -> str:
     header = ["N", "policy", "prompts annotated", "pairs", "gold chosen", "chosen exact", "gold rejected", "pair gap",
-              "held-out gold reward", "exact sorts", "Δ gold vs random k", "Δ exact vs random k", "Δ gold vs SFT"]
+              "held-out gold reward", "exact sorts", "Δ gold vs random k", "Δ exact vs random k", "Δ gold vs West-of-N",
+              "Δ gold vs SFT"]
     rows = []
     for e in summary:
         sft_row = e["label"] == SFT_LABEL
@@ -450,6 +452,7 @@ def results_markdown(summary, meta) -> str:
             fmt_ci(e["exact"], e["exact_ci"]),
             dash if sft_row or e["label"] == "random k" else fmt_ci(e["vs_random"], e["vs_random_ci"]),
             dash if sft_row or e["label"] == "random k" else fmt_ci(e["vs_random_exact"], e["vs_random_exact_ci"]),
+            dash if sft_row or e["label"] == "West-of-N" else fmt_ci(e["vs_west"], e["vs_west_ci"]),
             dash if sft_row else fmt_ci(e["vs_sft"], e["vs_sft_ci"]),
         ])
     s = meta["scale"]
@@ -485,9 +488,10 @@ def results_markdown(summary, meta) -> str:
         "## Where the errors are: length of the held-out samples",
         "",
         "A sorted answer has as many digits as the prompt. `right length` = share of samples with exactly that many "
-        "characters; `|length error|` = mean absolute difference in characters.",
+        "characters; `mean abs. length error` = mean absolute difference in characters.",
         "",
-        markdown_table(["N", "policy", "right length", "|length error|", "held-out gold reward", "exact sorts"],
+        markdown_table(["N", "policy", "right length", "mean abs. length error", "held-out gold reward",
+                        "exact sorts"],
                        [[("–" if e["label"] == SFT_LABEL else str(e["N"])), e["label"],
                          fmt_ci(e["right_length"], e["right_length_ci"]),
                          fmt_ci(e["abs_length_error"], e["abs_length_error_ci"], 2),
@@ -549,7 +553,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="experiments/results")
     p.add_argument("--scale", choices=["small", "large"], default="small",
-                   help="small: ~10-15 min on 2 CPU cores; large: for a GPU (bigger model, 4096 prompts, N up to 32)")
+                   help="small: ~9 min on 2 CPU cores with 1 thread; large: for a GPU (bigger model, 4096 prompts, N up "
+                        "to 32)")
     p.add_argument("--quick", action="store_true", help="smoke run (tiny everything, 2 seeds, N = 8)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the scale's)")
     p.add_argument("--pool-sizes", type=int, nargs="+", default=None, help="N values (default: the scale's)")
@@ -569,11 +574,32 @@ def parse_args(argv=None):
     p.add_argument("--docs-assets", default=None,
                    help="also copy the PNG there (docs/assets/efficacy for the documentation site)")
     p.add_argument("--tag", default="", help="suffix of the output file names")
+    p.add_argument("--render", default=None, metavar="JSON",
+                   help="only re-write the Markdown table and the plot from a results JSON of an earlier run")
     return p.parse_args(argv)
+
+
+def write_outputs(records, meta, md_path: Path, png_path: Path, docs_assets=None):
+    summary = summarize(records)
+    md_path.write_text(results_markdown(summary, meta), encoding="utf-8")
+    plot(summary, records, png_path,
+         f"DPO on each strategy's pairs at an equal budget (B = {meta['budget']}, {len(meta['seeds'])} seeds; "
+         "digit sorting)")
+    if docs_assets:
+        import shutil
+
+        Path(docs_assets).mkdir(parents=True, exist_ok=True)
+        shutil.copy(png_path, Path(docs_assets) / png_path.name)
+    return summary
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.render:
+        data = json.loads(Path(args.render).read_text(encoding="utf-8"))
+        base = Path(args.render).with_suffix("")
+        return write_outputs(data["records"], data["meta"], base.with_suffix(".md"), base.with_suffix(".png"),
+                             args.docs_assets)
     import torch
 
     scale_name = "quick" if args.quick else args.scale
@@ -598,7 +624,6 @@ def main(argv=None):
     for seed in range(scale.seeds):
         print(f"[seed {seed}] ({time.time() - t_start:.0f}s elapsed)", flush=True)
         records += run_seed(scale, seed, strategies, embedder, device, log=lambda m: print(m, flush=True))
-    summary = summarize(records)
     with tempfile.TemporaryDirectory() as tmp:
         params = sum(p.numel() for p in build_model(build_tokenizer(), scale, 0, tmp).parameters())
     sft_rows = [r for r in records if r["strategy"] == "sft"]
@@ -618,16 +643,9 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     md_path, png_path, json_path = (out / f"training{suffix}.{ext}" for ext in ("md", "png", "json"))
-    md_path.write_text(results_markdown(summary, meta), encoding="utf-8")
-    plot(summary, records, png_path,
-         f"DPO on each strategy's pairs at an equal budget (B = {meta['budget']}, {scale.seeds} seeds; digit sorting)")
+    summary = write_outputs(records, meta, md_path, png_path, args.docs_assets)
     json_path.write_text(json.dumps({"meta": meta, "summary": summary, "records": records}, indent=1),
                          encoding="utf-8")
-    if args.docs_assets:
-        import shutil
-
-        Path(args.docs_assets).mkdir(parents=True, exist_ok=True)
-        shutil.copy(png_path, Path(args.docs_assets) / png_path.name)
     print(f"[done] {(time.time() - t_start) / 60:.1f} min -> {md_path}, {png_path}, {json_path}")
     return summary
 

@@ -128,3 +128,10 @@ def test_training_pipeline_micro(tmp_path):
     assert "West-of-N" in tr.results_markdown(summary, meta)
     tr.plot(summary, records, tmp_path / "train.png", "micro")
     assert (tmp_path / "train.png").exists()
+
+
+def test_within_prompt_spearman_handles_ties():
+    x = np.array([[1.0, 2.0, 2.0, 4.0], [3.0, 3.0, 3.0, 3.0]])  # second row constant: skipped
+    assert sel._ranks(x)[0].tolist() == [1.0, 2.5, 2.5, 4.0]
+    assert sel.within_prompt_spearman(x, x + 1.0) == pytest.approx(1.0)
+    assert sel.within_prompt_spearman(x[:1], -x[:1]) == pytest.approx(-1.0)
