@@ -23,6 +23,17 @@ EXPERIMENTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = EXPERIMENTS_DIR.parent
 DEFAULT_CACHE = EXPERIMENTS_DIR / ".cache"
 
+# The strategies both experiments compare: (label, selection strategy, lambda)
+STRATEGIES = [
+    ("AEPO λ=0.5", "aepo", 0.5),
+    ("AEPO λ=1", "aepo", 1.0),
+    ("AEPO λ=2", "aepo", 2.0),
+    ("random k", "random", 0.0),
+    ("West-of-N", "west_of_n", 0.0),
+    ("representativeness (λ=0)", "representativeness", 0.0),
+    ("k-medoids", "kmedoids", 0.0),
+]
+
 # two-sided 95% Student-t quantiles t_{0.975, df}
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,

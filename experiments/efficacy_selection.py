@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 
 from efficacy_common import (  # noqa: E402
     DEFAULT_CACHE,
+    STRATEGIES,
     CharNgramEncoder,
     MiniLMEncoder,
     default_pools_path,
@@ -48,16 +49,6 @@ from efficacy_common import (  # noqa: E402
     mean_ci,
 )
 
-# (label, strategy, lambda)
-STRATEGIES = [
-    ("AEPO λ=0.5", "aepo", 0.5),
-    ("AEPO λ=1", "aepo", 1.0),
-    ("AEPO λ=2", "aepo", 2.0),
-    ("random k", "random", 0.0),
-    ("West-of-N", "west_of_n", 0.0),
-    ("representativeness (λ=0)", "representativeness", 0.0),
-    ("k-medoids", "kmedoids", 0.0),
-]
 METRICS = ["prompts", "annotations", "pairs", "chosen", "rejected", "gap", "total_gap", "chosen_is_pool_best",
            "diversity", "representativeness", "annotated_len", "chosen_len"]
 

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from efficacy_common import (  # noqa: E402  (also sets the HF offline variables)
+    STRATEGIES,
     CharNgramEncoder,
     MiniLMEncoder,
     fmt_ci,
@@ -56,16 +57,6 @@ from efficacy_common import (  # noqa: E402  (also sets the HF offline variables
 
 DIGITS = "0123456789"
 
-# (label, strategy, lambda)
-STRATEGIES = [
-    ("AEPO λ=0.5", "aepo", 0.5),
-    ("AEPO λ=1", "aepo", 1.0),
-    ("AEPO λ=2", "aepo", 2.0),
-    ("random k", "random", 0.0),
-    ("West-of-N", "west_of_n", 0.0),
-    ("representativeness (λ=0)", "representativeness", 0.0),
-    ("k-medoids", "kmedoids", 0.0),
-]
 
 
 @dataclass
