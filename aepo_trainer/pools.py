@@ -163,20 +163,10 @@ def validate_pool_dataset(dataset, args, dataset_name: str = "train") -> None:
             if _is_empty(completion, fmt):
                 raise ValueError(f"{where}, row {index}, field {ccol!r}[{j}]: empty completion.")
         if scol in row and row[scol] is not None:
-            scores = row[scol]
-            if not isinstance(scores, (list, tuple)) or len(scores) != len(pool):
-                got = len(scores) if isinstance(scores, (list, tuple)) else type(scores).__name__
-                raise ValueError(
-                    f"{where}, row {index}, field {scol!r}: expected one score per completion ({len(pool)}), got {got}."
-                )
+            _require_one_per_completion(row[scol], len(pool), "score", f"{where}, row {index}, field {scol!r}")
         if ecol in row and row[ecol] is not None:
             vectors = row[ecol]
-            if not isinstance(vectors, (list, tuple)) or len(vectors) != len(pool):
-                got = len(vectors) if isinstance(vectors, (list, tuple)) else type(vectors).__name__
-                raise ValueError(
-                    f"{where}, row {index}, field {ecol!r}: expected one embedding per completion ({len(pool)}), "
-                    f"got {got}."
-                )
+            _require_one_per_completion(vectors, len(pool), "embedding", f"{where}, row {index}, field {ecol!r}")
             for j, vector in enumerate(vectors):
                 dim = len(vector) if isinstance(vector, (list, tuple)) else -1
                 if embedding_dim is None:
@@ -317,3 +307,10 @@ def prepare_pool_dataset(
             )
         prepared = embed(prepared, args)
     return prepared
+
+
+def _require_one_per_completion(values, pool_size: int, what: str, location: str) -> None:
+    """A per-candidate column (scores, embeddings) must be a list with one entry per completion."""
+    if not isinstance(values, (list, tuple)) or len(values) != pool_size:
+        got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+        raise ValueError(f"{location}: expected one {what} per completion ({pool_size}), got {got}.")

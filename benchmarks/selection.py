@@ -54,25 +54,24 @@ def reference_select(E: np.ndarray, k: int, lam: float, rng: np.random.Generator
             return rep
         return rep - lam * M[np.ix_(S, S)].sum() / (len(S) * (len(S) - 1))
 
-    S: list[int] = []
-    for _ in range(k):
+    def best_addition(base: list[int]) -> tuple[float, int]:
+        """The candidate whose addition to `base` maximises the full objective (re-evaluated, as the reference)."""
         best, best_c = -np.inf, -1
         for c in range(n):
-            if c not in S:
-                v = f(S + [c])
+            if c not in base:
+                v = f(base + [c])
                 if v > best:
                     best, best_c = v, c
-        S.append(best_c)
+        return best, best_c
+
+    S: list[int] = []
+    for _ in range(k):
+        S.append(best_addition(S)[1])
     cur = f(S)
     for _ in range(rounds):
         p = int(rng.integers(k))
         rest = S[:p] + S[p + 1:]
-        best, best_c = -np.inf, -1
-        for c in range(n):
-            if c not in rest:
-                v = f(rest + [c])
-                if v > best:
-                    best, best_c = v, c
+        best, best_c = best_addition(rest)
         if best >= cur:
             S, cur = rest + [best_c], best
     return sorted(S), float(cur)
