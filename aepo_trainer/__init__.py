@@ -19,7 +19,7 @@ _EXPORTS = {
     "AEPODataCollator": "aepo_trainer.collator",
     "select_subsets": "aepo_trainer.selection",
     "SelectionResult": "aepo_trainer.selection",
-    "stable_row_key": "aepo_trainer.selection",
+    "prompt_key": "aepo_trainer.selection",
     "Embedder": "aepo_trainer.embedding",
     "embed_pools": "aepo_trainer.embedding",
     "Annotator": "aepo_trainer.annotation",

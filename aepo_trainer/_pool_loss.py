@@ -18,7 +18,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import FusedCausalLMOutput, use_adapter
 
 from .losses import RPO_LOSS_TYPES, mean_multi_response_reward_aware_loss
-from .pipeline import STATS_FIELDS
+from .reduction import STATS_FIELDS
 
 _PER_TOKEN_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
 

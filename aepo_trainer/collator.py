@@ -28,7 +28,7 @@ from transformers.data.data_collator import DataCollatorMixin
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
-from .pipeline import PoolReducer, ReducedBatch
+from .reduction import PoolReducer, ReducedBatch
 from .pools import COMPLETIONS_IDS, PROMPT_IDS
 
 __all__ = ["AEPODataCollator", "POOL_BATCH_KEYS"]

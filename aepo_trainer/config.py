@@ -12,11 +12,7 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
-SELECTION_STRATEGIES = ("aepo", "random", "west_of_n", "representativeness", "kmedoids")
-SELECTION_SEARCHES = ("auto", "greedy", "exhaustive")
-ANNOTATORS = ("dataset_scores", "reward_model", "judge", "human")
-PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
-RPO_LOSS_TYPES = ("rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
+from .choices import ANNOTATORS, PAIRING_RULES, RPO_LOSS_TYPES, SELECTION_SEARCHES, SELECTION_STRATEGIES
 
 
 @dataclass

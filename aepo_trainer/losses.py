@@ -44,9 +44,7 @@ __all__ = [
     "mean_over_groups",
 ]
 
-# Kept in sync with `aepo_trainer.config.RPO_LOSS_TYPES` (a test checks it); duplicated so that importing the losses
-# does not import TRL.
-RPO_LOSS_TYPES = ("rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
+from .choices import RPO_LOSS_TYPES  # noqa: E402
 
 
 def _check_kind(kind) -> None:

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Pair", "PairingResult", "make_pairs", "PAIRING_RULES"]
 
-PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
+from .choices import PAIRING_RULES
 
 
 @dataclass(frozen=True)

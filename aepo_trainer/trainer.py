@@ -153,7 +153,7 @@ class AEPOTrainer(DPOTrainer):
 
         from .annotation.service import AnnotationService
         from .collator import AEPODataCollator
-        from .pipeline import PoolReducer
+        from .reduction import PoolReducer
 
         args = self.args
         if annotator is None:

@@ -150,7 +150,7 @@ def main() -> None:
     from aepo_trainer import AEPOConfig, AEPOTrainer
     from aepo_trainer.annotation.dataset_scores import DatasetScoresAnnotator
     from aepo_trainer.annotation.service import AnnotationService
-    from aepo_trainer.pipeline import PoolReducer
+    from aepo_trainer.reduction import PoolReducer
 
     tmp = Path(tempfile.mkdtemp(prefix="aepo-overhead-"))
     num_params = build_model(tmp / "model", opts.hidden, opts.layers)

@@ -432,9 +432,9 @@ def main(argv=None):
     encoder = CharNgramEncoder() if args.embedder == "ngram" else MiniLMEncoder(bf16=not args.fp32)
     embeddings, embed_info = embed_all(completions, args.data, args.cache_dir, encoder)
 
-    from aepo_trainer.selection import stable_row_key
+    from aepo_trainer.selection import prompt_key
 
-    row_keys = np.array([stable_row_key(p) for p in prompts], dtype=np.int64)
+    row_keys = np.array([prompt_key(p) for p in prompts], dtype=np.int64)
     seeds = list(range(args.seeds))
     t0 = time.time()
     lengths = np.array([[len(c) for c in pool] for pool in completions], dtype=np.int64)

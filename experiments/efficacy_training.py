@@ -282,13 +282,13 @@ def build_pairs(pools: dict, train_prompts: list[str], embeddings: np.ndarray, s
     import torch
 
     from aepo_trainer.pairing import make_pairs
-    from aepo_trainer.selection import select_subsets, stable_row_key
+    from aepo_trainer.selection import select_subsets, prompt_key
 
     n = embeddings.shape[1]
     cost = n if strategy == "west_of_n" else k
     covered = train_prompts[: min(len(train_prompts), budget // cost)]  # train prompts are already in random order
     E = torch.from_numpy(np.ascontiguousarray(embeddings[: len(covered)]))
-    keys = torch.tensor([stable_row_key(p) for p in covered], dtype=torch.int64)
+    keys = torch.tensor([prompt_key(p) for p in covered], dtype=torch.int64)
     res = select_subsets(E, k, diversity_weight=lam, strategy=strategy, seed=seed, row_keys=keys)
     subsets = res.tolist()
     texts = [[pools[p][i] for i in sub] for p, sub in zip(covered, subsets)]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 
-from aepo_trainer.pipeline import prompt_key
+from aepo_trainer.selection import prompt_key
 
 NUM_PROMPTS = 8
 

@@ -10,7 +10,8 @@ from aepo_trainer import AEPOConfig
 from aepo_trainer.annotation.dataset_scores import DatasetScoresAnnotator
 from aepo_trainer.annotation.service import AnnotationService
 from aepo_trainer.collator import AEPODataCollator
-from aepo_trainer.pipeline import STATS_FIELDS, PoolReducer, prompt_key
+from aepo_trainer.reduction import STATS_FIELDS, PoolReducer
+from aepo_trainer.selection import prompt_key
 
 
 def _rows(n=4, size=5, seed=0):

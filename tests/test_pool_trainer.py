@@ -14,7 +14,8 @@ from trl import DPOConfig, DPOTrainer
 from aepo_trainer import AEPOConfig, AEPOTrainer
 from aepo_trainer.annotation.dataset_scores import DatasetScoresAnnotator
 from aepo_trainer.annotation.service import AnnotationService
-from aepo_trainer.pipeline import PoolReducer, prompt_key
+from aepo_trainer.reduction import PoolReducer
+from aepo_trainer.selection import prompt_key
 
 WORDS = ["blue", "green", "Paris", "four", "the sea", "a cat", "yes", "no", "maybe", "sleep"]
 

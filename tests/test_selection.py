@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import ast
+import dataclasses
+import hashlib
+
 import itertools
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from aepo_trainer import _selection_search as search
-from aepo_trainer.selection import SEARCHES, STRATEGIES, SelectionResult, select_subsets, stable_row_key
+from aepo_trainer.selection import search
+from aepo_trainer.selection import SEARCHES, STRATEGIES, SelectionResult, select_subsets, prompt_key
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -131,7 +132,7 @@ def test_ragged_rows_match_unpadded_rows(strategy, k):
     sizes = [24, 5, 17, 9, 24, 12]
     mask = torch.arange(24)[None, :] < torch.tensor(sizes)[:, None]
     E[~mask] = float("nan")  # padding content must be ignored
-    keys = torch.tensor([stable_row_key(f"prompt {i}") for i in range(6)])
+    keys = torch.tensor([prompt_key(f"prompt {i}") for i in range(6)])
     batch = select_subsets(E, k, 1.0, mask=mask, strategy=strategy, row_keys=keys, exhaustive_limit=0)
     for b, n in enumerate(sizes):
         alone = select_subsets(E[b:b + 1, :n], k, 1.0, strategy=strategy, row_keys=keys[b:b + 1], exhaustive_limit=0)
@@ -160,7 +161,7 @@ def test_determinism_and_seed():
 
 def test_row_keys_make_selection_batch_invariant():
     E = clustered_pools(16, 30, D=16, seed=7)
-    keys = torch.tensor([stable_row_key(f"p{i}") for i in range(16)])
+    keys = torch.tensor([prompt_key(f"p{i}") for i in range(16)])
     perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
     for strategy in ("aepo", "random"):
         full = select_subsets(E, 4, 1.0, strategy=strategy, row_keys=keys, exhaustive_limit=0)
@@ -214,7 +215,7 @@ def test_scale_invariance_unnormalised_input():
 @pytest.mark.parametrize("strategy", ["aepo", "random", "kmedoids", "west_of_n"])
 def test_cpu_gpu_parity(strategy):
     E = clustered_pools(64, 48, D=32, seed=12)
-    keys = torch.tensor([stable_row_key(str(i)) for i in range(64)])
+    keys = torch.tensor([prompt_key(str(i)) for i in range(64)])
     for k in (2, 4):
         cpu = select_subsets(E, k, 1.0, strategy=strategy, row_keys=keys, exhaustive_limit=0)
         gpu = select_subsets(E.cuda(), k, 1.0, strategy=strategy, row_keys=keys.cuda(), exhaustive_limit=0)
@@ -298,13 +299,20 @@ def test_exact_duplicates_resolve_to_lowest_index():
     assert seen > 30
 
 
-def test_strategy_lists_match_config():
-    """selection.py cannot import config.py (it pulls in TRL), so the two tuples are compared by parsing."""
-    tree = ast.parse((Path(__file__).resolve().parents[1] / "aepo_trainer" / "config.py").read_text())
-    values = {t.targets[0].id: ast.literal_eval(t.value) for t in tree.body
-              if isinstance(t, ast.Assign) and isinstance(t.targets[0], ast.Name)
-              and t.targets[0].id in ("SELECTION_STRATEGIES", "SELECTION_SEARCHES")}
-    assert values == {"SELECTION_STRATEGIES": STRATEGIES, "SELECTION_SEARCHES": SEARCHES}
+def test_name_lists_have_one_source():
+    """Config, kernel, pairing, CLI and losses read their name lists from `aepo_trainer.choices` (no copies)."""
+    from aepo_trainer import choices, losses, pairing
+    from aepo_trainer.cli import stats
+    from aepo_trainer.config import AEPOConfig
+    from aepo_trainer.selection import kernel
+
+    assert kernel.STRATEGIES is choices.SELECTION_STRATEGIES is STRATEGIES and SEARCHES is choices.SELECTION_SEARCHES
+    assert pairing.PAIRING_RULES is choices.PAIRING_RULES and losses.RPO_LOSS_TYPES is choices.RPO_LOSS_TYPES
+    assert stats.STRATEGIES is choices.SELECTION_STRATEGIES
+    fields = {f.name: f for f in dataclasses.fields(AEPOConfig)}
+    assert fields["selection_strategy"].metadata["choices"] == list(choices.SELECTION_STRATEGIES)
+    assert fields["annotator"].metadata["choices"] == list(choices.ANNOTATORS)
+    assert fields["pairing_rule"].metadata["choices"] == list(choices.PAIRING_RULES)
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -379,7 +387,7 @@ def test_empty_batch():
 
 # ------------------------------------------------------------------------------------------------ RNG
 def test_hash_matches_pure_python_and_is_int64_safe():
-    keys = torch.tensor([0, 1, -1, 2**63 - 1, -(2**63), stable_row_key("hello")])
+    keys = torch.tensor([0, 1, -1, 2**63 - 1, -(2**63), prompt_key("hello")])
     got = search.hash32(123456789012345, keys, 2, 7, torch.arange(3))
     for b, key in enumerate(keys.tolist()):
         for p in range(3):
@@ -387,16 +395,19 @@ def test_hash_matches_pure_python_and_is_int64_safe():
     assert int(got.min()) >= 0 and int(got.max()) < 2**32
 
 
-def test_stable_row_key():
-    k = stable_row_key("What is AEPO?")
-    assert k == stable_row_key("What is AEPO?") and -(2**63) <= k < 2**63
-    assert k != stable_row_key("What is AEPO")
-    assert stable_row_key("") == int.from_bytes(bytes.fromhex("e3b0c44298fc1c14"), "big", signed=True)
+def test_prompt_key():
+    k = prompt_key("What is AEPO?")
+    assert k == prompt_key("What is AEPO?") and 0 <= k < 2**63
+    assert k != prompt_key("What is AEPO")
+    # sha256 of the canonical JSON '""' (hand-computed), first 8 bytes, top bit cleared
+    assert prompt_key("") == int.from_bytes(hashlib.sha256(b'""').digest()[:8], "big") & (2**63 - 1)
+    messages = [{"role": "user", "content": "hi"}]
+    assert prompt_key(messages) == prompt_key([{"content": "hi", "role": "user"}])  # key order does not matter
 
 
 # ------------------------------------------------------------------------------------------------ runtime knobs
 def test_thread_setting_is_restored_and_compile_falls_back(monkeypatch):
-    from aepo_trainer import selection
+    from aepo_trainer.selection import kernel as selection
 
     threads = torch.get_num_threads()
     E = clustered_pools(8, 20, D=8, seed=16)

@@ -63,7 +63,6 @@ def build_annotator(args, model=None, tokenizer=None, reward_funcs=None):
                 raise ValueError("AEPOConfig.annotator='human' needs `annotation_queue` or `output_dir`.")
             queue = os.path.join(output_dir, "annotation_queue.jsonl")
         return HumanQueueAnnotator(queue)
-    raise ValueError(
-        f"AEPOConfig.annotator={kind!r} is invalid: expected one of 'dataset_scores', 'reward_model', 'judge', "
-        "'human'."
-    )
+    from ..choices import ANNOTATORS
+
+    raise ValueError(f"AEPOConfig.annotator={kind!r} is invalid: expected one of {', '.join(map(repr, ANNOTATORS))}.")

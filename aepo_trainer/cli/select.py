@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
         annotation_queue=args.annotation_queue or (f"{output}.annotation_queue.jsonl"
                                                    if args.annotator == "human" else None))
     from aepo_trainer.annotation import AnnotationService, build_annotator
-    from aepo_trainer.pipeline import PoolReducer
+    from aepo_trainer.reduction import PoolReducer
 
     try:  # models are loaded lazily, on the first annotation
         annotator = build_annotator(config, model=args.judge_model if config.annotator == "judge" else None)
@@ -223,7 +223,7 @@ def reduce_all(rows, embeddings, reducer, size: int):
     """Run `PoolReducer.reduce` over chunks of rows; returns (output rows, summed stats, `AnnotationsPending`s)."""
     from tqdm.auto import tqdm
 
-    from aepo_trainer.pipeline import STATS_FIELDS
+    from aepo_trainer.reduction import STATS_FIELDS
 
     config = reducer.args
     totals = dict.fromkeys(STATS_FIELDS, 0.0)

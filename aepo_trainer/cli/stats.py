@@ -28,7 +28,7 @@ examples:
   aepo stats --input pools.jsonl --strategies aepo random --diversity_weight 0.5 1
 """
 
-STRATEGIES = ("aepo", "random", "west_of_n", "representativeness", "kmedoids")
+from aepo_trainer.choices import SELECTION_STRATEGIES as STRATEGIES
 _SELECTION_FIELDS = {"num_annotations", "diversity_weight", "selection_search", "local_search_rounds",
                      "selection_seed", "seed", "embedding_model", "embedding_batch_size", "completions_column",
                      "scores_column", "embeddings_column", "annotation_budget"}
@@ -117,7 +117,7 @@ def _variants(args, ks, pool_sizes):
 def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[dict]:
     from tqdm.auto import tqdm
 
-    from aepo_trainer.pipeline import PoolReducer
+    from aepo_trainer.reduction import PoolReducer
 
     from .select import batch_inputs, prompts_covered
 

@@ -8,26 +8,26 @@ embeddings, a subset S of size k maximises (self-similarity excluded)
 
 `select_subsets` runs one similarity GEMM per chunk of prompts and then solves all prompts of the chunk at once:
 k = 2 exactly (one argmax over all pairs), k > 2 by greedy forward selection with incremental gains followed by
-seeded swap local search (in `_selection_search.py`), or exhaustively when C(N_b, k) is small. See
+seeded swap local search (in `selection/search.py`), or exhaustively when C(N_b, k) is small. See
 docs/selection.md for the user guide.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 from dataclasses import dataclass
 
 import torch
 
-from . import _selection_search as _search
+from . import search as _search
 
-__all__ = ["SelectionResult", "select_subsets", "stable_row_key", "STRATEGIES", "SEARCHES"]
+__all__ = ["SelectionResult", "select_subsets", "STRATEGIES", "SEARCHES"]
 
-STRATEGIES = ("aepo", "random", "west_of_n", "representativeness", "kmedoids")
-SEARCHES = ("auto", "greedy", "exhaustive")
+from ..choices import SELECTION_SEARCHES as SEARCHES
+from ..choices import SELECTION_STRATEGIES as STRATEGIES
+
 DEFAULT_EXHAUSTIVE_LIMIT = 5000  # "auto" enumerates every subset of a prompt when C(N_b, k) <= this
 MAX_EXHAUSTIVE = 2_000_000  # search="exhaustive" refuses more subsets than this
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20  # temporary memory per chunk of prompts
@@ -66,15 +66,6 @@ class SelectionResult:
                                  ("indices", "objective", "representativeness", "diversity", "valid")))
 
 
-def stable_row_key(text: str) -> int:
-    """A stable signed int64 key for a prompt: the first 8 bytes of sha256(text), big-endian.
-
-    Pass `row_keys=torch.tensor([stable_row_key(p) for p in prompts])` so that a prompt's random choices do not depend
-    on which batch it lands in, nor on the process or the device.
-    """
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big", signed=True)
-
-
 @torch.no_grad()
 def select_subsets(
     embeddings: torch.Tensor,
@@ -102,7 +93,7 @@ def select_subsets(
         strategy: "aepo", "random", "west_of_n" (the whole valid pool), "representativeness" (lambda = 0) or
             "kmedoids" (k-medoids coreset on cosine distance).
         seed: seed of the counter-based RNG (local search, "random").
-        row_keys: optional int64 [B] per-prompt keys for the RNG (default `arange(B)`), e.g. from `stable_row_key`.
+        row_keys: optional int64 [B] per-prompt keys for the RNG (default `arange(B)`), e.g. from `prompt_key`.
         search: k > 2 search for "aepo": "greedy" (greedy + seeded swap local search), "exhaustive" (all C(N_b, k)
             subsets) or "auto" (per prompt: exhaustive when C(N_b, k) <= `exhaustive_limit`, else greedy). k = 2 is
             always exact (one argmax over all pairs), and so is lambda = 0 (top-k by representativeness).

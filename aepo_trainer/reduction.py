@@ -8,8 +8,6 @@ exactly the same subsets and pairs for the same seed and configuration, whatever
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -18,10 +16,11 @@ from typing import Any
 import torch
 
 from .annotation.base import AnnotationRequest, BudgetExhausted
+from .selection.keys import prompt_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["prompt_key", "PoolReducer", "ReducedBatch", "STATS_FIELDS"]
+__all__ = ["PoolReducer", "ReducedBatch", "STATS_FIELDS"]
 
 # Fixed layout of the per-batch statistics (sums and counts, so that they add up across batches and processes).
 STATS_FIELDS = (
@@ -41,12 +40,6 @@ STATS_FIELDS = (
     "budget_exhausted",  # 1.0 when the budget ran out in this batch
     "annotations_pending",  # 1.0 when a human annotator is waiting for labels
 )
-
-
-def prompt_key(prompt: Any) -> int:
-    """A stable int64 per prompt (sha256 of its canonical JSON), the row key of selection and pairing randomness."""
-    text = json.dumps(prompt, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 @dataclass

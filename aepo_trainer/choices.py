@@ -1,0 +1,28 @@
+"""Every list of names a setting can take, in one place.
+
+`AEPOConfig` validates against these tuples and exposes them as `choices` of its flags; the selection kernel, the
+pairing rules, the annotator factory, the `aepo` CLI, the experiments and the docs read them from here. Adding a
+strategy, an annotator or a pairing rule starts with adding its name here. The module imports nothing, so the CLI can
+read it without importing torch.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SELECTION_STRATEGIES",
+    "SELECTION_SEARCHES",
+    "ANNOTATORS",
+    "PAIRING_RULES",
+    "RPO_LOSS_TYPES",
+]
+
+#: How k of N candidates are chosen (`AEPOConfig.selection_strategy`, `aepo select --selection_strategy`).
+SELECTION_STRATEGIES = ("aepo", "random", "west_of_n", "representativeness", "kmedoids")
+#: The search for k > 2 (`AEPOConfig.selection_search`).
+SELECTION_SEARCHES = ("auto", "greedy", "exhaustive")
+#: Who scores the selected candidates when no annotator object is passed (`AEPOConfig.annotator`).
+ANNOTATORS = ("dataset_scores", "reward_model", "judge", "human")
+#: How annotated candidates become pairs (`AEPOConfig.pairing_rule`).
+PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
+#: The reward-aware losses this package computes (entries of `loss_type`; TRL computes the rest).
+RPO_LOSS_TYPES = ("rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")

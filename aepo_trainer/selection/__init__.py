@@ -1,0 +1,17 @@
+"""Selection: which k of each prompt's N candidates are annotated.
+
+* `kernel.py`: the fused, batched AEPO objective (representativeness + λ·diversity) and the paper's baselines
+  (random, West-of-N, representativeness only, k-medoids): `select_subsets`.
+* `search.py`: the batched searches behind it (exact k = 2, greedy + seeded local search, exhaustive) and the
+  counter-based hash that makes every random choice reproducible.
+* `keys.py`: `prompt_key`, the per-prompt key of every random choice.
+"""
+
+from __future__ import annotations
+
+from ..choices import SELECTION_SEARCHES as SEARCHES
+from ..choices import SELECTION_STRATEGIES as STRATEGIES
+from .kernel import SelectionResult, select_subsets
+from .keys import prompt_key
+
+__all__ = ["SelectionResult", "select_subsets", "prompt_key", "STRATEGIES", "SEARCHES"]
