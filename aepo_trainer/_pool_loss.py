@@ -35,8 +35,10 @@ class _GatheredModel:
             if self._model is None:  # pragma: no cover - TRL only calls the reference with the fused head
                 raise RuntimeError("The reference proxy only serves fused-head log-probabilities.")
             return self._model(*args, **kwargs)
-        fields = {name: (None if getattr(self._outputs, name, None) is None
-                         else getattr(self._outputs, name)[self._index]) for name in _PER_TOKEN_FIELDS}
+        fields = {
+            name: (None if getattr(self._outputs, name, None) is None else getattr(self._outputs, name)[self._index])
+            for name in _PER_TOKEN_FIELDS
+        }
         return FusedCausalLMOutput(loss=self._outputs.loss, aux_loss=getattr(self._outputs, "aux_loss", None), **fields)
 
 
@@ -114,8 +116,12 @@ def _record_stats(trainer, mode: str, stats: torch.Tensor, rpo_values: list[tupl
         m["aepo/budget_left"] = [float(budget_left[~torch.isnan(budget_left)].min())]
     for i, (name, _) in enumerate(rpo_values):
         m[f"aepo/{name}"].append(float(rows[:, num_fields + i].mean()))
-    return {"budget_exhausted": bool(total["budget_exhausted"] > 0), "pending": bool(total["annotations_pending"] > 0),
-            "spent": spent, "pairs": pairs}
+    return {
+        "budget_exhausted": bool(total["budget_exhausted"] > 0),
+        "pending": bool(total["annotations_pending"] > 0),
+        "spent": spent,
+        "pairs": pairs,
+    }
 
 
 def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False):
@@ -131,7 +137,11 @@ def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False
     if prompt_keys is not None and mode == "train":
         trainer._aepo_seen_prompt_keys.extend(int(k) for k in prompt_keys.tolist())
 
-    input_ids, attention_mask, completion_mask = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
+    input_ids, attention_mask, completion_mask = (
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        inputs["completion_mask"],
+    )
     model_kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
     if trainer.aux_loss_enabled:
         model_kwargs["output_router_logits"] = True
@@ -150,8 +160,11 @@ def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False
     rpo_types = [(t, w) for t, w in zip(trainer.loss_types, trainer.loss_weights) if t in RPO_LOSS_TYPES]
     pair_index = torch.cat([chosen_rows, rejected_rows]).to(input_ids.device)
     num_pairs = int(chosen_rows.numel())
-    pair_inputs = {"input_ids": input_ids[pair_index], "attention_mask": attention_mask[pair_index],
-                   "completion_mask": completion_mask[pair_index]}
+    pair_inputs = {
+        "input_ids": input_ids[pair_index],
+        "attention_mask": attention_mask[pair_index],
+        "completion_mask": completion_mask[pair_index],
+    }
     saved = (trainer.loss_types, trainer.loss_weights, trainer.ref_model, trainer.precompute_ref_logps)
     tokens_before = trainer._total_train_tokens
     accelerator = trainer.accelerator
@@ -163,7 +176,9 @@ def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False
         trainer.ref_model = _GatheredModel(ref_outputs, pair_index)
         trainer.precompute_ref_logps = False
         if patched_gather:
-            accelerator.gather = _varlen_gather(type(accelerator).gather.__get__(accelerator), accelerator.num_processes)
+            accelerator.gather = _varlen_gather(
+                type(accelerator).gather.__get__(accelerator), accelerator.num_processes
+            )
         trl_loss = DPOTrainer._compute_loss(trainer, _GatheredModel(outputs, pair_index, model), pair_inputs, False)
     finally:
         trainer.loss_types, trainer.loss_weights, trainer.ref_model, trainer.precompute_ref_logps = saved
@@ -182,8 +197,12 @@ def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False
         logratios = (policy_logps - ref_logps)[valid]
         for kind, weight in rpo_types:
             value = mean_multi_response_reward_aware_loss(
-                logratios, scores.to(input_ids.device)[valid], groups.to(input_ids.device)[valid], kind,
-                beta=trainer.beta, reward_scale=trainer.args.reward_scale,
+                logratios,
+                scores.to(input_ids.device)[valid],
+                groups.to(input_ids.device)[valid],
+                kind,
+                beta=trainer.beta,
+                reward_scale=trainer.args.reward_scale,
             )
             loss = loss + weight * value
             rpo_values.append((kind, value))

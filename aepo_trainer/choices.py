@@ -9,11 +9,11 @@ read it without importing torch.
 from __future__ import annotations
 
 __all__ = [
-    "SELECTION_STRATEGIES",
-    "SELECTION_SEARCHES",
     "ANNOTATORS",
     "PAIRING_RULES",
     "RPO_LOSS_TYPES",
+    "SELECTION_SEARCHES",
+    "SELECTION_STRATEGIES",
 ]
 
 #: How k of N candidates are chosen (`AEPOConfig.selection_strategy`, `aepo select --selection_strategy`).

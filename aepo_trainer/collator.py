@@ -28,10 +28,10 @@ from transformers.data.data_collator import DataCollatorMixin
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
-from .reduction import PoolReducer, ReducedBatch
 from .pools import COMPLETIONS_IDS, PROMPT_IDS
+from .reduction import PoolReducer, ReducedBatch
 
-__all__ = ["AEPODataCollator", "POOL_BATCH_KEYS"]
+__all__ = ["POOL_BATCH_KEYS", "AEPODataCollator"]
 
 POOL_BATCH_KEYS = (
     "pair_chosen_rows",
@@ -156,12 +156,24 @@ class AEPODataCollator(DataCollatorMixin):
 
         self._remember(examples, reduced)
         output = {
-            "input_ids": pad([torch.tensor(s) for s in sequences], padding_value=self.pad_token_id,
-                             padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of),
-            "attention_mask": pad([torch.ones(len(s), dtype=torch.long) for s in sequences], padding_value=0,
-                                  padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of),
-            "completion_mask": pad([torch.tensor(m, dtype=torch.long) for m in masks], padding_value=0,
-                                   padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of),
+            "input_ids": pad(
+                [torch.tensor(s) for s in sequences],
+                padding_value=self.pad_token_id,
+                padding_side="right",
+                pad_to_multiple_of=self.pad_to_multiple_of,
+            ),
+            "attention_mask": pad(
+                [torch.ones(len(s), dtype=torch.long) for s in sequences],
+                padding_value=0,
+                padding_side="right",
+                pad_to_multiple_of=self.pad_to_multiple_of,
+            ),
+            "completion_mask": pad(
+                [torch.tensor(m, dtype=torch.long) for m in masks],
+                padding_value=0,
+                padding_side="right",
+                pad_to_multiple_of=self.pad_to_multiple_of,
+            ),
             "pair_chosen_rows": torch.tensor(chosen_rows, dtype=torch.long),
             "pair_rejected_rows": torch.tensor(rejected_rows, dtype=torch.long),
             "response_scores": torch.tensor(scores, dtype=torch.float32),
@@ -178,12 +190,14 @@ class AEPODataCollator(DataCollatorMixin):
         ccol = self.reducer.args.completions_column
         for pair in reduced.pairs[: self.keep_examples]:
             example, subset = examples[pair.row], reduced.subsets[pair.row]
-            self.recent_pairs.append({
-                "prompt": example.get("prompt"),
-                "chosen": example[ccol][subset[pair.chosen]],
-                "rejected": example[ccol][subset[pair.rejected]],
-                "chosen_score": float(pair.chosen_score),
-                "rejected_score": float(pair.rejected_score),
-                "selected": list(subset),
-                "pool_size": len(example[ccol]),
-            })
+            self.recent_pairs.append(
+                {
+                    "prompt": example.get("prompt"),
+                    "chosen": example[ccol][subset[pair.chosen]],
+                    "rejected": example[ccol][subset[pair.rejected]],
+                    "chosen_score": float(pair.chosen_score),
+                    "rejected_score": float(pair.rejected_score),
+                    "selected": list(subset),
+                    "pool_size": len(example[ccol]),
+                }
+            )

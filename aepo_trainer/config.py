@@ -84,9 +84,7 @@ class AEPOConfig(DPOConfig):
             "used for the default model."
         },
     )
-    embedding_batch_size: int = field(
-        default=64, metadata={"help": "Batch size used to embed candidate completions."}
-    )
+    embedding_batch_size: int = field(default=64, metadata={"help": "Batch size used to embed candidate completions."})
     # ----------------------------------------------------------------------------------------------- columns
     completions_column: str = field(
         default="completions", metadata={"help": "Column holding each prompt's pool of candidate completions."}
@@ -164,37 +162,83 @@ class AEPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
-        _require(isinstance(self.num_annotations, int) and self.num_annotations >= 2,
-                 "num_annotations", self.num_annotations, "an integer >= 2")
-        _require(_is_finite_number(self.diversity_weight) and self.diversity_weight >= 0,
-                 "diversity_weight", self.diversity_weight, "a finite number >= 0")
-        _require(self.selection_strategy in SELECTION_STRATEGIES,
-                 "selection_strategy", self.selection_strategy, _one_of(SELECTION_STRATEGIES))
-        _require(self.selection_search in SELECTION_SEARCHES,
-                 "selection_search", self.selection_search, _one_of(SELECTION_SEARCHES))
-        _require(isinstance(self.local_search_rounds, int) and self.local_search_rounds >= 0,
-                 "local_search_rounds", self.local_search_rounds, "an integer >= 0")
-        _require(isinstance(self.embedding_batch_size, int) and self.embedding_batch_size >= 1,
-                 "embedding_batch_size", self.embedding_batch_size, "an integer >= 1")
-        _require(isinstance(self.embedding_model, str) and self.embedding_model.strip() != "",
-                 "embedding_model", self.embedding_model, "a non-empty model id or path")
+        _require(
+            isinstance(self.num_annotations, int) and self.num_annotations >= 2,
+            "num_annotations",
+            self.num_annotations,
+            "an integer >= 2",
+        )
+        _require(
+            _is_finite_number(self.diversity_weight) and self.diversity_weight >= 0,
+            "diversity_weight",
+            self.diversity_weight,
+            "a finite number >= 0",
+        )
+        _require(
+            self.selection_strategy in SELECTION_STRATEGIES,
+            "selection_strategy",
+            self.selection_strategy,
+            _one_of(SELECTION_STRATEGIES),
+        )
+        _require(
+            self.selection_search in SELECTION_SEARCHES,
+            "selection_search",
+            self.selection_search,
+            _one_of(SELECTION_SEARCHES),
+        )
+        _require(
+            isinstance(self.local_search_rounds, int) and self.local_search_rounds >= 0,
+            "local_search_rounds",
+            self.local_search_rounds,
+            "an integer >= 0",
+        )
+        _require(
+            isinstance(self.embedding_batch_size, int) and self.embedding_batch_size >= 1,
+            "embedding_batch_size",
+            self.embedding_batch_size,
+            "an integer >= 1",
+        )
+        _require(
+            isinstance(self.embedding_model, str) and self.embedding_model.strip() != "",
+            "embedding_model",
+            self.embedding_model,
+            "a non-empty model id or path",
+        )
         for name in ("completions_column", "scores_column", "embeddings_column"):
             value = getattr(self, name)
             _require(isinstance(value, str) and value != "", name, value, "a non-empty column name")
         _require(self.annotator in ANNOTATORS, "annotator", self.annotator, _one_of(ANNOTATORS))
-        _require(self.annotator != "reward_model" or bool(self.reward_model_name_or_path),
-                 "reward_model_name_or_path", self.reward_model_name_or_path,
-                 "a model id or path when annotator='reward_model'")
-        _require(isinstance(self.annotation_batch_size, int) and self.annotation_batch_size >= 1,
-                 "annotation_batch_size", self.annotation_batch_size, "an integer >= 1")
-        _require(self.annotation_budget is None
-                 or (isinstance(self.annotation_budget, int) and self.annotation_budget >= 0),
-                 "annotation_budget", self.annotation_budget, "None (unlimited) or an integer >= 0")
+        _require(
+            self.annotator != "reward_model" or bool(self.reward_model_name_or_path),
+            "reward_model_name_or_path",
+            self.reward_model_name_or_path,
+            "a model id or path when annotator='reward_model'",
+        )
+        _require(
+            isinstance(self.annotation_batch_size, int) and self.annotation_batch_size >= 1,
+            "annotation_batch_size",
+            self.annotation_batch_size,
+            "an integer >= 1",
+        )
+        _require(
+            self.annotation_budget is None or (isinstance(self.annotation_budget, int) and self.annotation_budget >= 0),
+            "annotation_budget",
+            self.annotation_budget,
+            "None (unlimited) or an integer >= 0",
+        )
         _require(self.pairing_rule in PAIRING_RULES, "pairing_rule", self.pairing_rule, _one_of(PAIRING_RULES))
-        _require(_is_finite_number(self.pairing_margin) and self.pairing_margin >= 0,
-                 "pairing_margin", self.pairing_margin, "a finite number >= 0")
-        _require(_is_finite_number(self.reward_scale) and self.reward_scale > 0,
-                 "reward_scale", self.reward_scale, "a finite number > 0")
+        _require(
+            _is_finite_number(self.pairing_margin) and self.pairing_margin >= 0,
+            "pairing_margin",
+            self.pairing_margin,
+            "a finite number >= 0",
+        )
+        _require(
+            _is_finite_number(self.reward_scale) and self.reward_scale > 0,
+            "reward_scale",
+            self.reward_scale,
+            "a finite number > 0",
+        )
         super().__post_init__()
 
     @property
@@ -209,9 +253,19 @@ class AEPOConfig(DPOConfig):
 
     def aepo_settings(self) -> dict:
         """The AEPO-specific settings, as recorded in model cards and in the metadata of exported datasets."""
-        names = ("num_annotations", "diversity_weight", "selection_strategy", "selection_search",
-                 "local_search_rounds", "embedding_model", "annotator", "annotation_budget", "pairing_rule",
-                 "pairing_margin", "reward_scale")
+        names = (
+            "num_annotations",
+            "diversity_weight",
+            "selection_strategy",
+            "selection_search",
+            "local_search_rounds",
+            "embedding_model",
+            "annotator",
+            "annotation_budget",
+            "pairing_rule",
+            "pairing_margin",
+            "reward_scale",
+        )
         settings = {name: getattr(self, name) for name in names}
         settings["selection_seed"] = self.effective_selection_seed
         settings["loss_type"] = list(self.loss_type)

@@ -20,7 +20,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_EMBEDDING_MODEL", "Embedder", "embed_pools", "completion_text", "stack_pool_embeddings"]
+__all__ = ["DEFAULT_EMBEDDING_MODEL", "Embedder", "completion_text", "embed_pools", "stack_pool_embeddings"]
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = frozenset({DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"})
@@ -55,8 +55,9 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         else:
             url = urlparse(constants.ENDPOINT)
             try:
-                socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                         timeout=timeout).close()
+                socket.create_connection(
+                    (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout
+                ).close()
                 _HUB_REACHABLE = True
             except OSError:
                 _HUB_REACHABLE = False
@@ -98,12 +99,18 @@ class Embedder:
     `identity` is a stable string naming the model and its settings; it keys the embedding cache.
     """
 
-    def __init__(self, model_name_or_path=DEFAULT_EMBEDDING_MODEL, device=None, batch_size: int = 64,
-                 show_progress: bool | None = None):
+    def __init__(
+        self,
+        model_name_or_path=DEFAULT_EMBEDDING_MODEL,
+        device=None,
+        batch_size: int = 64,
+        show_progress: bool | None = None,
+    ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"Embedder: batch_size must be an int >= 1, got {batch_size!r}")
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = (
+            torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
         self.batch_size = batch_size
         self.show_progress = show_progress
         if isinstance(model_name_or_path, str):
@@ -113,8 +120,9 @@ class Embedder:
             self._model = None
         else:  # an already loaded SentenceTransformer
             self._model = model_name_or_path
-            self.model_name_or_path = getattr(model_name_or_path, "name_or_path", None) or type(
-                model_name_or_path).__name__
+            self.model_name_or_path = (
+                getattr(model_name_or_path, "name_or_path", None) or type(model_name_or_path).__name__
+            )
             self._model = self._prepare(self._model)
 
     # -------------------------------------------------------------------------------------------- model
@@ -145,10 +153,14 @@ class Embedder:
         try:
             # Hub unreachable: local HF cache only, skipping the Hub client's retry loop (a minute when DNS fails)
             return SentenceTransformer(name, device=str(self.device), local_files_only=offline)
-        except Exception as err:  # noqa: BLE001 - unreachable Hub, not cached, missing files, ...
+        except Exception as err:
             if name not in _DEFAULT_ALIASES:
-                hint = ("the Hugging Face Hub is unreachable (HF_HUB_OFFLINE or no network) and the model is not in "
-                        "the local cache" if offline else "check the model id or path")
+                hint = (
+                    "the Hugging Face Hub is unreachable (HF_HUB_OFFLINE or no network) and the model is not in "
+                    "the local cache"
+                    if offline
+                    else "check the model id or path"
+                )
                 raise RuntimeError(
                     f"Embedder: could not load the sentence-transformers model {name!r}: {hint} "
                     f"({type(err).__name__}: {err}). Pass a local directory holding a sentence-transformers model, "
@@ -195,8 +207,13 @@ class Embedder:
         unique = list(first)
         show = self.show_progress if self.show_progress is not None else len(unique) >= _PROGRESS_MIN_TEXTS
         with torch.inference_mode():
-            emb = self.model.encode(unique, batch_size=batch_size or self.batch_size, convert_to_tensor=True,
-                                    normalize_embeddings=False, show_progress_bar=bool(show))
+            emb = self.model.encode(
+                unique,
+                batch_size=batch_size or self.batch_size,
+                convert_to_tensor=True,
+                normalize_embeddings=False,
+                show_progress_bar=bool(show),
+            )
         emb = torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
         return emb.index_select(0, inverse)
 
@@ -245,9 +262,15 @@ def _default_cache_dir() -> str:
     return os.path.join(str(datasets.config.HF_DATASETS_CACHE), "aepo_trainer", "embeddings")
 
 
-def embed_pools(dataset, completions_column: str = "completions", embedder: Embedder | None = None,
-                embeddings_column: str = "embeddings", batch_size: int | None = None, cache_dir: str | None = None,
-                rows_per_batch: int = 256):
+def embed_pools(
+    dataset,
+    completions_column: str = "completions",
+    embedder: Embedder | None = None,
+    embeddings_column: str = "embeddings",
+    batch_size: int | None = None,
+    cache_dir: str | None = None,
+    rows_per_batch: int = 256,
+):
     """Return `dataset` with an `embeddings_column` holding each row's `[N, D]` candidate embeddings (fp32).
 
     The result is cached by (dataset fingerprint, embedder identity, column names): a second call with the same data
@@ -268,8 +291,9 @@ def embed_pools(dataset, completions_column: str = "completions", embedder: Embe
     if not isinstance(dataset, datasets.Dataset):
         raise TypeError(f"embed_pools expects a datasets.Dataset, got {type(dataset).__name__}")
     if completions_column not in dataset.column_names:
-        raise ValueError(f"embed_pools: column {completions_column!r} not found; the dataset has "
-                         f"{dataset.column_names}")
+        raise ValueError(
+            f"embed_pools: column {completions_column!r} not found; the dataset has {dataset.column_names}"
+        )
     if embedder is None:
         embedder = Embedder(batch_size=batch_size or 64)
     key = "|".join((_CACHE_VERSION, dataset._fingerprint, embedder.identity, completions_column, embeddings_column))
@@ -285,6 +309,12 @@ def embed_pools(dataset, completions_column: str = "completions", embedder: Embe
         sizes = mask.sum(1).tolist()
         return {embeddings_column: [emb[i, :n].numpy() for i, n in enumerate(sizes)]}
 
-    return dataset.map(embed_batch, batched=True, batch_size=rows_per_batch, new_fingerprint=fingerprint,
-                       cache_file_name=cache_file_name, load_from_cache_file=True,
-                       desc="Embedding candidate pools")
+    return dataset.map(
+        embed_batch,
+        batched=True,
+        batch_size=rows_per_batch,
+        new_fingerprint=fingerprint,
+        cache_file_name=cache_file_name,
+        load_from_cache_file=True,
+        desc="Embedding candidate pools",
+    )

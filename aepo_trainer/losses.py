@@ -38,13 +38,13 @@ import torch.nn.functional as F
 
 __all__ = [
     "RPO_LOSS_TYPES",
-    "reward_aware_loss",
-    "multi_response_reward_aware_loss",
     "mean_multi_response_reward_aware_loss",
     "mean_over_groups",
+    "multi_response_reward_aware_loss",
+    "reward_aware_loss",
 ]
 
-from .choices import RPO_LOSS_TYPES  # noqa: E402
+from .choices import RPO_LOSS_TYPES
 
 
 def _check_kind(kind) -> None:
@@ -153,9 +153,7 @@ def _pairwise_inputs(logratios, scores, groups, num_groups):
     num_responses = groups.numel()
     if num_responses:
         # One host sync for all checks (a handful of scalars per training step).
-        g_min, g_max, finite = torch.stack(
-            [groups.min(), groups.max(), torch.isfinite(scores).all().long()]
-        ).tolist()
+        g_min, g_max, finite = torch.stack([groups.min(), groups.max(), torch.isfinite(scores).all().long()]).tolist()
         if g_min < 0:
             raise ValueError(f"groups must be >= 0 (prompt indices 0..G-1), got a minimum of {g_min}.")
         if not finite:

@@ -25,14 +25,15 @@ import hashlib
 import logging
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
+
+from .choices import PAIRING_RULES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Pair", "PairingResult", "make_pairs", "PAIRING_RULES"]
-
-from .choices import PAIRING_RULES
+__all__ = ["PAIRING_RULES", "Pair", "PairingResult", "make_pairs"]
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,22 @@ class PairingResult:
 
     def as_dict(self) -> dict[str, int]:
         """Counts for logging (`pairs`, `ties_dropped`, `invalid_dropped`, `margin_dropped`, `skipped_rows`)."""
-        return {"pairs": len(self.pairs), "ties_dropped": self.ties_dropped, "invalid_dropped": self.invalid_dropped,
-                "margin_dropped": self.margin_dropped, "skipped_rows": self.skipped_rows}
+        return {
+            "pairs": len(self.pairs),
+            "ties_dropped": self.ties_dropped,
+            "invalid_dropped": self.invalid_dropped,
+            "margin_dropped": self.margin_dropped,
+            "skipped_rows": self.skipped_rows,
+        }
 
 
-def make_pairs(scores: Sequence[Sequence[float | None] | None], rule: str = "best_vs_worst", margin: float = 0.0,
-               seed: int = 0, row_keys: Sequence[Any] | None = None) -> PairingResult:
+def make_pairs(
+    scores: Sequence[Sequence[float | None] | None],
+    rule: str = "best_vs_worst",
+    margin: float = 0.0,
+    seed: int = 0,
+    row_keys: Sequence[Any] | None = None,
+) -> PairingResult:
     """Preference pairs from per-prompt scores (see the module docstring for the rules).
 
     Args:
@@ -124,13 +135,14 @@ def make_pairs(scores: Sequence[Sequence[float | None] | None], rule: str = "bes
             rejected = worse[_row_rng(seed, key).randrange(len(worse))]
         result.pairs.append(Pair(r, best, rejected, valid[best], valid[rejected]))
     if result.invalid_dropped:
-        logger.warning("make_pairs: dropped %d invalid score(s) (None/NaN/inf); they were not paired.",
-                       result.invalid_dropped)
+        logger.warning(
+            "make_pairs: dropped %d invalid score(s) (None/NaN/inf); they were not paired.", result.invalid_dropped
+        )
     return result
 
 
 def _valid_scores(row, r: int) -> dict[int, float]:
-    if isinstance(row, (str, bytes)) or not isinstance(row, Sequence) and not hasattr(row, "tolist"):
+    if isinstance(row, (str, bytes)) or (not isinstance(row, Sequence) and not hasattr(row, "tolist")):
         raise TypeError(f"scores[{r}] must be a list of scores or None, got {type(row).__name__}.")
     if hasattr(row, "tolist"):
         row = row.tolist()
@@ -164,5 +176,5 @@ def _all_pairs(result: PairingResult, r: int, ranking: list[int], valid: dict[in
 def _row_rng(seed: int, key: Any) -> random.Random:
     if hasattr(key, "item"):  # numpy / torch scalars: the same key whatever its container
         key = key.item()
-    digest = hashlib.sha256(f"aepo-pairing|{int(seed)}|{key!r}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"aepo-pairing|{int(seed)}|{key!r}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))

@@ -26,18 +26,19 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "PROMPT_IDS",
     "COMPLETIONS_IDS",
+    "PROMPT_IDS",
     "is_pool_dataset",
     "is_prepared_pool_dataset",
-    "validate_pool_dataset",
-    "prepare_pool_dataset",
     "pool_format",
+    "prepare_pool_dataset",
+    "validate_pool_dataset",
 ]
 
 PROMPT_IDS = "prompt_ids"
@@ -293,7 +294,10 @@ def prepare_pool_dataset(
             logger.warning(
                 "%d of %d %s pools were dropped: their prompt alone is at least max_length=%d tokens, so truncation "
                 "would leave no completion token to train on (as DPOTrainer does for pairs).",
-                before - len(prepared), before, dataset_name, max_length,
+                before - len(prepared),
+                before,
+                dataset_name,
+                max_length,
             )
         if len(prepared) == 0:
             raise ValueError(

@@ -20,7 +20,7 @@ from .selection.keys import prompt_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PoolReducer", "ReducedBatch", "STATS_FIELDS"]
+__all__ = ["STATS_FIELDS", "PoolReducer", "ReducedBatch"]
 
 # Fixed layout of the per-batch statistics (sums and counts, so that they add up across batches and processes).
 STATS_FIELDS = (
@@ -114,8 +114,10 @@ class PoolReducer:
         )
         indices = selection.indices.detach().cpu().tolist()
         valid = selection.valid.detach().cpu().tolist()
-        subsets = [[int(i) for i, ok in zip(row_indices, row_valid) if ok and i >= 0]
-                   for row_indices, row_valid in zip(indices, valid)]
+        subsets = [
+            [int(i) for i, ok in zip(row_indices, row_valid) if ok and i >= 0]
+            for row_indices, row_valid in zip(indices, valid)
+        ]
         return selection, subsets, keys
 
     def reduce(self, rows: list[dict], embeddings: torch.Tensor, mask: torch.Tensor | None = None) -> ReducedBatch:
@@ -157,9 +159,7 @@ class PoolReducer:
             skipped = []
 
         # Invalid scores (None) are never paired: make_pairs counts them.
-        pairing = make_pairs(
-            scores, rule=args.pairing_rule, margin=args.pairing_margin, seed=self.seed, row_keys=keys
-        )
+        pairing = make_pairs(scores, rule=args.pairing_rule, margin=args.pairing_margin, seed=self.seed, row_keys=keys)
         pairs = list(pairing.pairs)
 
         rankings = [list(r) for r in pairing.rankings] if pairing.rankings is not None else None

@@ -107,8 +107,9 @@ def build_tiny_causal_lm(
     return path
 
 
-def build_tiny_reward_model(path: str | os.PathLike, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
-                            tokenizer=None) -> Path:
+def build_tiny_reward_model(
+    path: str | os.PathLike, hidden_size: int = 32, num_layers: int = 2, seed: int = 0, tokenizer=None
+) -> Path:
     """Save a tiny Qwen2 sequence-classification model (one logit: a reward) and its tokenizer to `path`."""
     import torch
     from transformers import Qwen2ForSequenceClassification

@@ -39,7 +39,7 @@ def default_run_id(args) -> str:
 class _AEPOControlCallback(TrainerCallback):
     """Stops training cleanly (with a checkpoint) when the annotation budget is spent or labels are pending."""
 
-    def __init__(self, trainer: "AEPOTrainer"):
+    def __init__(self, trainer: AEPOTrainer):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -167,8 +167,9 @@ class AEPOTrainer(DPOTrainer):
                         "annotator='judge' uses the frozen starting model as judge: pass `ref_model` (or train a PEFT "
                         "adapter, judged with the adapter disabled)."
                     )
-            annotator = build_annotator(args, model=judge_model if judge_model is not None else self.model,
-                                        tokenizer=self._tokenizer)
+            annotator = build_annotator(
+                args, model=judge_model if judge_model is not None else self.model, tokenizer=self._tokenizer
+            )
         elif not (hasattr(annotator, "score") and hasattr(annotator, "identity")):
             from .annotation.reward_function import RewardFunctionAnnotator
 
@@ -198,11 +199,16 @@ class AEPOTrainer(DPOTrainer):
         from .embedding import Embedder, embed_pools
 
         if self._aepo_embedder is None:
-            self._aepo_embedder = Embedder(args.embedding_model, device=args.device,
-                                           batch_size=args.embedding_batch_size)
+            self._aepo_embedder = Embedder(
+                args.embedding_model, device=args.device, batch_size=args.embedding_batch_size
+            )
         with global_then_local_main_first():
-            return embed_pools(dataset, completions_column=args.completions_column, embedder=self._aepo_embedder,
-                               embeddings_column=args.embeddings_column)
+            return embed_pools(
+                dataset,
+                completions_column=args.completions_column,
+                embedder=self._aepo_embedder,
+                embeddings_column=args.embeddings_column,
+            )
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if not pools.is_pool_dataset(dataset, args):
@@ -246,14 +252,18 @@ class AEPOTrainer(DPOTrainer):
             if self.pool_reducer is not None:
                 pending = getattr(self.pool_reducer, "last_pending", None)
             self.aepo_stop_reason = (
-                f"Annotations pending: {pending}" if pending is not None else
-                "Annotations pending: the human annotator is waiting for labels. Fill in the labels file next to the "
+                f"Annotations pending: {pending}"
+                if pending is not None
+                else "Annotations pending: the human annotator is waiting for labels. Fill in the labels file next to the "
                 "annotation queue, then resume training from the last checkpoint (nothing is queued or paid twice)."
             )
         elif summary["budget_exhausted"]:
             service = self.annotation_service
-            self.aepo_stop_reason = (service.budget_message() if service is not None
-                                     else f"Annotation budget exhausted ({summary['spent']:.0f} spent).")
+            self.aepo_stop_reason = (
+                service.budget_message()
+                if service is not None
+                else f"Annotation budget exhausted ({summary['spent']:.0f} spent)."
+            )
 
     # ------------------------------------------------------------------------------------------------ reporting
 
@@ -280,8 +290,10 @@ class AEPOTrainer(DPOTrainer):
                 "preference pairs were formed on the fly during DPO training."
             )
         else:
-            lines.append("This model was trained with aepo-trainer's `AEPOTrainer` on preference pairs (DPO; no pool "
-                         "reduction was needed).")
+            lines.append(
+                "This model was trained with aepo-trainer's `AEPOTrainer` on preference pairs (DPO; no pool "
+                "reduction was needed)."
+            )
         lines += ["", "| setting | value |", "|---|---|"]
         lines += [f"| `{name}` | `{value}` |" for name, value in self.args.aepo_settings().items()]
         if self.annotation_service is not None:
@@ -304,5 +316,7 @@ def _as_aepo_config(args: DPOConfig) -> AEPOConfig:
     dpo_fields = {f.name for f in dataclasses.fields(DPOConfig)}
     for f in dataclasses.fields(AEPOConfig):
         if f.name not in dpo_fields:
-            setattr(upgraded, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+            setattr(
+                upgraded, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
     return upgraded

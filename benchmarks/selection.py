@@ -70,7 +70,7 @@ def reference_select(E: np.ndarray, k: int, lam: float, rng: np.random.Generator
     cur = f(S)
     for _ in range(rounds):
         p = int(rng.integers(k))
-        rest = S[:p] + S[p + 1:]
+        rest = S[:p] + S[p + 1 :]
         best, best_c = best_addition(rest)
         if best >= cur:
             S, cur = rest + [best_c], best
@@ -132,10 +132,14 @@ def ieee_fp32():
 # ------------------------------------------------------------------------------------------------ benchmark parts
 def kernel_table(args, device):
     rows = []
-    print(f"\n(a) select_subsets  vs  (b) per-prompt NumPy reference  vs  (c) bmm floor;  B={args.batch} "
-          f"D={args.dim} lambda={args.lam}, times = min over interleaved repeats")
-    header = (f"{'N':>4} {'k':>2} | {'(a) select':>11} {'(c) GEMM':>10} {'(b) NumPy':>10} {'b timed on':>10} | "
-              f"{'a/c':>6} {'b/a':>8} | {'obj a-b':>8}")
+    print(
+        f"\n(a) select_subsets  vs  (b) per-prompt NumPy reference  vs  (c) bmm floor;  B={args.batch} "
+        f"D={args.dim} lambda={args.lam}, times = min over interleaved repeats"
+    )
+    header = (
+        f"{'N':>4} {'k':>2} | {'(a) select':>11} {'(c) GEMM':>10} {'(b) NumPy':>10} {'b timed on':>10} | "
+        f"{'a/c':>6} {'b/a':>8} | {'obj a-b':>8}"
+    )
     print(header)
     print("-" * len(header))
     for N in args.sizes:
@@ -151,12 +155,24 @@ def kernel_table(args, device):
             t_b = per_prompt * args.batch
             res = select_subsets(E, k, args.lam)
             obj_gap = float(res.objective[:n_ref].double().cpu().numpy().mean() - ref_obj.mean())
-            row = dict(N=N, k=k, a=t["a"][0], a_median=t["a"][1], c=t["c"][0], c_median=t["c"][1], b=t_b,
-                       b_prompts=n_ref, a_over_c=t["a"][0] / t["c"][0], b_over_a=t_b / t["a"][0],
-                       objective_a_minus_b=obj_gap)
+            row = dict(
+                N=N,
+                k=k,
+                a=t["a"][0],
+                a_median=t["a"][1],
+                c=t["c"][0],
+                c_median=t["c"][1],
+                b=t_b,
+                b_prompts=n_ref,
+                a_over_c=t["a"][0] / t["c"][0],
+                b_over_a=t_b / t["a"][0],
+                objective_a_minus_b=obj_gap,
+            )
             rows.append(row)
-            print(f"{N:>4} {k:>2} | {fmt(row['a']):>11} {fmt(row['c']):>10} {fmt(t_b):>10} {n_ref:>10} | "
-                  f"{row['a_over_c']:>5.2f}x {row['b_over_a']:>7.0f}x | {obj_gap:>+8.1e}")
+            print(
+                f"{N:>4} {k:>2} | {fmt(row['a']):>11} {fmt(row['c']):>10} {fmt(t_b):>10} {n_ref:>10} | "
+                f"{row['a_over_c']:>5.2f}x {row['b_over_a']:>7.0f}x | {obj_gap:>+8.1e}"
+            )
     return rows
 
 
@@ -195,13 +211,24 @@ def end_to_end(args, device):
     t_select = time.perf_counter() - t0
     n_texts = sum(len(p) for p in pools)
     n_unique = len({c for p in pools for c in p})
-    out = dict(prompts=n_prompts, texts=n_texts, unique_texts=n_unique, load_s=t_load, embed_s=t_embed,
-               select_s=t_select, texts_per_s=n_texts / t_embed,
-               full_805_estimate_s=(805 * 32) / (n_texts / t_embed) + t_select * 805 / n_prompts)
-    print(f"\nend to end on real AlpacaEval pools ({n_prompts} of 805 prompts, N = 32, {n_texts} texts, "
-          f"{n_unique} distinct), k = 2, device {device}:")
-    print(f"  load embedder {t_load:.2f} s | embed {t_embed:.2f} s ({out['texts_per_s']:.1f} texts/s) | "
-          f"select {t_select * 1e3:.2f} ms | selection share {t_select / (t_embed + t_select):.2%}")
+    out = dict(
+        prompts=n_prompts,
+        texts=n_texts,
+        unique_texts=n_unique,
+        load_s=t_load,
+        embed_s=t_embed,
+        select_s=t_select,
+        texts_per_s=n_texts / t_embed,
+        full_805_estimate_s=(805 * 32) / (n_texts / t_embed) + t_select * 805 / n_prompts,
+    )
+    print(
+        f"\nend to end on real AlpacaEval pools ({n_prompts} of 805 prompts, N = 32, {n_texts} texts, "
+        f"{n_unique} distinct), k = 2, device {device}:"
+    )
+    print(
+        f"  load embedder {t_load:.2f} s | embed {t_embed:.2f} s ({out['texts_per_s']:.1f} texts/s) | "
+        f"select {t_select * 1e3:.2f} ms | selection share {t_select / (t_embed + t_select):.2%}"
+    )
     if n_prompts < 805:
         print(f"  all 805 prompts at this rate: ~{out['full_805_estimate_s']:.0f} s (embedding dominates)")
     print(f"  mean objective {float(res.objective.mean()):.4f}, mean diversity {float(res.diversity.mean()):.4f}")
@@ -221,8 +248,12 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--compile", action="store_true", help="select_subsets(compile=True) for the k=2 pair kernel")
     p.add_argument("--pools", default=str(DEFAULT_POOLS))
-    p.add_argument("--e2e-prompts", type=int, default=None,
-                   help="prompts embedded end to end (0 = all 805; default all on CUDA, 16 on CPU, 4 with --quick)")
+    p.add_argument(
+        "--e2e-prompts",
+        type=int,
+        default=None,
+        help="prompts embedded end to end (0 = all 805; default all on CUDA, 16 on CPU, 4 with --quick)",
+    )
     p.add_argument("--embed-batch-size", type=int, default=64)
     p.add_argument("--no-e2e", action="store_true")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -238,9 +269,15 @@ def main(argv=None):
     if args.e2e_prompts is None:
         args.e2e_prompts = 4 if args.quick else (0 if device.type == "cuda" else 16)
 
-    machine = dict(device=str(device), cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
-                   torch_threads=torch.get_num_threads(), torch=torch.__version__, numpy=np.__version__,
-                   gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    machine = dict(
+        device=str(device),
+        cpu=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        numpy=np.__version__,
+        gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    )
     print("machine:", json.dumps(machine))
     if device.type == "cpu":
         print("note: no CUDA device here, CPU timings only (the script runs the same on CUDA when present)")

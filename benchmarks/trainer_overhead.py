@@ -44,8 +44,13 @@ def load_pools(num_prompts: int, pool_size: int) -> tuple[list[dict], str]:
         with gzip.open(SHARED_POOLS, "rt", encoding="utf-8") as f:
             for line in f:
                 row = json.loads(line)
-                rows.append({"prompt": row["prompt"], "completions": row["completions"][:pool_size],
-                             "scores": row["scores"][:pool_size]})
+                rows.append(
+                    {
+                        "prompt": row["prompt"],
+                        "completions": row["completions"][:pool_size],
+                        "scores": row["scores"][:pool_size],
+                    }
+                )
                 if len(rows) == num_prompts:
                     break
         return rows, f"{SHARED_POOLS.name} (real AlpacaEval pools)"
@@ -58,8 +63,13 @@ def load_pools(num_prompts: int, pool_size: int) -> tuple[list[dict], str]:
             completions += demo[j % len(demo)]["completions"]
             scores += demo[j % len(demo)]["scores"]
             j += 1
-        rows.append({"prompt": demo[i % len(demo)]["prompt"], "completions": completions[:pool_size],
-                     "scores": scores[:pool_size]})
+        rows.append(
+            {
+                "prompt": demo[i % len(demo)]["prompt"],
+                "completions": completions[:pool_size],
+                "scores": scores[:pool_size],
+            }
+        )
     return rows, f"{DEMO_POOLS.name} (packaged sample, pools widened to N={pool_size})"
 
 
@@ -71,10 +81,17 @@ def build_model(path: Path, hidden: int, layers: int) -> int:
 
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=hidden // 64,
-                         num_key_value_heads=max(1, hidden // 128), tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=max(1, hidden // 128),
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = Qwen2ForCausalLM(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -120,7 +137,7 @@ class StepTimer:
         self.callback = _Callback()
 
     def steps_per_second(self) -> float:
-        stamps = self.stamps[self.warmup:]
+        stamps = self.stamps[self.warmup :]
         return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
@@ -135,9 +152,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--mode", choices=["alternate", "sequential"], default="alternate",
-                        help="'alternate' (default): interleave AEPO and DPO steps so both see the same machine load; "
-                        "'sequential': time `trainer.train()` of AEPO, then of DPO.")
+    parser.add_argument(
+        "--mode",
+        choices=["alternate", "sequential"],
+        default="alternate",
+        help="'alternate' (default): interleave AEPO and DPO steps so both see the same machine load; "
+        "'sequential': time `trainer.train()` of AEPO, then of DPO.",
+    )
     parser.add_argument("--real_embeddings", action="store_true", help="Embed with the real sentence embedder.")
     parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
     opts = parser.parse_args()
@@ -155,10 +176,20 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="aepo-overhead-"))
     num_params = build_model(tmp / "model", opts.hidden, opts.layers)
     rows, source = load_pools(opts.prompts, opts.pool_size)
-    common = dict(bf16=False, report_to="none", per_device_train_batch_size=opts.batch_size,
-                  max_steps=opts.warmup + opts.steps, logging_steps=10_000, save_strategy="no", learning_rate=1e-5,
-                  activation_checkpointing=False, seed=0, disable_tqdm=True, max_length=opts.max_length,
-                  dataloader_num_workers=0)
+    common = dict(
+        bf16=False,
+        report_to="none",
+        per_device_train_batch_size=opts.batch_size,
+        max_steps=opts.warmup + opts.steps,
+        logging_steps=10_000,
+        save_strategy="no",
+        learning_rate=1e-5,
+        activation_checkpointing=False,
+        seed=0,
+        disable_tqdm=True,
+        max_length=opts.max_length,
+        dataloader_num_workers=0,
+    )
 
     t = time.perf_counter()
     pools = Dataset.from_list(rows)
@@ -168,16 +199,18 @@ def main() -> None:
         pools = embed_pools(pools)
     else:
         g = torch.Generator().manual_seed(0)
-        pools = pools.add_column("embeddings", [torch.randn(len(r["completions"]), 384, generator=g).tolist()
-                                                for r in rows])
+        pools = pools.add_column(
+            "embeddings", [torch.randn(len(r["completions"]), 384, generator=g).tolist() for r in rows]
+        )
     embed_s = time.perf_counter() - t
 
     def load(path):
         return AutoModelForCausalLM.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
 
     # ---- the pairs AEPO forms, computed offline by the same PoolReducer, in the dataset order
-    args = AEPOConfig(output_dir=str(tmp / "offline"), num_annotations=opts.num_annotations, bf16=False,
-                      report_to="none", seed=0)
+    args = AEPOConfig(
+        output_dir=str(tmp / "offline"), num_annotations=opts.num_annotations, bf16=False, report_to="none", seed=0
+    )
     reducer = PoolReducer(args, AnnotationService(DatasetScoresAnnotator(), tmp / "offline.sqlite"))
     reduced = reducer.reduce(rows, torch.tensor(pools["embeddings"]))
     # Prompts whose two selected candidates tie give no pair: leave them out of both runs, so that both train on the
@@ -185,24 +218,37 @@ def main() -> None:
     keep = sorted(p.row for p in reduced.pairs)
     tied = len(rows) - len(keep)
     pools = pools.select(keep)
-    pairs = Dataset.from_list([{
-        "prompt": rows[p.row]["prompt"],
-        "chosen": rows[p.row]["completions"][reduced.subsets[p.row][p.chosen]],
-        "rejected": rows[p.row]["completions"][reduced.subsets[p.row][p.rejected]],
-    } for p in reduced.pairs])
+    pairs = Dataset.from_list(
+        [
+            {
+                "prompt": rows[p.row]["prompt"],
+                "chosen": rows[p.row]["completions"][reduced.subsets[p.row][p.chosen]],
+                "rejected": rows[p.row]["completions"][reduced.subsets[p.row][p.rejected]],
+            }
+            for p in reduced.pairs
+        ]
+    )
 
     # ---- both trainers, same model initialisation, same batch size, same data order (same seed, same length)
     total = opts.warmup + opts.steps
     model, ref = load(tmp / "model")
     t = time.perf_counter()
-    aepo = AEPOTrainer(model=model, ref_model=ref, train_dataset=pools,
-                       processing_class=AutoTokenizer.from_pretrained(tmp / "model"),
-                       args=AEPOConfig(output_dir=str(tmp / "aepo"), num_annotations=opts.num_annotations, **common))
+    aepo = AEPOTrainer(
+        model=model,
+        ref_model=ref,
+        train_dataset=pools,
+        processing_class=AutoTokenizer.from_pretrained(tmp / "model"),
+        args=AEPOConfig(output_dir=str(tmp / "aepo"), num_annotations=opts.num_annotations, **common),
+    )
     prepare_s = time.perf_counter() - t
     model, ref = load(tmp / "model")
-    dpo = DPOTrainer(model=model, ref_model=ref, train_dataset=pairs,
-                     processing_class=AutoTokenizer.from_pretrained(tmp / "model"),
-                     args=DPOConfig(output_dir=str(tmp / "dpo"), **common))
+    dpo = DPOTrainer(
+        model=model,
+        ref_model=ref,
+        train_dataset=pairs,
+        processing_class=AutoTokenizer.from_pretrained(tmp / "model"),
+        args=DPOConfig(output_dir=str(tmp / "dpo"), **common),
+    )
 
     if opts.mode == "sequential":
         timings = {}
@@ -219,33 +265,51 @@ def main() -> None:
         step_aepo, step_dpo = Stepper(aepo, total), Stepper(dpo, total)
         times = {"aepo": [], "dpo": []}
         for i in range(total):
-            for name, stepper in (("aepo", step_aepo), ("dpo", step_dpo)) if i % 2 == 0 else (
-                    ("dpo", step_dpo), ("aepo", step_aepo)):
+            for name, stepper in (
+                (("aepo", step_aepo), ("dpo", step_dpo)) if i % 2 == 0 else (("dpo", step_dpo), ("aepo", step_aepo))
+            ):
                 seconds = stepper()
                 if i >= opts.warmup:
                     times[name].append(seconds)
         aepo_sps, dpo_sps = len(times["aepo"]) / sum(times["aepo"]), len(times["dpo"]) / sum(times["dpo"])
-        data_ms = {name: 1000 * sum(st.data_seconds[opts.warmup:]) / opts.steps
-                   for name, st in (("aepo", step_aepo), ("dpo", step_dpo))}
+        data_ms = {
+            name: 1000 * sum(st.data_seconds[opts.warmup :]) / opts.steps
+            for name, st in (("aepo", step_aepo), ("dpo", step_dpo))
+        }
 
     if opts.mode == "sequential":
         data_ms = {"aepo": float("nan"), "dpo": float("nan")}
     ratio = dpo_sps / aepo_sps
     results = {
         "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-        "torch_threads": torch.get_num_threads(), "model_parameters": num_params, "data": source,
-        "prompts": opts.prompts, "N": opts.pool_size, "k": opts.num_annotations, "batch_size": opts.batch_size,
-        "max_length": opts.max_length, "timed_steps": opts.steps, "mode": opts.mode, "aepo_steps_per_s": aepo_sps,
-        "dpo_steps_per_s": dpo_sps, "time_ratio_aepo_over_dpo": ratio, "overhead_percent": 100 * (ratio - 1),
-        "data_ms_per_step_aepo": data_ms["aepo"], "data_ms_per_step_dpo": data_ms["dpo"],
-        "one_time_embedding_s": embed_s, "one_time_prepare_s": prepare_s,
-        "annotations_paid": aepo.annotation_service.spent, "tied_prompts_left_out": tied,
+        "torch_threads": torch.get_num_threads(),
+        "model_parameters": num_params,
+        "data": source,
+        "prompts": opts.prompts,
+        "N": opts.pool_size,
+        "k": opts.num_annotations,
+        "batch_size": opts.batch_size,
+        "max_length": opts.max_length,
+        "timed_steps": opts.steps,
+        "mode": opts.mode,
+        "aepo_steps_per_s": aepo_sps,
+        "dpo_steps_per_s": dpo_sps,
+        "time_ratio_aepo_over_dpo": ratio,
+        "overhead_percent": 100 * (ratio - 1),
+        "data_ms_per_step_aepo": data_ms["aepo"],
+        "data_ms_per_step_dpo": data_ms["dpo"],
+        "one_time_embedding_s": embed_s,
+        "one_time_prepare_s": prepare_s,
+        "annotations_paid": aepo.annotation_service.spent,
+        "tied_prompts_left_out": tied,
     }
     print(json.dumps(results, indent=2))
     print(f"\nAEPOTrainer on pools: {aepo_sps:.3f} steps/s | DPOTrainer on the selected pairs: {dpo_sps:.3f} steps/s")
     if opts.mode == "alternate":
-        print(f"data per step (fetch + collate; AEPO also selects, annotates, pairs): AEPO {data_ms['aepo']:.1f} ms, "
-              f"DPO {data_ms['dpo']:.1f} ms")
+        print(
+            f"data per step (fetch + collate; AEPO also selects, annotates, pairs): AEPO {data_ms['aepo']:.1f} ms, "
+            f"DPO {data_ms['dpo']:.1f} ms"
+        )
     print(f"time ratio AEPO/DPO = {ratio:.3f}  (overhead {100 * (ratio - 1):+.1f}%; target <= +5% on CPU)")
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2))

@@ -24,18 +24,22 @@ DEMO_DATASET = "aepo-demo"
 class ScriptArguments:
     dataset_name: str = field(
         default=DEMO_DATASET,
-        metadata={"help": "Pool dataset: 'aepo-demo' (48 AlpacaEval prompts x 8 scored completions shipped in the "
-                  "package, CC BY-NC 4.0), a local .jsonl/.jsonl.gz/.json/.parquet/.csv file, a `save_to_disk` "
-                  "folder, or a Hub dataset id. One row per prompt: 'prompt', 'completions' (+ 'scores', ...)."},
+        metadata={
+            "help": "Pool dataset: 'aepo-demo' (48 AlpacaEval prompts x 8 scored completions shipped in the "
+            "package, CC BY-NC 4.0), a local .jsonl/.jsonl.gz/.json/.parquet/.csv file, a `save_to_disk` "
+            "folder, or a Hub dataset id. One row per prompt: 'prompt', 'completions' (+ 'scores', ...)."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     max_prompts: int | None = field(default=None, metadata={"help": "Only use the first M prompts."})
     build_tiny_model: bool = field(
         default=False,
-        metadata={"help": "If `model_name_or_path` is a local folder that does not exist, build a tiny offline "
-                  "Qwen2-style model (byte-level BPE tokenizer, ChatML template) there first. Used by demo.yaml so "
-                  "the demo needs no download."},
+        metadata={
+            "help": "If `model_name_or_path` is a local folder that does not exist, build a tiny offline "
+            "Qwen2-style model (byte-level BPE tokenizer, ChatML template) there first. Used by demo.yaml so "
+            "the demo needs no download."
+        },
     )
     tiny_model_hidden_size: int = field(default=64, metadata={"help": "Hidden size of the tiny demo model."})
     tiny_model_layers: int = field(default=2, metadata={"help": "Layers of the tiny demo model."})
@@ -74,8 +78,9 @@ def ensure_model(script_args, model_args, accelerator_state) -> None:
         if not (path / "config.json").exists():
             from aepo_trainer.testing import build_tiny_causal_lm
 
-            build_tiny_causal_lm(path, hidden_size=script_args.tiny_model_hidden_size,
-                                 num_layers=script_args.tiny_model_layers)
+            build_tiny_causal_lm(
+                path, hidden_size=script_args.tiny_model_hidden_size, num_layers=script_args.tiny_model_layers
+            )
             print(f"Built the tiny offline demo model at {path}")
 
 
@@ -95,14 +100,18 @@ def summary(trainer, script_args) -> str:
     except (KeyError, TypeError):
         pass
     k = "all N (west_of_n)" if args.selection_strategy == "west_of_n" else f"k={args.num_annotations}"
-    lines.append(f"Selection: {k} of N={'/'.join(map(str, pool_sizes or ['?']))} candidates per prompt, strategy "
-                 f"'{args.selection_strategy}' (lambda={args.diversity_weight}), pairing '{args.pairing_rule}', "
-                 f"loss {args.loss_type}")
+    lines.append(
+        f"Selection: {k} of N={'/'.join(map(str, pool_sizes or ['?']))} candidates per prompt, strategy "
+        f"'{args.selection_strategy}' (lambda={args.diversity_weight}), pairing '{args.pairing_rule}', "
+        f"loss {args.loss_type}"
+    )
     service = trainer.annotation_service
     if service is not None:
         budget = "unlimited" if service.budget is None else str(service.budget)
-        lines.append(f"Annotations: {service.spent} spent / budget {budget} (annotator {service.identity}; "
-                     f"store {service.store.path})")
+        lines.append(
+            f"Annotations: {service.spent} spent / budget {budget} (annotator {service.identity}; "
+            f"store {service.store.path})"
+        )
     pairs = trainer.recent_pairs[: script_args.show_examples]
     if pairs:
         lines.append("Selected and annotated pairs (most recent):")
@@ -114,14 +123,18 @@ def summary(trainer, script_args) -> str:
     logged = [e for e in trainer.state.log_history if "loss" in e]
     if logged:
         first, last = logged[0], logged[-1]
-        line = (f"Training: loss {first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f} (step {last['step']}), "
-                f"{trainer.state.global_step} steps")
+        line = (
+            f"Training: loss {first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f} (step {last['step']}), "
+            f"{trainer.state.global_step} steps"
+        )
         if "rewards/accuracies" in last:
             line += f"; reward accuracy {last['rewards/accuracies']:.2f}, margin {last['rewards/margins']:.4f}"
         lines.append(line)
         if "aepo/representativeness" in last:
-            lines.append(f"Selected subsets (last log): representativeness {last['aepo/representativeness']:.3f}, "
-                         f"diversity {last['aepo/diversity']:.3f}")
+            lines.append(
+                f"Selected subsets (last log): representativeness {last['aepo/representativeness']:.3f}, "
+                f"diversity {last['aepo/diversity']:.3f}"
+            )
     if trainer.aepo_stop_reason:
         lines.append("Stopped early: " + textwrap.shorten(trainer.aepo_stop_reason, 400))
     lines.append(f"Model saved to: {os.path.abspath(args.output_dir)}")

@@ -35,9 +35,33 @@ STRATEGIES = [
 ]
 
 # two-sided 95% Student-t quantiles t_{0.975, df}
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-         20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+_T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    11: 2.201,
+    12: 2.179,
+    13: 2.160,
+    14: 2.145,
+    15: 2.131,
+    16: 2.120,
+    17: 2.110,
+    18: 2.101,
+    19: 2.093,
+    20: 2.086,
+    25: 2.060,
+    30: 2.042,
+    40: 2.021,
+    60: 2.000,
+    120: 1.980,
+}
 
 
 def t975(df: int) -> float:
@@ -159,13 +183,13 @@ class CharNgramEncoder:
 
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for r, text in enumerate(texts):
-            b = np.frombuffer(f"\x02{text}\x03".encode("utf-8"), dtype=np.uint8).astype(np.int64)
+            b = np.frombuffer(f"\x02{text}\x03".encode(), dtype=np.uint8).astype(np.int64)
             for n in range(1, self.n_max + 1):
                 if len(b) < n:
                     break
                 code = np.zeros(len(b) - n + 1, dtype=np.int64)
                 for i in range(n):
-                    code = code * 257 + b[i:len(b) - n + 1 + i] + 1
+                    code = code * 257 + b[i : len(b) - n + 1 + i] + 1
                 code = code * 1000003 + n  # distinct n-gram orders
                 bucket = (code * 2654435761) % 4294967291 % self.dim  # multiplicative hash, deterministic
                 out[r] += np.bincount(bucket, minlength=self.dim).astype(np.float32)
@@ -198,5 +222,7 @@ def machine_info() -> dict:
 def machine_line(info: dict) -> str:
     dev = f"GPU {info['gpu']}" if info.get("gpu") else "no GPU"
     load = f", 1-min load average at start {info['load_average_1m']}" if "load_average_1m" in info else ""
-    return (f"{info['cpu_count']} CPU cores ({info['cpu']}), torch {info['torch']} with {info['torch_threads']} threads, "
-            f"{dev}, Python {info['python']}{load}; run on {info['date']}")
+    return (
+        f"{info['cpu_count']} CPU cores ({info['cpu']}), torch {info['torch']} with {info['torch_threads']} threads, "
+        f"{dev}, Python {info['python']}{load}; run on {info['date']}"
+    )

@@ -32,9 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
-from efficacy_common import (  # noqa: E402
+import numpy as np
+from efficacy_common import (
     DEFAULT_CACHE,
     STRATEGIES,
     CharNgramEncoder,
@@ -49,8 +48,20 @@ from efficacy_common import (  # noqa: E402
     mean_ci,
 )
 
-METRICS = ["prompts", "annotations", "pairs", "chosen", "rejected", "gap", "total_gap", "chosen_is_pool_best",
-           "diversity", "representativeness", "annotated_len", "chosen_len"]
+METRICS = [
+    "prompts",
+    "annotations",
+    "pairs",
+    "chosen",
+    "rejected",
+    "gap",
+    "total_gap",
+    "chosen_is_pool_best",
+    "diversity",
+    "representativeness",
+    "annotated_len",
+    "chosen_len",
+]
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -94,8 +105,12 @@ def embed_all(completions: list[list[str]], data_path, cache_dir, encoder):
     os.replace(tmp, cache)
     import torch
 
-    info = {"seconds": seconds, "texts": len(flat), "threads": torch.get_num_threads(),
-            "machine": machine_line(machine_info())}
+    info = {
+        "seconds": seconds,
+        "texts": len(flat),
+        "threads": torch.get_num_threads(),
+        "machine": machine_line(machine_info()),
+    }
     sidecar.write_text(json.dumps(info, indent=1))
     print(f"[embed] done in {seconds:.0f}s -> {cache}", flush=True)
     return emb, {**info, "cache_hit": False}
@@ -134,8 +149,14 @@ def evaluate_strategy(emb_n, scores_n, order, strategy, lam, k, budget, seed, ro
     if len(covered) == 0:
         return {m: (0.0 if m in ("prompts", "annotations", "pairs", "total_gap") else float("nan")) for m in METRICS}
     E = torch.from_numpy(np.ascontiguousarray(emb_n[covered]))
-    res = select_subsets(E, k, diversity_weight=lam, strategy=strategy, seed=seed,
-                         row_keys=torch.as_tensor(row_keys[covered], dtype=torch.int64))
+    res = select_subsets(
+        E,
+        k,
+        diversity_weight=lam,
+        strategy=strategy,
+        seed=seed,
+        row_keys=torch.as_tensor(row_keys[covered], dtype=torch.int64),
+    )
     idx = res.indices.numpy()
     valid = res.valid.numpy()
     sel_scores = np.take_along_axis(scores_n[covered], np.where(valid, idx, 0), axis=1)
@@ -167,8 +188,9 @@ def evaluate_strategy(emb_n, scores_n, order, strategy, lam, k, budget, seed, ro
     }
 
 
-def run_experiment(embeddings, scores, row_keys, pool_sizes, seeds, budget, k=2, strategies=STRATEGIES, log=print,
-                   lengths=None):
+def run_experiment(
+    embeddings, scores, row_keys, pool_sizes, seeds, budget, k=2, strategies=STRATEGIES, log=print, lengths=None
+):
     """All strategies x pool sizes x seeds. Returns a list of records {strategy, label, lam, N, seed, metrics...}."""
     P, M = scores.shape
     records = []
@@ -183,10 +205,18 @@ def run_experiment(embeddings, scores, row_keys, pool_sizes, seeds, budget, k=2,
             lengths_n = None if lengths is None else np.take_along_axis(lengths, sub, axis=1)
             for label, strategy, lam in strategies:
                 t0 = time.time()
-                metrics = evaluate_strategy(emb_n, scores_n, order, strategy, lam, k, budget, seed, row_keys,
-                                            lengths_n)
-                records.append({"label": label, "strategy": strategy, "lam": lam, "N": n, "seed": seed,
-                                "seconds": time.time() - t0, **metrics})
+                metrics = evaluate_strategy(emb_n, scores_n, order, strategy, lam, k, budget, seed, row_keys, lengths_n)
+                records.append(
+                    {
+                        "label": label,
+                        "strategy": strategy,
+                        "lam": lam,
+                        "N": n,
+                        "seed": seed,
+                        "seconds": time.time() - t0,
+                        **metrics,
+                    }
+                )
         log(f"[select] seed {seed} done")
     return records
 
@@ -213,7 +243,7 @@ def within_prompt_spearman(x: np.ndarray, y: np.ndarray) -> float:
     rx, ry = _ranks(x), _ranks(y)
     rx -= rx.mean(1, keepdims=True)
     ry -= ry.mean(1, keepdims=True)
-    den = np.sqrt((rx ** 2).sum(1) * (ry ** 2).sum(1))
+    den = np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
     ok = den > 0
     return float(((rx * ry).sum(1)[ok] / den[ok]).mean())
 
@@ -223,9 +253,11 @@ def pool_diagnostics(embeddings: np.ndarray, scores: np.ndarray, lengths: np.nda
     E = embeddings / np.linalg.norm(embeddings, axis=-1, keepdims=True)
     sims = np.einsum("pnd,pmd->pnm", E, E)
     rep = (sims.sum(2) - np.einsum("pnn->pn", sims)) / (E.shape[1] - 1)
-    return {"spearman_rep_score": within_prompt_spearman(rep, scores),
-            "spearman_len_score": within_prompt_spearman(lengths.astype(np.float64), scores),
-            "spearman_rep_len": within_prompt_spearman(rep, lengths.astype(np.float64))}
+    return {
+        "spearman_rep_score": within_prompt_spearman(rep, scores),
+        "spearman_len_score": within_prompt_spearman(lengths.astype(np.float64), scores),
+        "spearman_rep_len": within_prompt_spearman(rep, lengths.astype(np.float64)),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- reporting
@@ -258,8 +290,11 @@ def paired_differences(records, reference="random k", metrics=("chosen", "gap", 
                 continue
             entry = {"label": label, "N": n}
             for m in metrics:
-                diffs = [by[(label, n, s)][m] - by[(reference, n, s)][m] for s in seeds
-                         if (label, n, s) in by and (reference, n, s) in by]
+                diffs = [
+                    by[(label, n, s)][m] - by[(reference, n, s)][m]
+                    for s in seeds
+                    if (label, n, s) in by and (reference, n, s) in by
+                ]
                 entry[m], entry[m + "_ci"] = mean_ci(diffs)
             out.append(entry)
     return out
@@ -269,30 +304,66 @@ def _embed_note(info: dict) -> str:
     if not info.get("cache_hit"):
         return f"{info.get('seconds', float('nan')):.0f} s for {info.get('texts', 0)} texts, included above"
     if "seconds" in info:
-        return (f"read from the cache; computing it took {info['seconds']:.0f} s for {info['texts']} texts with "
-                f"{info['threads']} thread(s) on: {info['machine']}")
+        return (
+            f"read from the cache; computing it took {info['seconds']:.0f} s for {info['texts']} texts with "
+            f"{info['threads']} thread(s) on: {info['machine']}"
+        )
     return "read from the cache"
 
 
 def results_markdown(summary, diffs, meta) -> str:
-    header = ["N", "strategy", "prompts covered", "pairs (after ties)", "gold chosen", "gold rejected", "gap",
-              "total gap (Σ over pairs)", "chosen = pool best", "diversity", "representativeness"]
+    header = [
+        "N",
+        "strategy",
+        "prompts covered",
+        "pairs (after ties)",
+        "gold chosen",
+        "gold rejected",
+        "gap",
+        "total gap (Σ over pairs)",
+        "chosen = pool best",
+        "diversity",
+        "representativeness",
+    ]
     rows = []
     for e in summary:
-        rows.append([
-            str(e["N"]), e["label"], f"{e['prompts']:.0f}", fmt_ci(e["pairs"], e["pairs_ci"], 1),
-            fmt_ci(e["chosen"], e["chosen_ci"]), fmt_ci(e["rejected"], e["rejected_ci"]),
-            fmt_ci(e["gap"], e["gap_ci"]), fmt_ci(e["total_gap"], e["total_gap_ci"], 1),
-            fmt_ci(e["chosen_is_pool_best"], e["chosen_is_pool_best_ci"], 2),
-            fmt_ci(e["diversity"], e["diversity_ci"]), fmt_ci(e["representativeness"], e["representativeness_ci"]),
-        ])
+        rows.append(
+            [
+                str(e["N"]),
+                e["label"],
+                f"{e['prompts']:.0f}",
+                fmt_ci(e["pairs"], e["pairs_ci"], 1),
+                fmt_ci(e["chosen"], e["chosen_ci"]),
+                fmt_ci(e["rejected"], e["rejected_ci"]),
+                fmt_ci(e["gap"], e["gap_ci"]),
+                fmt_ci(e["total_gap"], e["total_gap_ci"], 1),
+                fmt_ci(e["chosen_is_pool_best"], e["chosen_is_pool_best_ci"], 2),
+                fmt_ci(e["diversity"], e["diversity_ci"]),
+                fmt_ci(e["representativeness"], e["representativeness_ci"]),
+            ]
+        )
     lheader = ["N", "strategy", "mean length of annotated (chars)", "mean length of chosen (chars)"]
-    lrows = [[str(e["N"]), e["label"], fmt_ci(e["annotated_len"], e["annotated_len_ci"], 0),
-              fmt_ci(e["chosen_len"], e["chosen_len_ci"], 0)] for e in summary
-             if not math.isnan(e.get("annotated_len", float("nan")))]
+    lrows = [
+        [
+            str(e["N"]),
+            e["label"],
+            fmt_ci(e["annotated_len"], e["annotated_len_ci"], 0),
+            fmt_ci(e["chosen_len"], e["chosen_len_ci"], 0),
+        ]
+        for e in summary
+        if not math.isnan(e.get("annotated_len", float("nan")))
+    ]
     dheader = ["N", "strategy", "Δ gold chosen", "Δ gap", "Δ total gap"]
-    drows = [[str(e["N"]), e["label"], fmt_ci(e["chosen"], e["chosen_ci"]), fmt_ci(e["gap"], e["gap_ci"]),
-              fmt_ci(e["total_gap"], e["total_gap_ci"], 1)] for e in diffs]
+    drows = [
+        [
+            str(e["N"]),
+            e["label"],
+            fmt_ci(e["chosen"], e["chosen_ci"]),
+            fmt_ci(e["gap"], e["gap_ci"]),
+            fmt_ci(e["total_gap"], e["total_gap_ci"], 1),
+        ]
+        for e in diffs
+    ]
     lines = [
         "# Selection-level efficacy at an equal annotation budget (AlpacaEval pools)",
         "",
@@ -348,12 +419,23 @@ def plot(summary, path, title_suffix=""):
 
     labels = list(dict.fromkeys(e["label"] for e in summary))
     sizes = sorted({e["N"] for e in summary})
-    panels = [("pairs", "preference pairs (after ties)", True), ("total_gap", "total gap Σ(chosen − rejected)", True),
-              ("chosen", "mean gold reward of chosen", False), ("rejected", "mean gold reward of rejected", False),
-              ("gap", "mean gap (chosen − rejected)", False), ("diversity", "diversity of annotated set", False)]
-    styles = {"AEPO λ=0.5": ("#1f77b4", "o", "-"), "AEPO λ=1": ("#0b3d91", "o", "-"), "AEPO λ=2": ("#6baed6", "o", "-"),
-              "random k": ("#7f7f7f", "s", "--"), "West-of-N": ("#d62728", "^", "-"),
-              "representativeness (λ=0)": ("#2ca02c", "D", ":"), "k-medoids": ("#9467bd", "v", ":")}
+    panels = [
+        ("pairs", "preference pairs (after ties)", True),
+        ("total_gap", "total gap Σ(chosen − rejected)", True),
+        ("chosen", "mean gold reward of chosen", False),
+        ("rejected", "mean gold reward of rejected", False),
+        ("gap", "mean gap (chosen − rejected)", False),
+        ("diversity", "diversity of annotated set", False),
+    ]
+    styles = {
+        "AEPO λ=0.5": ("#1f77b4", "o", "-"),
+        "AEPO λ=1": ("#0b3d91", "o", "-"),
+        "AEPO λ=2": ("#6baed6", "o", "-"),
+        "random k": ("#7f7f7f", "s", "--"),
+        "West-of-N": ("#d62728", "^", "-"),
+        "representativeness (λ=0)": ("#2ca02c", "D", ":"),
+        "k-medoids": ("#9467bd", "v", ":"),
+    }
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.2))
     for ax, (metric, name, logy) in zip(axes.flat, panels):
         for i, label in enumerate(labels):
@@ -362,8 +444,18 @@ def plot(summary, path, title_suffix=""):
             x = np.array(sizes, dtype=float) * (1 + 0.025 * (i - len(labels) / 2))  # small dodge
             y = np.array([e[metric] for e in es])
             yerr = np.array([0.0 if math.isnan(e[metric + "_ci"]) else e[metric + "_ci"] for e in es])
-            ax.errorbar(x, y, yerr=yerr, label=label, color=color, marker=marker, linestyle=ls, markersize=4,
-                        capsize=2, linewidth=1.3)
+            ax.errorbar(
+                x,
+                y,
+                yerr=yerr,
+                label=label,
+                color=color,
+                marker=marker,
+                linestyle=ls,
+                markersize=4,
+                capsize=2,
+                linewidth=1.3,
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes)
         ax.set_xticklabels([str(n) for n in sizes])
@@ -393,22 +485,36 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="embedding cache folder (gitignored)")
     p.add_argument("--pool-sizes", type=int, nargs="+", default=[4, 8, 16, 32])
     p.add_argument("--seeds", type=int, default=10, help="number of seeds (0..seeds-1)")
-    p.add_argument("--budget", type=int, default=None,
-                   help="total annotations per run (default: the number of prompts rounded down to a multiple of "
-                        "the largest N, i.e. 800 for the 805 AlpacaEval prompts: k=2 covers half of the prompts)")
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="total annotations per run (default: the number of prompts rounded down to a multiple of "
+        "the largest N, i.e. 800 for the 805 AlpacaEval prompts: k=2 covers half of the prompts)",
+    )
     p.add_argument("--k", type=int, default=2, help="annotations per prompt for the subset strategies")
     p.add_argument("--max-prompts", type=int, default=None, help="use only the first prompts of the file")
-    p.add_argument("--embedder", choices=["minilm", "ngram"], default="minilm",
-                   help="minilm: all-MiniLM-L6-v2 via aepo_trainer.embedding.Embedder (the product default); "
-                        "ngram: hashed character n-grams (no model, for smoke runs)")
+    p.add_argument(
+        "--embedder",
+        choices=["minilm", "ngram"],
+        default="minilm",
+        help="minilm: all-MiniLM-L6-v2 via aepo_trainer.embedding.Embedder (the product default); "
+        "ngram: hashed character n-grams (no model, for smoke runs)",
+    )
     p.add_argument("--fp32", action="store_true", help="embed in fp32 on CPU (default: bf16 autocast, ~2.5x faster)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: first 64 prompts, N in {4, 8}, 3 seeds, char n-gram embedder")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a shared or oversubscribed machine, 2+ OpenMP threads can "
-                        "be several times slower than 1; on a dedicated machine try 2)")
-    p.add_argument("--docs-assets", default=None,
-                   help="also copy the PNG there (docs/assets/efficacy for the documentation site)")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: first 64 prompts, N in {4, 8}, 3 seeds, char n-gram embedder"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared or oversubscribed machine, 2+ OpenMP threads can "
+        "be several times slower than 1; on a dedicated machine try 2)",
+    )
+    p.add_argument(
+        "--docs-assets", default=None, help="also copy the PNG there (docs/assets/efficacy for the documentation site)"
+    )
     p.add_argument("--tag", default="", help="suffix of the output file names")
     return p.parse_args(argv)
 
@@ -438,8 +544,7 @@ def main(argv=None):
     seeds = list(range(args.seeds))
     t0 = time.time()
     lengths = np.array([[len(c) for c in pool] for pool in completions], dtype=np.int64)
-    records = run_experiment(embeddings, scores, row_keys, args.pool_sizes, seeds, budget, k=args.k,
-                             lengths=lengths)
+    records = run_experiment(embeddings, scores, row_keys, args.pool_sizes, seeds, budget, k=args.k, lengths=lengths)
     select_seconds = time.time() - t0
     summary = summarize(records)
     diffs = paired_differences(records)
@@ -449,12 +554,26 @@ def main(argv=None):
     suffix = f"_{args.tag}" if args.tag else ""
     cmd = "python experiments/efficacy_selection.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
-        "command": cmd.strip(), "data": Path(args.data).name, "data_sha256": file_sha256(args.data),
-        "prompts": P, "full_pool": M, "pool_sizes": args.pool_sizes, "seeds": seeds, "budget": budget, "k": args.k,
-        "embedder": encoder.tag + (" (aepo_trainer.embedding.Embedder, texts truncated to the model's max length)"
-                                   if args.embedder == "minilm" else ""),
-        "machine": machine_line(info), "machine_info": info, "embed": embed_info,
-        "select_seconds": select_seconds, "wall_seconds": time.time() - t_start,
+        "command": cmd.strip(),
+        "data": Path(args.data).name,
+        "data_sha256": file_sha256(args.data),
+        "prompts": P,
+        "full_pool": M,
+        "pool_sizes": args.pool_sizes,
+        "seeds": seeds,
+        "budget": budget,
+        "k": args.k,
+        "embedder": encoder.tag
+        + (
+            " (aepo_trainer.embedding.Embedder, texts truncated to the model's max length)"
+            if args.embedder == "minilm"
+            else ""
+        ),
+        "machine": machine_line(info),
+        "machine_info": info,
+        "embed": embed_info,
+        "select_seconds": select_seconds,
+        "wall_seconds": time.time() - t_start,
         "mean_len": float(lengths.mean()),
         "diagnostics": pool_diagnostics(embeddings, scores, lengths),
     }
@@ -463,8 +582,10 @@ def main(argv=None):
     json_path = out / f"selection{suffix}.json"
     md_path.write_text(results_markdown(summary, diffs, meta), encoding="utf-8")
     plot(summary, png_path, title_suffix=f" (B = {budget}, k = {args.k}, {len(seeds)} seeds)")
-    json_path.write_text(json.dumps({"meta": meta, "summary": summary, "paired_vs_random": diffs,
-                                     "records": records}, indent=1), encoding="utf-8")
+    json_path.write_text(
+        json.dumps({"meta": meta, "summary": summary, "paired_vs_random": diffs, "records": records}, indent=1),
+        encoding="utf-8",
+    )
     if args.docs_assets:
         import shutil
 

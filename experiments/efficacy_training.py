@@ -42,9 +42,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
-from efficacy_common import (  # noqa: E402  (also sets the HF offline variables)
+import numpy as np
+from efficacy_common import (
     STRATEGIES,
     CharNgramEncoder,
     MiniLMEncoder,
@@ -56,7 +55,6 @@ from efficacy_common import (  # noqa: E402  (also sets the HF offline variables
 )
 
 DIGITS = "0123456789"
-
 
 
 @dataclass
@@ -84,12 +82,32 @@ class Scale:
 
 
 SCALES = {
-    "quick": Scale(sft_steps=150, train_prompts=96, pool_sizes=(8,), dpo_steps=8, dpo_batch=16, eval_prompts=64,
-                   eval_samples=2, seeds=2),
+    "quick": Scale(
+        sft_steps=150,
+        train_prompts=96,
+        pool_sizes=(8,),
+        dpo_steps=8,
+        dpo_batch=16,
+        eval_prompts=64,
+        eval_samples=2,
+        seeds=2,
+    ),
     "small": Scale(),
-    "large": Scale(hidden_size=256, num_layers=4, sft_steps=3000, sft_batch=128, sft_lr=1e-3, train_prompts=4096,
-                   pool_sizes=(8, 16, 32), dpo_steps=400, dpo_batch=64, dpo_lr=1e-4, eval_prompts=2048,
-                   eval_samples=8, seeds=5),
+    "large": Scale(
+        hidden_size=256,
+        num_layers=4,
+        sft_steps=3000,
+        sft_batch=128,
+        sft_lr=1e-3,
+        train_prompts=4096,
+        pool_sizes=(8, 16, 32),
+        dpo_steps=400,
+        dpo_batch=64,
+        dpo_lr=1e-4,
+        eval_prompts=2048,
+        eval_samples=8,
+        seeds=5,
+    ),
 }
 
 
@@ -199,8 +217,13 @@ def build_model(tokenizer, scale: Scale, seed: int, workdir: str):
 
     from aepo_trainer.testing import build_tiny_causal_lm
 
-    path = build_tiny_causal_lm(os.path.join(workdir, "init"), hidden_size=scale.hidden_size,
-                                num_layers=scale.num_layers, seed=seed, tokenizer=tokenizer)
+    path = build_tiny_causal_lm(
+        os.path.join(workdir, "init"),
+        hidden_size=scale.hidden_size,
+        num_layers=scale.num_layers,
+        seed=seed,
+        tokenizer=tokenizer,
+    )
     return Qwen2ForCausalLM.from_pretrained(path)
 
 
@@ -224,7 +247,7 @@ def sft(model, tokenizer, scale: Scale, seed: int, device, log=print):
         width = max(map(len, ids))
         x = torch.tensor([a + [pad] * (width - len(a)) for a in ids], device=device)
         y = torch.tensor([a + [-100] * (width - len(a)) for a in labels], device=device)
-        attn = (torch.arange(width, device=device)[None] < torch.tensor([len(a) for a in ids], device=device)[:, None])
+        attn = torch.arange(width, device=device)[None] < torch.tensor([len(a) for a in ids], device=device)[:, None]
         loss = model(input_ids=x, attention_mask=attn.long(), labels=y).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -243,9 +266,17 @@ def sample(model, tokenizer, prompts: list[str], n: int, seed: int, device, batc
     import torch
     from transformers import GenerationConfig
 
-    gen = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=12,
-                           num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
-                           eos_token_id=tokenizer.eos_token_id, suppress_tokens=[tokenizer.pad_token_id])
+    gen = GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=12,
+        num_return_sequences=n,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        suppress_tokens=[tokenizer.pad_token_id],
+    )
     out = {}
     torch.manual_seed(seed)
     model.eval()
@@ -256,10 +287,10 @@ def sample(model, tokenizer, prompts: list[str], n: int, seed: int, device, batc
         for length in sorted(by_len):
             group = by_len[length]
             for start in range(0, len(group), batch_prompts):
-                chunk = group[start:start + batch_prompts]
+                chunk = group[start : start + batch_prompts]
                 x = torch.tensor([tokenizer(p + "=")["input_ids"] for p in chunk], device=device)
                 g = model.generate(input_ids=x, attention_mask=torch.ones_like(x), generation_config=gen)
-                texts = [decode_completion(tokenizer, row) for row in g[:, x.shape[1]:].tolist()]
+                texts = [decode_completion(tokenizer, row) for row in g[:, x.shape[1] :].tolist()]
                 for i, text in enumerate(texts):
                     out.setdefault(chunk[i // n], []).append(text)
     return out
@@ -270,19 +301,30 @@ def evaluate(model, tokenizer, held_out, scale: Scale, device, seed: int = 12345
     samples = sample(model, tokenizer, held_out, scale.eval_samples, seed, device)
     rewards = [gold_reward(p, y) for p in held_out for y in samples[p]]
     len_err = [len(y) - len(p) for p in held_out for y in samples[p]]
-    return {"gold_reward": float(np.mean(rewards)), "exact": float(np.mean([r == 1.0 for r in rewards])),
-            "right_length": float(np.mean([e == 0 for e in len_err])),
-            "abs_length_error": float(np.mean(np.abs(len_err)))}
+    return {
+        "gold_reward": float(np.mean(rewards)),
+        "exact": float(np.mean([r == 1.0 for r in rewards])),
+        "right_length": float(np.mean([e == 0 for e in len_err])),
+        "abs_length_error": float(np.mean(np.abs(len_err))),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- selection
-def build_pairs(pools: dict, train_prompts: list[str], embeddings: np.ndarray, strategy: str, lam: float, k: int,
-                budget: int, seed: int):
+def build_pairs(
+    pools: dict,
+    train_prompts: list[str],
+    embeddings: np.ndarray,
+    strategy: str,
+    lam: float,
+    k: int,
+    budget: int,
+    seed: int,
+):
     """Select, 'annotate' (gold reward) and pair best vs worst at the budget. Returns (pair rows, stats)."""
     import torch
 
     from aepo_trainer.pairing import make_pairs
-    from aepo_trainer.selection import select_subsets, prompt_key
+    from aepo_trainer.selection import prompt_key, select_subsets
 
     n = embeddings.shape[1]
     cost = n if strategy == "west_of_n" else k
@@ -326,14 +368,26 @@ def dpo(model_dir: str, tokenizer, pairs: dict, scale: Scale, seed: int, workdir
     policy = Qwen2ForCausalLM.from_pretrained(model_dir)
     ref = Qwen2ForCausalLM.from_pretrained(model_dir)
     args = AEPOConfig(
-        output_dir=os.path.join(workdir, "dpo"), bf16=False, report_to="none", seed=seed,
-        per_device_train_batch_size=min(scale.dpo_batch, len(pairs["prompt"])), max_steps=scale.dpo_steps,
-        learning_rate=scale.dpo_lr, lr_scheduler_type=scale.dpo_scheduler, warmup_steps=0, beta=scale.beta,
-        logging_steps=max(1, scale.dpo_steps // 4), save_strategy="no", activation_checkpointing=False,
-        dataloader_num_workers=0, disable_tqdm=True, use_cpu=device.type == "cpu",
+        output_dir=os.path.join(workdir, "dpo"),
+        bf16=False,
+        report_to="none",
+        seed=seed,
+        per_device_train_batch_size=min(scale.dpo_batch, len(pairs["prompt"])),
+        max_steps=scale.dpo_steps,
+        learning_rate=scale.dpo_lr,
+        lr_scheduler_type=scale.dpo_scheduler,
+        warmup_steps=0,
+        beta=scale.beta,
+        logging_steps=max(1, scale.dpo_steps // 4),
+        save_strategy="no",
+        activation_checkpointing=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        use_cpu=device.type == "cpu",
     )
-    trainer = AEPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_dict(pairs),
-                          processing_class=tokenizer)
+    trainer = AEPOTrainer(
+        model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_dict(pairs), processing_class=tokenizer
+    )
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # keep the console to one line per run (losses are in log_history)
@@ -360,16 +414,26 @@ def run_seed(scale: Scale, seed: int, strategies, embedder, device, log=print):
     n_max = max(scale.pool_sizes)
     with tempfile.TemporaryDirectory(prefix="aepo-eff-") as workdir:
         t0 = time.time()
-        model = sft(build_model(tokenizer, scale, seed, workdir), tokenizer, scale, seed, device,
-                    log=lambda m: None)
+        model = sft(build_model(tokenizer, scale, seed, workdir), tokenizer, scale, seed, device, log=lambda m: None)
         sft_eval = evaluate(model, tokenizer, held_out, scale, device)
         pools = sample(model, tokenizer, train_prompts, n_max, seed + 1, device)
         pool_rewards = np.array([[gold_reward(p, y) for y in pools[p]] for p in train_prompts])
-        records.append({"seed": seed, "label": SFT_LABEL, "strategy": "sft", "lam": 0.0, "N": 0, **sft_eval,
-                        "pool_mean_reward": float(pool_rewards.mean()),
-                        "pool_exact": float((pool_rewards == 1.0).mean())})
-        log(f"  [seed {seed}] SFT ({time.time() - t0:.0f}s): gold {sft_eval['gold_reward']:.3f}, exact "
-            f"{sft_eval['exact']:.3f}; samples in the pools: gold {pool_rewards.mean():.3f}")
+        records.append(
+            {
+                "seed": seed,
+                "label": SFT_LABEL,
+                "strategy": "sft",
+                "lam": 0.0,
+                "N": 0,
+                **sft_eval,
+                "pool_mean_reward": float(pool_rewards.mean()),
+                "pool_exact": float((pool_rewards == 1.0).mean()),
+            }
+        )
+        log(
+            f"  [seed {seed}] SFT ({time.time() - t0:.0f}s): gold {sft_eval['gold_reward']:.3f}, exact "
+            f"{sft_eval['exact']:.3f}; samples in the pools: gold {pool_rewards.mean():.3f}"
+        )
         flat = [y for p in train_prompts for y in pools[p]]
         embeddings = embedder.encode(flat).reshape(len(train_prompts), n_max, -1).astype(np.float32)
         model_dir = os.path.join(workdir, "sft")
@@ -379,25 +443,49 @@ def run_seed(scale: Scale, seed: int, strategies, embedder, device, log=print):
             pools_n = {p: pools[p][:n] for p in train_prompts}
             for label, strategy, lam in strategies:
                 t1 = time.time()
-                pairs, stats = build_pairs(pools_n, train_prompts, embeddings[:, :n], strategy, lam, scale.k,
-                                           budget, seed)
+                pairs, stats = build_pairs(
+                    pools_n, train_prompts, embeddings[:, :n], strategy, lam, scale.k, budget, seed
+                )
                 if pairs["prompt"]:
                     trained, losses = dpo(model_dir, tokenizer, pairs, scale, seed, workdir, device)
                     ev = evaluate(trained, tokenizer, held_out, scale, device)
                     del trained
                 else:  # every annotated subset was a tie: nothing to train on, the policy stays the SFT policy
-                    losses, ev = [], {k: sft_eval[k] for k in ("gold_reward", "exact", "right_length",
-                                                                    "abs_length_error")}
-                records.append({"seed": seed, "label": label, "strategy": strategy, "lam": lam, "N": n, **stats,
-                                **ev, "dpo_losses": losses, "seconds": time.time() - t1})
-                log(f"  [seed {seed}] N={n:<3d}{label:26s} pairs {stats['pairs']:4d} gap {stats['pair_gap']:.3f} "
-                    f"-> gold {ev['gold_reward']:.3f} exact {ev['exact']:.3f} ({time.time() - t1:.0f}s)")
+                    losses, ev = (
+                        [],
+                        {k: sft_eval[k] for k in ("gold_reward", "exact", "right_length", "abs_length_error")},
+                    )
+                records.append(
+                    {
+                        "seed": seed,
+                        "label": label,
+                        "strategy": strategy,
+                        "lam": lam,
+                        "N": n,
+                        **stats,
+                        **ev,
+                        "dpo_losses": losses,
+                        "seconds": time.time() - t1,
+                    }
+                )
+                log(
+                    f"  [seed {seed}] N={n:<3d}{label:26s} pairs {stats['pairs']:4d} gap {stats['pair_gap']:.3f} "
+                    f"-> gold {ev['gold_reward']:.3f} exact {ev['exact']:.3f} ({time.time() - t1:.0f}s)"
+                )
     return records
 
 
 # ---------------------------------------------------------------------------------------------------- reporting
-PAIR_METRICS = ("prompts", "pairs", "pair_chosen", "pair_rejected", "pair_gap", "pair_chosen_exact", "diversity",
-                "representativeness")
+PAIR_METRICS = (
+    "prompts",
+    "pairs",
+    "pair_chosen",
+    "pair_rejected",
+    "pair_gap",
+    "pair_chosen_exact",
+    "diversity",
+    "representativeness",
+)
 
 
 def summarize(records):
@@ -413,39 +501,61 @@ def summarize(records):
             vals = [r[m] for r in rows if m in r]
             e[m], e[m + "_ci"] = mean_ci(vals) if vals else (float("nan"), float("nan"))
         for key, ref in (("vs_random", ("random k", n)), ("vs_sft", (SFT_LABEL, 0)), ("vs_west", ("West-of-N", n))):
-            diffs = [by[(label, n, s)]["gold_reward"] - by[(*ref, s)]["gold_reward"] for s in seeds
-                     if (label, n, s) in by and (*ref, s) in by]
+            diffs = [
+                by[(label, n, s)]["gold_reward"] - by[(*ref, s)]["gold_reward"]
+                for s in seeds
+                if (label, n, s) in by and (*ref, s) in by
+            ]
             e[key], e[key + "_ci"] = mean_ci(diffs)
-            exact_diffs = [by[(label, n, s)]["exact"] - by[(*ref, s)]["exact"] for s in seeds
-                           if (label, n, s) in by and (*ref, s) in by]
+            exact_diffs = [
+                by[(label, n, s)]["exact"] - by[(*ref, s)]["exact"]
+                for s in seeds
+                if (label, n, s) in by and (*ref, s) in by
+            ]
             e[key + "_exact"], e[key + "_exact_ci"] = mean_ci(exact_diffs)
         out.append(e)
     return out
 
 
 def results_markdown(summary, meta) -> str:
-    header = ["N", "policy", "prompts annotated", "pairs", "gold chosen", "chosen exact", "gold rejected", "pair gap",
-              "held-out gold reward", "exact sorts", "Δ gold vs random k", "Δ exact vs random k", "Δ gold vs West-of-N",
-              "Δ gold vs SFT"]
+    header = [
+        "N",
+        "policy",
+        "prompts annotated",
+        "pairs",
+        "gold chosen",
+        "chosen exact",
+        "gold rejected",
+        "pair gap",
+        "held-out gold reward",
+        "exact sorts",
+        "Δ gold vs random k",
+        "Δ exact vs random k",
+        "Δ gold vs West-of-N",
+        "Δ gold vs SFT",
+    ]
     rows = []
     for e in summary:
         sft_row = e["label"] == SFT_LABEL
         dash = "–"
-        rows.append([
-            dash if sft_row else str(e["N"]), e["label"],
-            dash if sft_row else f"{e['prompts']:.0f}",
-            dash if sft_row else fmt_ci(e["pairs"], e["pairs_ci"], 1),
-            dash if sft_row else fmt_ci(e["pair_chosen"], e["pair_chosen_ci"]),
-            dash if sft_row else fmt_ci(e["pair_chosen_exact"], e["pair_chosen_exact_ci"], 2),
-            dash if sft_row else fmt_ci(e["pair_rejected"], e["pair_rejected_ci"]),
-            dash if sft_row else fmt_ci(e["pair_gap"], e["pair_gap_ci"]),
-            fmt_ci(e["gold_reward"], e["gold_reward_ci"]),
-            fmt_ci(e["exact"], e["exact_ci"]),
-            dash if sft_row or e["label"] == "random k" else fmt_ci(e["vs_random"], e["vs_random_ci"]),
-            dash if sft_row or e["label"] == "random k" else fmt_ci(e["vs_random_exact"], e["vs_random_exact_ci"]),
-            dash if sft_row or e["label"] == "West-of-N" else fmt_ci(e["vs_west"], e["vs_west_ci"]),
-            dash if sft_row else fmt_ci(e["vs_sft"], e["vs_sft_ci"]),
-        ])
+        rows.append(
+            [
+                dash if sft_row else str(e["N"]),
+                e["label"],
+                dash if sft_row else f"{e['prompts']:.0f}",
+                dash if sft_row else fmt_ci(e["pairs"], e["pairs_ci"], 1),
+                dash if sft_row else fmt_ci(e["pair_chosen"], e["pair_chosen_ci"]),
+                dash if sft_row else fmt_ci(e["pair_chosen_exact"], e["pair_chosen_exact_ci"], 2),
+                dash if sft_row else fmt_ci(e["pair_rejected"], e["pair_rejected_ci"]),
+                dash if sft_row else fmt_ci(e["pair_gap"], e["pair_gap_ci"]),
+                fmt_ci(e["gold_reward"], e["gold_reward_ci"]),
+                fmt_ci(e["exact"], e["exact_ci"]),
+                dash if sft_row or e["label"] == "random k" else fmt_ci(e["vs_random"], e["vs_random_ci"]),
+                dash if sft_row or e["label"] == "random k" else fmt_ci(e["vs_random_exact"], e["vs_random_exact_ci"]),
+                dash if sft_row or e["label"] == "West-of-N" else fmt_ci(e["vs_west"], e["vs_west_ci"]),
+                dash if sft_row else fmt_ci(e["vs_sft"], e["vs_sft_ci"]),
+            ]
+        )
     s = meta["scale"]
     sizes = ", ".join(str(n) for n in s["pool_sizes"])
     won = ", ".join(f"{meta['budget'] // n} prompts at N = {n}" for n in s["pool_sizes"])
@@ -481,13 +591,21 @@ def results_markdown(summary, meta) -> str:
         "A sorted answer has as many digits as the prompt. `right length` = share of samples with exactly that many "
         "characters; `mean abs. length error` = mean absolute difference in characters.",
         "",
-        markdown_table(["N", "policy", "right length", "mean abs. length error", "held-out gold reward",
-                        "exact sorts"],
-                       [[("–" if e["label"] == SFT_LABEL else str(e["N"])), e["label"],
-                         fmt_ci(e["right_length"], e["right_length_ci"]),
-                         fmt_ci(e["abs_length_error"], e["abs_length_error_ci"], 2),
-                         fmt_ci(e["gold_reward"], e["gold_reward_ci"]), fmt_ci(e["exact"], e["exact_ci"])]
-                        for e in summary], ["--:", "---", "--:", "--:", "--:", "--:"]),
+        markdown_table(
+            ["N", "policy", "right length", "mean abs. length error", "held-out gold reward", "exact sorts"],
+            [
+                [
+                    ("–" if e["label"] == SFT_LABEL else str(e["N"])),
+                    e["label"],
+                    fmt_ci(e["right_length"], e["right_length_ci"]),
+                    fmt_ci(e["abs_length_error"], e["abs_length_error_ci"], 2),
+                    fmt_ci(e["gold_reward"], e["gold_reward_ci"]),
+                    fmt_ci(e["exact"], e["exact_ci"]),
+                ]
+                for e in summary
+            ],
+            ["--:", "---", "--:", "--:", "--:", "--:"],
+        ),
     ]
     return "\n".join(lines)
 
@@ -505,16 +623,26 @@ def plot(summary, records, path, title):
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.32 * len(labels) * max(1, len(sizes)) + 1.6))
     height = 0.8 / max(1, len(sizes))
     base = np.arange(len(labels))[::-1].astype(float)
-    for ax, metric, name in ((axes[0], "gold_reward", "held-out mean gold reward (dots: seeds)"),
-                             (axes[1], "vs_random", "Δ gold reward vs random k, paired by seed")):
+    for ax, metric, name in (
+        (axes[0], "gold_reward", "held-out mean gold reward (dots: seeds)"),
+        (axes[1], "vs_random", "Δ gold reward vs random k, paired by seed"),
+    ):
         for j, n in enumerate(sizes):
             es = [next(e for e in summary if e["label"] == lab and e["N"] == n) for lab in labels]
             y = base + (len(sizes) - 1) / 2 * height - j * height
             vals = np.array([e[metric] for e in es])
             errs = np.array([0.0 if np.isnan(e[metric + "_ci"]) else e[metric + "_ci"] for e in es])
             vals = np.nan_to_num(vals)
-            ax.barh(y, vals, height=height * 0.9, xerr=errs, color=shades[j % len(shades)], alpha=0.8, capsize=2,
-                    label=f"N = {n}")
+            ax.barh(
+                y,
+                vals,
+                height=height * 0.9,
+                xerr=errs,
+                color=shades[j % len(shades)],
+                alpha=0.8,
+                capsize=2,
+                label=f"N = {n}",
+            )
             if metric == "gold_reward":
                 for yy, lab in zip(y, labels):
                     pts = [r["gold_reward"] for r in records if r["label"] == lab and r["N"] == n]
@@ -524,8 +652,13 @@ def plot(summary, records, path, title):
         ax.set_title(name, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         if metric == "gold_reward":
-            ax.axvline(sft["gold_reward"], color="k", linestyle="--", linewidth=1,
-                       label=f"SFT policy ({sft['gold_reward']:.3f})")
+            ax.axvline(
+                sft["gold_reward"],
+                color="k",
+                linestyle="--",
+                linewidth=1,
+                label=f"SFT policy ({sft['gold_reward']:.3f})",
+            )
             lo = min(min(r["gold_reward"] for r in records), sft["gold_reward"])
             hi = max(r["gold_reward"] for r in records)
             ax.set_xlim(max(0.0, lo - 0.02), min(1.0, hi + 0.02))
@@ -543,9 +676,12 @@ def plot(summary, records, path, title):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="experiments/results")
-    p.add_argument("--scale", choices=["small", "large"], default="small",
-                   help="small: ~9 min on 2 CPU cores with 1 thread; large: for a GPU (bigger model, 4096 prompts, N up "
-                        "to 32)")
+    p.add_argument(
+        "--scale",
+        choices=["small", "large"],
+        default="small",
+        help="small: ~9 min on 2 CPU cores with 1 thread; large: for a GPU (bigger model, 4096 prompts, N up to 32)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run (tiny everything, 2 seeds, N = 8)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the scale's)")
     p.add_argument("--pool-sizes", type=int, nargs="+", default=None, help="N values (default: the scale's)")
@@ -554,28 +690,45 @@ def parse_args(argv=None):
     p.add_argument("--dpo-lr", type=float, default=None, help="DPO learning rate (default: the scale's, 3e-4)")
     p.add_argument("--dpo-scheduler", default=None, help="DPO lr schedule (default: the scale's, linear)")
     p.add_argument("--dpo-steps", type=int, default=None, help="DPO optimiser steps (default: the scale's, 64)")
-    p.add_argument("--embedder", choices=["ngram", "minilm"], default="ngram",
-                   help="ngram (default): hashed character 1-3-grams, whose cosine tracks character agreement "
-                        "between two digit strings; minilm: all-MiniLM-L6-v2, the product default for natural text")
+    p.add_argument(
+        "--embedder",
+        choices=["ngram", "minilm"],
+        default="ngram",
+        help="ngram (default): hashed character 1-3-grams, whose cosine tracks character agreement "
+        "between two digit strings; minilm: all-MiniLM-L6-v2, the product default for natural text",
+    )
     p.add_argument("--strategies", nargs="+", default=None, help="subset of strategy labels to run")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: the model is tiny, and on a shared machine 2+ OpenMP threads "
-                        "can be 10-100x slower than 1)")
-    p.add_argument("--docs-assets", default=None,
-                   help="also copy the PNG there (docs/assets/efficacy for the documentation site)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the model is tiny, and on a shared machine 2+ OpenMP threads "
+        "can be 10-100x slower than 1)",
+    )
+    p.add_argument(
+        "--docs-assets", default=None, help="also copy the PNG there (docs/assets/efficacy for the documentation site)"
+    )
     p.add_argument("--tag", default="", help="suffix of the output file names")
-    p.add_argument("--render", default=None, metavar="JSON",
-                   help="only re-write the Markdown table and the plot from a results JSON of an earlier run")
+    p.add_argument(
+        "--render",
+        default=None,
+        metavar="JSON",
+        help="only re-write the Markdown table and the plot from a results JSON of an earlier run",
+    )
     return p.parse_args(argv)
 
 
 def write_outputs(records, meta, md_path: Path, png_path: Path, docs_assets=None):
     summary = summarize(records)
     md_path.write_text(results_markdown(summary, meta), encoding="utf-8")
-    plot(summary, records, png_path,
-         f"DPO on each strategy's pairs at an equal budget (B = {meta['budget']}, {len(meta['seeds'])} seeds; "
-         "digit sorting)")
+    plot(
+        summary,
+        records,
+        png_path,
+        f"DPO on each strategy's pairs at an equal budget (B = {meta['budget']}, {len(meta['seeds'])} seeds; "
+        "digit sorting)",
+    )
     if docs_assets:
         import shutil
 
@@ -589,8 +742,9 @@ def main(argv=None):
     if args.render:
         data = json.loads(Path(args.render).read_text(encoding="utf-8"))
         base = Path(args.render).with_suffix("")
-        return write_outputs(data["records"], data["meta"], base.with_suffix(".md"), base.with_suffix(".png"),
-                             args.docs_assets)
+        return write_outputs(
+            data["records"], data["meta"], base.with_suffix(".md"), base.with_suffix(".png"), args.docs_assets
+        )
     import torch
 
     scale_name = "quick" if args.quick else args.scale
@@ -622,11 +776,20 @@ def main(argv=None):
     suffix = f"_{args.tag}" if args.tag else default_suffix
     cmd = "python experiments/efficacy_training.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
-        "command": cmd.strip(), "scale_name": scale_name, "scale": asdict(scale), "params": params,
-        "budget": scale.budget or scale.k * scale.train_prompts, "seeds": list(range(scale.seeds)),
-        "embedder": embedder.tag + (" (hashed character 1-3-grams, L2-normalised)" if args.embedder == "ngram"
-                                    else " (aepo_trainer.embedding.Embedder)"),
-        "machine": machine_line(info) + f"; device used: {device}", "machine_info": info,
+        "command": cmd.strip(),
+        "scale_name": scale_name,
+        "scale": asdict(scale),
+        "params": params,
+        "budget": scale.budget or scale.k * scale.train_prompts,
+        "seeds": list(range(scale.seeds)),
+        "embedder": embedder.tag
+        + (
+            " (hashed character 1-3-grams, L2-normalised)"
+            if args.embedder == "ngram"
+            else " (aepo_trainer.embedding.Embedder)"
+        ),
+        "machine": machine_line(info) + f"; device used: {device}",
+        "machine_info": info,
         "pool_mean_reward": float(np.mean([r["pool_mean_reward"] for r in sft_rows])),
         "pool_exact": float(np.mean([r["pool_exact"] for r in sft_rows])),
         "wall_seconds": time.time() - t_start,
@@ -635,8 +798,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     md_path, png_path, json_path = (out / f"training{suffix}.{ext}" for ext in ("md", "png", "json"))
     summary = write_outputs(records, meta, md_path, png_path, args.docs_assets)
-    json_path.write_text(json.dumps({"meta": meta, "summary": summary, "records": records}, indent=1),
-                         encoding="utf-8")
+    json_path.write_text(json.dumps({"meta": meta, "summary": summary, "records": records}, indent=1), encoding="utf-8")
     print(f"[done] {(time.time() - t_start) / 60:.1f} min -> {md_path}, {png_path}, {json_path}")
     return summary
 

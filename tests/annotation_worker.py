@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aepo_trainer.annotation import (  # noqa: E402
+from aepo_trainer.annotation import (
     AnnotationRequest,
     AnnotationService,
     AnnotationStore,
@@ -53,8 +53,12 @@ def expected_score(prompt: str, completion: str) -> float:
 
 def make_requests(n_prompts: int, k: int) -> list[AnnotationRequest]:
     return [
-        AnnotationRequest(f"prompt {p}: say something", [f"answer {p}.{j} " + "x" * j for j in range(k)],
-                          indices=[2 * j for j in range(k)], row={"prompt_id": p})
+        AnnotationRequest(
+            f"prompt {p}: say something",
+            [f"answer {p}.{j} " + "x" * j for j in range(k)],
+            indices=[2 * j for j in range(k)],
+            row={"prompt_id": p},
+        )
         for p in range(n_prompts)
     ]
 
@@ -83,8 +87,14 @@ def main() -> None:
 
     annotator = RewardFunctionAnnotator(paid_reward, name=IDENTITY_NAME)
     assert annotator.identity == identity
-    service = AnnotationService(annotator, AnnotationStore(cfg["store"]), budget=cfg["budget"], run_id=cfg["run_id"],
-                                batch_size=cfg["batch_size"], poll_interval=0.02)
+    service = AnnotationService(
+        annotator,
+        AnnotationStore(cfg["store"]),
+        budget=cfg["budget"],
+        run_id=cfg["run_id"],
+        batch_size=cfg["batch_size"],
+        poll_interval=0.02,
+    )
     requests = make_requests(cfg["n_prompts"], cfg["k"])
     if cfg["order"] == "reverse":
         requests = requests[::-1]

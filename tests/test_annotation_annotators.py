@@ -25,13 +25,20 @@ from aepo_trainer.pairing import make_pairs
 
 CHAT_REQ = AnnotationRequest(
     [{"role": "user", "content": "What is two plus two?"}],
-    [[{"role": "assistant", "content": "Two plus two equals four."}],
-     [{"role": "assistant", "content": "I'm sorry, but I cannot help with that request."}]],
+    [
+        [{"role": "assistant", "content": "Two plus two equals four."}],
+        [{"role": "assistant", "content": "I'm sorry, but I cannot help with that request."}],
+    ],
 )
 TEXT_REQ = AnnotationRequest(
     "What is the capital of France?",
-    ["The capital of France is Paris.", "Paris.", "The quick brown fox jumps over the lazy dog.",
-     "I'm sorry, but I cannot help with that request.", "Answer: yes."],
+    [
+        "The capital of France is Paris.",
+        "Paris.",
+        "The quick brown fox jumps over the lazy dog.",
+        "I'm sorry, but I cannot help with that request.",
+        "Answer: yes.",
+    ],
     indices=[0, 3, 4, 9, 11],
 )
 
@@ -95,8 +102,10 @@ def test_reward_function_gets_trl_signature_and_row_columns():
 
     ann = RewardFunctionAnnotator(reward)
     assert ann.identity.startswith("reward_function:") and "reward" in ann.identity
-    reqs = [AnnotationRequest("2+2?", ["4", "5"], row={"answer": "4", "completions": ["pool"], "scores": [1, 2]}),
-            AnnotationRequest("3+3?", ["6"], row={"answer": "6"})]
+    reqs = [
+        AnnotationRequest("2+2?", ["4", "5"], row={"answer": "4", "completions": ["pool"], "scores": [1, 2]}),
+        AnnotationRequest("3+3?", ["6"], row={"answer": "6"}),
+    ]
     assert ann.score(reqs) == [[1.0, 0.0], [1.0]]
     assert seen["prompts"] == ["2+2?", "2+2?", "3+3?"] and seen["completions"] == ["4", "5", "6"]
     assert seen["answer"] == ["4", "4", "6"]
@@ -137,7 +146,8 @@ def test_async_reward_function():
 def test_reward_function_wrong_length_and_bad_input():
     with pytest.raises(AnnotationError, match=r"returned 1 rewards for 2 \(prompt, completion\) pairs"):
         RewardFunctionAnnotator(lambda completions, **kw: [1.0], name="short").score(
-            [AnnotationRequest("p", ["a", "b"])])
+            [AnnotationRequest("p", ["a", "b"])]
+        )
     with pytest.raises(TypeError, match="RewardModelAnnotator"):
         RewardFunctionAnnotator("OpenAssistant/reward-model-deberta-v3-large-v2")
     with pytest.raises(ValueError, match="weights"):
@@ -163,13 +173,15 @@ def test_reward_model_uses_chat_template_when_present(tiny_reward_model_path, ti
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model_path)
     with_template = RewardModelAnnotator(model, tokenizer=tiny_tokenizer, name="tiny").score([TEXT_REQ])[0]
-    pair_encoding = RewardModelAnnotator(model, tokenizer=tiny_tokenizer, name="tiny",
-                                         use_chat_template=False).score([TEXT_REQ])[0]
+    pair_encoding = RewardModelAnnotator(model, tokenizer=tiny_tokenizer, name="tiny", use_chat_template=False).score(
+        [TEXT_REQ]
+    )[0]
     assert with_template != pytest.approx(pair_encoding, abs=1e-4)
     # manual reference for one item: chat template + last-token logit
     text = tiny_tokenizer.apply_chat_template(
         [{"role": "user", "content": TEXT_REQ.prompt}, {"role": "assistant", "content": TEXT_REQ.completions[0]}],
-        tokenize=False)
+        tokenize=False,
+    )
     ids = tiny_tokenizer(text, add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
         ref = model(**ids).logits[0, 0].item()
@@ -203,6 +215,7 @@ def test_judge_k2_scores_are_the_debiased_preference(judge_model, tiny_tokenizer
     # swapping the two completions mirrors the scores exactly (both orders are judged)
     (t,) = judge.score([AnnotationRequest(req.prompt, req.completions[::-1])])
     assert t == pytest.approx(s[::-1], abs=1e-6)
+
     # reference: read P(A), P(B) at the next token by hand
     def q(a, b):
         text = judge._judge_text(req.prompt, a, b)
@@ -220,8 +233,7 @@ def test_judge_k2_scores_are_the_debiased_preference(judge_model, tiny_tokenizer
 def test_judge_batching_is_exact(judge_model, tiny_tokenizer):
     small = PairwiseJudgeAnnotator(judge_model, tokenizer=tiny_tokenizer, name="tiny", batch_size=1)
     big = PairwiseJudgeAnnotator(judge_model, tokenizer=tiny_tokenizer, name="tiny", batch_size=16)
-    triples = [(TEXT_REQ.prompt, TEXT_REQ.completions[i], TEXT_REQ.completions[j]) for i, j in [(0, 1), (2, 3),
-                                                                                              (4, 0)]]
+    triples = [(TEXT_REQ.prompt, TEXT_REQ.completions[i], TEXT_REQ.completions[j]) for i, j in [(0, 1), (2, 3), (4, 0)]]
     assert big.preferences(triples) == pytest.approx(small.preferences(triples), abs=1e-5)
 
 
@@ -246,7 +258,9 @@ def test_judge_tournament_for_k_greater_than_2():
     assert s[1] > 2.5  # 5 players: 3 rounds survived (with byes) + a winning final
     # debiasing removed the +0.15 position bias: pref = ((0.8+.15) + 1 - (0.2+.15)) / 2 = 0.8
     assert judge.preferences([("p", "xxxx", "x")]) == pytest.approx([0.8])
-    biased = Rigged("unused-path", tokenizer=SimpleNamespace(chat_template=None, pad_token_id=0), name="r", debias=False)
+    biased = Rigged(
+        "unused-path", tokenizer=SimpleNamespace(chat_template=None, pad_token_id=0), name="r", debias=False
+    )
     assert biased.preferences([("p", "x", "xxxx")]) == pytest.approx([0.35])
     pairs = make_pairs([s]).pairs
     assert comps[pairs[0].chosen] == "xxxxx" and len(comps[pairs[0].rejected]) < 5
@@ -261,8 +275,9 @@ def test_judge_with_peft_policy_disables_the_adapter(tiny_model_path, tiny_token
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
-    policy = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"],
-                                                       init_lora_weights=False))
+    policy = peft.get_peft_model(
+        base, peft.LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     policy.train()
     triples = [(TEXT_REQ.prompt, TEXT_REQ.completions[0], TEXT_REQ.completions[3])]
     frozen = PairwiseJudgeAnnotator(policy, tokenizer=tiny_tokenizer)
@@ -283,8 +298,13 @@ def test_judge_copy_model_is_frozen(judge_model, tiny_tokenizer):
 def test_judge_through_service_charges_per_completion(tiny_model_path, tmp_path):
     judge = PairwiseJudgeAnnotator(tiny_model_path, device="cpu", max_response_tokens=8)
     svc = AnnotationService(judge, AnnotationStore(tmp_path / "s.sqlite"), budget=7)
-    out = svc.annotate([AnnotationRequest(TEXT_REQ.prompt, TEXT_REQ.completions[:3]), CHAT_REQ,
-                        AnnotationRequest("another", ["a", "b", "c"])])
+    out = svc.annotate(
+        [
+            AnnotationRequest(TEXT_REQ.prompt, TEXT_REQ.completions[:3]),
+            CHAT_REQ,
+            AnnotationRequest("another", ["a", "b", "c"]),
+        ]
+    )
     assert out.paid == 5 and out.skipped == [2]
     assert out.scores[1][0] + out.scores[1][1] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="response_b"):
@@ -295,8 +315,14 @@ def test_judge_through_service_charges_per_completion(tiny_model_path, tmp_path)
 
 
 def _args(tmp_path, **kw):
-    base = dict(annotator="dataset_scores", scores_column="scores", reward_model_name_or_path=None,
-                annotation_batch_size=4, annotation_queue=None, output_dir=str(tmp_path))
+    base = dict(
+        annotator="dataset_scores",
+        scores_column="scores",
+        reward_model_name_or_path=None,
+        annotation_batch_size=4,
+        annotation_queue=None,
+        output_dir=str(tmp_path),
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 

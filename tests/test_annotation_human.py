@@ -20,11 +20,15 @@ from aepo_trainer.annotation.human import default_labels_path
 
 def _requests():
     return [
-        AnnotationRequest("Name a colour.", ["Blue.", "Seven.", "Red, obviously."], indices=[0, 4, 7],
-                          row={"example_id": "ex-1"}),
-        AnnotationRequest([{"role": "user", "content": "Say hi"}],
-                          [[{"role": "assistant", "content": "hi"}], [{"role": "assistant", "content": "no"}]],
-                          indices=[1, 2], row={"example_id": "ex-2"}),
+        AnnotationRequest(
+            "Name a colour.", ["Blue.", "Seven.", "Red, obviously."], indices=[0, 4, 7], row={"example_id": "ex-1"}
+        ),
+        AnnotationRequest(
+            [{"role": "user", "content": "Say hi"}],
+            [[{"role": "assistant", "content": "hi"}], [{"role": "assistant", "content": "no"}]],
+            indices=[1, 2],
+            row={"example_id": "ex-2"},
+        ),
     ]
 
 

@@ -44,8 +44,10 @@ class CountingAnnotator(Annotator):
 
 
 def _requests(n=4, k=3, tag=""):
-    return [AnnotationRequest(f"prompt {i}{tag}", [f"c{i}-" + "x" * j for j in range(k)], indices=[5, 1, 3][:k])
-            for i in range(n)]
+    return [
+        AnnotationRequest(f"prompt {i}{tag}", [f"c{i}-" + "x" * j for j in range(k)], indices=[5, 1, 3][:k])
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -140,8 +142,9 @@ def test_budget_is_per_run_and_survives_restarts(tmp_path):
     svc = AnnotationService(ann, AnnotationStore(path), budget=6, run_id="A")
     assert svc.spent == 6
     assert svc.annotate(_requests(n=1, tag="b")).skipped == [0]
-    assert AnnotationService(ann, AnnotationStore(path), budget=6, run_id="B").annotate(
-        _requests(n=1, tag="b")).paid == 3
+    assert (
+        AnnotationService(ann, AnnotationStore(path), budget=6, run_id="B").annotate(_requests(n=1, tag="b")).paid == 3
+    )
 
 
 def test_wrong_number_of_scores_is_a_clear_error_and_pays_no_twice(store):
@@ -222,8 +225,10 @@ def test_waits_for_a_live_process_holding_a_reservation(store):
 
     def other_process_finishes():
         time.sleep(0.3)
-        AnnotationStore(store.path).write("default", [(k, "counting", '"shared prompt"', f'"{c}"', 7.0, 1, None)
-                                                      for k, c in zip(keys, req.completions)])
+        AnnotationStore(store.path).write(
+            "default",
+            [(k, "counting", '"shared prompt"', f'"{c}"', 7.0, 1, None) for k, c in zip(keys, req.completions)],
+        )
 
     t = threading.Thread(target=other_process_finishes)
     t.start()
@@ -240,8 +245,10 @@ def test_reservation_of_a_dead_process_is_recovered_without_charge(store):
     key = make_key("counting", "p", "a")
     now = time.time()
     conn = store._conn()
-    conn.execute("INSERT INTO ledger VALUES ('default', ?, 'reserved', 'dead', 2147483646, ?, ?, ?)",
-                 (key, __import__("socket").gethostname(), now, now))
+    conn.execute(
+        "INSERT INTO ledger VALUES ('default', ?, 'reserved', 'dead', 2147483646, ?, ?, ?)",
+        (key, __import__("socket").gethostname(), now, now),
+    )
     conn.execute("INSERT INTO runs(run_id, spent, updated_at) VALUES ('default', 1, ?)", (now,))
     svc = AnnotationService(CountingAnnotator(), store, budget=1)
     out = svc.annotate([req])
@@ -269,8 +276,9 @@ def test_reward_function_annotator_through_the_service(store):
         return [float(len(c)) if lng == "en" else None for c, lng in zip(completions, lang)]
 
     svc = AnnotationService(RewardFunctionAnnotator(reward), store)
-    out = svc.annotate([AnnotationRequest("p", ["aa", "b"], row={"lang": "en"}),
-                        AnnotationRequest("q", ["c"], row={"lang": "fr"})])
+    out = svc.annotate(
+        [AnnotationRequest("p", ["aa", "b"], row={"lang": "en"}), AnnotationRequest("q", ["c"], row={"lang": "fr"})]
+    )
     assert out.scores == [[2.0, 1.0], [None]] and out.invalid == 1
 
 
@@ -293,8 +301,9 @@ def test_empty_requests_and_bad_arguments(store):
 def test_from_config_uses_output_dir_and_budget(tmp_path):
     from types import SimpleNamespace
 
-    args = SimpleNamespace(output_dir=str(tmp_path / "out"), annotation_store=None, annotation_budget=5,
-                           annotation_batch_size=2)
+    args = SimpleNamespace(
+        output_dir=str(tmp_path / "out"), annotation_store=None, annotation_budget=5, annotation_batch_size=2
+    )
     svc = AnnotationService.from_config(args, CountingAnnotator())
     assert svc.store.path == str(tmp_path / "out" / "annotations.sqlite")
     assert svc.budget == 5 and svc.batch_size == 2 and svc.remaining == 5

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import DEMO_POOLS, REPO_ROOT
 
 ENV = {
@@ -35,8 +34,14 @@ DEMO_PROMPTS = 48
 
 def aepo(*args, timeout=180, check_rc=0, cwd=None) -> subprocess.CompletedProcess:
     """Run `python -m aepo_trainer.cli *args`; assert its exit code (unless check_rc is None)."""
-    result = subprocess.run([sys.executable, "-m", "aepo_trainer.cli", *map(str, args)], capture_output=True,
-                            text=True, env=ENV, timeout=timeout, cwd=cwd or REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "aepo_trainer.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+        cwd=cwd or REPO_ROOT,
+    )
     if check_rc is not None:
         assert result.returncode == check_rc, (result.returncode, result.stdout[-3000:], result.stderr[-3000:])
     return result
@@ -89,12 +94,24 @@ def prompt_file(tmp_path_factory, demo_pool_rows):
     return write_jsonl(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", rows)
 
 
-def test_generate_resumes_after_interruption_and_matches_an_uninterrupted_run(tmp_path, tiny_model_path,
-                                                                              prompt_file):
+def test_generate_resumes_after_interruption_and_matches_an_uninterrupted_run(tmp_path, tiny_model_path, prompt_file):
     from aepo_trainer.cli import main
 
-    common = ["generate", "--model", tiny_model_path, "--input", str(prompt_file), "--num_completions", 3,
-              "--max_new_tokens", 8, "--batch_size", 2, "--seed", 7]
+    common = [
+        "generate",
+        "--model",
+        tiny_model_path,
+        "--input",
+        str(prompt_file),
+        "--num_completions",
+        3,
+        "--max_new_tokens",
+        8,
+        "--batch_size",
+        2,
+        "--seed",
+        7,
+    ]
     reference = tmp_path / "reference.jsonl"
     assert main([str(a) for a in common + ["--output", reference]]) == 0  # in-process: the uninterrupted run
 
@@ -119,8 +136,9 @@ def test_generate_bad_prompt_column_exits_2(tmp_path, tiny_model_path, capsys):
     from aepo_trainer.cli import main
 
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "hi"}])
-    assert main(["generate", "--model", tiny_model_path, "--input", str(bad), "--output",
-                 str(tmp_path / "o.jsonl")]) == 2
+    assert (
+        main(["generate", "--model", tiny_model_path, "--input", str(bad), "--output", str(tmp_path / "o.jsonl")]) == 2
+    )
     err = capsys.readouterr().err
     assert "row 0 has no 'prompt' column" in err and "'question'" in err and "Traceback" not in err
 
@@ -176,13 +194,33 @@ def test_select_end_to_end_with_the_real_minilm_embedder(tmp_path, minilm_path, 
     cache = tmp_path / "datasets-cache"
     monkeypatch.setitem(ENV, "HF_DATASETS_CACHE", str(cache))  # embeddings are cached there, not in ~/.cache
     out = tmp_path / "pairs.parquet"
-    result = aepo("select", "--input", DEMO_POOLS, "--output", out, "--embedding_model", minilm_path,
-                  "--max_prompts", 12, "--batch_size", 5)
+    result = aepo(
+        "select",
+        "--input",
+        DEMO_POOLS,
+        "--output",
+        out,
+        "--embedding_model",
+        minilm_path,
+        "--max_prompts",
+        12,
+        "--batch_size",
+        5,
+    )
     import pyarrow.parquet as pq
 
     pairs = pq.read_table(out).to_pylist()
-    assert list(pairs[0])[:9] == ["prompt", "chosen", "rejected", "chosen_score", "rejected_score", "chosen_index",
-                                  "rejected_index", "selected_indices", "selected_scores"]
+    assert list(pairs[0])[:9] == [
+        "prompt",
+        "chosen",
+        "rejected",
+        "chosen_score",
+        "rejected_score",
+        "chosen_index",
+        "rejected_index",
+        "selected_indices",
+        "selected_scores",
+    ]
     assert 0 < len(pairs) <= 12
     _check_pairs(pairs, demo_pool_rows)
     assert "annotations: paid 24" in result.stderr and "prompt/s" in result.stderr  # progress bar with a rate
@@ -207,8 +245,9 @@ def _store_counts(path: str, run_id: str) -> tuple[int, int]:
     return len(store), store.spent(run_id)
 
 
-def test_dry_run_budget_exhaustion_and_resume_pay_each_annotation_once(tmp_path, embedded_pools, reference_pairs,
-                                                                       capsys):
+def test_dry_run_budget_exhaustion_and_resume_pay_each_annotation_once(
+    tmp_path, embedded_pools, reference_pairs, capsys
+):
     from aepo_trainer.cli import main
 
     out = tmp_path / "pairs.jsonl"
@@ -254,10 +293,25 @@ sys.exit(main(sys.argv[1:]))
 
 def test_select_killed_mid_annotation_resumes_without_paying_twice(tmp_path, embedded_pools, reference_pairs):
     out = tmp_path / "pairs.jsonl"
-    args = ["select", "--input", str(embedded_pools), "--output", str(out), "--batch_size", "8",
-            "--annotation_batch_size", "16"]  # one annotator call per batch of 8 prompts (16 annotations)
-    crashed = subprocess.run([sys.executable, "-c", CRASH_AFTER_TWO_CALLS, *args], capture_output=True, text=True,
-                             env=ENV, timeout=180, cwd=REPO_ROOT)
+    args = [
+        "select",
+        "--input",
+        str(embedded_pools),
+        "--output",
+        str(out),
+        "--batch_size",
+        "8",
+        "--annotation_batch_size",
+        "16",
+    ]  # one annotator call per batch of 8 prompts (16 annotations)
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASH_AFTER_TWO_CALLS, *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=180,
+        cwd=REPO_ROOT,
+    )
     assert crashed.returncode == 137, crashed.stderr[-2000:]
     assert not out.exists()  # the output is only written at the end
     store, run_id = f"{out}.annotations.sqlite", f"aepo-select:{out}"
@@ -273,20 +327,25 @@ def test_select_killed_mid_annotation_resumes_without_paying_twice(tmp_path, emb
 
 
 def test_select_bad_column_exits_2_naming_the_column(tmp_path, demo_pool_rows):
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": r["prompt"], "candidates": r["completions"],
-                                                "scores": r["scores"]} for r in demo_pool_rows[:3]])
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [{"prompt": r["prompt"], "candidates": r["completions"], "scores": r["scores"]} for r in demo_pool_rows[:3]],
+    )
     result = aepo("select", "--input", bad, "--output", tmp_path / "o.jsonl", check_rc=2)
     assert "missing column 'completions'" in result.stderr and "'candidates'" in result.stderr
     assert "--completions_column" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "o.jsonl").exists()
 
 
-@pytest.mark.parametrize("mutate, expected", [
-    (lambda rows: rows[2].update(completions="just one string"), "row 2, field 'completions'"),
-    (lambda rows: rows[1]["scores"].pop(), "row 1, field 'scores': expected one score per completion (8)"),
-    (lambda rows: rows[3]["completions"].__setitem__(5, "  "), "row 3, field 'completions'[5]: empty completion"),
-    (lambda rows: [r.pop("scores") for r in rows], "missing column 'scores', which --annotator dataset_scores"),
-])
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda rows: rows[2].update(completions="just one string"), "row 2, field 'completions'"),
+        (lambda rows: rows[1]["scores"].pop(), "row 1, field 'scores': expected one score per completion (8)"),
+        (lambda rows: rows[3]["completions"].__setitem__(5, "  "), "row 3, field 'completions'[5]: empty completion"),
+        (lambda rows: [r.pop("scores") for r in rows], "missing column 'scores', which --annotator dataset_scores"),
+    ],
+)
 def test_select_bad_rows_exit_2_naming_row_and_field(tmp_path, demo_pool_rows, capsys, mutate, expected):
     import copy
 
@@ -307,10 +366,14 @@ def test_input_errors_exit_2(tmp_path, capsys):
     cases = [
         (["select", "--input", str(tmp_path / "missing.jsonl"), "--output", "o.jsonl"], "no such file"),
         (["select", "--input", str(broken), "--output", "o.jsonl"], "line 2 is not valid JSON"),
-        (["select", "--input", str(broken), "--output", "o.jsonl", "--selection_strategy", "greedy"],
-         "invalid choice: 'greedy'"),
-        (["select", "--input", str(broken), "--output", "o.jsonl", "--num_annotations", "1"],
-         "AEPOConfig.num_annotations=1 is invalid: expected an integer >= 2"),
+        (
+            ["select", "--input", str(broken), "--output", "o.jsonl", "--selection_strategy", "greedy"],
+            "invalid choice: 'greedy'",
+        ),
+        (
+            ["select", "--input", str(broken), "--output", "o.jsonl", "--num_annotations", "1"],
+            "AEPOConfig.num_annotations=1 is invalid: expected an integer >= 2",
+        ),
         (["select", "--output", "o.jsonl"], "the following arguments are required: --input"),
     ]
     for argv, expected in cases:
@@ -322,9 +385,11 @@ def test_yaml_config_sets_defaults_and_flags_override(tmp_path, embedded_pools, 
     from aepo_trainer.cli import main
 
     config = tmp_path / "select.yaml"
-    config.write_text(f"input: {embedded_pools}\nnum_annotations: 3\nannotation_budget: 30\n"
-                      "learning_rate: 1.0e-6\n"  # a training key (DPOConfig): ignored
-                      "env:\n  AEPO_TEST_VARIABLE: from-yaml\n")
+    config.write_text(
+        f"input: {embedded_pools}\nnum_annotations: 3\nannotation_budget: 30\n"
+        "learning_rate: 1.0e-6\n"  # a training key (DPOConfig): ignored
+        "env:\n  AEPO_TEST_VARIABLE: from-yaml\n"
+    )
     out = str(tmp_path / "o.jsonl")
     assert main(["select", "--config", str(config), "--output", out, "--dry-run", "--annotation_budget", "12"]) == 0
     text = " ".join(capsys.readouterr().out.split())
@@ -339,8 +404,20 @@ def test_yaml_config_sets_defaults_and_flags_override(tmp_path, embedded_pools, 
 # -------------------------------------------------------------------------------------------------------- stats
 def test_stats_prints_the_table_and_writes_a_png(tmp_path, embedded_pools):
     png, table = tmp_path / "stats.png", tmp_path / "stats.json"
-    result = aepo("stats", "--input", embedded_pools, "--num_annotations", 2, 4, "--annotation_budget", 100,
-                  "--plot", png, "--json", table)
+    result = aepo(
+        "stats",
+        "--input",
+        embedded_pools,
+        "--num_annotations",
+        2,
+        4,
+        "--annotation_budget",
+        100,
+        "--plot",
+        png,
+        "--json",
+        table,
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     records = json.loads(table.read_text())
     labels = {(r["strategy"], r["k"]) for r in records}
@@ -360,13 +437,25 @@ def test_stats_prints_the_table_and_writes_a_png(tmp_path, embedded_pools):
         assert column in result.stdout
 
 
-def test_select_with_a_human_queue_exits_4_then_finishes_once_labelled(tmp_path, embedded_pools, demo_pool_rows,
-                                                                      capsys):
+def test_select_with_a_human_queue_exits_4_then_finishes_once_labelled(
+    tmp_path, embedded_pools, demo_pool_rows, capsys
+):
     from aepo_trainer.cli import main
 
     out = tmp_path / "pairs.jsonl"
-    argv = ["select", "--input", str(embedded_pools), "--output", str(out), "--annotator", "human",
-            "--max_prompts", "6", "--batch_size", "4"]
+    argv = [
+        "select",
+        "--input",
+        str(embedded_pools),
+        "--output",
+        str(out),
+        "--annotator",
+        "human",
+        "--max_prompts",
+        "6",
+        "--batch_size",
+        "4",
+    ]
     assert main(argv) == 4
     err = " ".join(capsys.readouterr().err.split())
     queue = Path(f"{out}.annotation_queue.jsonl")
@@ -383,8 +472,9 @@ def test_select_with_a_human_queue_exits_4_then_finishes_once_labelled(tmp_path,
 
 
 # ----------------------------------------------------------------------------------------------------------- io
-@pytest.mark.parametrize("name", ["pools.jsonl", "pools.jsonl.gz", "pools.json", "pools.parquet", "pools.csv",
-                                  "pools_folder"])
+@pytest.mark.parametrize(
+    "name", ["pools.jsonl", "pools.jsonl.gz", "pools.json", "pools.parquet", "pools.csv", "pools_folder"]
+)
 def test_every_output_format_reads_back(tmp_path, demo_pool_rows, name):
     from aepo_trainer.cli.io import read_rows, write_rows
 

@@ -76,9 +76,20 @@ def test_trl_parser_reads_aepo_fields(tmp_path):
     parser = TrlParser((AEPOConfig,))
     (config,) = parser.parse_args_and_config(
         [
-            "--output_dir", str(tmp_path), "--bf16", "false", "--report_to", "none",
-            "--num_annotations", "4", "--diversity_weight", "0.5", "--selection_strategy", "kmedoids",
-            "--annotation_budget", "100",
+            "--output_dir",
+            str(tmp_path),
+            "--bf16",
+            "false",
+            "--report_to",
+            "none",
+            "--num_annotations",
+            "4",
+            "--diversity_weight",
+            "0.5",
+            "--selection_strategy",
+            "kmedoids",
+            "--annotation_budget",
+            "100",
         ]
     )
     assert config.num_annotations == 4 and config.diversity_weight == 0.5

@@ -80,7 +80,7 @@ def extract_snippets(text: str, page: str = "<page>", langs=PYTHON_LANGS) -> lis
             while k >= 0 and not lines[k].strip():
                 k -= 1
             skip = k >= 0 and bool(SKIP_MARKER.match(lines[k]))
-            code = "\n".join(line[len(indent):] if line.startswith(indent) else line.lstrip() for line in body)
+            code = "\n".join(line[len(indent) :] if line.startswith(indent) else line.lstrip() for line in body)
             snippets.append(Snippet(page, len(snippets) + 1, i + 1, textwrap.dedent(code) + "\n", skip, lang))
         i = j + 1
     return snippets
@@ -145,7 +145,7 @@ def test_doc_snippets_run(page, _preamble, tmp_path, monkeypatch):
         except SystemExit as exc:
             if exc.code not in (0, None):
                 pytest.fail(_report(snippet, exc), pytrace=False)
-        except Exception as exc:  # noqa: BLE001 - any failure of a snippet is a docs failure
+        except Exception as exc:
             pytest.fail(_report(snippet, exc), pytrace=False)
 
 
@@ -166,7 +166,6 @@ def _parse_json_values(text: str) -> list:
 
 def test_doc_config_blocks_parse():
     """```yaml and ```json blocks are not executed, but they must parse; accelerate configs must load as such."""
-    import json
 
     import yaml
     from accelerate.commands.config.config_args import ClusterConfig
@@ -190,7 +189,7 @@ def test_doc_config_blocks_parse():
                         ClusterConfig.from_yaml_file(str(config_file))
                     finally:
                         config_file.unlink()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 problems.append(f"{where}: {type(exc).__name__}: {exc}")
     assert not problems, "configuration blocks that do not parse:\n" + "\n".join(problems)
 

@@ -43,8 +43,10 @@ class CountingEmbedder:
 
 def short_pools(rows, n_rows=3, n_completions=4, chars=160):
     """A few real pools, cut short so that CPU encoding stays fast."""
-    return [{"prompt": r["prompt"], "completions": [c[:chars] for c in r["completions"][:n_completions]]}
-            for r in rows[:n_rows]]
+    return [
+        {"prompt": r["prompt"], "completions": [c[:chars] for c in r["completions"][:n_completions]]}
+        for r in rows[:n_rows]
+    ]
 
 
 def test_offline_fallback_loads_real_minilm(embedder, minilm_path):
@@ -56,12 +58,17 @@ def test_offline_fallback_loads_real_minilm(embedder, minilm_path):
 
 
 def test_encode_is_normalised_deduplicated_and_semantic(embedder, monkeypatch):
-    texts = ["The cat sat on the mat.", "A cat is sitting on a mat.", "Stock markets fell sharply today.",
-             "The cat sat on the mat."]
+    texts = [
+        "The cat sat on the mat.",
+        "A cat is sitting on a mat.",
+        "Stock markets fell sharply today.",
+        "The cat sat on the mat.",
+    ]
     seen = []
     original = embedder.model.encode
-    monkeypatch.setattr(embedder.model, "encode", lambda unique, **kw: seen.append(list(unique)) or original(
-        unique, **kw))
+    monkeypatch.setattr(
+        embedder.model, "encode", lambda unique, **kw: seen.append(list(unique)) or original(unique, **kw)
+    )
     emb = embedder.encode(texts)
     assert seen == [texts[:3]]  # the duplicate was encoded once
     assert emb.shape == (4, 384) and emb.dtype == torch.float32 and emb.device.type == "cpu"
@@ -89,10 +96,15 @@ def test_clear_errors_when_model_cannot_be_loaded(monkeypatch):
 
 def test_completion_text_formats():
     assert completion_text("plain") == "plain"
-    assert completion_text([{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "there"}]) == \
-        "Hi\nthere"
-    assert completion_text({"role": "assistant", "content": [{"type": "text", "text": "a"},
-                                                             {"type": "text", "text": "b"}]}) == "ab"
+    assert (
+        completion_text([{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "there"}]) == "Hi\nthere"
+    )
+    assert (
+        completion_text(
+            {"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+        )
+        == "ab"
+    )
     with pytest.raises(TypeError):
         completion_text(None)
 
@@ -116,12 +128,18 @@ def test_embed_pools_caches_by_fingerprint(embedder, demo_pool_rows, tmp_path):
 
 def test_embed_pools_conversational_and_ragged(embedder, tmp_path):
     rows = [
-        {"prompt": [{"role": "user", "content": "Hi?"}],
-         "completions": [[{"role": "assistant", "content": "Hello there!"}],
-                         [{"role": "assistant", "content": "Good morning."}],
-                         [{"role": "assistant", "content": "Hello there!"}]]},
-        {"prompt": [{"role": "user", "content": "2+2?"}],
-         "completions": [[{"role": "assistant", "content": "4"}], [{"role": "assistant", "content": "Four."}]]},
+        {
+            "prompt": [{"role": "user", "content": "Hi?"}],
+            "completions": [
+                [{"role": "assistant", "content": "Hello there!"}],
+                [{"role": "assistant", "content": "Good morning."}],
+                [{"role": "assistant", "content": "Hello there!"}],
+            ],
+        },
+        {
+            "prompt": [{"role": "user", "content": "2+2?"}],
+            "completions": [[{"role": "assistant", "content": "4"}], [{"role": "assistant", "content": "Four."}]],
+        },
     ]
     out = embed_pools(datasets.Dataset.from_list(rows), embedder=embedder, cache_dir=str(tmp_path))
     E, mask = stack_pool_embeddings(out["embeddings"])

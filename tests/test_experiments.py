@@ -64,9 +64,21 @@ def test_selection_experiment_equal_budget(tmp_path):
     summary = sel.summarize(records)
     diffs = sel.paired_differences(records)
     assert {e["label"] for e in diffs} == {s[0] for s in sel.STRATEGIES} - {"random k"}
-    meta = {"command": "test", "wall_seconds": 1.0, "embed": {"cache_hit": False}, "select_seconds": 1.0, "data": "x",
-            "data_sha256": "0" * 64, "prompts": P, "full_pool": M, "embedder": "random", "budget": budget, "k": 2,
-            "seeds": [0, 1], "machine": "test"}
+    meta = {
+        "command": "test",
+        "wall_seconds": 1.0,
+        "embed": {"cache_hit": False},
+        "select_seconds": 1.0,
+        "data": "x",
+        "data_sha256": "0" * 64,
+        "prompts": P,
+        "full_pool": M,
+        "embedder": "random",
+        "budget": budget,
+        "k": 2,
+        "seeds": [0, 1],
+        "machine": "test",
+    }
     md = sel.results_markdown(summary, diffs, meta)
     assert "West-of-N" in md and "AEPO λ=1" in md
     sel.plot(summary, tmp_path / "sel.png")
@@ -106,25 +118,48 @@ def test_training_pipeline_micro(tmp_path):
     """SFT → pools → select/pair → DPO (AEPOTrainer) → held-out evaluation, at a microscopic scale."""
     import torch
 
-    scale = replace(tr.SCALES["quick"], hidden_size=16, sft_steps=3, sft_batch=8, train_prompts=12, pool_sizes=(2, 4),
-                    dpo_steps=1, dpo_batch=4, eval_prompts=6, eval_samples=1, seeds=1)
+    scale = replace(
+        tr.SCALES["quick"],
+        hidden_size=16,
+        sft_steps=3,
+        sft_batch=8,
+        train_prompts=12,
+        pool_sizes=(2, 4),
+        dpo_steps=1,
+        dpo_batch=4,
+        eval_prompts=6,
+        eval_samples=1,
+        seeds=1,
+    )
     strategies = [s for s in tr.STRATEGIES if s[0] in ("AEPO λ=1", "random k", "West-of-N")]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the scripts' default: 2+ OpenMP threads can be far slower on a shared machine
     try:
-        records = tr.run_seed(scale, 0, strategies, common.CharNgramEncoder(dim=64), torch.device("cpu"),
-                              log=lambda *_: None)
+        records = tr.run_seed(
+            scale, 0, strategies, common.CharNgramEncoder(dim=64), torch.device("cpu"), log=lambda *_: None
+        )
     finally:
         torch.set_num_threads(threads)
     assert [(r["label"], r["N"]) for r in records] == [(tr.SFT_LABEL, 0)] + [
-        (s[0], n) for n in (2, 4) for s in strategies]
+        (s[0], n) for n in (2, 4) for s in strategies
+    ]
     assert all(0.0 <= r["gold_reward"] <= 1.0 for r in records)
     won = [r for r in records if r["strategy"] == "west_of_n"]
     assert [r["prompts"] for r in won] == [12, 6] and all(r["annotations"] <= 24 for r in records[1:])
     summary = tr.summarize(records)
-    meta = {"command": "test", "wall_seconds": 1.0, "machine": "test", "scale_name": "micro",
-            "scale": tr.asdict(scale), "params": 1, "budget": 24, "seeds": [0], "embedder": "ngram",
-            "pool_mean_reward": records[0]["pool_mean_reward"], "pool_exact": records[0]["pool_exact"]}
+    meta = {
+        "command": "test",
+        "wall_seconds": 1.0,
+        "machine": "test",
+        "scale_name": "micro",
+        "scale": tr.asdict(scale),
+        "params": 1,
+        "budget": 24,
+        "seeds": [0],
+        "embedder": "ngram",
+        "pool_mean_reward": records[0]["pool_mean_reward"],
+        "pool_exact": records[0]["pool_exact"],
+    }
     assert "West-of-N" in tr.results_markdown(summary, meta)
     tr.plot(summary, records, tmp_path / "train.png", "micro")
     assert (tmp_path / "train.png").exists()

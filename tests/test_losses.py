@@ -90,8 +90,9 @@ def test_unknown_kind_raises_with_allowed_values():
     with pytest.raises(ValueError, match="rpo_sq.*rpo_bwd_kl.*rpo_fwd_kl"):
         reward_aware_loss(torch.zeros(3), torch.zeros(3), "sigmoid")
     with pytest.raises(ValueError, match="rpo_sq"):
-        multi_response_reward_aware_loss(torch.zeros(2), torch.zeros(2), torch.zeros(2, dtype=torch.long),
-                                         "rpo_kl", beta=0.1, reward_scale=1.0)
+        multi_response_reward_aware_loss(
+            torch.zeros(2), torch.zeros(2), torch.zeros(2, dtype=torch.long), "rpo_kl", beta=0.1, reward_scale=1.0
+        )
 
 
 def test_shape_mismatch_raises():
@@ -100,8 +101,9 @@ def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="must match"):
         reward_aware_loss(torch.zeros(4), torch.zeros(3), "rpo_bwd_kl")
     with pytest.raises(ValueError, match=r"\[R\]"):
-        multi_response_reward_aware_loss(torch.zeros(4), torch.zeros(3), torch.zeros(4, dtype=torch.long),
-                                         "rpo_sq", beta=0.1, reward_scale=1.0)
+        multi_response_reward_aware_loss(
+            torch.zeros(4), torch.zeros(3), torch.zeros(4, dtype=torch.long), "rpo_sq", beta=0.1, reward_scale=1.0
+        )
 
 
 def test_bad_inputs_raise():
@@ -117,8 +119,9 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match=">= 0"):
         multi_response_reward_aware_loss(lr, sc, torch.tensor([0, -1, 1]), "rpo_sq", beta=0.1, reward_scale=1.0)
     with pytest.raises(ValueError, match="finite"):
-        multi_response_reward_aware_loss(lr, torch.tensor([0.0, float("inf"), 1.0]), gr, "rpo_sq", beta=0.1,
-                                         reward_scale=1.0)
+        multi_response_reward_aware_loss(
+            lr, torch.tensor([0.0, float("inf"), 1.0]), gr, "rpo_sq", beta=0.1, reward_scale=1.0
+        )
     with pytest.raises(ValueError, match="num_groups"):
         multi_response_reward_aware_loss(lr, sc, gr, "rpo_sq", beta=0.1, reward_scale=1.0, num_groups=1)
     with pytest.raises(TypeError, match="integer"):
@@ -255,8 +258,9 @@ def test_multi_response_matches_double_loop(kind, beta, eta):
     ref = _double_loop_reference(RAGGED_LOGRATIOS, RAGGED_SCORES, RAGGED_GROUPS, kind, beta, eta)
     assert loss.shape == num_pairs.shape == (3,)
     assert num_pairs.tolist() == [ref[g][1] for g in range(3)] == [12, 2, 6]
-    torch.testing.assert_close(loss.double(), torch.tensor([ref[g][0] for g in range(3)], dtype=torch.float64),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        loss.double(), torch.tensor([ref[g][0] for g in range(3)], dtype=torch.float64), rtol=1e-5, atol=1e-6
+    )
     mean = mean_multi_response_reward_aware_loss(
         torch.tensor(RAGGED_LOGRATIOS), torch.tensor(RAGGED_SCORES), torch.tensor(RAGGED_GROUPS), kind, beta, eta
     )
@@ -270,8 +274,9 @@ def test_single_response_groups_contribute_nothing():
     logratios = [1.0, 50.0, -1.0, 0.5, 0.0, -0.5]
     scores = [1.0, -3.0, 0.0, 0.2, 0.3, 0.1]
     lr = torch.tensor(logratios, requires_grad=True)
-    loss, num_pairs = multi_response_reward_aware_loss(lr, torch.tensor(scores), torch.tensor(groups),
-                                                       "rpo_bwd_kl", beta=0.1, reward_scale=2.0, num_groups=4)
+    loss, num_pairs = multi_response_reward_aware_loss(
+        lr, torch.tensor(scores), torch.tensor(groups), "rpo_bwd_kl", beta=0.1, reward_scale=2.0, num_groups=4
+    )
     assert num_pairs.tolist() == [2, 0, 6, 0]
     assert loss[1].item() == 0.0 and loss[3].item() == 0.0
     ref = _double_loop_reference(logratios, scores, groups, "rpo_bwd_kl", 0.1, 2.0)
@@ -284,14 +289,16 @@ def test_single_response_groups_contribute_nothing():
 
 def test_no_pairs_at_all_gives_a_differentiable_zero():
     lr = torch.tensor([0.3, -0.2], requires_grad=True)
-    mean = mean_multi_response_reward_aware_loss(lr, torch.tensor([1.0, 0.0]), torch.tensor([0, 1]),
-                                                 "rpo_sq", beta=0.1, reward_scale=1.0)
+    mean = mean_multi_response_reward_aware_loss(
+        lr, torch.tensor([1.0, 0.0]), torch.tensor([0, 1]), "rpo_sq", beta=0.1, reward_scale=1.0
+    )
     assert mean.item() == 0.0
     mean.backward()
     assert torch.equal(lr.grad, torch.zeros(2))
     empty = torch.zeros(0, requires_grad=True)
-    loss, num_pairs = multi_response_reward_aware_loss(empty, torch.zeros(0), torch.zeros(0, dtype=torch.long),
-                                                       "rpo_fwd_kl", beta=0.1, reward_scale=1.0)
+    loss, num_pairs = multi_response_reward_aware_loss(
+        empty, torch.zeros(0), torch.zeros(0, dtype=torch.long), "rpo_fwd_kl", beta=0.1, reward_scale=1.0
+    )
     assert loss.shape == num_pairs.shape == (0,)
     mean_over_groups(loss, num_pairs).backward()
 
@@ -335,8 +342,9 @@ def test_gradient_at_reference_is_leave_one_out_reinforce(kind):
     s = [0.9, 0.1, 0.5, 0.3, 0.7]
     k = len(s)
     lr = torch.zeros(k, dtype=torch.float64, requires_grad=True)
-    mean_multi_response_reward_aware_loss(lr, torch.tensor(s, dtype=torch.float64), torch.zeros(k, dtype=torch.long),
-                                          kind, beta, eta).backward()
+    mean_multi_response_reward_aware_loss(
+        lr, torch.tensor(s, dtype=torch.float64), torch.zeros(k, dtype=torch.long), kind, beta, eta
+    ).backward()
     if kind == "rpo_bwd_kl":
         adv = [sum(_sigmoid(eta * (s[m] - s[j])) - 0.5 for j in range(k) if j != m) / (k - 1) for m in range(k)]
         expected = [-2 * beta / k * a for a in adv]

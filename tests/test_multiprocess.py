@@ -17,7 +17,7 @@ from aepo_trainer.selection import prompt_key
 
 NUM_PROMPTS = 8
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, os, sys
     import torch
     from datasets import Dataset
@@ -50,7 +50,7 @@ SCRIPT = textwrap.dedent('''
         json.dump({"world": trainer.accelerator.num_processes, "keys": trainer._aepo_seen_prompt_keys,
                    "spent": trainer.annotation_service.spent,
                    "logged": [e for e in trainer.state.log_history if "loss" in e]}, f)
-''')
+""")
 
 
 def test_two_process_launch_trains_each_prompt_once(tmp_path, tiny_model_path):
@@ -60,8 +60,18 @@ def test_two_process_launch_trains_each_prompt_once(tmp_path, tiny_model_path):
     out_dir.mkdir()
     # ACCELERATE_USE_CPU (= `use_cpu=True`) makes accelerate pick the MULTI_CPU (gloo) backend under torchrun.
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), tiny_model_path, str(out_dir), str(NUM_PROMPTS)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        tiny_model_path,
+        str(out_dir),
+        str(NUM_PROMPTS),
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from aepo_trainer import AEPOConfig
@@ -18,16 +18,23 @@ def _rows(n=4, size=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     rows, embeddings = [], []
     for i in range(n):
-        rows.append({"prompt": f"prompt {i}", "completions": [f"c{i}.{j}" for j in range(size)],
-                     "scores": torch.rand(size, generator=g).tolist(), "source": "unit"})
+        rows.append(
+            {
+                "prompt": f"prompt {i}",
+                "completions": [f"c{i}.{j}" for j in range(size)],
+                "scores": torch.rand(size, generator=g).tolist(),
+                "source": "unit",
+            }
+        )
         embeddings.append(torch.randn(size, 8, generator=g))
     return rows, torch.stack(embeddings)
 
 
 def _reducer(tmp_path, budget=None, **overrides):
     args = AEPOConfig(output_dir=str(tmp_path), bf16=False, report_to="none", **overrides)
-    service = AnnotationService(DatasetScoresAnnotator("scores"), tmp_path / "store.sqlite", budget=budget,
-                                run_id="unit")
+    service = AnnotationService(
+        DatasetScoresAnnotator("scores"), tmp_path / "store.sqlite", budget=budget, run_id="unit"
+    )
     return PoolReducer(args, service)
 
 
@@ -63,12 +70,15 @@ def test_reduce_selects_annotates_and_pairs(tmp_path):
 @pytest.mark.parametrize("strategy", ["aepo", "random"])
 def test_result_does_not_depend_on_batching(tmp_path, strategy):
     rows, emb = _rows(n=6, size=7)
-    whole = _reducer(tmp_path / "a", selection_strategy=strategy, num_annotations=3,
-                     pairing_rule="best_vs_random").reduce(rows, emb)
+    whole = _reducer(
+        tmp_path / "a", selection_strategy=strategy, num_annotations=3, pairing_rule="best_vs_random"
+    ).reduce(rows, emb)
     reducer = _reducer(tmp_path / "b", selection_strategy=strategy, num_annotations=3, pairing_rule="best_vs_random")
     order = [4, 1, 5, 0, 3, 2]
-    parts = [reducer.reduce([rows[i] for i in order[:2]], emb[order[:2]]),
-             reducer.reduce([rows[i] for i in order[2:]], emb[order[2:]])]
+    parts = [
+        reducer.reduce([rows[i] for i in order[:2]], emb[order[:2]]),
+        reducer.reduce([rows[i] for i in order[2:]], emb[order[2:]]),
+    ]
     subsets = {}
     pairs = {}
     for part, idx in zip(parts, (order[:2], order[2:])):
@@ -107,9 +117,14 @@ def _examples(rows, emb, prompt_len=3):
     examples = []
     for b, row in enumerate(rows):
         n = len(row["completions"])
-        examples.append({**row, "prompt_ids": list(range(100, 100 + prompt_len)),
-                         "completions_ids": [[10 * b + j] * (j + 1) for j in range(n)],
-                         "embeddings": emb[b, :n].tolist()})
+        examples.append(
+            {
+                **row,
+                "prompt_ids": list(range(100, 100 + prompt_len)),
+                "completions_ids": [[10 * b + j] * (j + 1) for j in range(n)],
+                "embeddings": emb[b, :n].tolist(),
+            }
+        )
     return examples
 
 
@@ -152,7 +167,8 @@ def test_collator_truncates_like_trl(tmp_path, mode):
     rows, emb = _rows(n=2, size=3)
     reducer = _reducer(tmp_path, num_annotations=2)
     batch = AEPODataCollator(pad_token_id=0, reducer=reducer, max_length=4, truncation_mode=mode)(
-        _examples(rows, emb, prompt_len=3))
+        _examples(rows, emb, prompt_len=3)
+    )
     assert batch["input_ids"].shape[1] <= 4
     if mode == "keep_end":
         assert (batch["completion_mask"][:, -1] | (batch["attention_mask"][:, -1] == 0)).all()
@@ -170,8 +186,10 @@ def test_collator_empty_batch_has_a_filler_row(tmp_path):
 
 
 def test_pair_examples_go_through_trls_collator_unchanged(tmp_path):
-    examples = [{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},
-                {"prompt_ids": [7, 8], "chosen_ids": [9], "rejected_ids": [10, 11]}]
+    examples = [
+        {"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},
+        {"prompt_ids": [7, 8], "chosen_ids": [9], "rejected_ids": [10, 11]},
+    ]
     ours = AEPODataCollator(pad_token_id=0, max_length=4)(examples)
     theirs = DataCollatorForPreference(pad_token_id=0, max_length=4)(examples)
     assert ours.keys() == theirs.keys()

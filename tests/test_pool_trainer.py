@@ -25,12 +25,14 @@ def pool_rows(n=8, size=4, seed=0, ties=()):
     rows = []
     for i in range(n):
         scores = torch.randperm(size, generator=g).float().div(size).tolist()  # distinct: no ties
-        rows.append({
-            "prompt": f"Question {i}: tell me about {WORDS[i % len(WORDS)]}.",
-            "completions": [f" It is {WORDS[(i + j) % len(WORDS)]}, {j}." for j in range(size)],
-            "scores": [0.5] * size if i in ties else scores,
-            "embeddings": torch.randn(size, 8, generator=g).tolist(),
-        })
+        rows.append(
+            {
+                "prompt": f"Question {i}: tell me about {WORDS[i % len(WORDS)]}.",
+                "completions": [f" It is {WORDS[(i + j) % len(WORDS)]}, {j}." for j in range(size)],
+                "scores": [0.5] * size if i in ties else scores,
+                "embeddings": torch.randn(size, 8, generator=g).tolist(),
+            }
+        )
     return rows
 
 
@@ -38,10 +40,15 @@ def make_trainer(model_path, dpo_args, rows=None, peft_config=None, annotator=No
     kwargs = {**dpo_args, "max_length": 64, **overrides}
     model = AutoModelForCausalLM.from_pretrained(model_path)
     ref = None if peft_config is not None else AutoModelForCausalLM.from_pretrained(model_path)
-    return AEPOTrainer(model=model, ref_model=ref, args=AEPOConfig(**kwargs),
-                       train_dataset=Dataset.from_list(rows if rows is not None else pool_rows()),
-                       processing_class=AutoTokenizer.from_pretrained(model_path), peft_config=peft_config,
-                       annotator=annotator)
+    return AEPOTrainer(
+        model=model,
+        ref_model=ref,
+        args=AEPOConfig(**kwargs),
+        train_dataset=Dataset.from_list(rows if rows is not None else pool_rows()),
+        processing_class=AutoTokenizer.from_pretrained(model_path),
+        peft_config=peft_config,
+        annotator=annotator,
+    )
 
 
 def logged(trainer):
@@ -55,8 +62,16 @@ def test_training_on_pools_changes_weights_and_logs_metrics(tiny_model_path, dpo
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
     entries = logged(trainer)
     assert len(entries) == 3
-    for key in ("aepo/representativeness", "aepo/diversity", "aepo/reward_chosen", "aepo/reward_rejected",
-                "aepo/annotations_spent", "aepo/ties_dropped", "rewards/margins", "logps/chosen"):
+    for key in (
+        "aepo/representativeness",
+        "aepo/diversity",
+        "aepo/reward_chosen",
+        "aepo/reward_rejected",
+        "aepo/annotations_spent",
+        "aepo/ties_dropped",
+        "rewards/margins",
+        "logps/chosen",
+    ):
         assert key in entries[-1], key
     assert [e["aepo/annotations_spent"] for e in entries] == [4, 8, 12]  # k = 2 per prompt, 2 prompts per step
     assert all(e["aepo/reward_chosen"] > e["aepo/reward_rejected"] for e in entries)
@@ -64,11 +79,14 @@ def test_training_on_pools_changes_weights_and_logs_metrics(tiny_model_path, dpo
     assert trainer.recent_pairs and trainer.recent_pairs[0]["chosen_score"] > trainer.recent_pairs[0]["rejected_score"]
 
 
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"ld_alpha": 0.5},
-    {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"ld_alpha": 0.5},
+        {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]},
+    ],
+)
 def test_pool_training_equals_dpo_on_the_selected_pairs(tiny_model_path, dpo_args, tmp_path, overrides):
     """With k = 2, training on pools is DPO on the pairs AEPO selects: same losses and weights, step by step."""
     rows = pool_rows()
@@ -80,14 +98,21 @@ def test_pool_training_equals_dpo_on_the_selected_pairs(tiny_model_path, dpo_arg
     reducer = PoolReducer(args, AnnotationService(DatasetScoresAnnotator(), tmp_path / "offline.sqlite"))
     reduced = reducer.reduce(rows, torch.tensor([r["embeddings"] for r in rows]))
     assert len(reduced.pairs) == len(rows)
-    pairs = [{"prompt": rows[p.row]["prompt"],
-              "chosen": rows[p.row]["completions"][reduced.subsets[p.row][p.chosen]],
-              "rejected": rows[p.row]["completions"][reduced.subsets[p.row][p.rejected]]} for p in reduced.pairs]
-    dpo = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
-                     ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
-                     args=DPOConfig(**{**dpo_args, "max_length": 64, "output_dir": str(tmp_path / "dpo"), **overrides}),
-                     train_dataset=Dataset.from_list(pairs),
-                     processing_class=AutoTokenizer.from_pretrained(tiny_model_path))
+    pairs = [
+        {
+            "prompt": rows[p.row]["prompt"],
+            "chosen": rows[p.row]["completions"][reduced.subsets[p.row][p.chosen]],
+            "rejected": rows[p.row]["completions"][reduced.subsets[p.row][p.rejected]],
+        }
+        for p in reduced.pairs
+    ]
+    dpo = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        args=DPOConfig(**{**dpo_args, "max_length": 64, "output_dir": str(tmp_path / "dpo"), **overrides}),
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_path),
+    )
     dpo.train()
     ours, theirs = logged(trainer), logged(dpo)
     for key in ("loss", "rewards/chosen", "rewards/margins", "logps/rejected", "num_tokens"):
@@ -189,10 +214,13 @@ def test_refusals(tiny_model_path, dpo_args):
         make_trainer(tiny_model_path, dpo_args, precompute_ref_log_probs=True)
     pairs = Dataset.from_dict({"prompt": ["a"], "chosen": [" b"], "rejected": [" c"]})
     with pytest.raises(ValueError, match="reward-aware losses"):
-        AEPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
-                    ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
-                    args=AEPOConfig(**dpo_args, loss_type=["rpo_sq"]), train_dataset=pairs,
-                    processing_class=AutoTokenizer.from_pretrained(tiny_model_path))
+        AEPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+            ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+            args=AEPOConfig(**dpo_args, loss_type=["rpo_sq"]),
+            train_dataset=pairs,
+            processing_class=AutoTokenizer.from_pretrained(tiny_model_path),
+        )
     with pytest.raises(ValueError, match=r"row 1, field 'completions': 1 completion"):
         bad = pool_rows(n=2)
         bad[1]["completions"], bad[1]["scores"], bad[1]["embeddings"] = [" x"], [0.1], [[0.0] * 8]
@@ -221,7 +249,9 @@ def test_on_the_fly_pairs_equal_aepo_select(tiny_model_path, dpo_args, tmp_path)
         reduced = original(batch_rows, embeddings, mask)
         for p in reduced.pairs:
             row, subset = batch_rows[p.row], reduced.subsets[p.row]
-            on_the_fly.add((row["prompt"], row["completions"][subset[p.chosen]], row["completions"][subset[p.rejected]]))
+            on_the_fly.add(
+                (row["prompt"], row["completions"][subset[p.chosen]], row["completions"][subset[p.rejected]])
+            )
         return reduced
 
     trainer.pool_reducer.reduce = spy
@@ -242,8 +272,9 @@ def test_pools_without_embeddings_use_the_sentence_embedder(tiny_model_path, dpo
 def test_evaluate_on_pools(tiny_model_path, dpo_args):
     rows = pool_rows(n=8)
     trainer = make_trainer(tiny_model_path, dpo_args, rows=rows[:4], max_steps=1)
-    trainer.eval_dataset = trainer._prepare_dataset(Dataset.from_list(rows[4:]), trainer.processing_class,
-                                                     trainer.args, "eval")
+    trainer.eval_dataset = trainer._prepare_dataset(
+        Dataset.from_list(rows[4:]), trainer.processing_class, trainer.args, "eval"
+    )
     metrics = trainer.evaluate()
     assert metrics["eval_loss"] == pytest.approx(0.6931, abs=1e-3)  # policy = reference before training
     assert metrics["eval_aepo/pairs"] == 4 and "eval_rewards/margins" in metrics
@@ -251,11 +282,13 @@ def test_evaluate_on_pools(tiny_model_path, dpo_args):
 
 
 def test_human_annotation_pending_stops_cleanly(tiny_model_path, dpo_args):
-    trainer = AEPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
-                          ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
-                          args=AEPOConfig(**{**dpo_args, "max_length": 64, "annotator": "human"}),
-                          train_dataset=Dataset.from_list(pool_rows()),
-                          processing_class=AutoTokenizer.from_pretrained(tiny_model_path))
+    trainer = AEPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        args=AEPOConfig(**{**dpo_args, "max_length": 64, "annotator": "human"}),
+        train_dataset=Dataset.from_list(pool_rows()),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_path),
+    )
     trainer.train()  # returns normally: no exception escapes the training loop
     assert trainer.state.global_step == 1
     assert "pending" in trainer.aepo_stop_reason.lower() and "labels" in trainer.aepo_stop_reason

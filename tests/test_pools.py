@@ -21,8 +21,14 @@ def args(tmp_path):
 
 
 def _pools(n=3, k=3):
-    return [{"prompt": f"Prompt {i}?", "completions": [f" answer {i}.{j}" for j in range(k)],
-             "scores": [float(j) for j in range(k)]} for i in range(n)]
+    return [
+        {
+            "prompt": f"Prompt {i}?",
+            "completions": [f" answer {i}.{j}" for j in range(k)],
+            "scores": [float(j) for j in range(k)],
+        }
+        for i in range(n)
+    ]
 
 
 def test_detection(args):
@@ -39,14 +45,22 @@ def test_detection(args):
     "mutate, message",
     [
         (lambda rows: [{"completions": r["completions"]} for r in rows], r"row 0: missing column 'prompt'"),
-        (lambda rows: rows[:1] + [{**rows[1], "completions": [" only one"]}] + rows[2:],
-         r"row 1, field 'completions': 1 completion\(s\), fewer than num_annotations = 2"),
-        (lambda rows: rows[:2] + [{**rows[2], "completions": [" a", "   ", " c"]}],
-         r"row 2, field 'completions'\[1\]: empty completion"),
-        (lambda rows: rows[:1] + [{**rows[1], "scores": [1.0]}] + rows[2:],
-         r"row 1, field 'scores': expected one score per completion \(3\), got 1"),
-        (lambda rows: rows[:2] + [{**rows[2], "completions": [" a", [{"role": "assistant", "content": "b"}], " c"]}],
-         None),  # mixed inside a list: Arrow refuses it already, or we name it
+        (
+            lambda rows: rows[:1] + [{**rows[1], "completions": [" only one"]}] + rows[2:],
+            r"row 1, field 'completions': 1 completion\(s\), fewer than num_annotations = 2",
+        ),
+        (
+            lambda rows: rows[:2] + [{**rows[2], "completions": [" a", "   ", " c"]}],
+            r"row 2, field 'completions'\[1\]: empty completion",
+        ),
+        (
+            lambda rows: rows[:1] + [{**rows[1], "scores": [1.0]}] + rows[2:],
+            r"row 1, field 'scores': expected one score per completion \(3\), got 1",
+        ),
+        (
+            lambda rows: rows[:2] + [{**rows[2], "completions": [" a", [{"role": "assistant", "content": "b"}], " c"]}],
+            None,
+        ),  # mixed inside a list: Arrow refuses it already, or we name it
     ],
 )
 def test_validation_names_row_and_field(args, mutate, message):
@@ -61,12 +75,17 @@ def test_validation_names_row_and_field(args, mutate, message):
 
 
 def test_validation_mixed_formats_across_rows(args):
-    conv = {"prompt": [{"role": "user", "content": "hi"}],
-            "completions": [[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]]}
+    conv = {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "completions": [[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]],
+    }
     std = {"prompt": "hi", "completions": ["a", "b"]}
     with pytest.raises(ValueError, match=r"row 1, field 'prompt': mixed formats"):
         validate_pool_dataset([conv, std], args)  # any iterable of rows is validated
-    bad = {"prompt": "hi", "completions": [[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]]}
+    bad = {
+        "prompt": "hi",
+        "completions": [[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]],
+    }
     with pytest.raises(ValueError, match=r"row 0, field 'completions'\[0\]: mixed formats"):
         validate_pool_dataset([bad], args)
 
@@ -101,9 +120,14 @@ def test_tokenization_is_trls(args, tiny_tokenizer, conversational, pool_size):
     """Each completion's tokens are exactly what DPOTrainer produces for it as a chosen completion."""
     rows = _pools(n=2, k=pool_size)
     if conversational:
-        rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
-                 "completions": [[{"role": "assistant", "content": c}] for c in r["completions"]],
-                 "scores": r["scores"]} for r in rows]
+        rows = [
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "completions": [[{"role": "assistant", "content": c}] for c in r["completions"]],
+                "scores": r["scores"],
+            }
+            for r in rows
+        ]
     tokenize = _trl_tokenize(tiny_tokenizer)
 
     def no_embed(dataset, a):
@@ -125,8 +149,12 @@ def test_tokenization_is_trls(args, tiny_tokenizer, conversational, pool_size):
 def test_prompts_that_fill_max_length_are_dropped(args, tiny_tokenizer):
     rows = _pools(n=2) + [{"prompt": "long " * 200, "completions": [" a", " b"], "scores": [0.0, 1.0]}]
     args.max_length = 32
-    prepared = prepare_pool_dataset(Dataset.from_list(rows), args, _trl_tokenize(tiny_tokenizer),
-                                    embed=lambda d, a: d.map(lambda r: {"embeddings": [[1.0]] * len(r["completions"])}))
+    prepared = prepare_pool_dataset(
+        Dataset.from_list(rows),
+        args,
+        _trl_tokenize(tiny_tokenizer),
+        embed=lambda d, a: d.map(lambda r: {"embeddings": [[1.0]] * len(r["completions"])}),
+    )
     assert len(prepared) == 2
     assert prepared.column_names.count("embeddings") == 1
 

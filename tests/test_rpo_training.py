@@ -15,12 +15,15 @@ from aepo_trainer import AEPOConfig, AEPOTrainer
 
 def _pools(n=4, size=5, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [{
-        "prompt": f"Rate answer {i}:",
-        "completions": [f" answer {i} number {j}" + "!" * j for j in range(size)],
-        "scores": torch.rand(size, generator=g).tolist(),
-        "embeddings": torch.randn(size, 8, generator=g).tolist(),
-    } for i in range(n)]
+    return [
+        {
+            "prompt": f"Rate answer {i}:",
+            "completions": [f" answer {i} number {j}" + "!" * j for j in range(size)],
+            "scores": torch.rand(size, generator=g).tolist(),
+            "embeddings": torch.randn(size, 8, generator=g).tolist(),
+        }
+        for i in range(n)
+    ]
 
 
 def _train(model_path, dpo_args, rows, **overrides):
@@ -47,8 +50,9 @@ def _train(model_path, dpo_args, rows, **overrides):
 @pytest.mark.parametrize("kind", ["rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl"])
 def test_rpo_training_on_pools_lowers_the_loss(tiny_model_path, dpo_args, kind):
     rows = _pools()
-    trainer, entries, calls = _train(tiny_model_path, dpo_args, rows, loss_type=[kind], max_steps=8,
-                                     learning_rate=5e-3, beta=0.5, reward_scale=2.0)
+    trainer, entries, calls = _train(
+        tiny_model_path, dpo_args, rows, loss_type=[kind], max_steps=8, learning_rate=5e-3, beta=0.5, reward_scale=2.0
+    )
     losses = [e["loss"] for e in entries]
     assert len(losses) == 8
     assert losses[-1] < losses[0] * 0.9, losses
@@ -62,18 +66,22 @@ def test_first_step_value_matches_the_formula(tiny_model_path, dpo_args):
     rows = _pools(n=4, size=4)  # k = N = 4: the whole pool is selected, so the expected value is known
     eta = 3.0
     _, entries, _ = _train(tiny_model_path, dpo_args, rows, loss_type=["rpo_sq"], max_steps=1, reward_scale=eta)
-    expected = sum(
-        sum((eta * (s[i] - s[j])) ** 2 for i, j in itertools.permutations(range(4), 2)) / 12
-        for s in (r["scores"] for r in rows)
-    ) / 4
+    expected = (
+        sum(
+            sum((eta * (s[i] - s[j])) ** 2 for i, j in itertools.permutations(range(4), 2)) / 12
+            for s in (r["scores"] for r in rows)
+        )
+        / 4
+    )
     assert entries[0]["loss"] == pytest.approx(expected, rel=1e-5)
     assert entries[0]["aepo/rpo_sq"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_rpo_mixes_with_trl_losses(tiny_model_path, dpo_args):
     rows = _pools()
-    _, entries, _ = _train(tiny_model_path, dpo_args, rows, loss_type=["sigmoid", "rpo_bwd_kl"],
-                           loss_weights=[1.0, 0.5], max_steps=1)
+    _, entries, _ = _train(
+        tiny_model_path, dpo_args, rows, loss_type=["sigmoid", "rpo_bwd_kl"], loss_weights=[1.0, 0.5], max_steps=1
+    )
     entry = entries[0]
     # TRL's sigmoid on the best-vs-worst pairs (log 2 at step 1) + 0.5 x the RPO term
     assert entry["loss"] == pytest.approx(0.6931471805599453 + 0.5 * entry["aepo/rpo_bwd_kl"], rel=1e-5)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-
 import itertools
 import math
 
 import pytest
 import torch
 
-from aepo_trainer.selection import search
-from aepo_trainer.selection import SEARCHES, STRATEGIES, SelectionResult, select_subsets, prompt_key
+from aepo_trainer.selection import SEARCHES, STRATEGIES, SelectionResult, prompt_key, search, select_subsets
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -40,8 +38,9 @@ def brute_force(E, mask, k, lam):
     out = []
     for b in range(E.shape[0]):
         idx = [i for i in range(E.shape[1]) if mask is None or bool(mask[b, i])]
-        scored = sorted(((objective_fp64(E[b], S, idx, lam)[0], S) for S in itertools.combinations(idx, k)),
-                        key=lambda t: -t[0])
+        scored = sorted(
+            ((objective_fp64(E[b], S, idx, lam)[0], S) for S in itertools.combinations(idx, k)), key=lambda t: -t[0]
+        )
         out.append((scored[0][0], scored[0][1], scored[1][0] if len(scored) > 1 else -math.inf))
     return out
 
@@ -135,7 +134,9 @@ def test_ragged_rows_match_unpadded_rows(strategy, k):
     keys = torch.tensor([prompt_key(f"prompt {i}") for i in range(6)])
     batch = select_subsets(E, k, 1.0, mask=mask, strategy=strategy, row_keys=keys, exhaustive_limit=0)
     for b, n in enumerate(sizes):
-        alone = select_subsets(E[b:b + 1, :n], k, 1.0, strategy=strategy, row_keys=keys[b:b + 1], exhaustive_limit=0)
+        alone = select_subsets(
+            E[b : b + 1, :n], k, 1.0, strategy=strategy, row_keys=keys[b : b + 1], exhaustive_limit=0
+        )
         assert batch.indices[b].tolist() == alone.indices[0].tolist()
         assert float(batch.objective[b]) == pytest.approx(float(alone.objective[0]), abs=1e-6)
         assert int(batch.indices[b].max()) < n
@@ -196,8 +197,9 @@ def test_fp32_bf16_fp16_agreement():
         agree = (low.indices == ref.indices).all(1).float().mean().item()
         assert agree >= 0.8
         # the low-precision choice is near-optimal under the fp32 objective
-        rescored = torch.tensor([objective_fp64(E[b], low.indices[b].tolist(), list(range(32)), 1.0)[0]
-                                 for b in range(64)])
+        rescored = torch.tensor(
+            [objective_fp64(E[b], low.indices[b].tolist(), list(range(32)), 1.0)[0] for b in range(64)]
+        )
         assert float((ref.objective.double() - rescored).max()) < 0.02
         assert torch.allclose(low.objective, ref.objective, atol=0.02)
 
@@ -294,7 +296,7 @@ def test_exact_duplicates_resolve_to_lowest_index():
         r = select_subsets(E, k, lam, search=search_, strategy=strategy, exhaustive_limit=0)
         for row in r.indices.tolist():
             chosen = [i for i in row if i in group]
-            assert chosen == group[:len(chosen)], (k, lam, search_, strategy, row)
+            assert chosen == group[: len(chosen)], (k, lam, search_, strategy, row)
             seen += len(chosen)
     assert seen > 30
 
@@ -371,8 +373,9 @@ def test_bad_masks():
     with pytest.raises(ValueError, match=r"row 3 has no valid candidates \(all padding\)"):
         select_subsets(torch.randn(4, 6, 8), 2, mask=mask)
     with pytest.raises(ValueError, match="west_of_n"):
-        select_subsets(torch.randn(4, 6, 8), 2, mask=torch.tensor([[1, 0, 0, 0, 0, 0]] * 4).bool(),
-                       strategy="west_of_n")
+        select_subsets(
+            torch.randn(4, 6, 8), 2, mask=torch.tensor([[1, 0, 0, 0, 0, 0]] * 4).bool(), strategy="west_of_n"
+        )
 
 
 def test_exhaustive_refuses_huge_enumeration():

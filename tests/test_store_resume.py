@@ -41,13 +41,15 @@ def _run(tmp_path: Path, **cfg) -> subprocess.CompletedProcess:
 def _spawn(tmp_path: Path, **cfg) -> subprocess.Popen:
     cfg.setdefault("store", str(tmp_path / "annotations.sqlite"))
     cfg.setdefault("payment_log", str(tmp_path / "payments.log"))
-    return subprocess.Popen([sys.executable, str(WORKER), json.dumps(cfg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), json.dumps(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _all_keys(n_prompts=N_PROMPTS, k=K) -> list[str]:
-    return [make_key(IDENTITY, r.prompt, c) for r in annotation_worker.make_requests(n_prompts, k)
-            for c in r.completions]
+    return [
+        make_key(IDENTITY, r.prompt, c) for r in annotation_worker.make_requests(n_prompts, k) for c in r.completions
+    ]
 
 
 def _audit(tmp_path: Path, run_id: str = "default") -> dict:
@@ -68,8 +70,11 @@ def _audit(tmp_path: Path, run_id: str = "default") -> dict:
 
 
 def _check_scores(store: AnnotationStore, keys: list[str]) -> None:
-    by_key = {make_key(IDENTITY, r.prompt, c): annotation_worker.expected_score(r.prompt, c)
-              for r in annotation_worker.make_requests(N_PROMPTS, K) for c in r.completions}
+    by_key = {
+        make_key(IDENTITY, r.prompt, c): annotation_worker.expected_score(r.prompt, c)
+        for r in annotation_worker.make_requests(N_PROMPTS, K)
+        for c in r.completions
+    }
     got = store.get(keys)
     assert all(got[k].score == by_key[k] for k in keys)
 
@@ -161,8 +166,10 @@ def test_sigkill_from_outside_at_an_arbitrary_moment(tmp_path):
 def test_concurrent_processes_share_one_budget(tmp_path):
     """Three processes, one store and one run id, the same 40 prompts in different orders, budget 60."""
     budget = 60
-    procs = [_spawn(tmp_path, budget=budget, order=order, sleep_per_item=0.005, prompts_per_call=4)
-             for order in ("forward", "reverse", "forward")]
+    procs = [
+        _spawn(tmp_path, budget=budget, order=order, sleep_per_item=0.005, prompts_per_call=4)
+        for order in ("forward", "reverse", "forward")
+    ]
     for p in procs:
         out, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
@@ -177,6 +184,11 @@ def test_concurrent_processes_share_one_budget(tmp_path):
 @pytest.mark.parametrize("n", [0])
 def test_worker_is_importable_without_torch(n):
     code = "import sys, aepo_trainer.annotation; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], env={**os.environ})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ},
+    )
     assert out.stdout.strip() == "False"

@@ -12,20 +12,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = [
-    "AnnotationRequest",
-    "Annotator",
-    "AnnotationError",
-    "AnnotationsPending",
-    "BudgetExhausted",
     "PENDING",
+    "AnnotationError",
+    "AnnotationRequest",
+    "AnnotationsPending",
+    "Annotator",
+    "BudgetExhausted",
     "canonical_json",
+    "is_valid_score",
     "make_key",
     "subset_context",
-    "is_valid_score",
     "to_text",
 ]
 
@@ -130,8 +131,15 @@ class AnnotationsPending(RuntimeError):
     paid twice.
     """
 
-    def __init__(self, message: str, *, pending: int = 0, partial_scores: list[list] | None = None,
-                 queue_path: str | None = None, labels_path: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        pending: int = 0,
+        partial_scores: list[list] | None = None,
+        queue_path: str | None = None,
+        labels_path: str | None = None,
+    ):
         super().__init__(message)
         self.pending = pending
         self.partial_scores = partial_scores

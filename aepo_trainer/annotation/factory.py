@@ -33,8 +33,7 @@ def build_annotator(args, model=None, tokenizer=None, reward_funcs=None):
                 f"reward_funcs were given but AEPOConfig.annotator={kind!r}: pass either reward functions or another "
                 "annotator, not both."
             )
-        return RewardFunctionAnnotator(reward_funcs, weights=getattr(args, "reward_weights", None),
-                                       tokenizer=tokenizer)
+        return RewardFunctionAnnotator(reward_funcs, weights=getattr(args, "reward_weights", None), tokenizer=tokenizer)
     if kind == "dataset_scores":
         return DatasetScoresAnnotator(getattr(args, "scores_column", "scores"))
     if kind == "reward_model":

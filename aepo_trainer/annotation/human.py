@@ -54,8 +54,13 @@ class HumanQueueAnnotator(Annotator):
 
     single_call = True
 
-    def __init__(self, queue_path: str | os.PathLike, labels_path: str | os.PathLike | None = None,
-                 name: str = "default", extra_columns: tuple[str, ...] | list[str] = ()):
+    def __init__(
+        self,
+        queue_path: str | os.PathLike,
+        labels_path: str | os.PathLike | None = None,
+        name: str = "default",
+        extra_columns: tuple[str, ...] | list[str] = (),
+    ):
         self.queue_path = Path(queue_path)
         if self.queue_path.suffix.lower() not in (".jsonl", ".csv"):
             raise ValueError(f"The annotation queue must be a .jsonl or .csv file, got {str(queue_path)!r}.")
@@ -92,7 +97,9 @@ class HumanQueueAnnotator(Annotator):
             raise AnnotationsPending(
                 f"{pending} annotation(s) are waiting for labels in {self.queue_path} "
                 f"({len(new_items)} newly queued); write them to {self.labels_path} and run again.",
-                pending=pending, partial_scores=results, queue_path=str(self.queue_path),
+                pending=pending,
+                partial_scores=results,
+                queue_path=str(self.queue_path),
                 labels_path=str(self.labels_path),
             )
         return results
@@ -112,8 +119,9 @@ class HumanQueueAnnotator(Annotator):
     def pending_items(self) -> list[dict]:
         """Queue lines that have no label yet (what the labelling team still has to do)."""
         labels = self.read_labels()
-        return [row for _, row in _read_rows(self.queue_path, strict=False)
-                if row.get("id") and row["id"] not in labels]
+        return [
+            row for _, row in _read_rows(self.queue_path, strict=False) if row.get("id") and row["id"] not in labels
+        ]
 
     def _append(self, items: list[dict]) -> None:
         self.queue_path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from .base import AnnotationRequest, Annotator, to_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PairwiseJudgeAnnotator", "DEFAULT_JUDGE_TEMPLATE"]
+__all__ = ["DEFAULT_JUDGE_TEMPLATE", "PairwiseJudgeAnnotator"]
 
 DEFAULT_JUDGE_TEMPLATE = (
     "Which is the more helpful, harmless, and honest assistant response to the user's question?\n\n"
@@ -61,11 +61,24 @@ class PairwiseJudgeAnnotator(Annotator):
 
     relative = True
 
-    def __init__(self, model, tokenizer=None, template: str = DEFAULT_JUDGE_TEMPLATE, choices=("A", "B"),
-                 debias: bool = True, batch_size: int = 8, device: str | None = None, dtype=None,
-                 max_prompt_tokens: int | None = None, max_response_tokens: int | None = None,
-                 use_chat_template: bool | None = None, answer_prefix: str = "\nAnswer:",
-                 disable_adapter: bool = True, copy_model: bool = False, name: str | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        template: str = DEFAULT_JUDGE_TEMPLATE,
+        choices=("A", "B"),
+        debias: bool = True,
+        batch_size: int = 8,
+        device: str | None = None,
+        dtype=None,
+        max_prompt_tokens: int | None = None,
+        max_response_tokens: int | None = None,
+        use_chat_template: bool | None = None,
+        answer_prefix: str = "\nAnswer:",
+        disable_adapter: bool = True,
+        copy_model: bool = False,
+        name: str | None = None,
+    ):
         for placeholder in ("{prompt}", "{response_a}", "{response_b}"):
             if placeholder not in template:
                 raise ValueError(f"The judge template must contain {placeholder}.")
@@ -94,10 +107,13 @@ class PairwiseJudgeAnnotator(Annotator):
         label = name or self._path
         if not label:
             label = f"<in-memory {type(model).__name__}>"
-            logger.warning("PairwiseJudgeAnnotator: in-memory model without a name; pass `name=` so cached "
-                           "judgments are not shared with a different model.")
-        settings = repr((template, self.choices, debias, use_chat_template, answer_prefix, max_prompt_tokens,
-                         max_response_tokens))
+            logger.warning(
+                "PairwiseJudgeAnnotator: in-memory model without a name; pass `name=` so cached "
+                "judgments are not shared with a different model."
+            )
+        settings = repr(
+            (template, self.choices, debias, use_chat_template, answer_prefix, max_prompt_tokens, max_response_tokens)
+        )
         digest = hashlib.sha256(settings.encode("utf-8")).hexdigest()[:12]
         mode = "frozen" if (disable_adapter or not _is_peft(model)) else "live-adapter"
         self.identity = f"judge:{label}|{mode}|{digest}"
@@ -224,17 +240,19 @@ class PairwiseJudgeAnnotator(Annotator):
         return text if len(ids) <= limit else tok.decode(ids[:limit])
 
     def _judge_text(self, prompt, a, b) -> str:
-        filled = (self.template
-                  .replace("{prompt}", self._truncate(to_text(prompt), self.max_prompt_tokens))
-                  .replace("{response_a}", self._truncate(to_text(a), self.max_response_tokens))
-                  .replace("{response_b}", self._truncate(to_text(b), self.max_response_tokens)))
+        filled = (
+            self.template.replace("{prompt}", self._truncate(to_text(prompt), self.max_prompt_tokens))
+            .replace("{response_a}", self._truncate(to_text(a), self.max_response_tokens))
+            .replace("{response_b}", self._truncate(to_text(b), self.max_response_tokens))
+        )
         tok = self._tok()
         use_template = self.use_chat_template
         if use_template is None:
             use_template = bool(getattr(tok, "chat_template", None))
         if use_template:
-            return tok.apply_chat_template([{"role": "user", "content": filled}], tokenize=False,
-                                           add_generation_prompt=True)
+            return tok.apply_chat_template(
+                [{"role": "user", "content": filled}], tokenize=False, add_generation_prompt=True
+            )
         return filled + self.answer_prefix
 
     def _choice_token_ids(self) -> tuple[list[int], list[int]]:
@@ -275,11 +293,15 @@ class PairwiseJudgeAnnotator(Annotator):
                 mask = torch.zeros((len(idx), width), dtype=torch.long)
                 for row, j in enumerate(idx):  # left padding: the next token is always at the last position
                     seq = encoded[j]
-                    input_ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-                    mask[row, width - len(seq):] = 1
+                    input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+                    mask[row, width - len(seq) :] = 1
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                inputs = dict(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                              position_ids=positions.to(device), use_cache=False)
+                inputs = dict(
+                    input_ids=input_ids.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=positions.to(device),
+                    use_cache=False,
+                )
                 try:
                     logits = model(**inputs, logits_to_keep=1).logits[:, -1]
                 except TypeError:  # models without `logits_to_keep`
@@ -301,8 +323,13 @@ def _unwrap(model):
 
 
 def _is_peft(model) -> bool:
-    return model is not None and not isinstance(model, str) and hasattr(model, "peft_config") and hasattr(
-        model, "disable_adapter") and hasattr(model, "base_model")
+    return (
+        model is not None
+        and not isinstance(model, str)
+        and hasattr(model, "peft_config")
+        and hasattr(model, "disable_adapter")
+        and hasattr(model, "base_model")
+    )
 
 
 def _name_or_path(model) -> str:

@@ -11,15 +11,23 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .base import AnnotationError, AnnotationRequest, Annotator
 
 __all__ = ["RewardFunctionAnnotator"]
 
 # Keywords the annotator sets itself; row columns with these names are not forwarded.
-_RESERVED = ("prompts", "completions", "completion_ids", "prompt", "completion", "trainer_state", "log_extra",
-             "log_metric")
+_RESERVED = (
+    "prompts",
+    "completions",
+    "completion_ids",
+    "prompt",
+    "completion",
+    "trainer_state",
+    "log_extra",
+    "log_metric",
+)
 
 
 def _noop(*args, **kwargs):
@@ -40,8 +48,14 @@ class RewardFunctionAnnotator(Annotator):
         columns: forward the row's other columns as keyword lists, as TRL does (default True).
     """
 
-    def __init__(self, reward_funcs: Callable | Sequence[Callable], weights: Sequence[float] | None = None,
-                 name: str | None = None, tokenizer=None, columns: bool = True):
+    def __init__(
+        self,
+        reward_funcs: Callable | Sequence[Callable],
+        weights: Sequence[float] | None = None,
+        name: str | None = None,
+        tokenizer=None,
+        columns: bool = True,
+    ):
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         if not funcs:
             raise ValueError("RewardFunctionAnnotator needs at least one reward function.")
@@ -87,8 +101,15 @@ class RewardFunctionAnnotator(Annotator):
             completion_ids = [self.tokenizer(_plain(c), add_special_tokens=False)["input_ids"] for c in completions]
         per_func = []
         for f, fname in zip(self.reward_funcs, self.names):
-            out = f(prompts=prompts, completions=completions, completion_ids=completion_ids,
-                    trainer_state=self.trainer_state, log_extra=self.log_extra, log_metric=self.log_metric, **kwargs)
+            out = f(
+                prompts=prompts,
+                completions=completions,
+                completion_ids=completion_ids,
+                trainer_state=self.trainer_state,
+                log_extra=self.log_extra,
+                log_metric=self.log_metric,
+                **kwargs,
+            )
             if inspect.isawaitable(out):
                 out = _run_awaitable(out)
             out = list(out) if out is not None else None

@@ -34,14 +34,25 @@ class RewardModelAnnotator(Annotator):
         name: identity name (default: the model's path / `config._name_or_path`).
     """
 
-    def __init__(self, model, tokenizer=None, batch_size: int = 16, device: str | None = "auto", dtype=None,
-                 max_length: int | None = None, use_chat_template: bool | None = None, label_index: int = 0,
-                 name: str | None = None, model_kwargs: dict | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        batch_size: int = 16,
+        device: str | None = "auto",
+        dtype=None,
+        max_length: int | None = None,
+        use_chat_template: bool | None = None,
+        label_index: int = 0,
+        name: str | None = None,
+        model_kwargs: dict | None = None,
+    ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
         self._model = None if isinstance(model, str) else model
-        self.model_name_or_path = model if isinstance(model, str) else getattr(
-            getattr(model, "config", None), "_name_or_path", "") or ""
+        self.model_name_or_path = (
+            model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+        )
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.device = device
@@ -52,8 +63,10 @@ class RewardModelAnnotator(Annotator):
         self.model_kwargs = dict(model_kwargs or {})
         label = name or self.model_name_or_path or f"<in-memory {type(model).__name__}>"
         if not (name or self.model_name_or_path):
-            logger.warning("RewardModelAnnotator: in-memory model without a name; pass `name=` so cached "
-                           "annotations are not shared with a different model.")
+            logger.warning(
+                "RewardModelAnnotator: in-memory model without a name; pass `name=` so cached "
+                "annotations are not shared with a different model."
+            )
         self.identity = f"reward_model:{label}" + (f"#{label_index}" if label_index else "")
 
     # ------------------------------------------------------------------------------------------- loading
@@ -152,6 +165,7 @@ class RewardModelAnnotator(Annotator):
             text = tok.apply_chat_template(messages, tokenize=False)
             enc = tok(text, add_special_tokens=False, truncation=limit is not None, max_length=limit)
         else:
-            enc = tok(to_text(prompt), to_text(completion), truncation="longest_first" if limit else False,
-                      max_length=limit)
+            enc = tok(
+                to_text(prompt), to_text(completion), truncation="longest_first" if limit else False, max_length=limit
+            )
         return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}

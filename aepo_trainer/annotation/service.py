@@ -19,8 +19,8 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from .base import (
     PENDING,
@@ -38,7 +38,7 @@ from .store import AnnotationStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AnnotationService", "AnnotationOutcome"]
+__all__ = ["AnnotationOutcome", "AnnotationService"]
 
 
 @dataclass
@@ -83,9 +83,19 @@ class AnnotationService:
         poll_interval, wait_timeout: how often / how long to wait for keys another live process is annotating.
     """
 
-    def __init__(self, annotator, store: AnnotationStore | str | os.PathLike, budget: int | None = None,
-                 run_id: str = "default", batch_size: int = 16, progress: bool = False, on_invalid: str = "skip",
-                 on_budget_exhausted: str = "skip", poll_interval: float = 0.2, wait_timeout: float = 3600.0):
+    def __init__(
+        self,
+        annotator,
+        store: AnnotationStore | str | os.PathLike,
+        budget: int | None = None,
+        run_id: str = "default",
+        batch_size: int = 16,
+        progress: bool = False,
+        on_invalid: str = "skip",
+        on_budget_exhausted: str = "skip",
+        poll_interval: float = 0.2,
+        wait_timeout: float = 3600.0,
+    ):
         if not hasattr(annotator, "score") or not hasattr(annotator, "identity"):
             raise TypeError(f"{annotator!r} is not an annotator: it needs an `identity` and a `score(requests)`.")
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
@@ -110,7 +120,7 @@ class AnnotationService:
         self._warned_budget = False
 
     @classmethod
-    def from_config(cls, args, annotator, run_id: str = "default", **kwargs) -> "AnnotationService":
+    def from_config(cls, args, annotator, run_id: str = "default", **kwargs) -> AnnotationService:
         """Service configured by an `AEPOConfig`: store `annotation_store` (default `<output_dir>/annotations.sqlite`),
         budget `annotation_budget`, batch size `annotation_batch_size`."""
         path = getattr(args, "annotation_store", None) or os.path.join(args.output_dir, "annotations.sqlite")
@@ -145,12 +155,16 @@ class AnnotationService:
         """Human-readable account of the budget, used when it runs out."""
         if self.budget is None:
             return f"{self.spent} annotations spent for run '{self.run_id}' (no budget limit)."
-        msg = (f"Annotation budget exhausted: {self.spent}/{self.budget} annotations spent for run '{self.run_id}' "
-               f"(store: {self.store.path})")
+        msg = (
+            f"Annotation budget exhausted: {self.spent}/{self.budget} annotations spent for run '{self.run_id}' "
+            f"(store: {self.store.path})"
+        )
         if skipped:
             msg += f"; {skipped} prompt(s) did not fit and were skipped"
-        return msg + (". Every annotation paid for is saved in the store and will be reused for free; raise "
-                      "`annotation_budget` (same run id) to continue.")
+        return msg + (
+            ". Every annotation paid for is saved in the store and will be reused for free; raise "
+            "`annotation_budget` (same run id) to continue."
+        )
 
     # ------------------------------------------------------------------------------------------- annotate
 
@@ -199,22 +213,28 @@ class AnnotationService:
                 f"{total} annotation(s) are waiting for labels in {pending[0].queue_path}; write them to "
                 f"{pending[0].labels_path} and run again (labels already given are saved in {self.store.path}; "
                 f"nothing is queued or paid twice).",
-                pending=total, queue_path=pending[0].queue_path, labels_path=pending[0].labels_path,
+                pending=total,
+                queue_path=pending[0].queue_path,
+                labels_path=pending[0].labels_path,
             )
         self._collect(requests, keys, outcome)
         outcome.skipped.sort()
         outcome.budget_exhausted = bool(outcome.skipped)
         if outcome.invalid:
-            logger.warning("Annotator %s returned %d invalid score(s) (None/NaN/inf): kept as None and never paired.",
-                           self.identity, outcome.invalid)
+            logger.warning(
+                "Annotator %s returned %d invalid score(s) (None/NaN/inf): kept as None and never paired.",
+                self.identity,
+                outcome.invalid,
+            )
         if outcome.budget_exhausted:
             message = self.budget_message(len(outcome.skipped))
             # once per service at WARNING (a trainer stops there; a CLI keeps going through the remaining prompts)
             logger.log(logging.DEBUG if self._warned_budget else logging.WARNING, message)
             self._warned_budget = True
             if self.on_budget_exhausted == "raise":
-                raise BudgetExhausted(message, spent=self.spent, budget=self.budget, run_id=self.run_id,
-                                      outcome=outcome)
+                raise BudgetExhausted(
+                    message, spent=self.spent, budget=self.budget, run_id=self.run_id, outcome=outcome
+                )
         if outcome.invalid and self.on_invalid == "raise":
             raise AnnotationError(
                 f"Annotator {self.identity} returned {outcome.invalid} invalid score(s) (None/NaN/inf); they are "
@@ -273,13 +293,20 @@ class AnnotationService:
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=sum(len(p) for b in batches for _, p in b), desc=f"annotating ({self.identity})",
-                       unit="item")
+            bar = tqdm(
+                total=sum(len(p) for b in batches for _, p in b), desc=f"annotating ({self.identity})", unit="item"
+            )
         try:
             for batch in batches:
-                sub = [AnnotationRequest(requests[i].prompt, [requests[i].completions[p] for p in positions],
-                                         [requests[i].indices[p] for p in positions], requests[i].row)
-                       for i, positions in batch]
+                sub = [
+                    AnnotationRequest(
+                        requests[i].prompt,
+                        [requests[i].completions[p] for p in positions],
+                        [requests[i].indices[p] for p in positions],
+                        requests[i].row,
+                    )
+                    for i, positions in batch
+                ]
                 try:
                     result = self.annotator.score(sub)
                     waiting = None
@@ -297,9 +324,17 @@ class AnnotationService:
                             queued.append(k)
                             continue
                         valid = is_valid_score(value)
-                        rows.append((k, self.identity, canonical_json(requests[i].prompt),
-                                     canonical_json(requests[i].completions[p]),
-                                     float(value) if valid else None, int(valid), None if valid else repr(value)))
+                        rows.append(
+                            (
+                                k,
+                                self.identity,
+                                canonical_json(requests[i].prompt),
+                                canonical_json(requests[i].completions[p]),
+                                float(value) if valid else None,
+                                int(valid),
+                                None if valid else repr(value),
+                            )
+                        )
                 self.store.write(self.run_id, rows)  # persisted before anything uses them
                 mine.difference_update(r[0] for r in rows)
                 if waiting is not None:
@@ -325,8 +360,11 @@ class AnnotationService:
                 "of scores per request."
             )
         for req, scores, i in zip(sub, result, request_ids):
-            if isinstance(scores, (str, bytes)) or not isinstance(scores, Sequence) or len(scores) != len(
-                    req.completions):
+            if (
+                isinstance(scores, (str, bytes))
+                or not isinstance(scores, Sequence)
+                or len(scores) != len(req.completions)
+            ):
                 got = len(scores) if isinstance(scores, Sequence) else type(scores).__name__
                 raise AnnotationError(
                     f"Annotator {name} returned {got} scores for request {i} (prompt {describe(req.prompt)}) which "

@@ -25,12 +25,12 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
-__all__ = ["AnnotationStore", "StoredAnnotation", "Reservation"]
+__all__ = ["AnnotationStore", "Reservation", "StoredAnnotation"]
 
 SCHEMA_VERSION = "1"
 
@@ -204,9 +204,11 @@ class AnnotationStore:
 
     def ledger_summary(self, run_id: str = "default") -> dict[str, int]:
         """Charged annotations of `run_id` by status: `{"paid": .., "reserved": .., "queued": ..}`."""
-        rows = self._conn().execute(
-            "SELECT status, COUNT(*) FROM ledger WHERE run_id = ? GROUP BY status", (run_id,)
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute("SELECT status, COUNT(*) FROM ledger WHERE run_id = ? GROUP BY status", (run_id,))
+            .fetchall()
+        )
         summary = {"paid": 0, "reserved": 0, "queued": 0}
         summary.update({status: int(n) for status, n in rows})
         return summary
@@ -324,8 +326,17 @@ _CHUNK = 500  # SQLite's host-parameter limit is >= 999
 
 def _record(row) -> StoredAnnotation:
     key, annotator, prompt, completion, score, valid, raw, run_id, created_at = row
-    return StoredAnnotation(key, annotator, json.loads(prompt), json.loads(completion),
-                            None if score is None else float(score), bool(valid), raw, run_id, created_at)
+    return StoredAnnotation(
+        key,
+        annotator,
+        json.loads(prompt),
+        json.loads(completion),
+        None if score is None else float(score),
+        bool(valid),
+        raw,
+        run_id,
+        created_at,
+    )
 
 
 def _fetch(conn: sqlite3.Connection, keys: list[str]) -> dict[str, StoredAnnotation]:

@@ -35,9 +35,12 @@ def _top_parser() -> argparse.ArgumentParser:
     from aepo_trainer import __version__
 
     parser = argparse.ArgumentParser(
-        prog="aepo", description="Annotation-Efficient Preference Optimization: build preference datasets from "
+        prog="aepo",
+        description="Annotation-Efficient Preference Optimization: build preference datasets from "
         "candidate pools while annotating only k of N candidates per prompt.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"aepo-trainer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
     for name, summary in COMMANDS.items():
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `aepo stats ... | head`
         return 0
-    except Exception:  # noqa: BLE001 - anything else is a bug: show it
+    except Exception:
         import traceback
 
         traceback.print_exc()

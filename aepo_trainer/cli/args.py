@@ -28,8 +28,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.required or action.default in (None, argparse.SUPPRESS) or action.nargs == 0 \
-                or "%(default)" in text:
+        if action.required or action.default in (None, argparse.SUPPRESS) or action.nargs == 0 or "%(default)" in text:
             return text
         return text + " (default: %(default)s)"
 
@@ -85,9 +84,15 @@ def _str_to_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, names=None, *, exclude=(),
-                     title="AEPO settings (AEPOConfig fields)", overrides: dict | None = None,
-                     notes: dict | None = None) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    names=None,
+    *,
+    exclude=(),
+    title="AEPO settings (AEPOConfig fields)",
+    overrides: dict | None = None,
+    notes: dict | None = None,
+) -> None:
     """Add one flag per AEPO field of `AEPOConfig` (those in `names`, default all, minus `exclude`) and `--seed`.
 
     `overrides` maps a field name to extra `add_argument` keywords (e.g. `nargs="+"` for `aepo stats`); `notes` maps
@@ -115,15 +120,23 @@ def add_config_flags(parser: argparse.ArgumentParser, names=None, *, exclude=(),
         group.add_argument(f"--{f.name}", **kwargs)
     if names is None or "seed" in names:
         seed = next(f for f in dataclasses.fields(DPOConfig) if f.name == "seed")
-        group.add_argument("--seed", type=int, default=seed.default,
-                           help="Seed of the run; also the selection seed unless `--selection_seed` is given.")
+        group.add_argument(
+            "--seed",
+            type=int,
+            default=seed.default,
+            help="Seed of the run; also the selection seed unless `--selection_seed` is given.",
+        )
 
 
 def add_yaml_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(CONFIG_FLAG, metavar="FILE.yaml", default=None,
-                        help="YAML file whose keys (the flag names, without dashes) set this command's defaults, "
-                        "like TRL's `--config`; flags on the command line override it. An `env:` mapping is "
-                        "exported. Keys of TRL's training configs are ignored.")
+    parser.add_argument(
+        CONFIG_FLAG,
+        metavar="FILE.yaml",
+        default=None,
+        help="YAML file whose keys (the flag names, without dashes) set this command's defaults, "
+        "like TRL's `--config`; flags on the command line override it. An `env:` mapping is "
+        "exported. Keys of TRL's training configs are ignored.",
+    )
 
 
 def _trl_training_keys() -> set[str]:
@@ -160,8 +173,9 @@ def apply_yaml_defaults(parser: argparse.ArgumentParser, path: str) -> None:
     if data is None:
         return
     if not isinstance(data, dict):
-        raise InputError(f"config file {path!r} must hold a YAML mapping of flag names to values, "
-                         f"not {type(data).__name__}")
+        raise InputError(
+            f"config file {path!r} must hold a YAML mapping of flag names to values, not {type(data).__name__}"
+        )
     env = data.pop("env", None) or {}
     if not isinstance(env, dict):
         raise InputError(f"config file {path!r}: `env` must be a mapping of variable names to values")
@@ -181,8 +195,10 @@ def apply_yaml_defaults(parser: argparse.ArgumentParser, path: str) -> None:
             continue
         defaults[key] = _coerce(action, value, path, key)
     if unknown:
-        raise InputError(f"config file {path!r}: unknown key(s) {', '.join(map(repr, unknown))} for "
-                         f"`{parser.prog}`; valid keys are the flag names of `{parser.prog} --help`")
+        raise InputError(
+            f"config file {path!r}: unknown key(s) {', '.join(map(repr, unknown))} for "
+            f"`{parser.prog}`; valid keys are the flag names of `{parser.prog} --help`"
+        )
     parser.set_defaults(**defaults)
     # A YAML value satisfies a required flag.
     for key in defaults:
@@ -191,6 +207,7 @@ def apply_yaml_defaults(parser: argparse.ArgumentParser, path: str) -> None:
 
 def _coerce(action: argparse.Action, value, path: str, key: str):
     """Check a YAML value the way argparse would check the same text on the command line."""
+
     def one(item):
         if item is None or action.type is None:
             return item
@@ -211,8 +228,9 @@ def _coerce(action: argparse.Action, value, path: str, key: str):
         values = [one(value)]
     for v in values:
         if action.choices is not None and v not in action.choices:
-            raise InputError(f"config file {path!r}: {key}={v!r} is invalid: expected one of "
-                             f"{', '.join(map(repr, action.choices))}")
+            raise InputError(
+                f"config file {path!r}: {key}={v!r} is invalid: expected one of {', '.join(map(repr, action.choices))}"
+            )
     return values if action.nargs in ("+", "*") or isinstance(action.nargs, int) else values[0]
 
 

@@ -35,34 +35,65 @@ def build_parser(prog: str = "aepo generate") -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
     add_yaml_flag(parser)
     io = parser.add_argument_group("data")
-    io.add_argument("--model_name_or_path", "--model", dest="model_name_or_path", required=True,
-                    help="Causal LM to sample from: a Hub id or a local folder.")
-    io.add_argument("--input", required=True,
-                    help="Prompts: .jsonl(.gz)/.json/.csv/.parquet file, `save_to_disk` folder or Hub dataset id.")
+    io.add_argument(
+        "--model_name_or_path",
+        "--model",
+        dest="model_name_or_path",
+        required=True,
+        help="Causal LM to sample from: a Hub id or a local folder.",
+    )
+    io.add_argument(
+        "--input",
+        required=True,
+        help="Prompts: .jsonl(.gz)/.json/.csv/.parquet file, `save_to_disk` folder or Hub dataset id.",
+    )
     io.add_argument("--split", default="train", help="Split to read when the input is a Hub dataset or folder.")
-    io.add_argument("--output", required=True,
-                    help="Pool dataset to write (.jsonl is appended to as batches finish; other formats are written "
-                    "at the end from `<output>.partial.jsonl`).")
+    io.add_argument(
+        "--output",
+        required=True,
+        help="Pool dataset to write (.jsonl is appended to as batches finish; other formats are written "
+        "at the end from `<output>.partial.jsonl`).",
+    )
     io.add_argument("--prompt_column", default="prompt", help="Input column holding the prompts.")
     io.add_argument("--max_prompts", type=int, default=None, help="Only use the first M prompts of the input.")
     add_config_flags(parser, names={"completions_column", "seed"}, title="columns and seed (AEPOConfig fields)")
     gen = parser.add_argument_group("sampling")
-    gen.add_argument("--num_completions", type=int, default=32,
-                     help="N: completions sampled per prompt (the AEPO reference uses 32; the paper up to 128).")
+    gen.add_argument(
+        "--num_completions",
+        type=int,
+        default=32,
+        help="N: completions sampled per prompt (the AEPO reference uses 32; the paper up to 128).",
+    )
     gen.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (0 = greedy).")
     gen.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling probability mass.")
     gen.add_argument("--top_k", type=int, default=0, help="Top-k sampling (0 = off).")
     gen.add_argument("--max_new_tokens", type=int, default=256, help="Maximum tokens generated per completion.")
-    gen.add_argument("--batch_size", type=int, default=2,
-                     help="Prompts per generate call; each call samples batch_size x num_completions sequences.")
-    gen.add_argument("--use_chat_template", choices=["auto", "true", "false"], default="auto",
-                     help="Apply the tokenizer's chat template: 'auto' does so for conversational prompts (lists of "
-                     "messages); 'true' also wraps string prompts as one user message.")
-    gen.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto",
-                     help="'auto' uses vLLM when it is installed and a GPU is present, else transformers.")
+    gen.add_argument(
+        "--batch_size",
+        type=int,
+        default=2,
+        help="Prompts per generate call; each call samples batch_size x num_completions sequences.",
+    )
+    gen.add_argument(
+        "--use_chat_template",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="Apply the tokenizer's chat template: 'auto' does so for conversational prompts (lists of "
+        "messages); 'true' also wraps string prompts as one user message.",
+    )
+    gen.add_argument(
+        "--backend",
+        choices=["auto", "transformers", "vllm"],
+        default="auto",
+        help="'auto' uses vLLM when it is installed and a GPU is present, else transformers.",
+    )
     gen.add_argument("--device", default="auto", help="Device for transformers ('auto': cuda when available).")
-    gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                     help="Model weights dtype ('auto': bfloat16 on GPU, float32 on CPU).")
+    gen.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="Model weights dtype ('auto': bfloat16 on GPU, float32 on CPU).",
+    )
     gen.add_argument("--trust_remote_code", action="store_true", help="Allow custom model code from the Hub.")
     return parser
 
@@ -90,7 +121,7 @@ def main(argv: list[str]) -> int:
     batches = []  # fixed batches over the input: a batch's seed depends only on its position
     for start in range(0, len(rows), args.batch_size):
         todo = []
-        for row in rows[start:start + args.batch_size]:
+        for row in rows[start : start + args.batch_size]:
             key = _prompt_id(row[args.prompt_column])
             if done[key] > 0:
                 done[key] -= 1
@@ -140,17 +171,24 @@ def _check_prompts(rows: list[dict], args) -> None:
         raise InputError(f"{args.input}: has no rows")
     for number, row in enumerate(rows):
         if args.prompt_column not in row:
-            raise InputError(f"{args.input}: row {number} has no {args.prompt_column!r} column (columns: "
-                             f"{', '.join(map(repr, row))}); pass --prompt_column")
+            raise InputError(
+                f"{args.input}: row {number} has no {args.prompt_column!r} column (columns: "
+                f"{', '.join(map(repr, row))}); pass --prompt_column"
+            )
         prompt = row[args.prompt_column]
         if not (isinstance(prompt, str) and prompt.strip()) and not _is_conversation(prompt):
-            raise InputError(f"{args.input}: row {number}, column {args.prompt_column!r}: expected a non-empty string "
-                             f"or a list of chat messages, got {type(prompt).__name__}")
+            raise InputError(
+                f"{args.input}: row {number}, column {args.prompt_column!r}: expected a non-empty string "
+                f"or a list of chat messages, got {type(prompt).__name__}"
+            )
 
 
 def _is_conversation(prompt) -> bool:
-    return isinstance(prompt, list) and bool(prompt) and all(
-        isinstance(m, dict) and "role" in m and "content" in m for m in prompt)
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt)
+    )
 
 
 def _prompt_id(prompt) -> str:
@@ -182,11 +220,13 @@ class _Prompts:
         from transformers import AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path,
-                                                           trust_remote_code=args.trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                args.model_name_or_path, trust_remote_code=args.trust_remote_code
+            )
         except (OSError, ValueError) as error:
-            raise InputError(f"--model_name_or_path {args.model_name_or_path!r}: cannot load its tokenizer "
-                             f"({error})") from None
+            raise InputError(
+                f"--model_name_or_path {args.model_name_or_path!r}: cannot load its tokenizer ({error})"
+            ) from None
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.tokenizer.pad_token_id is None:
@@ -198,9 +238,11 @@ class _Prompts:
         conversational = not isinstance(prompt, str)
         if self.mode == "true" or (self.mode == "auto" and conversational):
             if not getattr(self.tokenizer, "chat_template", None):
-                raise InputError(f"the tokenizer of {self.model!r} has no chat template, but "
-                                 + ("the prompts are conversational" if conversational else "--use_chat_template true")
-                                 + " (pass plain-text prompts, or a model with a chat template)")
+                raise InputError(
+                    f"the tokenizer of {self.model!r} has no chat template, but "
+                    + ("the prompts are conversational" if conversational else "--use_chat_template true")
+                    + " (pass plain-text prompts, or a model with a chat template)"
+                )
             messages = prompt if conversational else [{"role": "user", "content": prompt}]
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             return self.tokenizer(text, add_special_tokens=False)["input_ids"], conversational
@@ -227,10 +269,12 @@ class _TransformersSampler:
         dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
         try:
             self.model = AutoModelForCausalLM.from_pretrained(
-                args.model_name_or_path, dtype=getattr(torch, dtype), trust_remote_code=args.trust_remote_code)
+                args.model_name_or_path, dtype=getattr(torch, dtype), trust_remote_code=args.trust_remote_code
+            )
         except (OSError, ValueError) as error:
-            raise InputError(f"--model_name_or_path {args.model_name_or_path!r}: cannot load it as a causal LM "
-                             f"({error})") from None
+            raise InputError(
+                f"--model_name_or_path {args.model_name_or_path!r}: cannot load it as a causal LM ({error})"
+            ) from None
         self.model.to(device).eval()
         self.device = device
 
@@ -240,11 +284,14 @@ class _TransformersSampler:
         width = max(len(ids) for ids, _ in encoded)
         pad = tok.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in encoded], device=self.device)
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in encoded],
-                                 device=self.device)
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in encoded], device=self.device)
         sample = args.temperature > 0
-        options = dict(do_sample=sample, num_return_sequences=args.num_completions,
-                       max_new_tokens=args.max_new_tokens, pad_token_id=pad)
+        options = dict(
+            do_sample=sample,
+            num_return_sequences=args.num_completions,
+            max_new_tokens=args.max_new_tokens,
+            pad_token_id=pad,
+        )
         if sample:
             options.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)  # 0 = off
         torch.manual_seed(seed)
@@ -253,11 +300,13 @@ class _TransformersSampler:
         new = output[:, width:]
         texts = tok.batch_decode(new, skip_special_tokens=True)
         specials = [i for i in (pad, tok.eos_token_id) if i is not None]
-        new_tokens = int((~torch.isin(new, torch.tensor(specials, device=new.device))).sum()) if specials \
-            else new.numel()
+        new_tokens = (
+            int((~torch.isin(new, torch.tensor(specials, device=new.device))).sum()) if specials else new.numel()
+        )
         n = args.num_completions
-        return [[self.prompts.wrap(t, conv) for t in texts[i * n:(i + 1) * n]]
-                for i, (_, conv) in enumerate(encoded)], new_tokens
+        return [
+            [self.prompts.wrap(t, conv) for t in texts[i * n : (i + 1) * n]] for i, (_, conv) in enumerate(encoded)
+        ], new_tokens
 
 
 class _VLLMSampler:
@@ -268,16 +317,23 @@ class _VLLMSampler:
             raise InputError("--backend vllm: vLLM is not installed (pip install 'aepo-trainer[vllm]')") from None
         self.args = args
         self.prompts = _Prompts(args)
-        self.llm = LLM(model=args.model_name_or_path, seed=args.seed, trust_remote_code=args.trust_remote_code,
-                       dtype=args.dtype)
+        self.llm = LLM(
+            model=args.model_name_or_path, seed=args.seed, trust_remote_code=args.trust_remote_code, dtype=args.dtype
+        )
 
     def __call__(self, prompts: list, seed: int) -> tuple[list[list], int]:
         from vllm import SamplingParams
 
         args = self.args
         encoded = [self.prompts.encode(p) for p in prompts]
-        params = SamplingParams(n=args.num_completions, temperature=args.temperature, top_p=args.top_p,
-                                top_k=args.top_k or -1, max_tokens=args.max_new_tokens, seed=seed)
+        params = SamplingParams(
+            n=args.num_completions,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k or -1,
+            max_tokens=args.max_new_tokens,
+            seed=seed,
+        )
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids, _ in encoded], params, use_tqdm=False)
         pools = [[self.prompts.wrap(o.text, conv) for o in out.outputs] for out, (_, conv) in zip(outputs, encoded)]
         return pools, sum(len(o.token_ids) for out in outputs for o in out.outputs)

@@ -55,8 +55,10 @@ def read_rows(source: str, *, split: str = "train", name: str | None = None) -> 
             return _read_parquet(str(path))
         if suffix in (".csv", ".csv.gz"):
             return _read_csv(str(path))
-        raise InputError(f"{source}: unsupported file type; use .jsonl (or .jsonl.gz), .json, .csv or .parquet, "
-                         "a `save_to_disk` folder, or a Hub dataset id")
+        raise InputError(
+            f"{source}: unsupported file type; use .jsonl (or .jsonl.gz), .json, .csv or .parquet, "
+            "a `save_to_disk` folder, or a Hub dataset id"
+        )
     if _suffix(source) or source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise InputError(f"{source}: no such file or folder")
     return _load_dataset(source, split, name)  # a Hub dataset id
@@ -88,8 +90,7 @@ def read_jsonl(path: str, *, tolerate_truncated_tail: bool = False) -> list[dict
         except json.JSONDecodeError as error:
             if tolerate_truncated_tail and number == len(lines) and not text.endswith("\n"):
                 break
-            raise InputError(f"{path}: line {number} is not valid JSON ({error.msg} at column {error.colno})") \
-                from None
+            raise InputError(f"{path}: line {number} is not valid JSON ({error.msg} at column {error.colno})") from None
         if not isinstance(row, dict):
             raise InputError(f"{path}: line {number} holds a {type(row).__name__}, expected a JSON object (one row)")
         rows.append(row)
@@ -149,8 +150,9 @@ def _load_dataset(source: str, split: str, name: str | None) -> list[dict]:
     try:
         return datasets.load_dataset(source, name, split=split).to_list()
     except Exception as error:  # offline, missing repo, bad split: all are input errors for the user
-        raise InputError(f"{source}: could not be loaded with datasets.load_dataset ({type(error).__name__}: "
-                         f"{error})") from None
+        raise InputError(
+            f"{source}: could not be loaded with datasets.load_dataset ({type(error).__name__}: {error})"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------------- writing
@@ -161,8 +163,12 @@ def write_rows(rows: list[dict], destination: str) -> str:
     os.makedirs(parent, exist_ok=True)
     suffix = _suffix(destination)
     if suffix in JSONL_SUFFIXES:
-        _atomic(destination, lambda tmp: _write_jsonl(rows, tmp, gz=destination.lower().endswith(".gz"),
-                                                      array=suffix in (".json", ".json.gz")))
+        _atomic(
+            destination,
+            lambda tmp: _write_jsonl(
+                rows, tmp, gz=destination.lower().endswith(".gz"), array=suffix in (".json", ".json.gz")
+            ),
+        )
     elif suffix == ".parquet":
         _atomic(destination, lambda tmp: _write_parquet(rows, tmp))
     elif suffix in (".csv", ".csv.gz"):
@@ -183,7 +189,7 @@ def _atomic(destination: str, write) -> None:
 
 
 def _write_jsonl(rows, path, *, gz: bool, array: bool) -> None:
-    with (gzip.open(path, "wt", encoding="utf-8") if gz else open(path, "w", encoding="utf-8")) as f:
+    with gzip.open(path, "wt", encoding="utf-8") if gz else open(path, "w", encoding="utf-8") as f:
         if array:
             json.dump(rows, f, ensure_ascii=False)
             f.write("\n")
@@ -199,8 +205,10 @@ def _write_parquet(rows, path) -> None:
     try:
         table = pa.Table.from_pylist(rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-        raise InputError(f"the rows cannot be stored as Parquet ({error}): a column mixes types (e.g. string and "
-                         "chat-message prompts); write .jsonl instead") from None
+        raise InputError(
+            f"the rows cannot be stored as Parquet ({error}): a column mixes types (e.g. string and "
+            "chat-message prompts); write .jsonl instead"
+        ) from None
     pq.write_table(table, path)
 
 
@@ -210,8 +218,9 @@ def _write_csv(rows, path) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
-                             for k, v in row.items()})
+            writer.writerow(
+                {k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v for k, v in row.items()}
+            )
 
 
 def to_dataset(rows: list[dict]):
@@ -234,8 +243,9 @@ def push_to_hub(rows: list[dict], repo_id: str, *, private: bool = False) -> Non
     try:
         to_dataset(rows).push_to_hub(repo_id, private=private)
     except Exception as error:
-        raise InputError(f"push_to_hub({repo_id!r}) failed ({type(error).__name__}: {error}); the local output "
-                         "was written") from None
+        raise InputError(
+            f"push_to_hub({repo_id!r}) failed ({type(error).__name__}: {error}); the local output was written"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------------- appending

@@ -14,12 +14,13 @@ import os
 import sys
 import time
 
-from .args import (ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, build_config,
-                   parse_with_yaml)
+from .args import ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, build_config, parse_with_yaml
 from .errors import EXIT_ANNOTATIONS_PENDING, EXIT_BUDGET_EXHAUSTED, EXIT_OK, InputError
 
-DESCRIPTION = ("Select k of N candidates per prompt, annotate only those, and write preference pairs "
-               "(prompt/chosen/rejected, with scores and selected indices) that any DPO trainer reads.")
+DESCRIPTION = (
+    "Select k of N candidates per prompt, annotate only those, and write preference pairs "
+    "(prompt/chosen/rejected, with scores and selected indices) that any DPO trainer reads."
+)
 
 EPILOG = """\
 examples:
@@ -34,46 +35,86 @@ Resume: rerun the same command after an interruption; annotations in the store a
 Exit codes: 0 ok, 2 bad input, 3 budget exhausted (pairs annotated so far written), 4 human labels pending.
 """
 
-_OUTPUT_COLUMNS = ("prompt", "chosen", "rejected", "chosen_score", "rejected_score", "chosen_index",
-                   "rejected_index", "selected_indices", "selected_scores")
+_OUTPUT_COLUMNS = (
+    "prompt",
+    "chosen",
+    "rejected",
+    "chosen_score",
+    "rejected_score",
+    "chosen_index",
+    "rejected_index",
+    "selected_indices",
+    "selected_scores",
+)
 
 
 def build_parser(prog: str = "aepo select") -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
     add_yaml_flag(parser)
     io = parser.add_argument_group("data")
-    io.add_argument("--input", required=True, help="Pool dataset: .jsonl(.gz)/.json/.csv/.parquet file, "
-                    "`save_to_disk` folder or Hub dataset id; one row per prompt with 'prompt' and a list of "
-                    "completions.")
+    io.add_argument(
+        "--input",
+        required=True,
+        help="Pool dataset: .jsonl(.gz)/.json/.csv/.parquet file, "
+        "`save_to_disk` folder or Hub dataset id; one row per prompt with 'prompt' and a list of "
+        "completions.",
+    )
     io.add_argument("--split", default="train", help="Split to read when the input is a Hub dataset or folder.")
-    io.add_argument("--output", required=True, help="Preference dataset to write: .jsonl(.gz)/.json, .parquet, "
-                    ".csv, or any other path for a `save_to_disk` folder.")
-    io.add_argument("--push_to_hub", metavar="REPO_ID", default=None,
-                    help="Also push the preference dataset to this Hub dataset repository.")
+    io.add_argument(
+        "--output",
+        required=True,
+        help="Preference dataset to write: .jsonl(.gz)/.json, .parquet, "
+        ".csv, or any other path for a `save_to_disk` folder.",
+    )
+    io.add_argument(
+        "--push_to_hub",
+        metavar="REPO_ID",
+        default=None,
+        help="Also push the preference dataset to this Hub dataset repository.",
+    )
     io.add_argument("--hub_private", action="store_true", help="Make the pushed repository private.")
     io.add_argument("--max_prompts", type=int, default=None, help="Only use the first M prompts of the input.")
     run = parser.add_argument_group("run")
-    run.add_argument("--batch_size", type=int, default=64,
-                     help="Prompts per `PoolReducer.reduce` call (selection + annotation + pairing chunk).")
-    run.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                     help="Embed and select, then print how many annotations the run would pay for (minus those "
-                     "already in the store) against the budget; no annotator is called, nothing is written.")
-    run.add_argument("--run_id", default=None,
-                     help="Budget ledger in the store (default: derived from the output path, so rerunning the same "
-                     "command resumes the same budget).")
-    run.add_argument("--judge_model", default=None,
-                     help="Causal LM (path or Hub id) judging pairs with --annotator judge (SELF-JUDGE: the frozen "
-                     "starting policy).")
-    run.add_argument("--device", default=None, help="Device for embedding and selection (default: cuda if "
-                     "available, else cpu).")
-    add_config_flags(parser, exclude={"reward_scale"}, notes={  # reward_scale: a loss setting, training only
-        "annotation_budget": "In `aepo select`: when it is spent, the pairs of the prompts annotated so far are "
-        "written and the exit code is 3; rerun with a larger budget to continue.",
-        "annotation_store": "In `aepo select`: defaults to `<output>.annotations.sqlite`.",
-        "annotation_queue": "In `aepo select`: defaults to `<output>.annotation_queue.jsonl`.",
-    })
+    run.add_argument(
+        "--batch_size",
+        type=int,
+        default=64,
+        help="Prompts per `PoolReducer.reduce` call (selection + annotation + pairing chunk).",
+    )
+    run.add_argument(
+        "--dry-run",
+        "--dry_run",
+        dest="dry_run",
+        action="store_true",
+        help="Embed and select, then print how many annotations the run would pay for (minus those "
+        "already in the store) against the budget; no annotator is called, nothing is written.",
+    )
+    run.add_argument(
+        "--run_id",
+        default=None,
+        help="Budget ledger in the store (default: derived from the output path, so rerunning the same "
+        "command resumes the same budget).",
+    )
+    run.add_argument(
+        "--judge_model",
+        default=None,
+        help="Causal LM (path or Hub id) judging pairs with --annotator judge (SELF-JUDGE: the frozen "
+        "starting policy).",
+    )
+    run.add_argument(
+        "--device", default=None, help="Device for embedding and selection (default: cuda if available, else cpu)."
+    )
+    add_config_flags(
+        parser,
+        exclude={"reward_scale"},
+        notes={  # reward_scale: a loss setting, training only
+            "annotation_budget": "In `aepo select`: when it is spent, the pairs of the prompts annotated so far are "
+            "written and the exit code is 3; rerun with a larger budget to continue.",
+            "annotation_store": "In `aepo select`: defaults to `<output>.annotations.sqlite`.",
+            "annotation_queue": "In `aepo select`: defaults to `<output>.annotation_queue.jsonl`.",
+        },
+    )
     return parser
-
 
 
 def main(argv: list[str]) -> int:
@@ -87,18 +128,21 @@ def main(argv: list[str]) -> int:
 
     output = os.path.abspath(os.path.expanduser(args.output))
     config = build_config(  # first: a bad setting fails before any reading or embedding
-        args, output_dir=os.path.dirname(output),
+        args,
+        output_dir=os.path.dirname(output),
         annotation_store=args.annotation_store or f"{output}.annotations.sqlite",
-        annotation_queue=args.annotation_queue or (f"{output}.annotation_queue.jsonl"
-                                                   if args.annotator == "human" else None))
+        annotation_queue=args.annotation_queue
+        or (f"{output}.annotation_queue.jsonl" if args.annotator == "human" else None),
+    )
     from aepo_trainer.annotation import AnnotationService, build_annotator
     from aepo_trainer.reduction import PoolReducer
 
     try:  # models are loaded lazily, on the first annotation
         annotator = build_annotator(config, model=args.judge_model if config.annotator == "judge" else None)
     except ValueError as error:
-        raise InputError(f"{error} (with --annotator judge, pass --judge_model)" if config.annotator == "judge"
-                         else str(error)) from None
+        raise InputError(
+            f"{error} (with --annotator judge, pass --judge_model)" if config.annotator == "judge" else str(error)
+        ) from None
 
     from .io import read_rows
 
@@ -126,17 +170,18 @@ def main(argv: list[str]) -> int:
 
     if pending:  # a human queue: every batch queued its items; nothing is written until all labels are in
         print(summary(totals, service, timings, started, written=None), file=sys.stderr)
-        print(f"aepo select: {sum(p.pending for p in pending)} annotation(s) are waiting for labels in "
-              f"{pending[0].queue_path}; write them to {pending[0].labels_path} (lines {{\"id\": ..., \"score\": "
-              f"...}}) and rerun the same command. Labels already given are saved in {service.store.path}.",
-              file=sys.stderr)
+        print(
+            f"aepo select: {sum(p.pending for p in pending)} annotation(s) are waiting for labels in "
+            f'{pending[0].queue_path}; write them to {pending[0].labels_path} (lines {{"id": ..., "score": '
+            f"...}}) and rerun the same command. Labels already given are saved in {service.store.path}.",
+            file=sys.stderr,
+        )
         return EXIT_ANNOTATIONS_PENDING
     write_rows(pairs, output)
     timings["write"] = time.perf_counter() - t
     if args.push_to_hub:
         push_to_hub(pairs, args.push_to_hub, private=args.hub_private)
-    print(summary(totals, service, timings, started, written=f"{len(pairs)} pairs -> {args.output}"),
-          file=sys.stderr)
+    print(summary(totals, service, timings, started, written=f"{len(pairs)} pairs -> {args.output}"), file=sys.stderr)
     if totals["prompts_skipped"]:
         print(f"aepo select: {service.budget_message(int(totals['prompts_skipped']))}", file=sys.stderr)
         return EXIT_BUDGET_EXHAUSTED
@@ -151,14 +196,18 @@ def check_pools(rows: list[dict], config, source: str, need_scores: bool) -> Non
         raise InputError(f"{source}: has no rows")
     for needed in ("prompt", config.completions_column):
         if needed not in rows[0]:
-            raise InputError(f"{source}, row 0: missing column {needed!r} (columns: "
-                             f"{', '.join(map(repr, rows[0]))}). A pool dataset has one row per prompt with 'prompt' "
-                             f"and {config.completions_column!r} (a list of candidate completions); pass "
-                             f"--completions_column if yours is named differently.")
+            raise InputError(
+                f"{source}, row 0: missing column {needed!r} (columns: "
+                f"{', '.join(map(repr, rows[0]))}). A pool dataset has one row per prompt with 'prompt' "
+                f"and {config.completions_column!r} (a list of candidate completions); pass "
+                f"--completions_column if yours is named differently."
+            )
     if need_scores and config.scores_column not in rows[0]:
-        raise InputError(f"{source}, row 0: missing column {config.scores_column!r}, which --annotator "
-                         f"dataset_scores reads (columns: {', '.join(map(repr, rows[0]))}); pass --scores_column, "
-                         "or choose another --annotator")
+        raise InputError(
+            f"{source}, row 0: missing column {config.scores_column!r}, which --annotator "
+            f"dataset_scores reads (columns: {', '.join(map(repr, rows[0]))}); pass --scores_column, "
+            "or choose another --annotator"
+        )
     try:
         validate_pool_dataset(rows, config, dataset_name=source)
     except ValueError as error:
@@ -184,8 +233,9 @@ def pool_embeddings(rows: list[dict], config, device=None, shard_texts: int = 10
 
     from aepo_trainer.embedding import Embedder, embed_pools
 
-    embedder = Embedder(config.embedding_model, device=device, batch_size=config.embedding_batch_size,
-                        show_progress=False)
+    embedder = Embedder(
+        config.embedding_model, device=device, batch_size=config.embedding_batch_size, show_progress=False
+    )
     data = datasets.Dataset.from_list([{ccol: row[ccol]} for row in rows])
     datasets.disable_progress_bars()  # one bar below, over all shards
     texts = sum(len(row[ccol]) for row in rows)
@@ -196,14 +246,14 @@ def pool_embeddings(rows: list[dict], config, device=None, shard_texts: int = 10
         for start in range(0, len(rows), shard_rows):
             shard = data.select(range(start, min(start + shard_rows, len(rows))))
             try:
-                embedded = embed_pools(shard, ccol, embedder, column, batch_size=config.embedding_batch_size,
-                                       rows_per_batch=shard_rows)
+                embedded = embed_pools(
+                    shard, ccol, embedder, column, batch_size=config.embedding_batch_size, rows_per_batch=shard_rows
+                )
             except RuntimeError as error:
                 if embedder._model is None:  # the model could not be loaded: a bad --embedding_model
                     raise InputError(f"--embedding_model {config.embedding_model!r}: {error}") from None
                 raise
-            out.extend(torch.as_tensor(np.asarray(e, dtype=np.float32))
-                       for e in embedded.with_format("numpy")[column])
+            out.extend(torch.as_tensor(np.asarray(e, dtype=np.float32)) for e in embedded.with_format("numpy")[column])
             bar.update(sum(len(c) for c in shard[ccol]))
     finally:
         bar.close()
@@ -241,8 +291,12 @@ def reduce_all(rows, embeddings, reducer, size: int):
         if reduced.pending is not None:
             pending.append(reduced.pending)
         out.extend(pair_rows(batch_rows, reduced, config))
-        bar.set_postfix(paid=int(totals["annotations_paid"]), reused=int(totals["annotations_reused"]),
-                        pairs=len(out), refresh=False)
+        bar.set_postfix(
+            paid=int(totals["annotations_paid"]),
+            reused=int(totals["annotations_reused"]),
+            pairs=len(out),
+            refresh=False,
+        )
         bar.update(len(batch_rows))
     bar.close()
     return out, totals, pending
@@ -305,14 +359,17 @@ def report_dry_run(rows, embeddings, reducer, service, size: int) -> None:
         f"  would be paid             {to_pay:>10}",
     ]
     if remaining is None:
-        lines.append(f"  budget                    unlimited  (spent so far by run '{service.run_id}': "
-                     f"{service.spent})")
+        lines.append(
+            f"  budget                    unlimited  (spent so far by run '{service.run_id}': {service.spent})"
+        )
     else:
         covered = prompts_covered(per_prompt_cost, remaining)
-        lines += [f"  budget                    {config.annotation_budget:>10}  (spent so far: {service.spent}, "
-                  f"left: {remaining})",
-                  f"  prompts covered           {covered:>10}  of {len(rows)}"
-                  + ("" if covered == len(rows) else "  (the rest would be skipped: budget exhausted)")]
+        lines += [
+            f"  budget                    {config.annotation_budget:>10}  (spent so far: {service.spent}, "
+            f"left: {remaining})",
+            f"  prompts covered           {covered:>10}  of {len(rows)}"
+            + ("" if covered == len(rows) else "  (the rest would be skipped: budget exhausted)"),
+        ]
     print("\n".join(lines))
 
 

@@ -14,12 +14,15 @@ import json
 import math
 import sys
 
-from .args import (ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, build_config,
-                   parse_with_yaml)
+from aepo_trainer.choices import SELECTION_STRATEGIES as STRATEGIES
+
+from .args import ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, build_config, parse_with_yaml
 from .errors import EXIT_OK, InputError
 
-DESCRIPTION = ("Annotation cost, budget coverage and representativeness/diversity (and selected scores, when the "
-               "file has them) of each selection strategy and k on a pool file; prints a table, draws a plot.")
+DESCRIPTION = (
+    "Annotation cost, budget coverage and representativeness/diversity (and selected scores, when the "
+    "file has them) of each selection strategy and k on a pool file; prints a table, draws a plot."
+)
 
 EPILOG = """\
 examples:
@@ -28,10 +31,21 @@ examples:
   aepo stats --input pools.jsonl --strategies aepo random --diversity_weight 0.5 1
 """
 
-from aepo_trainer.choices import SELECTION_STRATEGIES as STRATEGIES
-_SELECTION_FIELDS = {"num_annotations", "diversity_weight", "selection_search", "local_search_rounds",
-                     "selection_seed", "seed", "embedding_model", "embedding_batch_size", "completions_column",
-                     "scores_column", "embeddings_column", "annotation_budget"}
+
+_SELECTION_FIELDS = {
+    "num_annotations",
+    "diversity_weight",
+    "selection_search",
+    "local_search_rounds",
+    "selection_seed",
+    "seed",
+    "embedding_model",
+    "embedding_batch_size",
+    "completions_column",
+    "scores_column",
+    "embeddings_column",
+    "annotation_budget",
+}
 
 
 def build_parser(prog: str = "aepo stats") -> ArgumentParser:
@@ -44,20 +58,37 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
     io.add_argument("--plot", metavar="FILE.png", default=None, help="Write the plot to this image file.")
     io.add_argument("--json", metavar="FILE.json", default=None, help="Write the table as JSON records.")
     run = parser.add_argument_group("strategies")
-    run.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES),
-                     metavar="STRATEGY", help=f"Strategies to compare, among {', '.join(STRATEGIES)}.")
+    run.add_argument(
+        "--strategies",
+        nargs="+",
+        choices=STRATEGIES,
+        default=list(STRATEGIES),
+        metavar="STRATEGY",
+        help=f"Strategies to compare, among {', '.join(STRATEGIES)}.",
+    )
     run.add_argument("--batch_size", type=int, default=256, help="Prompts per selection call.")
-    run.add_argument("--device", default=None, help="Device for embedding and selection (default: cuda if "
-                     "available, else cpu).")
-    add_config_flags(parser, names=_SELECTION_FIELDS, overrides={
-        "num_annotations": dict(nargs="+", default=[2, 4, 8], metavar="K",
-                                help="The values of k to compare (annotations per prompt)."),
-        "diversity_weight": dict(nargs="+", default=[0.0, 0.5, 1.0, 2.0], metavar="LAMBDA",
-                                 help="The diversity weights λ of the 'aepo' strategy to compare (the paper "
-                                 "ablates 0, 0.5, 1, 2)."),
-        "annotation_budget": dict(help="Report how many prompts this many annotations cover, per strategy and k "
-                                  "(prompts are covered whole, in file order)."),
-    })
+    run.add_argument(
+        "--device", default=None, help="Device for embedding and selection (default: cuda if available, else cpu)."
+    )
+    add_config_flags(
+        parser,
+        names=_SELECTION_FIELDS,
+        overrides={
+            "num_annotations": dict(
+                nargs="+", default=[2, 4, 8], metavar="K", help="The values of k to compare (annotations per prompt)."
+            ),
+            "diversity_weight": dict(
+                nargs="+",
+                default=[0.0, 0.5, 1.0, 2.0],
+                metavar="LAMBDA",
+                help="The diversity weights λ of the 'aepo' strategy to compare (the paper ablates 0, 0.5, 1, 2).",
+            ),
+            "annotation_budget": dict(
+                help="Report how many prompts this many annotations cover, per strategy and k "
+                "(prompts are covered whole, in file order)."
+            ),
+        },
+    )
     return parser
 
 
@@ -65,15 +96,17 @@ def main(argv: list[str]) -> int:
     args = parse_with_yaml(build_parser(), argv)
     ks = sorted(set(args.num_annotations))
     if min(ks) < 2 or args.batch_size < 1 or any(w < 0 or not math.isfinite(w) for w in args.diversity_weight):
-        raise InputError("--num_annotations values must be >= 2, --diversity_weight values finite and >= 0, "
-                         "--batch_size >= 1")
+        raise InputError(
+            "--num_annotations values must be >= 2, --diversity_weight values finite and >= 0, --batch_size >= 1"
+        )
     import tempfile
 
     from .io import read_rows
     from .select import check_pools, pool_embeddings
 
-    config = build_config(args, output_dir=tempfile.gettempdir(), num_annotations=ks[0],
-                          diversity_weight=args.diversity_weight[0])  # each comparison sets its own k and λ
+    config = build_config(
+        args, output_dir=tempfile.gettempdir(), num_annotations=ks[0], diversity_weight=args.diversity_weight[0]
+    )  # each comparison sets its own k and λ
     rows = read_rows(args.input, split=args.split)
     if args.max_prompts is not None:
         rows = rows[: args.max_prompts]
@@ -98,8 +131,11 @@ def _variants(args, ks, pool_sizes):
     n_min = min(pool_sizes)
     skipped = [k for k in ks if k >= n_min]
     if skipped:
-        print(f"k = {', '.join(map(str, skipped))} left out: not smaller than the smallest pool (N = {n_min}); "
-              "selecting the whole pool is west_of_n", file=sys.stderr)
+        print(
+            f"k = {', '.join(map(str, skipped))} left out: not smaller than the smallest pool (N = {n_min}); "
+            "selecting the whole pool is west_of_n",
+            file=sys.stderr,
+        )
     for strategy in args.strategies:
         if strategy == "west_of_n":
             yield "west_of_n", strategy, 0.0, None
@@ -123,8 +159,9 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
 
     variants = list(_variants(args, ks, pool_sizes))
     if not variants:
-        raise InputError(f"no strategy/k to compare: no k in {ks} is smaller than the smallest pool "
-                         f"(N = {min(pool_sizes)})")
+        raise InputError(
+            f"no strategy/k to compare: no k in {ks} is smaller than the smallest pool (N = {min(pool_sizes)})"
+        )
     records = []
     bar = tqdm(total=len(variants) * len(rows), unit="prompt", desc="selecting", dynamic_ncols=True)
     for label, strategy, weight, k in variants:
@@ -135,8 +172,9 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
         reducer = PoolReducer(variant, service=None, device=args.device)
         subsets, rep, div = [], [], []
         for start in range(0, len(rows), args.batch_size):
-            batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + args.batch_size,
-                                              config.embeddings_column)
+            batch_rows, tensor, mask = batch_inputs(
+                rows, embeddings, start, start + args.batch_size, config.embeddings_column
+            )
             selection, batch_subsets, _ = reducer.select(batch_rows, tensor, mask)
             subsets.extend(batch_subsets)
             rep.extend(selection.representativeness.float().cpu().tolist())
@@ -144,8 +182,11 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
             bar.update(len(batch_rows))
         costs = [len(s) for s in subsets]
         record = {
-            "strategy": label, "k": k if k is not None else "N", "annotations": sum(costs),
-            "representativeness": _mean(rep), "diversity": _mean(div),
+            "strategy": label,
+            "k": k if k is not None else "N",
+            "annotations": sum(costs),
+            "representativeness": _mean(rep),
+            "diversity": _mean(div),
         }
         if args.annotation_budget is not None:
             record["prompts_covered"] = prompts_covered(costs, args.annotation_budget)
@@ -177,8 +218,11 @@ def format_table(records: list[dict], budget, prompts: int, has_scores: bool) ->
         columns += [("best", "best score", "{:.3f}"), ("worst", "worst score", "{:.3f}"), ("gap", "gap", "{:.3f}")]
     cells = [[fmt.format(r[key]) for key, _, fmt in columns] for r in records]
     widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (_, title, _) in enumerate(columns)]
-    lines = ["  ".join(title.ljust(w) if i == 0 else title.rjust(w) for i, ((_, title, _), w)
-                       in enumerate(zip(columns, widths)))]
+    lines = [
+        "  ".join(
+            title.ljust(w) if i == 0 else title.rjust(w) for i, ((_, title, _), w) in enumerate(zip(columns, widths))
+        )
+    ]
     lines.append("  ".join("-" * w for w in widths))
     for c in cells:
         lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))))
@@ -227,17 +271,35 @@ def plot(records, path, source, prompts, n_max, budget, has_scores) -> None:
         for r in records:
             if r["k"] == k:
                 baseline = not r["strategy"].startswith("aepo")  # hollow: stays visible over an equal aepo point
-                ax.scatter(r["diversity"], r["representativeness"], marker=markers[i % len(markers)],
-                           s=90 if baseline else 50, linewidth=1.6 if baseline else 0.4,
-                           facecolor="none" if baseline else colors[r["strategy"]],
-                           edgecolor=colors[r["strategy"]] if baseline else "black")
+                ax.scatter(
+                    r["diversity"],
+                    r["representativeness"],
+                    marker=markers[i % len(markers)],
+                    s=90 if baseline else 50,
+                    linewidth=1.6 if baseline else 0.4,
+                    facecolor="none" if baseline else colors[r["strategy"]],
+                    edgecolor=colors[r["strategy"]] if baseline else "black",
+                )
     if west is not None:
-        ax.scatter(west["diversity"], west["representativeness"], color="black", marker="X", s=70,
-                   label="west_of_n (whole pool)")
+        ax.scatter(
+            west["diversity"],
+            west["representativeness"],
+            color="black",
+            marker="X",
+            s=70,
+            label="west_of_n (whole pool)",
+        )
     for label in labels:
         baseline = not label.startswith("aepo")
-        ax.scatter([], [], marker="s", facecolor="none" if baseline else colors[label], edgecolor=colors[label],
-                   linewidth=1.6 if baseline else 0.4, label=label)
+        ax.scatter(
+            [],
+            [],
+            marker="s",
+            facecolor="none" if baseline else colors[label],
+            edgecolor=colors[label],
+            linewidth=1.6 if baseline else 0.4,
+            label=label,
+        )
     for i, k in enumerate(ks):
         ax.scatter([], [], color="white", edgecolor="black", marker=markers[i % len(markers)], label=f"k = {k}")
     ax.set_xlabel("mean diversity of the selection (1 − mean pairwise cosine)")
@@ -251,8 +313,14 @@ def plot(records, path, source, prompts, n_max, budget, has_scores) -> None:
         ax = axes[2]
         for label in labels:
             points = sorted((r["k"], r["gap"]) for r in records if r["strategy"] == label)
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o-" if label.startswith("aepo") else "s--",
-                    color=colors[label], label=label, mfc="none" if not label.startswith("aepo") else None)
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                "o-" if label.startswith("aepo") else "s--",
+                color=colors[label],
+                label=label,
+                mfc="none" if not label.startswith("aepo") else None,
+            )
         if west is not None:
             ax.axhline(west["gap"], color="black", linestyle="--", label="west_of_n (best − worst of pool)")
         ax.set_xlabel("k = annotations per prompt")

@@ -14,4 +14,4 @@ from ..choices import SELECTION_STRATEGIES as STRATEGIES
 from .kernel import SelectionResult, select_subsets
 from .keys import prompt_key
 
-__all__ = ["SelectionResult", "select_subsets", "prompt_key", "STRATEGIES", "SEARCHES"]
+__all__ = ["SEARCHES", "STRATEGIES", "SelectionResult", "prompt_key", "select_subsets"]

@@ -23,7 +23,7 @@ import torch
 
 from . import search as _search
 
-__all__ = ["SelectionResult", "select_subsets", "STRATEGIES", "SEARCHES"]
+__all__ = ["SEARCHES", "STRATEGIES", "SelectionResult", "select_subsets"]
 
 from ..choices import SELECTION_SEARCHES as SEARCHES
 from ..choices import SELECTION_STRATEGIES as STRATEGIES
@@ -62,8 +62,9 @@ class SelectionResult:
         return [[i for i, v in zip(row, vrow) if v] for row, vrow in zip(idx, ok)]
 
     def to(self, device) -> SelectionResult:
-        return SelectionResult(*(getattr(self, f).to(device) for f in
-                                 ("indices", "objective", "representativeness", "diversity", "valid")))
+        return SelectionResult(
+            *(getattr(self, f).to(device) for f in ("indices", "objective", "representativeness", "diversity", "valid"))
+        )
 
 
 @torch.no_grad()
@@ -106,16 +107,29 @@ def select_subsets(
     Returns:
         `SelectionResult`; `indices` are sorted ascending within each row.
     """
-    E, mask, keys, counts, lam, k = _validate(embeddings, k, diversity_weight, mask, strategy, seed, row_keys, search,
-                                              local_search_rounds, exhaustive_limit, max_chunk_bytes)
+    E, mask, keys, counts, lam, k = _validate(
+        embeddings,
+        k,
+        diversity_weight,
+        mask,
+        strategy,
+        seed,
+        row_keys,
+        search,
+        local_search_rounds,
+        exhaustive_limit,
+        max_chunk_bytes,
+    )
     B, N, D = E.shape
     dev = E.device
     west = strategy == "west_of_n"
     if B == 0:
         width = N if west else k
-        return SelectionResult(torch.empty(0, width, dtype=torch.long, device=dev),
-                               *(torch.empty(0, device=dev) for _ in range(3)),
-                               torch.empty(0, width, dtype=torch.bool, device=dev))
+        return SelectionResult(
+            torch.empty(0, width, dtype=torch.long, device=dev),
+            *(torch.empty(0, device=dev) for _ in range(3)),
+            torch.empty(0, width, dtype=torch.bool, device=dev),
+        )
 
     method = _method(strategy, k, lam, search, max(counts), exhaustive_limit)
     use_compile = _want_compile(compile)
@@ -133,8 +147,22 @@ def select_subsets(
             if method in ("random", "greedy", "auto"):
                 chunk_keys = keys[start:stop] if keys is not None else torch.arange(start, stop, device=dev)
             with _search_threads(dev, method, M.numel()):
-                idx = _select(method, M, rep, msk, cnt, padded, k, lam, seed, chunk_keys, local_search_rounds,
-                              exhaustive_limit, max_chunk_bytes, use_compile)
+                idx = _select(
+                    method,
+                    M,
+                    rep,
+                    msk,
+                    cnt,
+                    padded,
+                    k,
+                    lam,
+                    seed,
+                    chunk_keys,
+                    local_search_rounds,
+                    exhaustive_limit,
+                    max_chunk_bytes,
+                    use_compile,
+                )
                 obj, repr_, pair = _search.subset_scores(M, rep, idx, lam)
             ok = None
         parts.append((idx, obj.float(), repr_.float(), (1.0 - pair).float(), ok))
@@ -245,8 +273,11 @@ def _check_and_rescale(M, sq, msk, offset: int, padded: bool):
         off &= msk
     if bool(bad.any()):
         b, i = (int(v) for v in bad.nonzero()[0])
-        problem = ("has an all-zero embedding, which cannot be L2-normalised" if float(sq[b, i]) == 0.0 else
-                   "has a non-finite embedding (NaN or inf, or too large to square in fp32)")
+        problem = (
+            "has an all-zero embedding, which cannot be L2-normalised"
+            if float(sq[b, i]) == 0.0
+            else "has a non-finite embedding (NaN or inf, or too large to square in fp32)"
+        )
         _fail(f"row {offset + b} candidate {i} {problem}")
     w = torch.where(off, sq.rsqrt(), 1.0)
     M.mul_(w[:, :, None] * w[:, None, :])  # symmetric scaling keeps M exactly symmetric
@@ -264,7 +295,7 @@ def _similarities(X, msk, counts: list[int], offset: int, padded: bool):
     # fast path, one device sync: every valid squared norm finite and within NORM_TOLERANCE of 1 (NaN fails it)
     lo, hi = torch.aminmax(torch.where(msk, sq, 1.0) if padded else sq)
     lo, hi = torch.stack((lo, hi)).tolist()
-    if not (1.0 - NORM_TOLERANCE <= lo and hi <= 1.0 + NORM_TOLERANCE):
+    if not (lo >= 1.0 - NORM_TOLERANCE and hi <= 1.0 + NORM_TOLERANCE):
         _check_and_rescale(M, sq, msk, offset, padded)
     # fp32 accumulation (30x faster than a float64 upcast on CPU); padding rows are 0
     rep = (M.sum(2) - torch.diagonal(M, dim1=1, dim2=2)).double()
@@ -309,8 +340,10 @@ def _method(strategy: str, k: int, lam: float, search: str, n_largest: int, exha
     if search == "exhaustive":
         n_subsets = math.comb(n_largest, k)
         if n_subsets > MAX_EXHAUSTIVE:
-            _fail(f"search='exhaustive' would enumerate C({n_largest}, {k}) = {n_subsets} subsets per prompt "
-                  f"(limit {MAX_EXHAUSTIVE}); use search='greedy' or 'auto'")
+            _fail(
+                f"search='exhaustive' would enumerate C({n_largest}, {k}) = {n_subsets} subsets per prompt "
+                f"(limit {MAX_EXHAUSTIVE}); use search='greedy' or 'auto'"
+            )
         return "exhaustive"
     if search == "auto" and exhaustive_limit > 0:
         return "auto"  # decided per row: exhaustive where C(N_b, k) <= exhaustive_limit
@@ -326,8 +359,9 @@ def _chunk_rows(method: str, N: int, D: int, k: int, max_chunk_bytes: int) -> in
     return max(1, max_chunk_bytes // per_row)
 
 
-def _select(method, M, rep, msk, counts, padded, k, lam, seed, keys, rounds, exhaustive_limit, max_chunk_bytes,
-            use_compile):
+def _select(
+    method, M, rep, msk, counts, padded, k, lam, seed, keys, rounds, exhaustive_limit, max_chunk_bytes, use_compile
+):
     if method == "topk":
         return _search.top_k(rep, msk, k)
     if method == "pair":
@@ -422,7 +456,7 @@ def _pair(M, rep, msk, lam: float, use_compile: bool) -> torch.Tensor:
             if _compiled_pair is None:
                 _compiled_pair = torch.compile(_pair_scores_argmax_fused, dynamic=True)
             flat = _compiled_pair(M, h, lam)
-        except Exception:  # noqa: BLE001 - any compiler problem: use the eager kernel from now on
+        except Exception:
             _compiled_pair = False
     if flat is None:
         flat = _pair_scores_argmax(M, h, lam)

@@ -20,4 +20,7 @@ def prompt_key(prompt: Any) -> int:
     Works for standard (string) and conversational (list of messages) prompts alike.
     """
     text = json.dumps(prompt, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+    return (
+        int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:8], "big")
+        & 0x7FFF_FFFF_FFFF_FFFF
+    )

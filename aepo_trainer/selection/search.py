@@ -180,8 +180,19 @@ def _best_swap(M, rep32, pen0, sel, cur, rep, lam: float):
     return torch.where(better[:, None], cand, sel), torch.where(better, new, cur)
 
 
-def local_search(M, rep, valid, sel, lam: float, rounds: int, seed: int, row_keys: torch.Tensor,
-                 polish_steps: int = 2, drop: int = 4, inserts: int = 2):
+def local_search(
+    M,
+    rep,
+    valid,
+    sel,
+    lam: float,
+    rounds: int,
+    seed: int,
+    row_keys: torch.Tensor,
+    polish_steps: int = 2,
+    drop: int = 4,
+    inserts: int = 2,
+):
     """Batched iterated local search from `sel`; never returns a subset with a lower objective than its input.
 
     First the start is polished by k steepest-ascent swaps (`_best_swap`). Then each round, for every row at once:
@@ -215,8 +226,8 @@ def local_search(M, rep, valid, sel, lam: float, rounds: int, seed: int, row_key
             rank = (draw * n_allowed) >> 32  # uniform rank among the allowed candidates
             c = argmax_first((allowed.cumsum(1) > rank[:, None]).to(torch.uint8))
             # a row without room (N_b - k < i + 1) keeps its member at that position
-            c = torch.where(n_allowed > 0, c, sel.gather(1, dropped[:, i:i + 1]).squeeze(1))
-            cand.scatter_(1, dropped[:, i:i + 1], c[:, None])
+            c = torch.where(n_allowed > 0, c, sel.gather(1, dropped[:, i : i + 1]).squeeze(1))
+            cand.scatter_(1, dropped[:, i : i + 1], c[:, None])
             allowed.scatter_(1, c[:, None], False)
         pen = pen0.scatter(1, cand, NEG_INF)
         if q < m:
@@ -225,7 +236,7 @@ def local_search(M, rep, valid, sel, lam: float, rounds: int, seed: int, row_key
             acc = (rows_of(M, cand) * keep[:, :, None]).sum(1)
             for step in range(q, m):
                 c = argmax_first(torch.add(rep32, acc, alpha=-2.0 * lam / (k - m + step)).add_(pen))
-                cand.scatter_(1, dropped[:, step:step + 1], c[:, None])
+                cand.scatter_(1, dropped[:, step : step + 1], c[:, None])
                 pen.scatter_(1, c[:, None], NEG_INF)
                 acc += rows_of(M, c)
         cand = cand.sort(1).values
@@ -266,7 +277,7 @@ def exhaustive(M, rep, valid, k: int, lam: float, block: int) -> torch.Tensor:
     best_val = torch.full((B,), NEG_INF, dtype=torch.float64, device=dev)
     best_idx = torch.zeros(B, dtype=torch.long, device=dev)
     for start in range(0, combos.shape[0], block):
-        cb = combos[start:start + block]  # [c, k]
+        cb = combos[start : start + block]  # [c, k]
         rep_s = rep[:, cb].sum(2) / k  # [B, c]
         flat = cb[:, iu[0]] * N + cb[:, iu[1]]  # [c, P]
         pair = flatM[:, flat].double().sum(2) * (2.0 / (k * (k - 1)))
@@ -324,8 +335,11 @@ def kmedoids(M, rep, valid, k: int, max_iter: int = 20) -> torch.Tensor:
         assign = d_sel.argmin(1)  # [B, N], ties to the lowest-index medoid
         same = assign[:, :, None] == assign[:, None, :]
         within = (dist * same).sum(2)  # [B, N]: distance of c to the members of its own cluster
-        w = within[:, None, :].expand(B, k, N).masked_fill((assign[:, None, :] != cluster_ids) | invalid[:, None, :],
-                                                           POS_INF)
+        w = (
+            within[:, None, :]
+            .expand(B, k, N)
+            .masked_fill((assign[:, None, :] != cluster_ids) | invalid[:, None, :], POS_INF)
+        )
         best, new = w.min(2)
         new = torch.where(torch.isinf(best), sel, new).sort(1).values
         distinct = (new[:, 1:] != new[:, :-1]).all(1)
