@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
+
+from .validation import _value_format, validate_pool_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -69,118 +70,12 @@ def is_prepared_pool_dataset(dataset) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------- validation
-
-
-def _is_message(x) -> bool:
-    return isinstance(x, dict) and "role" in x and "content" in x
-
-
-def _is_messages(x) -> bool:
-    return isinstance(x, list) and len(x) > 0 and all(_is_message(m) for m in x)
-
-
-def _value_format(x) -> str | None:
-    """'standard' for a string, 'conversational' for a non-empty list of chat messages, None otherwise."""
-    if isinstance(x, str):
-        return "standard"
-    if _is_messages(x):
-        return "conversational"
-    return None
-
-
-def _is_empty(x, fmt: str) -> bool:
-    if fmt == "standard":
-        return x.strip() == ""
-    return all(not str(m.get("content") or "").strip() for m in x)
+# The checks live in `aepo_trainer.validation` (one pass over everything a run needs); re-exported here.
 
 
 def pool_format(row: dict, args) -> str:
     """'standard' or 'conversational' (the format of the row's prompt)."""
     return _value_format(row.get("prompt")) or "standard"
-
-
-def validate_pool_dataset(dataset, args, dataset_name: str = "train") -> None:
-    """Check every row of a pool dataset; raise `ValueError` naming the row index and the field on the first problem.
-
-    Checked: the `prompt` and completions columns exist; each prompt is a string or a list of chat messages; each pool
-    is a list of at least `num_annotations` completions (2 with `selection_strategy='west_of_n'`), none of them empty;
-    prompt and completions share one format, and every row has the format of row 0; `scores`, when present, has one
-    entry per completion; `embeddings`, when present, has one vector per completion, all of the same dimension.
-    """
-    ccol, scol, ecol = args.completions_column, args.scores_column, args.embeddings_column
-    columns = getattr(dataset, "column_names", None)
-    where = f"{dataset_name} pool dataset"
-    if columns is not None:
-        for needed in ("prompt", ccol):
-            if needed not in columns:
-                raise ValueError(
-                    f"{where}, row 0: missing column {needed!r} (columns: {columns}). A pool dataset has one row per "
-                    f"prompt with 'prompt' and {ccol!r} (a list of candidate completions)."
-                )
-    k = 2 if args.selection_strategy == "west_of_n" else args.num_annotations
-    wanted = [c for c in ("prompt", ccol, scol, ecol) if columns is None or c in columns]
-    rows = dataset.select_columns(wanted) if hasattr(dataset, "select_columns") and columns is not None else dataset
-    expected_format = None
-    embedding_dim = None
-    for index, row in enumerate(rows):
-        if "prompt" not in row or row["prompt"] is None:
-            raise ValueError(f"{where}, row {index}, field 'prompt': missing prompt.")
-        prompt_format = _value_format(row["prompt"])
-        if prompt_format is None:
-            raise ValueError(
-                f"{where}, row {index}, field 'prompt': expected a string or a list of chat messages "
-                f"({{'role', 'content'}} dicts), got {type(row['prompt']).__name__}."
-            )
-        if expected_format is None:
-            expected_format = prompt_format
-        elif prompt_format != expected_format:
-            raise ValueError(
-                f"{where}, row {index}, field 'prompt': mixed formats: row 0 is {expected_format} but this row is "
-                f"{prompt_format}. Use one format for the whole dataset."
-            )
-        pool = row.get(ccol)
-        if not isinstance(pool, list):
-            raise ValueError(
-                f"{where}, row {index}, field {ccol!r}: expected a list of candidate completions, got "
-                f"{type(pool).__name__}."
-            )
-        if len(pool) < k:
-            raise ValueError(
-                f"{where}, row {index}, field {ccol!r}: {len(pool)} completion(s), fewer than "
-                f"{'2 (west_of_n needs a pair)' if args.selection_strategy == 'west_of_n' else f'num_annotations = {k}'}."
-            )
-        for j, completion in enumerate(pool):
-            fmt = _value_format(completion)
-            if fmt is None:
-                raise ValueError(
-                    f"{where}, row {index}, field {ccol!r}[{j}]: expected a string or a list of chat messages, got "
-                    f"{type(completion).__name__}."
-                )
-            if fmt != prompt_format:
-                raise ValueError(
-                    f"{where}, row {index}, field {ccol!r}[{j}]: mixed formats: the prompt is {prompt_format} but "
-                    f"this completion is {fmt}."
-                )
-            if _is_empty(completion, fmt):
-                raise ValueError(f"{where}, row {index}, field {ccol!r}[{j}]: empty completion.")
-        if scol in row and row[scol] is not None:
-            _require_one_per_completion(row[scol], len(pool), "score", f"{where}, row {index}, field {scol!r}")
-        if ecol in row and row[ecol] is not None:
-            vectors = row[ecol]
-            _require_one_per_completion(vectors, len(pool), "embedding", f"{where}, row {index}, field {ecol!r}")
-            for j, vector in enumerate(vectors):
-                dim = len(vector) if isinstance(vector, (list, tuple)) else -1
-                if embedding_dim is None:
-                    embedding_dim = dim
-                if dim <= 0 or dim != embedding_dim:
-                    raise ValueError(
-                        f"{where}, row {index}, field {ecol!r}[{j}]: expected a vector of dimension {embedding_dim}, "
-                        f"got {'a non-vector' if dim < 0 else dim}."
-                    )
-                if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vector):
-                    raise ValueError(f"{where}, row {index}, field {ecol!r}[{j}]: non-finite embedding value.")
-    if expected_format is None:
-        raise ValueError(f"{where} is empty.")
 
 
 # ----------------------------------------------------------------------------------------------------- preparation
@@ -311,10 +206,3 @@ def prepare_pool_dataset(
             )
         prepared = embed(prepared, args)
     return prepared
-
-
-def _require_one_per_completion(values, pool_size: int, what: str, location: str) -> None:
-    """A per-candidate column (scores, embeddings) must be a list with one entry per completion."""
-    if not isinstance(values, (list, tuple)) or len(values) != pool_size:
-        got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
-        raise ValueError(f"{location}: expected one {what} per completion ({pool_size}), got {got}.")

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import global_then_local_main_first
 
-from . import pools
+from . import pools, validation
 from .config import AEPOConfig
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,13 @@ class AEPOTrainer(DPOTrainer):
         elif not isinstance(args, AEPOConfig):
             args = _as_aepo_config(args)
 
+        validation.validate_training_inputs(  # before anything slow or paid: every row, the annotator, the budget
+            args,
+            train_dataset,
+            eval_dataset,
+            annotator,
+            judge_available=ref_model is not None or peft_config is not None or hasattr(model, "peft_config"),
+        )
         eval_sets = list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
         self._aepo_uses_pools = any(pools.is_pool_dataset(d, args) for d in [train_dataset, *eval_sets])
         self._aepo_pool_columns: list[str] = []

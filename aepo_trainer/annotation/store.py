@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["AnnotationStore", "Reservation", "StoredAnnotation"]
+__all__ = ["AnnotationStore", "AnnotationStoreError", "Reservation", "StoredAnnotation"]
 
 SCHEMA_VERSION = "1"
 
@@ -67,6 +67,31 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 _HOST = socket.gethostname()
+
+
+class AnnotationStoreError(RuntimeError):
+    """The SQLite annotation store cannot be used: locked by another process, corrupt, or not a store. A user
+    error, reported by the `aepo` CLI without a traceback (exit code 2); nothing was annotated or paid for."""
+
+    is_user_error = True  # read by `aepo_trainer.cli.main`
+
+
+def _store_error(path: str, error: sqlite3.Error, timeout: float) -> AnnotationStoreError:
+    text = str(error)
+    if "locked" in text or "busy" in text:
+        hint = (
+            f"it is locked by another process (waited {timeout:g}s for its write lock). Wait for that run to finish, "
+            "or give this run its own `annotation_store` path; a store on a network file system (NFS) also shows "
+            "this, keep it on a local disk"
+        )
+    elif isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.OperationalError):
+        hint = (
+            "it is corrupt or not an SQLite annotation store. Restore it from a backup, or move it away and point "
+            "`annotation_store` at a new path (its annotations would then be paid again)"
+        )
+    else:
+        hint = "check that the path is a writable file on a local disk"
+    return AnnotationStoreError(f"Annotation store {path} cannot be used: {hint} (sqlite3: {text}).")
 
 
 @dataclass(frozen=True)
@@ -120,12 +145,16 @@ class AnnotationStore:
         self.lease_seconds = float(lease_seconds)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self.transaction() as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-            version = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()[0]
+        try:
+            with self.transaction() as conn:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                version = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()[0]
+        except sqlite3.Error as error:
+            self.close()
+            raise _store_error(self.path, error, self.timeout) from error
         if version != SCHEMA_VERSION:
             raise RuntimeError(
                 f"Annotation store {self.path} has schema version {version}; this aepo-trainer reads version "
@@ -150,7 +179,10 @@ class AnnotationStore:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """`BEGIN IMMEDIATE` … `COMMIT` (rolled back on error): one writer at a time across processes."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            raise _store_error(self.path, error, self.timeout) from error
         try:
             yield conn
         except BaseException:

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import EXIT_ERROR, EXIT_INTERRUPTED, CLIError
+from .errors import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_INTERRUPTED, CLIError
 
 COMMANDS = {
     "generate": "Sample N completions per prompt from a causal LM into a pool dataset (resumable).",
@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `aepo stats ... | head`
         return 0
-    except Exception:
+    except Exception as error:
+        if getattr(error, "is_user_error", False):  # validation.InputValidationError, AnnotationStoreError
+            print(f"aepo {command}: error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         import traceback
 
         traceback.print_exc()

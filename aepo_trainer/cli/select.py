@@ -149,7 +149,14 @@ def main(argv: list[str]) -> int:
     rows = read_rows(args.input, split=args.split)
     if args.max_prompts is not None:
         rows = rows[: args.max_prompts]
-    check_pools(rows, config, args.input, need_scores=config.annotator == "dataset_scores")
+    check_pools(
+        rows,
+        config,
+        args.input,
+        need_scores=config.annotator == "dataset_scores",
+        annotator=annotator,
+        judge_model=args.judge_model,
+    )
     timings["read"] = time.perf_counter() - started
     service = AnnotationService.from_config(config, annotator, run_id=args.run_id or f"aepo-select:{output}")
     reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
@@ -188,30 +195,31 @@ def main(argv: list[str]) -> int:
     return EXIT_OK
 
 
-def check_pools(rows: list[dict], config, source: str, need_scores: bool) -> None:
-    """`pools.validate_pool_dataset`, with its `ValueError` (naming row and field) turned into exit code 2."""
-    from aepo_trainer.pools import validate_pool_dataset
+def check_pools(
+    rows: list[dict], config, source: str, need_scores: bool, annotator=None, judge_model=None, paid: bool = True
+) -> None:
+    """The validation pass of `aepo_trainer.validation` (every row and column, the embedder's model and, when the
+    command pays for annotations (`paid`), the annotator's model and the budget) before anything is embedded or paid;
+    its problems become one `InputError` (exit code 2)."""
+    from aepo_trainer import validation
 
-    if not rows:
-        raise InputError(f"{source}: has no rows")
-    for needed in ("prompt", config.completions_column):
-        if needed not in rows[0]:
-            raise InputError(
-                f"{source}, row 0: missing column {needed!r} (columns: "
-                f"{', '.join(map(repr, rows[0]))}). A pool dataset has one row per prompt with 'prompt' "
-                f"and {config.completions_column!r} (a list of candidate completions); pass "
-                f"--completions_column if yours is named differently."
-            )
-    if need_scores and config.scores_column not in rows[0]:
-        raise InputError(
-            f"{source}, row 0: missing column {config.scores_column!r}, which --annotator "
-            f"dataset_scores reads (columns: {', '.join(map(repr, rows[0]))}); pass --scores_column, "
-            "or choose another --annotator"
-        )
     try:
-        validate_pool_dataset(rows, config, dataset_name=source)
-    except ValueError as error:
+        validation.dataset_kind(rows, config, source)
+        validation.validate_pool_dataset(rows, config, dataset_name=source, need_scores=need_scores)
+    except validation.InputValidationError as error:
         raise InputError(str(error)) from None
+    need_embedder = not all(row.get(config.embeddings_column) is not None for row in rows)
+    if not paid:
+        problems = validation.annotator_problems(config, None, need_embedder=need_embedder, check_annotator=False)
+    else:
+        problems = validation.annotator_problems(config, annotator, need_embedder=need_embedder)
+        if config.annotator == "judge" and isinstance(judge_model, str):
+            problem = validation.pretrained_problem(judge_model, "judge_model")
+            problems += [problem] if problem is not None else []
+        problems += validation.budget_problems(config, [len(row[config.completions_column]) for row in rows])
+        problems += validation.store_problems(config)
+    if problems:
+        raise InputError(str(validation.InputValidationError("settings", problems)))
 
 
 # ------------------------------------------------------------------------------------------------------- stages

@@ -110,7 +110,7 @@ def main(argv: list[str]) -> int:
     rows = read_rows(args.input, split=args.split)
     if args.max_prompts is not None:
         rows = rows[: args.max_prompts]
-    check_pools(rows, config, args.input, need_scores=False)
+    check_pools(rows, config, args.input, need_scores=False, paid=False)
     has_scores = all(isinstance(r.get(config.scores_column), list) for r in rows)
     pool_sizes = [len(r[config.completions_column]) for r in rows]
 
