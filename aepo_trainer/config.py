@@ -138,6 +138,16 @@ class AEPOConfig(DPOConfig):
             "read back from `<queue>.labels.jsonl` (or .csv). Defaults to `<output_dir>/annotation_queue.jsonl`."
         },
     )
+    # ----------------------------------------------------------------------------------------------- annotation cache
+    annotator_version: str | None = field(
+        default=None,
+        metadata={
+            "help": "Your version label of the annotator, part of every annotation-store key: change it when the "
+            "annotator's behaviour changes in a way its identity does not show (a reward function reading a file "
+            "or a global, an edited judge prompt template), so stored scores are not reused. Reward functions are "
+            "also keyed by a hash of their source code, so editing one re-annotates without this."
+        },
+    )
     # ----------------------------------------------------------------------------------------------- pairing
     pairing_rule: str = field(
         default="best_vs_worst",
@@ -225,6 +235,13 @@ class AEPOConfig(DPOConfig):
             "annotation_budget",
             self.annotation_budget,
             "None (unlimited) or an integer >= 0",
+        )
+        _require(
+            self.annotator_version is None
+            or (isinstance(self.annotator_version, str) and self.annotator_version != ""),
+            "annotator_version",
+            self.annotator_version,
+            "None or a non-empty string",
         )
         _require(self.pairing_rule in PAIRING_RULES, "pairing_rule", self.pairing_rule, _one_of(PAIRING_RULES))
         _require(

@@ -63,30 +63,43 @@ def make_requests(n_prompts: int, k: int) -> list[AnnotationRequest]:
     ]
 
 
+_RUN: dict = {}  # the worker's config, payment log and call count (set by main)
+
+
+def paid_reward(prompts, completions, **kwargs):
+    """The paid annotator: one payment-log line per item (its store key), then a deterministic score."""
+    cfg, identity = _RUN["cfg"], _RUN["identity"]
+    _RUN["calls"] += 1
+    killing = cfg["kill_at_call"] and _RUN["calls"] == cfg["kill_at_call"]
+    if killing and cfg["kill_mode"] == "entry":
+        os.kill(os.getpid(), signal.SIGKILL)
+    out = []
+    for j, (p, c) in enumerate(zip(prompts, completions)):
+        if killing and cfg["kill_mode"] == "mid" and j == cfg["kill_after_items"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        os.write(_RUN["log_fd"], (make_key(identity, p, c) + "\n").encode())  # the payment
+        if cfg["sleep_per_item"]:
+            time.sleep(cfg["sleep_per_item"])
+        out.append(expected_score(p, c))
+    return out
+
+
+def identity() -> str:
+    """The store identity of the paid annotator (its name and a hash of `paid_reward`'s code)."""
+    return RewardFunctionAnnotator(paid_reward, name=IDENTITY_NAME).identity
+
+
 def main() -> None:
     cfg = dict(DEFAULTS)
     cfg.update(json.loads(sys.argv[1]))
-    identity = f"reward_function:{IDENTITY_NAME}"
-    log_fd = os.open(cfg["payment_log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    calls = {"n": 0}
-
-    def paid_reward(prompts, completions, **kwargs):
-        calls["n"] += 1
-        killing = cfg["kill_at_call"] and calls["n"] == cfg["kill_at_call"]
-        if killing and cfg["kill_mode"] == "entry":
-            os.kill(os.getpid(), signal.SIGKILL)
-        out = []
-        for j, (p, c) in enumerate(zip(prompts, completions)):
-            if killing and cfg["kill_mode"] == "mid" and j == cfg["kill_after_items"]:
-                os.kill(os.getpid(), signal.SIGKILL)
-            os.write(log_fd, (make_key(identity, p, c) + "\n").encode())  # the payment
-            if cfg["sleep_per_item"]:
-                time.sleep(cfg["sleep_per_item"])
-            out.append(expected_score(p, c))
-        return out
-
     annotator = RewardFunctionAnnotator(paid_reward, name=IDENTITY_NAME)
-    assert annotator.identity == identity
+    assert annotator.identity == identity() and annotator.identity.startswith(f"reward_function:{IDENTITY_NAME}@")
+    _RUN.update(
+        cfg=cfg,
+        identity=annotator.identity,
+        calls=0,
+        log_fd=os.open(cfg["payment_log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
+    )
     service = AnnotationService(
         annotator,
         AnnotationStore(cfg["store"]),
@@ -111,7 +124,7 @@ def main() -> None:
         totals["skipped"] += len(outcome.skipped)
         totals["invalid"] += outcome.invalid
         totals["budget_exhausted"] |= outcome.budget_exhausted
-    totals["calls"] = calls["n"]
+    totals["calls"] = _RUN["calls"]
     totals["spent"] = service.spent
     if cfg["report"]:
         Path(cfg["report"]).write_text(json.dumps(totals))

@@ -118,7 +118,7 @@ def test_reward_function_conversational_and_tokenizer(tiny_tokenizer):
         return [float(len(ids)) for ids in completion_ids]
 
     ann = RewardFunctionAnnotator(reward, tokenizer=tiny_tokenizer, name="n_tokens")
-    assert ann.identity == "reward_function:n_tokens"
+    assert ann.identity.startswith("reward_function:n_tokens@") and len(ann.identity.split("@")[1]) == 16
     (scores,) = ann.score([CHAT_REQ])
     assert len(scores) == 2 and all(s > 0 for s in scores)
 

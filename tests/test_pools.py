@@ -44,7 +44,10 @@ def test_detection(args):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda rows: [{"completions": r["completions"]} for r in rows], r"row 0, field 'prompt': missing column 'prompt'"),
+        (
+            lambda rows: [{"completions": r["completions"]} for r in rows],
+            r"row 0, field 'prompt': missing column 'prompt'",
+        ),
         (
             lambda rows: rows[:1] + [{**rows[1], "completions": [" only one"]}] + rows[2:],
             r"row 1, field 'completions': 1 completion\(s\), fewer than num_annotations = 2",

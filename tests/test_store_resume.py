@@ -27,7 +27,7 @@ WORKER = Path(__file__).with_name("annotation_worker.py")
 sys.path.insert(0, str(WORKER.parent))
 import annotation_worker  # noqa: E402
 
-IDENTITY = f"reward_function:{annotation_worker.IDENTITY_NAME}"
+IDENTITY = annotation_worker.identity()
 N_PROMPTS, K = 40, 4
 
 

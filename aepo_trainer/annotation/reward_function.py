@@ -8,14 +8,17 @@ with one entry per (prompt, completion) and every other dataset column repeated 
 
 from __future__ import annotations
 
+import ast
 import functools
+import hashlib
 import inspect
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 
 from .base import AnnotationError, AnnotationRequest, Annotator
 
-__all__ = ["RewardFunctionAnnotator"]
+__all__ = ["RewardFunctionAnnotator", "code_fingerprint"]
 
 # Keywords the annotator sets itself; row columns with these names are not forwarded.
 _RESERVED = (
@@ -42,8 +45,10 @@ class RewardFunctionAnnotator(Annotator):
             list of them.
         weights: one weight per function (default 1.0 each). With several functions the score is the weighted sum
             of the non-None rewards, as in TRL (None is ignored); None when every function returned None.
-        name: the identity's name part (default: the functions' `module.qualname`s). Set it for lambdas and
-            closures, and change it whenever the function's behaviour changes — cached scores are keyed by it.
+        name: the identity's name part (default: the functions' `module.qualname`s). The identity also holds a hash
+            of each function's source code (`code_fingerprint`), so editing a function re-annotates instead of reusing
+            the scores of the old code; behaviour that the source does not show (a model file it loads, a global it
+            reads) is versioned with `AEPOConfig.annotator_version`.
         tokenizer: optional; when given, `completion_ids` are the tokenized completions (otherwise None).
         columns: forward the row's other columns as keyword lists, as TRL does (default True).
     """
@@ -81,7 +86,11 @@ class RewardFunctionAnnotator(Annotator):
         base = name if name is not None else "+".join(self.names)
         if len(funcs) > 1 and any(w != 1.0 for w in weights):
             base += "|w=" + ",".join(f"{w:g}" for w in weights)
-        self.identity = f"reward_function:{base}"
+        #: The identity without the code hash: annotations stored under the same family but another hash were made
+        #: by an older version of the code (`AnnotationService` says so and does not reuse them).
+        self.identity_family = f"reward_function:{base}"
+        self.code_hash = hashlib.sha256("\n".join(code_fingerprint(f) for f in funcs).encode()).hexdigest()[:16]
+        self.identity = f"{self.identity_family}@{self.code_hash}"
 
     def score(self, requests: list[AnnotationRequest]) -> list[list[float | None]]:
         prompts, completions, rows = [], [], []
@@ -162,6 +171,59 @@ def _plain(completion) -> str:
     if isinstance(completion, str):
         return completion
     return "".join(m.get("content", "") if isinstance(m, dict) else str(m) for m in completion)
+
+
+def _simple(value) -> bool:
+    """Values whose repr is stable across processes (no memory addresses)."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return True
+    if isinstance(value, (tuple, list, frozenset)):
+        return all(_simple(v) for v in value)
+    if isinstance(value, dict):
+        return all(_simple(k) and _simple(v) for k, v in value.items())
+    return False
+
+
+def _stable_repr(value) -> str:
+    return repr(value) if _simple(value) else f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def _source_digest(target) -> str | None:
+    """The source of a function or class, normalised through the AST (comments and formatting do not count)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(target))
+    except (OSError, TypeError):
+        return None
+    try:
+        return ast.dump(ast.parse(source))
+    except SyntaxError:  # a lambda's source is its whole line, which may not parse on its own
+        return source
+
+
+def code_fingerprint(f) -> str:
+    """What a reward function computes, as text: its source (`inspect.getsource`, AST-normalised), else its code
+    object's bytes and constants (a callable instance: its class), plus the arguments bound by `functools.partial`
+    and the simple values its closure captures. Cached annotations are keyed by a hash of this, so they cannot outlive an edit of the function."""
+    parts = []
+    while isinstance(f, functools.partial):
+        parts.append(_stable_repr((f.args, sorted((f.keywords or {}).items()))))
+        f = f.func
+    target = f if (inspect.isfunction(f) or inspect.ismethod(f) or inspect.isclass(f)) else type(f)
+    function = getattr(f, "__func__", f)
+    if target is type(f) and not inspect.isbuiltin(f):  # a callable instance: its class's code (state may change)
+        function = vars(type(f)).get("__call__") or type(f).__call__
+    digest = _source_digest(target)
+    code = getattr(inspect.unwrap(function), "__code__", None) if function is not None else None
+    if digest is None:
+        digest = f"{code.co_code.hex()}|{_stable_repr(code.co_consts)}" if code is not None else _callable_name(f)
+    parts.append(digest)
+    closure = getattr(inspect.unwrap(function), "__closure__", None) if function is not None else None
+    for cell in closure or ():
+        try:
+            parts.append(_stable_repr(cell.cell_contents))
+        except ValueError:  # an empty cell
+            parts.append("<empty>")
+    return "\n".join(parts)
 
 
 def _callable_name(f) -> str:

@@ -38,7 +38,22 @@ from .store import AnnotationStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AnnotationOutcome", "AnnotationService"]
+__all__ = ["AnnotationOutcome", "AnnotationService", "apply_annotator_version"]
+
+_VERSION_MARK = "|version="
+
+
+def apply_annotator_version(annotator, version: str | None) -> None:
+    """Append the user's `annotator_version` to the annotator's identity (once), so every store key changes with it
+    and annotations made under another version are not reused."""
+    if not version:
+        return
+    identity = str(annotator.identity)
+    base = identity.split(_VERSION_MARK)[0]
+    family = getattr(annotator, "identity_family", None)
+    if family is None:
+        annotator.identity_family = base
+    annotator.identity = f"{base}{_VERSION_MARK}{version}"
 
 
 @dataclass
@@ -118,12 +133,14 @@ class AnnotationService:
         self.wait_timeout = wait_timeout
         self._owner_token, self._owner_pid = uuid.uuid4().hex, os.getpid()
         self._warned_budget = False
+        self.stale_identities = self._find_stale_identities()
 
     @classmethod
     def from_config(cls, args, annotator, run_id: str = "default", **kwargs) -> AnnotationService:
         """Service configured by an `AEPOConfig`: store `annotation_store` (default `<output_dir>/annotations.sqlite`),
         budget `annotation_budget`, batch size `annotation_batch_size`."""
         path = getattr(args, "annotation_store", None) or os.path.join(args.output_dir, "annotations.sqlite")
+        apply_annotator_version(annotator, getattr(args, "annotator_version", None))
         kwargs.setdefault("budget", getattr(args, "annotation_budget", None))
         kwargs.setdefault("batch_size", getattr(args, "annotation_batch_size", 16))
         return cls(annotator, AnnotationStore(path), run_id=run_id, **kwargs)
@@ -134,6 +151,38 @@ class AnnotationService:
         if self._owner_pid != os.getpid():
             self._owner_token, self._owner_pid = uuid.uuid4().hex, os.getpid()
         return self._owner_token
+
+    def _find_stale_identities(self) -> dict[str, int]:
+        """Identities in the store of an older version of this annotator (same family: name without code hash and
+        version label), with their annotation counts. Their scores are never reused, since the store key holds
+        the identity; this only says so, once, so nobody wonders why labels are bought again."""
+        identity = self.identity
+        family = getattr(self.annotator, "identity_family", None) or identity.split(_VERSION_MARK)[0]
+        try:  # a read-only scan of one column (no index: milliseconds for thousands of rows)
+            rows = (
+                self.store._conn()
+                .execute(
+                    "SELECT annotator, COUNT(*) FROM annotations WHERE substr(annotator, 1, ?) = ? GROUP BY annotator",
+                    (len(family), family),
+                )
+                .fetchall()
+            )
+        except Exception:  # never fail a run over a diagnostic
+            return {}
+        stale = {
+            name: int(n)
+            for name, n in rows
+            if name != identity and (name == family or name[len(family)] in "@|")  # not a longer name
+        }
+        if stale:
+            logger.warning(
+                "Annotator %s has changed since %s were stored (under %s): its code or `annotator_version` differs, "
+                "so those scores are NOT reused and every selected item is annotated (and paid) again.",
+                identity,
+                f"{sum(stale.values())} annotation(s)",
+                ", ".join(sorted(stale)),
+            )
+        return stale
 
     # ------------------------------------------------------------------------------------------- budget
 
