@@ -28,6 +28,8 @@ examples:
 
 The input needs a prompt column (a string, or a list of chat messages). Every input column is kept; the
 completions are added as a list. Rerun the same command after an interruption: finished prompts are skipped.
+The sampling settings are recorded in `<output>.generate.json`: a rerun with other settings is refused (the existing
+pools were sampled differently) unless --overwrite is given.
 """
 
 
@@ -95,7 +97,80 @@ def build_parser(prog: str = "aepo generate") -> ArgumentParser:
         help="Model weights dtype ('auto': bfloat16 on GPU, float32 on CPU).",
     )
     gen.add_argument("--trust_remote_code", action="store_true", help="Allow custom model code from the Hub.")
+    gen.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Discard an existing output (and its partial file) and sample again, e.g. after changing a sampling "
+        "setting; without it a rerun with other settings than the recorded ones is refused.",
+    )
     return parser
+
+
+#: The flags that change what is sampled: an existing output made with other values is not resumed or reused.
+#: (--input, --split and --max_prompts only choose prompts, which are matched by content; --device does not count.)
+SAMPLING_SETTINGS = (
+    "model_name_or_path",
+    "num_completions",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_new_tokens",
+    "batch_size",  # each batch's seed depends on its position
+    "seed",
+    "use_chat_template",
+    "backend",
+    "dtype",
+    "prompt_column",
+    "completions_column",
+)
+
+
+def settings_path(output: str) -> str:
+    return f"{output}.generate.json"
+
+
+def _settings(args) -> dict:
+    import json
+
+    return json.loads(json.dumps({name: getattr(args, name) for name in SAMPLING_SETTINGS}))
+
+
+def check_existing_output(args, work_path: str) -> None:
+    """Refuse to resume or reuse pools sampled with other settings (or with unknown ones); `--overwrite` removes
+    them. Records the current settings before anything is sampled."""
+    import json
+
+    from .io import write_json_atomic
+
+    record = settings_path(args.output)
+    existing = [p for p in dict.fromkeys((args.output, work_path)) if os.path.exists(p)]
+    current = _settings(args)
+    if args.overwrite:
+        for path in [*existing, record]:
+            if os.path.exists(path):
+                os.remove(path)
+        if existing:
+            print(f"--overwrite: removed {', '.join(existing)}", file=sys.stderr)
+    elif existing:
+        try:
+            with open(record, encoding="utf-8") as f:
+                recorded = json.load(f)
+        except FileNotFoundError:
+            raise InputError(
+                f"{existing[0]} already exists but {record} (the settings it was sampled with) does not, so it "
+                "cannot be checked that resuming would sample the same way; pass --overwrite to sample again, or "
+                "choose another --output"
+            ) from None
+        except (OSError, ValueError) as error:
+            raise InputError(f"{record} is unreadable ({error}); pass --overwrite to sample again") from None
+        changed = {name: (recorded.get(name), value) for name, value in current.items() if recorded.get(name) != value}
+        if changed:
+            details = ", ".join(f"--{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
+            raise InputError(
+                f"{existing[0]} was sampled with other settings ({details}); its pools would be mixed with "
+                "differently sampled ones. Pass --overwrite to sample everything again, or choose another --output"
+            )
+    write_json_atomic(record, current)
 
 
 def main(argv: list[str]) -> int:
@@ -111,11 +186,14 @@ def main(argv: list[str]) -> int:
     direct = is_jsonl(args.output) and not args.output.endswith(".gz")
     work_path = args.output if direct else f"{args.output}.partial.jsonl"
     os.makedirs(os.path.dirname(os.path.abspath(work_path)), exist_ok=True)
+    check_existing_output(args, work_path)
     done_rows = []
     if os.path.exists(work_path):
         if repair_jsonl_tail(work_path):
             print(f"{work_path}: removed a truncated last line left by an interrupted run", file=sys.stderr)
         done_rows = read_jsonl(work_path)
+    elif os.path.exists(args.output):  # a finished non-JSONL output: resume from its rows
+        done_rows = read_rows(args.output)
     done = Counter(_prompt_id(r.get(args.prompt_column)) for r in done_rows)
 
     batches = []  # fixed batches over the input: a batch's seed depends only on its position
@@ -133,6 +211,14 @@ def main(argv: list[str]) -> int:
     if done_rows:
         print(f"resuming: {len(rows) - remaining} of {len(rows)} prompts already in {work_path}", file=sys.stderr)
 
+    if not remaining and (direct or not os.path.exists(work_path)):
+        print(
+            f"{args.output}: all {len(rows)} pools are already there (same settings); nothing was sampled",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    if not direct and done_rows and not os.path.exists(work_path):
+        append_jsonl(work_path, done_rows)  # continue a finished output with the new prompts
     if remaining:
         sampler = _make_sampler(args)
         from tqdm.auto import tqdm
@@ -152,7 +238,12 @@ def main(argv: list[str]) -> int:
     if not direct:
         write_rows(read_jsonl(work_path), args.output)
         os.remove(work_path)
-    print(f"wrote {len(rows)} pools x {args.num_completions} completions to {args.output}", file=sys.stderr)
+    resumed = f" ({len(rows) - remaining} already there)" if remaining < len(rows) else ""
+    print(
+        f"sampled {remaining} new pools x {args.num_completions} completions; {args.output} holds the "
+        f"{len(rows)} requested pools{resumed}",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 

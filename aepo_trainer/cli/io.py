@@ -178,6 +178,17 @@ def write_rows(rows: list[dict], destination: str) -> str:
     return destination
 
 
+def write_json_atomic(path: str, value) -> None:
+    """A small JSON file (settings, metadata), replaced atomically."""
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=1, sort_keys=True)
+            f.write("\n")
+
+    _atomic(path, write)
+
+
 def _atomic(destination: str, write) -> None:
     tmp = f"{destination}.tmp-{os.getpid()}"
     try:
