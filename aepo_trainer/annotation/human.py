@@ -19,6 +19,7 @@ import math
 import os
 from pathlib import Path
 
+from ..csv_safety import escape_cell, unescape_cell
 from .base import PENDING, AnnotationError, AnnotationRequest, AnnotationsPending, Annotator, make_key
 
 logger = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def _read_rows(path: Path, strict: bool = True):
     if path.suffix.lower() == ".csv":
         with open(path, encoding="utf-8", newline="") as f:
             for line_no, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
-                yield line_no, row
+                yield line_no, {k: unescape_cell(v) for k, v in row.items()}
         return
     with open(path, encoding="utf-8") as f:
         lines = f.readlines()
@@ -230,9 +231,9 @@ def _read_rows(path: Path, strict: bool = True):
 def _cell(value):
     if value is None:
         return ""
-    if isinstance(value, (str, int, float)):
+    if isinstance(value, (int, float)):
         return value
-    return json.dumps(value, ensure_ascii=False)
+    return escape_cell(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
 
 
 def _lock(f) -> None:

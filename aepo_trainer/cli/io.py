@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+from ..csv_safety import escape_cell, unescape_cell
 from .errors import InputError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")
@@ -35,10 +36,11 @@ def is_jsonl(path: str) -> bool:
     return _suffix(path) in JSONL_SUFFIXES
 
 
-def _open_text(path: str, mode: str = "rt"):
+def _open_text(path: str, mode: str = "rt", newline: str | None = None):
+    """`newline=""` for CSV: the csv module handles line ends itself, so a carriage return inside a cell survives."""
     if str(path).lower().endswith(".gz"):
-        return gzip.open(path, mode, encoding="utf-8")
-    return open(path, mode, encoding="utf-8")
+        return gzip.open(path, mode, encoding="utf-8", newline=newline)
+    return open(path, mode, encoding="utf-8", newline=newline)
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -114,12 +116,13 @@ def _read_parquet(path: str) -> list[dict]:
 
 def _read_csv(path: str) -> list[dict]:
     try:
-        with _open_text(path) as f:
+        with _open_text(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise InputError(f"{path}: not a readable CSV file ({error})") from None
     for row in rows:
         for key, value in row.items():
+            value = row[key] = unescape_cell(value)
             if isinstance(value, str) and value[:1] in "[{":
                 try:
                     row[key] = json.loads(value)
@@ -225,12 +228,15 @@ def _write_parquet(rows, path) -> None:
 
 def _write_csv(rows, path) -> None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with _open_text(path, "wt") as f:
+    with _open_text(path, "wt", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow(
-                {k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v for k, v in row.items()}
+                {
+                    k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else escape_cell(v)
+                    for k, v in row.items()
+                }
             )
 
 
