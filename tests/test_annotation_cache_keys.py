@@ -91,7 +91,9 @@ def test_fingerprint_covers_partials_closures_and_lambdas():
     def scaled(completions, factor, **kwargs):
         return [factor * len(c) for c in completions]
 
-    assert code_fingerprint(functools.partial(scaled, factor=1)) != code_fingerprint(functools.partial(scaled, factor=2))
+    assert code_fingerprint(functools.partial(scaled, factor=1)) != code_fingerprint(
+        functools.partial(scaled, factor=2)
+    )
 
     def make(threshold):
         return lambda completions, **kw: [float(len(c) > threshold) for c in completions]
