@@ -7,7 +7,9 @@ are listed in `aepo_trainer.cli.errors` and in `aepo --help`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
 
 from .errors import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_INTERRUPTED, CLIError
@@ -48,6 +50,28 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def tqdm_aware_logging(level: int = logging.INFO):
+    """Log records of the package go through `tqdm.write` (tqdm's `logging_redirect_tqdm`), so a warning printed
+    while a progress bar is drawn gets its own line instead of being glued to, or overwritten by, the bar."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logger = logging.getLogger("aepo_trainer")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("aepo: %(levelname)s: %(message)s"))
+    saved = (logger.level, logger.propagate, list(logger.handlers))
+    logger.handlers = [handler]  # replaced by a tqdm handler with the same formatter just below
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        with logging_redirect_tqdm(loggers=[logger]):
+            yield
+    finally:
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        logger.handlers = saved[2]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `aepo` command with `argv` (default: `sys.argv[1:]`); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -63,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = argv[0]
     try:
-        module = importlib.import_module(f"aepo_trainer.cli.{command}")
-        return module.main(argv[1:])
+        with tqdm_aware_logging():
+            module = importlib.import_module(f"aepo_trainer.cli.{command}")
+            return module.main(argv[1:])
     except SystemExit as exit_:  # argparse: --help (0) and usage errors (2)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     except CLIError as error:

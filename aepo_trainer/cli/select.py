@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 
 from .args import ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, build_config, parse_with_yaml
 from .errors import EXIT_ANNOTATIONS_PENDING, EXIT_BUDGET_EXHAUSTED, EXIT_OK, InputError
@@ -158,7 +159,24 @@ def main(argv: list[str]) -> int:
         judge_model=args.judge_model,
     )
     timings["read"] = time.perf_counter() - started
-    service = AnnotationService.from_config(config, annotator, run_id=args.run_id or f"aepo-select:{output}")
+    run_id = args.run_id or f"aepo-select:{output}"
+    if args.dry_run:  # writes nothing: the store is read from a private copy, deleted afterwards
+        from aepo_trainer.annotation.service import apply_annotator_version
+
+        apply_annotator_version(annotator, config.annotator_version)  # the keys a real run would look up
+        with read_only_store(config.annotation_store) as store:
+            service = AnnotationService(
+                annotator,
+                store,
+                budget=config.annotation_budget,
+                run_id=run_id,
+                batch_size=config.annotation_batch_size,
+            )
+            reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
+            embeddings = pool_embeddings(rows, config, device=args.device)
+            report_dry_run(rows, embeddings, reducer, service, args.batch_size, store_path=config.annotation_store)
+        return EXIT_OK
+    service = AnnotationService.from_config(config, annotator, run_id=run_id)
     reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
 
     t = time.perf_counter()
@@ -166,9 +184,6 @@ def main(argv: list[str]) -> int:
     timings["embed"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if args.dry_run:
-        report_dry_run(rows, embeddings, reducer, service, args.batch_size)
-        return EXIT_OK
     pairs, totals, pending = reduce_all(rows, embeddings, reducer, args.batch_size)
     timings["select+annotate+pair"] = time.perf_counter() - t
 
@@ -340,7 +355,37 @@ def pair_rows(rows: list[dict], reduced, config) -> list[dict]:
     return out
 
 
-def report_dry_run(rows, embeddings, reducer, service, size: int) -> None:
+@contextmanager
+def read_only_store(path: str):
+    """An `AnnotationStore` holding what the store at `path` holds, that writes nothing at `path`: a private copy
+    (SQLite's online backup, read through a read-only connection), or an empty one when there is no store yet."""
+    import shutil
+    import sqlite3
+    import tempfile
+
+    from aepo_trainer.annotation import AnnotationStore
+
+    folder = tempfile.mkdtemp(prefix="aepo-dry-run-")
+    copy = os.path.join(folder, "annotations.sqlite")
+    store = None
+    try:
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            target = sqlite3.connect(copy)
+            try:
+                source.backup(target)
+            finally:
+                source.close()
+                target.close()
+        store = AnnotationStore(copy)
+        yield store
+    finally:
+        if store is not None:
+            store.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def report_dry_run(rows, embeddings, reducer, service, size: int, store_path: str | None = None) -> None:
     """Print what the run would pay for: selected items minus those in the store, against the budget."""
     from aepo_trainer.annotation.base import AnnotationRequest
 
@@ -361,7 +406,8 @@ def report_dry_run(rows, embeddings, reducer, service, size: int) -> None:
     remaining = service.remaining
     per_prompt = "N" if config.selection_strategy == "west_of_n" else config.num_annotations
     lines = [
-        f"dry run: {len(rows)} prompts, annotator {service.identity}, store {service.store.path}",
+        f"dry run: {len(rows)} prompts, annotator {service.identity}, store {store_path or service.store.path} "
+        "(nothing is written)",
         f"  annotations needed        {needed:>10}  ({per_prompt} per prompt)",
         f"  already in the store      {stored:>10}  (free)",
         f"  would be paid             {to_pay:>10}",
