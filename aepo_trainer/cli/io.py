@@ -66,6 +66,55 @@ def read_rows(source: str, *, split: str = "train", name: str | None = None) -> 
     return _load_dataset(source, split, name)  # a Hub dataset id
 
 
+_BUILDERS = {".jsonl": "json", ".jsonl.gz": "json", ".json": "json", ".json.gz": "json", ".ndjson": "json"}
+_BUILDERS.update({".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet"})
+
+
+def load_dataset_any(source: str, *, name: str | None = None, args=None):
+    """A `datasets.Dataset` (local file) or `DatasetDict` (`save_to_disk` folder, Hub id, data folder) through the
+    `datasets` loaders (`load_dataset("json" | "csv" | "parquet", ...)`, `load_from_disk`, `load_dataset(hub_id)`),
+    memory-mapped and fingerprinted, so training prepares (tokenizes, embeds) it once and reads it from the cache
+    afterwards. When Arrow refuses a JSON Lines file (one cell of another type than the rest of its column), the rows
+    are read as plain JSON and validated (with the `AEPOConfig` `args`), so the error names the row and the field
+    instead of Arrow's column."""
+    import datasets
+
+    path = Path(source).expanduser()
+    try:
+        if path.is_dir():
+            if any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+                return datasets.load_from_disk(str(path))
+            return datasets.load_dataset(str(path), name)
+        if path.is_file():
+            builder = _BUILDERS.get(_suffix(source))
+            if builder is None:
+                raise InputError(
+                    f"{source}: unsupported file type; use .jsonl (or .jsonl.gz), .json, .csv or .parquet, "
+                    "a `save_to_disk` folder, or a Hub dataset id"
+                )
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
+        if _suffix(source) or source.startswith((".", "/", "~")) or source.count("/") > 1:
+            raise InputError(f"{source}: no such file or folder")
+        return datasets.load_dataset(source, name)
+    except InputError:
+        raise
+    except Exception as error:  # offline, missing repo, a file Arrow cannot type: input errors for the user
+        if path.is_file() and _BUILDERS.get(_suffix(source)) == "json":
+            _explain_untypeable_json(str(path), args)
+        raise InputError(f"{source}: could not be loaded with `datasets` ({type(error).__name__}: {error})") from None
+
+
+def _explain_untypeable_json(path: str, args) -> None:
+    """Raise the validation error naming the bad rows and fields of a JSON Lines file Arrow could not load."""
+    from aepo_trainer import validation
+
+    rows = read_jsonl(path)
+    if args is not None and rows and args.completions_column in rows[0]:
+        problems = validation.pool_problems(rows, args, need_scores=args.annotator == "dataset_scores")
+        if problems:
+            raise validation.InputValidationError(path, problems)
+
+
 def read_jsonl(path: str, *, tolerate_truncated_tail: bool = False) -> list[dict]:
     """Parse a JSON Lines (or JSON array) file; errors name the line. A truncated last line (a crash while
     appending) is dropped when `tolerate_truncated_tail`."""
