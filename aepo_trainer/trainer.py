@@ -280,6 +280,14 @@ class AEPOTrainer(DPOTrainer):
         processes (the default)."""
         return list(getattr(self.data_collator, "recent_pairs", []) or [])
 
+    def save_model(self, output_dir=None, _internal_call=False):
+        super().save_model(output_dir, _internal_call)
+        # TRL writes the card only with checkpoints: with save_strategy="no" the saved model would have none.
+        if not _internal_call and os.path.abspath(output_dir or self.args.output_dir) == os.path.abspath(
+            self.args.output_dir
+        ):
+            self.create_model_card(model_name=os.path.basename(os.path.abspath(self.args.output_dir)))
+
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
         if not self.is_world_process_zero():
@@ -305,7 +313,9 @@ class AEPOTrainer(DPOTrainer):
         lines += [f"| `{name}` | `{value}` |" for name, value in self.args.aepo_settings().items()]
         if self.annotation_service is not None:
             service = self.annotation_service
+            budget = "unlimited" if service.budget is None else service.budget
             lines += [f"| annotator | `{service.identity}` |", f"| annotations spent | {service.spent} |"]
+            lines += [f"| annotation budget | {budget} |", f"| annotation store | `{service.store.path}` |"]
         with open(path, "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
 

@@ -238,6 +238,15 @@ def main(argv: list[str]) -> int:
     if not direct:
         write_rows(read_jsonl(work_path), args.output)
         os.remove(work_path)
+    from aepo_trainer.provenance import dataset_card, provenance, write_dataset_card
+
+    record = provenance("candidate pools", args.input, _settings(args), prompts=len(rows))
+    description = (
+        f"{len(rows)} prompts of `{args.input}` with {args.num_completions} completions each, sampled from "
+        f"`{args.model_name_or_path}` (temperature {args.temperature:g}, top_p {args.top_p:g}, top_k {args.top_k}, "
+        f"max_new_tokens {args.max_new_tokens}, seed {args.seed}): the input of `aepo select` or `AEPOTrainer`."
+    )
+    write_dataset_card(args.output, dataset_card(record, "AEPO candidate pools", description))
     resumed = f" ({len(rows) - remaining} already there)" if remaining < len(rows) else ""
     print(
         f"sampled {remaining} new pools x {args.num_completions} completions; {args.output} holds the "

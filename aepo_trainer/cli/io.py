@@ -305,9 +305,12 @@ def _save_to_disk(rows, destination: str) -> None:
     os.replace(tmp, destination)
 
 
-def push_to_hub(rows: list[dict], repo_id: str, *, private: bool = False) -> None:
+def push_to_hub(rows: list[dict], repo_id: str, *, private: bool = False, card=None) -> None:
+    """Push `rows` as a Hub dataset, then its dataset card (`aepo_trainer.provenance`) as the repository README."""
     try:
         to_dataset(rows).push_to_hub(repo_id, private=private)
+        if card is not None:
+            card.push_to_hub(repo_id, repo_type="dataset")
     except Exception as error:
         raise InputError(
             f"push_to_hub({repo_id!r}) failed ({type(error).__name__}: {error}); the local output was written"

@@ -188,6 +188,8 @@ def main(argv: list[str]) -> int:
     timings["select+annotate+pair"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    from aepo_trainer.provenance import write_dataset_card
+
     from .io import push_to_hub, write_rows
 
     if pending:  # a human queue: every batch queued its items; nothing is written until all labels are in
@@ -200,14 +202,47 @@ def main(argv: list[str]) -> int:
         )
         return EXIT_ANNOTATIONS_PENDING
     write_rows(pairs, output)
+    card = pairs_card(args, config, service, totals, len(rows), len(pairs))
+    write_dataset_card(output, card)
     timings["write"] = time.perf_counter() - t
     if args.push_to_hub:
-        push_to_hub(pairs, args.push_to_hub, private=args.hub_private)
+        push_to_hub(pairs, args.push_to_hub, private=args.hub_private, card=card)
     print(summary(totals, service, timings, started, written=f"{len(pairs)} pairs -> {args.output}"), file=sys.stderr)
     if totals["prompts_skipped"]:
         print(f"aepo select: {service.budget_message(int(totals['prompts_skipped']))}", file=sys.stderr)
         return EXIT_BUDGET_EXHAUSTED
     return EXIT_OK
+
+
+def pairs_card(args, config, service, totals: dict, prompts: int, pairs: int):
+    """The dataset card of the written pairs: source, strategy, λ, k, seed, annotator identity, budget spent."""
+    from aepo_trainer.provenance import dataset_card, provenance
+
+    settings = config.aepo_settings()
+    settings.pop("loss_type", None)  # a training setting
+    settings.pop("reward_scale", None)
+    record = provenance(
+        "preference pairs",
+        args.input,
+        settings,
+        annotator_identity=service.identity,
+        annotations_paid_this_run=int(totals["annotations_paid"]),
+        annotations_reused=int(totals["annotations_reused"]),
+        annotations_spent_by_run=service.spent,
+        run_id=service.run_id,
+        prompts=prompts,
+        pairs=pairs,
+        prompts_skipped_for_budget=int(totals["prompts_skipped"]),
+        ties_dropped=int(totals["ties_dropped"]),
+    )
+    k = "every candidate (west_of_n)" if config.selection_strategy == "west_of_n" else f"k = {config.num_annotations}"
+    description = (
+        f"{pairs} preference pairs (prompt/chosen/rejected, with the annotated scores and the selected indices) from "
+        f"{prompts} candidate pools of `{args.input}`: {k} candidates per prompt selected with "
+        f"`{config.selection_strategy}` (λ = {config.diversity_weight:g}), annotated by `{service.identity}`, paired "
+        f"`{config.pairing_rule}`."
+    )
+    return dataset_card(record, "AEPO preference pairs", description)
 
 
 def check_pools(
