@@ -282,3 +282,25 @@ def test_mkdocs_build_strict(tmp_path):
     )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
     assert (tmp_path / "site" / "index.html").is_file()
+    _assert_renders_offline(tmp_path / "site")
+
+
+def _assert_renders_offline(site: Path) -> None:
+    """No built page loads a script or a stylesheet from another host (CDN Mermaid/MathJax: blank diagrams and raw
+    TeX offline), and the vendored copies are in the site."""
+    import re
+
+    external = re.compile(r"""<(?:script[^>]*\ssrc|link[^>]*\shref)=["']?((?:https?:)?//[^"' >]+)""", re.IGNORECASE)
+    found = {}
+    for page in site.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        for match in external.finditer(text):
+            tag = text[match.start() : text.index(">", match.start())]
+            if tag.lower().startswith("<link") and "stylesheet" not in tag.lower() and "preconnect" not in tag.lower():
+                continue  # <link rel="canonical"/"alternate"> is not loaded
+            found.setdefault(match.group(1), str(page.relative_to(site)))
+    assert not found, f"pages load external resources: {found}"
+    index = (site / "index.html").read_text(encoding="utf-8")
+    for vendored in ("assets/vendor/mermaid/mermaid.min.js", "assets/vendor/mathjax/tex-mml-chtml.js"):
+        assert vendored in index and (site / vendored).is_file(), vendored
+    assert (site / "assets/vendor/mathjax/output/chtml/fonts/woff-v2").is_dir()  # MathJax's fonts, found locally
