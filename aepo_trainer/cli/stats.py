@@ -57,6 +57,14 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
     io.add_argument("--max_prompts", type=int, default=None, help="Only use the first M prompts of the input.")
     io.add_argument("--plot", metavar="FILE.png", default=None, help="Write the plot to this image file.")
     io.add_argument("--json", metavar="FILE.json", default=None, help="Write the table as JSON records.")
+    io.add_argument(
+        "--diagnostics_plot",
+        metavar="FILE.png",
+        default=None,
+        help="Write the selection diagnostics: per-prompt score distributions of the chosen (best selected) and "
+        "rejected (worst selected) candidates and the diversity of the selections, AEPO against random selection at "
+        "the same k, and the budget burn-down (annotations left as prompts are annotated in order).",
+    )
     run = parser.add_argument_group("strategies")
     run.add_argument(
         "--strategies",
@@ -117,9 +125,15 @@ def main(argv: list[str]) -> int:
     embeddings = pool_embeddings(rows, config, device=args.device)
     records = compute(rows, embeddings, config, args, ks, has_scores, pool_sizes)
     print(format_table(records, args.annotation_budget, len(rows), has_scores))
+    per_prompt = {(r["strategy"], r["k"]): r.pop("_per_prompt") for r in records}
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(records, f, indent=1)
+    if args.diagnostics_plot:
+        from .diagnostics import plot_diagnostics
+
+        plot_diagnostics(per_prompt, args.diagnostics_plot, args.input, len(rows), args.annotation_budget, has_scores)
+        print(f"diagnostics plot written to {args.diagnostics_plot}", file=sys.stderr)
     if args.plot:
         plot(records, args.plot, args.input, len(rows), max(pool_sizes), args.annotation_budget, has_scores)
         print(f"plot written to {args.plot}", file=sys.stderr)
@@ -187,6 +201,7 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
             "annotations": sum(costs),
             "representativeness": _mean(rep),
             "diversity": _mean(div),
+            "_per_prompt": {"diversity": div, "costs": costs},  # for --diagnostics_plot; not in the table
         }
         if args.annotation_budget is not None:
             record["prompts_covered"] = prompts_covered(costs, args.annotation_budget)
@@ -199,6 +214,7 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
                     best.append(max(values))
                     worst.append(min(values))
             record.update(best=_mean(best), worst=_mean(worst), gap=_mean([b - w for b, w in zip(best, worst)]))
+            record["_per_prompt"].update(best=best, worst=worst)
         records.append(record)
     bar.close()
     return records
