@@ -441,12 +441,12 @@ class AEPOTrainer(DPOTrainer):
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """`Trainer.train`, where `resume_from_checkpoint=True` takes the last *complete* checkpoint of `output_dir`
-        (a checkpoint folder cut short by a kill during its save is skipped), and the run's loss is the mean over
-        pairs."""
+        (a checkpoint folder cut short by a kill during its save is skipped) and starts afresh when there is none, so
+        that "rerun the same command" always works; the run's loss is the mean over pairs."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
-                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+                logger.warning("AEPO: no complete checkpoint in %s: training from the start.", self.args.output_dir)
         self._aepo_losses["train_total"] = [0.0, 0]
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                                ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
