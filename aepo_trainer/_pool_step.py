@@ -25,9 +25,11 @@ from .collator import POOL_ROWS
 from .group_batch import build_group_batch
 from .reduction import STATS_FIELDS
 
-__all__ = ["STEP_PAIRS", "TERMS", "reduce_pool_batches", "record_stats"]
+__all__ = ["STEP_PAIRS", "TERMS", "record_stats", "reduce_pool_batches"]
 
-TERMS = "aepo_terms"  # loss terms of this micro-batch on this rank (pairs; for rpo_* alone: prompts with >= 2 responses)
+TERMS = (
+    "aepo_terms"  # loss terms of this micro-batch on this rank (pairs; for rpo_* alone: prompts with >= 2 responses)
+)
 STEP_PAIRS = "aepo_step_terms"  # loss terms of the whole optimizer step, all micro-batches, all ranks
 
 

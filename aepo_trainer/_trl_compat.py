@@ -8,19 +8,19 @@ The package pins `trl>=1.16,<1.17`, the minor these names were read from.
 
 from __future__ import annotations
 
-# `DataCollatorForPreference` is not exported by `trl` (another class of that name lives in reward_trainer.py):
-# pair batches must go through DPO's own collator so that pair training stays bitwise identical to DPOTrainer.
-from trl.trainer.dpo_trainer import DataCollatorForPreference
-
 # The pool loss hands TRL's `_compute_loss` a proxy model that returns rows of one fused-head pass; the proxy must
 # return TRL's own output type, and the reference pass must use TRL's adapter switch and checkpointing guard so
 # that the reference log-probs are exactly those DPOTrainer computes.
 from trl.models.utils import disable_gradient_checkpointing
+
+# `DataCollatorForPreference` is not exported by `trl` (another class of that name lives in reward_trainer.py):
+# pair batches must go through DPO's own collator so that pair training stays bitwise identical to DPOTrainer.
+from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import FusedCausalLMOutput, use_adapter
 
 __all__ = [
-    "TRAINER_HOOKS",
     "TRAINER_ATTRIBUTES",
+    "TRAINER_HOOKS",
     "DataCollatorForPreference",
     "FusedCausalLMOutput",
     "disable_gradient_checkpointing",

@@ -16,7 +16,6 @@ same seed and configuration, whatever the batching.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 

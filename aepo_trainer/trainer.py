@@ -422,8 +422,9 @@ class AEPOTrainer(DPOTrainer):
             self._aepo_losses[key] = [0.0, 0]
         return float(total[0] / total[1]) if total[1] > 0 else math.nan
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         self._aepo_losses["eval"] = [0.0, 0]
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self._aepo_uses_pools and f"{metric_key_prefix}_loss" in output.metrics and self._aepo_losses["eval"][1]:
@@ -448,8 +449,12 @@ class AEPOTrainer(DPOTrainer):
             if resume_from_checkpoint is None:
                 logger.warning("AEPO: no complete checkpoint in %s: training from the start.", self.args.output_dir)
         self._aepo_losses["train_total"] = [0.0, 0]
-        output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-                               ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        output = super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
+        )
         if self._aepo_trains_on_pools:
             loss = self._aepo_pair_mean("train_total", reset=False)
             output = TrainOutput(output.global_step, loss, {**output.metrics, "train_loss": loss})

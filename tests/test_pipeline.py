@@ -209,9 +209,7 @@ def test_group_layout_truncates_like_trl(tmp_path, mode):
     examples, pool, _ = _group(tmp_path, rows, emb, examples=_examples(rows, emb, prompt_len=3))
     examples = [{**ex, "completions_ids": [[10 * b + j] * (j + 2) for j in range(3)]} for b, ex in enumerate(examples)]
     pool = AEPODataCollator(pad_token_id=0)(examples)
-    reduced, batch = _lay_out(
-        _reducer(tmp_path / "r", num_annotations=2), pool, max_length=4, truncation_mode=mode
-    )
+    reduced, batch = _lay_out(_reducer(tmp_path / "r", num_annotations=2), pool, max_length=4, truncation_mode=mode)
     assert batch["input_ids"].shape[1] <= 4
     for pair, row_index in zip(reduced.pairs, batch["pair_chosen_rows"]):
         pool_index = reduced.subsets[pair.row][pair.chosen]

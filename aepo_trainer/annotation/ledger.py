@@ -106,7 +106,7 @@ def annotate_on_main_process(accelerator, service, requests: list) -> Annotation
         try:
             whole = annotate_requests(service, flat)
             message = [("ok", split_reply(whole, [len(part) for part in per_rank]))]
-        except Exception as exc:  # noqa: BLE001 - reported on every rank, re-raised here below
+        except Exception as exc:
             error = exc
             message = [("error", f"{type(exc).__name__}: {exc}")]
     broadcast_object_list(message, from_process=0)
