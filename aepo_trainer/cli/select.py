@@ -334,17 +334,12 @@ def pair_rows(rows: list[dict], reduced, config) -> list[dict]:
 
 def report_dry_run(rows, embeddings, reducer, service, size: int) -> None:
     """Print what the run would pay for: selected items minus those in the store, against the budget."""
-    from aepo_trainer.annotation.base import AnnotationRequest
-
     config = reducer.args
     needed = stored = 0
     per_prompt_cost = []
     for start in range(0, len(rows), size):
         batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + size, config.embeddings_column)
-        _, subsets, _ = reducer.select(batch_rows, tensor, mask)
-        for row, subset in zip(batch_rows, subsets):
-            completions = [row[config.completions_column][i] for i in subset]
-            request = AnnotationRequest(prompt=row["prompt"], completions=completions, indices=list(subset), row=row)
+        for request in reducer.requests(batch_rows, reducer.select(batch_rows, tensor, mask)):
             prompt_needed, prompt_stored = service.cost(request)
             needed += prompt_needed
             stored += prompt_stored

@@ -175,7 +175,8 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
             batch_rows, tensor, mask = batch_inputs(
                 rows, embeddings, start, start + args.batch_size, config.embeddings_column
             )
-            selection, batch_subsets, _ = reducer.select(batch_rows, tensor, mask)
+            selected = reducer.select(batch_rows, tensor, mask)
+            selection, batch_subsets = selected.selection, selected.subsets
             subsets.extend(batch_subsets)
             rep.extend(selection.representativeness.float().cpu().tolist())
             div.extend(selection.diversity.float().cpu().tolist())
