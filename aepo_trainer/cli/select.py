@@ -104,9 +104,20 @@ def build_parser(prog: str = "aepo select") -> ArgumentParser:
     run.add_argument(
         "--device", default=None, help="Device for embedding and selection (default: cuda if available, else cpu)."
     )
+    run.add_argument(
+        "--wait",
+        nargs="?",
+        type=float,
+        const=float("inf"),
+        default=None,
+        metavar="SECONDS",
+        help="With --annotator human: instead of stopping with exit code 4, wait (at most SECONDS; no value: as long "
+        "as it takes) while people label the queued items (`aepo label`), then go on by itself "
+        "(AEPOConfig.annotation_wait).",
+    )
     add_config_flags(
         parser,
-        exclude={"reward_scale"},
+        exclude={"reward_scale", "annotation_wait"},
         notes={  # reward_scale: a loss setting, training only
             "annotation_budget": "In `aepo select`: when it is spent, the pairs of the prompts annotated so far are "
             "written and the exit code is 3; rerun with a larger budget to continue.",
@@ -133,6 +144,7 @@ def main(argv: list[str]) -> int:
         annotation_store=args.annotation_store or f"{output}.annotations.sqlite",
         annotation_queue=args.annotation_queue
         or (f"{output}.annotation_queue.jsonl" if args.annotator == "human" else None),
+        annotation_wait=args.wait or 0.0,
     )
     from aepo_trainer.annotation import AnnotationService, build_annotator
     from aepo_trainer.reduction import PoolReducer
@@ -173,7 +185,8 @@ def main(argv: list[str]) -> int:
         print(
             f"aepo select: {sum(p.pending for p in pending)} annotation(s) are waiting for labels in "
             f'{pending[0].queue_path}; write them to {pending[0].labels_path} (lines {{"id": ..., "score": '
-            f"...}}) and rerun the same command. Labels already given are saved in {service.store.path}.",
+            f"...}}) or label them in a browser (`aepo label --store {service.store.path}`), and rerun the same "
+            f"command (or add --wait). Labels already given are saved in {service.store.path}.",
             file=sys.stderr,
         )
         return EXIT_ANNOTATIONS_PENDING
