@@ -11,7 +11,8 @@ FastAPI runs on uvicorn (both BSD-licensed, the standard Python ASGI stack), and
 client.
 
 Routes: `GET /` (the page; without a valid token: 401 and a sign-in form), `POST /login` (form field `token` -> an
-HttpOnly, SameSite=Strict cookie; tokens never travel in URLs, which end up in logs), `POST /logout`,
+HttpOnly, SameSite=Strict cookie holding an HMAC under the token, not the token; tokens never travel in URLs, which end
+up in logs), `POST /logout`,
 `GET /static/page.js|page.css`, `GET /api/state`, `POST /api/answer`, `POST /api/undo`. The API also accepts
 `Authorization: Bearer <token>`. Every state answer carries only the caller's own task and counts: one labeller never
 sees another's answers.
@@ -120,8 +121,9 @@ def create_app(
         if tokens is None:
             return labeller
         header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE)
-        return tokens.labeller(token)
+        if header.lower().startswith("bearer "):
+            return tokens.labeller(header[7:].strip())
+        return tokens.labeller_of_session(request.cookies.get(COOKIE))
 
     def require(request: Request) -> str:
         name = who(request)
@@ -152,7 +154,12 @@ def create_app(
             return login_page("That token is not valid.")
         response = RedirectResponse("./", status_code=303)
         response.set_cookie(
-            COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/"
+            COOKIE,
+            tokens.session(name),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
         )
         logger.info("labelling page: %s signed in", name)
         return response

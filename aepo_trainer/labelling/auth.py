@@ -2,7 +2,8 @@
 
 `--auth FILE` reads one labeller per line, `name:token` (blank lines and `#` comments ignored); `--auth env:VAR` reads
 the same entries from the variable, separated by commas or newlines. A token is a secret: it is never logged, never
-put in a URL (the page's login form POSTs it and the server answers with an HttpOnly, SameSite=Strict cookie) and
+put in a URL (the page's login form POSTs it), never stored in the browser (the sign-in cookie holds an HMAC of a fixed
+message under the token: it proves the token was known, survives a restart of the page, and reveals nothing), and
 never echoed in an error message — errors name the line, not its content.
 
 Make tokens with `python -c "import secrets; print(secrets.token_urlsafe(24))"`.
@@ -10,6 +11,7 @@ Make tokens with `python -c "import secrets; print(secrets.token_urlsafe(24))"`.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import re
@@ -38,6 +40,10 @@ class LabellerTokens:
                 raise ValueError(f"the token of labeller {name!r} is also another labeller's token")
             seen.add(token)
         self._tokens = {name: token.encode("utf-8") for name, token in tokens.items()}
+        self._sessions = {
+            name: hmac.new(token, b"aepo-label session", hashlib.sha256).hexdigest().encode("ascii")
+            for name, token in self._tokens.items()
+        }
 
     @property
     def names(self) -> list[str]:
@@ -45,17 +51,29 @@ class LabellerTokens:
 
     def labeller(self, token: str | None) -> str | None:
         """The labeller whose token this is, or None. Every token is compared (no early exit on a match)."""
-        if not token:
-            return None
-        presented = token.encode("utf-8")
-        found = None
-        for name, expected in self._tokens.items():
-            if hmac.compare_digest(presented, expected):
-                found = name
-        return found
+        return _find(self._tokens, token)
+
+    def session(self, name: str) -> str:
+        """The sign-in cookie value of labeller `name` (an HMAC under their token; not the token)."""
+        return self._sessions[name].decode("ascii")
+
+    def labeller_of_session(self, value: str | None) -> str | None:
+        """The labeller whose sign-in cookie this is, or None."""
+        return _find(self._sessions, value)
 
     def __repr__(self) -> str:  # never the tokens
         return f"LabellerTokens(names={self.names})"
+
+
+def _find(secrets: dict[str, bytes], presented: str | None) -> str | None:
+    if not presented:
+        return None
+    value = presented.encode("utf-8")
+    found = None
+    for name, expected in secrets.items():
+        if hmac.compare_digest(value, expected):
+            found = name
+    return found
 
 
 def load_tokens(source: str) -> LabellerTokens:
