@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -346,3 +347,66 @@ def test_aepo_label_refuses_a_public_bind_without_auth(queued, capsys):
     assert main(["label", "--store", str(store), "--question", "score", "--scale_min", "5", "--scale_max", "5"]) == 2
     assert main(["stats", "--labels", str(store)]) == 0
     assert "no labelling page has run" in capsys.readouterr().out
+
+
+def test_aepo_select_wait_goes_on_by_itself_once_the_page_has_the_labels(tmp_path, capsys):
+    from aepo_trainer.cli import main
+
+    pools = tmp_path / "pools.jsonl"
+    with open(pools, "w", encoding="utf-8") as f:
+        for p in range(2):
+            completions = [f"answer {i} to question {p}" for i in range(3)]
+            embeddings = [[1.0 if d == i else 0.0 for d in range(3)] for i in range(3)]
+            f.write(
+                json.dumps({"prompt": f"question {p}?", "completions": completions, "embeddings": embeddings}) + "\n"
+            )
+    out = tmp_path / "pairs.jsonl"
+    store, queue = Path(f"{out}.annotations.sqlite"), Path(f"{out}.annotation_queue.jsonl")
+    argv = ["select", "--input", str(pools), "--output", str(out), "--annotator", "human", "--wait", "300"]
+    result = {}
+    with _serve(store, queue) as server, _client(server) as client:  # the page first: the queue does not exist yet
+        assert client.get("/api/state").json()["task"] is None
+        run = threading.Thread(target=lambda: result.update(code=main(argv)))
+        run.start()
+        labelled, deadline = 0, time.monotonic() + 300
+        while run.is_alive() and time.monotonic() < deadline:
+            task = client.get("/api/state").json()["task"]
+            if task is None:
+                time.sleep(0.1)
+                continue
+            client.post("/api/answer", json=_scores(task, [9, 2])).raise_for_status()
+            labelled += 1
+        run.join(300)
+    assert result["code"] == 0 and labelled == 2  # no exit code 4, no rerun: the run went on by itself
+    pairs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(pairs) == 2 and all((p["chosen_score"], p["rejected_score"]) == (9.0, 2.0) for p in pairs)
+    assert "annotations: paid 4 " in " ".join(capsys.readouterr().err.split())
+
+
+def test_aepo_label_serves_with_tokens_and_never_prints_them(queued, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    store, queue = queued
+    env = {**os.environ, "AEPO_LABELLERS": f"alice:{ALICE},bob:{BOB}", "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "aepo_trainer.cli", "label", "--store", str(store), "--queue", str(queue)]
+    command += ["--port", "0", "--auth", "env:AEPO_LABELLERS", "--labels_per_item", "2"]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        assert "5 of 5 item(s)" in line and "labellers: alice, bob" in line, line
+        url = line.split(" on ", 1)[1].split(" ", 1)[0]
+        assert url.startswith("http://127.0.0.1:")
+        assert httpx.get(url + "api/state").status_code == 401
+        state = httpx.get(url + "api/state", headers={"Authorization": f"Bearer {BOB}"}).json()
+        assert state["labeller"] == "bob" and state["labels_per_item"] == 2
+        httpx.post(url + "login", data={"token": ALICE})
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert ALICE not in line + rest and BOB not in line + rest

@@ -141,5 +141,9 @@ def main(argv: list[str]) -> int:
         "answer is already saved.",
         file=sys.stderr,
     )
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:  # uvicorn finished the requests in flight, then re-raised Ctrl-C: the normal way out
+        pass
+    print("aepo label: stopped; every answer given is saved in the store.", file=sys.stderr)
     return EXIT_OK

@@ -112,12 +112,12 @@ def build_parser(prog: str = "aepo select") -> ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="With --annotator human: instead of stopping with exit code 4, wait (at most SECONDS; no value: as long "
-        "as it takes) while people label the queued items (`aepo label`), then go on by itself "
-        "(AEPOConfig.annotation_wait).",
+        "as it takes) while people label the queued items (`aepo label`), then go on by itself. Shorthand for "
+        "--annotation_wait.",
     )
     add_config_flags(
         parser,
-        exclude={"reward_scale", "annotation_wait"},
+        exclude={"reward_scale"},
         notes={  # reward_scale: a loss setting, training only
             "annotation_budget": "In `aepo select`: when it is spent, the pairs of the prompts annotated so far are "
             "written and the exit code is 3; rerun with a larger budget to continue.",
@@ -144,7 +144,7 @@ def main(argv: list[str]) -> int:
         annotation_store=args.annotation_store or f"{output}.annotations.sqlite",
         annotation_queue=args.annotation_queue
         or (f"{output}.annotation_queue.jsonl" if args.annotator == "human" else None),
-        annotation_wait=args.wait or 0.0,
+        annotation_wait=args.wait if args.wait is not None else args.annotation_wait,
     )
     from aepo_trainer.annotation import AnnotationService, build_annotator
     from aepo_trainer.reduction import PoolReducer
