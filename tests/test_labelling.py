@@ -184,7 +184,7 @@ def test_forged_requests_change_nothing(queued):
         assert {a.labeller for rows in LabelBook(store).answers().values() for a in rows} == {"alice"}
 
 
-def test_two_labellers_aggregate_and_agreement_by_hand(queued):
+def test_two_labellers_aggregate_and_agreement_by_hand(queued, capsys):
     store, queue = queued
     tokens = LabellerTokens({"alice": ALICE, "bob": BOB, "carol": CAROL})
     with _serve(store, queue, tokens=tokens, settings=LabellingSettings(labels_per_item=2)) as server:
@@ -210,6 +210,17 @@ def test_two_labellers_aggregate_and_agreement_by_hand(queued):
     service = AnnotationService(HumanQueueAnnotator(queue, store=store), AnnotationStore(store))
     outcome = service.annotate(_requests()[:1])
     assert outcome.scores == [[7.5, 3.0, 3.5]] and outcome.paid == 0  # the mean of the two labellers
+
+    from aepo_trainer.cli import main
+
+    assert main(["stats", "--labels", str(store)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "items answered 3  finished 3  read by a run 3" in lines[1]
+    assert "Krippendorff's alpha (interval) 0.716 over 3 item(s)" in lines[2]
+    assert lines[-2:] == [
+        "alice                     3       3        1.333              -",
+        "bob                       3       3        1.333              -",
+    ]
 
 
 def test_rankings_and_best_worst_become_borda_points(tmp_path, queued):
@@ -410,3 +421,23 @@ def test_aepo_label_serves_with_tokens_and_never_prints_them(queued, tmp_path):
         _, rest = process.communicate(timeout=30)
     assert process.returncode == 0
     assert ALICE not in line + rest and BOB not in line + rest
+
+
+def test_a_csv_queue_with_chat_messages(tmp_path):
+    store, queue = tmp_path / "s.sqlite", tmp_path / "q.csv"
+    request = AnnotationRequest(
+        [{"role": "user", "content": "Say *hi*"}],
+        [[{"role": "assistant", "content": "hi"}], [{"role": "assistant", "content": "<b>no</b>"}]],
+    )
+    with pytest.raises(AnnotationsPending):
+        AnnotationService(HumanQueueAnnotator(queue), AnnotationStore(store)).annotate([request])
+    with _serve(store, queue) as server, _client(server) as client:
+        task = client.get("/api/state").json()["task"]
+        assert (
+            task["prompt_html"]
+            == '<div class="turn"><div class="role">user</div><div class="md"><p>Say <em>hi</em></p>\n</div></div>'
+        )
+        assert "<p>&lt;b&gt;no&lt;/b&gt;</p>" in task["candidates"][1]["html"]
+        client.post("/api/answer", json=_scores(task, [6, 4])).raise_for_status()
+    outcome = AnnotationService(HumanQueueAnnotator(queue, store=store), AnnotationStore(store)).annotate([request])
+    assert outcome.scores == [[6.0, 4.0]] and outcome.paid == 0

@@ -10,6 +10,7 @@ waiting run by itself.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -80,10 +81,17 @@ class QueueView:
     def _read_tasks(self) -> list[Task]:
         tasks: dict[str, Task] = {}
         seen: set[str] = set()
+        csv_queue = str(self.annotator.queue_path).lower().endswith(".csv")
         for item in self.annotator.queue_items():
             if item["id"] in seen:
                 continue
             seen.add(item["id"])
+            if csv_queue:  # a CSV queue holds chat messages JSON-encoded
+                item = {
+                    **item,
+                    "prompt": _messages(item.get("prompt")),
+                    "completion": _messages(item.get("completion")),
+                }
             prompt = item.get("prompt")
             task_id = hashlib.sha256(canonical_json(prompt).encode("utf-8")).hexdigest()[:16]
             tasks.setdefault(task_id, Task(task_id, prompt)).items.append(item)
@@ -182,6 +190,18 @@ class QueueView:
 
     def task_of(self, key: str) -> Task | None:
         return next((t for t in self.tasks() if key in t.keys), None)
+
+
+def _messages(cell):
+    """A CSV cell back to its chat messages when it is a JSON list of messages; any other text stays as it is."""
+    if isinstance(cell, str) and cell.startswith("["):
+        try:
+            value = json.loads(cell)
+        except json.JSONDecodeError:
+            return cell
+        if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
+            return value
+    return cell
 
 
 def _stamp(path) -> tuple | None:
