@@ -269,3 +269,32 @@ def test_a_script_in_a_completion_renders_as_text(browser, tmp_path):
         assert browser.execute_script("return typeof window.__aepo_pwned") == "undefined"
     outcome = AnnotationService(HumanQueueAnnotator(queue, store=store), AnnotationStore(store)).annotate([request])
     assert outcome.scores == [[2.0, 9.0]]  # stored as usual
+
+
+@pytest.mark.parametrize(
+    "question, keys, expected",
+    [
+        ("ranking", ["2", "3"], [0.0, 2.0, 1.0]),  # 2 best, then 3; 1 is last by itself: Borda 2, 1, 0
+        ("best_worst", ["3", "1"], [0.0, 1.0, 2.0]),  # 3 best, 1 worst, 2 in between
+    ],
+)
+def test_ranking_and_best_worst_with_the_keyboard(browser, tmp_path, question, keys, expected):
+    store, queue = tmp_path / "s.sqlite", tmp_path / "q.jsonl"
+    request = AnnotationRequest("Which is best?", ["first", "second", "third"])
+    with pytest.raises(AnnotationsPending):
+        AnnotationService(HumanQueueAnnotator(queue), AnnotationStore(store)).annotate([request])
+    with LabellingServer(create_app(store, queue, settings=LabellingSettings(question=question))) as server:
+        _open(browser, server.url)
+        _wait_render(browser, 0)
+        submit = browser.find_element(By.ID, "submit")
+        _keys(browser, keys[0])
+        assert not submit.is_enabled()  # incomplete: Enter would do nothing
+        _keys(browser, Keys.BACKSPACE, keys[0], keys[1])
+        badges = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#candidates .badge")]
+        assert badges == (["#3", "#1", "#2"] if question == "ranking" else ["worst", "", "best"])
+        before = _renders(browser)
+        _keys(browser, Keys.ENTER)
+        _wait_render(browser, before)
+        assert browser.find_element(By.ID, "finished").is_displayed()
+    human = HumanQueueAnnotator(queue, store=store)
+    assert AnnotationService(human, AnnotationStore(store)).annotate([request]).scores == [expected]
