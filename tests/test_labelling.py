@@ -172,6 +172,10 @@ def test_forged_requests_change_nothing(queued):
             "/api/answer", content=json.dumps(_scores(task, [5, 5, 5])), headers={"Content-Type": "text/plain"}
         )
         assert response.status_code == 415
+        response = alice.post("/api/answer", json=_scores(task, [5, 5, 5]), headers={"Origin": "http://evil.example"})
+        assert response.status_code == 403  # a cross-site form or script
+        response = _client(server).post("/login", data={"token": BOB}, headers={"Origin": "http://evil.example"})
+        assert response.status_code == 403 and "set-cookie" not in response.headers  # no login CSRF
         assert LabelBook(store).answers() == {}
         # a valid answer, then the same answer again: the second changes nothing
         assert alice.post("/api/answer", json=_scores(task, [5, 6, 7])).status_code == 200

@@ -60,7 +60,7 @@ _SECURITY_HEADERS = {
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # not "no-referrer": browsers would then send `Origin: null`
     "Cache-Control": "no-store",
 }
 
@@ -112,6 +112,9 @@ def create_app(
 
     @app.middleware("http")
     async def security_headers(request, call_next):
+        if request.method == "POST" and not _same_origin(request):
+            logger.warning("labelling page: a cross-site POST to %s was refused", request.url.path)
+            return JSONResponse({"detail": "cross-site request refused"}, status_code=403, headers=_SECURITY_HEADERS)
         response = await call_next(request)
         for name, value in _SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
@@ -320,6 +323,17 @@ async def _json_body(request) -> dict:
     if not isinstance(body, dict):
         raise HTTPException(status_code=400, detail="the body must be a JSON object")
     return body
+
+
+def _same_origin(request) -> bool:
+    """A POST from the page itself: no `Origin` (non-browser clients) or one naming this host. A cross-site form
+    could otherwise sign a labeller in under someone else's token (login CSRF) or post answers."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    from urllib.parse import urlsplit
+
+    return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
 
 
 def _static(name: str) -> str:
