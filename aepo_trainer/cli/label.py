@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 
 from aepo_trainer.choices import LABEL_QUESTIONS
 
 from .args import ArgumentParser, HelpFormatter
 from .errors import EXIT_OK, InputError
 
-DESCRIPTION = (
+DESCRIPTION = textwrap.fill(
     "Serve a web page where people label the pending items of a human annotation queue: one prompt at a time with "
     "its selected candidates side by side. Every answer is committed to the run's annotation store before the next "
     "item shows; the run (or `aepo select --annotator human`) reads the labels on its next start, or at once with "
-    "--wait / annotation_wait."
+    "--wait / annotation_wait.",
+    width=100,
 )
 
 EPILOG = """\

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import sys
 
 from aepo_trainer.choices import SELECTION_STRATEGIES as STRATEGIES
@@ -111,8 +112,6 @@ def main(argv: list[str]) -> int:
     if args.input is None and args.labels is None:
         raise InputError("pass --input (a pool dataset), --labels (an annotation store), or both")
     if args.labels is not None:
-        import os
-
         from aepo_trainer.labelling.summary import format_labelling_summary, labelling_summary
 
         if not os.path.exists(args.labels):
