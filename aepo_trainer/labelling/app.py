@@ -30,6 +30,7 @@ from urllib.parse import parse_qs
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from aepo_trainer.annotation.human import HumanQueueAnnotator
@@ -231,6 +232,9 @@ def create_app(
     async def answer(request: Request):
         name = require(request)
         body = await _json_body(request)
+        return await run_in_threadpool(answer_now, name, body)  # SQLite work off the event loop
+
+    def answer_now(name: str, body: dict) -> dict:
         task = view.task(str(body.get("task", "")))
         if task is None:
             raise HTTPException(status_code=404, detail="no such task in the queue")
@@ -252,6 +256,9 @@ def create_app(
     async def undo(request: Request):
         name = require(request)
         await _json_body(request)
+        return await run_in_threadpool(undo_now, name)
+
+    def undo_now(name: str) -> dict:
         try:
             keys = book.undo(name)
         except LabelConflict as error:
