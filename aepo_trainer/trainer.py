@@ -394,14 +394,15 @@ class AEPOTrainer(DPOTrainer):
             return
         if reply.pending is not None:
             self.aepo_stop_reason = f"Annotations pending: {reply.pending}"
-        elif summary["budget_exhausted"]:
-            self.aepo_stop_reason = f"Annotation budget exhausted: {summary['spent']:.0f} annotations spent."
-            if self.annotation_service is not None:
-                self.aepo_stop_reason = self.annotation_service.budget_message()
-        elif self.args.annotation_budget is not None and summary["budget_left"] < self.args.num_annotations:
+            return
+        budget = self.args.annotation_budget
+        no_more = budget is not None and summary["budget_left"] < self.args.num_annotations
+        if summary["budget_exhausted"] or no_more:  # a prompt was skipped, or the next one cannot be paid for
+            service = self.annotation_service
             self.aepo_stop_reason = (
-                f"Annotation budget spent: {summary['spent']:.0f}/{self.args.annotation_budget} annotations; "
-                "no further prompt can be paid for."
+                service.budget_message()
+                if service is not None
+                else f"Annotation budget exhausted: {summary['spent']:.0f}/{budget} annotations spent."
             )
 
     def _aepo_accumulate_loss(self, mode: str, loss: torch.Tensor, terms: int) -> None:
