@@ -3,9 +3,12 @@
 Given prompt/chosen/rejected data (standard, conversational or implicit-prompt), the trainer *is* `DPOTrainer`: no
 hook changes what it computes, so the logged losses and final weights are bitwise equal to DPOTrainer's for the same
 seed. Given candidate pools (`{"prompt", "completions": [...]}`), the pools are prepared once (`aepo_trainer.pools`),
-each batch is reduced on the fly by `AEPODataCollator` (select k of N -> annotate the selected -> pair), and the loss
-of the resulting group batch is computed by `aepo_trainer._pool_loss` (TRL's loss types on the pairs, plus the
-reward-aware `rpo_*` losses over all ordered pairs of each prompt's responses).
+the DataLoader only pads and stacks them (`AEPODataCollator`, a pure function), and each optimizer step's batches are
+reduced in the step itself, like TRL's GRPOTrainer generates and scores in its step (`get_batch_samples` ->
+`aepo_trainer._pool_step`: select k of N on every rank -> annotate on the main process, one ledger -> pair -> lay
+out). The loss of the resulting group batch is computed by `aepo_trainer._pool_loss` (TRL's loss types on the pairs,
+plus the reward-aware `rpo_*` losses over all ordered pairs of each prompt's responses), as a mean over the pairs
+actually formed.
 """
 
 from __future__ import annotations
