@@ -11,6 +11,7 @@ depend on the weights' values, and nothing is downloaded (the device the suite i
 
 from __future__ import annotations
 
+import copy
 import gc
 import importlib.util
 import json
@@ -118,6 +119,7 @@ def load_model(model_class, config, state: dict, device: str, quantization_confi
     in-memory state dict; if this transformers version refuses that, from a safetensors file written first."""
     import torch
 
+    config = copy.deepcopy(config)  # from_pretrained writes the quantization settings into the config it is given
     placement = {"": torch.cuda.current_device() if device == "cuda" else "cpu"}
     common = dict(dtype=torch.bfloat16, quantization_config=quantization_config, device_map=placement, **kwargs)
     try:
@@ -414,7 +416,6 @@ GENERATION_BACKENDS = (  # (name, attn_implementation, cache_implementation, com
 def run_generation(spec: dict, device: str, emit) -> dict:
     """Tokens per second of `model.generate` (greedy, fixed length) for the same prompts with each transformers
     backend. vLLM is not compared: its wheel is far over the device's 64 MiB carry limit."""
-    import torch
 
     from aepo_trainer.testing import build_tiny_tokenizer
 
@@ -428,6 +429,13 @@ def run_generation(spec: dict, device: str, emit) -> dict:
              for p in prompts]  # fmt: skip
     inputs = tokenizer(texts, return_tensors="pt", padding=True).to(device)
     new = spec["max_new_tokens"]
+
+    def kwargs(cache, compiled):
+        out = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        if cache:
+            out.update(cache_implementation=cache, disable_compile=not compiled)
+        return out
+
     result = {"status": "ran", "reason": None, "device": device_name(device), "rows": [], "model": spec["arch"]}
     result["notes"] = ["vLLM not compared: its wheel is far over the device's 64 MiB carry limit; transformers only"]
     result["prompt_tokens"] = int(inputs["input_ids"].shape[1])
@@ -437,31 +445,38 @@ def run_generation(spec: dict, device: str, emit) -> dict:
             result["rows"].append(dict(row, status="skipped", reason="generate compiles the static cache on CUDA only"))
             emit(result)
             continue
-        model, _ = load_model(model_class, config, state, device, attn_implementation=attn)
-        model.eval()
-        kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        if cache:
-            kwargs.update(cache_implementation=cache, disable_compile=not compiled)
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            model.generate(**inputs, **kwargs)  # warm-up (and compilation)
-            sync(device)
-            row["warmup_s"] = time.perf_counter() - t0
-            times = []
-            for _ in range(spec["repeats"]):
-                t0 = time.perf_counter()
-                out = model.generate(**inputs, **kwargs)
-                sync(device)
-                times.append(time.perf_counter() - t0)
-        row["generated_tokens"] = int(out.shape[1] - inputs["input_ids"].shape[1]) * spec["batch"]
-        row["seconds"] = min(times)
-        row["tokens_per_s"] = row["generated_tokens"] / row["seconds"]
-        row["status"] = "ran"
+        try:
+            row.update(time_generation(model_class, config, state, device, attn, inputs, spec, kwargs(cache, compiled)))
+        except Exception as err:  # one backend failing (e.g. torch.compile) leaves the others' rows standing
+            row.update(status="failed", reason=f"{type(err).__name__}: {err}"[:300])
         result["rows"].append(row)
         emit(result)
-        del model
         free_memory(device)
     return result
+
+
+def time_generation(model_class, config, state, device, attn, inputs, spec, kwargs) -> dict:
+    """One backend: a warm-up `generate` (which compiles, for the compiled backend), then the best of
+    `spec["repeats"]` timed ones."""
+    import torch
+
+    model, _ = load_model(model_class, config, state, device, attn_implementation=attn)
+    model.eval()
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model.generate(**inputs, **kwargs)
+        sync(device)
+        warmup_s = time.perf_counter() - t0
+        times = []
+        for _ in range(spec["repeats"]):
+            t0 = time.perf_counter()
+            out = model.generate(**inputs, **kwargs)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    generated = int(out.shape[1] - inputs["input_ids"].shape[1]) * spec["batch"]
+    del model
+    return dict(status="ran", warmup_s=warmup_s, generated_tokens=generated, seconds=min(times),
+                tokens_per_s=generated / min(times))  # fmt: skip
 
 
 PARTS = {

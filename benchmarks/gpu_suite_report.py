@@ -129,8 +129,8 @@ def generation_lines(jobs: list[dict]) -> list[str]:
     for j in jobs:
         notes.update(j.get("notes", []))
         for r in j.get("rows", []):
-            if r.get("status") == "skipped":
-                rows.append([r["backend"], r["batch"], r["new_tokens"], "—", "—", f"skipped: {r['reason']}"])
+            if r.get("status") != "ran":
+                rows.append([r["backend"], r["batch"], r["new_tokens"], "—", "—", f"{r['status']}: {r['reason']}"])
             else:
                 rows.append([r["backend"], r["batch"], r["new_tokens"], num(r["seconds"], 3), num(r["tokens_per_s"], 0),
                              f"warm-up {num(r['warmup_s'], 1)} s"])  # fmt: skip

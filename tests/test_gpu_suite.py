@@ -192,3 +192,18 @@ def test_the_report_renders_from_its_json_alone(tmp_path):
         "~6.1 total, ~5.7 tensors | 1.250 | 41,943,040 |"
     ) in text
     assert "| mistral-7b qlora | ran |  | 80.0 | 150 |" in text
+
+
+def test_a_failing_generation_backend_leaves_the_other_backends_rows(monkeypatch):
+    monkeypatch.setattr(
+        gpu_suite_parts,
+        "GENERATION_BACKENDS",
+        (("eager, dynamic cache", "eager", None, False), ("bogus", "no-such-attention", None, False)),
+    )
+    emitted = []
+    spec = dict(arch="qwen2.5-0.5b", batch=2, max_new_tokens=3, repeats=1)
+    result = gpu_suite_parts.run_generation(spec, "cpu", lambda r: emitted.append(len(r["rows"])))
+    ran, failed = result["rows"]
+    assert ran["status"] == "ran" and ran["generated_tokens"] == 2 * 3 and ran["tokens_per_s"] > 0
+    assert failed["status"] == "failed" and "no-such-attention" in failed["reason"]
+    assert emitted == [1, 2]  # the result file is rewritten after every backend
