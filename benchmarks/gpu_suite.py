@@ -2,7 +2,7 @@
 throughput, generation throughput. One JSON + one Markdown report.
 
     python benchmarks/gpu_suite.py --out reports/                # on a CUDA GPU: ~8 minutes on one H100-class GPU
-    python benchmarks/gpu_suite.py --out /tmp/suite --cpu        # CPU fallback: tiny configs, every part, ~1 minute
+    python benchmarks/gpu_suite.py --out /tmp/suite --cpu        # CPU fallback: tiny configs, every part, minutes
 
 Each part runs in its own subprocess with its own time cap (`--cap part=seconds`), so one slow part cannot eat the
 others: a part past its cap is killed and reported "timed out" with the rows it finished; a part whose dependency is
@@ -151,7 +151,15 @@ def worker(part: str, spec: dict, result_path: str, device: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ environment
-def environment(mode: str) -> dict:
+def environment(cpu: bool) -> dict:
+    """Versions and the device, read in a short subprocess: the suite's own process never touches CUDA, so the GPU
+    memory the parts read off the device (`torch.cuda.mem_get_info`) holds no CUDA context of the parent's."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="") if cpu else None
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe"]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.splitlines()[-1])
+
+
+def probe() -> None:
     import platform
 
     import torch
@@ -163,10 +171,10 @@ def environment(mode: str) -> dict:
         except importlib.metadata.PackageNotFoundError:
             env[name] = None
     env["cuda_available"] = torch.cuda.is_available()
-    if mode == "gpu":
+    if env["cuda_available"]:
         props = torch.cuda.get_device_properties(0)
         env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 1024**3, 1), cuda=torch.version.cuda)
-    return env
+    print(json.dumps(env))
 
 
 def part_status(jobs: list[dict]) -> str:
@@ -192,15 +200,17 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--device", help=argparse.SUPPRESS)
+    p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.probe:
+        return probe()
     if args.worker:
         return worker(args.worker, json.loads(args.spec), args.result, args.device)
     if not args.out:
         p.error("--out is required")
 
-    import torch
-
-    mode = "cpu" if args.cpu or not torch.cuda.is_available() else "gpu"
+    env = environment(args.cpu)
+    mode = "gpu" if env["cuda_available"] else "cpu"
     caps = {}
     for item in args.cap:
         part, _, seconds = item.partition("=")
@@ -215,9 +225,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         "command": " ".join(["python", "benchmarks/gpu_suite.py", *(argv if argv is not None else sys.argv[1:])]),
         "started": started.isoformat(timespec="seconds"),
         "mode": mode,
-        "device": "cpu" if mode == "cpu" else torch.cuda.get_device_name(0),
+        "device": env["gpu"] if mode == "gpu" else "cpu",
         "budget_s": args.budget_s,
-        "environment": environment(mode),
+        "environment": env,
         "parts": {},
     }
     deadline = time.perf_counter() + args.budget_s

@@ -102,8 +102,8 @@ def build_model(path: Path, hidden: int, layers: int) -> int:
 
 
 class Stepper:
-    """One training step of `trainer` per call (DataLoader + collation + `training_step` + optimizer); returns its
-    wall time in seconds."""
+    """One training step of `trainer` per call (DataLoader + collation + `get_batch_samples` + `training_step` +
+    optimizer); returns its wall time in seconds."""
 
     def __init__(self, trainer, total_steps: int):
         trainer.create_optimizer_and_scheduler(num_training_steps=total_steps)
@@ -116,9 +116,11 @@ class Stepper:
     def __call__(self) -> float:
         trainer = self.trainer
         start = time.perf_counter()
-        batch = next(self.iterator)
+        # As `Trainer`'s loop fetches a step's batches: AEPOTrainer reduces its pool batches there (select, annotate,
+        # pair), so that it pays only for the batches the step trains on.
+        batches, num_items = trainer.get_batch_samples(self.iterator, 1, trainer.args.device)
         self.data_seconds.append(time.perf_counter() - start)
-        trainer.training_step(trainer.model, batch)
+        trainer.training_step(trainer.model, batches[0], num_items)
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
         trainer.model.zero_grad(set_to_none=True)
