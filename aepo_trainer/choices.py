@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "ANNOTATORS",
+    "LABEL_QUESTIONS",
     "PAIRING_RULES",
     "RPO_LOSS_TYPES",
     "SELECTION_SEARCHES",
@@ -26,3 +27,5 @@ ANNOTATORS = ("dataset_scores", "reward_model", "judge", "human")
 PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
 #: The reward-aware losses this package computes (entries of `loss_type`; TRL computes the rest).
 RPO_LOSS_TYPES = ("rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
+#: What the labelling page (`aepo label --question`) asks people about the k candidates of a prompt.
+LABEL_QUESTIONS = ("score", "ranking", "best_worst")

@@ -124,6 +124,17 @@ class AEPOConfig(DPOConfig):
             "the annotation store are free. When the budget is spent, training stops cleanly after saving."
         },
     )
+    eval_annotation_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "Maximum number of annotations evaluation on candidate pools may pay for, on a ledger of its own: "
+            "evaluation never draws on `annotation_budget` and never stops training. None (the default) lets it "
+            "annotate each evaluation prompt's k selected candidates once: every later evaluation reuses them from "
+            "the store for free (the same prompts give the same selections), and pools whose scores are in the "
+            "dataset cost nothing real. When it runs out, the prompts that do not fit are left out of the "
+            "evaluation metrics."
+        },
+    )
     annotation_store: str | None = field(
         default=None,
         metadata={
@@ -146,6 +157,15 @@ class AEPOConfig(DPOConfig):
             "annotator's behaviour changes in a way its identity does not show (a reward function reading a file "
             "or a global, an edited judge prompt template), so stored scores are not reused. Reward functions are "
             "also keyed by a hash of their source code, so editing one re-annotates without this."
+        },
+    )
+    # ----------------------------------------------------------------------------------------------- labelling page
+    annotation_wait: float = field(
+        default=0.0,
+        metadata={
+            "help": "Seconds the 'human' annotator waits for missing labels (from the labelling page `aepo label` or "
+            "the labels file), polling them, before it stops with 'annotations pending'; 0 stops at once, `inf` "
+            "waits as long as it takes. With several processes, keep it below the collective timeout."
         },
     )
     # ----------------------------------------------------------------------------------------------- pairing
@@ -243,6 +263,21 @@ class AEPOConfig(DPOConfig):
             self.annotator_version,
             "None or a non-empty string",
         )
+        _require(
+            self.eval_annotation_budget is None
+            or (isinstance(self.eval_annotation_budget, int) and self.eval_annotation_budget >= 0),
+            "eval_annotation_budget",
+            self.eval_annotation_budget,
+            "None (each evaluation prompt annotated once) or an integer >= 0",
+        )
+        _require(  # labelling page
+            isinstance(self.annotation_wait, (int, float))
+            and not isinstance(self.annotation_wait, bool)
+            and self.annotation_wait >= 0,
+            "annotation_wait",
+            self.annotation_wait,
+            "a number of seconds >= 0 (inf: no limit)",
+        )
         _require(self.pairing_rule in PAIRING_RULES, "pairing_rule", self.pairing_rule, _one_of(PAIRING_RULES))
         _require(
             _is_finite_number(self.pairing_margin) and self.pairing_margin >= 0,
@@ -279,6 +314,7 @@ class AEPOConfig(DPOConfig):
             "embedding_model",
             "annotator",
             "annotation_budget",
+            "eval_annotation_budget",
             "pairing_rule",
             "pairing_margin",
             "reward_scale",

@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .validation import _value_format, validate_pool_dataset
+from .validation import validate_pool_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ __all__ = [
     "PROMPT_IDS",
     "is_pool_dataset",
     "is_prepared_pool_dataset",
-    "pool_format",
     "prepare_pool_dataset",
     "validate_pool_dataset",
 ]
@@ -71,11 +70,6 @@ def is_prepared_pool_dataset(dataset) -> bool:
 
 # ----------------------------------------------------------------------------------------------------- validation
 # The checks live in `aepo_trainer.validation` (one pass over everything a run needs); re-exported here.
-
-
-def pool_format(row: dict, args) -> str:
-    """'standard' or 'conversational' (the format of the row's prompt)."""
-    return _value_format(row.get("prompt")) or "standard"
 
 
 # ----------------------------------------------------------------------------------------------------- preparation

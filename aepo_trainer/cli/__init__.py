@@ -1,4 +1,4 @@
-"""The `aepo` command: `aepo generate`, `aepo select`, `aepo stats`, `aepo train`.
+"""The `aepo` command: `aepo generate`, `aepo select`, `aepo stats`, `aepo label`, `aepo train`.
 
 Subcommand modules are imported only when their subcommand runs, so `aepo --help` does not import torch. Exit codes
 are listed in `aepo_trainer.cli.errors` and in `aepo --help`.
@@ -18,6 +18,7 @@ COMMANDS = {
     "generate": "Sample N completions per prompt from a causal LM into a pool dataset (resumable).",
     "select": "Pools -> embed -> select k -> annotate -> pair: a prompt/chosen/rejected dataset (resumable).",
     "stats": "Annotation cost, coverage and representativeness/diversity of each selection strategy; a plot.",
+    "label": "Serve a web page where people label a human annotation queue (labellers, agreement, tokens).",
     "train": "Train a policy with AEPOTrainer from a YAML config, like `trl dpo --config` (TrlParser flags).",
 }
 
