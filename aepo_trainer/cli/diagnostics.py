@@ -10,9 +10,10 @@ __all__ = ["plot_diagnostics"]
 
 
 def _pick(per_prompt: dict, prefix: str):
-    """The (label, k) of the first variant whose label starts with `prefix`, at the smallest k."""
+    """The (label, k) of the variant whose label starts with `prefix`, at the smallest k (λ = 1 for AEPO)."""
     keys = sorted((k for k in per_prompt if k[0].startswith(prefix) and k[1] != "N"), key=lambda key: (key[1], key[0]))
-    return keys[0] if keys else None
+    default = [key for key in keys if key[1] == keys[0][1] and key[0].endswith("λ=1")] if keys else []
+    return (default or keys or [None])[0]  # AEPO's default λ = 1 when it was compared
 
 
 def plot_diagnostics(per_prompt: dict, path: str, source: str, prompts: int, budget, has_scores: bool) -> None:
