@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "ANNOTATORS",
+    "JUDGE_MODES",
     "PAIRING_RULES",
     "RPO_LOSS_TYPES",
     "SELECTION_SEARCHES",
@@ -21,7 +22,9 @@ SELECTION_STRATEGIES = ("aepo", "random", "west_of_n", "representativeness", "km
 #: The search for k > 2 (`AEPOConfig.selection_search`).
 SELECTION_SEARCHES = ("auto", "greedy", "exhaustive")
 #: Who scores the selected candidates when no annotator object is passed (`AEPOConfig.annotator`).
-ANNOTATORS = ("dataset_scores", "reward_model", "judge", "human")
+ANNOTATORS = ("dataset_scores", "reward_model", "judge", "api_judge", "human")
+#: How the `api_judge` annotator judges (`AEPOConfig.judge_mode`): pairwise (debiased, tournament) or a 1-10 rubric.
+JUDGE_MODES = ("pairwise", "rubric")
 #: How annotated candidates become pairs (`AEPOConfig.pairing_rule`).
 PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
 #: The reward-aware losses this package computes (entries of `loss_type`; TRL computes the rest).

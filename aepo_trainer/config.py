@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
-from .choices import ANNOTATORS, PAIRING_RULES, RPO_LOSS_TYPES, SELECTION_SEARCHES, SELECTION_STRATEGIES
+from .choices import ANNOTATORS, JUDGE_MODES, PAIRING_RULES, RPO_LOSS_TYPES, SELECTION_SEARCHES, SELECTION_STRATEGIES
 
 
 @dataclass
@@ -106,7 +106,8 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Who scores the selected candidates when no annotator object is passed to the trainer: "
             "'dataset_scores' (the `scores_column`), 'reward_model' (`reward_model_name_or_path`), 'judge' (the "
-            "frozen starting policy as pairwise judge, SELF-JUDGE) or 'human' (a queue file for a labelling team).",
+            "frozen starting policy as pairwise judge, SELF-JUDGE), 'api_judge' (an LLM behind an OpenAI-compatible "
+            "API: `judge_model` at `judge_api_base`) or 'human' (a queue file for a labelling team).",
             "choices": list(ANNOTATORS),
         },
     )
@@ -136,6 +137,76 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Queue file (.jsonl or .csv) the 'human' annotator writes the selected items to; labels are "
             "read back from `<queue>.labels.jsonl` (or .csv). Defaults to `<output_dir>/annotation_queue.jsonl`."
+        },
+    )
+    # ----------------------------------------------------------------------------------------------- LLM services
+    # (the 'api_judge' annotator and every other OpenAI-compatible API call: docs/llm-services.md)
+    judge_api_base: str = field(
+        default="https://api.openai.com/v1",
+        metadata={
+            "help": "Base URL of the OpenAI-compatible API the 'api_judge' annotator calls, e.g. "
+            "'http://localhost:8000/v1' (vllm serve) or 'http://localhost:11434/v1' (Ollama)."
+        },
+    )
+    judge_model: str | None = field(
+        default=None, metadata={"help": "Model name of the judge on that server (required for 'api_judge')."}
+    )
+    judge_api_key_env: str = field(
+        default="OPENAI_API_KEY",
+        metadata={
+            "help": "Name of the environment variable holding the API key (the key itself is never read from the "
+            "config, logged or stored). Unset for a local server: the placeholder 'EMPTY' is sent."
+        },
+    )
+    judge_mode: str = field(
+        default="pairwise",
+        metadata={
+            "help": "'pairwise' (both orders judged, tournament for k > 2) or 'rubric' (each completion scored 1-10 "
+            "against a documented rubric; no tournament).",
+            "choices": list(JUDGE_MODES),
+        },
+    )
+    judge_max_tokens: int = field(
+        default=1,
+        metadata={"help": "Tokens the judge may generate per verdict (1 with logprobs; a few for chatty models)."},
+    )
+    judge_parse_retries: int = field(
+        default=2,
+        metadata={
+            "help": "New attempts for an unparseable verdict before it is marked invalid (reported, never paired)."
+        },
+    )
+    api_concurrency: int = field(default=8, metadata={"help": "API requests in flight at once."})
+    api_requests_per_minute: float | None = field(
+        default=None, metadata={"help": "Requests-per-minute limit of the API client (None = unlimited)."}
+    )
+    api_tokens_per_minute: float | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens-per-minute limit (None = unlimited); each request is charged an upper bound of its "
+            "tokens before it is sent and corrected with the reported usage."
+        },
+    )
+    api_timeout: float = field(default=60.0, metadata={"help": "Seconds per HTTP attempt before it is retried."})
+    api_max_retries: int = field(
+        default=5,
+        metadata={
+            "help": "Retries per request on 429 / 5xx / timeouts / dropped connections / non-JSON answers, with "
+            "exponential backoff and jitter, honouring Retry-After."
+        },
+    )
+    api_prices: str | None = field(
+        default=None,
+        metadata={
+            "help": "Price table in $ per 1M tokens: a JSON object or the path of a JSON/YAML file, e.g. "
+            '\'{"gpt-4o-mini": {"input": 0.15, "output": 0.6}}\' ("*" prices every other model). Unpriced models cost 0.'
+        },
+    )
+    annotation_cost_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "Most dollars the run may spend on API calls (None = unlimited), never exceeded: each call "
+            "reserves an upper bound of its cost first. Needs a price for the judge model in `api_prices`."
         },
     )
     # ----------------------------------------------------------------------------------------------- pairing
@@ -226,6 +297,65 @@ class AEPOConfig(DPOConfig):
             self.annotation_budget,
             "None (unlimited) or an integer >= 0",
         )
+        # LLM services
+        _require(self.judge_mode in JUDGE_MODES, "judge_mode", self.judge_mode, _one_of(JUDGE_MODES))
+        _require(
+            self.annotator != "api_judge" or bool(self.judge_model),
+            "judge_model",
+            self.judge_model,
+            "the judge's model name when annotator='api_judge'",
+        )
+        _require(
+            isinstance(self.judge_api_base, str) and self.judge_api_base.startswith(("http://", "https://")),
+            "judge_api_base",
+            self.judge_api_base,
+            "an http(s) URL such as 'http://localhost:8000/v1'",
+        )
+        for name, low in (
+            ("judge_max_tokens", 1),
+            ("judge_parse_retries", 0),
+            ("api_concurrency", 1),
+            ("api_max_retries", 0),
+        ):
+            value = getattr(self, name)
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= low,
+                name,
+                value,
+                f"an integer >= {low}",
+            )
+        for name in ("api_requests_per_minute", "api_tokens_per_minute", "api_timeout"):
+            value = getattr(self, name)
+            _require(
+                (value is None and name != "api_timeout") or (_is_finite_number(value) and value > 0),
+                name,
+                value,
+                "a finite number > 0" + ("" if name == "api_timeout" else " or None (unlimited)"),
+            )
+        _require(
+            self.annotation_cost_budget is None
+            or (_is_finite_number(self.annotation_cost_budget) and self.annotation_cost_budget >= 0),
+            "annotation_cost_budget",
+            self.annotation_cost_budget,
+            "None (unlimited) or a number of dollars >= 0",
+        )
+        if self.api_prices is not None:
+            from .generation.ledger import PriceTable
+
+            try:
+                prices = PriceTable(self.api_prices)
+            except ValueError as error:
+                raise ValueError(f"AEPOConfig.api_prices is invalid: {error}") from None
+            if self.annotation_cost_budget is not None and self.annotator == "api_judge":
+                try:
+                    prices.require(self.judge_model)
+                except ValueError as error:
+                    raise ValueError(f"AEPOConfig.api_prices: {error}") from None
+        elif self.annotation_cost_budget is not None and self.annotator == "api_judge":
+            raise ValueError(
+                "AEPOConfig.annotation_cost_budget is set but `api_prices` is not: the cost of a call is unknown "
+                "without a price for the judge model."
+            )
         _require(self.pairing_rule in PAIRING_RULES, "pairing_rule", self.pairing_rule, _one_of(PAIRING_RULES))
         _require(
             _is_finite_number(self.pairing_margin) and self.pairing_margin >= 0,
@@ -262,6 +392,9 @@ class AEPOConfig(DPOConfig):
             "embedding_model",
             "annotator",
             "annotation_budget",
+            "annotation_cost_budget",
+            "judge_model",
+            "judge_mode",
             "pairing_rule",
             "pairing_margin",
             "reward_scale",

@@ -130,7 +130,10 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): what a real server sees
+            self.close_connection = True
 
     def _authorised(self) -> bool:
         if self.headers.get("Authorization") != f"Bearer {self.state.api_key}":
