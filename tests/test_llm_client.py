@@ -170,7 +170,7 @@ def test_completions_endpoint_with_n_samples(server):
 
 def test_cost_budget_is_never_exceeded_and_stops_exactly(server, tmp_path):
     state, url = server
-    prices = {"*": [1000.0, 1000.0]}  # $ per 1M tokens: a call costs ~ $0.01
+    prices = {"*": [1000.0, 1000.0]}  # $ per 1M tokens: a call (~40 tokens) costs ~ $0.04
     messages = judge_messages(10)
     probe = client(url)
     uppers = [sum(probe._upper_tokens({"messages": m, "max_tokens": 1})) * 1000.0 / 1e6 for m in messages]
