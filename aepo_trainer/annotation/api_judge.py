@@ -35,7 +35,6 @@ import logging
 import math
 import re
 
-from ..generation.ledger import CostBudgetExhausted
 from .base import AnnotationRequest, Annotator, canonical_json, to_text
 from .judge import DEFAULT_JUDGE_TEMPLATE, debiased, tournament_scores
 
@@ -173,6 +172,8 @@ class ApiJudgeAnnotator(Annotator):
         else:
             scores = self._rubric_scores(requests)
         if self._blocked:
+            from ..generation.ledger import CostBudgetExhausted  # not at import: generation imports annotation
+
             partial = []
             for req, row in zip(requests, scores):
                 keys = self._request_keys(req)

@@ -5,6 +5,10 @@ every k: the annotations needed for the whole file, the prompts a budget covers,
 diversity of the selected subsets and, when the file has a scores column, the mean best/worst/gap of the selected
 candidates' scores. Selections are made by `PoolReducer.select`, exactly as `aepo select` and the trainer make them.
 Nothing is annotated; the scores column is only read.
+
+With `--annotation_store`, also the money: the tokens and dollars every LLM API call recorded in that store cost,
+per run and model (the `usage` ledger the API judge and `aepo generate --backend openai` write); `--input` may then
+be left out.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ examples:
   aepo stats --input pools.jsonl.gz --plot stats.png
   aepo stats --input pools.jsonl --num_annotations 2 3 4 8 --annotation_budget 1000 --json stats.json
   aepo stats --input pools.jsonl --strategies aepo random --diversity_weight 0.5 1
+  aepo stats --annotation_store out/annotations.sqlite          # tokens and cost of the API calls
 """
 
 
@@ -45,6 +50,7 @@ _SELECTION_FIELDS = {
     "scores_column",
     "embeddings_column",
     "annotation_budget",
+    "annotation_store",
 }
 
 
@@ -52,7 +58,12 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
     add_yaml_flag(parser)
     io = parser.add_argument_group("data")
-    io.add_argument("--input", required=True, help="Pool dataset (same formats as `aepo select --input`).")
+    io.add_argument(
+        "--input",
+        default=None,
+        help="Pool dataset (same formats as `aepo select --input`); required unless only "
+        "the API usage of `--annotation_store` is asked for.",
+    )
     io.add_argument("--split", default="train", help="Split to read when the input is a Hub dataset or folder.")
     io.add_argument("--max_prompts", type=int, default=None, help="Only use the first M prompts of the input.")
     io.add_argument("--plot", metavar="FILE.png", default=None, help="Write the plot to this image file.")
@@ -87,6 +98,10 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
                 help="Report how many prompts this many annotations cover, per strategy and k "
                 "(prompts are covered whole, in file order)."
             ),
+            "annotation_store": dict(
+                help="Report the tokens and dollars of the LLM API calls recorded in this annotation store, per run "
+                "and model (completed calls, failed and unknown-outcome attempts)."
+            ),
         },
     )
     return parser
@@ -94,6 +109,12 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parse_with_yaml(build_parser(), argv)
+    if args.annotation_store is not None:
+        print(usage_report(args.annotation_store))
+        if args.input is None:
+            return EXIT_OK
+    elif args.input is None:
+        raise InputError("--input is required (or --annotation_store, for the API usage only)")
     ks = sorted(set(args.num_annotations))
     if min(ks) < 2 or args.batch_size < 1 or any(w < 0 or not math.isfinite(w) for w in args.diversity_weight):
         raise InputError(
@@ -124,6 +145,44 @@ def main(argv: list[str]) -> int:
         plot(records, args.plot, args.input, len(rows), max(pool_sizes), args.annotation_budget, has_scores)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return EXIT_OK
+
+
+def usage_report(path: str) -> str:
+    """The API usage table of an annotation store: calls, tokens and dollars per (run, model), and the total."""
+    import os
+
+    from aepo_trainer.generation.ledger import summary
+
+    if not os.path.exists(path):
+        raise InputError(f"--annotation_store {path!r}: no such file")
+    rows = summary(path)
+    if not rows:
+        return f"{path}: no API calls recorded"
+    total = {k: sum(r[k] for r in rows) for k in ("calls", "failed", "unknown", "prompt_tokens", "completion_tokens")}
+    total["cost"] = sum(r["cost"] for r in rows)
+    rows = rows + [{"run_id": "total", "model": "", **total}]
+    header = ("run", "model", "calls", "failed", "unknown", "prompt tokens", "completion tokens", "cost ($)")
+    cells = [
+        (
+            r["run_id"],
+            r["model"],
+            str(r["calls"]),
+            str(r["failed"]),
+            str(r["unknown"]),
+            str(r["prompt_tokens"]),
+            str(r["completion_tokens"]),
+            f"{r['cost']:.6f}",
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+
+    def line(c):
+        return "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths)))
+
+    lines = [f"API usage recorded in {path} (unknown = timed out / dropped: charged at its upper bound)", line(header)]
+    lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines + [line(c) for c in cells])
 
 
 def _variants(args, ks, pool_sizes):

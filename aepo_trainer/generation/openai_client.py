@@ -243,7 +243,8 @@ class ChatClient:
                 shown = ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else "")
                 raise ApiConfigError(f"Unknown model {self.model!r} at {self.base_url}; the server serves: {shown}.")
             return
-        result = (await self._abatch("chat", [{"messages": [{"role": "user", "content": "Say OK."}]}], max_tokens=1))[0]
+        probe = [{"messages": [{"role": "user", "content": "Say OK."}]}]
+        result = (await self._abatch("chat", probe, max_tokens=1))[0]
         if result.error and not result.budget_exhausted:
             raise ApiConfigError(f"The probe request to {self.base_url} (model {self.model!r}) failed: {result.error}")
 
@@ -271,29 +272,40 @@ class ChatClient:
 
     # ------------------------------------------------------------------------------------------- public calls
 
-    def complete_chat(self, messages_list: list[list[dict]], *, desc: str = "chat", **params) -> list[ChatResult]:
+    def complete_chat(
+        self, messages_list: list[list[dict]], *, per_request: list[dict] | None = None, desc: str = "chat", **params
+    ) -> list[ChatResult]:
         """`/chat/completions` for each conversation (synchronous); one `ChatResult` per input, in order.
 
-        `params` are sent as they are (`n`, `max_tokens`, `temperature`, `top_p`, `seed`, `stop`, `logprobs`,
-        `top_logprobs`, `extra_body`, ...). Raises `ApiConfigError` on 401/403/404; other failures come back as
+        `params` are sent with every request as they are (`n`, `max_tokens`, `temperature`, `top_p`, `seed`, `stop`,
+        `logprobs`, `top_logprobs`, `extra_body`, ...); `per_request` (one dict per input) adds or overrides some per
+        request (e.g. a seed each). Raises `ApiConfigError` on 401/403/404; other failures come back as
         `ChatResult.error`; when the cost budget stops the batch, the unsent requests have `budget_exhausted=True`.
         """
-        return self._run(self.achat(messages_list, desc=desc, **params))
+        return self._run(self.achat(messages_list, per_request=per_request, desc=desc, **params))
 
-    def complete_text(self, prompts: list[str], *, desc: str = "completions", **params) -> list[ChatResult]:
+    def complete_text(
+        self, prompts: list[str], *, per_request: list[dict] | None = None, desc: str = "completions", **params
+    ) -> list[ChatResult]:
         """`/completions` (raw text prompts, no chat template on the server) for each prompt (synchronous)."""
-        return self._run(self.acomplete(prompts, desc=desc, **params))
+        return self._run(self.acomplete(prompts, per_request=per_request, desc=desc, **params))
 
-    async def achat(self, messages_list: list[list[dict]], *, desc: str = "chat", **params) -> list[ChatResult]:
+    async def achat(self, messages_list, *, per_request=None, desc: str = "chat", **params) -> list[ChatResult]:
         """Async `complete_chat` (must run on this client's loop: prefer the synchronous methods)."""
-        return await self._abatch("chat", [{"messages": m} for m in messages_list], desc=desc, **params)
+        bodies = [{"messages": m} for m in messages_list]
+        return await self._abatch("chat", bodies, per_request, desc=desc, **params)
 
-    async def acomplete(self, prompts: list[str], *, desc: str = "completions", **params) -> list[ChatResult]:
-        return await self._abatch("completions", [{"prompt": p} for p in prompts], desc=desc, **params)
+    async def acomplete(self, prompts, *, per_request=None, desc: str = "completions", **params) -> list[ChatResult]:
+        bodies = [{"prompt": p} for p in prompts]
+        return await self._abatch("completions", bodies, per_request, desc=desc, **params)
 
     # ------------------------------------------------------------------------------------------- internals
 
-    async def _abatch(self, endpoint: str, bodies: list[dict], desc: str = "", **params) -> list[ChatResult]:
+    async def _abatch(
+        self, endpoint: str, bodies: list[dict], per_request: list[dict] | None = None, desc: str = "", **params
+    ) -> list[ChatResult]:
+        if per_request is not None and len(per_request) != len(bodies):
+            raise ValueError(f"per_request has {len(per_request)} entries for {len(bodies)} requests.")
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.concurrency)
         bar = None
@@ -301,7 +313,8 @@ class ChatClient:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(bodies), desc=f"{desc} ({self.model})", unit="req", leave=False)
-        tasks = [asyncio.ensure_future(self._one(endpoint, {**body, **params}, bar)) for body in bodies]
+        extra = per_request or [{}] * len(bodies)
+        tasks = [asyncio.ensure_future(self._one(endpoint, {**b, **params, **x}, bar)) for b, x in zip(bodies, extra)]
         try:
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in pending:  # a configuration error: stop the rest (their reservations are released)
