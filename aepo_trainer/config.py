@@ -149,7 +149,11 @@ class AEPOConfig(DPOConfig):
         },
     )
     judge_model: str | None = field(
-        default=None, metadata={"help": "Model name of the judge on that server (required for 'api_judge')."}
+        default=None,
+        metadata={
+            "help": "The judge's model: with 'api_judge' its name on the server (required); with `aepo select "
+            "--annotator judge` the local causal LM (the trainer's 'judge' uses the frozen starting policy instead)."
+        },
     )
     judge_api_key_env: str = field(
         default="OPENAI_API_KEY",

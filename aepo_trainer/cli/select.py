@@ -96,12 +96,6 @@ def build_parser(prog: str = "aepo select") -> ArgumentParser:
         "command resumes the same budget).",
     )
     run.add_argument(
-        "--judge_model",
-        default=None,
-        help="Causal LM (path or Hub id) judging pairs with --annotator judge (SELF-JUDGE: the frozen "
-        "starting policy).",
-    )
-    run.add_argument(
         "--device", default=None, help="Device for embedding and selection (default: cuda if available, else cpu)."
     )
     add_config_flags(
@@ -112,6 +106,8 @@ def build_parser(prog: str = "aepo select") -> ArgumentParser:
             "written and the exit code is 3; rerun with a larger budget to continue.",
             "annotation_store": "In `aepo select`: defaults to `<output>.annotations.sqlite`.",
             "annotation_queue": "In `aepo select`: defaults to `<output>.annotation_queue.jsonl`.",
+            "judge_model": "In `aepo select --annotator judge`: the causal LM (path or Hub id) judging pairs "
+            "(SELF-JUDGE: the frozen starting policy).",
         },
     )
     return parser
@@ -135,11 +131,15 @@ def main(argv: list[str]) -> int:
         or (f"{output}.annotation_queue.jsonl" if args.annotator == "human" else None),
     )
     from aepo_trainer.annotation import AnnotationService, build_annotator
+    from aepo_trainer.generation import ApiConfigError
     from aepo_trainer.reduction import PoolReducer
 
-    try:  # models are loaded lazily, on the first annotation
-        annotator = build_annotator(config, model=args.judge_model if config.annotator == "judge" else None)
-    except ValueError as error:
+    run_id = args.run_id or f"aepo-select:{output}"
+    try:  # models are loaded lazily, on the first annotation; an API judge is probed now (free)
+        annotator = build_annotator(
+            config, model=config.judge_model if config.annotator == "judge" else None, run_id=run_id
+        )
+    except (ValueError, ApiConfigError) as error:
         raise InputError(
             f"{error} (with --annotator judge, pass --judge_model)" if config.annotator == "judge" else str(error)
         ) from None
@@ -151,7 +151,7 @@ def main(argv: list[str]) -> int:
         rows = rows[: args.max_prompts]
     check_pools(rows, config, args.input, need_scores=config.annotator == "dataset_scores")
     timings["read"] = time.perf_counter() - started
-    service = AnnotationService.from_config(config, annotator, run_id=args.run_id or f"aepo-select:{output}")
+    service = AnnotationService.from_config(config, annotator, run_id=run_id)
     reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
 
     t = time.perf_counter()
