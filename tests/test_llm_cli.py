@@ -101,3 +101,30 @@ def test_generate_bad_key_fails_before_any_call(server, tmp_path, monkeypatch, c
     inputs = write_prompts(tmp_path / "p.jsonl", conversational=True)
     assert generate(url, inputs, tmp_path / "o.jsonl") == 2
     assert "Bad API key" in capsys.readouterr().err and not state.log
+
+
+def test_select_with_the_api_judge_pays_two_calls_per_prompt(server, tmp_path):
+    import random
+
+    state, url = server
+    rng = random.Random(0)
+    pools = tmp_path / "pools.jsonl"
+    rows = [
+        {
+            "prompt": f"Question {i}?",
+            "completions": [f"answer {j} q={rng.randint(0, 9)}" for j in range(4)],
+            "embeddings": [[rng.gauss(0, 1) for _ in range(8)] for _ in range(4)],
+        }
+        for i in range(6)
+    ]
+    pools.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "pairs.jsonl"
+    argv = ["select", "--input", str(pools), "--output", str(out), "--annotator", "api_judge"]
+    argv += ["--judge_api_base", url, "--judge_model", "judge-model", "--judge_api_key_env", KEY_ENV]
+    assert main(argv) == 0
+    pairs = read_jsonl(out)
+    assert len(state.paid()) == 2 * len(rows)  # k = 2: one match, both orders, per prompt
+    for pair in pairs:  # the server prefers the higher q: the chosen one has it
+        q = [int(c.split("q=")[1]) for c in (pair["chosen"], pair["rejected"])]
+        assert q[0] >= q[1]
+    assert main(argv) == 0 and len(state.paid()) == 2 * len(rows)  # a rerun is served from the store
