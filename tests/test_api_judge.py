@@ -254,3 +254,47 @@ def test_against_a_real_vllm_server(tmp_path):
     assert all(r.ok and len(r.texts) == 2 for r in results)
     totals = client.ledger.totals()
     assert totals["calls"] >= 33 and totals["completion_tokens"] > 0
+
+
+def test_aepo_trainer_stops_cleanly_when_the_cost_budget_is_spent(server, tiny_model_path, dpo_args, caplog):
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from aepo_trainer import AEPOConfig, AEPOTrainer
+
+    state, url = server
+    g = torch.Generator().manual_seed(0)
+    rows = [
+        {
+            "prompt": f"Question {i}: say something.",
+            "completions": [f" Answer {j} q={(i + j) % 4}." for j in range(4)],
+            "embeddings": torch.randn(4, 8, generator=g).tolist(),
+        }
+        for i in range(16)
+    ]
+    budget = 0.0005  # $1 / 1M tokens: a call reserves ~$0.0002 and costs ~$0.00004 -> about 8 calls of the 32
+    config = AEPOConfig(
+        **{**dpo_args, "max_steps": 8},
+        max_length=64,
+        annotator="api_judge",
+        judge_api_base=url,
+        judge_model="judge-model",
+        judge_api_key_env=KEY_ENV,
+        api_prices='{"*": [1.0, 1.0]}',
+        annotation_cost_budget=budget,
+    )
+    trainer = AEPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_path),
+    )
+    trainer.train()
+    assert 0 < trainer.state.global_step < 8
+    assert "annotation_cost_budget exhausted" in caplog.text
+    ledger = UsageLedger(os.path.join(config.output_dir, "annotations.sqlite"))
+    (row,) = usage_summary(ledger.store)
+    assert row["cost"] <= budget and row["calls"] == len(state.paid()) < 32
+    assert row["prompt_tokens"] == state.prompt_tokens

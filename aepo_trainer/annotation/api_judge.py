@@ -178,18 +178,27 @@ class ApiJudgeAnnotator(Annotator):
             for req, row in zip(requests, scores):
                 keys = self._request_keys(req)
                 partial.append(None if keys & self._blocked else row)
-            spent, budget = self.client.ledger.spent, self.client.ledger.budget
+            ledger = self.client.ledger
             raise CostBudgetExhausted(
-                f"annotation_cost_budget exhausted: ${spent:.6f} of ${budget:.6f} spent for run "
-                f"'{self.client.ledger.run_id}' (store {self.client.ledger.store.path}); "
-                f"{sum(p is None for p in partial)} of {len(requests)} request(s) in this batch were not judged. Every "
-                "completed call is saved and will not be paid again: raise the budget (same run) to continue.",
-                spent=spent,
-                budget=budget,
-                run_id=self.client.ledger.run_id,
+                f"{self.budget_message()} {sum(p is None for p in partial)} of {len(requests)} request(s) of this "
+                "batch were not judged.",
+                spent=ledger.spent,
+                budget=ledger.budget,
+                run_id=ledger.run_id,
                 partial_scores=partial,
             )
         return scores
+
+    def budget_message(self) -> str | None:
+        """The account of the cost budget once it stopped a call (None before): what `AnnotationService` reports."""
+        ledger = self.client.ledger
+        if not self.client.budget_exhausted or ledger is None:
+            return None
+        return (
+            f"annotation_cost_budget exhausted: ${ledger.spent:.6f} of ${ledger.budget:.6f} spent for run "
+            f"'{ledger.run_id}' (store {ledger.store.path}). Every completed call is saved and will not be paid "
+            "again: raise `annotation_cost_budget` (same run) to continue."
+        )
 
     def _request_keys(self, req: AnnotationRequest) -> set[str]:
         if self.mode == "rubric":

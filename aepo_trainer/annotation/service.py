@@ -152,7 +152,11 @@ class AnnotationService:
         return None if self.budget is None else max(0, self.budget - self.spent)
 
     def budget_message(self, skipped: int = 0) -> str:
-        """Human-readable account of the budget, used when it runs out."""
+        """Human-readable account of the budget, used when it runs out (an annotator with its own budget that ran
+        out — the API judge's dollars — gives its own account through an optional `budget_message()`)."""
+        own = getattr(self.annotator, "budget_message", None)
+        if callable(own) and own():
+            return own()
         if self.budget is None:
             return f"{self.spent} annotations spent for run '{self.run_id}' (no budget limit)."
         msg = (
