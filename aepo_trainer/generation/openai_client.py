@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -58,6 +59,7 @@ class ChatResult:
         cached: served from the store: a call completed earlier (maybe before a crash), not paid again.
         attempts: HTTP attempts made for this result (0 when cached).
         error: why the request failed for good (None on success); `budget_exhausted` says it was not sent for budget.
+        latency: seconds the successful HTTP attempt took (0 when cached or failed).
     """
 
     texts: list[str] = field(default_factory=list)
@@ -69,6 +71,7 @@ class ChatResult:
     attempts: int = 0
     error: str | None = None
     budget_exhausted: bool = False
+    latency: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -384,9 +387,11 @@ class ChatClient:
                 attempt += 1
                 self.stats["requests"] += 1
                 retry_after, reason = None, None
+                started = time.perf_counter()
                 try:
                     response = await create(model=self.model, **request)
                     result = _normalise(response, self.model, attempt)
+                    result.latency = time.perf_counter() - started
                 except asyncio.CancelledError:
                     if row is not None:
                         ledger.fail(row, billed_unknown=True, error="cancelled")
@@ -492,6 +497,6 @@ def _normalise(response, model: str, attempts: int) -> ChatResult:
 def _stored(result: ChatResult) -> dict:
     """What the cache keeps of a result (everything but the per-call bookkeeping)."""
     data = asdict(result)
-    for name in ("cached", "attempts", "error", "budget_exhausted"):
+    for name in ("cached", "attempts", "error", "budget_exhausted", "latency"):
         data.pop(name)
     return data
