@@ -233,9 +233,9 @@ def test_aepo_trainer_with_api_judge_trains_and_pays_exactly(server, tiny_model_
     trainer.train()
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
     store = AnnotationStore(os.path.join(config.output_dir, "annotations.sqlite"))
-    # k = 2: one match judged in both orders = 2 calls per prompt = 1 call per stored annotation. At least the
-    # 2 steps x 2 prompts trained on (the current trainer may annotate one batch ahead of the step).
-    assert len(state.paid()) == len(store) >= 2 * 2 * 2
+    # k = 2: one match judged in both orders = 2 calls per prompt = 1 call per stored annotation; annotation happens
+    # in the training step, so exactly the 2 steps x 2 prompts trained on are paid for
+    assert len(state.paid()) == len(store) == 2 * 2 * 2
     (row,) = usage_summary(store)
     assert row["prompt_tokens"] == state.prompt_tokens and row["completion_tokens"] == state.completion_tokens
     assert row["cost"] == pytest.approx((state.prompt_tokens * 1.0 + state.completion_tokens * 2.0) / 1e6)
