@@ -298,3 +298,40 @@ def test_aepo_trainer_stops_cleanly_when_the_cost_budget_is_spent(server, tiny_m
     (row,) = usage_summary(ledger.store)
     assert row["cost"] <= budget and row["calls"] == len(state.paid()) < 32
     assert row["prompt_tokens"] == state.prompt_tokens
+
+
+def test_build_annotator_probes_the_server_before_any_paid_call(server, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from aepo_trainer.annotation import build_annotator
+    from aepo_trainer.generation import ApiConfigError
+
+    state, url = server
+    args = SimpleNamespace(
+        annotator="api_judge",
+        output_dir=str(tmp_path),
+        annotation_store=None,
+        judge_api_base=url,
+        judge_model="judge-model",
+        judge_api_key_env=KEY_ENV,
+        judge_mode="rubric",
+        judge_max_tokens=1,
+        judge_parse_retries=1,
+        api_concurrency=2,
+        api_requests_per_minute=None,
+        api_tokens_per_minute=None,
+        api_timeout=5.0,
+        api_max_retries=1,
+        api_prices=None,
+        annotation_cost_budget=None,
+    )
+    judge = build_annotator(args, run_id="r")
+    assert isinstance(judge, ApiJudgeAnnotator) and judge.mode == "rubric" and judge.client.max_retries == 1
+    monkeypatch.setenv(KEY_ENV, "sk-revoked")
+    with pytest.raises(ApiConfigError, match="Bad API key"):
+        build_annotator(args, run_id="r")
+    args.judge_model = "gpt-unknown"
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    with pytest.raises(ApiConfigError, match="Unknown model 'gpt-unknown'"):
+        build_annotator(args, run_id="r")
+    assert not state.log  # the log holds POSTs: only the free GET /models was asked
