@@ -245,3 +245,15 @@ def test_version_1_store_is_upgraded_in_place(tmp_path):
     assert ledger.spent == 0.0 and ledger.reserve("key", "m", "chat", 0.0) is not None
     version = store._conn().execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()[0]
     assert version == "2"
+
+
+def test_a_configuration_error_mid_batch_raises_it_and_settles_every_reservation(server, tmp_path):
+    state, url = server
+    ledger = UsageLedger(tmp_path / "s.sqlite")
+    state.delay = 0.2
+    with client(url, ledger=ledger, concurrency=4) as c:
+        state.api_key = "rotated"  # the key is revoked while the batch runs
+        with pytest.raises(ApiConfigError, match="401"):
+            c.complete_chat(judge_messages(8), max_tokens=1)
+    rows = ledger.store._conn().execute("SELECT status, COUNT(*) FROM usage GROUP BY status").fetchall()
+    assert "reserved" not in dict(rows)  # nothing left dangling: failed (401) or unknown (cancelled in flight)

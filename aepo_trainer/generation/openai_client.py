@@ -188,7 +188,12 @@ class ChatClient:
                 self._loop = asyncio.new_event_loop()
                 self._thread = threading.Thread(target=self._loop.run_forever, name="aepo-chat-client", daemon=True)
                 self._thread.start()
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:  # Ctrl-C in the caller: stop the batch too (in-flight calls are settled as unknown)
+            future.cancel()
+            raise
 
     def _openai(self):
         if self._client is None:
@@ -320,10 +325,13 @@ class ChatClient:
         tasks = [asyncio.ensure_future(self._one(endpoint, {**b, **params, **x}, bar)) for b, x in zip(bodies, extra)]
         try:
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in pending:  # a configuration error: stop the rest (their reservations are released)
+            for task in pending:  # a configuration error: stop the rest (their reservations are settled)
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()
             return [task.result() for task in tasks]
         finally:
             if bar is not None:
