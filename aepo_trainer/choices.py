@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "ANNOTATORS",
     "JUDGE_MODES",
+    "LABEL_QUESTIONS",
     "PAIRING_RULES",
     "RPO_LOSS_TYPES",
     "SELECTION_SEARCHES",
@@ -29,3 +30,5 @@ JUDGE_MODES = ("pairwise", "rubric")
 PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
 #: The reward-aware losses this package computes (entries of `loss_type`; TRL computes the rest).
 RPO_LOSS_TYPES = ("rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
+#: What the labelling page (`aepo label --question`) asks people about the k candidates of a prompt.
+LABEL_QUESTIONS = ("score", "ranking", "best_worst")

@@ -6,6 +6,10 @@ diversity of the selected subsets and, when the file has a scores column, the me
 candidates' scores. Selections are made by `PoolReducer.select`, exactly as `aepo select` and the trainer make them.
 Nothing is annotated; the scores column is only read.
 
+`--labels STORE` also (or, without `--input`, only) reports the labelling page's answers in a store: items answered
+and finished, and the labellers' agreement (Krippendorff's alpha overall and per labeller, see
+`aepo_trainer.labelling.agreement`).
+
 With `--annotation_store`, also the money: the tokens and dollars every LLM API call recorded in that store cost,
 per run and model (the `usage` ledger the API judge and `aepo generate --backend openai` write); `--input` may then
 be left out.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import sys
 
 from aepo_trainer.choices import SELECTION_STRATEGIES as STRATEGIES
@@ -33,6 +38,7 @@ examples:
   aepo stats --input pools.jsonl.gz --plot stats.png
   aepo stats --input pools.jsonl --num_annotations 2 3 4 8 --annotation_budget 1000 --json stats.json
   aepo stats --input pools.jsonl --strategies aepo random --diversity_weight 0.5 1
+  aepo stats --labels pairs.jsonl.annotations.sqlite     # the labelling page's answers and agreement
   aepo stats --annotation_store out/annotations.sqlite          # tokens and cost of the API calls
 """
 
@@ -61,8 +67,14 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
     io.add_argument(
         "--input",
         default=None,
-        help="Pool dataset (same formats as `aepo select --input`); required unless only "
-        "the API usage of `--annotation_store` is asked for.",
+        help="Pool dataset (same formats as `aepo select --input`); required unless --labels or --annotation_store.",
+    )
+    io.add_argument(
+        "--labels",
+        metavar="STORE",
+        default=None,
+        help="Annotation store a labelling page (`aepo label`) wrote to: print its answers and the labellers' "
+        "agreement (Krippendorff's alpha overall and per labeller).",
     )
     io.add_argument("--split", default="train", help="Split to read when the input is a Hub dataset or folder.")
     io.add_argument("--max_prompts", type=int, default=None, help="Only use the first M prompts of the input.")
@@ -109,12 +121,18 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parse_with_yaml(build_parser(), argv)
+    if args.input is None and args.labels is None and args.annotation_store is None:
+        raise InputError("pass --input (a pool dataset), --labels or --annotation_store (an annotation store), or both")
     if args.annotation_store is not None:
         print(usage_report(args.annotation_store))
-        if args.input is None:
-            return EXIT_OK
-    elif args.input is None:
-        raise InputError("--input is required (or --annotation_store, for the API usage only)")
+    if args.labels is not None:
+        from aepo_trainer.labelling.summary import format_labelling_summary, labelling_summary
+
+        if not os.path.exists(args.labels):
+            raise InputError(f"--labels {args.labels}: no such file")
+        print(format_labelling_summary(labelling_summary(args.labels), args.labels))
+    if args.input is None:
+        return EXIT_OK
     ks = sorted(set(args.num_annotations))
     if min(ks) < 2 or args.batch_size < 1 or any(w < 0 or not math.isfinite(w) for w in args.diversity_weight):
         raise InputError(
@@ -234,7 +252,8 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
             batch_rows, tensor, mask = batch_inputs(
                 rows, embeddings, start, start + args.batch_size, config.embeddings_column
             )
-            selection, batch_subsets, _ = reducer.select(batch_rows, tensor, mask)
+            selected = reducer.select(batch_rows, tensor, mask)
+            selection, batch_subsets = selected.selection, selected.subsets
             subsets.extend(batch_subsets)
             rep.extend(selection.representativeness.float().cpu().tolist())
             div.extend(selection.diversity.float().cpu().tolist())
