@@ -12,7 +12,8 @@ Importing this package imports neither torch nor `openai` (the client imports `o
 
 from .ledger import CostBudgetExhausted, PriceTable, UsageLedger
 from .limits import RateLimiter, backoff_delay, parse_retry_after
-from .openai_client import ApiConfigError, ChatClient, ChatResult
+from .openai_client import ApiConfigError, ChatClient
+from .results import ChatResult
 
 __all__ = [
     "ApiConfigError",

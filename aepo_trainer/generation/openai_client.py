@@ -28,59 +28,21 @@ import os
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 
 from ..annotation.base import canonical_json
 from .ledger import CostBudgetExhausted, UsageLedger
 from .limits import RateLimiter, backoff_delay, parse_retry_after
+from .results import ChatResult, normalise, stored_form
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ApiConfigError", "ChatClient", "ChatResult"]
+__all__ = ["ApiConfigError", "ChatClient"]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
 class ApiConfigError(RuntimeError):
     """The server refused the configuration (bad API key, unknown model, wrong base URL): fix it, do not retry."""
-
-
-@dataclass
-class ChatResult:
-    """One request's outcome.
-
-    Attributes:
-        texts: one text per sampled choice (`n`); empty when the request failed.
-        logprobs: per choice, the generated tokens as `{"token", "logprob", "top": {token: logprob}}` (None when the
-            server returned no logprobs).
-        prompt_tokens, completion_tokens: the usage the server reported for this call (for a cached result: when it
-            was paid, earlier; it costs nothing now).
-        model: the model that answered.
-        cached: served from the store: a call completed earlier (maybe before a crash), not paid again.
-        attempts: HTTP attempts made for this result (0 when cached).
-        error: why the request failed for good (None on success); `budget_exhausted` says it was not sent for budget.
-        latency: seconds the successful HTTP attempt took (0 when cached or failed).
-    """
-
-    texts: list[str] = field(default_factory=list)
-    logprobs: list | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    model: str = ""
-    cached: bool = False
-    attempts: int = 0
-    error: str | None = None
-    budget_exhausted: bool = False
-    latency: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def text(self) -> str:
-        """The first choice's text ("" when the request failed)."""
-        return self.texts[0] if self.texts else ""
 
 
 class ChatClient:
@@ -398,7 +360,7 @@ class ChatClient:
                 started = time.perf_counter()
                 try:
                     response = await create(model=self.model, **request)
-                    result = _normalise(response, self.model, attempt)
+                    result = normalise(response, self.model, attempt)
                     result.latency = time.perf_counter() - started
                 except asyncio.CancelledError:
                     if row is not None:
@@ -422,7 +384,9 @@ class ChatClient:
                     reason = _reason(error)
                 else:
                     if row is not None:
-                        ledger.settle(row, _stored(result), result.prompt_tokens, result.completion_tokens, self.model)
+                        ledger.settle(
+                            row, stored_form(result), result.prompt_tokens, result.completion_tokens, self.model
+                        )
                     self._tpm.refund(up_prompt + up_completion - result.prompt_tokens - result.completion_tokens)
                     self.stats["prompt_tokens"] += result.prompt_tokens
                     self.stats["completion_tokens"] += result.completion_tokens
@@ -458,53 +422,3 @@ def _reason(error: Exception) -> str:
     if isinstance(error, openai.APIConnectionError):
         return "connection"
     return "bad_response"
-
-
-def _normalise(response, model: str, attempts: int) -> ChatResult:
-    """A `ChatCompletion` / `Completion` as a `ChatResult` (raises on a response without choices)."""
-    choices = sorted(response.choices, key=lambda c: c.index)
-    if not choices:
-        raise ValueError("the response has no choices")
-    texts, logprobs, any_logprobs = [], [], False
-    for choice in choices:
-        message = getattr(choice, "message", None)
-        if message is not None:
-            texts.append(message.content or "")
-            content = getattr(getattr(choice, "logprobs", None), "content", None)
-            tokens = (
-                [
-                    {"token": t.token, "logprob": t.logprob, "top": {e.token: e.logprob for e in t.top_logprobs or []}}
-                    for t in content
-                ]
-                if content
-                else None
-            )
-        else:
-            texts.append(choice.text or "")
-            lp = getattr(choice, "logprobs", None)
-            tokens = None
-            if lp is not None and getattr(lp, "tokens", None):
-                tops = lp.top_logprobs or [{}] * len(lp.tokens)
-                tokens = [
-                    {"token": t, "logprob": v, "top": dict(top or {})}
-                    for t, v, top in zip(lp.tokens, lp.token_logprobs, tops)
-                ]
-        any_logprobs = any_logprobs or tokens is not None
-        logprobs.append(tokens)
-    usage = getattr(response, "usage", None)
-    return ChatResult(
-        texts=texts,
-        logprobs=logprobs if any_logprobs else None,
-        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-        model=getattr(response, "model", None) or model,
-        attempts=attempts,
-    )
-
-
-def _stored(result: ChatResult) -> dict:
-    """What the cache keeps of a result (everything but the per-call bookkeeping)."""
-    data = asdict(result)
-    for name in ("cached", "attempts", "error", "budget_exhausted", "latency"):
-        data.pop(name)
-    return data
