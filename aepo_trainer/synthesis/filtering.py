@@ -233,6 +233,6 @@ def keep_accepted(
     if keep_unparsed:
         n = sum(dataset[i]["verdict"] == "unparsed" for i in keep)
         if n:
-            report.notes.append(f"kept {n} row(s) whose verdict could not be parsed (keep_unparsed=True)")
+            report.note(f"kept {n} row(s) whose verdict could not be parsed (keep_unparsed=True)")
     report.rows["instructions_accepted"] = len(keep)
     return dataset.select(keep)

@@ -89,13 +89,13 @@ def _make_generator(args, model_args, model: str, prices=(0.0, 0.0)):
     from .generators import TransformersGenerator, VLLMGenerator
 
     if _backend(args) == "vllm":
-        return VLLMGenerator(model, *prices, trust_remote_code=model_args.trust_remote_code, seed=args.sampling_seed)
+        return VLLMGenerator(model, *prices, trust_remote_code=getattr(model_args, "trust_remote_code", False), seed=args.sampling_seed)
     return TransformersGenerator(
         model,
         device=args.device,
         dtype=model_args.dtype or "auto",
         batch_size=args.synthesis_batch_size,
-        trust_remote_code=model_args.trust_remote_code,
+        trust_remote_code=getattr(model_args, "trust_remote_code", False),
         price_input_per_1m=prices[0],
         price_output_per_1m=prices[1],
     )
@@ -142,10 +142,13 @@ def step_reverse_sft(args, sft_args, model_args, report: SynthesisReport) -> Non
     if not model_args.model_name_or_path:
         raise ValueError("reverse-sft: --model_name_or_path (the base model to reverse) is required")
     raw = _load_rows(args.sft_dataset, args.sft_split, args.max_sft_examples)
+    if args.build_tiny_models and not args.dry_run:
+        _maybe_build_tiny(model_args.model_name_or_path)
+    tokenizer = _tokenizer(model_args.model_name_or_path, dry_run=args.dry_run, report=report)
     reversed_ds = build_reversed_dataset(
         raw, template=args.reverse_template, instruction_column=args.instruction_column,
         output_column=args.output_column, input_column=args.input_column, messages_column=args.messages_column,
-        report=report,
+        tokenizer=tokenizer, max_length=sft_args.max_length, report=report,
     )  # fmt: skip
     training = {k: getattr(sft_args, k) for k in ("learning_rate", "num_train_epochs", "max_steps", "max_length", "seed")}
     settings = {
@@ -159,7 +162,7 @@ def step_reverse_sft(args, sft_args, model_args, report: SynthesisReport) -> Non
     if marker.exists():
         if json.loads(marker.read_text()).get("settings") == settings:
             print(f"reverse-sft: {sft_args.output_dir} already holds this reversed model; skipping (cached)")
-            report.notes.append("reverse-sft: cached")
+            report.note("reverse-sft: cached")
             return
         raise ValueError(
             f"reverse-sft: {sft_args.output_dir} holds a reversed model trained with other settings; pass another "
@@ -167,8 +170,6 @@ def step_reverse_sft(args, sft_args, model_args, report: SynthesisReport) -> Non
         )
     if args.dry_run:
         return _forecast_sft(reversed_ds, args, sft_args, model_args)
-    if args.build_tiny_models:
-        _maybe_build_tiny(model_args.model_name_or_path)
     from transformers.trainer_utils import get_last_checkpoint
 
     trainer = make_reverse_sft_trainer(
@@ -179,7 +180,19 @@ def step_reverse_sft(args, sft_args, model_args, report: SynthesisReport) -> Non
     trainer.train(resume_from_checkpoint=last)
     trainer.save_model(sft_args.output_dir)
     marker.write_text(json.dumps({"settings": settings}, indent=2))
-    report.notes.append(f"reverse-sft: trained on {len(reversed_ds)} examples into {sft_args.output_dir}")
+    report.note(f"reverse-sft: trained on {len(reversed_ds)} examples into {sft_args.output_dir}")
+
+
+def _tokenizer(model: str, *, dry_run: bool, report):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError):
+        if not dry_run:
+            raise
+        report.note(f"dry run: {model} is not there yet; lengths estimated at 4 characters per token")
+        return None
 
 
 def _texts(args, sft_args, report):
@@ -204,7 +217,7 @@ def _texts(args, sft_args, report):
     except (OSError, ValueError):
         if not args.dry_run:
             raise
-        report.notes.append(f"dry run: {model} is not there yet; text lengths estimated at 4 characters per token")
+        report.note(f"dry run: {model} is not there yet; text lengths estimated at 4 characters per token")
     return prepare_texts(
         raw, text_column=args.text_column, id_column=args.id_column, tokenizer=tokenizer, max_text_tokens=limit,
         long_texts=args.long_texts, report=report,
@@ -227,7 +240,7 @@ def step_induce(args, sft_args, model_args, work: WorkDir, report) -> None:
         sampling=sampling(args, "induce"), checkpoint=checkpoint, batch_size=args.synthesis_batch_size, report=report,
     )  # fmt: skip
     if getattr(generator, "truncated_prompts", 0):
-        report.notes.append(f"induce: {generator.truncated_prompts} prompt(s) cut to the model's context")
+        report.note(f"induce: {generator.truncated_prompts} prompt(s) cut to the model's context")
     _write_jsonl(induced, work.induced)
 
 
@@ -322,7 +335,7 @@ def run_steps(step: str, args: SaferInstructArguments, sft_args, model_args) -> 
         elif name == "respond":
             written = step_respond(args, sft_args, model_args, work, report)
             if written:
-                report.notes.append("wrote " + ", ".join(written.values()))
+                report.note("wrote " + ", ".join(written.values()))
         if not args.dry_run and name != "respond":
             _save_report(work, name, report)
     return report

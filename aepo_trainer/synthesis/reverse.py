@@ -50,6 +50,8 @@ def build_reversed_dataset(
     output_column: str = "output",
     input_column: str | None = "input",
     messages_column: str = "messages",
+    tokenizer=None,
+    max_length: int | None = None,
     report: SynthesisReport | None = None,
 ):
     """Reversed examples (`prompt`, `completion`) for `SFTTrainer` from an instruction dataset.
@@ -57,6 +59,11 @@ def build_reversed_dataset(
     Rows with an empty instruction or response are dropped and counted in `report` as `sft_empty`; duplicated
     (response, instruction) pairs as `sft_duplicate`. Raises `ValueError` naming the columns when the dataset has
     neither `instruction_column`/`output_column` nor `messages_column`.
+
+    With `tokenizer` and `max_length` (the `SFTConfig.max_length`), a long *response* is cut so that the whole
+    example fits: `SFTTrainer` truncates from the end, which here would cut the instruction — the only trained part —
+    and drop the example. Cut responses are counted (`sft_truncated` in the report's notes); an example whose
+    instruction alone does not fit is dropped (`sft_too_long`).
     """
     import datasets
 
@@ -70,7 +77,7 @@ def build_reversed_dataset(
             f"{messages_column!r} column of chat messages (columns: {columns})"
         )
     report = report if report is not None else SynthesisReport()
-    seen, rows = set(), []
+    seen, rows, truncated = set(), [], 0
     for row in dataset:
         if use_messages:
             pair = _pair_from_messages(row[messages_column])
@@ -88,11 +95,31 @@ def build_reversed_dataset(
             report.skip("sft_duplicate")
             continue
         seen.add((instruction, response))
+        if tokenizer is not None and max_length is not None:
+            response, cut = _fit_response(tokenizer, template, response, instruction, max_length)
+            if response is None:
+                report.skip("sft_too_long")
+                continue
+            truncated += cut
         rows.append({"prompt": reverse_prompt(response, template), "completion": INSTRUCTION_SEPARATOR + instruction})
     report.rows["sft_examples"] = len(rows)
+    if truncated:
+        report.note(f"reverse-sft: cut {truncated} long response(s) to fit max_length={max_length}")
     if not rows:
         raise ValueError("no usable (instruction, response) pair in the instruction dataset")
     return datasets.Dataset.from_list(rows)
+
+
+def _fit_response(tokenizer, template, response, instruction, max_length) -> tuple[str | None, bool]:
+    """The response cut (at its end) so that reversal prompt + instruction + EOS fit in `max_length` tokens."""
+    fixed = len(tokenizer(reverse_prompt("", template) + INSTRUCTION_SEPARATOR + instruction)["input_ids"]) + 2
+    budget = max_length - fixed
+    if budget < 1:
+        return None, False
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if len(ids) <= budget:
+        return response, False
+    return tokenizer.decode(ids[:budget], skip_special_tokens=True).strip(), True
 
 
 def make_reverse_sft_trainer(

@@ -45,6 +45,10 @@ class SynthesisReport:
         if count:
             self.skipped[reason] += count
 
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
     def add_usage(self, stage: str, usage: Usage) -> None:
         self.usage.setdefault(stage, Usage()).add(usage)
 

@@ -175,7 +175,7 @@ def prepare_texts(
     report.rows["texts_in"] = len(dataset)
     report.rows["texts_kept"] = len(rows)
     if truncated:
-        report.notes.append(f"truncated {truncated} long text(s) to {max_text_tokens} tokens (flagged `truncated`)")
+        report.note(f"truncated {truncated} long text(s) to {max_text_tokens} tokens (flagged `truncated`)")
     if not rows:
         raise ValueError(f"no usable text left after cleaning ({dict(report.skipped)})")
     return datasets.Dataset.from_list(rows)
