@@ -8,6 +8,7 @@ base model, LoRA, 4-bit loading), parsed by `TrlParser`: `--config file.yaml` se
 from __future__ import annotations
 
 import sys
+import warnings
 
 from .errors import EXIT_OK, InputError
 
@@ -53,7 +54,9 @@ def main(argv: list[str]) -> int:
     if step not in SYNTHESIS_STEPS:
         raise InputError(f"unknown step {step!r}; choose one of {', '.join(SYNTHESIS_STEPS)}")
     try:
-        args, sft_args, model_args = build_parser().parse_args_and_config(rest)
+        with warnings.catch_warnings():  # TRL's own default (gradient_checkpointing=True), not the user's setting
+            warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+            args, sft_args, model_args = build_parser().parse_args_and_config(rest)
     except (ValueError, FileNotFoundError) as error:
         raise InputError(str(error)) from None
     if sft_args.output_dir == OUTPUT_DIR_DEFAULT:

@@ -40,12 +40,12 @@ from .templates import (
 from .texts import prepare_texts, read_texts, text_sha256
 
 __all__ = [
-    "FunctionGenerator",
     "JUDGE_TEMPLATES",
     "QUALITY_JUDGE_TEMPLATE",
     "REVERSE_TEMPLATE",
     "SAFETY_JUDGE_TEMPLATE",
     "SAFETY_RESPONSE_SYSTEM_PROMPT",
+    "FunctionGenerator",
     "SamplingConfig",
     "StageCheckpoint",
     "SynthesisReport",

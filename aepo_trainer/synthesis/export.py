@@ -40,7 +40,11 @@ def to_preference_pairs(dataset, *, conversational: bool = False, all_responses:
         for response in row["expert_responses"] if all_responses else row["expert_responses"][:1]:
             prompt, chosen, rejected = row["instruction"], response, row["text"]
             if conversational:
-                prompt, chosen, rejected = _wrap(prompt, "user"), _wrap(chosen, "assistant"), _wrap(rejected, "assistant")
+                prompt, chosen, rejected = (
+                    _wrap(prompt, "user"),
+                    _wrap(chosen, "assistant"),
+                    _wrap(rejected, "assistant"),
+                )
             out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, **{k: row.get(k) for k in _KEPT}})
     return datasets.Dataset.from_list(out)
 

@@ -32,7 +32,9 @@ def _cost(prompt_tokens: float, completion_tokens: float, price_in: float, price
 
 
 def forecast_sft(reversed_ds, args, sft_args, model_args) -> None:
-    tokens = sum(estimate_tokens(p) + estimate_tokens(c) for p, c in zip(reversed_ds["prompt"], reversed_ds["completion"]))
+    tokens = sum(
+        estimate_tokens(p) + estimate_tokens(c) for p, c in zip(reversed_ds["prompt"], reversed_ds["completion"])
+    )
     per_step = sft_args.per_device_train_batch_size * sft_args.gradient_accumulation_steps
     steps = sft_args.max_steps if sft_args.max_steps > 0 else math.ceil(len(reversed_ds) / per_step) * math.ceil(sft_args.num_train_epochs)  # fmt: skip
     how = f"LoRA r={model_args.lora_r}" if model_args.use_peft else "full fine-tuning"
@@ -91,9 +93,11 @@ def forecast_filter(induced, args, identity: str, work, report) -> None:
         rows = list(induced)
         done = _finished(work, "filter", [judge_key(settings, row) for row in rows])
         todo_n = len(rows) - done
-        prompt_tokens = sum(
-            estimate_tokens(fill(template, text=r["text"], instruction=r["instruction"])) for r in rows
-        ) * todo_n / max(1, len(rows))
+        prompt_tokens = (
+            sum(estimate_tokens(fill(template, text=r["text"], instruction=r["instruction"])) for r in rows)
+            * todo_n
+            / max(1, len(rows))
+        )
     completion_tokens = todo_n * args.judge_max_new_tokens
     cost = _cost(prompt_tokens, completion_tokens, args.judge_price_input_per_1m, args.judge_price_output_per_1m)
     worst = cost * (1 + args.judge_retries)

@@ -346,4 +346,3 @@ class VLLMGenerator:
         usage.cost_usd = self.prices.cost(usage.prompt_tokens, usage.completion_tokens)
         self.usage.add(usage)
         return [[o.text.strip() for o in out.outputs] for out in outputs]
-

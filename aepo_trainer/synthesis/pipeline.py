@@ -66,7 +66,11 @@ def _load_rows(source: str, split: str, limit: int | None):
 
     from .texts import read_texts
 
-    data = read_texts(source, split=split) if Path(source).expanduser().exists() else datasets.load_dataset(source, split=split)
+    data = (
+        read_texts(source, split=split)
+        if Path(source).expanduser().exists()
+        else datasets.load_dataset(source, split=split)
+    )
     return data.select(range(min(limit, len(data)))) if limit is not None else data
 
 
@@ -89,7 +93,9 @@ def _make_generator(args, model_args, model: str, prices=(0.0, 0.0)):
     from .generators import TransformersGenerator, VLLMGenerator
 
     if _backend(args) == "vllm":
-        return VLLMGenerator(model, *prices, trust_remote_code=getattr(model_args, "trust_remote_code", False), seed=args.sampling_seed)
+        return VLLMGenerator(
+            model, *prices, trust_remote_code=getattr(model_args, "trust_remote_code", False), seed=args.sampling_seed
+        )
     return TransformersGenerator(
         model,
         device=args.device,
@@ -114,7 +120,9 @@ def reverse_model_path(args, sft_args) -> str:
 
 def sampling(args: SaferInstructArguments, stage: str) -> SamplingConfig:
     if stage == "induce":
-        return SamplingConfig(args.induce_temperature, args.induce_top_p, 0, args.induce_max_new_tokens, args.sampling_seed)
+        return SamplingConfig(
+            args.induce_temperature, args.induce_top_p, 0, args.induce_max_new_tokens, args.sampling_seed
+        )
     if stage == "filter":
         return SamplingConfig(args.judge_temperature, 1.0, 0, args.judge_max_new_tokens, args.sampling_seed)
     return SamplingConfig(args.response_temperature, args.response_top_p, 0, args.response_max_new_tokens, args.sampling_seed)  # fmt: skip
@@ -150,7 +158,9 @@ def step_reverse_sft(args, sft_args, model_args, report: SynthesisReport) -> Non
         output_column=args.output_column, input_column=args.input_column, messages_column=args.messages_column,
         tokenizer=tokenizer, max_length=sft_args.max_length, report=report,
     )  # fmt: skip
-    training = {k: getattr(sft_args, k) for k in ("learning_rate", "num_train_epochs", "max_steps", "max_length", "seed")}
+    training = {
+        k: getattr(sft_args, k) for k in ("learning_rate", "num_train_epochs", "max_steps", "max_length", "seed")
+    }
     settings = {
         "base_model": model_args.model_name_or_path,
         "template_sha256": template_hash(args.reverse_template),
@@ -270,7 +280,9 @@ def step_filter(args, sft_args, model_args, work: WorkDir, report) -> None:
     ) if len(induced) else induced  # fmt: skip
     _write_jsonl(judged, work.judged)
     if len(judged):
-        kept = keep_accepted(judged, require_harmful=args.require_harmful, keep_unparsed=args.keep_unparsed, report=report)
+        kept = keep_accepted(
+            judged, require_harmful=args.require_harmful, keep_unparsed=args.keep_unparsed, report=report
+        )
         report.rows["instructions_accepted"] = len(kept)
 
 

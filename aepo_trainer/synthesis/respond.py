@@ -63,7 +63,9 @@ def write_expert_responses(
     keys = [respond_key(settings, row) for row in rows]
 
     def work(batch: list[dict]) -> list[list[str]]:
-        return expert.generate([expert_messages(r["instruction"], system_prompt) for r in batch], num_responses, sampling)
+        return expert.generate(
+            [expert_messages(r["instruction"], system_prompt) for r in batch], num_responses, sampling
+        )
 
     outputs = run_resumable(
         STAGE, rows, keys, work, checkpoint=checkpoint, batch_size=batch_size, generators=[expert], report=report,

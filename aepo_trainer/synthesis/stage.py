@@ -65,7 +65,9 @@ class SynthesisReport:
             )
         total = sum(self.skipped.values())
         if total:
-            lines.append(f"skipped {total}: " + ", ".join(f"{reason} {n}" for reason, n in sorted(self.skipped.items())))
+            lines.append(
+                f"skipped {total}: " + ", ".join(f"{reason} {n}" for reason, n in sorted(self.skipped.items()))
+            )
         else:
             lines.append("skipped 0")
         lines.extend(self.notes)
@@ -110,7 +112,9 @@ def run_resumable(
     unique = len(set(keys))
     if report is not None:
         report.reused[stage] += unique - len(todo)
-    bar = tqdm(total=unique, initial=unique - len(todo), desc=stage, unit="row", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=unique, initial=unique - len(todo), desc=stage, unit="row", disable=not progress, dynamic_ncols=True
+    )
     pending = list(todo.items())
     try:
         for start in range(0, len(pending), batch_size):

@@ -114,7 +114,8 @@ def prepare_texts(
     """Clean a dataset of raw texts: one row per usable, distinct text, with `source_id`, `text_sha256`, `truncated`.
 
     Args:
-        dataset: a `datasets.Dataset` with `text_column`.
+        dataset: a `datasets.Dataset` with `text_column`, or a list of row dicts (which, unlike Arrow, can hold
+            `bytes` and strings with lone surrogates: both are counted as `non_utf8`).
         id_column: a column that identifies each source row (kept as `source_id`); default: the row's index in the
             input ("row-<i>"), so a source id always points back to the input file.
         tokenizer: measures `max_text_tokens` (the reversed model's tokenizer); without one, 4 characters count as a
@@ -131,15 +132,18 @@ def prepare_texts(
 
     if long_texts not in LONG_TEXT_POLICIES:
         raise ValueError(f"long_texts must be one of {LONG_TEXT_POLICIES}, got {long_texts!r}")
-    if text_column not in dataset.column_names:
-        raise ValueError(f"the texts have no {text_column!r} column (columns: {dataset.column_names})")
-    if id_column is not None and id_column not in dataset.column_names:
-        raise ValueError(f"the texts have no {id_column!r} id column (columns: {dataset.column_names})")
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:  # a list of row dicts (may hold bytes or lone surrogates, which Arrow cannot store)
+        columns = list(dict.fromkeys(key for row in dataset for key in row))
+    if text_column not in columns:
+        raise ValueError(f"the texts have no {text_column!r} column (columns: {columns})")
+    if id_column is not None and id_column not in columns:
+        raise ValueError(f"the texts have no {id_column!r} id column (columns: {columns})")
     report = report if report is not None else SynthesisReport()
     seen: set[str] = set()
     rows, truncated = [], 0
     for index, row in enumerate(dataset):
-        text = _as_utf8(row[text_column])
+        text = _as_utf8(row.get(text_column))
         if text is None:
             report.skip("non_utf8")
             continue
