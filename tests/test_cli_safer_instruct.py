@@ -122,3 +122,35 @@ def test_help_lists_the_steps(capsys):
     assert "reverse-sft" in capsys.readouterr().out
     assert main(["--help"]) == 0
     assert "safer-instruct" in capsys.readouterr().out
+
+
+def test_demo_config_dry_run(monkeypatch, tmp_path, capsys):
+    """The shipped demo config parses and plans every step (its full run is what the demo itself does)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    config = "examples/configs/safer_instruct_demo.yaml"
+    argv = ["safer-instruct", "all", "--config", config, "--dry_run", "true", "--work_dir", str(tmp_path / "w")]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "on 40 reversed examples" in out.out
+    assert "skipped 5: duplicate 1, empty 2, non_utf8 1, not_text 1" in out.err
+    assert not (tmp_path / "w").exists()
+
+
+def test_docs_recipe_keys_are_flags():
+    """Every key of the realistic recipe in docs/safer-instruct.md is a field of the parsed dataclasses."""
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+    from trl import ModelConfig, SFTConfig
+
+    from aepo_trainer.synthesis.arguments import SaferInstructArguments
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "safer-instruct.md").read_text()
+    block = "#" + page.split("# safer_instruct_real.yaml", 1)[1].split("```", 1)[0]
+    keys = set(yaml.safe_load(block))
+    fields = {f.name for cls in (SaferInstructArguments, SFTConfig, ModelConfig) for f in dataclasses.fields(cls)}
+    assert keys and keys <= fields, keys - fields
