@@ -430,3 +430,31 @@ def test_outputs_train_one_aepo_step(kind, tiny_model_path, tiny_tokenizer, mini
     trainer.train()
     assert trainer.state.global_step == 1
     assert any(not torch.equal(before[k], v) for k, v in model.named_parameters())
+
+
+# ------------------------------------------------------------------------------------------------ local generator
+def test_transformers_generator_batches_counts_usage_and_is_reproducible(tiny_model_path, tiny_tokenizer):
+    from aepo_trainer.synthesis import TextGenerator, TransformersGenerator
+
+    generator = TransformersGenerator(tiny_model_path, batch_size=2, price_input_per_1m=1.0)
+    assert isinstance(generator, TextGenerator) and generator.identity == f"transformers:{tiny_model_path}"
+    prompts = ["The sky is", [{"role": "user", "content": "What is two plus two?"}], "Paris is"]
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=5)
+    first = generator.generate(prompts, 2, greedy)
+    assert len(first) == 3 and all(len(texts) == 2 and all(isinstance(t, str) for t in texts) for texts in first)
+    assert first[0][0] == first[0][1]  # greedy: decoded once, the same text twice
+    assert generator.usage.calls == 2  # 3 prompts, batch_size 2
+    chat_ids = tiny_tokenizer.apply_chat_template(prompts[1], add_generation_prompt=True, tokenize=False)
+    expected_prompt_tokens = (
+        len(tiny_tokenizer("The sky is")["input_ids"])
+        + len(tiny_tokenizer(chat_ids, add_special_tokens=False)["input_ids"])
+        + len(tiny_tokenizer("Paris is")["input_ids"])
+    )
+    assert generator.usage.prompt_tokens == expected_prompt_tokens
+    assert 0 < generator.usage.completion_tokens <= 3 * 5
+    assert generator.usage.cost_usd == pytest.approx(expected_prompt_tokens / 1e6)
+    sampled = SamplingConfig(temperature=1.0, max_new_tokens=5, seed=3)
+    assert generator.generate(prompts[:1], 3, sampled) == generator.generate(prompts[:1], 3, sampled)
+    short = TransformersGenerator(tiny_model_path, max_prompt_tokens=3)
+    short.generate(["The quick brown fox jumps over the lazy dog."], 1, greedy)
+    assert short.truncated_prompts == 1

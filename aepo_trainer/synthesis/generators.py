@@ -271,7 +271,7 @@ class TransformersGenerator:
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
         options = dict(
             do_sample=sampling.temperature > 0,
-            num_return_sequences=n,
+            num_return_sequences=n if sampling.temperature > 0 else 1,
             max_new_tokens=sampling.max_new_tokens,
             pad_token_id=pad,
         )
@@ -288,11 +288,13 @@ class TransformersGenerator:
         usage = Usage(
             calls=1,
             prompts=len(prompts),
-            prompt_tokens=sum(len(ids) for ids in encoded) * n,
+            prompt_tokens=sum(len(ids) for ids in encoded) * (n if sampling.temperature > 0 else 1),
             completion_tokens=int((~torch.isin(new, specials)).sum()),
         )
         usage.cost_usd = self.prices.cost(usage.prompt_tokens, usage.completion_tokens)
         self.usage.add(usage)
+        if sampling.temperature == 0:  # greedy: one decode per prompt, the same text n times
+            return [[texts[i].strip()] * n for i in range(len(prompts))]
         return [[t.strip() for t in texts[i * n : (i + 1) * n]] for i in range(len(prompts))]
 
 

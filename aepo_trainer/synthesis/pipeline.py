@@ -61,16 +61,16 @@ def _read_jsonl(path: Path, step: str, before: str):
     return datasets.Dataset.from_list(rows)
 
 
-def _load_rows(source: str, split: str, limit: int | None):
-    import datasets
-
+def _load_sft_rows(args, report: SynthesisReport):
+    """The instruction dataset; its non-UTF-8 lines and non-string responses are counted as `sft_non_utf8` /
+    `sft_not_text`."""
     from .texts import read_texts
 
-    data = (
-        read_texts(source, split=split)
-        if Path(source).expanduser().exists()
-        else datasets.load_dataset(source, split=split)
-    )
+    read = SynthesisReport()
+    data = read_texts(args.sft_dataset, text_column=args.output_column, report=read, split=args.sft_split)
+    for reason, count in read.skipped.items():
+        report.skip(f"sft_{reason}", count)
+    limit = args.max_sft_examples
     return data.select(range(min(limit, len(data)))) if limit is not None else data
 
 
@@ -93,15 +93,13 @@ def _make_generator(args, model_args, model: str, prices=(0.0, 0.0)):
     from .generators import TransformersGenerator, VLLMGenerator
 
     if _backend(args) == "vllm":
-        return VLLMGenerator(
-            model, *prices, trust_remote_code=getattr(model_args, "trust_remote_code", False), seed=args.sampling_seed
-        )
+        return VLLMGenerator(model, *prices, trust_remote_code=model_args.trust_remote_code, seed=args.sampling_seed)
     return TransformersGenerator(
         model,
         device=args.device,
         dtype=model_args.dtype or "auto",
         batch_size=args.synthesis_batch_size,
-        trust_remote_code=getattr(model_args, "trust_remote_code", False),
+        trust_remote_code=model_args.trust_remote_code,
         price_input_per_1m=prices[0],
         price_output_per_1m=prices[1],
     )
@@ -149,7 +147,7 @@ def step_reverse_sft(args, sft_args, model_args, report: SynthesisReport) -> Non
         raise ValueError("reverse-sft: --sft_dataset is required (an instruction dataset)")
     if not model_args.model_name_or_path:
         raise ValueError("reverse-sft: --model_name_or_path (the base model to reverse) is required")
-    raw = _load_rows(args.sft_dataset, args.sft_split, args.max_sft_examples)
+    raw = _load_sft_rows(args, report)
     if args.build_tiny_models and not args.dry_run:
         _maybe_build_tiny(model_args.model_name_or_path)
     tokenizer = _tokenizer(model_args.model_name_or_path, dry_run=args.dry_run, report=report)
@@ -182,6 +180,13 @@ def step_reverse_sft(args, sft_args, model_args, report: SynthesisReport) -> Non
         return _forecast_sft(reversed_ds, args, sft_args, model_args)
     from transformers.trainer_utils import get_last_checkpoint
 
+    model_init_kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=model_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )  # as TRL's own `trl sft` script does
+    sft_args.model_init_kwargs = {**model_init_kwargs, **(sft_args.model_init_kwargs or {})}
     trainer = make_reverse_sft_trainer(
         model_args.model_name_or_path, reversed_ds, sft_args,
         peft_config=get_peft_config(model_args), quantization_config=get_quantization_config(model_args),
@@ -334,6 +339,8 @@ def _forecast_sft(reversed_ds, args, sft_args, model_args) -> None:
 
 def run_steps(step: str, args: SaferInstructArguments, sft_args, model_args) -> SynthesisReport:
     """Run one step (or "all"); returns the run's report (the CLI prints its summary)."""
+    # TRL 1.16 keeps `trust_remote_code` on the training config; the generators read it from the model config.
+    model_args.trust_remote_code = bool(getattr(sft_args, "trust_remote_code", False))
     steps = STEP_ORDER if step == "all" else (step,)
     work = WorkDir(args.work_dir)
     report = SynthesisReport()
