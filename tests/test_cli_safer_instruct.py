@@ -4,10 +4,13 @@ is served from its checkpoint when rerun; bad input exits with code 2 and a mess
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from aepo_trainer.cli import main
+
+DEMO_TEXTS = str(Path(__file__).resolve().parents[1] / "examples" / "data" / "safer_instruct" / "texts.jsonl")
 
 
 def _write_jsonl(path, rows):
@@ -110,6 +113,8 @@ def test_all_runs_end_to_end_and_resumes_from_its_checkpoint(demo_files, capsys)
         (["safer-instruct", "filter", "--bf16", "false", "--judge_model", "j", "--work_dir", "/nonexistent/w"],
          "run `aepo safer-instruct induce` first"),
         (["safer-instruct", "induce", "--num_instructions", "0", "--bf16", "false"], "num_instructions must be >= 1"),
+        (["safer-instruct", "induce", "--texts", DEMO_TEXTS, "--bf16", "false", "--reverse_model", "/nonexistent/m"],
+         "run `aepo safer-instruct reverse-sft` first"),
     ],
 )  # fmt: skip
 def test_bad_input_exits_2_with_a_message(argv, message, capsys):
@@ -126,8 +131,6 @@ def test_help_lists_the_steps(capsys):
 
 def test_demo_config_dry_run(monkeypatch, tmp_path, capsys):
     """The shipped demo config parses and plans every step (its full run is what the demo itself does)."""
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     config = "examples/configs/safer_instruct_demo.yaml"
@@ -142,7 +145,6 @@ def test_demo_config_dry_run(monkeypatch, tmp_path, capsys):
 def test_docs_recipe_keys_are_flags():
     """Every key of the realistic recipe in docs/safer-instruct.md is a field of the parsed dataclasses."""
     import dataclasses
-    from pathlib import Path
 
     import yaml
     from trl import ModelConfig, SFTConfig

@@ -203,9 +203,9 @@ def _tokenizer(model: str, *, dry_run: bool, report):
 
     try:
         return AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as error:
         if not dry_run:
-            raise
+            raise ValueError(f"cannot load the tokenizer of {model!r} ({error})") from None
         report.note(f"dry run: {model} is not there yet; lengths estimated at 4 characters per token")
         return None
 
@@ -229,9 +229,12 @@ def _texts(args, sft_args, report):
             context = getattr(config.get_text_config(), "max_position_embeddings", None)
             template_tokens = len(tokenizer(args.reverse_template)["input_ids"])
             limit = context - template_tokens - args.induce_max_new_tokens if context else None
-    except (OSError, ValueError):
+    except (OSError, ValueError) as error:
         if not args.dry_run:
-            raise
+            raise ValueError(
+                f"induce: cannot load the reversed model {model!r} ({error}); run `aepo safer-instruct reverse-sft` "
+                "first or pass --reverse_model"
+            ) from None
         report.note(f"dry run: {model} is not there yet; text lengths estimated at 4 characters per token")
     return prepare_texts(
         raw, text_column=args.text_column, id_column=args.id_column, tokenizer=tokenizer, max_text_tokens=limit,
