@@ -156,3 +156,15 @@ def test_docs_recipe_keys_are_flags():
     keys = set(yaml.safe_load(block))
     fields = {f.name for cls in (SaferInstructArguments, SFTConfig, ModelConfig) for f in dataclasses.fields(cls)}
     assert keys and keys <= fields, keys - fields
+
+
+def test_reverse_sft_with_lora_then_induce_from_the_adapter(demo_files, capsys):
+    tmp_path, config = demo_files
+    argv = ["--config", str(config), "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8"]
+    assert main(["safer-instruct", "reverse-sft", *argv]) == 0
+    adapter = tmp_path / "work" / "reverse-model" / "adapter_config.json"
+    assert adapter.exists() and json.loads(adapter.read_text())["r"] == 4
+    assert main(["safer-instruct", "induce", *argv]) == 0
+    induced = (tmp_path / "work" / "induced.jsonl").read_text().splitlines()
+    assert induced and json.loads(induced[0])["provenance"]["induce"]["num_instructions"] == 2
+    assert "induce: 3 rows computed" in capsys.readouterr().err

@@ -163,7 +163,9 @@ def step_reverse_sft(args, sft_args, model_args, report: SynthesisReport) -> Non
         "base_model": model_args.model_name_or_path,
         "template_sha256": template_hash(args.reverse_template),
         "data_sha256": row_key(reversed_ds["prompt"], reversed_ds["completion"]),
-        "peft": bool(model_args.use_peft),
+        "peft": {
+            k: getattr(model_args, k) for k in ("use_peft", "lora_r", "lora_alpha", "load_in_4bit", "load_in_8bit")
+        },
         "training": training,
     }
     marker = Path(sft_args.output_dir) / SFT_MARKER
@@ -210,6 +212,14 @@ def _tokenizer(model: str, *, dry_run: bool, report):
         return None
 
 
+def _config_source(model: str) -> str:
+    """Where the model config lives: a LoRA output folder holds only the adapter and names its base model."""
+    adapter = Path(model) / "adapter_config.json"
+    if adapter.is_file():
+        return json.loads(adapter.read_text())["base_model_name_or_path"]
+    return model
+
+
 def _texts(args, sft_args, report):
     from .texts import prepare_texts, read_texts
 
@@ -225,7 +235,7 @@ def _texts(args, sft_args, report):
 
         tokenizer = AutoTokenizer.from_pretrained(model)
         if limit is None:
-            config = AutoConfig.from_pretrained(model)
+            config = AutoConfig.from_pretrained(_config_source(model))
             context = getattr(config.get_text_config(), "max_position_embeddings", None)
             template_tokens = len(tokenizer(args.reverse_template)["input_ids"])
             limit = context - template_tokens - args.induce_max_new_tokens if context else None
