@@ -458,3 +458,43 @@ def test_transformers_generator_batches_counts_usage_and_is_reproducible(tiny_mo
     short = TransformersGenerator(tiny_model_path, max_prompt_tokens=3)
     short.generate(["The quick brown fox jumps over the lazy dog."], 1, greedy)
     assert short.truncated_prompts == 1
+
+
+KILLED_WORKER = """
+import json, os, signal, sys
+from datasets import Dataset
+from aepo_trainer.synthesis import FunctionGenerator, StageCheckpoint, induce_instructions, prepare_texts
+
+calls = []
+def fn(prompts, n, sampling):
+    calls.append(len(prompts))
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # a hard kill in the middle of the third model call
+    with open(sys.argv[2], "a") as f:
+        f.write(json.dumps(prompts) + "\\n")
+    return [["Describe it."] for _ in prompts]
+
+texts = prepare_texts(Dataset.from_list([{"text": f"Text {i}."} for i in range(7)]))
+induce_instructions(texts, FunctionGenerator(fn, "fake"), checkpoint=StageCheckpoint(sys.argv[1]), batch_size=2,
+                    progress=False)
+"""
+
+
+def test_a_hard_killed_stage_keeps_every_committed_batch(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path, asked = tmp_path / "checkpoint.sqlite", tmp_path / "asked.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", KILLED_WORKER, str(path), str(asked)], env=env, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert len(asked.read_text().splitlines()) == 2  # two batches of 2 texts were answered before the kill
+    resumed = CountingExpert(lambda p, i: "Describe it.")
+    resumed.generator.identity = "fake"  # the same model as in the killed run
+    texts = prepare_texts(Dataset.from_list([{"text": f"Text {i}."} for i in range(7)]))
+    out = induce_instructions(texts, resumed.generator, checkpoint=StageCheckpoint(path), batch_size=2, progress=False)
+    assert len(resumed.asked) == 3 and len(out) == 7  # only the 3 texts that were never committed
+    before = {p for line in asked.read_text().splitlines() for p in json.loads(line)}
+    assert not before & {json.loads(p) for p in resumed.asked}
