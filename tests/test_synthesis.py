@@ -498,3 +498,13 @@ def test_a_hard_killed_stage_keeps_every_committed_batch(tmp_path):
     assert len(resumed.asked) == 3 and len(out) == 7  # only the 3 texts that were never committed
     before = {p for line in asked.read_text().splitlines() for p in json.loads(line)}
     assert not before & {json.loads(p) for p in resumed.asked}
+
+
+def test_bad_rows_are_named_before_any_model_call():
+    never = CountingExpert(lambda p, i: "x")
+    bad = Dataset.from_list([{"text": "fine", "instruction": "Do it."}, {"text": "fine", "instruction": "  "}])
+    with pytest.raises(ValueError, match="filter: row 1, field 'instruction': expected a non-empty string"):
+        judge_instructions(bad, never.generator, progress=False)
+    with pytest.raises(ValueError, match="induce: row 0, field 'source_id': expected a non-empty string, got missing"):
+        induce_instructions(Dataset.from_list([{"text": "raw, not prepared"}]), never.generator, progress=False)
+    assert never.calls == 0

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .checkpoint import StageCheckpoint
 from .generators import SamplingConfig, TextGenerator
-from .stage import SynthesisReport, row_key, run_resumable
+from .stage import SynthesisReport, check_text_columns, row_key, run_resumable
 from .templates import JUDGE_TEMPLATES, RETRY_SUFFIX, fill, template_hash
 
 __all__ = ["DEFAULT_JUDGE_SAMPLING", "Verdict", "judge_instructions", "keep_accepted", "parse_verdict"]
@@ -150,6 +150,7 @@ def judge_instructions(
     report = report if report is not None else SynthesisReport()
     settings = judge_settings(judge.identity, rubric, template, sampling, retries)
     rows = list(dataset)
+    check_text_columns(rows, ["text", "instruction"], STAGE)
     keys = [judge_key(settings, row) for row in rows]
     reminder = RETRY_SUFFIX.format(harmful=", then 'Harmful: YES' or 'Harmful: NO'" if require_harmful else "")
 

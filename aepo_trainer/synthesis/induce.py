@@ -14,7 +14,7 @@ import re
 from .checkpoint import StageCheckpoint
 from .generators import SamplingConfig, TextGenerator
 from .reverse import reverse_prompt
-from .stage import SynthesisReport, row_key, run_resumable
+from .stage import SynthesisReport, check_text_columns, row_key, run_resumable
 from .templates import REVERSE_TEMPLATE, template_hash
 
 __all__ = ["DEFAULT_INDUCE_SAMPLING", "clean_instruction", "induce_instructions"]
@@ -72,6 +72,7 @@ def induce_instructions(
     report = report if report is not None else SynthesisReport()
     settings = induce_settings(generator.identity, template, sampling, num_instructions)
     rows = list(texts)
+    check_text_columns(rows, ["text", "source_id", "text_sha256"], STAGE)
     keys = [induce_key(settings, row) for row in rows]
 
     def work(batch: list[dict]) -> list[list[str]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .checkpoint import StageCheckpoint
 from .generators import SamplingConfig, TextGenerator
-from .stage import SynthesisReport, row_key, run_resumable
+from .stage import SynthesisReport, check_text_columns, row_key, run_resumable
 from .templates import template_hash
 
 __all__ = ["DEFAULT_RESPONSE_SAMPLING", "expert_messages", "write_expert_responses"]
@@ -60,6 +60,7 @@ def write_expert_responses(
     report = report if report is not None else SynthesisReport()
     settings = respond_settings(expert.identity, system_prompt, sampling, num_responses)
     rows = list(dataset)
+    check_text_columns(rows, ["text", "instruction"], STAGE)
     keys = [respond_key(settings, row) for row in rows]
 
     def work(batch: list[dict]) -> list[list[str]]:

@@ -17,13 +17,24 @@ from dataclasses import dataclass, field
 from .checkpoint import StageCheckpoint
 from .generators import Usage
 
-__all__ = ["SynthesisReport", "row_key", "run_resumable"]
+__all__ = ["SynthesisReport", "check_text_columns", "row_key", "run_resumable"]
 
 
 def row_key(*parts) -> str:
     """sha256 over the canonical JSON of `parts` (sorted keys, UTF-8 kept): the identity of one unit of work."""
     text = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_text_columns(rows: Sequence[dict], columns: Sequence[str], stage: str) -> None:
+    """Raise `ValueError` naming the stage, row and field of the first value that is not a non-empty string, before
+    any model is called."""
+    for index, row in enumerate(rows):
+        for column in columns:
+            value = row.get(column)
+            if not isinstance(value, str) or not value.strip():
+                got = "missing" if column not in row else f"{type(value).__name__} {value!r:.40}"
+                raise ValueError(f"{stage}: row {index}, field {column!r}: expected a non-empty string, got {got}")
 
 
 @dataclass
