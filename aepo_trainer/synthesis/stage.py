@@ -67,7 +67,7 @@ class SynthesisReport:
         lines = []
         if self.rows:
             lines.append("rows: " + ", ".join(f"{name} {n}" for name, n in self.rows.items()))
-        for stage in sorted(set(self.new) | set(self.reused)):
+        for stage in dict.fromkeys([*self.reused, *self.new]):  # the order the stages ran in
             usage = self.usage.get(stage, Usage())
             lines.append(
                 f"{stage}: {self.new[stage]} rows computed, {self.reused[stage]} served from the checkpoint; "
