@@ -10,12 +10,17 @@ from __future__ import annotations
 
 __all__ = [
     "ANNOTATORS",
+    "GENERATE_BACKENDS",
+    "GENERATOR_BACKENDS",
     "JUDGE_MODES",
+    "JUDGE_RUBRICS",
     "LABEL_QUESTIONS",
+    "LONG_TEXT_POLICIES",
     "PAIRING_RULES",
     "RPO_LOSS_TYPES",
     "SELECTION_SEARCHES",
     "SELECTION_STRATEGIES",
+    "SYNTHESIS_STEPS",
 ]
 
 #: How k of N candidates are chosen (`AEPOConfig.selection_strategy`, `aepo select --selection_strategy`).
@@ -32,3 +37,15 @@ PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
 RPO_LOSS_TYPES = ("rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
 #: What the labelling page (`aepo label --question`) asks people about the k candidates of a prompt.
 LABEL_QUESTIONS = ("score", "ranking", "best_worst")
+
+# --- Safer-Instruct data synthesis (`aepo_trainer.synthesis`, `aepo safer-instruct`)
+#: The sub-steps of `aepo safer-instruct`, in pipeline order ("all" runs every one).
+SYNTHESIS_STEPS = ("reverse-sft", "induce", "filter", "respond", "all")
+#: The judge's rubrics (`aepo_trainer.synthesis.templates.JUDGE_TEMPLATES`).
+JUDGE_RUBRICS = ("quality", "safety")
+#: What happens to a text longer than the model's context: cut (and flagged) or dropped (and counted).
+LONG_TEXT_POLICIES = ("truncate", "skip")
+#: How a local model is run by the synthesis stages ("auto": vLLM when installed and a GPU is present).
+GENERATOR_BACKENDS = ("auto", "transformers", "vllm")
+#: `aepo generate --backend`: the local backends, or any OpenAI-compatible server ("openai", docs/llm-services.md).
+GENERATE_BACKENDS = (*GENERATOR_BACKENDS, "openai")

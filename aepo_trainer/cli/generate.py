@@ -15,6 +15,8 @@ import os
 import sys
 from collections import Counter
 
+from aepo_trainer.choices import GENERATE_BACKENDS
+
 from .args import ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, parse_with_yaml
 from .errors import EXIT_OK, InputError
 
@@ -86,7 +88,7 @@ def build_parser(prog: str = "aepo generate") -> ArgumentParser:
     )
     gen.add_argument(
         "--backend",
-        choices=["auto", "transformers", "vllm", "openai"],
+        choices=list(GENERATE_BACKENDS),
         default="auto",
         help="'auto' uses vLLM when it is installed and a GPU is present, else transformers. 'openai': an "
         "OpenAI-compatible server at --api_base (the model is the server's model name; --top_k is sent as an "
