@@ -7,6 +7,8 @@ It speaks `GET /v1/models`, `POST /v1/chat/completions` and `POST /v1/completion
   `P(A) = sigmoid(q_A - q_B + BIAS)` as the top logprobs of the first token; without, the letter of the winner
   (a tie says "A").
 * rubric prompts (the text holds `[Response]`): the score is `q` clipped to 1..10 (logprobs: all the mass on it).
+* Safer-Instruct filter prompts (the text asks for `Verdict: PASS or FAIL`): "Verdict: FAIL" when the text holds
+  `reject-me`, else "Verdict: PASS", then a reason line.
 * anything else: the reply `echo <n> <first words of the prompt>` for each of the `n` choices, cut at `max_tokens`.
 
 Tokens are counted as whitespace-separated words (prompt: every message's content; completion: the reply), the
@@ -111,6 +113,9 @@ def answer(body: dict, state: ServerState, fault: str | None) -> tuple[list[str]
         probs = {str(score): 0.99, "5" if score != 5 else "6": 0.01}
         lp = [_logprob_entry(str(score), probs)] if wants_logprobs else None
         return [str(score)] * n, lp
+    if "Verdict: PASS or FAIL" in text:
+        verdict = "FAIL" if "reject-me" in text else "PASS"
+        return [f"Verdict: {verdict}\nReason: read by the test server"] * n, None
     words = text.split()[:3]
     return [" ".join(["echo", str(i), *words][:max_tokens]) for i in range(n)], None
 

@@ -138,6 +138,22 @@ class SaferInstructArguments:
     conversational_output: bool = field(
         default=False, metadata={"help": "Write pairs/pools as chat messages instead of strings."}
     )
+    # --- judge and expert behind an OpenAI-compatible API (docs/llm-services.md)
+    expert_api_base: str | None = field(
+        default=None,
+        metadata={
+            "help": "Base URL of an OpenAI-compatible API (e.g. https://api.openai.com/v1, http://localhost:8000/v1) "
+            "serving `judge_model` and `expert_model`. Unset: they are local models (`backend`)."
+        },
+    )
+    expert_api_key_env: str = field(
+        default="OPENAI_API_KEY",
+        metadata={"help": "Environment variable holding the API key (never logged or stored)."},
+    )
+    expert_api_concurrency: int = field(default=8, metadata={"help": "API requests in flight at once."})
+    expert_api_requests_per_minute: float | None = field(
+        default=None, metadata={"help": "Client-side requests-per-minute limit (None: no limit)."}
+    )
     # --- running local models
     backend: str = field(
         default="auto",

@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "FunctionGenerator",
+    "OpenAIChatGenerator",
     "Prompt",
     "SamplingConfig",
     "TextGenerator",
@@ -156,6 +157,60 @@ class FunctionGenerator:
             usage.cost_usd = self.prices.cost(usage.prompt_tokens, usage.completion_tokens)
         self.usage.add(usage)
         return texts
+
+
+class OpenAIChatGenerator:
+    """A text generator served by an OpenAI-compatible API (OpenAI, `vllm serve`, TGI, llama.cpp, Ollama), through
+    the package's one client layer, `generation.ChatClient`: bounded concurrency, rate limits, counted retries that
+    honour `Retry-After`, a fail-fast probe of the key, URL and model.
+
+    String prompts are sent as one user message; chat prompts as they are. Each prompt gets its own seed (from
+    `sampling.seed` and the prompt), so a rerun asks the same. Usage comes from what the server reports; cost from
+    the given prices. Paying twice is prevented one level up: every finished row is in the stage checkpoint before
+    the next batch is sent, and a rerun skips it.
+
+    Args:
+        client: a `ChatClient` (its `model` is the expert/judge model).
+        price_input_per_1m, price_output_per_1m: USD per million prompt / completion tokens.
+        identity: the cache identity (default `openai:<base_url>:<model>`).
+    """
+
+    def __init__(
+        self, client, price_input_per_1m: float = 0.0, price_output_per_1m: float = 0.0, identity: str | None = None
+    ):
+        self.client = client
+        self.identity = identity or f"openai:{client.base_url}:{client.model}"
+        self.usage = Usage()
+        self.prices = _Prices(price_input_per_1m, price_output_per_1m)
+
+    def generate(self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig) -> list[list[str]]:
+        prompts = list(prompts)
+        messages = [p if isinstance(p, list) else [{"role": "user", "content": p}] for p in prompts]
+        results = self.client.complete_chat(
+            messages,
+            per_request=[{"seed": _batch_seed(sampling.seed, [p]) % 2**31} for p in prompts],
+            n=n,
+            max_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+        )
+        failed = [(i, r.error) for i, r in enumerate(results) if r.error]
+        if failed:
+            i, error = failed[0]
+            raise RuntimeError(
+                f"text generator {self.identity!r}: {len(failed)} of {len(prompts)} request(s) failed (first: prompt "
+                f"{i}: {error}); the rows finished so far are saved, rerun to go on"
+            )
+        fresh = [r for r in results if not r.cached]
+        usage = Usage(
+            calls=len(fresh),
+            prompts=len(prompts),
+            prompt_tokens=sum(r.prompt_tokens for r in fresh),
+            completion_tokens=sum(r.completion_tokens for r in fresh),
+        )
+        usage.cost_usd = self.prices.cost(usage.prompt_tokens, usage.completion_tokens)
+        self.usage.add(usage)
+        return _check_output([list(r.texts) for r in results], len(prompts), n, self.identity)
 
 
 def _check_output(result, n_prompts: int, n: int, name: str) -> list[list[str]]:

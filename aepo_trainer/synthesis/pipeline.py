@@ -84,13 +84,38 @@ def _backend(args: SaferInstructArguments) -> str:
     return "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "transformers"
 
 
-def generator_identity(args: SaferInstructArguments, model: str) -> str:
+def generator_identity(args: SaferInstructArguments, model: str, remote: bool = False) -> str:
     """The identity a generator for `model` will have (known without loading it: cache keys for dry runs)."""
+    if remote and args.expert_api_base:
+        return f"openai:{args.expert_api_base}:{model}"
     return f"{_backend(args)}:{model}"
 
 
-def _make_generator(args, model_args, model: str, prices=(0.0, 0.0)):
+def _make_remote_generator(args, model: str, prices=(0.0, 0.0)):
+    """The judge/expert on `expert_api_base`; the probe fails now on a bad key, URL or model, before any paid call."""
+    from aepo_trainer.generation.openai_client import ChatClient
+
+    from .generators import OpenAIChatGenerator
+
+    client = ChatClient(
+        base_url=args.expert_api_base,
+        model=model,
+        api_key_env=args.expert_api_key_env,
+        concurrency=args.expert_api_concurrency,
+        requests_per_minute=args.expert_api_requests_per_minute,
+        progress=True,
+    )
+    client.probe()
+    return OpenAIChatGenerator(client, *prices, identity=generator_identity(args, model, remote=True))
+
+
+def _make_generator(args, model_args, model: str, prices=(0.0, 0.0), remote: bool = False):
+    """The stage's text generator: local (`backend`), or, for the judge and the expert (`remote`), the API at
+    `expert_api_base` when it is set."""
     from .generators import TransformersGenerator, VLLMGenerator
+
+    if remote and args.expert_api_base:
+        return _make_remote_generator(args, model, prices)
 
     if _backend(args) == "vllm":
         return VLLMGenerator(model, *prices, trust_remote_code=model_args.trust_remote_code, seed=args.sampling_seed)
@@ -280,16 +305,16 @@ def step_filter(args, sft_args, model_args, work: WorkDir, report) -> None:
     if args.dry_run and not work.induced.exists():
         from .forecast import forecast_filter
 
-        return forecast_filter(None, args, generator_identity(args, args.judge_model), work, report)
+        return forecast_filter(None, args, generator_identity(args, args.judge_model, remote=True), work, report)
     induced = _read_jsonl(work.induced, "filter", "induce")
     if args.dry_run:
         from .forecast import forecast_filter
 
-        return forecast_filter(induced, args, generator_identity(args, args.judge_model), work, report)
+        return forecast_filter(induced, args, generator_identity(args, args.judge_model, remote=True), work, report)
     if args.build_tiny_models:
         _maybe_build_tiny(args.judge_model)
     judge = _make_generator(
-        args, model_args, args.judge_model, (args.judge_price_input_per_1m, args.judge_price_output_per_1m)
+        args, model_args, args.judge_model, (args.judge_price_input_per_1m, args.judge_price_output_per_1m), remote=True
     )
     judged = judge_instructions(
         induced, judge, rubric=args.judge_rubric, template=args.judge_template, sampling=sampling(args, "filter"),
@@ -315,19 +340,19 @@ def step_respond(args, sft_args, model_args, work: WorkDir, report) -> dict | No
     if args.dry_run and not work.judged.exists():
         from .forecast import forecast_respond
 
-        return forecast_respond(None, args, generator_identity(args, expert_model), work, report)
+        return forecast_respond(None, args, generator_identity(args, expert_model, remote=True), work, report)
     judged = _read_jsonl(work.judged, "respond", "filter")
     accepted = keep_accepted(judged, require_harmful=args.require_harmful, keep_unparsed=args.keep_unparsed, report=report) if len(judged) else judged  # fmt: skip
     if args.dry_run:
         from .forecast import forecast_respond
 
-        return forecast_respond(accepted, args, generator_identity(args, expert_model), work, report)
+        return forecast_respond(accepted, args, generator_identity(args, expert_model, remote=True), work, report)
     if not len(accepted):
         raise ValueError(f"respond: no accepted instruction in {work.judged} ({dict(report.skipped)})")
     if args.build_tiny_models:
         _maybe_build_tiny(expert_model)
     expert = _make_generator(
-        args, model_args, expert_model, (args.expert_price_input_per_1m, args.expert_price_output_per_1m)
+        args, model_args, expert_model, (args.expert_price_input_per_1m, args.expert_price_output_per_1m), remote=True
     )
     responded = write_expert_responses(
         accepted, expert, num_responses=args.num_responses, sampling=sampling(args, "respond"),
