@@ -57,6 +57,7 @@ class ReducedBatch:
         stats: the batch statistics, keyed by `STATS_FIELDS`.
         budget_exhausted: True when at least one prompt was skipped for budget.
         pending: an `AnnotationsPending` raised by a human annotator (its labels are not there yet), else None.
+        active: active strategies only: the surrogate's `BatchQuality` on this batch (measured before learning it).
     """
 
     selection: Any
@@ -68,6 +69,8 @@ class ReducedBatch:
     budget_exhausted: bool
     prompt_keys: list[int] = field(default_factory=list)
     pending: Exception | None = None
+    # active strategies: the surrogate's `BatchQuality` on this batch's labels (measured before it learned them)
+    active: Any = None
 
     def stats_vector(self) -> torch.Tensor:
         return torch.tensor([float(self.stats.get(name, 0.0)) for name in STATS_FIELDS], dtype=torch.float32)
@@ -90,6 +93,11 @@ class PoolReducer:
         self.device = None if device is None else torch.device(device)
         self.catch_pending = catch_pending
         self.last_pending = None  # the last AnnotationsPending caught (catch_pending=True)
+        self.active = None  # an ActiveSelector when the strategy learns from the paid labels (issue 15)
+        if getattr(args, "uses_active_selection", False):
+            from .selection.active import ActiveSelector
+
+            self.active = ActiveSelector.from_config(args)
 
     @property
     def seed(self) -> int:
@@ -101,17 +109,22 @@ class PoolReducer:
         args = self.args
         device = self.device or embeddings.device
         keys = [prompt_key(row["prompt"]) for row in rows]
-        selection = select_subsets(
-            embeddings.to(device),
-            args.num_annotations,
-            diversity_weight=args.diversity_weight,
-            mask=None if mask is None else mask.to(device),
-            strategy=args.selection_strategy,
-            seed=self.seed,
-            row_keys=torch.tensor(keys, dtype=torch.long, device=device),
-            search=args.selection_search,
-            local_search_rounds=args.local_search_rounds,
-        )
+        if self.active is not None:
+            selection = self.active.select(
+                rows, embeddings.to(device), None if mask is None else mask.to(device), row_keys=keys
+            )
+        else:
+            selection = select_subsets(
+                embeddings.to(device),
+                args.num_annotations,
+                diversity_weight=args.diversity_weight,
+                mask=None if mask is None else mask.to(device),
+                strategy=args.selection_strategy,
+                seed=self.seed,
+                row_keys=torch.tensor(keys, dtype=torch.long, device=device),
+                search=args.selection_search,
+                local_search_rounds=args.local_search_rounds,
+            )
         indices = selection.indices.detach().cpu().tolist()
         valid = selection.valid.detach().cpu().tolist()
         subsets = [
@@ -158,6 +171,10 @@ class PoolReducer:
             scores = [None] * len(rows)
             skipped = []
 
+        quality = None
+        if self.active is not None and pending is None:  # learn from this batch's labels before the next selection
+            quality = self.active.observe(rows, embeddings, mask, keys, subsets, scores)
+
         # Invalid scores (None) are never paired: make_pairs counts them.
         pairing = make_pairs(scores, rule=args.pairing_rule, margin=args.pairing_margin, seed=self.seed, row_keys=keys)
         pairs = list(pairing.pairs)
@@ -195,4 +212,5 @@ class PoolReducer:
             budget_exhausted=bool(skipped),
             prompt_keys=keys,
             pending=pending,
+            active=quality,
         )
