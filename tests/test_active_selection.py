@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import random
 
 import pytest
@@ -281,3 +282,43 @@ def test_selector_validates_its_settings():
     with pytest.raises(ValueError, match="exploration"):
         ActiveSelector("delta_ucb", exploration=-1.0)
     assert set(ACTIVE_STRATEGIES) <= set(SELECTION_STRATEGIES)
+
+
+# ---------------------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("active_warmup_annotations", -1, "an integer >= 0"),
+        ("active_cold_start", "delta_ucb", "one of 'random', 'aepo', 'representativeness', 'kmedoids'"),
+        ("active_exploration", float("inf"), "a finite number >= 0"),
+        ("active_quality_weight", -1.0, "a finite number >= 0"),
+        ("active_batch_size", 0, "an integer >= 1"),
+        ("active_prior_precision", 0.0, "None (evidence maximisation) or a finite number > 0"),
+        ("active_noise_precision", float("nan"), "None (evidence maximisation) or a finite number > 0"),
+    ],
+)
+def test_config_validates_the_active_block(tmp_path, field, value, expected):
+    from aepo_trainer import AEPOConfig
+
+    with pytest.raises(ValueError, match=rf"AEPOConfig\.{field}=.*{re.escape(expected)}"):
+        AEPOConfig(output_dir=str(tmp_path), bf16=False, report_to="none", **{field: value})
+
+
+def test_config_builds_the_selector_it_describes(tmp_path):
+    from aepo_trainer import AEPOConfig
+
+    config = AEPOConfig(
+        output_dir=str(tmp_path),
+        bf16=False,
+        report_to="none",
+        selection_strategy="aepo_ucb",
+        num_annotations=3,
+        active_exploration=0.5,
+        active_quality_weight=2.0,
+        active_prior_precision=4.0,
+        selection_seed=11,
+    )
+    assert config.uses_active_selection and config.aepo_settings()["active_quality_weight"] == 2.0
+    sel = ActiveSelector.from_config(config)
+    assert (sel.strategy, sel.k, sel.exploration, sel.quality_weight, sel.seed) == ("aepo_ucb", 3, 0.5, 2.0, 11)
+    assert sel.surrogate.prior_precision == 4.0 and sel.surrogate.noise_precision is None
