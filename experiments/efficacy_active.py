@@ -165,6 +165,14 @@ def pool_set(scores, embeddings, texts, generators, name, n, seed):
     return emb, sc, tx
 
 
+def rerender(json_path, out_dir, suffix):
+    data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    out = Path(out_dir)
+    (out / f"active{suffix}.md").write_text(render(data["results"], data["meta"]), encoding="utf-8")
+    (out / f"active{suffix}_summary.md").write_text(summary_table(data["results"]), encoding="utf-8")
+    plot(data["curves"], data["results"], out / f"active{suffix}.png")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(default_pools_path()))
@@ -179,7 +187,11 @@ def main(argv=None):
     p.add_argument("--max-prompts", type=int, default=None)
     p.add_argument("--tag", default="")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--render", default=None, help="re-write the tables and plot from this JSON file, no run")
     args = p.parse_args(argv)
+    if args.render:
+        rerender(args.render, args.out, f"_{args.tag}" if args.tag else "")
+        return
     import torch
 
     torch.set_num_threads(args.threads)
@@ -232,7 +244,7 @@ def main(argv=None):
     # cost of the surrogate vs embedding, per batch of prompts
     per_text = embed_info.get("seconds", float("nan")) / max(1, embed_info.get("texts", 1))
     cost = {}
-    for spec, label, t_sel, t_fit, m in timings:
+    for spec, _label, t_sel, t_fit, m in timings:
         n = int(spec.split(":")[1])
         c = cost.setdefault(spec, {"select": [], "fit": [], "embed": []})
         c["select"].append(t_sel)
@@ -267,6 +279,7 @@ def main(argv=None):
         json.dumps({"meta": meta, "results": results, "curves": curves}, indent=1), encoding="utf-8"
     )
     (out / f"active{suffix}.md").write_text(render(results, meta), encoding="utf-8")
+    (out / f"active{suffix}_summary.md").write_text(summary_table(results), encoding="utf-8")
     plot(curves, results, out / f"active{suffix}.png")
     print(f"[done] {time.time() - t_start:.0f}s -> {out}/active{suffix}.md")
 
@@ -335,6 +348,34 @@ def render(results, meta) -> str:
         )
     )
     return "\n".join(lines) + "\n"
+
+
+def summary_table(results, budget=800) -> str:
+    """One compact table (budget B, every pool set): what docs/efficacy.md shows."""
+    table = []
+    for (s, n), group in _groups(results):
+        for r in group:
+            if r["budget"] != budget:
+                continue
+            table.append(
+                [
+                    f"{s} N={n}",
+                    r["label"],
+                    f"{r['chosen']:.3f}",
+                    _ci(r["d_chosen"], r["d_chosen_ci"]) if "d_chosen" in r else "–",
+                    f"{r['total_gap']:.1f}",
+                    (
+                        f"{r['gap_ratio']:.2f} [{r['gap_ratio_ci'][0]:.2f}, {r['gap_ratio_ci'][1]:.2f}]"
+                        if "gap_ratio_ci" in r
+                        else (f"{r['gap_ratio']:.2f}" if "gap_ratio" in r else "1")
+                    ),
+                ]
+            )
+    return markdown_table(
+        ["pools", "strategy", "chosen gold", "Δ chosen vs random [95% CI]", "total gap", "total gap / random [95% CI]"],
+        table,
+        ["---", "---", "--:", "--:", "--:", "--:"],
+    )
 
 
 def _groups(results):
