@@ -12,13 +12,12 @@ from __future__ import annotations
 import math
 
 import torch
-from accelerate.utils import is_peft_model
+from accelerate.utils import is_peft_model, pad_across_processes
 from trl import DPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import FusedCausalLMOutput, use_adapter
 
+from ._pool_step import STEP_PAIRS, TERMS
+from ._trl_compat import FusedCausalLMOutput, disable_gradient_checkpointing, use_adapter
 from .losses import RPO_LOSS_TYPES, mean_multi_response_reward_aware_loss
-from .reduction import STATS_FIELDS
 
 _PER_TOKEN_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
 
@@ -42,21 +41,37 @@ class _GatheredModel:
         return FusedCausalLMOutput(loss=self._outputs.loss, aux_loss=getattr(self._outputs, "aux_loss", None), **fields)
 
 
-def _varlen_gather(original_gather, num_processes: int):
-    """`accelerator.gather` for tensors whose first dimension differs between processes (the number of pairs of a
-    batch depends on ties and on the budget): sizes are gathered first, rows are padded, then the padding removed."""
+def _varlen_gather(accelerator):
+    """`accelerator.gather` for tensors whose first dimension differs between processes.
 
-    def gather(tensor):
+    TRL's `_compute_loss` gathers per-pair tensors for its metrics; the number of pairs of a batch depends on ties and
+    on the budget, so it differs between processes. The rows are padded with accelerate's `pad_across_processes`,
+    gathered, and the padding is removed using the gathered sizes."""
+    gather = accelerator.gather
+
+    def varlen(tensor):
         if not isinstance(tensor, torch.Tensor) or tensor.ndim == 0:
-            return original_gather(tensor)
-        size = torch.tensor([tensor.shape[0]], device=tensor.device)
-        sizes = original_gather(size).tolist()
-        padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
-        padded[: tensor.shape[0]] = tensor
-        gathered = original_gather(padded.contiguous()).view(num_processes, max(sizes), *tensor.shape[1:])
-        return torch.cat([gathered[r, : sizes[r]] for r in range(num_processes)])
+            return gather(tensor)
+        sizes = gather(torch.tensor([tensor.shape[0]], device=tensor.device)).tolist()
+        padded = pad_across_processes(tensor.contiguous(), dim=0)
+        gathered = gather(padded).view(len(sizes), max(sizes), *tensor.shape[1:])
+        return torch.cat([gathered[r, : sizes[r]] for r in range(len(sizes))])
 
-    return gather
+    return varlen
+
+
+class _VarlenAccelerator:
+    """The trainer's accelerator as TRL's `_compute_loss` sees it for the duration of one pool loss: every attribute
+    is the real accelerator's, except `gather`/`gather_for_metrics` of per-pair tensors, which accept a different
+    number of rows per process. Installed on the trainer for one call and removed in a `finally`."""
+
+    def __init__(self, accelerator):
+        self._accelerator = accelerator
+        self.gather = _varlen_gather(accelerator)
+        self.gather_for_metrics = self.gather
+
+    def __getattr__(self, name):
+        return getattr(self._accelerator, name)
 
 
 def reference_outputs(trainer, model_kwargs: dict, labels: torch.Tensor):
@@ -88,51 +103,22 @@ def _drop_nan_entries(metrics: dict, lengths: dict) -> None:
             del metrics[key]
 
 
-def _record_stats(trainer, mode: str, stats: torch.Tensor, rpo_values: list[tuple[str, torch.Tensor]]) -> dict:
-    """Gather the batch statistics of every process (one collective) and append the `aepo/*` metrics."""
-    num_fields = len(STATS_FIELDS)
-    device = trainer.accelerator.device
-    parts = [stats.reshape(-1).float()] + [value.detach().float().reshape(1) for _, value in rpo_values]
-    local = torch.cat([part.to(device) for part in parts])
-    rows = trainer.accelerator.gather(local).view(-1, local.numel()).cpu()
-    s = dict(zip(STATS_FIELDS, rows[:, :num_fields].T))
-    total = {name: float(torch.nan_to_num(col).sum()) for name, col in s.items()}
-    m = trainer._metrics[mode]
-    prompts = max(total["prompts"], 1.0)
-    pairs = total["pairs"]
-    m["aepo/representativeness"].append(total["representativeness_sum"] / prompts)
-    m["aepo/diversity"].append(total["diversity_sum"] / prompts)
-    m["aepo/pairs"].append(pairs)
-    if pairs > 0:
-        m["aepo/reward_chosen"].append(total["reward_chosen_sum"] / pairs)
-        m["aepo/reward_rejected"].append(total["reward_rejected_sum"] / pairs)
-    for name in ("ties_dropped", "invalid_dropped", "prompts_skipped", "annotations_paid", "annotations_reused"):
-        m[f"aepo/{name}"].append(total[name])
-    m["aepo/empty_batches"].append(float(pairs == 0))
-    spent = float(torch.nan_to_num(s["annotations_spent"], nan=0.0).max())
-    m["aepo/annotations_spent"] = [spent]  # a running total: keep the latest, not the mean over the log window
-    budget_left = s["budget_left"]
-    if not torch.isnan(budget_left).all():
-        m["aepo/budget_left"] = [float(budget_left[~torch.isnan(budget_left)].min())]
-    for i, (name, _) in enumerate(rpo_values):
-        m[f"aepo/{name}"].append(float(rows[:, num_fields + i].mean()))
-    return {
-        "budget_exhausted": bool(total["budget_exhausted"] > 0),
-        "pending": bool(total["annotations_pending"] > 0),
-        "spent": spent,
-        "pairs": pairs,
-    }
-
-
 def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False):
-    """Loss of a group batch (see `AEPODataCollator`); called by `AEPOTrainer._compute_loss`."""
+    """Loss of a group batch (`group_batch.build_group_batch`); called by `AEPOTrainer._compute_loss`.
+
+    The batch's loss is the mean over its own pairs (TRL's loss types) plus the reward-aware terms. In training it is
+    returned weighted by the batch's share of the step's pairs (all micro-batches, all processes), so that the
+    gradient of the optimizer step is that of the mean over every pair the step formed: a batch without pairs adds
+    nothing, and a batch with one pair weighs half as much as a batch with two. The unweighted mean and the pair
+    count also go to the trainer's loss accumulators (the logged `loss`/`eval_loss` are means over pairs)."""
     mode = "train" if trainer.model.training else "eval"
     inputs = dict(inputs)
     chosen_rows = inputs.pop("pair_chosen_rows")
     rejected_rows = inputs.pop("pair_rejected_rows")
     scores = inputs.pop("response_scores")
     groups = inputs.pop("response_groups")
-    stats = inputs.pop("aepo_stats")
+    terms = int(inputs.pop(TERMS))
+    step_terms = int(inputs.pop(STEP_PAIRS))
     prompt_keys = inputs.pop("aepo_prompt_keys", None)
     if prompt_keys is not None and mode == "train":
         trainer._aepo_seen_prompt_keys.extend(int(k) for k in prompt_keys.tolist())
@@ -168,22 +154,18 @@ def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False
     saved = (trainer.loss_types, trainer.loss_weights, trainer.ref_model, trainer.precompute_ref_logps)
     tokens_before = trainer._total_train_tokens
     accelerator = trainer.accelerator
-    patched_gather = accelerator.num_processes > 1
     metric_lengths = {key: len(v) for key, v in trainer._metrics[mode].items() if isinstance(v, list)}
     try:
         trainer.loss_types = [t for t, _ in trl_types]
         trainer.loss_weights = [w for _, w in trl_types]
         trainer.ref_model = _GatheredModel(ref_outputs, pair_index)
         trainer.precompute_ref_logps = False
-        if patched_gather:
-            accelerator.gather = _varlen_gather(
-                type(accelerator).gather.__get__(accelerator), accelerator.num_processes
-            )
+        if accelerator.num_processes > 1:
+            trainer.accelerator = _VarlenAccelerator(accelerator)
         trl_loss = DPOTrainer._compute_loss(trainer, _GatheredModel(outputs, pair_index, model), pair_inputs, False)
     finally:
         trainer.loss_types, trainer.loss_weights, trainer.ref_model, trainer.precompute_ref_logps = saved
-        if patched_gather:
-            del accelerator.gather
+        trainer.accelerator = accelerator
     if num_pairs > 0 and isinstance(trl_loss, torch.Tensor):
         loss = loss + trl_loss
 
@@ -210,14 +192,15 @@ def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False
     # Token count: each response once (TRL counted the gathered pairs, where a response can repeat).
     if mode == "train":
         tokens = accelerator.gather_for_metrics(attention_mask[groups.to(attention_mask.device) >= 0].sum()).sum()
-        trainer._total_train_tokens = tokens_before + int(tokens.item()) // trainer._tp_size
+        trainer._total_train_tokens = tokens_before + int(tokens.item()) // trainer.get_tp_size()
         trainer._metrics[mode]["num_tokens"] = [trainer._total_train_tokens]
+    for name, value in rpo_values:
+        trainer._metrics[mode][f"aepo/{name}"].append(float(accelerator.gather(value.detach().reshape(1)).mean()))
+    _drop_nan_entries(trainer._metrics[mode], metric_lengths)
 
-    summary = _record_stats(trainer, mode, stats, rpo_values)
-    if summary["pairs"] == 0:
-        _drop_nan_entries(trainer._metrics[mode], metric_lengths)
-    if mode == "train":
-        trainer._aepo_on_batch(summary)
+    trainer._aepo_accumulate_loss(mode, loss.detach(), terms)
+    if mode == "train" and step_terms > 0:
+        loss = loss * (terms * accelerator.num_processes / step_terms)
 
     if return_outputs:  # TRL's deprecated logits for `compute_metrics`: an extra plain forward, as TRL does
         with torch.no_grad():

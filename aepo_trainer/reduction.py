@@ -1,26 +1,32 @@
-"""One batch of candidate pools -> selected subsets -> annotations -> preference pairs.
+"""One batch of candidate pools -> selected subsets -> annotations -> preference pairs, as three stages.
 
-`PoolReducer.reduce` is the single implementation of the AEPO data step. The training collator (`AEPODataCollator`)
-calls it on every batch, and the offline `aepo select` command calls it on chunks of a dataset; because selection and
-pairing randomness are keyed by a stable per-prompt key (`prompt_key`) rather than by the batch position, both produce
-exactly the same subsets and pairs for the same seed and configuration, whatever the batching.
+`PoolReducer` is the single implementation of the AEPO data step, in the order data flows:
+
+1. `select(rows, embeddings, mask)` — k of N per prompt, batched on the device (`selection.select_subsets`);
+2. `requests(rows, subsets)` — what to annotate: the selected completions only;
+3. `finish(rows, selected, reply)` — pairs (`pairing.make_pairs`) and the batch statistics, from the annotations.
+
+Annotation sits between 2 and 3 and is the caller's: `AEPOTrainer` pays for every rank's requests on the main process
+inside the training step (`annotation.ledger.annotate_on_main_process`); `aepo select` and `reduce` annotate in this
+process (`annotation.ledger.annotate_requests`). Because selection and pairing randomness are keyed by `prompt_key`
+rather than by the batch position, the trainer and `aepo select` produce exactly the same subsets and pairs for the
+same seed and configuration, whatever the batching.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .annotation.base import AnnotationRequest, BudgetExhausted
+from .annotation.base import AnnotationRequest
 from .selection.keys import prompt_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STATS_FIELDS", "PoolReducer", "ReducedBatch"]
+__all__ = ["STATS_FIELDS", "PoolReducer", "ReducedBatch", "Selected"]
 
 # Fixed layout of the per-batch statistics (sums and counts, so that they add up across batches and processes).
 STATS_FIELDS = (
@@ -43,19 +49,29 @@ STATS_FIELDS = (
 
 
 @dataclass
+class Selected:
+    """The selection stage's output: the kernel's result, the selected pool indices per row, the rows' keys."""
+
+    selection: Any
+    subsets: list[list[int]]
+    keys: list[int]
+    # active strategies: the batch's (embeddings, mask), from which `finish` lets the surrogate learn its labels
+    pools: Any = None
+
+
+@dataclass
 class ReducedBatch:
-    """What `PoolReducer.reduce` made of a batch of pools.
+    """What `PoolReducer` made of a batch of pools.
 
     Attributes:
         selection: the `SelectionResult` of `select_subsets` (indices/valid on the selection device).
         subsets: selected pool indices per row (ascending).
         scores: annotated scores per row, aligned with `subsets` (`None` entries are invalid scores); `None` for a
-            prompt skipped because the budget ran out.
+            prompt skipped because the budget ran out (or whose labels are pending).
         pairs: the preference pairs (`Pair.row` = batch row, `chosen`/`rejected` = positions inside the subset).
-        rankings: per row, the valid subset positions ordered from best to worst annotated score; `[]` for skipped
-            prompts.
         stats: the batch statistics, keyed by `STATS_FIELDS`.
         budget_exhausted: True when at least one prompt was skipped for budget.
+        prompt_keys: `prompt_key` of every row.
         pending: an `AnnotationsPending` raised by a human annotator (its labels are not there yet), else None.
         active: active strategies only: the surrogate's `BatchQuality` on this batch (measured before learning it).
     """
@@ -64,12 +80,10 @@ class ReducedBatch:
     subsets: list[list[int]]
     scores: list[list[float | None] | None]
     pairs: list
-    rankings: list[list[int]] | None
     stats: dict[str, float]
     budget_exhausted: bool
     prompt_keys: list[int] = field(default_factory=list)
     pending: Exception | None = None
-    # active strategies: the surrogate's `BatchQuality` on this batch's labels (measured before it learned them)
     active: Any = None
 
     def stats_vector(self) -> torch.Tensor:
@@ -77,22 +91,21 @@ class ReducedBatch:
 
 
 class PoolReducer:
-    """Reduces batches of pools to preference pairs: select k of N -> annotate the selected -> pair.
+    """Reduces batches of pools to preference pairs: select k of N -> (annotate the selected) -> pair.
 
     Args:
         args: the `AEPOConfig` (selection, pairing and column settings).
-        service: the `AnnotationService` (annotator + store + budget).
+        service: the `AnnotationService` used by `reduce` (annotation in this process); None where the caller
+            annotates (the trainer's ranks other than the main process hold no service).
         device: where selection runs (the training device); defaults to the embeddings' device.
-        catch_pending: return `AnnotationsPending` in `ReducedBatch.pending` (the trainer stops cleanly) instead of
-            raising it (the CLI reports it).
+        catch_pending: `reduce` returns labels pending from people in `ReducedBatch.pending` instead of raising.
     """
 
-    def __init__(self, args, service, device: torch.device | str | None = None, catch_pending: bool = False):
+    def __init__(self, args, service=None, device: torch.device | str | None = None, catch_pending: bool = False):
         self.args = args
         self.service = service
         self.device = None if device is None else torch.device(device)
         self.catch_pending = catch_pending
-        self.last_pending = None  # the last AnnotationsPending caught (catch_pending=True)
         self.active = None  # an ActiveSelector when the strategy learns from the paid labels (issue 15)
         if getattr(args, "uses_active_selection", False):
             from .selection.active import ActiveSelector
@@ -103,17 +116,20 @@ class PoolReducer:
     def seed(self) -> int:
         return int(self.args.effective_selection_seed)
 
-    def select(self, rows: list[dict], embeddings: torch.Tensor, mask: torch.Tensor | None = None):
+    # ------------------------------------------------------------------------------------------------ 1. select
+
+    def select(self, rows: list[dict], embeddings: torch.Tensor, mask: torch.Tensor | None = None) -> Selected:
+        """k of N per row, batched on `self.device` (or the embeddings' device)."""
         from .selection import select_subsets
 
         args = self.args
         device = self.device or embeddings.device
         keys = [prompt_key(row["prompt"]) for row in rows]
         if self.active is not None:
-            selection = self.active.select(
-                rows, embeddings.to(device), None if mask is None else mask.to(device), row_keys=keys
-            )
+            pools = (embeddings.to(device), None if mask is None else mask.to(device))
+            selection = self.active.select(rows, *pools, row_keys=keys)
         else:
+            pools = None
             selection = select_subsets(
                 embeddings.to(device),
                 args.num_annotations,
@@ -131,60 +147,41 @@ class PoolReducer:
             [int(i) for i, ok in zip(row_indices, row_valid) if ok and i >= 0]
             for row_indices, row_valid in zip(indices, valid)
         ]
-        return selection, subsets, keys
+        return Selected(selection, subsets, keys, pools)
 
-    def reduce(self, rows: list[dict], embeddings: torch.Tensor, mask: torch.Tensor | None = None) -> ReducedBatch:
-        """Select, annotate and pair one batch of pools (`rows` with their `[B, N, D]` embeddings and `[B, N]` mask)."""
-        from .annotation.base import AnnotationsPending
-        from .pairing import make_pairs
+    # ------------------------------------------------------------------------------------------------ 2. requests
 
-        args = self.args
-        ccol = args.completions_column
-        selection, subsets, keys = self.select(rows, embeddings, mask)
-
-        requests = [
+    def requests(self, rows: list[dict], selected: Selected) -> list[AnnotationRequest]:
+        """One request per row: the selected completions (never the whole pool) and the row's other columns."""
+        ccol = self.args.completions_column
+        return [
             AnnotationRequest(
                 prompt=row["prompt"],
                 completions=[row[ccol][i] for i in subset],
                 indices=list(subset),
                 row={name: value for name, value in row.items() if name not in ("prompt", ccol)},
             )
-            for row, subset in zip(rows, subsets)
+            for row, subset in zip(rows, selected.subsets)
         ]
-        pending = None
-        paid = reused = 0
-        skipped: list[int] = []
-        try:
-            outcome = self.service.annotate(requests)
-            scores, paid, reused, skipped = outcome.scores, outcome.paid, outcome.reused, list(outcome.skipped)
-        except BudgetExhausted as exc:  # on_budget_exhausted="raise": train on what was obtained
-            outcome = exc.outcome
-            scores = outcome.scores if outcome is not None else [None] * len(rows)
-            if outcome is not None:
-                paid, reused, skipped = outcome.paid, outcome.reused, list(outcome.skipped)
-            else:
-                skipped = list(range(len(rows)))
-        except AnnotationsPending as exc:
-            if not self.catch_pending:
-                raise
-            pending = self.last_pending = exc
-            scores = [None] * len(rows)
-            skipped = []
 
+    # ------------------------------------------------------------------------------------------------ 3. pair
+
+    def finish(self, rows: list[dict], selected: Selected, reply) -> ReducedBatch:
+        """Pairs and statistics of a batch from its annotations (`reply`: an `annotation.ledger.AnnotationReply`)."""
+        from .pairing import make_pairs
+
+        args = self.args
+        scores = list(reply.scores) if reply.pending is None else [None] * len(rows)
         quality = None
-        if self.active is not None and pending is None:  # learn from this batch's labels before the next selection
-            quality = self.active.observe(rows, embeddings, mask, keys, subsets, scores)
-
+        if self.active is not None and reply.pending is None:  # learn this batch's labels before the next selection
+            quality = self.active.observe(rows, *selected.pools, selected.keys, selected.subsets, scores)
         # Invalid scores (None) are never paired: make_pairs counts them.
-        pairing = make_pairs(scores, rule=args.pairing_rule, margin=args.pairing_margin, seed=self.seed, row_keys=keys)
+        pairing = make_pairs(
+            scores, rule=args.pairing_rule, margin=args.pairing_margin, seed=self.seed, row_keys=selected.keys
+        )
         pairs = list(pairing.pairs)
-
-        rankings = [list(r) for r in pairing.rankings] if pairing.rankings is not None else None
-
-        budget = self.service.budget
-        spent = self.service.spent  # one indexed SQLite query; the ledger is shared by processes and restarts
-        rep = selection.representativeness.detach().float().cpu()
-        div = selection.diversity.detach().float().cpu()
+        rep = selected.selection.representativeness.detach().float().cpu()
+        div = selected.selection.diversity.detach().float().cpu()
         stats = {
             "prompts": float(len(rows)),
             "representativeness_sum": float(torch.nan_to_num(rep).sum()),
@@ -192,25 +189,36 @@ class PoolReducer:
             "pairs": float(len(pairs)),
             "reward_chosen_sum": float(sum(p.chosen_score for p in pairs)),
             "reward_rejected_sum": float(sum(p.rejected_score for p in pairs)),
-            "annotations_paid": float(paid),
-            "annotations_reused": float(reused),
-            "annotations_spent": float(spent),
-            "budget_left": float(max(0, budget - spent)) if budget is not None else math.nan,
-            "prompts_skipped": float(len(skipped)),
+            "annotations_paid": float(reply.paid),
+            "annotations_reused": float(reply.reused),
+            "annotations_spent": float(reply.spent),
+            "budget_left": float(reply.budget_left),
+            "prompts_skipped": float(len(reply.skipped)),
             "ties_dropped": float(pairing.ties_dropped),
             "invalid_dropped": float(pairing.invalid_dropped),
-            "budget_exhausted": float(bool(skipped)),
-            "annotations_pending": float(pending is not None),
+            "budget_exhausted": float(bool(reply.skipped)),
+            "annotations_pending": float(reply.pending is not None),
         }
         return ReducedBatch(
-            selection=selection,
-            subsets=subsets,
-            scores=list(scores),
+            selection=selected.selection,
+            subsets=selected.subsets,
+            scores=scores,
             pairs=pairs,
-            rankings=rankings,
             stats=stats,
-            budget_exhausted=bool(skipped),
-            prompt_keys=keys,
-            pending=pending,
+            budget_exhausted=bool(reply.skipped),
+            prompt_keys=selected.keys,
+            pending=reply.pending,
             active=quality,
         )
+
+    # ------------------------------------------------------------------------------------------------ all three
+
+    def reduce(self, rows: list[dict], embeddings: torch.Tensor, mask: torch.Tensor | None = None) -> ReducedBatch:
+        """Select, annotate (in this process, with `self.service`) and pair one batch of pools (`aepo select`)."""
+        from .annotation.ledger import annotate_requests
+
+        if self.service is None:
+            raise ValueError("PoolReducer.reduce annotates in this process: it needs a `service`.")
+        selected = self.select(rows, embeddings, mask)
+        reply = annotate_requests(self.service, self.requests(rows, selected), catch_pending=self.catch_pending)
+        return self.finish(rows, selected, reply)

@@ -10,23 +10,30 @@ reward-aware `rpo_*` losses over all ordered pairs of each prompt's responses).
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import hashlib
+import json
 import logging
+import math
 import os
+import re
 import textwrap
 
+import torch
+from accelerate import PartialState
 from transformers import TrainerCallback
+from transformers.trainer_utils import TrainOutput
 from trl import DPOConfig, DPOTrainer
-from trl.trainer.utils import global_then_local_main_first
 
 from . import pools
+from .collator import AEPODataCollator, is_pool_batch
 from .config import AEPOConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AEPOTrainer", "default_run_id"]
+__all__ = ["AEPOTrainer", "default_run_id", "last_complete_checkpoint"]
 
 
 def default_run_id(args) -> str:
@@ -36,17 +43,73 @@ def default_run_id(args) -> str:
     return f"{os.path.basename(path.rstrip(os.sep)) or 'run'}-{hashlib.sha256(path.encode()).hexdigest()[:12]}"
 
 
+def last_complete_checkpoint(output_dir) -> str | None:
+    """The newest `checkpoint-N` folder of `output_dir` whose save finished, or None.
+
+    The Trainer writes `trainer_state.json` last, after the model, optimizer, scheduler and RNG states: a folder
+    without a readable one was cut short (a kill during the save) and cannot be resumed from.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    steps = []
+    for name in os.listdir(output_dir):
+        match = re.fullmatch(r"checkpoint-(\d+)", name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            steps.append((int(match.group(1)), os.path.join(output_dir, name)))
+    for _, path in sorted(steps, reverse=True):
+        try:
+            with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
+                json.load(f)
+        except (OSError, ValueError):
+            logger.warning("AEPO: skipping incomplete checkpoint %s (its save did not finish).", path)
+            continue
+        return path
+    return None
+
+
+def _refuse_options_pools_cannot_honour(args) -> None:
+    """Options that mean nothing for batches whose pairs are formed in the training step fail here, at init."""
+    refusals = {
+        "precompute_ref_log_probs": (
+            "the preference pairs are formed during training, so they do not exist before it. Set "
+            "`precompute_ref_log_probs=False` (the reference log-probs are then computed once per response in each "
+            "batch), or run `aepo select` first and train on the resulting pair dataset."
+        ),
+        "padding_free": (
+            "pool batches are laid out as padded [responses, length] tensors (each selected response once). Set "
+            "`padding_free=False`, or run `aepo select` first and train on the pair dataset."
+        ),
+        "use_liger_kernel": (
+            "the pool loss computes each response's log-probs once through the fused LM head; Liger's fused DPO loss "
+            "would bypass it. Set `use_liger_kernel=False`."
+        ),
+    }
+    for name, why in refusals.items():
+        if getattr(args, name, False):
+            raise ValueError(f"`{name}=True` cannot be used with candidate-pool datasets: {why}")
+
+
 class _AEPOControlCallback(TrainerCallback):
-    """Stops training cleanly (with a checkpoint) when the annotation budget is spent or labels are pending."""
+    """Stops training cleanly (with a checkpoint) when the annotation budget is spent or labels are pending, and
+    undoes the learning-rate schedule's advance on a step that formed no pair (its optimizer step changed nothing)."""
 
     def __init__(self, trainer: AEPOTrainer):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.trainer.aepo_stop_reason is not None and not control.should_training_stop:
+        trainer = self.trainer
+        saved = trainer._aepo_empty_step_schedule
+        if saved is not None:  # no pair on any process in this step: the schedule stays where it was
+            trainer._aepo_empty_step_schedule = None
+            scheduler_state, lrs = saved
+            if trainer.lr_scheduler is not None:
+                trainer.lr_scheduler.load_state_dict(scheduler_state)
+            for group, lr in zip(trainer.optimizer.param_groups, lrs):
+                group["lr"] = lr
+        if trainer.aepo_stop_reason is not None and not control.should_training_stop:
             control.should_training_stop = True
-            control.should_save = True
-            logger.warning("AEPO: stopping training at step %d. %s", state.global_step, self.trainer.aepo_stop_reason)
+            control.should_save = True  # a budget stop always leaves a checkpoint to resume from
+            logger.warning("AEPO: stopping training at step %d. %s", state.global_step, trainer.aepo_stop_reason)
         return control
 
 
@@ -107,20 +170,19 @@ class AEPOTrainer(DPOTrainer):
             args = _as_aepo_config(args)
 
         eval_sets = list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
+        self._aepo_trains_on_pools = pools.is_pool_dataset(train_dataset, args)
         self._aepo_uses_pools = any(pools.is_pool_dataset(d, args) for d in [train_dataset, *eval_sets])
         self._aepo_pool_columns: list[str] = []
         self._aepo_embedder = None
         self._aepo_seen_prompt_keys: list[int] = []
+        self._aepo_recent_pairs: collections.deque = collections.deque(maxlen=8)
+        self._aepo_empty_step_schedule = None
+        self._aepo_losses = {"train": [0.0, 0], "train_total": [0.0, 0], "eval": [0.0, 0]}  # [Σ loss × terms, terms]
         self.aepo_stop_reason: str | None = None
-        self.annotation_service = None
+        self.annotation_services: dict = {}
         self.pool_reducer = None
-        if self._aepo_uses_pools and args.precompute_ref_log_probs:
-            raise ValueError(
-                "`precompute_ref_log_probs=True` cannot be used with candidate-pool datasets: the preference pairs are "
-                "formed on the fly during training, so they do not exist before it. Set "
-                "`precompute_ref_log_probs=False` (the reference log-probs are then computed once per response in "
-                "each batch), or run `aepo select` first and train on the resulting pair dataset."
-            )
+        if self._aepo_uses_pools:
+            _refuse_options_pools_cannot_honour(args)
         if args.rpo_loss_types and not self._aepo_uses_pools:
             raise ValueError(
                 f"loss_type {args.rpo_loss_types} (reward-aware losses) needs annotated scores, which only candidate-"
@@ -148,12 +210,44 @@ class AEPOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------------------------------------------ pool setup
 
-    def _aepo_setup(self, annotator, user_collator: bool) -> None:
-        from accelerate.utils import is_peft_model
+    @property
+    def annotation_service(self):
+        """The training run's `AnnotationService` (budget ledger + store) — on the main process only, None elsewhere:
+        every process's annotation requests are paid for there (see `annotation.ledger`)."""
+        return self.annotation_services.get("train")
 
-        from .annotation.service import AnnotationService
-        from .collator import AEPODataCollator
+    @property
+    def eval_annotation_service(self):
+        """The evaluation ledger (its own run id and `eval_annotation_budget`), main process only."""
+        return self.annotation_services.get("eval")
+
+    def _aepo_setup(self, annotator, user_collator: bool) -> None:
         from .reduction import PoolReducer
+
+        args = self.args
+        self.pad_token_id = self._tokenizer.pad_token_id
+        if self.accelerator.is_main_process:  # one ledger and one store for the whole run, whatever the world size
+            from .annotation.service import AnnotationService
+
+            annotator = self._aepo_build_annotator(annotator)
+            run_id = default_run_id(args)
+            self.annotation_services = {
+                "train": AnnotationService.from_config(args, annotator, run_id=run_id),
+                "eval": AnnotationService.from_config(
+                    args, annotator, run_id=f"{run_id}-eval", budget=args.eval_annotation_budget
+                ),
+            }
+        self.pool_reducer = PoolReducer(args, device=self.accelerator.device)
+        if not user_collator:
+            self.data_collator = AEPODataCollator.from_config(args, pad_token_id=self.pad_token_id)
+        if self._aepo_trains_on_pools:
+            # The pool loss is already a mean over the step's pairs (see `_pool_loss`): no division by the number of
+            # accumulation steps on top of it.
+            self.loss_is_scaled_for_ga = True
+        self.add_callback(_AEPOControlCallback(self))
+
+    def _aepo_build_annotator(self, annotator):
+        from accelerate.utils import is_peft_model
 
         args = self.args
         if annotator is None:
@@ -167,32 +261,19 @@ class AEPOTrainer(DPOTrainer):
                         "annotator='judge' uses the frozen starting model as judge: pass `ref_model` (or train a PEFT "
                         "adapter, judged with the adapter disabled)."
                     )
-            annotator = build_annotator(
+            return build_annotator(
                 args, model=judge_model if judge_model is not None else self.model, tokenizer=self._tokenizer
             )
-        elif not (hasattr(annotator, "score") and hasattr(annotator, "identity")):
-            from .annotation.reward_function import RewardFunctionAnnotator
+        if hasattr(annotator, "score") and hasattr(annotator, "identity"):
+            return annotator
+        from .annotation.reward_function import RewardFunctionAnnotator
 
-            if not (callable(annotator) or isinstance(annotator, (list, tuple))):
-                raise TypeError(
-                    f"`annotator` must be an Annotator (with `identity` and `score`) or a reward function, got "
-                    f"{type(annotator).__name__}."
-                )
-            annotator = RewardFunctionAnnotator(annotator, tokenizer=self._tokenizer)
-        with self.accelerator.main_process_first():  # one process creates the SQLite store file
-            self.annotation_service = AnnotationService.from_config(args, annotator, run_id=default_run_id(args))
-        device = self.accelerator.device if args.dataloader_num_workers == 0 else None
-        self.pool_reducer = PoolReducer(args, self.annotation_service, device=device, catch_pending=True)
-        if not user_collator:
-            self.data_collator = AEPODataCollator(
-                pad_token_id=self._tokenizer.pad_token_id,
-                reducer=self.pool_reducer,
-                max_length=args.max_length,
-                truncation_mode=args.truncation_mode,
-                pad_to_multiple_of=args.pad_to_multiple_of,
-                device=device,
+        if not (callable(annotator) or isinstance(annotator, (list, tuple))):
+            raise TypeError(
+                f"`annotator` must be an Annotator (with `identity` and `score`) or a reward function, got "
+                f"{type(annotator).__name__}."
             )
-        self.add_callback(_AEPOControlCallback(self))
+        return RewardFunctionAnnotator(annotator, tokenizer=self._tokenizer)
 
     def _aepo_embed(self, dataset, args):
         """Sentence embeddings of every candidate, computed once and cached by the dataset fingerprint."""
@@ -202,7 +283,8 @@ class AEPOTrainer(DPOTrainer):
             self._aepo_embedder = Embedder(
                 args.embedding_model, device=args.device, batch_size=args.embedding_batch_size
             )
-        with global_then_local_main_first():
+        state = PartialState()
+        with state.main_process_first(), state.local_main_process_first():  # embed once, then read the cache
             return embed_pools(
                 dataset,
                 completions_column=args.completions_column,
@@ -234,7 +316,51 @@ class AEPOTrainer(DPOTrainer):
         if extra:
             self._signature_columns = [*self._signature_columns, *extra]
 
-    # ------------------------------------------------------------------------------------------------ loss
+    # ------------------------------------------------------------------------------------------------ the step
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Fetch the step's micro-batches, then reduce the pool batches among them (select -> annotate -> pair).
+
+        This is the one place where training pays for annotations: the batches fetched here are exactly those the
+        coming optimizer step trains on (the Trainer fetches all its accumulation micro-batches here first).
+        """
+        if not self._aepo_trains_on_pools:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self._aepo_budget_already_spent():
+            self.control.should_training_stop = True
+            return [], None
+        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        pool_batches = [b for b in batches if is_pool_batch(b)]
+        if not pool_batches:
+            return batches, None
+        from ._pool_step import STEP_PAIRS, reduce_pool_batches
+
+        groups = reduce_pool_batches(self, pool_batches, "train")
+        if groups and groups[0][STEP_PAIRS] == 0 and self.lr_scheduler is not None:
+            # No prompt on any process formed a pair: the step will not touch the weights (see `training_step`);
+            # remember the schedule so that the control callback can undo its advance after the step.
+            self._aepo_empty_step_schedule = (
+                self.lr_scheduler.state_dict(),
+                [group["lr"] for group in self.optimizer.param_groups],
+            )
+        return groups, None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        from ._pool_step import STEP_PAIRS
+
+        if STEP_PAIRS in inputs and inputs[STEP_PAIRS] == 0:
+            # No pair on any process in this step: no forward, no backward, so the gradients stay unset and the
+            # optimizer step leaves weights and optimizer state as they are.
+            model.train()  # as `Trainer.training_step` would: the step's metrics are logged as training metrics
+            return torch.zeros((), device=self.args.device)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if is_pool_batch(inputs):
+            from ._pool_step import reduce_pool_batches
+
+            inputs = reduce_pool_batches(self, [inputs], "eval")[0]
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def _compute_loss(self, model, inputs, return_outputs):
         if "pair_chosen_rows" not in inputs:
@@ -243,35 +369,120 @@ class AEPOTrainer(DPOTrainer):
 
         return compute_pool_loss(self, model, inputs, return_outputs)
 
-    def _aepo_on_batch(self, summary: dict) -> None:
-        """Called after each training batch of pools with the statistics gathered from every process."""
+    def _aepo_budget_already_spent(self) -> bool:
+        """True when the training budget cannot pay for one more prompt: the run stops before fetching data (a rerun
+        of a run that stopped for its budget trains nothing and changes no weight). Decided on the main process."""
+        if self.args.annotation_budget is None:
+            return False
+        from accelerate.utils import broadcast_object_list
+
+        verdict = [None]
+        service = self.annotation_service
+        if service is not None:
+            need = 2 if self.args.selection_strategy == "west_of_n" else self.args.num_annotations
+            verdict = [service.budget_message() if service.remaining < need else None]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(verdict, from_process=0)
+        if verdict[0] is not None and self.aepo_stop_reason is None:
+            self.aepo_stop_reason = verdict[0]
+            logger.warning("AEPO: nothing to train. %s", verdict[0])
+        return verdict[0] is not None
+
+    def _aepo_after_annotation(self, reply, summary: dict) -> None:
+        """After a training step's annotation: decide (identically on every process) whether to stop after it."""
         if self.aepo_stop_reason is not None:
             return
-        if summary["pending"]:
-            pending = None
-            if self.pool_reducer is not None:
-                pending = getattr(self.pool_reducer, "last_pending", None)
-            self.aepo_stop_reason = (
-                f"Annotations pending: {pending}"
-                if pending is not None
-                else "Annotations pending: the human annotator is waiting for labels. Fill in the labels file next to the "
-                "annotation queue, then resume training from the last checkpoint (nothing is queued or paid twice)."
-            )
+        if reply.pending is not None:
+            self.aepo_stop_reason = f"Annotations pending: {reply.pending}"
         elif summary["budget_exhausted"]:
-            service = self.annotation_service
+            self.aepo_stop_reason = f"Annotation budget exhausted: {summary['spent']:.0f} annotations spent."
+            if self.annotation_service is not None:
+                self.aepo_stop_reason = self.annotation_service.budget_message()
+        elif self.args.annotation_budget is not None and summary["budget_left"] < self.args.num_annotations:
             self.aepo_stop_reason = (
-                service.budget_message()
-                if service is not None
-                else f"Annotation budget exhausted ({summary['spent']:.0f} spent)."
+                f"Annotation budget spent: {summary['spent']:.0f}/{self.args.annotation_budget} annotations; "
+                "no further prompt can be paid for."
+            )
+
+    def _aepo_accumulate_loss(self, mode: str, loss: torch.Tensor, terms: int) -> None:
+        """Add one batch's mean loss (over its `terms` pairs) to the accumulators the logged losses come from."""
+        if terms <= 0:
+            return
+        value = float(loss) * terms
+        for key in ("train", "train_total") if mode == "train" else ("eval",):
+            self._aepo_losses[key][0] += value
+            self._aepo_losses[key][1] += terms
+
+    def _aepo_pair_mean(self, key: str, reset: bool) -> float:
+        """Mean loss over the pairs of every process since the accumulator `key` was last reset (NaN: no pair)."""
+        total = torch.tensor(self._aepo_losses[key], dtype=torch.float64, device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            total = self.accelerator.reduce(total, "sum")
+        if reset:
+            self._aepo_losses[key] = [0.0, 0]
+        return float(total[0] / total[1]) if total[1] > 0 else math.nan
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        self._aepo_losses["eval"] = [0.0, 0]
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self._aepo_uses_pools and f"{metric_key_prefix}_loss" in output.metrics and self._aepo_losses["eval"][1]:
+            output.metrics[f"{metric_key_prefix}_loss"] = self._aepo_pair_mean("eval", reset=True)
+        return output
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._aepo_trains_on_pools and self.model.training:
+            # The Trainer's loss averages steps (a step without pairs would count as 0): report means over pairs.
+            if "loss" in logs:
+                logs["loss"] = self._aepo_pair_mean("train", reset=True)
+            if "train_loss" in logs:
+                logs["train_loss"] = self._aepo_pair_mean("train_total", reset=False)
+        super().log(logs, start_time)
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`, where `resume_from_checkpoint=True` takes the last *complete* checkpoint of `output_dir`
+        (a checkpoint folder cut short by a kill during its save is skipped) and starts afresh when there is none, so
+        that "rerun the same command" always works; the run's loss is the mean over pairs."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                logger.warning("AEPO: no complete checkpoint in %s: training from the start.", self.args.output_dir)
+        self._aepo_losses["train_total"] = [0.0, 0]
+        output = super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
+        )
+        if self._aepo_trains_on_pools:
+            loss = self._aepo_pair_mean("train_total", reset=False)
+            output = TrainOutput(output.global_step, loss, {**output.metrics, "train_loss": loss})
+        return output
+
+    def _aepo_remember(self, rows: list[dict], reduced) -> None:
+        """Keep a few recent pairs (texts and scores) for end-of-training reports."""
+        ccol = self.args.completions_column
+        for pair in reduced.pairs:
+            row, subset = rows[pair.row], reduced.subsets[pair.row]
+            self._aepo_recent_pairs.append(
+                {
+                    "prompt": row.get("prompt"),
+                    "chosen": row[ccol][subset[pair.chosen]],
+                    "rejected": row[ccol][subset[pair.rejected]],
+                    "chosen_score": float(pair.chosen_score),
+                    "rejected_score": float(pair.rejected_score),
+                    "selected": list(subset),
+                    "pool_size": len(row[ccol]),
+                }
             )
 
     # ------------------------------------------------------------------------------------------------ reporting
 
     @property
     def recent_pairs(self) -> list[dict]:
-        """A few recently formed pairs (prompt, chosen, rejected, scores) — filled when the DataLoader has no worker
-        processes (the default)."""
-        return list(getattr(self.data_collator, "recent_pairs", []) or [])
+        """The last pairs formed in training on this process (prompt, chosen, rejected, scores), for reports."""
+        return list(self._aepo_recent_pairs)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)

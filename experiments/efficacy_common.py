@@ -34,44 +34,15 @@ STRATEGIES = [
     ("k-medoids", "kmedoids", 0.0),
 ]
 
+
 # two-sided 95% Student-t quantiles t_{0.975, df}
-_T975 = {
-    1: 12.706,
-    2: 4.303,
-    3: 3.182,
-    4: 2.776,
-    5: 2.571,
-    6: 2.447,
-    7: 2.365,
-    8: 2.306,
-    9: 2.262,
-    10: 2.228,
-    11: 2.201,
-    12: 2.179,
-    13: 2.160,
-    14: 2.145,
-    15: 2.131,
-    16: 2.120,
-    17: 2.110,
-    18: 2.101,
-    19: 2.093,
-    20: 2.086,
-    25: 2.060,
-    30: 2.042,
-    40: 2.021,
-    60: 2.000,
-    120: 1.980,
-}
-
-
 def t975(df: int) -> float:
-    """The 0.975 quantile of Student's t with `df` degrees of freedom (table; 1.96 beyond 120)."""
+    """The 0.975 quantile of Student's t with `df` degrees of freedom (`scipy.stats.t`)."""
     if df < 1:
         return float("nan")
-    if df in _T975:
-        return _T975[df]
-    larger = [d for d in sorted(_T975) if d >= df]
-    return _T975[larger[0]] if larger else 1.960
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
 
 
 def mean_ci(values) -> tuple[float, float]:

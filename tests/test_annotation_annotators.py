@@ -337,12 +337,8 @@ def test_build_annotator(tmp_path, tiny_reward_model_path, judge_model, tiny_tok
     human = build_annotator(_args(tmp_path, annotator="human"))
     assert isinstance(human, HumanQueueAnnotator)
     assert str(human.queue_path) == str(tmp_path / "annotation_queue.jsonl")
-    fn = build_annotator(_args(tmp_path), reward_funcs=[len])
-    assert isinstance(fn, RewardFunctionAnnotator)
     with pytest.raises(ValueError, match="needs the judge model"):
         build_annotator(_args(tmp_path, annotator="judge"))
-    with pytest.raises(ValueError, match="not both"):
-        build_annotator(_args(tmp_path, annotator="human"), reward_funcs=[len])
     with pytest.raises(ValueError, match="reward_model_name_or_path"):
         build_annotator(_args(tmp_path, annotator="reward_model"))
 

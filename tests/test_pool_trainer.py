@@ -3,6 +3,7 @@ selection, budget, metrics, resume without re-annotating, LoRA, model card, and 
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -122,22 +123,22 @@ def test_pool_training_equals_dpo_on_the_selected_pairs(tiny_model_path, dpo_arg
         torch.testing.assert_close(p, theirs_weights[name], rtol=1e-4, atol=1e-5)
 
 
-def test_selection_happens_per_batch(tiny_model_path, dpo_args):
+def test_selection_happens_per_batch_in_the_step(tiny_model_path, dpo_args):
     trainer = make_trainer(tiny_model_path, dpo_args)
     calls = []
-    original = trainer.pool_reducer.reduce
+    original = trainer.pool_reducer.select
 
     def spy(rows, embeddings, mask=None):
         calls.append([r["prompt"] for r in rows])
         return original(rows, embeddings, mask)
 
-    trainer.pool_reducer.reduce = spy
+    trainer.pool_reducer.select = spy
     trainer.train()
-    # One reduction per batch of 2 pools, plus the batch the DataLoader prepares ahead (accelerate looks one batch
-    # ahead to detect the end of the epoch): max_steps=3 stops before the epoch's 4th batch is trained.
-    assert len(calls) == 4 and all(len(c) == 2 for c in calls)
-    assert trainer._aepo_seen_prompt_keys == [prompt_key(p) for c in calls[:3] for p in c]
-    assert trainer.annotation_service.spent == 16
+    # One reduction per trained batch of 2 pools, in the training step: the batch the DataLoader prepares ahead
+    # (accelerate looks one batch ahead to detect the end of the epoch) is neither selected nor paid for.
+    assert len(calls) == 3 and all(len(c) == 2 for c in calls)
+    assert trainer._aepo_seen_prompt_keys == [prompt_key(p) for c in calls for p in c]
+    assert trainer.annotation_service.spent == 12  # exactly k = 2 x 6 trained prompts
 
 
 def test_budget_is_respected_and_training_stops_with_a_checkpoint(tiny_model_path, dpo_args, caplog):
@@ -155,24 +156,30 @@ def test_budget_is_respected_and_training_stops_with_a_checkpoint(tiny_model_pat
 def test_resume_does_not_re_annotate(tiny_model_path, dpo_args):
     first = make_trainer(tiny_model_path, dpo_args, max_steps=2, save_strategy="steps", save_steps=2)
     first.train()
-    # 2 trained batches + the batch the DataLoader prepared ahead (annotated, stored, not trained)
-    assert first.annotation_service.spent == 12
+    assert first.annotation_service.spent == 8  # 2 trained batches x 2 prompts x k = 2: nothing for the look-ahead
     resumed = make_trainer(tiny_model_path, dpo_args, max_steps=4, save_strategy="steps", save_steps=2)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 4
     assert resumed.annotation_service.spent == 16  # same ledger: 8 prompts x k = 2, nothing paid twice
     entries = logged(resumed)[-2:]  # the log history of steps 1-2 is restored from the checkpoint
-    assert [e["aepo/annotations_paid"] for e in entries] == [0, 4]  # step 3's batch came from the store
-    assert [e["aepo/annotations_reused"] for e in entries] == [4, 0]
+    assert [e["aepo/annotations_paid"] for e in entries] == [4, 4]  # nothing was paid ahead of its step
+    assert [e["aepo/annotations_reused"] for e in entries] == [0, 0]
     assert len(set(first._aepo_seen_prompt_keys + resumed._aepo_seen_prompt_keys)) == 8  # no prompt seen twice
 
 
-def test_ties_give_an_empty_but_valid_step(tiny_model_path, dpo_args):
-    trainer = make_trainer(tiny_model_path, dpo_args, rows=pool_rows(n=2, ties=(0, 1)), max_steps=1)
+def test_a_step_without_pairs_takes_no_optimizer_step(tiny_model_path, dpo_args):
+    """All prompts of the step tie: no pair, so no loss term, no update of weights, optimizer state or schedule."""
+    rows = pool_rows(n=4, ties=(0, 1))  # step 1: both prompts tie; step 2: two real pairs
+    trainer = make_trainer(tiny_model_path, dpo_args, rows=rows, max_steps=1, lr_scheduler_type="linear")
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     entry = logged(trainer)[0]
-    assert entry["loss"] == 0.0 and entry["aepo/empty_batches"] == 1 and entry["aepo/ties_dropped"] == 2
+    assert math.isnan(entry["loss"]) and entry["aepo/empty_batches"] == 1 and entry["aepo/ties_dropped"] == 2
     assert "rewards/chosen" not in entry  # no NaN metric from a step without pairs
+    assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+    assert trainer.optimizer.state_dict()["state"] == {}  # Adam never stepped: no momentum to move weights later
+    scheduler = trainer.lr_scheduler
+    assert scheduler.last_epoch == 0 and set(scheduler.get_last_lr()) == {dpo_args["learning_rate"]}
 
 
 def test_lora_on_pools_with_gradient_checkpointing(tiny_model_path, dpo_args):
@@ -243,10 +250,10 @@ def test_on_the_fly_pairs_equal_aepo_select(tiny_model_path, dpo_args, tmp_path)
 
     trainer = make_trainer(tiny_model_path, dpo_args, rows, max_steps=-1, num_train_epochs=1, **settings)
     on_the_fly = set()
-    original = trainer.pool_reducer.reduce
+    original = trainer.pool_reducer.finish
 
-    def spy(batch_rows, embeddings, mask=None):
-        reduced = original(batch_rows, embeddings, mask)
+    def spy(batch_rows, selected, reply):
+        reduced = original(batch_rows, selected, reply)
         for p in reduced.pairs:
             row, subset = batch_rows[p.row], reduced.subsets[p.row]
             on_the_fly.add(
@@ -254,7 +261,7 @@ def test_on_the_fly_pairs_equal_aepo_select(tiny_model_path, dpo_args, tmp_path)
             )
         return reduced
 
-    trainer.pool_reducer.reduce = spy
+    trainer.pool_reducer.finish = spy
     trainer.train()
     assert len(offline) == 8 and on_the_fly == offline
 

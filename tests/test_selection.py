@@ -409,14 +409,19 @@ def test_prompt_key():
 
 
 # ------------------------------------------------------------------------------------------------ runtime knobs
-def test_thread_setting_is_restored_and_compile_falls_back(monkeypatch):
+def test_selection_leaves_global_torch_state_alone_and_compile_falls_back(monkeypatch):
     from aepo_trainer.selection import kernel as selection
 
-    threads = torch.get_num_threads()
+    def forbidden(*args, **kwargs):
+        raise AssertionError("selection changed a process-wide torch setting")
+
     E = clustered_pools(8, 20, D=8, seed=16)
-    eager = select_subsets(E, 2, 1.0)
-    select_subsets(E, 4, 1.0, exhaustive_limit=0)
-    assert torch.get_num_threads() == threads
+    with monkeypatch.context() as m:
+        for name in ("set_num_threads", "set_float32_matmul_precision", "set_num_interop_threads"):
+            m.setattr(torch, name, forbidden)
+        eager = select_subsets(E, 2, 1.0)
+        select_subsets(E, 4, 1.0, exhaustive_limit=0)
+        select_subsets(E, 4, 1.0, strategy="kmedoids")
 
     def broken_compile(*args, **kwargs):
         raise RuntimeError("no compiler here")

@@ -146,6 +146,13 @@ class AnnotationsPending(RuntimeError):
         self.queue_path = queue_path
         self.labels_path = labels_path
 
+    def __reduce__(self):  # keep the keyword fields when sent between processes (the trainer's main-process ledger)
+        return _rebuild_pending, (str(self), self.pending, self.queue_path, self.labels_path)
+
+
+def _rebuild_pending(message, pending, queue_path, labels_path) -> AnnotationsPending:
+    return AnnotationsPending(message, pending=pending, queue_path=queue_path, labels_path=labels_path)
+
 
 class BudgetExhausted(RuntimeError):
     """The annotation budget of a run is spent.

@@ -7,17 +7,14 @@ import os
 from .dataset_scores import DatasetScoresAnnotator
 from .human import HumanQueueAnnotator
 from .judge import PairwiseJudgeAnnotator
-from .reward_function import RewardFunctionAnnotator
 from .reward_model import RewardModelAnnotator
 
 __all__ = ["build_annotator"]
 
 
-def build_annotator(args, model=None, tokenizer=None, reward_funcs=None):
+def build_annotator(args, model=None, tokenizer=None):
     """Map `args.annotator` (an `AEPOConfig` or any object with the same fields) to an annotator instance.
 
-    * `reward_funcs` given (a TRL-style reward function or a list of them): `RewardFunctionAnnotator` — allowed with
-      the default `annotator='dataset_scores'` only, any other annotator setting is a conflict.
     * `'dataset_scores'`: `DatasetScoresAnnotator(args.scores_column)`.
     * `'reward_model'`: `RewardModelAnnotator(args.reward_model_name_or_path)`, loaded on first use on the policy's
       device when `model` is given (else CUDA when available).
@@ -27,13 +24,6 @@ def build_annotator(args, model=None, tokenizer=None, reward_funcs=None):
     """
     kind = getattr(args, "annotator", "dataset_scores")
     batch_size = int(getattr(args, "annotation_batch_size", 16) or 16)
-    if reward_funcs is not None:
-        if kind != "dataset_scores":
-            raise ValueError(
-                f"reward_funcs were given but AEPOConfig.annotator={kind!r}: pass either reward functions or another "
-                "annotator, not both."
-            )
-        return RewardFunctionAnnotator(reward_funcs, weights=getattr(args, "reward_weights", None), tokenizer=tokenizer)
     if kind == "dataset_scores":
         return DatasetScoresAnnotator(getattr(args, "scores_column", "scores"))
     if kind == "reward_model":

@@ -394,7 +394,7 @@ def report_dry_run(rows, embeddings, reducer, service, size: int) -> None:
     per_prompt_cost = []
     for start in range(0, len(rows), size):
         batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + size, config.embeddings_column)
-        _, subsets, _ = reducer.select(batch_rows, tensor, mask)
+        subsets = reducer.select(batch_rows, tensor, mask).subsets
         for row, subset in zip(batch_rows, subsets):
             completions = [row[config.completions_column][i] for i in subset]
             request = AnnotationRequest(prompt=row["prompt"], completions=completions, indices=list(subset), row=row)

@@ -202,7 +202,8 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
         subsets, rep, div = [], [], []
         for start in range(0, len(rows), size):
             batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + size, config.embeddings_column)
-            selection, batch_subsets, keys = reducer.select(batch_rows, tensor, mask)
+            selected = reducer.select(batch_rows, tensor, mask)
+            selection, batch_subsets, keys = selected.selection, selected.subsets, selected.keys
             if reducer.active is not None:  # the scores column plays the annotator
                 labels = [[row[config.scores_column][i] for i in sub] for row, sub in zip(batch_rows, batch_subsets)]
                 reducer.active.observe(batch_rows, tensor, mask, keys, batch_subsets, labels)

@@ -14,7 +14,6 @@ docs/selection.md for the user guide.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -160,26 +159,25 @@ def select_subsets(
             chunk_keys = None
             if method in ("random", "greedy", "auto"):
                 chunk_keys = keys[start:stop] if keys is not None else torch.arange(start, stop, device=dev)
-            with _search_threads(dev, method, M.numel()):
-                idx = _select(
-                    method,
-                    M,
-                    rep_obj,
-                    msk,
-                    cnt,
-                    padded,
-                    k,
-                    lam,
-                    seed,
-                    chunk_keys,
-                    local_search_rounds,
-                    exhaustive_limit,
-                    max_chunk_bytes,
-                    use_compile,
-                )
-                obj, repr_, pair = _search.subset_scores(M, rep, idx, lam)
-                if quality is not None:
-                    obj = obj + (rep_obj - rep).gather(1, idx).sum(1) / k
+            idx = _select(
+                method,
+                M,
+                rep_obj,
+                msk,
+                cnt,
+                padded,
+                k,
+                lam,
+                seed,
+                chunk_keys,
+                local_search_rounds,
+                exhaustive_limit,
+                max_chunk_bytes,
+                use_compile,
+            )
+            obj, repr_, pair = _search.subset_scores(M, rep, idx, lam)
+            if quality is not None:
+                obj = obj + (rep_obj - rep).gather(1, idx).sum(1) / k
             ok = None
         parts.append((idx, obj.float(), repr_.float(), (1.0 - pair).float(), ok))
         del M, rep
@@ -270,20 +268,6 @@ def _validate(embeddings, k, lam, mask, strategy, seed, row_keys, search, rounds
 
 
 # ------------------------------------------------------------------------------------------------ similarities
-@contextlib.contextmanager
-def _ieee_fp32_matmul(device: torch.device):
-    """Disable TF32 for the similarity GEMM on CUDA so that GPU similarities are true fp32 (CPU/GPU parity)."""
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
-
-
 def _check_and_rescale(M, sq, msk, offset: int, padded: bool):
     """Raise on NaN/inf/all-zero embeddings (naming the row and candidate), else L2-normalise in place the rows of
     `M` whose squared norm is not within NORM_TOLERANCE of 1."""
@@ -310,7 +294,11 @@ def _similarities(X, msk, counts: list[int], offset: int, padded: bool):
     X = X.to(torch.float32)
     if padded:
         X = X.masked_fill(~msk[:, :, None], 0.0)
-    with _ieee_fp32_matmul(X.device):
+    if X.device.type == "cuda":
+        # CUDA may run fp32 GEMMs in TF32 (a process-wide setting that selection must not change): compute in fp64,
+        # then round, so GPU similarities are at least as exact as the CPU's fp32 ones. The GEMM is B x N x N x D.
+        M = torch.bmm(X.double(), X.double().transpose(1, 2)).float()
+    else:
         M = torch.bmm(X, X.transpose(1, 2))
     sq = torch.diagonal(M, dim1=1, dim2=2)  # squared norms (a view: read before any rescaling)
     # fast path, one device sync: every valid squared norm finite and within NORM_TOLERANCE of 1 (NaN fails it)
@@ -325,29 +313,6 @@ def _similarities(X, msk, counts: list[int], offset: int, padded: bool):
     else:
         rep.mul_(1.0 / max(M.shape[-1] - 1, 1))
     return M, rep
-
-
-@contextlib.contextmanager
-def _search_threads(device: torch.device, method: str, numel: int):
-    """On CPU, run the selection phase with AEPO_SELECTION_SEARCH_THREADS intra-op threads (default 1) when it is made
-    of small tensor ops: the k > 2 searches (hundreds of ops on [B, k, N]) and kernels on fewer than 2**22 similarity
-    entries. Measured on a shared 2-core VM (load ~10): with 2 threads each small op can wait at an OpenMP barrier for
-    a descheduled worker: N=128, k=4, B=256 took 5.5 s with 2 threads, 0.16 s with this; on an idle machine
-    single-threaded small ops lose little. The similarity GEMM keeps all threads; the setting is restored on exit."""
-    threads = torch.get_num_threads()
-    try:
-        target = int(os.environ.get("AEPO_SELECTION_SEARCH_THREADS", "1"))
-    except ValueError:
-        target = 1
-    small = method in ("greedy", "auto", "exhaustive", "kmedoids") or numel < 2**22
-    if device.type != "cpu" or not small or target <= 0 or threads <= target:
-        yield
-        return
-    torch.set_num_threads(target)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------------ dispatch

@@ -1,0 +1,129 @@
+"""Pool reduction inside `AEPOTrainer`'s step: the batches about to be trained are selected, paid for and paired.
+
+`reduce_pool_batches` runs once per optimizer step on the `gradient_accumulation_steps` pool batches the Trainer has
+just fetched (and once per evaluation batch), on every rank:
+
+    select (each rank, its own batches, on its device)
+      -> annotate (all ranks' requests in one call on the main process: one ledger, exact budget)
+      -> pair -> group batches (`group_batch.build_group_batch`)
+
+Paying here, rather than in the DataLoader, is what makes the pay exact: annotations paid = k × prompts of the steps
+actually trained, whatever `dataloader_num_workers` (the collator is pure) and however far the DataLoader looks ahead.
+The statistics of the step are gathered from every rank once and logged as `aepo/*` metrics; the pair counts decide
+how each micro-batch's loss is weighted (losses are means over the pairs actually formed) and whether the step
+updates the weights at all (a step in which no prompt on any rank formed a pair takes no optimizer step).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .annotation.ledger import annotate_on_main_process, split_reply
+from .collator import POOL_ROWS
+from .group_batch import build_group_batch
+from .reduction import STATS_FIELDS
+
+__all__ = ["STEP_PAIRS", "TERMS", "record_stats", "reduce_pool_batches"]
+
+TERMS = (
+    "aepo_terms"  # loss terms of this micro-batch on this rank (pairs; for rpo_* alone: prompts with >= 2 responses)
+)
+STEP_PAIRS = "aepo_step_terms"  # loss terms of the whole optimizer step, all micro-batches, all ranks
+
+
+def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
+    """Select -> annotate (main process) -> pair -> lay out every pool batch of one step; returns group batches."""
+    args = trainer.args
+    reducer = trainer.pool_reducer
+    service = trainer.annotation_services.get(mode) if trainer.annotation_services else None
+    device = trainer.accelerator.device
+
+    picks, requests, sizes = [], [], []
+    for batch in batches:
+        rows = batch[POOL_ROWS]
+        selected = reducer.select(rows, batch["pool_embeddings"].to(device), batch["pool_mask"].to(device))
+        batch_requests = reducer.requests(rows, selected)
+        picks.append(selected)
+        requests.extend(batch_requests)
+        sizes.append(len(batch_requests))
+    reply = annotate_on_main_process(trainer.accelerator, service, requests)
+
+    include_unpaired = bool(args.rpo_loss_types)
+    trl_types = [t for t in trainer.loss_types if t not in args.rpo_loss_types]
+    out, stats, terms = [], [], []
+    for batch, selected, part in zip(batches, picks, split_reply(reply, sizes)):
+        reduced = reducer.finish(batch[POOL_ROWS], selected, part)
+        group = build_group_batch(
+            batch,
+            reduced,
+            pad_token_id=trainer.pad_token_id,
+            max_length=args.max_length,
+            truncation_mode=args.truncation_mode,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+            include_unpaired=include_unpaired,
+        )
+        if trl_types:
+            n_terms = len(reduced.pairs)
+        else:  # reward-aware losses alone: one term per prompt with at least two annotated responses
+            n_terms = sum(1 for s in reduced.scores if s is not None and sum(v is not None for v in s) >= 2)
+        group[TERMS] = n_terms
+        out.append(group)
+        stats.append(reduced.stats_vector())
+        terms.append(n_terms)
+        if mode == "train":
+            trainer._aepo_remember(batch[POOL_ROWS], reduced)
+    step_terms = int(trainer.accelerator.reduce(torch.tensor(float(sum(terms)), device=device), "sum").item())
+    for group in out:
+        group[STEP_PAIRS] = step_terms
+    summary = record_stats(trainer, mode, _sum_stats(stats), step_terms)
+    if mode == "train":
+        trainer._aepo_after_annotation(reply, summary)
+    return out
+
+
+_RUNNING = [STATS_FIELDS.index("annotations_spent"), STATS_FIELDS.index("budget_left")]
+
+
+def _sum_stats(stats: list[torch.Tensor]) -> torch.Tensor | None:
+    """The step's statistics on this rank: sums over its micro-batches, except the running totals (the same in every
+    micro-batch of one annotation call), which are taken as they are."""
+    if not stats:
+        return None
+    total = torch.stack(stats).sum(dim=0)
+    total[_RUNNING] = stats[-1][_RUNNING]
+    return total
+
+
+def record_stats(trainer, mode: str, stats: torch.Tensor | None, step_terms: int) -> dict:
+    """Gather one step's statistics from every rank (one collective) and append the `aepo/*` metrics."""
+    device = trainer.accelerator.device
+    local = stats if stats is not None else torch.zeros(len(STATS_FIELDS))
+    rows = trainer.accelerator.gather(local.float().to(device).reshape(1, -1)).cpu()
+    s = dict(zip(STATS_FIELDS, rows.T))
+    total = {name: float(torch.nan_to_num(col).sum()) for name, col in s.items()}
+    m = trainer._metrics[mode]
+    prompts = max(total["prompts"], 1.0)
+    pairs = total["pairs"]
+    m["aepo/representativeness"].append(total["representativeness_sum"] / prompts)
+    m["aepo/diversity"].append(total["diversity_sum"] / prompts)
+    m["aepo/pairs"].append(pairs)
+    if pairs > 0:
+        m["aepo/reward_chosen"].append(total["reward_chosen_sum"] / pairs)
+        m["aepo/reward_rejected"].append(total["reward_rejected_sum"] / pairs)
+    for name in ("ties_dropped", "invalid_dropped", "prompts_skipped", "annotations_paid", "annotations_reused"):
+        m[f"aepo/{name}"].append(total[name])
+    m["aepo/empty_batches"].append(float(step_terms == 0))
+    spent = float(torch.nan_to_num(s["annotations_spent"], nan=0.0).max())
+    m["aepo/annotations_spent"] = [spent]  # a running total: keep the latest, not the mean over the log window
+    budget_left = s["budget_left"]
+    if not torch.isnan(budget_left).all():
+        m["aepo/budget_left"] = [float(budget_left[~torch.isnan(budget_left)].min())]
+    return {
+        "budget_exhausted": bool(total["budget_exhausted"] > 0),
+        "pending": bool(total["annotations_pending"] > 0),
+        "spent": spent,
+        "pairs": pairs,
+        "budget_left": math.nan if torch.isnan(budget_left).all() else float(budget_left.nan_to_num(math.inf).min()),
+    }

@@ -1,0 +1,54 @@
+"""Every TRL name aepo-trainer relies on that TRL does not export from its top level still exists.
+
+When a TRL release renames or removes one, this test names it, instead of a training run failing somewhere deep."""
+
+from __future__ import annotations
+
+import pytest
+from trl import DPOConfig, DPOTrainer
+
+from aepo_trainer import _trl_compat
+
+
+def test_private_imports_resolve():
+    for name in ("DataCollatorForPreference", "FusedCausalLMOutput", "disable_gradient_checkpointing", "use_adapter"):
+        assert getattr(_trl_compat, name) is not None, name
+
+
+@pytest.mark.parametrize("hook", sorted(_trl_compat.TRAINER_HOOKS))
+def test_overridden_and_called_trainer_methods_exist(hook):
+    assert callable(getattr(DPOTrainer, hook, None)), (
+        f"trl.DPOTrainer.{hook} is gone: {_trl_compat.TRAINER_HOOKS[hook]}"
+    )
+
+
+def test_trainer_attributes_exist(tiny_model_path, dpo_args):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        args=DPOConfig(**dpo_args),
+        train_dataset=Dataset.from_dict({"prompt": ["a"], "chosen": [" b"], "rejected": [" c"]}),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_path),
+    )
+    missing = [name for name in _trl_compat.TRAINER_ATTRIBUTES if not hasattr(trainer, name)]
+    assert not missing, f"trl.DPOTrainer instances lack {missing}: see aepo_trainer/_trl_compat.py"
+
+
+def test_no_other_module_imports_trl_internals():
+    """`_trl_compat` is the one place: no other module imports from `trl.trainer.*` or `trl.models.*`."""
+    from pathlib import Path
+
+    import aepo_trainer
+
+    root = Path(aepo_trainer.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.name == "_trl_compat.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        if "from trl.trainer" in text or "from trl.models" in text or "import trl.trainer" in text:
+            offenders.append(str(path.relative_to(root)))
+    assert not offenders, offenders
