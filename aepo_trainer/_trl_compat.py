@@ -42,4 +42,6 @@ TRAINER_ATTRIBUTES = {
     "loss_weights": "the weights of TRL's loss types, split from those of the rpo_* types",
     "precompute_ref_logps": "reference log-probs come from the one reference pass of the group batch",
     "aux_loss_enabled": "MoE router logits are requested exactly when TRL requests them",
+    "_tokenizer": "the tokenizer TRL resolved from `processing_class` (its pad token pads the pool batches)",
+    "_signature_columns": "transformers' kept-columns list, reset when a pool dataset is prepared for `evaluate()`",
 }

@@ -12,6 +12,7 @@ __all__ = [
     "ACTIVE_STRATEGIES",
     "ANNOTATORS",
     "COLD_START_STRATEGIES",
+    "LABEL_QUESTIONS",
     "PAIRING_RULES",
     "RPO_LOSS_TYPES",
     "SELECTION_SEARCHES",
@@ -42,3 +43,5 @@ ANNOTATORS = ("dataset_scores", "reward_model", "judge", "human")
 PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
 #: The reward-aware losses this package computes (entries of `loss_type`; TRL computes the rest).
 RPO_LOSS_TYPES = ("rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
+#: What the labelling page (`aepo label --question`) asks people about the k candidates of a prompt.
+LABEL_QUESTIONS = ("score", "ranking", "best_worst")

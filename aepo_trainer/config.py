@@ -208,6 +208,15 @@ class AEPOConfig(DPOConfig):
             "read back from `<queue>.labels.jsonl` (or .csv). Defaults to `<output_dir>/annotation_queue.jsonl`."
         },
     )
+    # ----------------------------------------------------------------------------------------------- labelling page
+    annotation_wait: float = field(
+        default=0.0,
+        metadata={
+            "help": "Seconds the 'human' annotator waits for missing labels (from the labelling page `aepo label` or "
+            "the labels file), polling them, before it stops with 'annotations pending'; 0 stops at once, `inf` "
+            "waits as long as it takes. With several processes, keep it below the collective timeout."
+        },
+    )
     # ----------------------------------------------------------------------------------------------- pairing
     pairing_rule: str = field(
         default="best_vs_worst",
@@ -303,6 +312,14 @@ class AEPOConfig(DPOConfig):
             "eval_annotation_budget",
             self.eval_annotation_budget,
             "None (each evaluation prompt annotated once) or an integer >= 0",
+        )
+        _require(  # labelling page
+            isinstance(self.annotation_wait, (int, float))
+            and not isinstance(self.annotation_wait, bool)
+            and self.annotation_wait >= 0,
+            "annotation_wait",
+            self.annotation_wait,
+            "a number of seconds >= 0 (inf: no limit)",
         )
         _require(self.pairing_rule in PAIRING_RULES, "pairing_rule", self.pairing_rule, _one_of(PAIRING_RULES))
         _require(

@@ -3,9 +3,12 @@
 Given prompt/chosen/rejected data (standard, conversational or implicit-prompt), the trainer *is* `DPOTrainer`: no
 hook changes what it computes, so the logged losses and final weights are bitwise equal to DPOTrainer's for the same
 seed. Given candidate pools (`{"prompt", "completions": [...]}`), the pools are prepared once (`aepo_trainer.pools`),
-each batch is reduced on the fly by `AEPODataCollator` (select k of N -> annotate the selected -> pair), and the loss
-of the resulting group batch is computed by `aepo_trainer._pool_loss` (TRL's loss types on the pairs, plus the
-reward-aware `rpo_*` losses over all ordered pairs of each prompt's responses).
+the DataLoader only pads and stacks them (`AEPODataCollator`, a pure function), and each optimizer step's batches are
+reduced in the step itself, like TRL's GRPOTrainer generates and scores in its step (`get_batch_samples` ->
+`aepo_trainer._pool_step`: select k of N on every rank -> annotate on the main process, one ledger -> pair -> lay
+out). The loss of the resulting group batch is computed by `aepo_trainer._pool_loss` (TRL's loss types on the pairs,
+plus the reward-aware `rpo_*` losses over all ordered pairs of each prompt's responses), as a mean over the pairs
+actually formed.
 """
 
 from __future__ import annotations
@@ -394,14 +397,15 @@ class AEPOTrainer(DPOTrainer):
             return
         if reply.pending is not None:
             self.aepo_stop_reason = f"Annotations pending: {reply.pending}"
-        elif summary["budget_exhausted"]:
-            self.aepo_stop_reason = f"Annotation budget exhausted: {summary['spent']:.0f} annotations spent."
-            if self.annotation_service is not None:
-                self.aepo_stop_reason = self.annotation_service.budget_message()
-        elif self.args.annotation_budget is not None and summary["budget_left"] < self.args.num_annotations:
+            return
+        budget = self.args.annotation_budget
+        no_more = budget is not None and summary["budget_left"] < self.args.num_annotations
+        if summary["budget_exhausted"] or no_more:  # a prompt was skipped, or the next one cannot be paid for
+            service = self.annotation_service
             self.aepo_stop_reason = (
-                f"Annotation budget spent: {summary['spent']:.0f}/{self.args.annotation_budget} annotations; "
-                "no further prompt can be paid for."
+                service.budget_message()
+                if service is not None
+                else f"Annotation budget exhausted: {summary['spent']:.0f}/{budget} annotations spent."
             )
 
     def _aepo_accumulate_loss(self, mode: str, loss: torch.Tensor, terms: int) -> None:

@@ -3,6 +3,9 @@ pairs, same model (>= 10M parameters), same batches, same sequences.
 
     python benchmarks/trainer_overhead.py                      # CPU, a few minutes on 2 cores
     python benchmarks/trainer_overhead.py --steps 30 --max_length 256
+    python benchmarks/trainer_overhead.py --bf16 --hidden 2048 --layers 12 --max_length 512   # on a GPU
+
+`main(argv)` returns the results dict, so other scripts (benchmarks/gpu_suite.py) run this benchmark by importing it.
 
 What is timed: the wall time of training steps (DataLoader + collation + forward/backward + optimizer step), after
 `--warmup` steps. By default the two trainers' steps are interleaved (one AEPO step, one DPO step, ...) so that both
@@ -99,8 +102,8 @@ def build_model(path: Path, hidden: int, layers: int) -> int:
 
 
 class Stepper:
-    """One training step of `trainer` per call (DataLoader + collation + `training_step` + optimizer); returns its
-    wall time in seconds."""
+    """One training step of `trainer` per call (DataLoader + collation + `get_batch_samples` + `training_step` +
+    optimizer); returns its wall time in seconds."""
 
     def __init__(self, trainer, total_steps: int):
         trainer.create_optimizer_and_scheduler(num_training_steps=total_steps)
@@ -113,9 +116,11 @@ class Stepper:
     def __call__(self) -> float:
         trainer = self.trainer
         start = time.perf_counter()
-        batch = next(self.iterator)
+        # As `Trainer`'s loop fetches a step's batches: AEPOTrainer reduces its pool batches there (select, annotate,
+        # pair), so that it pays only for the batches the step trains on.
+        batches, num_items = trainer.get_batch_samples(self.iterator, 1, trainer.args.device)
         self.data_seconds.append(time.perf_counter() - start)
-        trainer.training_step(trainer.model, batch)
+        trainer.training_step(trainer.model, batches[0], num_items)
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
         trainer.model.zero_grad(set_to_none=True)
@@ -141,7 +146,7 @@ class StepTimer:
         return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--pool_size", type=int, default=32, help="N")
@@ -159,9 +164,10 @@ def main() -> None:
         help="'alternate' (default): interleave AEPO and DPO steps so both see the same machine load; "
         "'sequential': time `trainer.train()` of AEPO, then of DPO.",
     )
+    parser.add_argument("--bf16", action="store_true", help="Train both models in bf16 mixed precision (GPU).")
     parser.add_argument("--real_embeddings", action="store_true", help="Embed with the real sentence embedder.")
     parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
-    opts = parser.parse_args()
+    opts = parser.parse_args(argv)
 
     import torch
     from datasets import Dataset
@@ -177,7 +183,7 @@ def main() -> None:
     num_params = build_model(tmp / "model", opts.hidden, opts.layers)
     rows, source = load_pools(opts.prompts, opts.pool_size)
     common = dict(
-        bf16=False,
+        bf16=opts.bf16,
         report_to="none",
         per_device_train_batch_size=opts.batch_size,
         max_steps=opts.warmup + opts.steps,
@@ -283,6 +289,7 @@ def main() -> None:
     results = {
         "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "torch_threads": torch.get_num_threads(),
+        "bf16": opts.bf16,
         "model_parameters": num_params,
         "data": source,
         "prompts": opts.prompts,
@@ -313,6 +320,7 @@ def main() -> None:
     print(f"time ratio AEPO/DPO = {ratio:.3f}  (overhead {100 * (ratio - 1):+.1f}%; target <= +5% on CPU)")
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":

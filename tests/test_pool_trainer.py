@@ -219,6 +219,10 @@ def test_model_card_mentions_aepo(tiny_model_path, dpo_args):
 def test_refusals(tiny_model_path, dpo_args):
     with pytest.raises(ValueError, match="precompute_ref_log_probs=True` cannot be used with candidate-pool"):
         make_trainer(tiny_model_path, dpo_args, precompute_ref_log_probs=True)
+    with pytest.raises(
+        ValueError, match=r"`padding_free=True` cannot be used with candidate-pool .*padding_free=False"
+    ):
+        make_trainer(tiny_model_path, dpo_args, padding_free=True)
     pairs = Dataset.from_dict({"prompt": ["a"], "chosen": [" b"], "rejected": [" c"]})
     with pytest.raises(ValueError, match="reward-aware losses"):
         AEPOTrainer(

@@ -20,7 +20,8 @@ def build_annotator(args, model=None, tokenizer=None):
       device when `model` is given (else CUDA when available).
     * `'judge'`: `PairwiseJudgeAnnotator(model, tokenizer)` — `model` is required: the policy when it is a PEFT model
       (judged with its adapter disabled, i.e. the frozen starting model), otherwise the frozen reference model.
-    * `'human'`: `HumanQueueAnnotator(args.annotation_queue or <output_dir>/annotation_queue.jsonl)`.
+    * `'human'`: `HumanQueueAnnotator(args.annotation_queue or <output_dir>/annotation_queue.jsonl)`, reading the
+      labelling page's answers from the run's annotation store and waiting `args.annotation_wait` seconds for them.
     """
     kind = getattr(args, "annotator", "dataset_scores")
     batch_size = int(getattr(args, "annotation_batch_size", 16) or 16)
@@ -51,7 +52,10 @@ def build_annotator(args, model=None, tokenizer=None):
             if not output_dir:
                 raise ValueError("AEPOConfig.annotator='human' needs `annotation_queue` or `output_dir`.")
             queue = os.path.join(output_dir, "annotation_queue.jsonl")
-        return HumanQueueAnnotator(queue)
+        store = getattr(args, "annotation_store", None)
+        if not store and getattr(args, "output_dir", None):
+            store = os.path.join(args.output_dir, "annotations.sqlite")  # AnnotationService.from_config's default
+        return HumanQueueAnnotator(queue, store=store, wait_timeout=float(getattr(args, "annotation_wait", 0.0) or 0.0))
     from ..choices import ANNOTATORS
 
     raise ValueError(f"AEPOConfig.annotator={kind!r} is invalid: expected one of {', '.join(map(repr, ANNOTATORS))}.")

@@ -8,6 +8,10 @@ Workflow (see docs/annotation.md):
 3. the labelling team writes `{"id": ..., "score": ...}` lines to the labels file (JSONL), or `id,score` rows (CSV) —
    or fills the `score` field of the queue file itself;
 4. rerun the same command: labelled items are read back, saved in the annotation store, and training goes on.
+
+Instead of step 3, people can label on a web page: `aepo label --store STORE --queue QUEUE` (docs/labelling.md). Its
+answers are kept in the store file; given `store`, this annotator reads the page's finished labels too, and with
+`wait_timeout` it polls for them instead of stopping (step 2), so the run goes on by itself.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 
 from .base import PENDING, AnnotationError, AnnotationRequest, AnnotationsPending, Annotator, make_key
+from .store import AnnotationStore
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +51,11 @@ class HumanQueueAnnotator(Annotator):
             queue's format, and a `score` filled in the queue file itself counts as a label too.
         name: identity name (`human:<name>`): keep it stable, it is part of every item id.
         extra_columns: row columns copied into each queue line (e.g. an example id or a source name).
+        store: the annotation store (or its path) the labelling page (`aepo label`) writes its answers to; its
+            finished labels are read like the labels file's (the labels file wins when both label an item).
+        wait_timeout: seconds `score` waits for missing labels, re-reading them every `poll_interval` seconds, before
+            it stops with `AnnotationsPending` (0, the default: stop at once; `math.inf`: wait as long as it takes).
+        poll_interval: seconds between two reads of the labels while waiting.
 
     A score is a number. `skip`, `nan`, `none`, `invalid` or `n/a` mark an item the labeller could not score: it is
     stored as an invalid annotation (never paired, never queued again). An empty score means "not labelled yet".
@@ -60,6 +71,9 @@ class HumanQueueAnnotator(Annotator):
         labels_path: str | os.PathLike | None = None,
         name: str = "default",
         extra_columns: tuple[str, ...] | list[str] = (),
+        store=None,
+        wait_timeout: float = 0.0,
+        poll_interval: float = 5.0,
     ):
         self.queue_path = Path(queue_path)
         if self.queue_path.suffix.lower() not in (".jsonl", ".csv"):
@@ -70,6 +84,13 @@ class HumanQueueAnnotator(Annotator):
         self.name = name
         self.extra_columns = tuple(extra_columns)
         self.identity = f"human:{name}"
+        self.store = store
+        if not (wait_timeout >= 0 and poll_interval > 0):
+            raise ValueError(
+                f"wait_timeout must be >= 0 and poll_interval > 0, got {wait_timeout!r}, {poll_interval!r}."
+            )
+        self.wait_timeout = float(wait_timeout)
+        self.poll_interval = float(poll_interval)
 
     # ------------------------------------------------------------------------------------------- scoring
 
@@ -93,6 +114,8 @@ class HumanQueueAnnotator(Annotator):
         if new_items:
             self._append(new_items)
             logger.info("Queued %d item(s) for labelling in %s.", len(new_items), self.queue_path)
+        if pending and self.wait_timeout > 0:
+            pending = self._wait(requests, results, pending)
         if pending:
             raise AnnotationsPending(
                 f"{pending} annotation(s) are waiting for labels in {self.queue_path} "
@@ -103,6 +126,30 @@ class HumanQueueAnnotator(Annotator):
                 labels_path=str(self.labels_path),
             )
         return results
+
+    def _wait(self, requests: list[AnnotationRequest], results: list[list], pending: int) -> int:
+        """Poll the labels until every PENDING entry of `results` is labelled (filled in place) or time runs out."""
+        logger.warning(
+            "Waiting up to %s s for %d label(s) of %s (label them with `aepo label --queue %s`).",
+            "unlimited" if math.isinf(self.wait_timeout) else f"{self.wait_timeout:.0f}",
+            pending,
+            self.queue_path,
+            self.queue_path,
+        )
+        deadline = time.monotonic() + self.wait_timeout
+        while pending and time.monotonic() < deadline:
+            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
+            labels = self.read_labels()
+            pending = 0
+            for req, row_scores in zip(requests, results):
+                for j, completion in enumerate(req.completions):
+                    if row_scores[j] is PENDING:
+                        key = make_key(self.identity, req.prompt, completion)
+                        if key in labels:
+                            row_scores[j] = labels[key]
+                        else:
+                            pending += 1
+        return pending
 
     # ------------------------------------------------------------------------------------------- queue file
 
@@ -115,6 +162,10 @@ class HumanQueueAnnotator(Annotator):
     def queued_ids(self) -> set[str]:
         """Ids already written to the queue file."""
         return {row.get("id") for _, row in _read_rows(self.queue_path, strict=False) if row.get("id")}
+
+    def queue_items(self) -> list[dict]:
+        """Every queue line, in queue order (what the labelling page groups into tasks)."""
+        return [row for _, row in _read_rows(self.queue_path, strict=False) if row.get("id")]
 
     def pending_items(self) -> list[dict]:
         """Queue lines that have no label yet (what the labelling team still has to do)."""
@@ -153,8 +204,9 @@ class HumanQueueAnnotator(Annotator):
 
     # ------------------------------------------------------------------------------------------- labels
 
-    def read_labels(self) -> dict[str, float | None]:
-        """`{id: score}` from the labels file and from scores filled in the queue file (labels file wins).
+    def read_labels(self, include_page: bool = True) -> dict[str, float | None]:
+        """`{id: score}` from the labels file and from scores filled in the queue file (labels file wins), and, when
+        `include_page` and a `store` is set, the labelling page's finished labels (for items the files do not label).
 
         A `None` value is a label saying "could not score" (stored as invalid).
         """
@@ -169,6 +221,14 @@ class HumanQueueAnnotator(Annotator):
                 parsed = _parse_score(row.get("score"), path, line_no)
                 if parsed is not _UNLABELLED:
                     labels[str(key)] = parsed
+        if include_page and self.store is not None:
+            from aepo_trainer.labelling.book import read_final_labels  # the page's answers, in the store file
+
+            if not isinstance(self.store, AnnotationStore):
+                self.store = AnnotationStore(self.store)  # opened once, on first use
+
+            for key, score in read_final_labels(self.store).items():
+                labels.setdefault(key, score)
         return labels
 
 

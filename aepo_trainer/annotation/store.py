@@ -146,6 +146,11 @@ class AnnotationStore:
             self._local.pid = pid
         return conn
 
+    def connection(self) -> sqlite3.Connection:
+        """This process's and thread's connection, for readers of other tables of the same file (the labelling
+        page keeps its answers next to the annotations: `aepo_trainer.labelling.book`)."""
+        return self._conn()
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """`BEGIN IMMEDIATE` … `COMMIT` (rolled back on error): one writer at a time across processes."""

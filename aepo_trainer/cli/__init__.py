@@ -1,4 +1,4 @@
-"""The `aepo` command: `aepo generate`, `aepo select`, `aepo stats`.
+"""The `aepo` command: `aepo generate`, `aepo select`, `aepo stats`, `aepo label`.
 
 Subcommand modules are imported only when their subcommand runs, so `aepo --help` does not import torch. Exit codes
 are listed in `aepo_trainer.cli.errors` and in `aepo --help`.
@@ -16,6 +16,7 @@ COMMANDS = {
     "generate": "Sample N completions per prompt from a causal LM into a pool dataset (resumable).",
     "select": "Pools -> embed -> select k -> annotate -> pair: a prompt/chosen/rejected dataset (resumable).",
     "stats": "Annotation cost, coverage and representativeness/diversity of each selection strategy; a plot.",
+    "label": "Serve a web page where people label a human annotation queue (labellers, agreement, tokens).",
 }
 
 EPILOG = """\

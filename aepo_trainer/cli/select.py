@@ -110,6 +110,17 @@ def build_parser(prog: str = "aepo select") -> ArgumentParser:
     run.add_argument(
         "--device", default=None, help="Device for embedding and selection (default: cuda if available, else cpu)."
     )
+    run.add_argument(
+        "--wait",
+        nargs="?",
+        type=float,
+        const=float("inf"),
+        default=None,
+        metavar="SECONDS",
+        help="With --annotator human: instead of stopping with exit code 4, wait (at most SECONDS; no value: as long "
+        "as it takes) while people label the queued items (`aepo label`), then go on by itself. Shorthand for "
+        "--annotation_wait.",
+    )
     add_config_flags(
         parser,
         exclude={"reward_scale"},
@@ -139,6 +150,7 @@ def main(argv: list[str]) -> int:
         annotation_store=args.annotation_store or f"{output}.annotations.sqlite",
         annotation_queue=args.annotation_queue
         or (f"{output}.annotation_queue.jsonl" if args.annotator == "human" else None),
+        annotation_wait=args.wait if args.wait is not None else args.annotation_wait,
     )
     from aepo_trainer.annotation import AnnotationService, build_annotator
     from aepo_trainer.reduction import PoolReducer
@@ -190,7 +202,8 @@ def main(argv: list[str]) -> int:
         print(
             f"aepo select: {sum(p.pending for p in pending)} annotation(s) are waiting for labels in "
             f'{pending[0].queue_path}; write them to {pending[0].labels_path} (lines {{"id": ..., "score": '
-            f"...}}) and rerun the same command. Labels already given are saved in {service.store.path}.",
+            f"...}}) or label them in a browser (`aepo label --store {service.store.path}`), and rerun the same "
+            f"command (or add --wait). Labels already given are saved in {service.store.path}.",
             file=sys.stderr,
         )
         return EXIT_ANNOTATIONS_PENDING
@@ -387,17 +400,12 @@ def pair_rows(rows: list[dict], reduced, config) -> list[dict]:
 
 def report_dry_run(rows, embeddings, reducer, service, size: int) -> None:
     """Print what the run would pay for: selected items minus those in the store, against the budget."""
-    from aepo_trainer.annotation.base import AnnotationRequest
-
     config = reducer.args
     needed = stored = 0
     per_prompt_cost = []
     for start in range(0, len(rows), size):
         batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + size, config.embeddings_column)
-        subsets = reducer.select(batch_rows, tensor, mask).subsets
-        for row, subset in zip(batch_rows, subsets):
-            completions = [row[config.completions_column][i] for i in subset]
-            request = AnnotationRequest(prompt=row["prompt"], completions=completions, indices=list(subset), row=row)
+        for request in reducer.requests(batch_rows, reducer.select(batch_rows, tensor, mask)):
             prompt_needed, prompt_stored = service.cost(request)
             needed += prompt_needed
             stored += prompt_stored

@@ -9,6 +9,10 @@ Nothing is annotated; the scores column is only read.
 The active strategies (which learn from paid labels) are simulated with the scores column as the annotator, in
 batches of `--active_batch_size`: the table adds the surrogate's pairwise accuracy on each batch BEFORE it saw the
 batch's labels, and `--plot` adds that learning curve.
+
+`--labels STORE` also (or, without `--input`, only) reports the labelling page's answers in a store: items answered
+and finished, and the labellers' agreement (Krippendorff's alpha overall and per labeller, see
+`aepo_trainer.labelling.agreement`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import sys
 
 from aepo_trainer.choices import ACTIVE_STRATEGIES
@@ -35,6 +40,7 @@ examples:
   aepo stats --input pools.jsonl --num_annotations 2 3 4 8 --annotation_budget 1000 --json stats.json
   aepo stats --input pools.jsonl --strategies aepo random --diversity_weight 0.5 1
   aepo stats --input pools.jsonl --strategies random delta_ucb ucb_random --num_annotations 2 --plot curve.png
+  aepo stats --labels pairs.jsonl.annotations.sqlite     # the labelling page's answers and agreement
 """
 
 
@@ -65,7 +71,16 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
     add_yaml_flag(parser)
     io = parser.add_argument_group("data")
-    io.add_argument("--input", required=True, help="Pool dataset (same formats as `aepo select --input`).")
+    io.add_argument(
+        "--input", default=None, help="Pool dataset (same formats as `aepo select --input`); required unless --labels."
+    )
+    io.add_argument(
+        "--labels",
+        metavar="STORE",
+        default=None,
+        help="Annotation store a labelling page (`aepo label`) wrote to: print its answers and the labellers' "
+        "agreement (Krippendorff's alpha overall and per labeller).",
+    )
     io.add_argument("--split", default="train", help="Split to read when the input is a Hub dataset or folder.")
     io.add_argument("--max_prompts", type=int, default=None, help="Only use the first M prompts of the input.")
     io.add_argument("--plot", metavar="FILE.png", default=None, help="Write the plot to this image file.")
@@ -108,6 +123,16 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parse_with_yaml(build_parser(), argv)
+    if args.input is None and args.labels is None:
+        raise InputError("pass --input (a pool dataset), --labels (an annotation store), or both")
+    if args.labels is not None:
+        from aepo_trainer.labelling.summary import format_labelling_summary, labelling_summary
+
+        if not os.path.exists(args.labels):
+            raise InputError(f"--labels {args.labels}: no such file")
+        print(format_labelling_summary(labelling_summary(args.labels), args.labels))
+        if args.input is None:
+            return EXIT_OK
     ks = sorted(set(args.num_annotations))
     if min(ks) < 2 or args.batch_size < 1 or any(w < 0 or not math.isfinite(w) for w in args.diversity_weight):
         raise InputError(
