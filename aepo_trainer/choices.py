@@ -12,11 +12,15 @@ __all__ = [
     "ACTIVE_STRATEGIES",
     "ANNOTATORS",
     "COLD_START_STRATEGIES",
+    "GENERATOR_BACKENDS",
+    "JUDGE_RUBRICS",
     "LABEL_QUESTIONS",
+    "LONG_TEXT_POLICIES",
     "PAIRING_RULES",
     "RPO_LOSS_TYPES",
     "SELECTION_SEARCHES",
     "SELECTION_STRATEGIES",
+    "SYNTHESIS_STEPS",
 ]
 
 #: The strategies that learn from the labels already paid for (`aepo_trainer.selection.active`): a reward surrogate
@@ -45,3 +49,13 @@ PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
 RPO_LOSS_TYPES = ("rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
 #: What the labelling page (`aepo label --question`) asks people about the k candidates of a prompt.
 LABEL_QUESTIONS = ("score", "ranking", "best_worst")
+
+# --- Safer-Instruct data synthesis (`aepo_trainer.synthesis`, `aepo safer-instruct`)
+#: The sub-steps of `aepo safer-instruct`, in pipeline order ("all" runs every one).
+SYNTHESIS_STEPS = ("reverse-sft", "induce", "filter", "respond", "all")
+#: The judge's rubrics (`aepo_trainer.synthesis.templates.JUDGE_TEMPLATES`).
+JUDGE_RUBRICS = ("quality", "safety")
+#: What happens to a text longer than the model's context: cut (and flagged) or dropped (and counted).
+LONG_TEXT_POLICIES = ("truncate", "skip")
+#: How a local model is run by the synthesis stages ("auto": vLLM when installed and a GPU is present).
+GENERATOR_BACKENDS = ("auto", "transformers", "vllm")
