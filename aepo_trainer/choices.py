@@ -9,7 +9,9 @@ read it without importing torch.
 from __future__ import annotations
 
 __all__ = [
+    "ACTIVE_STRATEGIES",
     "ANNOTATORS",
+    "COLD_START_STRATEGIES",
     "GENERATE_BACKENDS",
     "GENERATOR_BACKENDS",
     "JUDGE_MODES",
@@ -23,8 +25,22 @@ __all__ = [
     "SYNTHESIS_STEPS",
 ]
 
-#: How k of N candidates are chosen (`AEPOConfig.selection_strategy`, `aepo select --selection_strategy`).
-SELECTION_STRATEGIES = ("aepo", "random", "west_of_n", "representativeness", "kmedoids")
+#: The strategies that learn from the labels already paid for (`aepo_trainer.selection.active`): a reward surrogate
+#: fitted on the paid labels gives each candidate a posterior mean and uncertainty, and an acquisition picks the k.
+ACTIVE_STRATEGIES = (
+    "delta_ucb",
+    "double_ts",
+    "double_reversed_ts",
+    "max_min_lcb",
+    "info_max",
+    "ucb_random",
+    "aepo_ucb",
+)
+#: How k of N candidates are chosen (`AEPOConfig.selection_strategy`, `aepo select --selection_strategy`): the
+#: embedding-only strategies of `select_subsets`, then the active ones.
+SELECTION_STRATEGIES = ("aepo", "random", "west_of_n", "representativeness", "kmedoids", *ACTIVE_STRATEGIES)
+#: The strategies an active strategy may use until the surrogate has `active_warmup_annotations` labels.
+COLD_START_STRATEGIES = ("random", "aepo", "representativeness", "kmedoids")
 #: The search for k > 2 (`AEPOConfig.selection_search`).
 SELECTION_SEARCHES = ("auto", "greedy", "exhaustive")
 #: Who scores the selected candidates when no annotator object is passed (`AEPOConfig.annotator`).

@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
-from .choices import ANNOTATORS, JUDGE_MODES, PAIRING_RULES, RPO_LOSS_TYPES, SELECTION_SEARCHES, SELECTION_STRATEGIES
+from .choices import (
+    ACTIVE_STRATEGIES,
+    ANNOTATORS,
+    COLD_START_STRATEGIES,
+    JUDGE_MODES,
+    PAIRING_RULES,
+    RPO_LOSS_TYPES,
+    SELECTION_SEARCHES,
+    SELECTION_STRATEGIES,
+)
 
 
 @dataclass
@@ -49,8 +58,10 @@ class AEPOConfig(DPOConfig):
         default="aepo",
         metadata={
             "help": "How the k candidates are chosen from each pool: 'aepo' (representativeness + lambda * diversity), "
-            "'random', 'west_of_n' (annotate the whole pool), 'representativeness' (lambda = 0) or 'kmedoids' "
-            "(coreset on the embeddings).",
+            "'random', 'west_of_n' (annotate the whole pool), 'representativeness' (lambda = 0), 'kmedoids' "
+            "(coreset on the embeddings), or an active strategy that learns from the paid labels: 'delta_ucb', "
+            "'double_ts', 'double_reversed_ts', 'max_min_lcb', 'info_max', 'ucb_random', 'aepo_ucb' (see the "
+            "`active_*` settings).",
             "choices": list(SELECTION_STRATEGIES),
         },
     )
@@ -73,6 +84,55 @@ class AEPOConfig(DPOConfig):
             "help": "Seed of the random parts of selection and pairing (local search, 'random' strategy, "
             "'best_vs_random' pairing). Defaults to `seed`. Randomness is derived per prompt, so the same prompt gets "
             "the same selection whatever batch it lands in, on CPU and GPU alike."
+        },
+    )
+    # ----------------------------------------------------------------------------------------------- active selection
+    # (issue 15: strategies that learn from the paid labels; `aepo_trainer.selection.active`, docs/active-selection.md)
+    active_warmup_annotations: int = field(
+        default=64,
+        metadata={
+            "help": "Active strategies: valid labels the reward surrogate needs before the acquisition takes over; "
+            "until then `active_cold_start` selects."
+        },
+    )
+    active_cold_start: str = field(
+        default="random",
+        metadata={
+            "help": "Active strategies: the embedding-only strategy used until `active_warmup_annotations` labels "
+            "exist. 'random' is the safe default: AEPO's diversity term loses to random on some pool sets.",
+            "choices": list(COLD_START_STRATEGIES),
+        },
+    )
+    active_exploration: float = field(
+        default=1.0,
+        metadata={"help": "Active strategies: beta, the exploration weight of UCB/LCB = mu +- beta * sigma (>= 0)."},
+    )
+    active_quality_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "'aepo_ucb': gamma, the weight of the quality term gamma * UCB (in standard deviations of the "
+            "within-prompt scores) added to representativeness + lambda * diversity (>= 0)."
+        },
+    )
+    active_batch_size: int = field(
+        default=32,
+        metadata={
+            "help": "Active strategies in `aepo select`: prompts selected and annotated between two surrogate "
+            "updates (the trainer updates after every optimizer step instead)."
+        },
+    )
+    active_prior_precision: float | None = field(
+        default=None,
+        metadata={
+            "help": "Active strategies: alpha, the prior precision of the Bayesian linear surrogate; None sets it "
+            "by evidence maximisation (MacKay's fixed point)."
+        },
+    )
+    active_noise_precision: float | None = field(
+        default=None,
+        metadata={
+            "help": "Active strategies: beta_noise, the label-noise precision of the surrogate; None sets it by "
+            "evidence maximisation."
         },
     )
     # ----------------------------------------------------------------------------------------------- embedding
@@ -287,6 +347,7 @@ class AEPOConfig(DPOConfig):
             self.local_search_rounds,
             "an integer >= 0",
         )
+        self._validate_active()
         _require(
             isinstance(self.embedding_batch_size, int) and self.embedding_batch_size >= 1,
             "embedding_batch_size",
@@ -410,6 +471,43 @@ class AEPOConfig(DPOConfig):
         )
         super().__post_init__()
 
+    def _validate_active(self) -> None:
+        """The active-selection block (issue 15)."""
+        _require(
+            isinstance(self.active_warmup_annotations, int) and self.active_warmup_annotations >= 0,
+            "active_warmup_annotations",
+            self.active_warmup_annotations,
+            "an integer >= 0",
+        )
+        _require(
+            self.active_cold_start in COLD_START_STRATEGIES,
+            "active_cold_start",
+            self.active_cold_start,
+            _one_of(COLD_START_STRATEGIES),
+        )
+        for name in ("active_exploration", "active_quality_weight"):
+            value = getattr(self, name)
+            _require(_is_finite_number(value) and value >= 0, name, value, "a finite number >= 0")
+        _require(
+            isinstance(self.active_batch_size, int) and self.active_batch_size >= 1,
+            "active_batch_size",
+            self.active_batch_size,
+            "an integer >= 1",
+        )
+        for name in ("active_prior_precision", "active_noise_precision"):
+            value = getattr(self, name)
+            _require(
+                value is None or (_is_finite_number(value) and value > 0),
+                name,
+                value,
+                "None (evidence maximisation) or a finite number > 0",
+            )
+
+    @property
+    def uses_active_selection(self) -> bool:
+        """True when `selection_strategy` learns from the paid labels (an `ActiveSelector` selects)."""
+        return self.selection_strategy in ACTIVE_STRATEGIES
+
     @property
     def effective_selection_seed(self) -> int:
         """The seed selection and pairing use: `selection_seed`, or the run's `seed` when it is unset."""
@@ -442,6 +540,10 @@ class AEPOConfig(DPOConfig):
         settings = {name: getattr(self, name) for name in names}
         settings["selection_seed"] = self.effective_selection_seed
         settings["loss_type"] = list(self.loss_type)
+        if self.uses_active_selection:
+            settings.update(
+                {name: getattr(self, name) for name in self.__dataclass_fields__ if name.startswith("active_")}
+            )
         return settings
 
 

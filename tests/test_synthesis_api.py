@@ -9,10 +9,10 @@ from datasets import Dataset
 
 pytest.importorskip("openai")
 
-from openai_server import API_KEY, start_server  # noqa: E402
+from openai_server import API_KEY, start_server
 
-from aepo_trainer.generation.openai_client import ChatClient  # noqa: E402
-from aepo_trainer.synthesis import (  # noqa: E402
+from aepo_trainer.generation.openai_client import ChatClient
+from aepo_trainer.synthesis import (
     FunctionGenerator,
     StageCheckpoint,
     induce_instructions,
@@ -20,8 +20,8 @@ from aepo_trainer.synthesis import (  # noqa: E402
     keep_accepted,
     prepare_texts,
 )
-from aepo_trainer.synthesis.generators import OpenAIChatGenerator  # noqa: E402
-from aepo_trainer.synthesis.respond import write_expert_responses  # noqa: E402
+from aepo_trainer.synthesis.generators import OpenAIChatGenerator
+from aepo_trainer.synthesis.respond import write_expert_responses
 
 
 @pytest.fixture
