@@ -29,6 +29,8 @@ _EXPORTS = {
     "RewardFunctionAnnotator": "aepo_trainer.annotation",
     "PairwiseJudgeAnnotator": "aepo_trainer.annotation",
     "HumanQueueAnnotator": "aepo_trainer.annotation",
+    "ApiJudgeAnnotator": "aepo_trainer.annotation",
+    "ChatClient": "aepo_trainer.generation",
     "AnnotationStore": "aepo_trainer.annotation",
     "AnnotationService": "aepo_trainer.annotation",
     "BudgetExhausted": "aepo_trainer.annotation",

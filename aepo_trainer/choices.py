@@ -9,23 +9,59 @@ read it without importing torch.
 from __future__ import annotations
 
 __all__ = [
+    "ACTIVE_STRATEGIES",
     "ANNOTATORS",
+    "COLD_START_STRATEGIES",
+    "GENERATE_BACKENDS",
+    "GENERATOR_BACKENDS",
+    "JUDGE_MODES",
+    "JUDGE_RUBRICS",
     "LABEL_QUESTIONS",
+    "LONG_TEXT_POLICIES",
     "PAIRING_RULES",
     "RPO_LOSS_TYPES",
     "SELECTION_SEARCHES",
     "SELECTION_STRATEGIES",
+    "SYNTHESIS_STEPS",
 ]
 
-#: How k of N candidates are chosen (`AEPOConfig.selection_strategy`, `aepo select --selection_strategy`).
-SELECTION_STRATEGIES = ("aepo", "random", "west_of_n", "representativeness", "kmedoids")
+#: The strategies that learn from the labels already paid for (`aepo_trainer.selection.active`): a reward surrogate
+#: fitted on the paid labels gives each candidate a posterior mean and uncertainty, and an acquisition picks the k.
+ACTIVE_STRATEGIES = (
+    "delta_ucb",
+    "double_ts",
+    "double_reversed_ts",
+    "max_min_lcb",
+    "info_max",
+    "ucb_random",
+    "aepo_ucb",
+)
+#: How k of N candidates are chosen (`AEPOConfig.selection_strategy`, `aepo select --selection_strategy`): the
+#: embedding-only strategies of `select_subsets`, then the active ones.
+SELECTION_STRATEGIES = ("aepo", "random", "west_of_n", "representativeness", "kmedoids", *ACTIVE_STRATEGIES)
+#: The strategies an active strategy may use until the surrogate has `active_warmup_annotations` labels.
+COLD_START_STRATEGIES = ("random", "aepo", "representativeness", "kmedoids")
 #: The search for k > 2 (`AEPOConfig.selection_search`).
 SELECTION_SEARCHES = ("auto", "greedy", "exhaustive")
 #: Who scores the selected candidates when no annotator object is passed (`AEPOConfig.annotator`).
-ANNOTATORS = ("dataset_scores", "reward_model", "judge", "human")
+ANNOTATORS = ("dataset_scores", "reward_model", "judge", "api_judge", "human")
+#: How the `api_judge` annotator judges (`AEPOConfig.judge_mode`): pairwise (debiased, tournament) or a 1-10 rubric.
+JUDGE_MODES = ("pairwise", "rubric")
 #: How annotated candidates become pairs (`AEPOConfig.pairing_rule`).
 PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
 #: The reward-aware losses this package computes (entries of `loss_type`; TRL computes the rest).
 RPO_LOSS_TYPES = ("rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
 #: What the labelling page (`aepo label --question`) asks people about the k candidates of a prompt.
 LABEL_QUESTIONS = ("score", "ranking", "best_worst")
+
+# --- Safer-Instruct data synthesis (`aepo_trainer.synthesis`, `aepo safer-instruct`)
+#: The sub-steps of `aepo safer-instruct`, in pipeline order ("all" runs every one).
+SYNTHESIS_STEPS = ("reverse-sft", "induce", "filter", "respond", "all")
+#: The judge's rubrics (`aepo_trainer.synthesis.templates.JUDGE_TEMPLATES`).
+JUDGE_RUBRICS = ("quality", "safety")
+#: What happens to a text longer than the model's context: cut (and flagged) or dropped (and counted).
+LONG_TEXT_POLICIES = ("truncate", "skip")
+#: How a local model is run by the synthesis stages ("auto": vLLM when installed and a GPU is present).
+GENERATOR_BACKENDS = ("auto", "transformers", "vllm")
+#: `aepo generate --backend`: the local backends, or any OpenAI-compatible server ("openai", docs/llm-services.md).
+GENERATE_BACKENDS = (*GENERATOR_BACKENDS, "openai")

@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
-from .choices import ANNOTATORS, PAIRING_RULES, RPO_LOSS_TYPES, SELECTION_SEARCHES, SELECTION_STRATEGIES
+from .choices import (
+    ACTIVE_STRATEGIES,
+    ANNOTATORS,
+    COLD_START_STRATEGIES,
+    JUDGE_MODES,
+    PAIRING_RULES,
+    RPO_LOSS_TYPES,
+    SELECTION_SEARCHES,
+    SELECTION_STRATEGIES,
+)
 
 
 @dataclass
@@ -49,8 +58,10 @@ class AEPOConfig(DPOConfig):
         default="aepo",
         metadata={
             "help": "How the k candidates are chosen from each pool: 'aepo' (representativeness + lambda * diversity), "
-            "'random', 'west_of_n' (annotate the whole pool), 'representativeness' (lambda = 0) or 'kmedoids' "
-            "(coreset on the embeddings).",
+            "'random', 'west_of_n' (annotate the whole pool), 'representativeness' (lambda = 0), 'kmedoids' "
+            "(coreset on the embeddings), or an active strategy that learns from the paid labels: 'delta_ucb', "
+            "'double_ts', 'double_reversed_ts', 'max_min_lcb', 'info_max', 'ucb_random', 'aepo_ucb' (see the "
+            "`active_*` settings).",
             "choices": list(SELECTION_STRATEGIES),
         },
     )
@@ -73,6 +84,55 @@ class AEPOConfig(DPOConfig):
             "help": "Seed of the random parts of selection and pairing (local search, 'random' strategy, "
             "'best_vs_random' pairing). Defaults to `seed`. Randomness is derived per prompt, so the same prompt gets "
             "the same selection whatever batch it lands in, on CPU and GPU alike."
+        },
+    )
+    # ----------------------------------------------------------------------------------------------- active selection
+    # (issue 15: strategies that learn from the paid labels; `aepo_trainer.selection.active`, docs/active-selection.md)
+    active_warmup_annotations: int = field(
+        default=64,
+        metadata={
+            "help": "Active strategies: valid labels the reward surrogate needs before the acquisition takes over; "
+            "until then `active_cold_start` selects."
+        },
+    )
+    active_cold_start: str = field(
+        default="random",
+        metadata={
+            "help": "Active strategies: the embedding-only strategy used until `active_warmup_annotations` labels "
+            "exist. 'random' is the safe default: AEPO's diversity term loses to random on some pool sets.",
+            "choices": list(COLD_START_STRATEGIES),
+        },
+    )
+    active_exploration: float = field(
+        default=1.0,
+        metadata={"help": "Active strategies: beta, the exploration weight of UCB/LCB = mu +- beta * sigma (>= 0)."},
+    )
+    active_quality_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "'aepo_ucb': gamma, the weight of the quality term gamma * UCB (in standard deviations of the "
+            "within-prompt scores) added to representativeness + lambda * diversity (>= 0)."
+        },
+    )
+    active_batch_size: int = field(
+        default=32,
+        metadata={
+            "help": "Active strategies in `aepo select`: prompts selected and annotated between two surrogate "
+            "updates (the trainer updates after every optimizer step instead)."
+        },
+    )
+    active_prior_precision: float | None = field(
+        default=None,
+        metadata={
+            "help": "Active strategies: alpha, the prior precision of the Bayesian linear surrogate; None sets it "
+            "by evidence maximisation (MacKay's fixed point)."
+        },
+    )
+    active_noise_precision: float | None = field(
+        default=None,
+        metadata={
+            "help": "Active strategies: beta_noise, the label-noise precision of the surrogate; None sets it by "
+            "evidence maximisation."
         },
     )
     # ----------------------------------------------------------------------------------------------- embedding
@@ -106,7 +166,8 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Who scores the selected candidates when no annotator object is passed to the trainer: "
             "'dataset_scores' (the `scores_column`), 'reward_model' (`reward_model_name_or_path`), 'judge' (the "
-            "frozen starting policy as pairwise judge, SELF-JUDGE) or 'human' (a queue file for a labelling team).",
+            "frozen starting policy as pairwise judge, SELF-JUDGE), 'api_judge' (an LLM behind an OpenAI-compatible "
+            "API: `judge_model` at `judge_api_base`) or 'human' (a queue file for a labelling team).",
             "choices": list(ANNOTATORS),
         },
     )
@@ -157,6 +218,80 @@ class AEPOConfig(DPOConfig):
             "annotator's behaviour changes in a way its identity does not show (a reward function reading a file "
             "or a global, an edited judge prompt template), so stored scores are not reused. Reward functions are "
             "also keyed by a hash of their source code, so editing one re-annotates without this."
+        },
+    )
+    # ----------------------------------------------------------------------------------------------- LLM services
+    # (the 'api_judge' annotator and every other OpenAI-compatible API call: docs/llm-services.md)
+    judge_api_base: str = field(
+        default="https://api.openai.com/v1",
+        metadata={
+            "help": "Base URL of the OpenAI-compatible API the 'api_judge' annotator calls, e.g. "
+            "'http://localhost:8000/v1' (vllm serve) or 'http://localhost:11434/v1' (Ollama)."
+        },
+    )
+    judge_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The judge's model: with 'api_judge' its name on the server (required); with `aepo select "
+            "--annotator judge` the local causal LM (the trainer's 'judge' uses the frozen starting policy instead)."
+        },
+    )
+    judge_api_key_env: str = field(
+        default="OPENAI_API_KEY",
+        metadata={
+            "help": "Name of the environment variable holding the API key (the key itself is never read from the "
+            "config, logged or stored). Unset for a local server: the placeholder 'EMPTY' is sent."
+        },
+    )
+    judge_mode: str = field(
+        default="pairwise",
+        metadata={
+            "help": "'pairwise' (both orders judged, tournament for k > 2) or 'rubric' (each completion scored 1-10 "
+            "against a documented rubric; no tournament).",
+            "choices": list(JUDGE_MODES),
+        },
+    )
+    judge_max_tokens: int = field(
+        default=1,
+        metadata={"help": "Tokens the judge may generate per verdict (1 with logprobs; a few for chatty models)."},
+    )
+    judge_parse_retries: int = field(
+        default=2,
+        metadata={
+            "help": "New attempts for an unparseable verdict before it is marked invalid (reported, never paired)."
+        },
+    )
+    api_concurrency: int = field(default=8, metadata={"help": "API requests in flight at once."})
+    api_requests_per_minute: float | None = field(
+        default=None, metadata={"help": "Requests-per-minute limit of the API client (None = unlimited)."}
+    )
+    api_tokens_per_minute: float | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens-per-minute limit (None = unlimited); each request is charged an upper bound of its "
+            "tokens before it is sent and corrected with the reported usage."
+        },
+    )
+    api_timeout: float = field(default=60.0, metadata={"help": "Seconds per HTTP attempt before it is retried."})
+    api_max_retries: int = field(
+        default=5,
+        metadata={
+            "help": "Retries per request on 429 / 5xx / timeouts / dropped connections / non-JSON answers, with "
+            "exponential backoff and jitter, honouring Retry-After."
+        },
+    )
+    api_prices: str | None = field(
+        default=None,
+        metadata={
+            "help": "Price table in $ per 1M tokens: a JSON object or the path of a JSON/YAML file, e.g. "
+            '\'{"gpt-4o-mini": {"input": 0.15, "output": 0.6}}\' ("*" prices every other model). Unpriced models cost 0.'
+        },
+    )
+    annotation_cost_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "Most dollars the run may spend on API calls (None = unlimited), never exceeded: each call "
+            "reserves an upper bound of its cost first. Needs a price for the judge model in `api_prices`."
         },
     )
     # ----------------------------------------------------------------------------------------------- labelling page
@@ -222,6 +357,7 @@ class AEPOConfig(DPOConfig):
             self.local_search_rounds,
             "an integer >= 0",
         )
+        self._validate_active()
         _require(
             isinstance(self.embedding_batch_size, int) and self.embedding_batch_size >= 1,
             "embedding_batch_size",
@@ -278,6 +414,65 @@ class AEPOConfig(DPOConfig):
             self.annotation_wait,
             "a number of seconds >= 0 (inf: no limit)",
         )
+        # LLM services
+        _require(self.judge_mode in JUDGE_MODES, "judge_mode", self.judge_mode, _one_of(JUDGE_MODES))
+        _require(
+            self.annotator != "api_judge" or bool(self.judge_model),
+            "judge_model",
+            self.judge_model,
+            "the judge's model name when annotator='api_judge'",
+        )
+        _require(
+            isinstance(self.judge_api_base, str) and self.judge_api_base.startswith(("http://", "https://")),
+            "judge_api_base",
+            self.judge_api_base,
+            "an http(s) URL such as 'http://localhost:8000/v1'",
+        )
+        for name, low in (
+            ("judge_max_tokens", 1),
+            ("judge_parse_retries", 0),
+            ("api_concurrency", 1),
+            ("api_max_retries", 0),
+        ):
+            value = getattr(self, name)
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= low,
+                name,
+                value,
+                f"an integer >= {low}",
+            )
+        for name in ("api_requests_per_minute", "api_tokens_per_minute", "api_timeout"):
+            value = getattr(self, name)
+            _require(
+                (value is None and name != "api_timeout") or (_is_finite_number(value) and value > 0),
+                name,
+                value,
+                "a finite number > 0" + ("" if name == "api_timeout" else " or None (unlimited)"),
+            )
+        _require(
+            self.annotation_cost_budget is None
+            or (_is_finite_number(self.annotation_cost_budget) and self.annotation_cost_budget >= 0),
+            "annotation_cost_budget",
+            self.annotation_cost_budget,
+            "None (unlimited) or a number of dollars >= 0",
+        )
+        if self.api_prices is not None:
+            from .generation.ledger import PriceTable
+
+            try:
+                prices = PriceTable(self.api_prices)
+            except ValueError as error:
+                raise ValueError(f"AEPOConfig.api_prices is invalid: {error}") from None
+            if self.annotation_cost_budget is not None and self.annotator == "api_judge":
+                try:
+                    prices.require(self.judge_model)
+                except ValueError as error:
+                    raise ValueError(f"AEPOConfig.api_prices: {error}") from None
+        elif self.annotation_cost_budget is not None and self.annotator == "api_judge":
+            raise ValueError(
+                "AEPOConfig.annotation_cost_budget is set but `api_prices` is not: the cost of a call is unknown "
+                "without a price for the judge model."
+            )
         _require(self.pairing_rule in PAIRING_RULES, "pairing_rule", self.pairing_rule, _one_of(PAIRING_RULES))
         _require(
             _is_finite_number(self.pairing_margin) and self.pairing_margin >= 0,
@@ -292,6 +487,43 @@ class AEPOConfig(DPOConfig):
             "a finite number > 0",
         )
         super().__post_init__()
+
+    def _validate_active(self) -> None:
+        """The active-selection block (issue 15)."""
+        _require(
+            isinstance(self.active_warmup_annotations, int) and self.active_warmup_annotations >= 0,
+            "active_warmup_annotations",
+            self.active_warmup_annotations,
+            "an integer >= 0",
+        )
+        _require(
+            self.active_cold_start in COLD_START_STRATEGIES,
+            "active_cold_start",
+            self.active_cold_start,
+            _one_of(COLD_START_STRATEGIES),
+        )
+        for name in ("active_exploration", "active_quality_weight"):
+            value = getattr(self, name)
+            _require(_is_finite_number(value) and value >= 0, name, value, "a finite number >= 0")
+        _require(
+            isinstance(self.active_batch_size, int) and self.active_batch_size >= 1,
+            "active_batch_size",
+            self.active_batch_size,
+            "an integer >= 1",
+        )
+        for name in ("active_prior_precision", "active_noise_precision"):
+            value = getattr(self, name)
+            _require(
+                value is None or (_is_finite_number(value) and value > 0),
+                name,
+                value,
+                "None (evidence maximisation) or a finite number > 0",
+            )
+
+    @property
+    def uses_active_selection(self) -> bool:
+        """True when `selection_strategy` learns from the paid labels (an `ActiveSelector` selects)."""
+        return self.selection_strategy in ACTIVE_STRATEGIES
 
     @property
     def effective_selection_seed(self) -> int:
@@ -315,6 +547,9 @@ class AEPOConfig(DPOConfig):
             "annotator",
             "annotation_budget",
             "eval_annotation_budget",
+            "annotation_cost_budget",
+            "judge_model",
+            "judge_mode",
             "pairing_rule",
             "pairing_margin",
             "reward_scale",
@@ -322,6 +557,10 @@ class AEPOConfig(DPOConfig):
         settings = {name: getattr(self, name) for name in names}
         settings["selection_seed"] = self.effective_selection_seed
         settings["loss_type"] = list(self.loss_type)
+        if self.uses_active_selection:
+            settings.update(
+                {name: getattr(self, name) for name in self.__dataclass_fields__ if name.startswith("active_")}
+            )
         return settings
 
 

@@ -55,6 +55,8 @@ class Selected:
     selection: Any
     subsets: list[list[int]]
     keys: list[int]
+    # active strategies: the batch's (embeddings, mask), from which `finish` lets the surrogate learn its labels
+    pools: Any = None
 
 
 @dataclass
@@ -71,6 +73,7 @@ class ReducedBatch:
         budget_exhausted: True when at least one prompt was skipped for budget.
         prompt_keys: `prompt_key` of every row.
         pending: an `AnnotationsPending` raised by a human annotator (its labels are not there yet), else None.
+        active: active strategies only: the surrogate's `BatchQuality` on this batch (measured before learning it).
     """
 
     selection: Any
@@ -81,6 +84,7 @@ class ReducedBatch:
     budget_exhausted: bool
     prompt_keys: list[int] = field(default_factory=list)
     pending: Exception | None = None
+    active: Any = None
 
     def stats_vector(self) -> torch.Tensor:
         return torch.tensor([float(self.stats.get(name, 0.0)) for name in STATS_FIELDS], dtype=torch.float32)
@@ -102,6 +106,11 @@ class PoolReducer:
         self.service = service
         self.device = None if device is None else torch.device(device)
         self.catch_pending = catch_pending
+        self.active = None  # an ActiveSelector when the strategy learns from the paid labels (issue 15)
+        if getattr(args, "uses_active_selection", False):
+            from .selection.active import ActiveSelector
+
+            self.active = ActiveSelector.from_config(args)
 
     @property
     def seed(self) -> int:
@@ -116,24 +125,29 @@ class PoolReducer:
         args = self.args
         device = self.device or embeddings.device
         keys = [prompt_key(row["prompt"]) for row in rows]
-        selection = select_subsets(
-            embeddings.to(device),
-            args.num_annotations,
-            diversity_weight=args.diversity_weight,
-            mask=None if mask is None else mask.to(device),
-            strategy=args.selection_strategy,
-            seed=self.seed,
-            row_keys=torch.tensor(keys, dtype=torch.long, device=device),
-            search=args.selection_search,
-            local_search_rounds=args.local_search_rounds,
-        )
+        if self.active is not None:
+            pools = (embeddings.to(device), None if mask is None else mask.to(device))
+            selection = self.active.select(rows, *pools, row_keys=keys)
+        else:
+            pools = None
+            selection = select_subsets(
+                embeddings.to(device),
+                args.num_annotations,
+                diversity_weight=args.diversity_weight,
+                mask=None if mask is None else mask.to(device),
+                strategy=args.selection_strategy,
+                seed=self.seed,
+                row_keys=torch.tensor(keys, dtype=torch.long, device=device),
+                search=args.selection_search,
+                local_search_rounds=args.local_search_rounds,
+            )
         indices = selection.indices.detach().cpu().tolist()
         valid = selection.valid.detach().cpu().tolist()
         subsets = [
             [int(i) for i, ok in zip(row_indices, row_valid) if ok and i >= 0]
             for row_indices, row_valid in zip(indices, valid)
         ]
-        return Selected(selection, subsets, keys)
+        return Selected(selection, subsets, keys, pools)
 
     # ------------------------------------------------------------------------------------------------ 2. requests
 
@@ -158,6 +172,9 @@ class PoolReducer:
 
         args = self.args
         scores = list(reply.scores) if reply.pending is None else [None] * len(rows)
+        quality = None
+        if self.active is not None and reply.pending is None:  # learn this batch's labels before the next selection
+            quality = self.active.observe(rows, *selected.pools, selected.keys, selected.subsets, scores)
         # Invalid scores (None) are never paired: make_pairs counts them.
         pairing = make_pairs(
             scores, rule=args.pairing_rule, margin=args.pairing_margin, seed=self.seed, row_keys=selected.keys
@@ -191,6 +208,7 @@ class PoolReducer:
             budget_exhausted=bool(reply.skipped),
             prompt_keys=selected.keys,
             pending=reply.pending,
+            active=quality,
         )
 
     # ------------------------------------------------------------------------------------------------ all three

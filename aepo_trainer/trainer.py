@@ -239,12 +239,18 @@ class AEPOTrainer(DPOTrainer):
         if self.accelerator.is_main_process:  # one ledger and one store for the whole run, whatever the world size
             from .annotation.service import AnnotationService
 
-            annotator = self._aepo_build_annotator(annotator)
             run_id = default_run_id(args)
+            train_annotator = self._aepo_build_annotator(annotator)
+            eval_annotator = train_annotator
+            if annotator is None and args.annotator == "api_judge":
+                # the judge meters its dollars under a run id: evaluation gets a ledger of its own there too
+                from .annotation import build_annotator
+
+                eval_annotator = build_annotator(args, run_id=f"{run_id}-eval")
             self.annotation_services = {
-                "train": AnnotationService.from_config(args, annotator, run_id=run_id),
+                "train": AnnotationService.from_config(args, train_annotator, run_id=run_id),
                 "eval": AnnotationService.from_config(
-                    args, annotator, run_id=f"{run_id}-eval", budget=args.eval_annotation_budget
+                    args, eval_annotator, run_id=f"{run_id}-eval", budget=args.eval_annotation_budget
                 ),
             }
         self.pool_reducer = PoolReducer(args, device=self.accelerator.device)

@@ -11,6 +11,7 @@ One annotation = one (prompt, completion) score: the unit of `annotation_budget`
 Importing this package does not import torch (the model-based annotators import it when they first score).
 """
 
+from .api_judge import ApiJudgeAnnotator
 from .base import (
     PENDING,
     AnnotationError,
@@ -41,6 +42,7 @@ __all__ = [
     "AnnotationStore",
     "AnnotationsPending",
     "Annotator",
+    "ApiJudgeAnnotator",
     "BudgetExhausted",
     "DatasetScoresAnnotator",
     "HumanQueueAnnotator",

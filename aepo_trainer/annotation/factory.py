@@ -12,7 +12,7 @@ from .reward_model import RewardModelAnnotator
 __all__ = ["build_annotator"]
 
 
-def build_annotator(args, model=None, tokenizer=None):
+def build_annotator(args, model=None, tokenizer=None, run_id: str | None = None):
     """Map `args.annotator` (an `AEPOConfig` or any object with the same fields) to an annotator instance.
 
     * `'dataset_scores'`: `DatasetScoresAnnotator(args.scores_column)`.
@@ -20,6 +20,10 @@ def build_annotator(args, model=None, tokenizer=None):
       device when `model` is given (else CUDA when available).
     * `'judge'`: `PairwiseJudgeAnnotator(model, tokenizer)` — `model` is required: the policy when it is a PEFT model
       (judged with its adapter disabled, i.e. the frozen starting model), otherwise the frozen reference model.
+    * `'api_judge'`: `ApiJudgeAnnotator.from_config(args, ...)` — an LLM behind an OpenAI-compatible API, metered in
+      the annotation store (`annotation_store` or `<output_dir>/annotations.sqlite`) under `run_id` (default: the
+      trainer's `default_run_id(args)`). The server is probed here: a bad key / unknown model / wrong URL fails now,
+      before any paid call.
     * `'human'`: `HumanQueueAnnotator(args.annotation_queue or <output_dir>/annotation_queue.jsonl)`, reading the
       labelling page's answers from the run's annotation store and waiting `args.annotation_wait` seconds for them.
     """
@@ -45,6 +49,15 @@ def build_annotator(args, model=None, tokenizer=None):
                 "disabled) or the frozen reference model."
             )
         return PairwiseJudgeAnnotator(model, tokenizer=tokenizer, batch_size=batch_size, disable_adapter=True)
+    if kind == "api_judge":
+        from .api_judge import ApiJudgeAnnotator
+
+        store = getattr(args, "annotation_store", None) or os.path.join(args.output_dir, "annotations.sqlite")
+        if run_id is None:
+            from ..trainer import default_run_id
+
+            run_id = default_run_id(args)
+        return ApiJudgeAnnotator.from_config(args, store, run_id=run_id)
     if kind == "human":
         queue = getattr(args, "annotation_queue", None)
         if not queue:

@@ -30,7 +30,7 @@ from .base import AnnotationRequest, Annotator, to_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_JUDGE_TEMPLATE", "PairwiseJudgeAnnotator"]
+__all__ = ["DEFAULT_JUDGE_TEMPLATE", "PairwiseJudgeAnnotator", "debiased", "tournament_scores"]
 
 DEFAULT_JUDGE_TEMPLATE = (
     "Which is the more helpful, harmless, and honest assistant response to the user's question?\n\n"
@@ -39,6 +39,70 @@ DEFAULT_JUDGE_TEMPLATE = (
     "[Assistant B]\n{response_b}\n\n"
     "Please choose either A or B."
 )
+
+
+def debiased(q_ab: float | None, q_ba: float | None) -> float | None:
+    """`pref(a ≻ b)` from the judge's P(first wins) in both orders: `(q(a, b) + 1 − q(b, a)) / 2` (None if either is)."""
+    if q_ab is None or q_ba is None:
+        return None
+    return (q_ab + 1.0 - q_ba) / 2.0
+
+
+def tournament_scores(requests: list[AnnotationRequest], preferences) -> list[list[float | None]]:
+    """Scores of every request's completions from pairwise preferences (the rules in the module docstring).
+
+    `preferences(triples)` returns the debiased `pref(a ≻ b)` of each `(prompt, a, b)`; all matches of a round, over
+    all requests, are asked for in one call (one batch for a local model, one concurrent burst for an API). A `None`
+    preference (an unparseable verdict) makes its whole request invalid — every score None, never a silent 0.5 —
+    and ends that request's tournament.
+    """
+    state = []  # per request: alive positions, rounds survived, probability of its last match
+    for req in requests:
+        k = len(req.completions)
+        state.append({"alive": list(range(k)), "survived": [0] * k, "last": [None] * k, "invalid": False})
+    while True:
+        matches = []
+        for r, st in enumerate(state):
+            alive = st["alive"]
+            for m in range(0, len(alive) - 1, 2):
+                matches.append((r, alive[m], alive[m + 1]))
+        if not matches:
+            break
+        prefs = preferences(
+            [(requests[r].prompt, requests[r].completions[i], requests[r].completions[j]) for r, i, j in matches]
+        )
+        winners: dict[int, list[int]] = {}
+        for (r, i, j), p in zip(matches, prefs):
+            st = state[r]
+            if p is None:
+                st["invalid"] = True
+                continue
+            st["last"][i], st["last"][j] = p, 1.0 - p
+            w = i if p >= 0.5 else j  # exact tie: the earlier position wins
+            st["survived"][w] += 1
+            winners.setdefault(r, []).append(w)
+        for r, st in enumerate(state):
+            alive = st["alive"]
+            if len(alive) < 2:
+                continue
+            if st["invalid"]:
+                st["alive"] = []
+                continue
+            nxt = winners.get(r, [])
+            if len(alive) % 2 == 1:  # bye
+                st["survived"][alive[-1]] += 1
+                nxt.append(alive[-1])
+            st["alive"] = sorted(nxt)
+    out = []
+    for req, st in zip(requests, state):
+        k = len(req.completions)
+        if k < 2 or st["invalid"]:
+            out.append([None] * k)
+        elif k == 2:
+            out.append([st["last"][0], st["last"][1]])
+        else:
+            out.append([st["survived"][i] + st["last"][i] for i in range(k)])
+    return out
 
 
 class PairwiseJudgeAnnotator(Annotator):
@@ -177,47 +241,7 @@ class PairwiseJudgeAnnotator(Annotator):
     # ------------------------------------------------------------------------------------------- scoring
 
     def score(self, requests: list[AnnotationRequest]) -> list[list[float | None]]:
-        state = []  # per request: alive positions, rounds survived, probability of its last match
-        for req in requests:
-            k = len(req.completions)
-            state.append({"alive": list(range(k)), "survived": [0] * k, "last": [None] * k})
-        while True:
-            matches = []
-            for r, st in enumerate(state):
-                alive = st["alive"]
-                for m in range(0, len(alive) - 1, 2):
-                    matches.append((r, alive[m], alive[m + 1]))
-            if not matches:
-                break
-            prefs = self.preferences(
-                [(requests[r].prompt, requests[r].completions[i], requests[r].completions[j]) for r, i, j in matches]
-            )
-            winners: dict[int, list[int]] = {}
-            for (r, i, j), p in zip(matches, prefs):
-                st = state[r]
-                st["last"][i], st["last"][j] = p, 1.0 - p
-                w = i if p >= 0.5 else j  # exact tie: the earlier position wins
-                st["survived"][w] += 1
-                winners.setdefault(r, []).append(w)
-            for r, st in enumerate(state):
-                alive = st["alive"]
-                if len(alive) < 2:
-                    continue
-                nxt = winners.get(r, [])
-                if len(alive) % 2 == 1:  # bye
-                    st["survived"][alive[-1]] += 1
-                    nxt.append(alive[-1])
-                st["alive"] = sorted(nxt)
-        out = []
-        for req, st in zip(requests, state):
-            k = len(req.completions)
-            if k < 2:
-                out.append([None] * k)
-            elif k == 2:
-                out.append([st["last"][0], st["last"][1]])
-            else:
-                out.append([st["survived"][i] + st["last"][i] for i in range(k)])
-        return out
+        return tournament_scores(requests, self.preferences)
 
     def preferences(self, triples: list[tuple]) -> list[float]:
         """Debiased `pref(a ≻ b)` for each `(prompt, a, b)` (a single order when `debias=False`)."""
@@ -230,7 +254,7 @@ class PairwiseJudgeAnnotator(Annotator):
         n = len(triples)
         if not self.debias:
             return q
-        return [(q[t] + 1.0 - q[n + t]) / 2.0 for t in range(n)]
+        return [debiased(q[t], q[n + t]) for t in range(n)]
 
     def _truncate(self, text: str, limit: int | None) -> str:
         if limit is None:

@@ -201,7 +201,11 @@ class AnnotationService:
         return None if self.budget is None else max(0, self.budget - self.spent)
 
     def budget_message(self, skipped: int = 0) -> str:
-        """Human-readable account of the budget, used when it runs out."""
+        """Human-readable account of the budget, used when it runs out (an annotator with its own budget that ran
+        out — the API judge's dollars — gives its own account through an optional `budget_message()`)."""
+        own = getattr(self.annotator, "budget_message", None)
+        if callable(own) and own():
+            return own()
         if self.budget is None:
             return f"{self.spent} annotations spent for run '{self.run_id}' (no budget limit)."
         msg = (
@@ -231,6 +235,7 @@ class AnnotationService:
             if not requests[i].completions:
                 outcome.scores[i] = []
         pending: list[AnnotationsPending] = []
+        stop_message = None
         started = time.monotonic()
         while todo:
             decisions = self.store.reserve(self.run_id, [keys[i] for i in todo], self.budget, self._owner)
@@ -247,7 +252,12 @@ class AnnotationService:
                     if d.to_annotate:
                         jobs.append((i, set(d.to_annotate)))
             if jobs:
-                pending.extend(self._run_jobs(requests, keys, jobs, relative))
+                new_pending, stopped = self._run_jobs(requests, keys, jobs, relative)
+                pending.extend(new_pending)
+                if stopped is not None:  # the annotator's own (cost) budget ran out: skip everything left
+                    blocked, stop_message = stopped
+                    outcome.skipped.extend(blocked + waiting)
+                    waiting = []
             todo = waiting
             if todo:
                 if time.monotonic() - started > self.wait_timeout:
@@ -276,7 +286,7 @@ class AnnotationService:
                 outcome.invalid,
             )
         if outcome.budget_exhausted:
-            message = self.budget_message(len(outcome.skipped))
+            message = stop_message or self.budget_message(len(outcome.skipped))
             # once per service at WARNING (a trainer stops there; a CLI keeps going through the remaining prompts)
             logger.log(logging.DEBUG if self._warned_budget else logging.WARNING, message)
             self._warned_budget = True
@@ -334,9 +344,14 @@ class AnnotationService:
             batches.append(batch)
         return batches
 
-    def _run_jobs(self, requests, keys, jobs, relative) -> list[AnnotationsPending]:
+    def _run_jobs(self, requests, keys, jobs, relative):
+        """Annotate the reserved jobs batch by batch: `(pending, stopped)`, where `stopped` is None or, when the
+        annotator raised a `BudgetExhausted` carrying `partial_scores` (its own cost budget, e.g. the API judge's
+        dollars), `(request indices left unscored, message)`: the scores it did obtain are saved, the rest of this
+        call is not attempted (their charges stay in the ledger and are recovered for free later)."""
         mine = {k for _, wanted in jobs for k in wanted}  # reservations this call holds and must finish or release
         pending: list[AnnotationsPending] = []
+        stopped = None
         batches = self._batches(requests, keys, jobs, relative)
         bar = None
         if self.progress:
@@ -346,7 +361,7 @@ class AnnotationService:
                 total=sum(len(p) for b in batches for _, p in b), desc=f"annotating ({self.identity})", unit="item"
             )
         try:
-            for batch in batches:
+            for number, batch in enumerate(batches):
                 sub = [
                     AnnotationRequest(
                         requests[i].prompt,
@@ -363,6 +378,16 @@ class AnnotationService:
                     if exc.partial_scores is None:
                         raise
                     result, waiting = exc.partial_scores, exc
+                except BudgetExhausted as exc:
+                    if getattr(exc, "partial_scores", None) is None:
+                        raise
+                    result, waiting = list(exc.partial_scores), None
+                    self._check_shape(result, sub, [i for i, _ in batch], partial=True)
+                    kept = [(b, r, sc) for b, r, sc in zip(batch, sub, result) if sc is not None]
+                    blocked = [i for (i, _), sc in zip(batch, result) if sc is None]
+                    later = [i for b in batches[number + 1 :] for i, _ in b]
+                    stopped = (blocked + later, str(exc))
+                    batch, sub, result = [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
                 result = _as_lists(result)
                 self._check_shape(result, sub, [i for i, _ in batch])
                 rows, queued = [], []
@@ -393,14 +418,17 @@ class AnnotationService:
                     pending.append(waiting)
                 if bar is not None:
                     bar.update(sum(len(p) for _, p in batch))
+                if stopped is not None:
+                    break
         finally:
             if bar is not None:
                 bar.close()
             if mine:  # failed or interrupted: keep the charges, let any later call recover them for free
                 self.store.release(self.run_id, mine, self._owner)
-        return pending
+        return pending, stopped
 
-    def _check_shape(self, result, sub: list[AnnotationRequest], request_ids: list[int]) -> None:
+    def _check_shape(self, result, sub: list[AnnotationRequest], request_ids: list[int], partial=False) -> None:
+        """One score list per request, one score per completion (`partial`: a None list = not scored)."""
         name = self.identity
         if isinstance(result, (str, bytes)) or not isinstance(result, Sequence) or len(result) != len(sub):
             got = len(result) if isinstance(result, Sequence) else type(result).__name__
@@ -409,6 +437,8 @@ class AnnotationService:
                 "of scores per request."
             )
         for req, scores, i in zip(sub, result, request_ids):
+            if partial and scores is None:
+                continue
             if (
                 isinstance(scores, (str, bytes))
                 or not isinstance(scores, Sequence)

@@ -1,6 +1,6 @@
 """`AnnotationStore`: every annotation and every budget charge, persisted in one SQLite file (WAL mode).
 
-Two tables matter:
+Three tables matter:
 
 * `annotations(key, annotator, prompt, completion, score, valid, raw, run_id, created_at)` — one row per paid
   annotation, keyed by `make_key(annotator identity, prompt, completion)`. A key present here is never paid again, by
@@ -12,6 +12,11 @@ Two tables matter:
   queue. `runs.spent` counts the rows. Because the check and the charge are one write transaction, several processes
   sharing the file and the run id never exceed the budget together; because the charge survives a crash, a retry
   re-annotates the reserved key without charging it again.
+* `usage(run_id, key, model, endpoint, status, reserved_cost, cost, prompt_tokens, completion_tokens, response, ...)`
+  — the money ledger of LLM API calls (`aepo_trainer.generation.ledger.UsageLedger` reads and writes it): one row per
+  HTTP attempt that may cost money, reserved at an upper bound before the call and settled with the server's usage
+  after it; the response is kept, so a completed call is never paid twice. Added in schema version 2; a version-1
+  store is upgraded in place when opened (its other tables are unchanged).
 
 The file must live on a local disk (SQLite WAL needs shared memory: processes on one machine, e.g. `accelerate`
 workers; not NFS). Connections are opened lazily per process and thread, so a store object survives `fork`.
@@ -32,7 +37,9 @@ from pathlib import Path
 
 __all__ = ["AnnotationStore", "AnnotationStoreError", "Reservation", "StoredAnnotation"]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+#: Versions this code upgrades in place when it opens a store (version 1 had no `usage` table: adding it is enough).
+_UPGRADABLE = {"1"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,6 +71,27 @@ CREATE TABLE IF NOT EXISTS runs (
     budget INTEGER,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS usage (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    model TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reserved_cost REAL NOT NULL,
+    cost REAL NOT NULL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    response TEXT,
+    error TEXT,
+    owner TEXT,
+    pid INTEGER,
+    host TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_key ON usage (key, status);
+CREATE INDEX IF NOT EXISTS usage_run ON usage (run_id, status);
 """
 
 _HOST = socket.gethostname()
@@ -152,6 +180,9 @@ class AnnotationStore:
                         conn.execute(statement)
                 conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
                 version = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()[0]
+                if version in _UPGRADABLE:  # the schema above already created what is new; record the upgrade
+                    conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (SCHEMA_VERSION,))
+                    version = SCHEMA_VERSION
         except sqlite3.Error as error:
             self.close()
             raise _store_error(self.path, error, self.timeout) from error

@@ -17,6 +17,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_INTERRUPTED, CLIError
 COMMANDS = {
     "generate": "Sample N completions per prompt from a causal LM into a pool dataset (resumable).",
     "select": "Pools -> embed -> select k -> annotate -> pair: a prompt/chosen/rejected dataset (resumable).",
+    "safer-instruct": "Safer-Instruct: preference pairs and pools from raw texts (reverse-sft, induce, filter, respond).",
     "stats": "Annotation cost, coverage and representativeness/diversity of each selection strategy; a plot.",
     "label": "Serve a web page where people label a human annotation queue (labellers, agreement, tokens).",
     "train": "Train a policy with AEPOTrainer from a YAML config, like `trl dpo --config` (TrlParser flags).",
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0]
     try:
         with tqdm_aware_logging():
-            module = importlib.import_module(f"aepo_trainer.cli.{command}")
+            module = importlib.import_module(f"aepo_trainer.cli.{command.replace('-', '_')}")
             return module.main(argv[1:])
     except SystemExit as exit_:  # argparse: --help (0) and usage errors (2)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)

@@ -1,6 +1,7 @@
 """`aepo generate`: sample N completions per prompt from a causal LM and write a pool dataset.
 
-Batched `transformers` generation (or vLLM with `--backend vllm`), sampling options, chat templates for conversational
+Batched `transformers` generation (or vLLM with `--backend vllm`, or any OpenAI-compatible server with
+`--backend openai`: `vllm serve`, Ollama, the OpenAI API — see docs/llm-services.md), sampling options, chat templates for conversational
 prompts. Resumable: finished prompt batches are appended to a JSON Lines file as they complete (the output itself when
 it is `.jsonl`, else `<output>.partial.jsonl`, converted at the end); a rerun of the same command skips the prompts
 already there. Each batch is sampled with its own seed, derived from `--seed` and the batch's position, so a resumed
@@ -14,6 +15,8 @@ import os
 import sys
 from collections import Counter
 
+from aepo_trainer.choices import GENERATE_BACKENDS
+
 from .args import ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, parse_with_yaml
 from .errors import EXIT_OK, InputError
 
@@ -25,6 +28,8 @@ examples:
       --num_completions 8 --temperature 0.8 --max_new_tokens 512
   aepo generate --model ./my-sft-model --input HuggingFaceH4/ultrafeedback_binarized --split train_prefs \\
       --output pools.jsonl --backend vllm
+  aepo generate --backend openai --api_base http://localhost:8000/v1 --model Qwen/Qwen2.5-7B-Instruct \\
+      --input prompts.jsonl --output pools.jsonl --num_completions 8 --batch_size 64 --api_concurrency 32
 
 The input needs a prompt column (a string, or a list of chat messages). Every input column is kept; the
 completions are added as a list. Rerun the same command after an interruption: finished prompts are skipped.
@@ -85,9 +90,11 @@ def build_parser(prog: str = "aepo generate") -> ArgumentParser:
     )
     gen.add_argument(
         "--backend",
-        choices=["auto", "transformers", "vllm"],
+        choices=list(GENERATE_BACKENDS),
         default="auto",
-        help="'auto' uses vLLM when it is installed and a GPU is present, else transformers.",
+        help="'auto' uses vLLM when it is installed and a GPU is present, else transformers. 'openai': an "
+        "OpenAI-compatible server at --api_base (the model is the server's model name; --top_k is sent as an "
+        "extra field, which vLLM understands and the OpenAI API refuses).",
     )
     gen.add_argument("--device", default="auto", help="Device for transformers ('auto': cuda when available).")
     gen.add_argument(
@@ -102,6 +109,38 @@ def build_parser(prog: str = "aepo generate") -> ArgumentParser:
         action="store_true",
         help="Discard an existing output (and its partial file) and sample again, e.g. after changing a sampling "
         "setting; without it a rerun with other settings than the recorded ones is refused.",
+    )
+    api = parser.add_argument_group("OpenAI-compatible server (--backend openai)")
+    api.add_argument(
+        "--api_base", default="http://localhost:8000/v1", help="Base URL of the server (usually ends in /v1)."
+    )
+    api.add_argument(
+        "--api_key_env", default="OPENAI_API_KEY", help="Environment variable holding the API key (never logged)."
+    )
+    api.add_argument(
+        "--api_endpoint",
+        choices=["chat", "completions"],
+        default="chat",
+        help="'chat' (/chat/completions: the server applies the chat template) or 'completions' (/completions: "
+        "plain-text prompts sent as they are).",
+    )
+    add_config_flags(
+        parser,
+        names={
+            "api_concurrency",
+            "api_requests_per_minute",
+            "api_tokens_per_minute",
+            "api_timeout",
+            "api_max_retries",
+            "api_prices",
+            "annotation_cost_budget",
+            "annotation_store",
+        },
+        title="API limits, prices and ledger (--backend openai; AEPOConfig fields)",
+        notes={
+            "annotation_store": "Here: where every call's usage and response is recorded (a rerun pays no completed "
+            "call again); default `<output>.api.sqlite`."
+        },
     )
     return parser
 
@@ -264,6 +303,10 @@ def _check_args(args) -> None:
         raise InputError("--temperature must be >= 0, --top_p in (0, 1] and --top_k >= 0")
     if args.max_prompts is not None and args.max_prompts < 0:
         raise InputError(f"--max_prompts must be >= 0, got {args.max_prompts}")
+    if args.backend == "openai":
+        from .args import build_config
+
+        build_config(args, output_dir=os.path.dirname(os.path.abspath(args.output)))  # AEPOConfig's validation
 
 
 def _check_prompts(rows: list[dict], args) -> None:
@@ -310,6 +353,10 @@ def _make_sampler(args):
         import torch
 
         backend = "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "transformers"
+    if backend == "openai":
+        from .generate_api import OpenAISampler
+
+        return OpenAISampler(args)
     return _VLLMSampler(args) if backend == "vllm" else _TransformersSampler(args)
 
 

@@ -1,6 +1,7 @@
 """`aepo select`: pools -> embed -> select k -> annotate -> pair -> a prompt/chosen/rejected dataset.
 
-Each chunk of `--batch_size` prompts goes through `PoolReducer.reduce`, the same function the trainer's collator calls
+Each chunk of `--batch_size` prompts (`--active_batch_size` for the active strategies, whose reward surrogate learns
+from each chunk's labels before the next chunk is selected) goes through `PoolReducer.reduce`, the same function the trainer's collator calls
 on every batch, so the pairs written here are exactly those `AEPOTrainer` would form on the fly for the same seed and
 settings. Every annotation is saved in the annotation store (default `<output>.annotations.sqlite`) before it is
 used; an interrupted run is resumed by running the same command again, and nothing in the store is paid twice. The
@@ -32,7 +33,12 @@ examples:
   aepo select --input pools.jsonl --output pairs.jsonl --annotation_budget 500 --dry-run
   aepo select --config select.yaml --output pairs.jsonl   # YAML keys = flag names
 
-Resume: rerun the same command after an interruption; annotations in the store are reused for free.
+  aepo select --input pools.jsonl --output pairs.jsonl --selection_strategy delta_ucb --annotation_budget 800
+
+Resume: rerun the same command after an interruption; annotations in the store are reused for free. Active
+strategies replay the stored labels batch by batch, so a resumed run selects (and writes) exactly the same pairs;
+their learning curve (the surrogate's accuracy on each batch before it saw its labels) goes to
+<output>.surrogate.jsonl.
 Exit codes: 0 ok, 2 bad input, 3 budget exhausted (pairs annotated so far written), 4 human labels pending.
 """
 
@@ -97,12 +103,6 @@ def build_parser(prog: str = "aepo select") -> ArgumentParser:
         "command resumes the same budget).",
     )
     run.add_argument(
-        "--judge_model",
-        default=None,
-        help="Causal LM (path or Hub id) judging pairs with --annotator judge (SELF-JUDGE: the frozen "
-        "starting policy).",
-    )
-    run.add_argument(
         "--device", default=None, help="Device for embedding and selection (default: cuda if available, else cpu)."
     )
     run.add_argument(
@@ -124,6 +124,8 @@ def build_parser(prog: str = "aepo select") -> ArgumentParser:
             "written and the exit code is 3; rerun with a larger budget to continue.",
             "annotation_store": "In `aepo select`: defaults to `<output>.annotations.sqlite`.",
             "annotation_queue": "In `aepo select`: defaults to `<output>.annotation_queue.jsonl`.",
+            "judge_model": "In `aepo select --annotator judge`: the causal LM (path or Hub id) judging pairs "
+            "(SELF-JUDGE: the frozen starting policy).",
         },
     )
     return parser
@@ -148,11 +150,15 @@ def main(argv: list[str]) -> int:
         annotation_wait=args.wait if args.wait is not None else args.annotation_wait,
     )
     from aepo_trainer.annotation import AnnotationService, build_annotator
+    from aepo_trainer.generation import ApiConfigError
     from aepo_trainer.reduction import PoolReducer
 
-    try:  # models are loaded lazily, on the first annotation
-        annotator = build_annotator(config, model=args.judge_model if config.annotator == "judge" else None)
-    except ValueError as error:
+    run_id = args.run_id or f"aepo-select:{output}"
+    try:  # models are loaded lazily, on the first annotation; an API judge is probed now (free)
+        annotator = build_annotator(
+            config, model=config.judge_model if config.annotator == "judge" else None, run_id=run_id
+        )
+    except (ValueError, ApiConfigError) as error:
         raise InputError(
             f"{error} (with --annotator judge, pass --judge_model)" if config.annotator == "judge" else str(error)
         ) from None
@@ -196,8 +202,11 @@ def main(argv: list[str]) -> int:
     timings["embed"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pairs, totals, pending = reduce_all(rows, embeddings, reducer, args.batch_size)
+    size = config.active_batch_size if config.uses_active_selection else args.batch_size
+    pairs, totals, pending = reduce_all(rows, embeddings, reducer, size)
     timings["select+annotate+pair"] = time.perf_counter() - t
+    if reducer.active is not None:
+        write_learning_curve(reducer.active, f"{output}.surrogate.jsonl")
 
     t = time.perf_counter()
     from aepo_trainer.provenance import write_dataset_card
@@ -206,6 +215,14 @@ def main(argv: list[str]) -> int:
 
     if pending:  # a human queue: every batch queued its items; nothing is written until all labels are in
         print(summary(totals, service, timings, started, written=None), file=sys.stderr)
+        if reducer.active is not None:
+            print(
+                f"aepo select: --selection_strategy {config.selection_strategy} learns from the labels of each batch "
+                f"before selecting the next, so it stopped at the first batch whose labels are pending "
+                f"({int(totals['prompts'])} prompts selected so far); later batches are selected once these labels "
+                "are in.",
+                file=sys.stderr,
+            )
         print(
             f"aepo select: {sum(p.pending for p in pending)} annotation(s) are waiting for labels in "
             f'{pending[0].queue_path}; write them to {pending[0].labels_path} (lines {{"id": ..., "score": '
@@ -221,6 +238,8 @@ def main(argv: list[str]) -> int:
     if args.push_to_hub:
         push_to_hub(pairs, args.push_to_hub, private=args.hub_private, card=card)
     print(summary(totals, service, timings, started, written=f"{len(pairs)} pairs -> {args.output}"), file=sys.stderr)
+    if reducer.active is not None:
+        print(active_summary(reducer.active, f"{output}.surrogate.jsonl"), file=sys.stderr)
     if totals["prompts_skipped"]:
         print(f"aepo select: {service.budget_message(int(totals['prompts_skipped']))}", file=sys.stderr)
         return EXIT_BUDGET_EXHAUSTED
@@ -362,6 +381,13 @@ def reduce_all(rows, embeddings, reducer, size: int):
         if reduced.pending is not None:
             pending.append(reduced.pending)
         out.extend(pair_rows(batch_rows, reduced, config))
+        if reduced.active is not None and reduced.active.pairs_evaluated:
+            q = reduced.active
+            bar.write(
+                f"batch {q.batch}: surrogate before its labels: Spearman {q.spearman:.3f}, pairwise accuracy "
+                f"{q.pairwise_accuracy:.3f} ({q.pairs_evaluated} pairs); now fitted on {q.labels_after} labels",
+                file=sys.stderr,
+            )
         bar.set_postfix(
             paid=int(totals["annotations_paid"]),
             reused=int(totals["annotations_reused"]),
@@ -369,8 +395,35 @@ def reduce_all(rows, embeddings, reducer, size: int):
             refresh=False,
         )
         bar.update(len(batch_rows))
+        if reduced.pending is not None and reducer.active is not None:
+            break  # the next batch's selection needs these labels: selecting it now would queue the wrong items
     bar.close()
     return out, totals, pending
+
+
+def write_learning_curve(selector, path: str) -> None:
+    """One JSON line per batch: the surrogate's quality on the batch's labels before it saw them (atomic write)."""
+    import json
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for quality in selector.history:
+            f.write(json.dumps(quality.to_dict(), allow_nan=True) + "\n")
+    os.replace(tmp, path)
+
+
+def active_summary(selector, path: str) -> str:
+    """The learning curve in two lines: labels learned from, and the pooled accuracy on batches before their labels."""
+    scored = [q for q in selector.history if q.pairs_evaluated]
+    pairs = sum(q.pairs_evaluated for q in scored)
+    accuracy = sum(q.pairwise_accuracy * q.pairs_evaluated for q in scored) / pairs if pairs else float("nan")
+    cold = sum(q.cold_start for q in selector.history)
+    return (
+        f"active selection ({selector.strategy}): surrogate fitted on {len(selector.surrogate)} labels "
+        f"({selector.invalid_labels} invalid, never used); {cold} of {len(selector.history)} batches selected by the "
+        f"cold start ({selector.cold_start}); pairwise accuracy on new batches before their labels {accuracy:.3f} "
+        f"over {pairs} pairs; learning curve -> {path}"
+    )
 
 
 def pair_rows(rows: list[dict], reduced, config) -> list[dict]:
@@ -447,6 +500,12 @@ def report_dry_run(rows, embeddings, reducer, service, size: int, store_path: st
             per_prompt_cost.append(prompt_needed - prompt_stored)
     to_pay = needed - stored
     remaining = service.remaining
+    if reducer.active is not None:
+        print(
+            f"note: --selection_strategy {config.selection_strategy} chooses each batch from the labels of the "
+            f"earlier ones; without labels this dry run selects every batch by the cold start "
+            f"({config.active_cold_start}), so 'already in the store' is an estimate (the counts per prompt are exact)."
+        )
     per_prompt = "N" if config.selection_strategy == "west_of_n" else config.num_annotations
     lines = [
         f"dry run: {len(rows)} prompts, annotator {service.identity}, store {store_path or service.store.path} "

@@ -6,9 +6,17 @@ diversity of the selected subsets and, when the file has a scores column, the me
 candidates' scores. Selections are made by `PoolReducer.select`, exactly as `aepo select` and the trainer make them.
 Nothing is annotated; the scores column is only read.
 
+The active strategies (which learn from paid labels) are simulated with the scores column as the annotator, in
+batches of `--active_batch_size`: the table adds the surrogate's pairwise accuracy on each batch BEFORE it saw the
+batch's labels, and `--plot` adds that learning curve.
+
 `--labels STORE` also (or, without `--input`, only) reports the labelling page's answers in a store: items answered
 and finished, and the labellers' agreement (Krippendorff's alpha overall and per labeller, see
 `aepo_trainer.labelling.agreement`).
+
+With `--annotation_store`, also the money: the tokens and dollars every LLM API call recorded in that store cost,
+per run and model (the `usage` ledger the API judge and `aepo generate --backend openai` write); `--input` may then
+be left out.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import math
 import os
 import sys
 
+from aepo_trainer.choices import ACTIVE_STRATEGIES
 from aepo_trainer.choices import SELECTION_STRATEGIES as STRATEGIES
 
 from .args import ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, build_config, parse_with_yaml
@@ -34,7 +43,9 @@ examples:
   aepo stats --input pools.jsonl.gz --plot stats.png
   aepo stats --input pools.jsonl --num_annotations 2 3 4 8 --annotation_budget 1000 --json stats.json
   aepo stats --input pools.jsonl --strategies aepo random --diversity_weight 0.5 1
+  aepo stats --input pools.jsonl --strategies random delta_ucb ucb_random --num_annotations 2 --plot curve.png
   aepo stats --labels pairs.jsonl.annotations.sqlite     # the labelling page's answers and agreement
+  aepo stats --annotation_store out/annotations.sqlite          # tokens and cost of the API calls
 """
 
 
@@ -51,6 +62,14 @@ _SELECTION_FIELDS = {
     "scores_column",
     "embeddings_column",
     "annotation_budget",
+    "annotation_store",
+    "active_warmup_annotations",
+    "active_cold_start",
+    "active_exploration",
+    "active_quality_weight",
+    "active_batch_size",
+    "active_prior_precision",
+    "active_noise_precision",
 }
 
 
@@ -59,7 +78,9 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
     add_yaml_flag(parser)
     io = parser.add_argument_group("data")
     io.add_argument(
-        "--input", default=None, help="Pool dataset (same formats as `aepo select --input`); required unless --labels."
+        "--input",
+        default=None,
+        help="Pool dataset (same formats as `aepo select --input`); required unless --labels or --annotation_store.",
     )
     io.add_argument(
         "--labels",
@@ -85,9 +106,10 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
         "--strategies",
         nargs="+",
         choices=STRATEGIES,
-        default=list(STRATEGIES),
+        default=[s for s in STRATEGIES if s not in ACTIVE_STRATEGIES],
         metavar="STRATEGY",
-        help=f"Strategies to compare, among {', '.join(STRATEGIES)}.",
+        help=f"Strategies to compare, among {', '.join(STRATEGIES)} (the active ones — "
+        f"{', '.join(ACTIVE_STRATEGIES)} — are simulated with the scores column as annotator).",
     )
     run.add_argument("--batch_size", type=int, default=256, help="Prompts per selection call.")
     run.add_argument(
@@ -110,6 +132,10 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
                 help="Report how many prompts this many annotations cover, per strategy and k "
                 "(prompts are covered whole, in file order)."
             ),
+            "annotation_store": dict(
+                help="Report the tokens and dollars of the LLM API calls recorded in this annotation store, per run "
+                "and model (completed calls, failed and unknown-outcome attempts)."
+            ),
         },
     )
     return parser
@@ -117,16 +143,18 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parse_with_yaml(build_parser(), argv)
-    if args.input is None and args.labels is None:
-        raise InputError("pass --input (a pool dataset), --labels (an annotation store), or both")
+    if args.input is None and args.labels is None and args.annotation_store is None:
+        raise InputError("pass --input (a pool dataset), --labels or --annotation_store (an annotation store), or both")
+    if args.annotation_store is not None:
+        print(usage_report(args.annotation_store))
     if args.labels is not None:
         from aepo_trainer.labelling.summary import format_labelling_summary, labelling_summary
 
         if not os.path.exists(args.labels):
             raise InputError(f"--labels {args.labels}: no such file")
         print(format_labelling_summary(labelling_summary(args.labels), args.labels))
-        if args.input is None:
-            return EXIT_OK
+    if args.input is None:
+        return EXIT_OK
     ks = sorted(set(args.num_annotations))
     if min(ks) < 2 or args.batch_size < 1 or any(w < 0 or not math.isfinite(w) for w in args.diversity_weight):
         raise InputError(
@@ -145,11 +173,25 @@ def main(argv: list[str]) -> int:
         rows = rows[: args.max_prompts]
     check_pools(rows, config, args.input, need_scores=False, paid=False)
     has_scores = all(isinstance(r.get(config.scores_column), list) for r in rows)
+    active = [s for s in args.strategies if s in ACTIVE_STRATEGIES]
+    if active and not has_scores:
+        raise InputError(
+            f"--strategies {' '.join(active)}: these strategies learn from labels; `aepo stats` simulates them with "
+            f"the {config.scores_column!r} column as the annotator, which {args.input} does not have in every row "
+            "(run `aepo select` with your annotator instead)"
+        )
     pool_sizes = [len(r[config.completions_column]) for r in rows]
 
     embeddings = pool_embeddings(rows, config, device=args.device)
     records = compute(rows, embeddings, config, args, ks, has_scores, pool_sizes)
     print(format_table(records, args.annotation_budget, len(rows), has_scores))
+    for record in records:
+        for q in record.get("learning_curve", []):
+            if q["pairs_evaluated"]:
+                print(
+                    f"{record['strategy']} k={record['k']} batch {q['batch']}: trained on {q['labels_before']} labels, "
+                    f"pairwise accuracy {q['pairwise_accuracy']:.3f}, Spearman {q['spearman']:.3f} on its new labels"
+                )
     per_prompt = {(r["strategy"], r["k"]): r.pop("_per_prompt") for r in records}
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
@@ -163,6 +205,44 @@ def main(argv: list[str]) -> int:
         plot(records, args.plot, args.input, len(rows), max(pool_sizes), args.annotation_budget, has_scores)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return EXIT_OK
+
+
+def usage_report(path: str) -> str:
+    """The API usage table of an annotation store: calls, tokens and dollars per (run, model), and the total."""
+    import os
+
+    from aepo_trainer.generation.ledger import summary
+
+    if not os.path.exists(path):
+        raise InputError(f"--annotation_store {path!r}: no such file")
+    rows = summary(path)
+    if not rows:
+        return f"{path}: no API calls recorded"
+    total = {k: sum(r[k] for r in rows) for k in ("calls", "failed", "unknown", "prompt_tokens", "completion_tokens")}
+    total["cost"] = sum(r["cost"] for r in rows)
+    rows = rows + [{"run_id": "total", "model": "", **total}]
+    header = ("run", "model", "calls", "failed", "unknown", "prompt tokens", "completion tokens", "cost ($)")
+    cells = [
+        (
+            r["run_id"],
+            r["model"],
+            str(r["calls"]),
+            str(r["failed"]),
+            str(r["unknown"]),
+            str(r["prompt_tokens"]),
+            str(r["completion_tokens"]),
+            f"{r['cost']:.6f}",
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+
+    def line(c):
+        return "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths)))
+
+    lines = [f"API usage recorded in {path} (unknown = timed out / dropped: charged at its upper bound)", line(header)]
+    lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines + [line(c) for c in cells])
 
 
 def _variants(args, ks, pool_sizes):
@@ -209,13 +289,15 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
         variant.diversity_weight = weight
         variant.num_annotations = k if k is not None else 2
         reducer = PoolReducer(variant, service=None, device=args.device)
+        size = variant.active_batch_size if reducer.active is not None else args.batch_size
         subsets, rep, div = [], [], []
-        for start in range(0, len(rows), args.batch_size):
-            batch_rows, tensor, mask = batch_inputs(
-                rows, embeddings, start, start + args.batch_size, config.embeddings_column
-            )
+        for start in range(0, len(rows), size):
+            batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + size, config.embeddings_column)
             selected = reducer.select(batch_rows, tensor, mask)
-            selection, batch_subsets = selected.selection, selected.subsets
+            selection, batch_subsets, keys = selected.selection, selected.subsets, selected.keys
+            if reducer.active is not None:  # the scores column plays the annotator
+                labels = [[row[config.scores_column][i] for i in sub] for row, sub in zip(batch_rows, batch_subsets)]
+                reducer.active.observe(batch_rows, tensor, mask, keys, batch_subsets, labels)
             subsets.extend(batch_subsets)
             rep.extend(selection.representativeness.float().cpu().tolist())
             div.extend(selection.diversity.float().cpu().tolist())
@@ -241,6 +323,15 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
                     worst.append(min(values))
             record.update(best=_mean(best), worst=_mean(worst), gap=_mean([b - w for b, w in zip(best, worst)]))
             record["_per_prompt"].update(best=best, worst=worst)
+        if reducer.active is not None:
+            curve = [q.to_dict() for q in reducer.active.history]
+            pairs = sum(q["pairs_evaluated"] for q in curve)
+            record["pairwise_accuracy"] = (
+                sum(q["pairwise_accuracy"] * q["pairs_evaluated"] for q in curve if q["pairs_evaluated"]) / pairs
+                if pairs
+                else float("nan")
+            )
+            record["learning_curve"] = curve
         records.append(record)
     bar.close()
     return records
@@ -258,7 +349,9 @@ def format_table(records: list[dict], budget, prompts: int, has_scores: bool) ->
     columns += [("representativeness", "representativeness", "{:.4f}"), ("diversity", "diversity", "{:.4f}")]
     if has_scores:
         columns += [("best", "best score", "{:.3f}"), ("worst", "worst score", "{:.3f}"), ("gap", "gap", "{:.3f}")]
-    cells = [[fmt.format(r[key]) for key, _, fmt in columns] for r in records]
+    if any("pairwise_accuracy" in r for r in records):
+        columns.append(("pairwise_accuracy", "pairwise acc.", "{:.3f}"))
+    cells = [[fmt.format(r.get(key, float("nan"))) if key in r else "–" for key, _, fmt in columns] for r in records]
     widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (_, title, _) in enumerate(columns)]
     lines = [
         "  ".join(
@@ -277,7 +370,8 @@ def plot(records, path, source, prompts, n_max, budget, has_scores) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = 3 if has_scores else 2
+    curves = [r for r in records if r.get("learning_curve")]
+    panels = (3 if has_scores else 2) + bool(curves)
     fig, axes = plt.subplots(1, panels, figsize=(5.6 * panels, 5.6), constrained_layout=True)
     labels = list(dict.fromkeys(r["strategy"] for r in records if r["k"] != "N"))
     colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
@@ -371,6 +465,19 @@ def plot(records, path, source, prompts, n_max, budget, has_scores) -> None:
         ax.set_title("Preference signal of the pairs (scores column)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    # 4. active strategies: the surrogate's accuracy on each new batch before it saw the batch's labels
+    if curves:
+        ax = axes[-1]
+        for r in curves:
+            points = [(q["labels_before"], q["pairwise_accuracy"]) for q in r["learning_curve"] if q["pairs_evaluated"]]
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"{r['strategy']} (k = {r['k']})")
+        ax.axhline(0.5, color="gray", linestyle=":", label="chance")
+        ax.set_xlabel("labels the surrogate was fitted on")
+        ax.set_ylabel("pairwise accuracy on the next batch's labels")
+        ax.set_title("Learning curve of the reward surrogate")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.suptitle(f"aepo stats — {source} ({prompts} prompts, N ≤ {n_max})", fontsize=11)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -5,13 +5,27 @@
 * `search.py`: the batched searches behind it (exact k = 2, greedy + seeded local search, exhaustive) and the
   counter-based hash that makes every random choice reproducible.
 * `keys.py`: `prompt_key`, the per-prompt key of every random choice.
+* `surrogate.py`, `acquisitions.py`, `active.py`: active selection that learns from the paid labels — a Bayesian
+  linear reward surrogate, the batched acquisitions (DeltaUCB, Thompson sampling, MaxMinLCB, InfoMax, ...) and the
+  stateful `ActiveSelector` that alternates `select` and `observe`.
 """
 
 from __future__ import annotations
 
 from ..choices import SELECTION_SEARCHES as SEARCHES
 from ..choices import SELECTION_STRATEGIES as STRATEGIES
+from .active import ActiveSelector, BatchQuality
 from .kernel import SelectionResult, select_subsets
 from .keys import prompt_key
+from .surrogate import BayesianLinearSurrogate
 
-__all__ = ["SEARCHES", "STRATEGIES", "SelectionResult", "prompt_key", "select_subsets"]
+__all__ = [
+    "SEARCHES",
+    "STRATEGIES",
+    "ActiveSelector",
+    "BatchQuality",
+    "BayesianLinearSurrogate",
+    "SelectionResult",
+    "prompt_key",
+    "select_subsets",
+]

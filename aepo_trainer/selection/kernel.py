@@ -24,6 +24,7 @@ from . import search as _search
 
 __all__ = ["SEARCHES", "STRATEGIES", "SelectionResult", "select_subsets"]
 
+from ..choices import ACTIVE_STRATEGIES
 from ..choices import SELECTION_SEARCHES as SEARCHES
 from ..choices import SELECTION_STRATEGIES as STRATEGIES
 
@@ -81,6 +82,7 @@ def select_subsets(
     exhaustive_limit: int = DEFAULT_EXHAUSTIVE_LIMIT,
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
     compile: bool | None = None,
+    quality: torch.Tensor | None = None,
 ) -> SelectionResult:
     """Select k candidates per prompt from a batch of candidate pools.
 
@@ -102,6 +104,9 @@ def select_subsets(
         max_chunk_bytes: bound on the temporary memory; prompts are processed in chunks that fit in it.
         compile: fuse the k = 2 pair kernel with `torch.compile` (None: the `AEPO_SELECTION_COMPILE` environment
             variable, default off); any compilation failure falls back to eager.
+        quality: optional float [B, N] per-candidate term q_i added to the objective as (1/k) sum_{i in S} q_i (the
+            active `aepo_ucb` strategy passes gamma * UCB_i); `objective` then includes it, `representativeness` does
+            not. Only for "aepo" and "representativeness".
 
     Returns:
         `SelectionResult`; `indices` are sorted ascending within each row.
@@ -120,6 +125,14 @@ def select_subsets(
         max_chunk_bytes,
     )
     B, N, D = E.shape
+    if quality is not None:
+        if strategy not in ("aepo", "representativeness"):
+            _fail(f"quality is only supported by the 'aepo' and 'representativeness' strategies, not {strategy!r}")
+        if not isinstance(quality, torch.Tensor) or tuple(quality.shape) != (B, N):
+            _fail(f"quality must be a tensor of shape [B, N] = {[B, N]}, got {getattr(quality, 'shape', quality)}")
+        if not bool(torch.isfinite(quality[mask.to(quality.device)]).all()):
+            _fail("quality has non-finite values on valid candidates")
+        quality = quality.masked_fill(~mask.to(quality.device), 0.0)  # padding never reaches the searches' argmax
     dev = E.device
     west = strategy == "west_of_n"
     if B == 0:
@@ -139,6 +152,7 @@ def select_subsets(
         msk, cnt = mask[start:stop], counts[start:stop]
         padded = min(cnt) < N
         M, rep = _similarities(E[start:stop], msk, cnt, start, padded)
+        rep_obj = rep if quality is None else rep + quality[start:stop].to(device=dev, dtype=rep.dtype)
         if west:
             idx, ok, obj, repr_, pair = _west_of_n(M, rep, msk, cnt, lam)
         else:
@@ -148,7 +162,7 @@ def select_subsets(
             idx = _select(
                 method,
                 M,
-                rep,
+                rep_obj,
                 msk,
                 cnt,
                 padded,
@@ -162,6 +176,8 @@ def select_subsets(
                 use_compile,
             )
             obj, repr_, pair = _search.subset_scores(M, rep, idx, lam)
+            if quality is not None:
+                obj = obj + (rep_obj - rep).gather(1, idx).sum(1) / k
             ok = None
         parts.append((idx, obj.float(), repr_.float(), (1.0 - pair).float(), ok))
         del M, rep
@@ -190,6 +206,11 @@ def _validate(embeddings, k, lam, mask, strategy, seed, row_keys, search, rounds
     B, N, D = embeddings.shape
     if D == 0:
         _fail("embeddings have dimension D=0")
+    if strategy in ACTIVE_STRATEGIES:
+        _fail(
+            f"strategy {strategy!r} learns from paid labels and needs a reward surrogate; select with "
+            "`aepo_trainer.selection.ActiveSelector` (PoolReducer and `aepo select` do so automatically)"
+        )
     if strategy not in STRATEGIES:
         _fail(f"unknown strategy {strategy!r}; expected one of {', '.join(map(repr, STRATEGIES))}")
     if search not in SEARCHES:
