@@ -40,10 +40,12 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
     service = trainer.annotation_services.get(mode) if trainer.annotation_services else None
     device = trainer.accelerator.device
 
+    learn = mode == "train"  # active strategies learn from training labels only; evaluation selects the same each time
+    known = reducer.active.surrogate.keys() if learn and reducer.active is not None else None
     picks, requests, sizes = [], [], []
     for batch in batches:
         rows = batch[POOL_ROWS]
-        selected = reducer.select(rows, batch["pool_embeddings"].to(device), batch["pool_mask"].to(device))
+        selected = reducer.select(rows, batch["pool_embeddings"].to(device), batch["pool_mask"].to(device), learn=learn)
         batch_requests = reducer.requests(rows, selected)
         picks.append(selected)
         requests.extend(batch_requests)
@@ -52,9 +54,11 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
 
     include_unpaired = bool(args.rpo_loss_types)
     trl_types = [t for t in trainer.loss_types if t not in args.rpo_loss_types]
-    out, stats, terms = [], [], []
+    out, stats, terms, qualities = [], [], [], []
     for batch, selected, part in zip(batches, picks, split_reply(reply, sizes)):
         reduced = reducer.finish(batch[POOL_ROWS], selected, part)
+        if reduced.active is not None:
+            qualities.append(reduced.active)
         group = build_group_batch(
             batch,
             reduced,
@@ -78,6 +82,9 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
     for group in out:
         group[STEP_PAIRS] = step_terms
     summary = record_stats(trainer, mode, _sum_stats(stats), step_terms)
+    if known is not None:
+        share_active_labels(trainer, known)
+        record_active_quality(trainer, qualities)
     if mode == "train":
         trainer._aepo_after_annotation(reply, summary)
     return out
@@ -127,3 +134,28 @@ def record_stats(trainer, mode: str, stats: torch.Tensor | None, step_terms: int
         "pairs": pairs,
         "budget_left": math.nan if torch.isnan(budget_left).all() else float(budget_left.nan_to_num(math.inf).min()),
     }
+
+
+def share_active_labels(trainer, known: set) -> None:
+    """Every rank learns the labels the other ranks paid for in this step, so that all ranks hold the same surrogate
+    (its fit depends only on the set of labels) and select alike in the next step."""
+    if trainer.accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+
+    active = trainer.pool_reducer.active
+    mine = active.surrogate.export(active.surrogate.keys() - known)
+    everyone = gather_object([mine])
+    active.absorb([item for part in everyone for item in part])
+
+
+def record_active_quality(trainer, qualities: list) -> None:
+    """The learning curve, logged: how the surrogate ranked this step's labels BEFORE it saw them."""
+    m = trainer._metrics["train"]
+    active = trainer.pool_reducer.active
+    m["aepo/active_labels"] = [float(len(active.surrogate))]
+    m["aepo/active_cold_start"].append(float(active.cold))
+    for name in ("spearman", "pairwise_accuracy"):
+        values = [getattr(q, name) for q in qualities if not math.isnan(getattr(q, name))]
+        if values:
+            m[f"aepo/active_{name}"].append(sum(values) / len(values))

@@ -118,14 +118,21 @@ class PoolReducer:
 
     # ------------------------------------------------------------------------------------------------ 1. select
 
-    def select(self, rows: list[dict], embeddings: torch.Tensor, mask: torch.Tensor | None = None) -> Selected:
-        """k of N per row, batched on `self.device` (or the embeddings' device)."""
+    def select(
+        self, rows: list[dict], embeddings: torch.Tensor, mask: torch.Tensor | None = None, *, learn: bool = True
+    ) -> Selected:
+        """k of N per row, batched on `self.device` (or the embeddings' device).
+
+        With an active strategy, `learn=False` selects with its embedding-only cold-start strategy and `finish` then
+        teaches the surrogate nothing: evaluation uses it, so that every evaluation selects the same candidates.
+        """
         from .selection import select_subsets
 
         args = self.args
         device = self.device or embeddings.device
         keys = [prompt_key(row["prompt"]) for row in rows]
-        if self.active is not None:
+        strategy = args.selection_strategy if self.active is None else args.active_cold_start
+        if self.active is not None and learn:
             pools = (embeddings.to(device), None if mask is None else mask.to(device))
             selection = self.active.select(rows, *pools, row_keys=keys)
         else:
@@ -135,7 +142,7 @@ class PoolReducer:
                 args.num_annotations,
                 diversity_weight=args.diversity_weight,
                 mask=None if mask is None else mask.to(device),
-                strategy=args.selection_strategy,
+                strategy=strategy,
                 seed=self.seed,
                 row_keys=torch.tensor(keys, dtype=torch.long, device=device),
                 search=args.selection_search,
@@ -173,7 +180,7 @@ class PoolReducer:
         args = self.args
         scores = list(reply.scores) if reply.pending is None else [None] * len(rows)
         quality = None
-        if self.active is not None and reply.pending is None:  # learn this batch's labels before the next selection
+        if self.active is not None and selected.pools is not None and reply.pending is None:  # learn them now
             quality = self.active.observe(rows, *selected.pools, selected.keys, selected.subsets, scores)
         # Invalid scores (None) are never paired: make_pairs counts them.
         pairing = make_pairs(

@@ -36,6 +36,8 @@ from .config import AEPOConfig
 
 logger = logging.getLogger(__name__)
 
+ACTIVE_LABELS_FILE = "aepo_active_labels.json"  # in each checkpoint: the labels an active strategy has learned
+
 __all__ = ["AEPOTrainer", "default_run_id", "last_complete_checkpoint"]
 
 
@@ -98,6 +100,17 @@ class _AEPOControlCallback(TrainerCallback):
 
     def __init__(self, trainer: AEPOTrainer):
         self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        """An active strategy's surrogate goes into the checkpoint: a resumed run selects as an uninterrupted one."""
+        trainer = self.trainer
+        active = trainer.pool_reducer.active if trainer.pool_reducer is not None else None
+        if active is not None and trainer.accelerator.is_main_process:
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(folder):
+                with open(os.path.join(folder, ACTIVE_LABELS_FILE), "w", encoding="utf-8") as f:
+                    json.dump(active.surrogate.export(), f)
+        return control
 
     def on_step_end(self, args, state, control, **kwargs):
         trainer = self.trainer
@@ -466,6 +479,8 @@ class AEPOTrainer(DPOTrainer):
             if resume_from_checkpoint is None:
                 logger.warning("AEPO: no complete checkpoint in %s: training from the start.", self.args.output_dir)
         self._aepo_losses["train_total"] = [0.0, 0]
+        if resume_from_checkpoint and self.pool_reducer is not None and self.pool_reducer.active is not None:
+            self._aepo_restore_active_labels(resume_from_checkpoint)
         output = super().train(
             resume_from_checkpoint=resume_from_checkpoint,
             trial=trial,
@@ -476,6 +491,23 @@ class AEPOTrainer(DPOTrainer):
             loss = self._aepo_pair_mean("train_total", reset=False)
             output = TrainOutput(output.global_step, loss, {**output.metrics, "train_loss": loss})
         return output
+
+    def _aepo_restore_active_labels(self, checkpoint: str) -> None:
+        """Read the surrogate's labels from `checkpoint` on the main process and teach them to every rank."""
+        from accelerate.utils import broadcast_object_list
+
+        items = [None]
+        if self.accelerator.is_main_process:
+            path = os.path.join(checkpoint, ACTIVE_LABELS_FILE)
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    items = [json.load(f)]
+            else:
+                logger.warning("AEPO: %s has no %s: the active surrogate starts cold.", checkpoint, ACTIVE_LABELS_FILE)
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(items, from_process=0)
+        if items[0]:
+            self.pool_reducer.active.absorb([tuple(item) for item in items[0]])
 
     def _aepo_remember(self, rows: list[dict], reduced) -> None:
         """Keep a few recent pairs (texts and scores) for end-of-training reports."""

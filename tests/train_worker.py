@@ -98,7 +98,12 @@ def main() -> None:
         "global_step": trainer.state.global_step,
         "stop_reason": trainer.aepo_stop_reason,
         "logged": [e for e in trainer.state.log_history if "loss" in e],
+        "surrogate": None,
     }
+    active = trainer.pool_reducer.active
+    if active is not None:  # what an active strategy learned, as a digest: equal on every rank
+        result["surrogate"] = hashlib.sha256(json.dumps(active.surrogate.export()).encode()).hexdigest()
+        result["surrogate_labels"] = len(active.surrogate)
     with open(f"result_rank{rank}.json", "w", encoding="utf-8") as f:
         json.dump(result, f)
 

@@ -206,6 +206,14 @@ class ActiveSelector:
         self._last_select = (cold, time.perf_counter() - started)
         return result
 
+    def absorb(self, items) -> int:
+        """Learn labels exported by `BayesianLinearSurrogate.export` (another rank's, or a checkpoint's) and refit.
+        The fit depends only on the set of labels, so ranks that absorb each other's hold identical surrogates."""
+        added = self.surrogate.merge(items)
+        if added or not self.surrogate.ready:
+            self.surrogate.fit()
+        return added
+
     # --------------------------------------------------------------------------------------------------- observe
     @torch.no_grad()
     def observe(

@@ -189,6 +189,19 @@ class BayesianLinearSurrogate:
         self._labels[key] = (features.detach().to("cpu", torch.float64).clone(), float(score))
         return True
 
+    def export(self, keys=None) -> list[tuple[int, int, list[float], float]]:
+        """The labels (all, or those of `keys`) as plain tuples `(prompt key, completion key, features, score)`: what
+        a checkpoint stores and what the ranks of a multi-process run exchange."""
+        chosen = sorted(self._labels) if keys is None else sorted(keys)
+        return [(pk, ck, self._labels[(pk, ck)][0].tolist(), self._labels[(pk, ck)][1]) for pk, ck in chosen]
+
+    def merge(self, items) -> int:
+        """Add exported labels (keys already present are kept as they are); returns how many were new."""
+        return sum(self.add(pk, ck, torch.tensor(feats, dtype=torch.float64), score) for pk, ck, feats, score in items)
+
+    def keys(self) -> set[tuple[int, int]]:
+        return set(self._labels)
+
     def training_set(self):
         """(X [n, F], y [n] centred per prompt, prompts, single-label prompts), sorted by key: order-independent."""
         keys = sorted(self._labels)
