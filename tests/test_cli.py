@@ -80,7 +80,9 @@ def test_select_help_documents_every_aepo_config_field(capsys):
             assert f"--{field.name}" in text
     flat = " ".join(text.split())
     assert "representativeness + lambda * diversity" in flat  # help comes from AEPOConfig metadata["help"]
-    assert "{aepo,random,west_of_n,representativeness,kmedoids}" in flat  # choices from metadata["choices"]
+    from aepo_trainer.choices import SELECTION_STRATEGIES
+
+    assert "{" + ",".join(SELECTION_STRATEGIES) + "}" in flat  # choices from metadata["choices"]
     assert "--dry-run" in text and "--seed" in text and "--config" in text
 
 

@@ -128,9 +128,9 @@ def test_selection_happens_per_batch_in_the_step(tiny_model_path, dpo_args):
     calls = []
     original = trainer.pool_reducer.select
 
-    def spy(rows, embeddings, mask=None):
+    def spy(rows, embeddings, mask=None, **kwargs):
         calls.append([r["prompt"] for r in rows])
-        return original(rows, embeddings, mask)
+        return original(rows, embeddings, mask, **kwargs)
 
     trainer.pool_reducer.select = spy
     trainer.train()
