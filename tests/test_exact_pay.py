@@ -123,10 +123,29 @@ def test_train_loss_and_gradient_are_means_over_the_pairs_of_the_step(tiny_model
     common = {**dpo_args, "max_steps": 1, "optim": "sgd", "learning_rate": 0.5, "per_device_train_batch_size": 2}
     trainer = trainer_for(tiny_model_path, dpo_args, rows, **{**common, "gradient_accumulation_steps": 2})
     out = trainer.train()
+    from aepo_trainer.selection import prompt_key
+
+    # the seeded sampler put both tied prompts in the first micro-batch: one micro-batch without any pair
+    assert set(trainer._aepo_seen_prompt_keys[:2]) == {prompt_key(r["prompt"]) for r in rows[:2]}
     assert out.training_loss == pytest.approx(LN2, abs=1e-6)
     assert trainer.state.log_history[0]["loss"] == pytest.approx(LN2, abs=1e-6)
 
-    pairs = [{"prompt": r["prompt"], "chosen": r["completions"][3], "rejected": r["completions"][0]} for r in rows[2:]]
+    # the two pairs the step formed, as the same reducer forms them offline (selection is keyed by prompt and seed)
+    from aepo_trainer.annotation.dataset_scores import DatasetScoresAnnotator
+    from aepo_trainer.annotation.service import AnnotationService
+    from aepo_trainer.reduction import PoolReducer
+
+    reducer = PoolReducer(trainer.args, AnnotationService(DatasetScoresAnnotator(), tmp_path / "offline.sqlite"))
+    reduced = reducer.reduce(rows, torch.tensor([r["embeddings"] for r in rows]))
+    pairs = [
+        {
+            "prompt": rows[p.row]["prompt"],
+            "chosen": rows[p.row]["completions"][reduced.subsets[p.row][p.chosen]],
+            "rejected": rows[p.row]["completions"][reduced.subsets[p.row][p.rejected]],
+        }
+        for p in reduced.pairs
+    ]
+    assert len(pairs) == 2  # the tied prompts form none
     dpo = DPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
         ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
