@@ -14,119 +14,33 @@ actually formed.
 from __future__ import annotations
 
 import collections
-import copy
-import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
-import re
 import textwrap
 
 import torch
 from accelerate import PartialState
-from transformers import TrainerCallback
 from transformers.trainer_utils import TrainOutput
 from trl import DPOConfig, DPOTrainer
 
 from . import pools, validation
 from .collator import AEPODataCollator, is_pool_batch
 from .config import AEPOConfig
+from .run_control import (
+    ACTIVE_LABELS_FILE,
+    AEPOControlCallback,
+    as_aepo_config,
+    default_run_id,
+    last_complete_checkpoint,
+    refuse_options_pools_cannot_honour,
+)
 
 logger = logging.getLogger(__name__)
 
-ACTIVE_LABELS_FILE = "aepo_active_labels.json"  # in each checkpoint: the labels an active strategy has learned
 
 __all__ = ["AEPOTrainer", "default_run_id", "last_complete_checkpoint"]
-
-
-def default_run_id(args) -> str:
-    """The annotation ledger of a run: derived from its `output_dir`, so a resumed run (same `output_dir`) keeps
-    counting against the same budget and reuses every annotation already paid for."""
-    path = os.path.abspath(os.path.expanduser(str(args.output_dir)))
-    return f"{os.path.basename(path.rstrip(os.sep)) or 'run'}-{hashlib.sha256(path.encode()).hexdigest()[:12]}"
-
-
-def last_complete_checkpoint(output_dir) -> str | None:
-    """The newest `checkpoint-N` folder of `output_dir` whose save finished, or None.
-
-    The Trainer writes `trainer_state.json` last, after the model, optimizer, scheduler and RNG states: a folder
-    without a readable one was cut short (a kill during the save) and cannot be resumed from.
-    """
-    if not os.path.isdir(output_dir):
-        return None
-    steps = []
-    for name in os.listdir(output_dir):
-        match = re.fullmatch(r"checkpoint-(\d+)", name)
-        if match and os.path.isdir(os.path.join(output_dir, name)):
-            steps.append((int(match.group(1)), os.path.join(output_dir, name)))
-    for _, path in sorted(steps, reverse=True):
-        try:
-            with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
-                json.load(f)
-        except (OSError, ValueError):
-            logger.warning("AEPO: skipping incomplete checkpoint %s (its save did not finish).", path)
-            continue
-        return path
-    return None
-
-
-def _refuse_options_pools_cannot_honour(args) -> None:
-    """Options that mean nothing for batches whose pairs are formed in the training step fail here, at init."""
-    refusals = {
-        "precompute_ref_log_probs": (
-            "the preference pairs are formed during training, so they do not exist before it. Set "
-            "`precompute_ref_log_probs=False` (the reference log-probs are then computed once per response in each "
-            "batch), or run `aepo select` first and train on the resulting pair dataset."
-        ),
-        "padding_free": (
-            "pool batches are laid out as padded [responses, length] tensors (each selected response once). Set "
-            "`padding_free=False`, or run `aepo select` first and train on the pair dataset."
-        ),
-        "use_liger_kernel": (
-            "the pool loss computes each response's log-probs once through the fused LM head; Liger's fused DPO loss "
-            "would bypass it. Set `use_liger_kernel=False`."
-        ),
-    }
-    for name, why in refusals.items():
-        if getattr(args, name, False):
-            raise ValueError(f"`{name}=True` cannot be used with candidate-pool datasets: {why}")
-
-
-class _AEPOControlCallback(TrainerCallback):
-    """Stops training cleanly (with a checkpoint) when the annotation budget is spent or labels are pending, and
-    undoes the learning-rate schedule's advance on a step that formed no pair (its optimizer step changed nothing)."""
-
-    def __init__(self, trainer: AEPOTrainer):
-        self.trainer = trainer
-
-    def on_save(self, args, state, control, **kwargs):
-        """An active strategy's surrogate goes into the checkpoint: a resumed run selects as an uninterrupted one."""
-        trainer = self.trainer
-        active = trainer.pool_reducer.active if trainer.pool_reducer is not None else None
-        if active is not None and trainer.accelerator.is_main_process:
-            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            if os.path.isdir(folder):
-                with open(os.path.join(folder, ACTIVE_LABELS_FILE), "w", encoding="utf-8") as f:
-                    json.dump(active.surrogate.export(), f)
-        return control
-
-    def on_step_end(self, args, state, control, **kwargs):
-        trainer = self.trainer
-        saved = trainer._aepo_empty_step_schedule
-        if saved is not None:  # no pair on any process in this step: the schedule stays where it was
-            trainer._aepo_empty_step_schedule = None
-            scheduler_state, lrs = saved
-            if trainer.lr_scheduler is not None:
-                trainer.lr_scheduler.load_state_dict(scheduler_state)
-            for group, lr in zip(trainer.optimizer.param_groups, lrs):
-                group["lr"] = lr
-        if trainer.aepo_stop_reason is not None and not control.should_training_stop:
-            control.should_training_stop = True
-            control.should_save = True  # a budget stop always leaves a checkpoint to resume from
-            logger.warning("AEPO: stopping training at step %d. %s", state.global_step, trainer.aepo_stop_reason)
-        return control
 
 
 class AEPOTrainer(DPOTrainer):
@@ -183,7 +97,7 @@ class AEPOTrainer(DPOTrainer):
             model_name = model if isinstance(model, str) else model.config._name_or_path
             args = AEPOConfig(f"{(model_name or 'model').split('/')[-1]}-AEPO")
         elif not isinstance(args, AEPOConfig):
-            args = _as_aepo_config(args)
+            args = as_aepo_config(args)
 
         validation.validate_training_inputs(  # before anything slow or paid: every row, the annotator, the budget
             args,
@@ -205,7 +119,7 @@ class AEPOTrainer(DPOTrainer):
         self.annotation_services: dict = {}
         self.pool_reducer = None
         if self._aepo_uses_pools:
-            _refuse_options_pools_cannot_honour(args)
+            refuse_options_pools_cannot_honour(args)
         if args.rpo_loss_types and not self._aepo_uses_pools:
             raise ValueError(
                 f"loss_type {args.rpo_loss_types} (reward-aware losses) needs annotated scores, which only candidate-"
@@ -273,7 +187,7 @@ class AEPOTrainer(DPOTrainer):
             # The pool loss is already a mean over the step's pairs (see `_pool_loss`): no division by the number of
             # accumulation steps on top of it.
             self.loss_is_scaled_for_ga = True
-        self.add_callback(_AEPOControlCallback(self))
+        self.add_callback(AEPOControlCallback(self))
 
     def _aepo_build_annotator(self, annotator):
         from accelerate.utils import is_peft_model
@@ -571,22 +485,3 @@ class AEPOTrainer(DPOTrainer):
             lines += [f"| annotation budget | {budget} |", f"| annotation store | `{service.store.path}` |"]
         with open(path, "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
-
-
-def _as_aepo_config(args: DPOConfig) -> AEPOConfig:
-    """Upgrade a plain `DPOConfig` to an `AEPOConfig` with default AEPO fields, keeping every DPO/Trainer value.
-
-    The values were already post-processed by `DPOConfig.__post_init__` (devices, logging dirs, deprecations), so
-    they are copied as they are rather than run through `__post_init__` a second time.
-    """
-    if not isinstance(args, DPOConfig):
-        raise TypeError(f"`args` must be an AEPOConfig or a DPOConfig, got {type(args).__name__}.")
-    upgraded = copy.copy(args)
-    upgraded.__class__ = AEPOConfig
-    dpo_fields = {f.name for f in dataclasses.fields(DPOConfig)}
-    for f in dataclasses.fields(AEPOConfig):
-        if f.name not in dpo_fields:
-            setattr(
-                upgraded, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            )
-    return upgraded

@@ -54,6 +54,8 @@ from efficacy_common import (
     mean_ci,
 )
 
+from aepo_trainer.choices import ACTIVE_STRATEGIES
+
 DIGITS = "0123456789"
 
 
@@ -310,6 +312,34 @@ def evaluate(model, tokenizer, held_out, scale: Scale, device, seed: int = 12345
 
 
 # ---------------------------------------------------------------------------------------------------- selection
+#: Strategies that learn from the labels they buy (issue 15), run only when named with --strategies.
+ACTIVE_TRAINING_STRATEGIES = [("DTS (active)", "double_ts", 1.0), ("AEPO+UCB (active)", "aepo_ucb", 1.0)]
+ACTIVE_BATCH = 32  # prompts per surrogate update, as `aepo select --active_batch_size`
+ACTIVE_WARMUP = 64  # labels before the surrogate selects (AEPOConfig.active_warmup_annotations' default)
+
+
+def _select_actively(covered, pools, E, keys, strategy, lam, k, seed):
+    """The package's `ActiveSelector` over the covered prompts in batches: select, buy the gold labels, learn them."""
+    import torch
+
+    from aepo_trainer.selection.active import ActiveSelector
+    from aepo_trainer.selection.kernel import SelectionResult
+
+    selector = ActiveSelector(strategy, k, diversity_weight=lam, seed=seed, warmup_annotations=ACTIVE_WARMUP)
+    rows = [{"prompt": p, "completions": pools[p]} for p in covered]
+    parts = []
+    for start in range(0, len(covered), ACTIVE_BATCH):
+        batch = rows[start : start + ACTIVE_BATCH]
+        Eb, kb = E[start : start + ACTIVE_BATCH], keys[start : start + ACTIVE_BATCH]
+        res = selector.select(batch, Eb, None, row_keys=kb)
+        subsets = res.tolist()
+        scores = [[gold_reward(r["prompt"], r["completions"][i]) for i in sub] for r, sub in zip(batch, subsets)]
+        selector.observe(batch, Eb, None, kb, subsets, scores)
+        parts.append(res)
+    return SelectionResult(*(torch.cat([getattr(r, f) for r in parts]) for f in
+                             ("indices", "objective", "representativeness", "diversity", "valid")))  # fmt: skip
+
+
 def build_pairs(
     pools: dict,
     train_prompts: list[str],
@@ -331,7 +361,10 @@ def build_pairs(
     covered = train_prompts[: min(len(train_prompts), budget // cost)]  # train prompts are already in random order
     E = torch.from_numpy(np.ascontiguousarray(embeddings[: len(covered)]))
     keys = torch.tensor([prompt_key(p) for p in covered], dtype=torch.int64)
-    res = select_subsets(E, k, diversity_weight=lam, strategy=strategy, seed=seed, row_keys=keys)
+    if strategy in ACTIVE_STRATEGIES:
+        res = _select_actively(covered, pools, E, keys, strategy, lam, k, seed)
+    else:
+        res = select_subsets(E, k, diversity_weight=lam, strategy=strategy, seed=seed, row_keys=keys)
     subsets = res.tolist()
     texts = [[pools[p][i] for i in sub] for p, sub in zip(covered, subsets)]
     scores = [[gold_reward(p, y) for y in row] for p, row in zip(covered, texts)]
@@ -762,6 +795,7 @@ def main(argv=None):
     if device.type == "cpu":
         torch.set_num_threads(max(1, args.threads))
     strategies = [s for s in STRATEGIES if args.strategies is None or s[0] in args.strategies]
+    strategies += [s for s in ACTIVE_TRAINING_STRATEGIES if args.strategies is not None and s[0] in args.strategies]
     embedder = CharNgramEncoder() if args.embedder == "ngram" else MiniLMEncoder(bf16=device.type == "cpu")
     info = machine_info()
     t_start = time.time()

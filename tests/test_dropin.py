@@ -97,10 +97,10 @@ def test_aepo_config_where_dpo_config_is_expected(tiny_model_path, dpo_args):
 
 
 def test_plain_dpo_config_is_upgraded(tmp_path, tiny_model_path, dpo_args):
-    from aepo_trainer.trainer import _as_aepo_config
+    from aepo_trainer.run_control import as_aepo_config
 
-    upgraded = _as_aepo_config(DPOConfig(**dpo_args, beta=0.3))
+    upgraded = as_aepo_config(DPOConfig(**dpo_args, beta=0.3))
     assert isinstance(upgraded, AEPOConfig)
     assert upgraded.beta == 0.3 and upgraded.num_annotations == 2 and upgraded.selection_strategy == "aepo"
     with pytest.raises(TypeError, match="AEPOConfig or a DPOConfig"):
-        _as_aepo_config(object())
+        as_aepo_config(object())

@@ -105,13 +105,39 @@ def test_build_pairs_at_equal_budget():
     pools = {p: [tr.demonstration(p, rng, 0.3) for _ in range(4)] for p in prompts}
     emb = common.CharNgramEncoder(dim=64).encode([y for p in prompts for y in pools[p]]).reshape(len(prompts), 4, -1)
     budget = 8
-    for strategy, lam in [("aepo", 1.0), ("random", 0.0), ("west_of_n", 0.0)]:
+    for strategy, lam in [("aepo", 1.0), ("random", 0.0), ("west_of_n", 0.0), ("double_ts", 1.0)]:
         pairs, stats = tr.build_pairs(pools, prompts, emb, strategy, lam, 2, budget, seed=0)
         assert stats["annotations"] == budget
         assert stats["prompts"] == (2 if strategy == "west_of_n" else 4)
         assert stats["pairs"] + stats["ties"] == stats["prompts"] == len(pairs["prompt"]) + stats["ties"]
         for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]):
             assert tr.gold_reward(p[:-1], c) > tr.gold_reward(p[:-1], r)
+
+
+def test_active_strategies_learn_from_the_gold_labels_they_buy(monkeypatch):
+    """The training experiment runs the package's ActiveSelector in batches: after the cold start it selects from
+    the surrogate fitted on the gold labels bought so far."""
+    rng = __import__("random").Random(1)
+    prompts = list(dict.fromkeys(tr.random_prompt(rng, tr.SCALES["quick"]) for _ in range(40)))[:24]
+    pools = {p: [tr.demonstration(p, rng, 0.4) for _ in range(6)] for p in prompts}
+    emb = common.CharNgramEncoder(dim=32).encode([y for p in prompts for y in pools[p]]).reshape(len(prompts), 6, -1)
+    monkeypatch.setattr(tr, "ACTIVE_BATCH", 8)
+    monkeypatch.setattr(tr, "ACTIVE_WARMUP", 8)
+    from aepo_trainer.selection.active import ActiveSelector
+
+    seen = []
+    original = ActiveSelector.observe
+
+    def spy(self, *args, **kwargs):
+        seen.append(original(self, *args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(ActiveSelector, "observe", spy)
+    pairs, stats = tr.build_pairs(pools, prompts, emb, "double_ts", 1.0, 2, 48, seed=0)
+    assert stats["annotations"] == 48 and stats["prompts"] == 24
+    # three batches of 8 prompts, k = 2 labels each (identical texts of one pool are one label)
+    assert len(seen) == 3 and 8 <= seen[0].labels_after < seen[1].labels_after < seen[2].labels_after <= 48
+    assert [q.cold_start for q in seen] == [True, False, False]  # the surrogate selects once 8 labels are in
 
 
 def test_training_pipeline_micro(tmp_path):
