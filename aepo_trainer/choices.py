@@ -63,5 +63,6 @@ JUDGE_RUBRICS = ("quality", "safety")
 LONG_TEXT_POLICIES = ("truncate", "skip")
 #: How a local model is run by the synthesis stages ("auto": vLLM when installed and a GPU is present).
 GENERATOR_BACKENDS = ("auto", "transformers", "vllm")
-#: `aepo generate --backend`: the local backends, or any OpenAI-compatible server ("openai", docs/llm-services.md).
+#: `aepo generate --backend` and `aepo best-of-n --backend`: the local backends, or any OpenAI-compatible server
+#: ("openai", docs/llm-services.md).
 GENERATE_BACKENDS = (*GENERATOR_BACKENDS, "openai")

@@ -1,16 +1,16 @@
 """`aepo generate`: sample N completions per prompt from a causal LM and write a pool dataset.
 
-Batched `transformers` generation (or vLLM with `--backend vllm`, or any OpenAI-compatible server with
-`--backend openai`: `vllm serve`, Ollama, the OpenAI API — see docs/llm-services.md), sampling options, chat templates for conversational
-prompts. Resumable: finished prompt batches are appended to a JSON Lines file as they complete (the output itself when
-it is `.jsonl`, else `<output>.partial.jsonl`, converted at the end); a rerun of the same command skips the prompts
-already there. Each batch is sampled with its own seed, derived from `--seed` and the batch's position, so a resumed
-run writes the same pools as an uninterrupted one.
+A thin loop over `aepo_trainer.generation` (batched `transformers` generation, vLLM with `--backend vllm`, or any
+OpenAI-compatible server with `--backend openai`: `vllm serve`, Ollama, the OpenAI API — see docs/llm-services.md):
+sampling options, chat templates for conversational prompts. Resumable: finished prompt batches are appended to a JSON
+Lines file as they complete (the output itself when it is `.jsonl`, else `<output>.partial.jsonl`, converted at the
+end); a rerun of the same command skips the prompts already there. Each prompt is sampled with its own seed, derived
+from `--seed` and the prompt (`generation.prompt_seed`), so a resumed run writes the same pools as an uninterrupted
+one, whatever `--batch_size`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from collections import Counter
@@ -74,7 +74,17 @@ def build_parser(prog: str = "aepo generate") -> ArgumentParser:
     gen.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (0 = greedy).")
     gen.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling probability mass.")
     gen.add_argument("--top_k", type=int, default=0, help="Top-k sampling (0 = off).")
-    gen.add_argument("--max_new_tokens", type=int, default=256, help="Maximum tokens generated per completion.")
+    gen.add_argument(
+        "--max_new_tokens",
+        "--max_completion_length",
+        dest="max_new_tokens",
+        type=int,
+        default=256,
+        help="Maximum tokens generated per completion.",
+    )
+    gen.add_argument(
+        "--repetition_penalty", type=float, default=1.0, help="Penalty on tokens already present (1.0 = none)."
+    )
     gen.add_argument(
         "--batch_size",
         type=int,
@@ -235,18 +245,25 @@ def main(argv: list[str]) -> int:
         done_rows = read_rows(args.output)
     done = Counter(_prompt_id(r.get(args.prompt_column)) for r in done_rows)
 
-    batches = []  # fixed batches over the input: a batch's seed depends only on its position
+    from aepo_trainer.generation import prompt_seed
+
+    # Each row is sampled with its own seed: (--seed, its prompt, how many earlier rows have the same prompt), so the
+    # pools do not depend on batching, and a resumed run writes what an uninterrupted one writes.
+    seen = Counter()
+    batches = []
     for start in range(0, len(rows), args.batch_size):
         todo = []
         for row in rows[start : start + args.batch_size]:
             key = _prompt_id(row[args.prompt_column])
+            occurrence = seen[key]
+            seen[key] += 1
             if done[key] > 0:
                 done[key] -= 1
             else:
-                todo.append(row)
+                todo.append((row, prompt_seed(args.seed, row[args.prompt_column], step=occurrence)))
         if todo:
-            batches.append((start // args.batch_size, todo))
-    remaining = sum(len(todo) for _, todo in batches)
+            batches.append(todo)
+    remaining = sum(len(todo) for todo in batches)
     if done_rows:
         print(f"resuming: {len(rows) - remaining} of {len(rows)} prompts already in {work_path}", file=sys.stderr)
 
@@ -259,15 +276,22 @@ def main(argv: list[str]) -> int:
     if not direct and done_rows and not os.path.exists(work_path):
         append_jsonl(work_path, done_rows)  # continue a finished output with the new prompts
     if remaining:
-        sampler = _make_sampler(args)
         from tqdm.auto import tqdm
 
+        from aepo_trainer.generation import GenerationInputError
+
+        generator = _make_generator(args)
         bar = tqdm(total=len(rows), initial=len(rows) - remaining, unit="prompt", desc="generate", dynamic_ncols=True)
         tokens = 0
-        for index, todo in batches:
-            completions, new_tokens = sampler([r[args.prompt_column] for r in todo], _batch_seed(args.seed, index))
-            tokens += new_tokens
-            append_jsonl(work_path, [{**row, args.completions_column: c} for row, c in zip(todo, completions)])
+        for todo in batches:
+            try:
+                pools = generator.generate([r[args.prompt_column] for r, _ in todo], [seed for _, seed in todo])
+            except GenerationInputError as error:
+                raise InputError(str(error)) from None
+            tokens += sum(pool.num_tokens for pool in pools)
+            append_jsonl(
+                work_path, [{**row, args.completions_column: pool.completions} for (row, _), pool in zip(todo, pools)]
+            )
             bar.update(len(todo))
             elapsed = bar.format_dict.get("elapsed") or 0
             if elapsed:
@@ -299,8 +323,8 @@ def _check_args(args) -> None:
     for name in ("num_completions", "batch_size", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise InputError("--temperature must be >= 0, --top_p in (0, 1] and --top_k >= 0")
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.repetition_penalty <= 0:
+        raise InputError("--temperature must be >= 0, --top_p in (0, 1], --top_k >= 0 and --repetition_penalty > 0")
     if args.max_prompts is not None and args.max_prompts < 0:
         raise InputError(f"--max_prompts must be >= 0, got {args.max_prompts}")
     if args.backend == "openai":
@@ -340,147 +364,63 @@ def _prompt_id(prompt) -> str:
     return canonical_json(prompt)
 
 
-def _batch_seed(seed: int, index: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"aepo-generate:{seed}:{index}".encode()).digest()[:7], "little")
-
-
 # --------------------------------------------------------------------------------------------------- backends
-def _make_sampler(args):
-    backend = args.backend
-    if backend == "auto":
-        import importlib.util
+# A backend is a factory `(args, settings) -> generator`, where the generator has `generate(prompts, seeds) ->
+# list[GeneratedPool]` (see `aepo_trainer.generation`). Adding a backend = one name in `choices.GENERATE_BACKENDS`,
+# one factory here, and its flags in `build_parser`.
+def _transformers_backend(args, settings):
+    from aepo_trainer.generation import load_transformers_generator
 
-        import torch
-
-        backend = "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "transformers"
-    if backend == "openai":
-        from .generate_api import OpenAISampler
-
-        return OpenAISampler(args)
-    return _VLLMSampler(args) if backend == "vllm" else _TransformersSampler(args)
-
-
-class _Prompts:
-    """Loads the tokenizer and turns prompts into token ids (chat template when asked for or conversational)."""
-
-    def __init__(self, args):
-        from transformers import AutoTokenizer
-
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                args.model_name_or_path, trust_remote_code=args.trust_remote_code
-            )
-        except (OSError, ValueError) as error:
-            raise InputError(
-                f"--model_name_or_path {args.model_name_or_path!r}: cannot load its tokenizer ({error})"
-            ) from None
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        if self.tokenizer.pad_token_id is None:
-            raise InputError(f"the tokenizer of {args.model_name_or_path!r} has neither a pad nor an EOS token")
-        self.mode = args.use_chat_template
-        self.model = args.model_name_or_path
-
-    def encode(self, prompt) -> tuple[list[int], bool]:
-        conversational = not isinstance(prompt, str)
-        if self.mode == "true" or (self.mode == "auto" and conversational):
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise InputError(
-                    f"the tokenizer of {self.model!r} has no chat template, but "
-                    + ("the prompts are conversational" if conversational else "--use_chat_template true")
-                    + " (pass plain-text prompts, or a model with a chat template)"
-                )
-            messages = prompt if conversational else [{"role": "user", "content": prompt}]
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"], conversational
-        if conversational:
-            raise InputError("conversational prompts need a chat template; do not pass --use_chat_template false")
-        return self.tokenizer(prompt)["input_ids"], False
-
-    @staticmethod
-    def wrap(text: str, conversational: bool):
-        return [{"role": "assistant", "content": text}] if conversational else text
+    return load_transformers_generator(
+        args.model_name_or_path,
+        settings,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+    )
 
 
-class _TransformersSampler:
-    def __init__(self, args):
-        import torch
-        from transformers import AutoModelForCausalLM
+def _vllm_backend(args, settings):
+    from aepo_trainer.generation.vllm import VLLMGenerator
 
-        self.torch = torch
-        self.args = args
-        self.prompts = _Prompts(args)
-        device = args.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
-        try:
-            self.model = AutoModelForCausalLM.from_pretrained(
-                args.model_name_or_path, dtype=getattr(torch, dtype), trust_remote_code=args.trust_remote_code
-            )
-        except (OSError, ValueError) as error:
-            raise InputError(
-                f"--model_name_or_path {args.model_name_or_path!r}: cannot load it as a causal LM ({error})"
-            ) from None
-        self.model.to(device).eval()
-        self.device = device
-
-    def __call__(self, prompts: list, seed: int) -> tuple[list[list], int]:
-        torch, args, tok = self.torch, self.args, self.prompts.tokenizer
-        encoded = [self.prompts.encode(p) for p in prompts]
-        width = max(len(ids) for ids, _ in encoded)
-        pad = tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in encoded], device=self.device)
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in encoded], device=self.device)
-        sample = args.temperature > 0
-        options = dict(
-            do_sample=sample,
-            num_return_sequences=args.num_completions,
-            max_new_tokens=args.max_new_tokens,
-            pad_token_id=pad,
-        )
-        if sample:
-            options.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)  # 0 = off
-        torch.manual_seed(seed)
-        with torch.inference_mode():
-            output = self.model.generate(input_ids=input_ids, attention_mask=attention, **options)
-        new = output[:, width:]
-        texts = tok.batch_decode(new, skip_special_tokens=True)
-        specials = [i for i in (pad, tok.eos_token_id) if i is not None]
-        new_tokens = (
-            int((~torch.isin(new, torch.tensor(specials, device=new.device))).sum()) if specials else new.numel()
-        )
-        n = args.num_completions
-        return [
-            [self.prompts.wrap(t, conv) for t in texts[i * n : (i + 1) * n]] for i, (_, conv) in enumerate(encoded)
-        ], new_tokens
+    return VLLMGenerator.from_pretrained(
+        args.model_name_or_path, settings, seed=args.seed, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+    )
 
 
-class _VLLMSampler:
-    def __init__(self, args):
-        try:
-            from vllm import LLM
-        except ImportError:
-            raise InputError("--backend vllm: vLLM is not installed (pip install 'aepo-trainer[vllm]')") from None
-        self.args = args
-        self.prompts = _Prompts(args)
-        self.llm = LLM(
-            model=args.model_name_or_path, seed=args.seed, trust_remote_code=args.trust_remote_code, dtype=args.dtype
-        )
+def _openai_backend(args, settings):
+    from .generate_api import OpenAISampler
 
-    def __call__(self, prompts: list, seed: int) -> tuple[list[list], int]:
-        from vllm import SamplingParams
+    return OpenAISampler(args)
 
-        args = self.args
-        encoded = [self.prompts.encode(p) for p in prompts]
-        params = SamplingParams(
-            n=args.num_completions,
+
+BACKENDS = {"transformers": _transformers_backend, "vllm": _vllm_backend, "openai": _openai_backend}
+
+
+def _resolve_backend(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    from aepo_trainer.generation.vllm import is_vllm_available
+
+    return "vllm" if is_vllm_available() and torch.cuda.is_available() else "transformers"
+
+
+def _make_generator(args):
+    from aepo_trainer.generation import GenerationInputError, SamplingSettings
+
+    try:
+        settings = SamplingSettings(
+            num_generations=args.num_completions,
+            max_completion_length=args.max_new_tokens,
             temperature=args.temperature,
             top_p=args.top_p,
-            top_k=args.top_k or -1,
-            max_tokens=args.max_new_tokens,
-            seed=seed,
+            top_k=args.top_k,
+            repetition_penalty=args.repetition_penalty,
+            use_chat_template=args.use_chat_template,
         )
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids, _ in encoded], params, use_tqdm=False)
-        pools = [[self.prompts.wrap(o.text, conv) for o in out.outputs] for out, (_, conv) in zip(outputs, encoded)]
-        return pools, sum(len(o.token_ids) for out in outputs for o in out.outputs)
+        return BACKENDS[_resolve_backend(args.backend)](args, settings)
+    except GenerationInputError as error:
+        raise InputError(str(error)) from None

@@ -50,7 +50,18 @@ class OpenAISampler:
         except (ValueError, ApiConfigError) as error:
             raise InputError(str(error)) from None
 
-    def __call__(self, prompts: list, seed: int) -> tuple[list[list], int]:
+    def generate(self, prompts: list, seeds: list[int], model=None) -> list:
+        """The generation backends' interface (`aepo_trainer.generation`): one `GeneratedPool` per prompt, each prompt
+        asked with its own seed."""
+        from aepo_trainer.generation import GeneratedPool
+
+        pools, tokens = self(prompts, list(seeds))
+        return [
+            GeneratedPool(prompt=p, completions=c, seed=s, num_tokens=tokens if i == 0 else 0)
+            for i, (p, c, s) in enumerate(zip(prompts, pools, seeds))
+        ]
+
+    def __call__(self, prompts: list, seed: int | list[int]) -> tuple[list[list], int]:
         args = self.args
         params = dict(n=args.num_completions, max_tokens=args.max_new_tokens, temperature=args.temperature)
         if args.top_p < 1:
@@ -58,7 +69,10 @@ class OpenAISampler:
         if args.top_k > 0:
             params["extra_body"] = {"top_k": args.top_k}
         conversational = [not isinstance(p, str) for p in prompts]
-        seeds = [{"seed": (seed + i) % 2**31} for i in range(len(prompts))]  # one per prompt: a rerun asks the same
+        if isinstance(seed, list):  # one seed per prompt (`generation.prompt_seed`)
+            seeds = [{"seed": s % 2**31} for s in seed]
+        else:
+            seeds = [{"seed": (seed + i) % 2**31} for i in range(len(prompts))]  # one per prompt: a rerun asks the same
         from aepo_trainer.generation import CostBudgetExhausted
 
         try:
