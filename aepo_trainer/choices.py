@@ -22,6 +22,7 @@ __all__ = [
     "RPO_LOSS_TYPES",
     "SELECTION_SEARCHES",
     "SELECTION_STRATEGIES",
+    "SELF_JUDGE_MODELS",
     "SYNTHESIS_STEPS",
 ]
 
@@ -44,9 +45,11 @@ COLD_START_STRATEGIES = ("random", "aepo", "representativeness", "kmedoids")
 #: The search for k > 2 (`AEPOConfig.selection_search`).
 SELECTION_SEARCHES = ("auto", "greedy", "exhaustive")
 #: Who scores the selected candidates when no annotator object is passed (`AEPOConfig.annotator`).
-ANNOTATORS = ("dataset_scores", "reward_model", "judge", "api_judge", "human")
+ANNOTATORS = ("dataset_scores", "reward_model", "judge", "self_judge", "api_judge", "human")
 #: How the `api_judge` annotator judges (`AEPOConfig.judge_mode`): pairwise (debiased, tournament) or a 1-10 rubric.
 JUDGE_MODES = ("pairwise", "rubric")
+#: Which weights judge for `annotator='self_judge'` (`AEPOConfig.self_judge_model`).
+SELF_JUDGE_MODELS = ("current", "frozen")
 #: How annotated candidates become pairs (`AEPOConfig.pairing_rule`).
 PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
 #: The reward-aware losses this package computes (entries of `loss_type`; TRL computes the rest).

@@ -21,6 +21,7 @@ from .choices import (
     RPO_LOSS_TYPES,
     SELECTION_SEARCHES,
     SELECTION_STRATEGIES,
+    SELF_JUDGE_MODELS,
 )
 
 
@@ -166,7 +167,8 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Who scores the selected candidates when no annotator object is passed to the trainer: "
             "'dataset_scores' (the `scores_column`), 'reward_model' (`reward_model_name_or_path`), 'judge' (the "
-            "frozen starting policy as pairwise judge, SELF-JUDGE), 'api_judge' (an LLM behind an OpenAI-compatible "
+            "frozen starting policy as pairwise judge, SELF-JUDGE), 'self_judge' (the policy being trained judges its "
+            "own candidates, see `self_judge_model`), 'api_judge' (an LLM behind an OpenAI-compatible "
             "API: `judge_model` at `judge_api_base`) or 'human' (a queue file for a labelling team).",
             "choices": list(ANNOTATORS),
         },
@@ -323,6 +325,16 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "eta: scale of the annotated reward gap used as the target by the reward-aware losses "
             "('rpo_sq', 'rpo_bwd_kl', 'rpo_fwd_kl')."
+        },
+    )
+    # ----------------------------------------------------------------------------- on-policy and self-judging
+    self_judge_model: str = field(
+        default="current",
+        metadata={
+            "help": "Weights that judge with `annotator='self_judge'`: 'current' (the policy as it is now; PEFT: adapter "
+            "enabled; judgments are reused only by the same weights) or 'frozen' (the starting model, as "
+            "`annotator='judge'`).",
+            "choices": list(SELF_JUDGE_MODELS),
         },
     )
 
@@ -486,6 +498,7 @@ class AEPOConfig(DPOConfig):
             self.reward_scale,
             "a finite number > 0",
         )
+        self._validate_on_policy()
         super().__post_init__()
 
     def _validate_active(self) -> None:
@@ -524,6 +537,14 @@ class AEPOConfig(DPOConfig):
     def uses_active_selection(self) -> bool:
         """True when `selection_strategy` learns from the paid labels (an `ActiveSelector` selects)."""
         return self.selection_strategy in ACTIVE_STRATEGIES
+
+    def _validate_on_policy(self) -> None:
+        _require(
+            self.self_judge_model in SELF_JUDGE_MODELS,
+            "self_judge_model",
+            self.self_judge_model,
+            _one_of(SELF_JUDGE_MODELS),
+        )
 
     @property
     def effective_selection_seed(self) -> int:

@@ -36,7 +36,7 @@ def test_defaults(tmp_path):
         ("diversity_weight", float("nan"), "a finite number >= 0"),
         ("selection_strategy", "greedy", "one of 'aepo', 'random', 'west_of_n', 'representativeness', 'kmedoids'"),
         ("selection_search", "beam", "one of 'auto', 'greedy', 'exhaustive'"),
-        ("annotator", "oracle", "one of 'dataset_scores', 'reward_model', 'judge', 'api_judge', 'human'"),
+        ("annotator", "oracle", "one of 'dataset_scores', 'reward_model', 'judge', 'self_judge', 'api_judge', 'human'"),
         ("annotation_budget", -1, "None (unlimited) or an integer >= 0"),
         ("pairing_rule", "worst_vs_best", "one of 'best_vs_worst', 'all_pairs', 'best_vs_random'"),
         ("reward_scale", 0.0, "a finite number > 0"),

@@ -12,7 +12,7 @@ from .reward_model import RewardModelAnnotator
 __all__ = ["build_annotator"]
 
 
-def build_annotator(args, model=None, tokenizer=None, run_id: str | None = None):
+def build_annotator(args, model=None, tokenizer=None, run_id: str | None = None, ref_model=None):
     """Map `args.annotator` (an `AEPOConfig` or any object with the same fields) to an annotator instance.
 
     * `'dataset_scores'`: `DatasetScoresAnnotator(args.scores_column)`.
@@ -24,6 +24,10 @@ def build_annotator(args, model=None, tokenizer=None, run_id: str | None = None)
       the annotation store (`annotation_store` or `<output_dir>/annotations.sqlite`) under `run_id` (default: the
       trainer's `default_run_id(args)`). The server is probed here: a bad key / unknown model / wrong URL fails now,
       before any paid call.
+    * `'self_judge'`: the policy `model` as its own pairwise judge (SELF-JUDGE). With `args.self_judge_model='current'`
+      (default) it judges with its current weights (PEFT: adapter enabled) and its identity follows the weights (see
+      `PairwiseJudgeAnnotator`); with `'frozen'` it is the `'judge'` annotator: the starting model (PEFT: adapter
+      disabled; otherwise `ref_model`, required).
     * `'human'`: `HumanQueueAnnotator(args.annotation_queue or <output_dir>/annotation_queue.jsonl)`, reading the
       labelling page's answers from the run's annotation store and waiting `args.annotation_wait` seconds for them.
     """
@@ -58,6 +62,22 @@ def build_annotator(args, model=None, tokenizer=None, run_id: str | None = None)
 
             run_id = default_run_id(args)
         return ApiJudgeAnnotator.from_config(args, store, run_id=run_id)
+    if kind == "self_judge":
+        if model is None:
+            raise ValueError("AEPOConfig.annotator='self_judge' needs the policy model.")
+        if getattr(args, "self_judge_model", "current") == "frozen":
+            from accelerate.utils import is_peft_model
+
+            judge_model = model if is_peft_model(model) else ref_model
+            if judge_model is None:
+                raise ValueError(
+                    "AEPOConfig.self_judge_model='frozen' judges with the starting model: train a PEFT adapter (judged "
+                    "with it disabled) or pass the frozen reference model (`ref_model`)."
+                )
+            return PairwiseJudgeAnnotator(judge_model, tokenizer=tokenizer, batch_size=batch_size, disable_adapter=True)
+        return PairwiseJudgeAnnotator(
+            model, tokenizer=tokenizer, batch_size=batch_size, disable_adapter=False, tracks_policy=True
+        )
     if kind == "human":
         queue = getattr(args, "annotation_queue", None)
         if not queue:

@@ -14,9 +14,18 @@ Scores (one annotation = one completion scored; a judged subset of k costs k):
   loss scores higher. The champion scores highest.
 * k = 1: nothing to compare: the score is None (invalid, never paired).
 
-During training the judge must be the frozen starting model: given a PEFT model, judging runs with the adapter
-disabled (`disable_adapter=True`); given a plain model, it is used as is (pass the frozen reference model), or copied
-and frozen once with `copy_model=True`.
+The judge is either frozen or the policy being trained:
+
+* Frozen (the SELF-JUDGE paper's choice during training, `annotator='judge'`): given a PEFT model, judging runs with
+  the adapter disabled (`disable_adapter=True`); given a plain model, it is used as is (pass the frozen reference
+  model), or copied and frozen once with `copy_model=True`. Its identity is fixed, so its judgments are reused from
+  the annotation store forever.
+* Live (`annotator='self_judge'`, `tracks_policy=True`; a PEFT model with `disable_adapter=False` is live too): the
+  current policy judges, so the same question can get another answer after an update. Its identity carries the
+  policy's version — `policy_version` when the trainer sets one (`set_policy_version`, e.g. the run and the global
+  step), else a SHA-256 digest of the trainable weights (recomputed only when a parameter changed in place). Judgments
+  are reused only by the same weights: a resumed run repeating a step from its checkpoint has byte-identical weights,
+  so it reuses what it paid for; a later step pays again, as it must.
 """
 
 from __future__ import annotations
@@ -121,6 +130,9 @@ class PairwiseJudgeAnnotator(Annotator):
         disable_adapter: judge with a PEFT model's adapter disabled (the frozen starting model).
         copy_model: judge with a frozen deep copy of a non-PEFT model made on first use.
         name: identity name (default: the model's `_name_or_path`).
+        tracks_policy: the model is the policy being trained (judged as it is now): the identity includes the
+            policy version (see the module docstring). Implied by a PEFT model with `disable_adapter=False`.
+        policy_version: the initial policy version of a live judge (default: a digest of its trainable weights).
     """
 
     relative = True
@@ -142,6 +154,8 @@ class PairwiseJudgeAnnotator(Annotator):
         disable_adapter: bool = True,
         copy_model: bool = False,
         name: str | None = None,
+        tracks_policy: bool = False,
+        policy_version: str | None = None,
     ):
         for placeholder in ("{prompt}", "{response_a}", "{response_b}"):
             if placeholder not in template:
@@ -179,8 +193,46 @@ class PairwiseJudgeAnnotator(Annotator):
             (template, self.choices, debias, use_chat_template, answer_prefix, max_prompt_tokens, max_response_tokens)
         )
         digest = hashlib.sha256(settings.encode("utf-8")).hexdigest()[:12]
-        mode = "frozen" if (disable_adapter or not _is_peft(model)) else "live-adapter"
-        self.identity = f"judge:{label}|{mode}|{digest}"
+        self.live = bool(tracks_policy) or (not disable_adapter and _is_peft(model))
+        if self.live and copy_model:
+            raise ValueError("copy_model=True freezes the judge; it cannot also track the policy (tracks_policy).")
+        mode = "live-adapter" if self.live and _is_peft(model) else ("live" if self.live else "frozen")
+        self._identity = f"judge:{label}|{mode}|{digest}"
+        self.policy_version = policy_version
+        self._weights_digest = (None, None)  # (parameter version counters, digest)
+
+    @property
+    def identity(self) -> str:
+        """Store identity; a live judge's includes the policy version (weights digest by default)."""
+        if not self.live:
+            return self._identity
+        return f"{self._identity}|policy@{self.policy_version or self.weights_digest()}"
+
+    def set_policy_version(self, version: str | None) -> None:
+        """Name the live policy's current weights (e.g. `f"{run_id}:step={global_step}"`); None = weights digest.
+
+        The trainer calls this before annotating a step, which spares hashing the weights: the version must change
+        whenever the weights do, and must be the same for the same weights (a resumed run at the same step)."""
+        if not self.live:
+            raise ValueError("set_policy_version: this judge is frozen (tracks_policy=False); its identity is fixed.")
+        self.policy_version = None if version is None else str(version)
+
+    def weights_digest(self) -> str:
+        """SHA-256 (16 hex digits) of the judged model's trainable parameters (all parameters if none is trainable).
+
+        Cached against the parameters' in-place version counters, so it is recomputed only after an update."""
+        import torch
+
+        model = self.model
+        params = [p for p in model.parameters() if p.requires_grad] or list(model.parameters())
+        versions = tuple(p._version for p in params)
+        if self._weights_digest[0] != versions:
+            h = hashlib.sha256()
+            for p in params:
+                h.update(str(p.dtype).encode())
+                h.update(p.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
+            self._weights_digest = (versions, h.hexdigest()[:16])
+        return self._weights_digest[1]
 
     # ------------------------------------------------------------------------------------------- model
 
