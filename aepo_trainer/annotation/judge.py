@@ -39,7 +39,7 @@ from .base import AnnotationRequest, Annotator, to_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_JUDGE_TEMPLATE", "PairwiseJudgeAnnotator", "debiased", "tournament_scores"]
+__all__ = ["DEFAULT_JUDGE_TEMPLATE", "PairwiseJudgeAnnotator", "debiased", "render_judge_prompt", "tournament_scores"]
 
 DEFAULT_JUDGE_TEMPLATE = (
     "Which is the more helpful, harmless, and honest assistant response to the user's question?\n\n"
@@ -316,10 +316,11 @@ class PairwiseJudgeAnnotator(Annotator):
         return text if len(ids) <= limit else tok.decode(ids[:limit])
 
     def _judge_text(self, prompt, a, b) -> str:
-        filled = (
-            self.template.replace("{prompt}", self._truncate(to_text(prompt), self.max_prompt_tokens))
-            .replace("{response_a}", self._truncate(to_text(a), self.max_response_tokens))
-            .replace("{response_b}", self._truncate(to_text(b), self.max_response_tokens))
+        filled = render_judge_prompt(
+            self.template,
+            self._truncate(to_text(prompt), self.max_prompt_tokens),
+            self._truncate(to_text(a), self.max_response_tokens),
+            self._truncate(to_text(b), self.max_response_tokens),
         )
         tok = self._tok()
         use_template = self.use_chat_template
@@ -389,6 +390,17 @@ class PairwiseJudgeAnnotator(Annotator):
                 for j, v in zip(idx, q):
                     out[j] = float(v)
         return out
+
+
+def render_judge_prompt(template: str, prompt, response_a, response_b) -> str:
+    """The judge's question: `template` with `{prompt}`, `{response_a}`, `{response_b}` replaced (plain substitution,
+    other braces kept; chat messages become `role: content` lines). Shared by the judge and the JSFT builder, so a
+    model is trained on exactly the text it is later asked."""
+    return (
+        template.replace("{prompt}", to_text(prompt))
+        .replace("{response_a}", to_text(response_a))
+        .replace("{response_b}", to_text(response_b))
+    )
 
 
 def _unwrap(model):
