@@ -23,6 +23,7 @@ import torch
 from .annotation.ledger import annotate_on_main_process, split_reply
 from .collator import POOL_ROWS
 from .group_batch import build_group_batch
+from .on_policy import phase
 from .reduction import STATS_FIELDS
 
 __all__ = ["STEP_PAIRS", "TERMS", "record_stats", "reduce_pool_batches"]
@@ -43,14 +44,18 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
     learn = mode == "train"  # active strategies learn from training labels only; evaluation selects the same each time
     known = reducer.active.surrogate.keys() if learn and reducer.active is not None else None
     picks, requests, sizes = [], [], []
-    for batch in batches:
-        rows = batch[POOL_ROWS]
-        selected = reducer.select(rows, batch["pool_embeddings"].to(device), batch["pool_mask"].to(device), learn=learn)
-        batch_requests = reducer.requests(rows, selected)
-        picks.append(selected)
-        requests.extend(batch_requests)
-        sizes.append(len(batch_requests))
-    reply = annotate_on_main_process(trainer.accelerator, service, requests)
+    with phase(trainer, "select"):
+        for batch in batches:
+            rows = batch[POOL_ROWS]
+            selected = reducer.select(
+                rows, batch["pool_embeddings"].to(device), batch["pool_mask"].to(device), learn=learn
+            )
+            batch_requests = reducer.requests(rows, selected)
+            picks.append(selected)
+            requests.extend(batch_requests)
+            sizes.append(len(batch_requests))
+    with phase(trainer, "annotate"):
+        reply = annotate_on_main_process(trainer.accelerator, service, requests)
 
     include_unpaired = bool(args.rpo_loss_types)
     trl_types = [t for t in trainer.loss_types if t not in args.rpo_loss_types]

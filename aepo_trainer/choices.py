@@ -24,6 +24,7 @@ __all__ = [
     "SELECTION_STRATEGIES",
     "SELF_JUDGE_MODELS",
     "SYNTHESIS_STEPS",
+    "VLLM_MODES",
 ]
 
 #: The strategies that learn from the labels already paid for (`aepo_trainer.selection.active`): a reward surrogate
@@ -69,3 +70,5 @@ GENERATOR_BACKENDS = ("auto", "transformers", "vllm")
 #: `aepo generate --backend` and `aepo best-of-n --backend`: the local backends, or any OpenAI-compatible server
 #: ("openai", docs/llm-services.md).
 GENERATE_BACKENDS = (*GENERATOR_BACKENDS, "openai")
+#: How on-policy generation reaches vLLM (`AEPOConfig.vllm_mode`; TRL GRPO's names).
+VLLM_MODES = ("colocate", "server")

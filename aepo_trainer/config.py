@@ -22,6 +22,7 @@ from .choices import (
     SELECTION_SEARCHES,
     SELECTION_STRATEGIES,
     SELF_JUDGE_MODELS,
+    VLLM_MODES,
 )
 
 
@@ -337,6 +338,80 @@ class AEPOConfig(DPOConfig):
             "choices": list(SELF_JUDGE_MODELS),
         },
     )
+    # On-policy pools: a dataset with only a prompt column makes the trainer sample the pools from the policy being
+    # trained, inside the training step. Names and meanings follow TRL's GRPOConfig. `training_only`: not `aepo
+    # select` flags.
+    num_generations: int = field(
+        default=8,
+        metadata={
+            "help": "N: candidates sampled per prompt from the current policy (prompt-only datasets).",
+            "training_only": True,
+        },
+    )
+    generation_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Sequences per generate call (prompts per call = max(1, this // num_generations)); None = "
+            "every prompt of a micro-batch in one call.",
+            "training_only": True,
+        },
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature of on-policy generation (0 = greedy).", "training_only": True},
+    )
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0 = off).", "training_only": True})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off).", "training_only": True})
+    min_p: float | None = field(default=None, metadata={"help": "Min-p sampling (None = off).", "training_only": True})
+    max_completion_length: int = field(
+        default=256, metadata={"help": "Maximum tokens generated per candidate.", "training_only": True}
+    )
+    repetition_penalty: float = field(
+        default=1.0, metadata={"help": "Repetition penalty of generation (1.0 = none).", "training_only": True}
+    )
+    generate_every: int = field(
+        default=1,
+        metadata={
+            "help": "Regenerate a prompt's pool at most every this many optimizer steps; in between, a prompt "
+            "seen again reuses its stored pool (1 = always fresh, on-policy).",
+            "training_only": True,
+        },
+    )
+    generation_store: str | None = field(
+        default=None,
+        metadata={
+            "help": "SQLite file of the generated pools (text, token ids, settings), so that a resumed run "
+            "neither regenerates a step differently nor pays its labels twice. Defaults to "
+            "`<output_dir>/candidates.sqlite`.",
+            "training_only": True,
+        },
+    )
+    use_vllm: bool = field(
+        default=False,
+        metadata={
+            "help": "Generate with vLLM (GPU; TRL's VLLMGeneration), weights synced after each update.",
+            "training_only": True,
+        },
+    )
+    vllm_mode: str = field(
+        default="colocate",
+        metadata={
+            "help": "'colocate' (an engine in the training process) or 'server' (`trl vllm-serve`).",
+            "choices": list(VLLM_MODES),
+            "training_only": True,
+        },
+    )
+    vllm_server_base_url: str | None = field(
+        default=None, metadata={"help": "Base URL of the vLLM server (server mode).", "training_only": True}
+    )
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "vLLM server host.", "training_only": True})
+    vllm_server_port: int = field(default=8000, metadata={"help": "vLLM server port.", "training_only": True})
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "GPU memory share of a colocated vLLM engine.", "training_only": True}
+    )
+    vllm_tensor_parallel_size: int = field(
+        default=1, metadata={"help": "Tensor parallelism of a colocated vLLM engine.", "training_only": True}
+    )
 
     def __post_init__(self):
         _require(
@@ -544,6 +619,39 @@ class AEPOConfig(DPOConfig):
             "self_judge_model",
             self.self_judge_model,
             _one_of(SELF_JUDGE_MODELS),
+        )
+        for name in ("num_generations", "max_completion_length", "generate_every"):
+            value = getattr(self, name)
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, value, "an integer >= 1"
+            )
+        _require(
+            self.generation_batch_size is None
+            or (isinstance(self.generation_batch_size, int) and self.generation_batch_size >= 1),
+            "generation_batch_size",
+            self.generation_batch_size,
+            "None or an integer >= 1",
+        )
+        _require(self.vllm_mode in VLLM_MODES, "vllm_mode", self.vllm_mode, _one_of(VLLM_MODES))
+        from .generation.local import GenerationInputError
+
+        try:
+            self.sampling_settings()
+        except GenerationInputError as error:
+            raise ValueError(f"AEPOConfig: {error}") from None
+
+    def sampling_settings(self):
+        """The on-policy `SamplingSettings` (what changes what is sampled; stored with every generated pool)."""
+        from .generation.local import SamplingSettings
+
+        return SamplingSettings(
+            num_generations=self.num_generations,
+            max_completion_length=self.max_completion_length,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
         )
 
     @property

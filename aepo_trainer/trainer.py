@@ -107,8 +107,15 @@ class AEPOTrainer(DPOTrainer):
             judge_available=ref_model is not None or peft_config is not None or hasattr(model, "peft_config"),
         )
         eval_sets = list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
-        self._aepo_trains_on_pools = pools.is_pool_dataset(train_dataset, args)
-        self._aepo_uses_pools = any(pools.is_pool_dataset(d, args) for d in [train_dataset, *eval_sets])
+        from .on_policy import is_prompt_only_dataset
+
+        self._aepo_on_policy = is_prompt_only_dataset(train_dataset, args)  # pools sampled in the step (on_policy.py)
+        self._aepo_trains_on_pools = pools.is_pool_dataset(train_dataset, args) or self._aepo_on_policy
+        self._aepo_uses_pools = self._aepo_on_policy or any(
+            pools.is_pool_dataset(d, args) for d in [train_dataset, *eval_sets]
+        )
+        self.aepo_on_policy = None
+        self.aepo_phase_timer = None
         self._aepo_pool_columns: list[str] = []
         self._aepo_embedder = None
         self._aepo_seen_prompt_keys: list[int] = []
@@ -183,6 +190,13 @@ class AEPOTrainer(DPOTrainer):
         self.pool_reducer = PoolReducer(args, device=self.accelerator.device)
         if not user_collator:
             self.data_collator = AEPODataCollator.from_config(args, pad_token_id=self.pad_token_id)
+        from .on_policy import OnPolicyPools, PhaseTimer, PromptCollator
+
+        self.aepo_phase_timer = PhaseTimer()
+        if self._aepo_on_policy:
+            self.aepo_on_policy = OnPolicyPools(self)
+            if not user_collator:
+                self.data_collator = PromptCollator(fallback=self.data_collator)
         if self._aepo_trains_on_pools:
             # The pool loss is already a mean over the step's pairs (see `_pool_loss`): no division by the number of
             # accumulation steps on top of it.
@@ -205,7 +219,10 @@ class AEPOTrainer(DPOTrainer):
                         "adapter, judged with the adapter disabled)."
                     )
             return build_annotator(
-                args, model=judge_model if judge_model is not None else self.model, tokenizer=self._tokenizer
+                args,
+                model=judge_model if judge_model is not None else self.model,
+                tokenizer=self._tokenizer,
+                ref_model=self.ref_model,
             )
         if hasattr(annotator, "score") and hasattr(annotator, "identity"):
             return annotator
@@ -236,6 +253,13 @@ class AEPOTrainer(DPOTrainer):
             )
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        from .on_policy import is_prompt_only_dataset, validate_prompt_dataset
+
+        if is_prompt_only_dataset(dataset, args):  # on-policy: the pools are generated in the training step
+            validate_prompt_dataset(dataset, dataset_name)
+            columns = getattr(self, "_aepo_pool_columns", [])
+            self._aepo_pool_columns = list(dict.fromkeys([*columns, *dataset.column_names]))
+            return dataset
         if not pools.is_pool_dataset(dataset, args):
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
@@ -273,6 +297,14 @@ class AEPOTrainer(DPOTrainer):
             self.control.should_training_stop = True
             return [], None
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.aepo_on_policy is not None:  # prompt batches -> pools sampled from the current policy
+            from .on_policy import ON_POLICY_ROWS
+
+            prompt_batches = [b for b in batches if ON_POLICY_ROWS in b]
+            if prompt_batches:
+                generated = iter(self.aepo_on_policy.pool_batches(prompt_batches))
+                batches = [next(generated) if ON_POLICY_ROWS in b else b for b in batches]
+        self._aepo_name_policy_version()
         pool_batches = [b for b in batches if is_pool_batch(b)]
         if not pool_batches:
             return batches, None
@@ -290,13 +322,23 @@ class AEPOTrainer(DPOTrainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         from ._pool_step import STEP_PAIRS
+        from .on_policy import phase
 
         if STEP_PAIRS in inputs and inputs[STEP_PAIRS] == 0:
             # No pair on any process in this step: no forward, no backward, so the gradients stay unset and the
             # optimizer step leaves weights and optimizer state as they are.
             model.train()  # as `Trainer.training_step` would: the step's metrics are logged as training metrics
             return torch.zeros((), device=self.args.device)
-        return super().training_step(model, inputs, num_items_in_batch)
+        with phase(self, "train"):
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def _aepo_name_policy_version(self) -> None:
+        """A judge that is the live policy (`annotator='self_judge'`) is named by the run and the step: the weights
+        of step s are the same in a resumed run, so its judgments are reused; a later step is a new judge."""
+        service = self.annotation_service
+        annotator = getattr(service, "annotator", None)
+        if getattr(annotator, "live", False) and hasattr(annotator, "set_policy_version"):
+            annotator.set_policy_version(f"{default_run_id(self.args)}:step={self.state.global_step}")
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if is_pool_batch(inputs):
@@ -382,6 +424,8 @@ class AEPOTrainer(DPOTrainer):
                 logs["loss"] = self._aepo_pair_mean("train", reset=True)
             if "train_loss" in logs:
                 logs["train_loss"] = self._aepo_pair_mean("train_total", reset=False)
+            if "loss" in logs and self.aepo_phase_timer is not None:
+                logs.update(self.aepo_phase_timer.report())
         super().log(logs, start_time)
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):

@@ -76,7 +76,7 @@ def test_select_help_documents_every_aepo_config_field(capsys):
     assert main(["select", "--help"]) == 0
     text = capsys.readouterr().out
     for field in aepo_fields():
-        if field.name != "reward_scale":  # a loss setting: training only
+        if field.name != "reward_scale" and not field.metadata.get("training_only"):  # training settings
             assert f"--{field.name}" in text
     flat = " ".join(text.split())
     assert "representativeness + lambda * diversity" in flat  # help comes from AEPOConfig metadata["help"]

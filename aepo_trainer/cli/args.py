@@ -105,6 +105,8 @@ def add_config_flags(
     for f in aepo_fields():
         if (names is not None and f.name not in names) or f.name in exclude:
             continue
+        if names is None and f.metadata.get("training_only"):  # on-policy generation: the trainer's, not a CLI's
+            continue
         type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         optional = _optional(type_name)
         kwargs = dict(

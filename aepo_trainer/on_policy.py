@@ -1,0 +1,265 @@
+"""On-policy pools: prompt-only datasets whose candidates are sampled from the policy inside the training step.
+
+Given a dataset with a `prompt` column and no completions (standard or conversational prompts), `AEPOTrainer` turns
+each micro-batch of prompts into a pool batch at the start of the optimizer step, before the usual step-level
+reduction (`_pool_step.reduce_pool_batches`):
+
+    prompts -> generate N per prompt with the current policy (stored) -> embed -> tokenize like offline pools
+            -> pool batch -> select k -> annotate (paid, main process) -> pair -> DPO step
+
+* **Generation** uses `aepo_trainer.generation` (transformers `generate` on the unwrapped policy, or vLLM with
+  `use_vllm`), seeded per prompt and generation round (`prompt_seed(seed, prompt, round)`, round =
+  `global_step // generate_every`), so what a prompt gets does not depend on its batch.
+* **Stored before use** (`CandidateStore`, `<output_dir>/candidates.sqlite` by default): a pool generated once in a
+  round is read back whenever the prompt comes again in that round — with `generate_every > 1` a pool serves several
+  steps — and a resumed run repeating a step reads the very candidates the killed run had paid labels for, so the
+  annotation store recognises them and nothing is paid twice.
+* **Tokenization is the offline pools'** (`pools.prepare_pool_dataset`, i.e. TRL's DPO tokenization), so the trainer
+  computes the same thing on an on-policy pool as on the same pool given as a dataset.
+* **Phase times** (`PhaseTimer`): generate / embed / select / annotate / train, logged as `aepo/time_share/*`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ON_POLICY_ROWS", "OnPolicyPools", "PhaseTimer", "PromptCollator", "is_prompt_only_dataset", "phase"]
+
+ON_POLICY_ROWS = "on_policy_rows"
+PHASES = ("generate", "embed", "select", "annotate", "train")
+
+
+def is_prompt_only_dataset(dataset, args) -> bool:
+    """True when the first row has a prompt and neither completions nor chosen/rejected: sample its pools on-policy."""
+    if dataset is None:
+        return False
+    try:
+        row = next(iter(dataset))
+    except StopIteration:
+        return False
+    ccol = getattr(args, "completions_column", "completions")
+    return "prompt" in row and not any(c in row for c in (ccol, "chosen", "rejected"))
+
+
+def validate_prompt_dataset(dataset, dataset_name: str = "train") -> None:
+    """Every prompt a non-empty string or a non-empty list of chat messages; the error names the row."""
+    for number, prompt in enumerate(dataset["prompt"]):
+        if isinstance(prompt, str) and prompt.strip():
+            continue
+        if isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "content" in m for m in prompt):
+            continue
+        raise ValueError(
+            f"The {dataset_name} dataset is prompt-only (on-policy pools), but row {number}, column 'prompt' is "
+            f"{type(prompt).__name__} {str(prompt)[:40]!r}: expected a non-empty string or a list of chat messages."
+        )
+
+
+@dataclass
+class PromptCollator:
+    """A batch of prompt-only rows, passed through as they are: the pools are generated in the training step.
+    Examples of a prepared pool or pair dataset (an eval set) go to `fallback`, the usual collator."""
+
+    fallback: object = None
+
+    def __call__(self, examples: list[dict]) -> dict:
+        if self.fallback is not None and examples and "prompt_ids" in examples[0]:
+            return self.fallback(examples)
+        return {ON_POLICY_ROWS: [dict(example) for example in examples]}
+
+
+class PhaseTimer:
+    """Wall-clock seconds per phase of the training step since the last report (CUDA synchronised at each phase end,
+    so that asynchronous kernels are charged to the phase that launched them)."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()
+            self.seconds[name] += time.perf_counter() - start
+
+    def report(self, reset: bool = True) -> dict[str, float]:
+        """`aepo/time_share/<phase>` (fractions of the total) and `aepo/seconds/<phase>` since the last report."""
+        total = sum(self.seconds.values())
+        out = {}
+        if total > 0:
+            out.update({f"aepo/time_share/{name}": s / total for name, s in self.seconds.items()})
+            out.update({f"aepo/seconds/{name}": s for name, s in self.seconds.items()})
+        if reset:
+            self.seconds = dict.fromkeys(PHASES, 0.0)
+        return out
+
+
+def phase(trainer, name: str):
+    """The trainer's phase timer context for `name` (a no-op without a timer)."""
+    timer = getattr(trainer, "aepo_phase_timer", None)
+    return timer.phase(name) if timer is not None else nullcontext()
+
+
+class OnPolicyPools:
+    """Generates, stores, embeds and lays out the pools of prompt-only batches for `AEPOTrainer` (see the module)."""
+
+    def __init__(self, trainer):
+        import os
+
+        from .generation.store import CandidateStore
+        from .trainer import default_run_id
+
+        args = trainer.args
+        self.trainer = trainer
+        self.settings = args.sampling_settings()
+        self.fingerprint = self.settings.fingerprint()
+        self.run_id = default_run_id(args)
+        rank = trainer.accelerator.process_index
+        path = args.generation_store or os.path.join(args.output_dir, "candidates.sqlite")
+        if rank > 0:  # each process stores the pools of the prompts it trains on (no shared file needed)
+            path = f"{path}.rank{rank}"
+        self.store = CandidateStore(path)
+        self._generator = None
+        self._embedder = None
+        self.generated = 0  # pools generated by this process (counters for tests and logs)
+        self.reused = 0
+
+    # ------------------------------------------------------------------------------------------------ backends
+    @property
+    def generator(self):
+        if self._generator is None:
+            args, trainer = self.trainer.args, self.trainer
+            if args.use_vllm:
+                from .generation.vllm import PolicyVLLMGenerator
+
+                kwargs = dict(
+                    server_base_url=args.vllm_server_base_url,
+                    server_host=args.vllm_server_host,
+                    server_port=args.vllm_server_port,
+                    tensor_parallel_size=args.vllm_tensor_parallel_size,
+                    gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                )
+                self._generator = PolicyVLLMGenerator(
+                    trainer.model,
+                    trainer.accelerator,
+                    trainer.processing_class,
+                    self.settings,
+                    args.vllm_mode,
+                    **kwargs,
+                )
+            else:
+                from .generation.local import TransformersGenerator
+
+                per_call = None
+                if args.generation_batch_size is not None:
+                    per_call = max(1, args.generation_batch_size // self.settings.num_generations)
+                self._generator = TransformersGenerator(
+                    trainer.model, trainer.processing_class, self.settings, batch_size=per_call or 1_000_000
+                )
+        return self._generator
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from .embedding import Embedder
+
+            args = self.trainer.args
+            self._embedder = Embedder(
+                args.embedding_model, device=self.trainer.accelerator.device, batch_size=args.embedding_batch_size
+            )
+        return self._embedder
+
+    # ------------------------------------------------------------------------------------------------ the step
+    def pool_batches(self, prompt_batches: list[dict]) -> list[dict]:
+        """Pool batches (as `AEPODataCollator` makes them) for the prompt batches of one optimizer step."""
+        from .generation.local import prompt_seed
+
+        trainer, args = self.trainer, self.trainer.args
+        step = trainer.state.global_step
+        round_ = step // args.generate_every
+        batches_rows = [batch[ON_POLICY_ROWS] for batch in prompt_batches]
+        rows = [row for batch_rows in batches_rows for row in batch_rows]
+        from .generation.store import pool_key
+
+        keys = [pool_key(self.run_id, self.fingerprint, round_, row["prompt"]) for row in rows]
+        with phase(trainer, "generate"):
+            stored = self.store.get(list(dict.fromkeys(keys)))
+            missing = list(dict.fromkeys(k for k in keys if k not in stored))
+            self.reused += len(keys) - len(missing)
+            if missing:
+                by_key = {k: row["prompt"] for k, row in zip(keys, rows)}
+                prompts = [by_key[k] for k in missing]
+                seeds = [prompt_seed(args.seed, p, round_) for p in prompts]
+                fresh = self._generate(prompts, seeds, step)
+                self.store.put(self.run_id, round_, self.fingerprint, dict(zip(missing, fresh)))
+                stored.update(zip(missing, fresh))
+                self.generated += len(missing)
+        trainer._metrics["train"]["aepo/pools_generated"].append(float(len(missing)))
+        out = []
+        for batch_rows, start in zip(batches_rows, _offsets(batches_rows)):
+            pools = [stored[keys[start + i]] for i in range(len(batch_rows))]
+            out.append(self._pool_batch(batch_rows, pools))
+        return out
+
+    def _generate(self, prompts, seeds, step: int):
+        trainer = self.trainer
+        if trainer.args.use_vllm:
+            self.generator.sync_weights(step)
+            return self.generator.generate(prompts, seeds)
+        from trl.models import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
+            return self.generator.generate(prompts, seeds, model=model)
+
+    def _pool_batch(self, rows: list[dict], pools) -> dict:
+        """Embed, tokenize (offline pools' way) and collate one micro-batch of generated pools."""
+        import datasets
+        from datasets import Dataset
+        from trl import DPOTrainer
+
+        from .collator import AEPODataCollator
+        from .pools import prepare_pool_dataset
+
+        trainer, args = self.trainer, self.trainer.args
+        with phase(trainer, "embed"):
+            embeddings, _ = self.embedder.encode_pools([pool.completions for pool in pools])
+        embeddings = embeddings.float().cpu()
+        table = [
+            {
+                **row,
+                args.completions_column: pool.completions,
+                args.embeddings_column: embeddings[i, : len(pool.completions)].tolist(),
+            }
+            for i, (row, pool) in enumerate(zip(rows, pools))
+        ]
+        bars = datasets.utils.logging.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+
+            def tokenize_pairs(pair_dataset, pair_args):
+                return DPOTrainer._prepare_dataset(trainer, pair_dataset, trainer.processing_class, pair_args, "train")
+
+            prepared = prepare_pool_dataset(Dataset.from_list(table), args, tokenize_pairs, "train")
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
+        prepared = prepared.with_format("torch", columns=[args.embeddings_column], output_all_columns=True)
+        collator = AEPODataCollator.from_config(args, pad_token_id=trainer.pad_token_id)
+        return collator([prepared[i] for i in range(len(prepared))])
+
+
+def _offsets(batches: list[list]) -> list[int]:
+    out, total = [], 0
+    for b in batches:
+        out.append(total)
+        total += len(b)
+    return out
