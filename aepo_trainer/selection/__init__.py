@@ -8,6 +8,7 @@
 * `surrogate.py`, `acquisitions.py`, `active.py`: active selection that learns from the paid labels — a Bayesian
   linear reward surrogate, the batched acquisitions (DeltaUCB, Thompson sampling, MaxMinLCB, InfoMax, ...) and the
   stateful `ActiveSelector` that alternates `select` and `observe`.
+* `implicit_reward.py`: the policy's implicit reward β·(log π − log π_ref) per candidate, a selection feature.
 """
 
 from __future__ import annotations
