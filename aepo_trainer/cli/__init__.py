@@ -21,6 +21,7 @@ COMMANDS = {
     "stats": "Annotation cost, coverage and representativeness/diversity of each selection strategy; a plot.",
     "label": "Serve a web page where people label a human annotation queue (labellers, agreement, tokens).",
     "train": "Train a policy with AEPOTrainer from a YAML config, like `trl dpo --config` (TrlParser flags).",
+    "best-of-n": "Self-rejection: sample N responses per prompt, a judge's tournament picks one (with its confidence).",
     "jsft": "Judge-augmented SFT (SELF-JUDGE): judgment examples in both orders + SFT on chosen, with TRL's SFTTrainer.",
 }
 
