@@ -25,6 +25,27 @@ from .choices import (
     VLLM_MODES,
 )
 
+#: AEPOConfig fields that only training reads (on-policy generation): the `aepo` CLI commands do not expose them.
+TRAINING_ONLY_FIELDS = (
+    "num_generations",
+    "generation_batch_size",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "max_completion_length",
+    "repetition_penalty",
+    "generate_every",
+    "generation_store",
+    "use_vllm",
+    "vllm_mode",
+    "vllm_server_base_url",
+    "vllm_server_host",
+    "vllm_server_port",
+    "vllm_gpu_memory_utilization",
+    "vllm_tensor_parallel_size",
+)
+
 
 @dataclass
 class AEPOConfig(DPOConfig):
@@ -339,13 +360,12 @@ class AEPOConfig(DPOConfig):
         },
     )
     # On-policy pools: a dataset with only a prompt column makes the trainer sample the pools from the policy being
-    # trained, inside the training step. Names and meanings follow TRL's GRPOConfig. `training_only`: not `aepo
-    # select` flags.
+    # trained, inside the training step. Names and meanings follow TRL's GRPOConfig. Listed in
+    # `TRAINING_ONLY_FIELDS` (not flags of `aepo select`).
     num_generations: int = field(
         default=8,
         metadata={
             "help": "N: candidates sampled per prompt from the current policy (prompt-only datasets).",
-            "training_only": True,
         },
     )
     generation_batch_size: int | None = field(
@@ -353,28 +373,22 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Sequences per generate call (prompts per call = max(1, this // num_generations)); None = "
             "every prompt of a micro-batch in one call.",
-            "training_only": True,
         },
     )
     temperature: float = field(
         default=1.0,
-        metadata={"help": "Sampling temperature of on-policy generation (0 = greedy).", "training_only": True},
+        metadata={"help": "Sampling temperature of on-policy generation (0 = greedy)."},
     )
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0 = off).", "training_only": True})
-    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off).", "training_only": True})
-    min_p: float | None = field(default=None, metadata={"help": "Min-p sampling (None = off).", "training_only": True})
-    max_completion_length: int = field(
-        default=256, metadata={"help": "Maximum tokens generated per candidate.", "training_only": True}
-    )
-    repetition_penalty: float = field(
-        default=1.0, metadata={"help": "Repetition penalty of generation (1.0 = none).", "training_only": True}
-    )
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0 = off)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
+    min_p: float | None = field(default=None, metadata={"help": "Min-p sampling (None = off)."})
+    max_completion_length: int = field(default=256, metadata={"help": "Maximum tokens generated per candidate."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Repetition penalty of generation (1.0 = none)."})
     generate_every: int = field(
         default=1,
         metadata={
             "help": "Regenerate a prompt's pool at most every this many optimizer steps; in between, a prompt "
             "seen again reuses its stored pool (1 = always fresh, on-policy).",
-            "training_only": True,
         },
     )
     generation_store: str | None = field(
@@ -383,14 +397,12 @@ class AEPOConfig(DPOConfig):
             "help": "SQLite file of the generated pools (text, token ids, settings), so that a resumed run "
             "neither regenerates a step differently nor pays its labels twice. Defaults to "
             "`<output_dir>/candidates.sqlite`.",
-            "training_only": True,
         },
     )
     use_vllm: bool = field(
         default=False,
         metadata={
             "help": "Generate with vLLM (GPU; TRL's VLLMGeneration), weights synced after each update.",
-            "training_only": True,
         },
     )
     vllm_mode: str = field(
@@ -398,19 +410,18 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "'colocate' (an engine in the training process) or 'server' (`trl vllm-serve`).",
             "choices": list(VLLM_MODES),
-            "training_only": True,
         },
     )
     vllm_server_base_url: str | None = field(
-        default=None, metadata={"help": "Base URL of the vLLM server (server mode).", "training_only": True}
+        default=None, metadata={"help": "Base URL of the vLLM server (server mode)."}
     )
-    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "vLLM server host.", "training_only": True})
-    vllm_server_port: int = field(default=8000, metadata={"help": "vLLM server port.", "training_only": True})
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "vLLM server host."})
+    vllm_server_port: int = field(default=8000, metadata={"help": "vLLM server port."})
     vllm_gpu_memory_utilization: float = field(
-        default=0.3, metadata={"help": "GPU memory share of a colocated vLLM engine.", "training_only": True}
+        default=0.3, metadata={"help": "GPU memory share of a colocated vLLM engine."}
     )
     vllm_tensor_parallel_size: int = field(
-        default=1, metadata={"help": "Tensor parallelism of a colocated vLLM engine.", "training_only": True}
+        default=1, metadata={"help": "Tensor parallelism of a colocated vLLM engine."}
     )
 
     def __post_init__(self):

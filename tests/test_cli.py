@@ -72,11 +72,12 @@ def test_top_level_help_is_fast_and_lists_commands_and_exit_codes():
 def test_select_help_documents_every_aepo_config_field(capsys):
     from aepo_trainer.cli import main
     from aepo_trainer.cli.args import aepo_fields
+    from aepo_trainer.config import TRAINING_ONLY_FIELDS
 
     assert main(["select", "--help"]) == 0
     text = capsys.readouterr().out
     for field in aepo_fields():
-        if field.name != "reward_scale" and not field.metadata.get("training_only"):  # training settings
+        if field.name != "reward_scale" and field.name not in TRAINING_ONLY_FIELDS:  # training settings
             assert f"--{field.name}" in text
     flat = " ".join(text.split())
     assert "representativeness + lambda * diversity" in flat  # help comes from AEPOConfig metadata["help"]

@@ -100,12 +100,14 @@ def add_config_flags(
     """
     from trl import DPOConfig
 
+    from aepo_trainer.config import TRAINING_ONLY_FIELDS
+
     overrides, notes = overrides or {}, notes or {}
     group = parser.add_argument_group(title)
     for f in aepo_fields():
         if (names is not None and f.name not in names) or f.name in exclude:
             continue
-        if names is None and f.metadata.get("training_only"):  # on-policy generation: the trainer's, not a CLI's
+        if names is None and f.name in TRAINING_ONLY_FIELDS:  # on-policy generation: the trainer's, not a CLI's
             continue
         type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         optional = _optional(type_name)

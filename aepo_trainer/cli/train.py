@@ -61,6 +61,13 @@ class TrainScriptArguments(ScriptArguments):
     tiny_model_hidden_size: int = field(default=64, metadata={"help": "Hidden size of the tiny demo model."})
     tiny_model_layers: int = field(default=2, metadata={"help": "Layers of the tiny demo model."})
     show_examples: int = field(default=3, metadata={"help": "Selected pairs to print in the final summary."})
+    prompt_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep only the dataset's prompt column: the trainer then samples the pools from the policy "
+            "being trained (on-policy AEPO, `num_generations` per prompt; docs/on-policy.md)."
+        },
+    )
 
 
 def bundled_configs() -> dict[str, Path]:
@@ -127,6 +134,8 @@ def load_pools(script_args, training_args, with_eval: bool):
         train, test = loaded, None
     if script_args.max_prompts is not None:
         train = train.select(range(min(script_args.max_prompts, len(train))))
+    if script_args.prompt_only:
+        train = train.select_columns(["prompt"])
     if not with_eval:
         return train, None
     if test is None:
@@ -234,6 +243,8 @@ def summary(trainer, script_args) -> str:
         pool_sizes = sorted({len(c) for c in trainer.train_dataset[args.completions_column]})
     except (KeyError, TypeError):
         pass
+    if trainer.aepo_on_policy is not None:  # on-policy: the pools are sampled during training
+        pool_sizes = [args.num_generations]
     k = "all N (west_of_n)" if args.selection_strategy == "west_of_n" else f"k={args.num_annotations}"
     lines.append(
         f"Selection: {k} of N={'/'.join(map(str, pool_sizes or ['?']))} candidates per prompt, strategy "
