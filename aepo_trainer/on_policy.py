@@ -248,7 +248,8 @@ class OnPolicyPools:
             def tokenize_pairs(pair_dataset, pair_args):
                 return DPOTrainer._prepare_dataset(trainer, pair_dataset, trainer.processing_class, pair_args, "train")
 
-            prepared = prepare_pool_dataset(Dataset.from_list(table), args, tokenize_pairs, "train")
+            # An empty sample (the policy stopped at once) is a real response, EOS only: kept, not an input error.
+            prepared = prepare_pool_dataset(Dataset.from_list(table), args, tokenize_pairs, "train", allow_empty=True)
         finally:
             if bars:
                 datasets.enable_progress_bars()

@@ -116,6 +116,7 @@ def prepare_pool_dataset(
     tokenize_pairs: Callable[[Any, Any], Any],
     dataset_name: str = "train",
     embed: Callable[[Any, Any], Any] | None = None,
+    allow_empty: bool = False,
 ):
     """Validate, tokenize (through `tokenize_pairs`, i.e. TRL's `_prepare_dataset`) and embed a pool dataset.
 
@@ -126,6 +127,8 @@ def prepare_pool_dataset(
             called with a copy of `args` whose `max_length` is None, so that no pseudo pair is dropped and the pools
             stay aligned; pools whose prompt alone fills `max_length` are dropped here instead, as TRL does for pairs.
         embed: `f(dataset, args) -> dataset` adding `args.embeddings_column` (used only when that column is absent).
+        allow_empty: accept empty completions (on-policy pools: a policy that stops at once produced a real sample,
+            the EOS-only response; in a dataset an empty completion is almost always a data bug).
 
     Returns:
         The dataset with all its original columns plus `prompt_ids`, `completions_ids` and the embeddings column.
@@ -141,7 +144,7 @@ def prepare_pool_dataset(
         )
     if is_prepared_pool_dataset(dataset):
         return dataset
-    validate_pool_dataset(dataset, args, dataset_name)
+    validate_pool_dataset(dataset, args, dataset_name, allow_empty=allow_empty)
     ccol = args.completions_column
 
     extra = [c for c in _PAIR_COLUMNS_PASSED_TO_TRL if c in dataset.column_names]

@@ -180,9 +180,10 @@ def _length(dataset) -> int | None:
         return None
 
 
-def dataset_kind(dataset, args, dataset_name: str = "train") -> str:
-    """'pools' or 'pairs'; raises `InputValidationError` for an empty dataset (D9), a dataset with both the pool
-    column and `chosen`/`rejected` (D8), or one with neither (D9)."""
+def dataset_kind(dataset, args, dataset_name: str = "train", allow_prompts: bool = False) -> str:
+    """'pools' or 'pairs' ('prompts' too with `allow_prompts`: a prompt-only dataset, whose pools the trainer samples
+    on-policy); raises `InputValidationError` for an empty dataset (D9), a dataset with both the pool column and
+    `chosen`/`rejected` (D8), or one with neither (D9)."""
     where = f"{dataset_name} dataset"
     ccol = getattr(args, "completions_column", "completions")
     if _length(dataset) == 0:
@@ -212,6 +213,8 @@ def dataset_kind(dataset, args, dataset_name: str = "train") -> str:
         return "pools"
     if all(c in columns for c in _PAIR_COLUMNS):
         return "pairs"
+    if allow_prompts and "prompt" in columns and not pair_columns:
+        return "prompts"
     raise InputValidationError(
         where,
         [
@@ -230,7 +233,7 @@ def dataset_kind(dataset, args, dataset_name: str = "train") -> str:
 # ----------------------------------------------------------------------------------------------------- pool rows
 
 
-def pool_problems(dataset, args, need_scores: bool = False) -> list[Problem]:
+def pool_problems(dataset, args, need_scores: bool = False, allow_empty: bool = False) -> list[Problem]:
     """Every problem of a pool dataset (a `datasets.Dataset` or any iterable of row dicts), all rows, all columns.
 
     `need_scores`: the `dataset_scores` annotator reads `scores_column`, so it must exist in every row and hold one
@@ -335,7 +338,7 @@ def pool_problems(dataset, args, need_scores: bool = False) -> list[Problem]:
                 problems.append(
                     Problem(field, index, f"mixed formats: the prompt is {prompt_format} but this completion is {fmt}")
                 )
-            if _is_empty(completion, fmt):
+            if _is_empty(completion, fmt) and not allow_empty:
                 problems.append(
                     Problem(
                         field, index, "empty completion (only whitespace or invisible characters)", excerpt(completion)
@@ -422,10 +425,12 @@ def _score_problems(values, pool_size: int, column: str, row: int, need_scores: 
     ]
 
 
-def validate_pool_dataset(dataset, args, dataset_name: str = "train", need_scores: bool = False) -> None:
+def validate_pool_dataset(
+    dataset, args, dataset_name: str = "train", need_scores: bool = False, allow_empty: bool = False
+) -> None:
     """Check every row of a pool dataset; raise `InputValidationError` (a `ValueError`) listing the problems, each
-    with row index, field and excerpt."""
-    problems = pool_problems(dataset, args, need_scores=need_scores)
+    with row index, field and excerpt. `allow_empty`: empty completions are real samples (on-policy pools)."""
+    problems = pool_problems(dataset, args, need_scores=need_scores, allow_empty=allow_empty)
     if problems:
         raise InputValidationError(f"{dataset_name} pool dataset", problems)
 
@@ -558,7 +563,23 @@ def validate_training_inputs(
 
     named = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]
     datasets = [(n, d) for n, d in [("train", train_dataset), *named] if d is not None]
-    pool_sets = [(name, d) for name, d in datasets if dataset_kind(d, args, name) == "pools"]
+    kinds = {name: dataset_kind(d, args, name, allow_prompts=True) for name, d in datasets}
+    pool_sets = [(name, d) for name, d in datasets if kinds[name] == "pools"]
+    if kinds.get("train") == "prompts":  # on-policy: the pools are sampled in the training step (`on_policy`)
+        problems = annotator_problems(args, annotator, judge_available=judge_available, need_embedder=True)
+        if annotator is None and args.annotator == "dataset_scores":
+            problems.append(
+                Problem(
+                    "annotator",
+                    None,
+                    "the train dataset has only prompts (on-policy pools), so there are no dataset scores to read: "
+                    "pass an annotator (a reward function, `annotator=...`) or set `annotator` to 'reward_model', "
+                    "'judge', 'self_judge', 'api_judge' or 'human'",
+                )
+            )
+        problems += budget_problems(args, [args.num_generations]) + store_problems(args)
+        if problems:
+            raise InputValidationError("AEPO settings", problems)
     if not pool_sets:
         return
     if annotator is None:

@@ -158,3 +158,15 @@ def test_config_validation():
         AEPOConfig(output_dir="o", bf16=False, vllm_mode="remote")
     settings = AEPOConfig(output_dir="o", bf16=False, temperature=0.7, num_generations=5).sampling_settings()
     assert (settings.temperature, settings.num_generations) == (0.7, 5)
+
+
+def test_an_empty_sample_is_a_real_response(tmp_path, tiny_model_path, minilm_path):
+    """A policy that stops at once produced the EOS-only response: it stays in the pool (no input error)."""
+    from aepo_trainer.generation import GeneratedPool
+
+    trainer = _trainer(tiny_model_path, _config(tmp_path, minilm_path), CountingReward())
+    pool = GeneratedPool(prompt=PROMPTS[0], completions=["", "a b", "c", "d e f"])
+    batch = trainer.aepo_on_policy._pool_batch([{"prompt": PROMPTS[0]}], [pool])
+    assert batch["pool_mask"].tolist() == [[True] * 4]
+    lengths = batch["pool_completion_lengths"][0].tolist()
+    assert lengths[0] == 1 and all(n > 1 for n in lengths[1:])  # the empty response is its EOS token
