@@ -256,6 +256,11 @@ class AEPOTrainer(DPOTrainer):
         from .on_policy import is_prompt_only_dataset, validate_prompt_dataset
 
         if is_prompt_only_dataset(dataset, args):  # on-policy: the pools are generated in the training step
+            if dataset_name != "train":
+                raise ValueError(
+                    f"The {dataset_name} dataset has only a prompt column: on-policy pools are sampled for training "
+                    "only. Evaluate on candidate pools (`aepo generate`) or on prompt/chosen/rejected pairs."
+                )
             validate_prompt_dataset(dataset, dataset_name)
             columns = getattr(self, "_aepo_pool_columns", [])
             self._aepo_pool_columns = list(dict.fromkeys([*columns, *dataset.column_names]))

@@ -147,6 +147,23 @@ def test_bad_prompt_row_is_named_before_any_generation(tmp_path, tiny_model_path
         _trainer(tiny_model_path, _config(tmp_path, minilm_path), CountingReward(), dataset=data)
 
 
+def test_prompt_only_eval_set_is_refused(tmp_path, tiny_model_path, minilm_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from aepo_trainer import AEPOTrainer
+
+    with pytest.raises(ValueError, match="sampled for training only"):
+        AEPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+            ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+            args=_config(tmp_path, minilm_path, eval_strategy="steps", eval_steps=1),
+            train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+            eval_dataset=Dataset.from_dict({"prompt": PROMPTS[:2]}),
+            processing_class=AutoTokenizer.from_pretrained(tiny_model_path),
+            annotator=CountingReward(),
+        )
+
+
 def test_config_validation():
     from aepo_trainer import AEPOConfig
 
