@@ -37,15 +37,22 @@ PHASES = ("generate", "embed", "select", "annotate", "train")
 
 
 def is_prompt_only_dataset(dataset, args) -> bool:
-    """True when the first row has a prompt and neither completions nor chosen/rejected: sample its pools on-policy."""
+    """True when the first row has a prompt and none of the pool or pair columns (completions, scores, embeddings,
+    chosen, rejected): sample its pools on-policy. A pool dataset that lost its completions column is not one."""
     if dataset is None:
         return False
     try:
         row = next(iter(dataset))
     except StopIteration:
         return False
-    ccol = getattr(args, "completions_column", "completions")
-    return "prompt" in row and not any(c in row for c in (ccol, "chosen", "rejected"))
+    pool_or_pair = (
+        getattr(args, "completions_column", "completions"),
+        getattr(args, "scores_column", "scores"),
+        getattr(args, "embeddings_column", "embeddings"),
+        "chosen",
+        "rejected",
+    )
+    return "prompt" in row and not any(c in row for c in pool_or_pair)
 
 
 def validate_prompt_dataset(dataset, dataset_name: str = "train") -> None:

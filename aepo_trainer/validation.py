@@ -213,8 +213,9 @@ def dataset_kind(dataset, args, dataset_name: str = "train", allow_prompts: bool
         return "pools"
     if all(c in columns for c in _PAIR_COLUMNS):
         return "pairs"
-    if allow_prompts and "prompt" in columns and not pair_columns:
-        return "prompts"
+    pool_columns = [getattr(args, "scores_column", "scores"), getattr(args, "embeddings_column", "embeddings")]
+    if allow_prompts and "prompt" in columns and not pair_columns and not any(c in columns for c in pool_columns):
+        return "prompts"  # no trace of a pool (scores, embeddings): a prompt-only dataset, not a broken pool dataset
     raise InputValidationError(
         where,
         [

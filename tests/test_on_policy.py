@@ -164,6 +164,22 @@ def test_prompt_only_eval_set_is_refused(tmp_path, tiny_model_path, minilm_path)
         )
 
 
+def test_prompt_only_without_an_annotator_is_refused_before_anything_runs(tmp_path, tiny_model_path, minilm_path):
+    """On-policy pools have no dataset scores: the default annotator is a configuration error, said at init."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from aepo_trainer import AEPOTrainer
+
+    with pytest.raises(ValueError, match="no dataset scores to read"):
+        AEPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+            ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+            args=_config(tmp_path, minilm_path),
+            train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+            processing_class=AutoTokenizer.from_pretrained(tiny_model_path),
+        )
+
+
 def test_config_validation():
     from aepo_trainer import AEPOConfig
 
