@@ -239,12 +239,13 @@ def summary(trainer, script_args) -> str:
     args = trainer.args
     lines = ["", "=" * 100, "AEPO training summary", "=" * 100]
     pool_sizes = None
-    try:
-        pool_sizes = sorted({len(c) for c in trainer.train_dataset[args.completions_column]})
-    except (KeyError, TypeError):
-        pass
-    if trainer.aepo_on_policy is not None:  # on-policy: the pools are sampled during training
+    if getattr(trainer, "aepo_on_policy", None) is not None:  # on-policy: the pools are sampled during training
         pool_sizes = [args.num_generations]
+    else:
+        try:
+            pool_sizes = sorted({len(c) for c in trainer.train_dataset[args.completions_column]})
+        except (KeyError, TypeError):
+            pass
     k = "all N (west_of_n)" if args.selection_strategy == "west_of_n" else f"k={args.num_annotations}"
     lines.append(
         f"Selection: {k} of N={'/'.join(map(str, pool_sizes or ['?']))} candidates per prompt, strategy "
