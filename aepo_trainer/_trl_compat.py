@@ -11,7 +11,9 @@ from __future__ import annotations
 # The pool loss hands TRL's `_compute_loss` a proxy model that returns rows of one fused-head pass; the proxy must
 # return TRL's own output type, and the reference pass must use TRL's adapter switch and checkpointing guard so
 # that the reference log-probs are exactly those DPOTrainer computes.
-from trl.models.utils import disable_gradient_checkpointing
+# On-policy sampling generates with the model outside its DDP/DeepSpeed wrapper (ZeRO-3 gathers the weights first),
+# exactly as TRL's own online trainers do.
+from trl.models.utils import disable_gradient_checkpointing, unwrap_model_for_generation
 
 # `DataCollatorForPreference` is not exported by `trl` (another class of that name lives in reward_trainer.py):
 # pair batches must go through DPO's own collator so that pair training stays bitwise identical to DPOTrainer.
@@ -24,6 +26,7 @@ __all__ = [
     "DataCollatorForPreference",
     "FusedCausalLMOutput",
     "disable_gradient_checkpointing",
+    "unwrap_model_for_generation",
     "use_adapter",
 ]
 

@@ -98,13 +98,21 @@ class PhaseTimer:
                 torch.cuda.synchronize()
             self.seconds[name] += time.perf_counter() - start
 
-    def report(self, reset: bool = True) -> dict[str, float]:
-        """`aepo/time_share/<phase>` (fractions of the total) and `aepo/seconds/<phase>` since the last report."""
-        total = sum(self.seconds.values())
+    def report(self, reset: bool = True, accelerator=None) -> dict[str, float]:
+        """`aepo/time_share/<phase>` (fractions of the total) and `aepo/seconds/<phase>` since the last report.
+
+        With an `accelerator` of several processes the seconds are averaged over the processes (one collective), so
+        every process logs the same figures, like every other logged metric."""
+        seconds = dict(self.seconds)
+        if accelerator is not None and accelerator.num_processes > 1:
+            local = torch.tensor([seconds[name] for name in PHASES], dtype=torch.float64, device=accelerator.device)
+            mean = accelerator.gather(local.unsqueeze(0)).view(-1, len(PHASES)).mean(0).tolist()
+            seconds = dict(zip(PHASES, mean))
+        total = sum(seconds.values())
         out = {}
         if total > 0:
-            out.update({f"aepo/time_share/{name}": s / total for name, s in self.seconds.items()})
-            out.update({f"aepo/seconds/{name}": s for name, s in self.seconds.items()})
+            out.update({f"aepo/time_share/{name}": s / total for name, s in seconds.items()})
+            out.update({f"aepo/seconds/{name}": s for name, s in seconds.items()})
         if reset:
             self.seconds = dict.fromkeys(PHASES, 0.0)
         return out
@@ -222,7 +230,7 @@ class OnPolicyPools:
         if trainer.args.use_vllm:
             self.generator.sync_weights(step)
             return self.generator.generate(prompts, seeds)
-        from trl.models import unwrap_model_for_generation
+        from ._trl_compat import unwrap_model_for_generation
 
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
             return self.generator.generate(prompts, seeds, model=model)

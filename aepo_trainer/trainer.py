@@ -430,7 +430,7 @@ class AEPOTrainer(DPOTrainer):
             if "train_loss" in logs:
                 logs["train_loss"] = self._aepo_pair_mean("train_total", reset=False)
             if "loss" in logs and self.aepo_phase_timer is not None:
-                logs.update(self.aepo_phase_timer.report())
+                logs.update(self.aepo_phase_timer.report(accelerator=self.accelerator))
         super().log(logs, start_time)
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
