@@ -97,7 +97,8 @@ def test_bundled_configs_ship_with_the_package():
     assert os.path.realpath("examples/configs") == os.path.realpath(configs["demo"].parent)  # one copy only
     assert resolve_config_argument(["--config", "demo"]) == ["--config", str(configs["demo"])]
     for path in (
-        configs[name] for name in ("demo", "paper", "qlora_consumer_gpu", "on_policy_demo", "on_policy_qwen05b_vllm_lora")
+        configs[name]
+        for name in ("demo", "paper", "qlora_consumer_gpu", "on_policy_demo", "on_policy_qwen05b_vllm_lora")
     ):  # every training config parses with the command's parser (bf16 off: CPU)
         script, training, model = parse_arguments(["--config", str(path), "--output_dir", "unused", "--bf16", "false"])
         assert model.model_name_or_path and training.num_annotations >= 2
