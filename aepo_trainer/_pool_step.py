@@ -127,6 +127,8 @@ def record_stats(trainer, mode: str, stats: torch.Tensor | None, step_terms: int
     for name in ("ties_dropped", "invalid_dropped", "prompts_skipped", "annotations_paid", "annotations_reused"):
         m[f"aepo/{name}"].append(total[name])
     m["aepo/empty_batches"].append(float(step_terms == 0))
+    if total["gold_pairs"] > 0 and not trainer._aepo_labels_are_dataset_scores:
+        m["aepo/label_gold_agreement"].append(total["gold_agreements"] / total["gold_pairs"])
     spent = float(torch.nan_to_num(s["annotations_spent"], nan=0.0).max())
     m["aepo/annotations_spent"] = [spent]  # a running total: keep the latest, not the mean over the log window
     budget_left = s["budget_left"]

@@ -16,6 +16,7 @@ same seed and configuration, whatever the batching.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,8 @@ STATS_FIELDS = (
     "invalid_dropped",  # responses with an invalid (None/NaN/inf) score, never paired
     "budget_exhausted",  # 1.0 when the budget ran out in this batch
     "annotations_pending",  # 1.0 when a human annotator is waiting for labels
+    "gold_pairs",  # pairs whose two responses both have a (different) score in the dataset's scores column
+    "gold_agreements",  # ... of which the paid labels order the same way as those dataset scores
 )
 
 
@@ -205,6 +208,7 @@ class PoolReducer:
             "invalid_dropped": float(pairing.invalid_dropped),
             "budget_exhausted": float(bool(reply.skipped)),
             "annotations_pending": float(reply.pending is not None),
+            **_gold_agreement(rows, selected.subsets, pairs, args.scores_column),
         }
         return ReducedBatch(
             selection=selected.selection,
@@ -229,3 +233,24 @@ class PoolReducer:
         selected = self.select(rows, embeddings, mask)
         reply = annotate_requests(self.service, self.requests(rows, selected), catch_pending=self.catch_pending)
         return self.finish(rows, selected, reply)
+
+
+def _gold_agreement(rows: list[dict], subsets: list[list[int]], pairs: list, scores_column: str) -> dict[str, float]:
+    """How often the paid labels agree with gold scores shipped in the dataset (where both exist and differ): the
+    judge's (or reward model's, or people's) agreement with gold, e.g. a judge checked against known scores. With
+    `annotator='dataset_scores'` the labels *are* those scores, so the trainer does not log it then."""
+    agree = total = 0
+    for pair in pairs:
+        gold = rows[pair.row].get(scores_column)
+        if not isinstance(gold, (list, tuple)):
+            continue
+        subset = subsets[pair.row]
+        chosen, rejected = gold[subset[pair.chosen]], gold[subset[pair.rejected]]
+        if not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (chosen, rejected)
+        ):
+            continue
+        if chosen != rejected:
+            total += 1
+            agree += chosen > rejected
+    return {"gold_pairs": float(total), "gold_agreements": float(agree)}

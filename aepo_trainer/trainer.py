@@ -187,6 +187,8 @@ class AEPOTrainer(DPOTrainer):
                     args, eval_annotator, run_id=f"{run_id}-eval", budget=args.eval_annotation_budget
                 ),
             }
+        # the labels are the dataset's own scores: agreement with them means nothing (see `reduction._gold_agreement`)
+        self._aepo_labels_are_dataset_scores = annotator is None and args.annotator == "dataset_scores"
         self.pool_reducer = PoolReducer(args, device=self.accelerator.device)
         if not user_collator:
             self.data_collator = AEPODataCollator.from_config(args, pad_token_id=self.pad_token_id)

@@ -306,3 +306,27 @@ def test_human_annotation_pending_stops_cleanly(tiny_model_path, dpo_args):
     queue = os.path.join(trainer.args.output_dir, "annotation_queue.jsonl")
     assert os.path.exists(queue)
     assert logged(trainer)[0]["aepo/empty_batches"] == 1  # nothing was trained on unlabeled items
+
+
+def test_label_agreement_with_gold_scores_is_logged(tiny_model_path, dpo_args):
+    """A reward function annotates; the dataset's scores column is gold: the log says how often they agree."""
+    rows = pool_rows(n=8)
+    for row in rows:  # distinct lengths; gold: the longest is best; the reward below agrees on even prompts only
+        row["completions"] = [f" It is {'a' * (j + 1)}." for j in range(4)]
+        row["scores"] = [float(len(c)) for c in row["completions"]]
+
+    def reward(prompts, completions, **columns):
+        sign = [1.0 if int(p.split()[1].rstrip(":")) % 2 == 0 else -1.0 for p in prompts]
+        return [s * len(c) for s, c in zip(sign, completions)]
+
+    trainer = make_trainer(tiny_model_path, dpo_args, rows=rows, annotator=reward, max_steps=4)
+    trainer.train()
+    agreement = [e["aepo/label_gold_agreement"] for e in logged(trainer) if "aepo/label_gold_agreement" in e]
+    assert len(agreement) == 4 and sum(agreement) / 4 == pytest.approx(0.5)  # 2 pairs a step; 4 of 8 prompts agree
+    assert "aepo/label_gold_agreement" not in logged(make_and_train_with_dataset_scores(tiny_model_path, dpo_args))[-1]
+
+
+def make_and_train_with_dataset_scores(tiny_model_path, dpo_args):
+    trainer = make_trainer(tiny_model_path, dpo_args, max_steps=1)
+    trainer.train()
+    return trainer
