@@ -64,11 +64,10 @@ def demo_pool_rows() -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-@pytest.fixture
-def dpo_args(tmp_path):
+def tiny_training_kwargs(output_dir) -> dict:
     """Keyword arguments every tiny CPU training run needs (bf16 off: TRL defaults it to True)."""
     return dict(
-        output_dir=str(tmp_path / "out"),
+        output_dir=str(output_dir),
         bf16=False,
         report_to="none",
         per_device_train_batch_size=2,
@@ -81,3 +80,9 @@ def dpo_args(tmp_path):
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+
+
+@pytest.fixture
+def dpo_args(tmp_path):
+    """`tiny_training_kwargs` in the test's temp dir."""
+    return tiny_training_kwargs(tmp_path / "out")

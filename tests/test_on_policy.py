@@ -36,21 +36,15 @@ class CountingReward:
 
 
 def _config(tmp_path, minilm_path, **overrides):
+    from conftest import tiny_training_kwargs
+
     from aepo_trainer import AEPOConfig
 
     kwargs = dict(
-        output_dir=str(tmp_path / "run"),
-        bf16=False,
-        report_to="none",
+        tiny_training_kwargs(tmp_path / "run"),
         per_device_train_batch_size=3,
         max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
         learning_rate=1e-2,
-        activation_checkpointing=False,
-        seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
         num_generations=4,
         num_annotations=2,
         max_completion_length=8,
