@@ -275,8 +275,11 @@ def _write_parquet(rows, path) -> None:
     pq.write_table(table, path)
 
 
-def _write_csv(rows, path) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+def _write_csv(rows, path, columns: list[str] | None = None) -> None:
+    """`rows`: any iterable of dicts (read once when `columns`, the union of their keys in order, is given)."""
+    if columns is None:
+        rows = list(rows)
+        columns = list(dict.fromkeys(key for row in rows for key in row))
     with _open_text(path, "wt", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()

@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager
 
 from .args import ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, build_config, parse_with_yaml
 from .errors import EXIT_ANNOTATIONS_PENDING, EXIT_BUDGET_EXHAUSTED, EXIT_OK, InputError
@@ -89,6 +88,14 @@ def build_parser(prog: str = "aepo select") -> ArgumentParser:
         help="Prompts per `PoolReducer.reduce` call (selection + annotation + pairing chunk).",
     )
     run.add_argument(
+        "--chunk_size",
+        type=int,
+        default=4096,
+        help="Prompts held in memory at a time (rounded up to a multiple of the batch size): the input is read, "
+        "embedded, reduced and written chunk by chunk, so memory does not grow with the input; a killed run resumes "
+        "at the first unfinished chunk.",
+    )
+    run.add_argument(
         "--dry-run",
         "--dry_run",
         dest="dry_run",
@@ -133,13 +140,15 @@ def build_parser(prog: str = "aepo select") -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parse_with_yaml(build_parser(), argv)
-    if args.batch_size < 1:
-        raise InputError(f"--batch_size must be >= 1, got {args.batch_size}")
-    if args.max_prompts is not None and args.max_prompts < 1:
-        raise InputError(f"--max_prompts must be >= 1, got {args.max_prompts}")
+    for name in ("batch_size", "chunk_size", "max_prompts"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name} must be >= 1, got {value}")
     timings = {}
     started = time.perf_counter()
+    from .processes import Processes
 
+    processes = Processes()  # one process, or the ranks of `accelerate launch` / `torchrun`
     output = os.path.abspath(os.path.expanduser(args.output))
     config = build_config(  # first: a bad setting fails before any reading or embedding
         args,
@@ -149,70 +158,152 @@ def main(argv: list[str]) -> int:
         or (f"{output}.annotation_queue.jsonl" if args.annotator == "human" else None),
         annotation_wait=args.wait if args.wait is not None else args.annotation_wait,
     )
-    from aepo_trainer.annotation import AnnotationService, build_annotator
-    from aepo_trainer.generation import ApiConfigError
-    from aepo_trainer.reduction import PoolReducer
-
     run_id = args.run_id or f"aepo-select:{output}"
-    try:  # models are loaded lazily, on the first annotation; an API judge is probed now (free)
-        annotator = build_annotator(
-            config, model=config.judge_model if config.annotator == "judge" else None, run_id=run_id
+    annotator = processes.on_main(lambda: _build_annotator(config, run_id))  # loaded lazily; an API judge is probed
+    size = config.active_batch_size if config.uses_active_selection else args.batch_size
+    chunk_rows = math.ceil(args.chunk_size / size) * size  # chunks hold whole batches: the same batches as one pass
+
+    def chunks():
+        from .streaming import iter_row_chunks
+
+        return iter_row_chunks(args.input, chunk_rows=chunk_rows, split=args.split, max_rows=args.max_prompts)
+
+    prompts, texts = check_input(chunks(), config, args, annotator, processes)  # streamed: nothing kept but counts
+    timings["check"] = time.perf_counter() - started
+    from .pool_stages import PoolEmbedder
+
+    embedder = PoolEmbedder(config, device=args.device or processes.device, processes=processes, total_texts=texts)
+    try:
+        if args.dry_run:
+            return dry_run(chunks(), embedder, annotator, config, args, run_id, processes, size)
+        return select_chunks(
+            chunks(), embedder, annotator, config, args, run_id, processes, size, prompts, timings, started
         )
+    finally:
+        embedder.close()
+
+
+def _build_annotator(config, run_id: str):
+    from aepo_trainer.annotation import build_annotator
+    from aepo_trainer.generation import ApiConfigError
+
+    try:  # models are loaded lazily, on the first annotation; an API judge is probed now (free)
+        return build_annotator(config, model=config.judge_model if config.annotator == "judge" else None, run_id=run_id)
     except (ValueError, ApiConfigError) as error:
         raise InputError(
             f"{error} (with --annotator judge, pass --judge_model)" if config.annotator == "judge" else str(error)
         ) from None
 
-    from .io import read_rows
 
-    rows = read_rows(args.input, split=args.split)
-    if args.max_prompts is not None:
-        rows = rows[: args.max_prompts]
-    check_pools(
-        rows,
-        config,
-        args.input,
-        need_scores=config.annotator == "dataset_scores",
-        annotator=annotator,
-        judge_model=args.judge_model,
-    )
-    timings["read"] = time.perf_counter() - started
-    run_id = args.run_id or f"aepo-select:{output}"
-    if args.dry_run:  # writes nothing: the store is read from a private copy, deleted afterwards
-        from aepo_trainer.annotation.service import apply_annotator_version
+def check_input(chunks, config, args, annotator, processes) -> tuple[int, int]:
+    """Validate every row (chunk by chunk, rows numbered in the whole input) and the settings before anything is
+    embedded or paid; returns (prompts, candidate texts). Every rank checks the rows; the main process also checks
+    what it alone uses (annotator, budget, store)."""
+    from .pool_stages import check_pool_rows, check_pool_settings
 
-        apply_annotator_version(annotator, config.annotator_version)  # the keys a real run would look up
-        with read_only_store(config.annotation_store) as store:
-            service = AnnotationService(
-                annotator,
-                store,
-                budget=config.annotation_budget,
-                run_id=run_id,
-                batch_size=config.annotation_batch_size,
-            )
-            reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
-            embeddings = pool_embeddings(rows, config, device=args.device)
-            report_dry_run(rows, embeddings, reducer, service, args.batch_size, store_path=config.annotation_store)
-        return EXIT_OK
-    service = AnnotationService.from_config(config, annotator, run_id=run_id)
-    reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
+    ccol = config.completions_column
+    prompts = texts = 0
+    need_embedder = False
+    smallest_pool = None
+    for chunk in chunks:
+        check_pool_rows(chunk, config, args.input, need_scores=config.annotator == "dataset_scores", row_offset=prompts)
+        sizes = [len(row[ccol]) for row in chunk]
+        prompts += len(chunk)
+        texts += sum(sizes)
+        smallest_pool = min([*sizes, smallest_pool] if smallest_pool is not None else sizes)
+        need_embedder = need_embedder or any(row.get(config.embeddings_column) is None for row in chunk)
+    if not prompts:
+        raise InputError(f"{args.input}: the dataset is empty (no rows)")
 
-    t = time.perf_counter()
-    embeddings = pool_embeddings(rows, config, device=args.device)
-    timings["embed"] = time.perf_counter() - t
+    def settings():
+        check_pool_settings(
+            config,
+            need_embedder=need_embedder,
+            pool_sizes=[smallest_pool],
+            annotator=annotator,
+            judge_model=args.judge_model,
+            paid=not args.dry_run,
+        )
 
-    t = time.perf_counter()
-    size = config.active_batch_size if config.uses_active_selection else args.batch_size
-    pairs, totals, pending = reduce_all(rows, embeddings, reducer, size)
-    timings["select+annotate+pair"] = time.perf_counter() - t
+    processes.on_main(settings)
+    return prompts, texts
+
+
+def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, size, prompts, timings, started):
+    """Embed (every rank its share), then on the main process select, annotate, pair and write, chunk by chunk."""
+    from aepo_trainer.provenance import write_dataset_card
+    from aepo_trainer.reduction import STATS_FIELDS
+
+    from .io import push_to_hub
+    from .streaming import ChunkedOutput, input_identity
+
+    output = os.path.abspath(os.path.expanduser(args.output))
+    reducer = service = written = bar = None
+    if processes.is_main:
+        from tqdm.auto import tqdm
+
+        from aepo_trainer.annotation import AnnotationService
+        from aepo_trainer.reduction import PoolReducer
+
+        service = AnnotationService.from_config(config, annotator, run_id=run_id)
+        reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
+        written = ChunkedOutput(
+            output,
+            {
+                "input": input_identity(args.input),
+                "split": args.split,
+                "max_prompts": args.max_prompts,
+                "chunk_size": args.chunk_size,
+                "batch_size": size,
+                "settings": config.aepo_settings(),
+                "run_id": run_id,
+            },
+        )
+        if written.restarted:
+            print(f"aepo select: {written.folder} held chunks of other settings; starting over", file=sys.stderr)
+        bar = tqdm(total=prompts, unit="prompt", desc="select+annotate+pair", dynamic_ncols=True, position=1)
+    resumable = not config.uses_active_selection  # an active surrogate must see every chunk's labels again (free)
+    totals = dict.fromkeys(STATS_FIELDS, 0.0)
+    resumed = pairs_written = chunks_done = 0
+    pending = []
+    embed_seconds = 0.0
+    for index, chunk in enumerate(chunks):
+        chunks_done = index + 1
+        finished = processes.broadcast(written.finished(index) if processes.is_main and resumable else None)
+        if finished is not None:  # done by an earlier run: its rows are in its chunk file
+            if processes.is_main:
+                _add_totals(totals, finished, resumed=True)
+                resumed += len(chunk)
+                pairs_written += finished["rows"]
+                bar.update(len(chunk))
+            continue
+        t = time.perf_counter()
+        embeddings = embedder.embed(chunk)
+        embed_seconds += time.perf_counter() - t
+        stop = False
+        if processes.is_main:
+            pairs, chunk_totals, chunk_pending = reduce_all(chunk, embeddings, reducer, size, bar=bar)
+            _add_totals(totals, chunk_totals)
+            pending.extend(chunk_pending)
+            if not chunk_pending:  # a chunk waiting for human labels is redone once they are in
+                written.write(index, pairs, chunk_totals, complete=not chunk_totals["prompts_skipped"])
+                pairs_written += len(pairs)
+            stop = bool(chunk_pending) and reducer.active is not None
+        del embeddings
+        if processes.broadcast(stop):
+            break
+    timings["embed"] = embed_seconds
+    timings["select+annotate+pair"] = time.perf_counter() - started - timings["check"] - embed_seconds
+    if not processes.is_main:
+        return processes.broadcast()
+    bar.close()
+    if resumed:
+        print(
+            f"aepo select: resumed: {resumed} prompts were finished by an earlier run ({written.folder})",
+            file=sys.stderr,
+        )
     if reducer.active is not None:
         write_learning_curve(reducer.active, f"{output}.surrogate.jsonl")
-
-    t = time.perf_counter()
-    from aepo_trainer.provenance import write_dataset_card
-
-    from .io import push_to_hub, write_rows
-
     if pending:  # a human queue: every batch queued its items; nothing is written until all labels are in
         print(summary(totals, service, timings, started, written=None), file=sys.stderr)
         if reducer.active is not None:
@@ -230,20 +321,66 @@ def main(argv: list[str]) -> int:
             f"command (or add --wait). Labels already given are saved in {service.store.path}.",
             file=sys.stderr,
         )
-        return EXIT_ANNOTATIONS_PENDING
-    write_rows(pairs, output)
-    card = pairs_card(args, config, service, totals, len(rows), len(pairs))
+        return processes.broadcast(EXIT_ANNOTATIONS_PENDING)
+    t = time.perf_counter()
+    if args.push_to_hub:
+        import datasets
+
+        rows = datasets.Dataset.from_generator(lambda: written.rows(chunks_done))
+    written.assemble(chunks_done)
+    card = pairs_card(args, config, service, totals, prompts, pairs_written)
     write_dataset_card(output, card)
     timings["write"] = time.perf_counter() - t
     if args.push_to_hub:
-        push_to_hub(pairs, args.push_to_hub, private=args.hub_private, card=card)
-    print(summary(totals, service, timings, started, written=f"{len(pairs)} pairs -> {args.output}"), file=sys.stderr)
+        push_to_hub(rows, args.push_to_hub, private=args.hub_private, card=card)
+    print(
+        summary(totals, service, timings, started, written=f"{pairs_written} pairs -> {args.output}"), file=sys.stderr
+    )
     if reducer.active is not None:
         print(active_summary(reducer.active, f"{output}.surrogate.jsonl"), file=sys.stderr)
+    code = EXIT_OK
     if totals["prompts_skipped"]:
         print(f"aepo select: {service.budget_message(int(totals['prompts_skipped']))}", file=sys.stderr)
-        return EXIT_BUDGET_EXHAUSTED
-    return EXIT_OK
+        code = EXIT_BUDGET_EXHAUSTED
+    return processes.broadcast(code)
+
+
+def _add_totals(totals: dict, stats: dict, resumed: bool = False) -> None:
+    """Add one chunk's statistics. Spent and budget left are the latest values, not sums; a chunk finished by an
+    earlier run adds its prompts and pairs but nothing to what this run paid or reused."""
+    for name in totals:
+        value = stats.get(name, 0.0)
+        if name in ("annotations_spent", "budget_left"):
+            if not resumed:
+                totals[name] = value
+        elif resumed and name in ("annotations_paid", "annotations_reused"):
+            continue
+        elif not (isinstance(value, float) and math.isnan(value)):
+            totals[name] += value
+
+
+def dry_run(chunks, embedder, annotator, config, args, run_id, processes, size) -> int:
+    """Embed and select every chunk; print what the run would pay for. Writes nothing: the store is read from a private
+    copy, deleted afterwards."""
+    if not processes.is_main:
+        for chunk in chunks:
+            embedder.embed(chunk)
+        return processes.broadcast()
+    from aepo_trainer.annotation import AnnotationService
+    from aepo_trainer.annotation.service import apply_annotator_version
+    from aepo_trainer.reduction import PoolReducer
+
+    from .pool_stages import read_only_store
+
+    apply_annotator_version(annotator, config.annotator_version)  # the keys a real run would look up
+    with read_only_store(config.annotation_store) as store:
+        service = AnnotationService(
+            annotator, store, budget=config.annotation_budget, run_id=run_id, batch_size=config.annotation_batch_size
+        )
+        reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
+        costs = [dry_run_costs(chunk, embedder.embed(chunk), reducer, service, size) for chunk in chunks]
+        report_dry_run(costs, reducer, service, store_path=config.annotation_store)
+    return processes.broadcast(EXIT_OK)
 
 
 def pairs_card(args, config, service, totals: dict, prompts: int, pairs: int):
@@ -277,98 +414,22 @@ def pairs_card(args, config, service, totals: dict, prompts: int, pairs: int):
     return dataset_card(record, "AEPO preference pairs", description)
 
 
-def check_pools(
-    rows: list[dict], config, source: str, need_scores: bool, annotator=None, judge_model=None, paid: bool = True
-) -> None:
-    """The validation pass of `aepo_trainer.validation` (every row and column, the embedder's model and, when the
-    command pays for annotations (`paid`), the annotator's model and the budget) before anything is embedded or paid;
-    its problems become one `InputError` (exit code 2)."""
-    from aepo_trainer import validation
-
-    try:
-        validation.dataset_kind(rows, config, source)
-        validation.validate_pool_dataset(rows, config, dataset_name=source, need_scores=need_scores)
-    except validation.InputValidationError as error:
-        raise InputError(str(error)) from None
-    need_embedder = not all(row.get(config.embeddings_column) is not None for row in rows)
-    if not paid:
-        problems = validation.annotator_problems(config, None, need_embedder=need_embedder, check_annotator=False)
-    else:
-        problems = validation.annotator_problems(config, annotator, need_embedder=need_embedder)
-        if config.annotator == "judge" and isinstance(judge_model, str):
-            problem = validation.pretrained_problem(judge_model, "judge_model")
-            problems += [problem] if problem is not None else []
-        problems += validation.budget_problems(config, [len(row[config.completions_column]) for row in rows])
-        problems += validation.store_problems(config)
-    if problems:
-        raise InputError(str(validation.InputValidationError("settings", problems)))
-
-
 # ------------------------------------------------------------------------------------------------------- stages
-def pool_embeddings(rows: list[dict], config, device=None, shard_texts: int = 1024):
-    """One `[N_b, D]` float32 tensor per row: the `embeddings` column when every row has one, else the embedder's.
-
-    Embedding goes through `embedding.embed_pools` (what the trainer uses), shard by shard: each shard's result is
-    cached by the datasets library under the data's fingerprint and the embedder's identity, so a rerun after an
-    interruption (or `aepo stats` then `aepo select` on the same file) does not embed the finished shards again.
-    """
-    import numpy as np
-    import torch
-
-    column, ccol = config.embeddings_column, config.completions_column
-    if all(row.get(column) is not None for row in rows):
-        return [torch.as_tensor(np.asarray(row[column], dtype=np.float32)) for row in rows]
-    import datasets
-    from tqdm.auto import tqdm
-
-    from aepo_trainer.embedding import Embedder, embed_pools
-
-    embedder = Embedder(
-        config.embedding_model, device=device, batch_size=config.embedding_batch_size, show_progress=False
-    )
-    data = datasets.Dataset.from_list([{ccol: row[ccol]} for row in rows])
-    datasets.disable_progress_bars()  # one bar below, over all shards
-    texts = sum(len(row[ccol]) for row in rows)
-    shard_rows = max(1, shard_texts // max(len(row[ccol]) for row in rows))  # the unit of caching and resuming
-    out = []
-    bar = tqdm(total=texts, unit="text", desc="embed", dynamic_ncols=True)
-    try:
-        for start in range(0, len(rows), shard_rows):
-            shard = data.select(range(start, min(start + shard_rows, len(rows))))
-            try:
-                embedded = embed_pools(
-                    shard, ccol, embedder, column, batch_size=config.embedding_batch_size, rows_per_batch=shard_rows
-                )
-            except RuntimeError as error:
-                if embedder._model is None:  # the model could not be loaded: a bad --embedding_model
-                    raise InputError(f"--embedding_model {config.embedding_model!r}: {error}") from None
-                raise
-            out.extend(torch.as_tensor(np.asarray(e, dtype=np.float32)) for e in embedded.with_format("numpy")[column])
-            bar.update(sum(len(c) for c in shard[ccol]))
-    finally:
-        bar.close()
-        datasets.enable_progress_bars()
-    return out
-
-
-def batch_inputs(rows: list[dict], embeddings: list, start: int, stop: int, drop: str):
-    """The reducer's input for rows[start:stop]: the rows (without the embeddings column), `[B, N, D]`, `[B, N]`."""
-    from aepo_trainer.embedding import stack_pool_embeddings
-
-    tensor, mask = stack_pool_embeddings(embeddings[start:stop])
-    return [{k: v for k, v in row.items() if k != drop} for row in rows[start:stop]], tensor, mask
-
-
-def reduce_all(rows, embeddings, reducer, size: int):
-    """Run `PoolReducer.reduce` over chunks of rows; returns (output rows, summed stats, `AnnotationsPending`s)."""
+def reduce_all(rows, embeddings, reducer, size: int, bar=None):
+    """Run `PoolReducer.reduce` over batches of rows; returns (output rows, summed stats, `AnnotationsPending`s).
+    `bar`: a progress bar over prompts to advance (default: a bar of its own)."""
     from tqdm.auto import tqdm
 
     from aepo_trainer.reduction import STATS_FIELDS
 
+    from .pool_stages import batch_inputs
+
     config = reducer.args
     totals = dict.fromkeys(STATS_FIELDS, 0.0)
     out, pending = [], []
-    bar = tqdm(total=len(rows), unit="prompt", desc="select+annotate+pair", dynamic_ncols=True)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=len(rows), unit="prompt", desc="select+annotate+pair", dynamic_ncols=True)
     for start in range(0, len(rows), size):
         batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + size, config.embeddings_column)
         reduced = reducer.reduce(batch_rows, tensor, mask)
@@ -397,7 +458,8 @@ def reduce_all(rows, embeddings, reducer, size: int):
         bar.update(len(batch_rows))
         if reduced.pending is not None and reducer.active is not None:
             break  # the next batch's selection needs these labels: selecting it now would queue the wrong items
-    bar.close()
+    if own_bar:
+        bar.close()
     return out, totals, pending
 
 
@@ -456,48 +518,30 @@ def pair_rows(rows: list[dict], reduced, config) -> list[dict]:
     return out
 
 
-@contextmanager
-def read_only_store(path: str):
-    """An `AnnotationStore` holding what the store at `path` holds, that writes nothing at `path`: a private copy
-    (SQLite's online backup, read through a read-only connection), or an empty one when there is no store yet."""
-    import shutil
-    import sqlite3
-    import tempfile
+def dry_run_costs(rows, embeddings, reducer, service, size: int) -> list[tuple[int, int]]:
+    """(annotations needed, of which already in the store) for each prompt of a chunk, as the run would select it."""
+    from .pool_stages import batch_inputs
 
-    from aepo_trainer.annotation import AnnotationStore
-
-    folder = tempfile.mkdtemp(prefix="aepo-dry-run-")
-    copy = os.path.join(folder, "annotations.sqlite")
-    store = None
-    try:
-        if os.path.exists(path) and os.path.getsize(path) > 0:
-            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            target = sqlite3.connect(copy)
-            try:
-                source.backup(target)
-            finally:
-                source.close()
-                target.close()
-        store = AnnotationStore(copy)
-        yield store
-    finally:
-        if store is not None:
-            store.close()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def report_dry_run(rows, embeddings, reducer, service, size: int, store_path: str | None = None) -> None:
-    """Print what the run would pay for: selected items minus those in the store, against the budget."""
     config = reducer.args
-    needed = stored = 0
-    per_prompt_cost = []
+    costs = []
     for start in range(0, len(rows), size):
         batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + size, config.embeddings_column)
-        for request in reducer.requests(batch_rows, reducer.select(batch_rows, tensor, mask)):
-            prompt_needed, prompt_stored = service.cost(request)
-            needed += prompt_needed
-            stored += prompt_stored
-            per_prompt_cost.append(prompt_needed - prompt_stored)
+        costs.extend(
+            service.cost(request) for request in reducer.requests(batch_rows, reducer.select(batch_rows, tensor, mask))
+        )
+    return costs
+
+
+def report_dry_run(chunk_costs, reducer, service, store_path: str | None = None) -> None:
+    """Print what the run would pay for: selected items minus those in the store, against the budget."""
+    from .pool_stages import prompts_covered
+
+    config = reducer.args
+    costs = [cost for chunk in chunk_costs for cost in chunk]
+    needed = sum(n for n, _ in costs)
+    stored = sum(s for _, s in costs)
+    per_prompt_cost = [n - s for n, s in costs]
+    rows = costs
     to_pay = needed - stored
     remaining = service.remaining
     if reducer.active is not None:
@@ -527,16 +571,6 @@ def report_dry_run(rows, embeddings, reducer, service, size: int, store_path: st
             + ("" if covered == len(rows) else "  (the rest would be skipped: budget exhausted)"),
         ]
     print("\n".join(lines))
-
-
-def prompts_covered(costs: list[int], budget: int) -> int:
-    """How many prompts a budget pays for, in order, each whole or not at all (as `AnnotationService` skips them)."""
-    covered = 0
-    for cost in costs:
-        if cost <= budget:
-            budget -= cost
-            covered += 1
-    return covered
 
 
 def summary(totals: dict, service, timings: dict, started: float, written: str | None) -> str:

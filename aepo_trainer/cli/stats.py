@@ -163,7 +163,7 @@ def main(argv: list[str]) -> int:
     import tempfile
 
     from .io import read_rows
-    from .select import check_pools, pool_embeddings
+    from .pool_stages import check_pools, pool_embeddings
 
     config = build_config(
         args, output_dir=tempfile.gettempdir(), num_annotations=ks[0], diversity_weight=args.diversity_weight[0]
@@ -274,7 +274,7 @@ def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[
 
     from aepo_trainer.reduction import PoolReducer
 
-    from .select import batch_inputs, prompts_covered
+    from .pool_stages import batch_inputs, prompts_covered
 
     variants = list(_variants(args, ks, pool_sizes))
     if not variants:

@@ -1,0 +1,298 @@
+"""Pools in chunks: read a pool file a chunk of prompts at a time, write the results a chunk at a time, resume.
+
+`aepo select` holds one chunk of prompts (rows, `[N, D]` embeddings, pairs) in memory at a time, so its peak memory
+does not grow with the number of prompts:
+
+- `iter_row_chunks` reads JSON Lines (also `.gz`) line by line and Parquet by record batch; `save_to_disk` folders
+  and Hub datasets are Arrow files memory-mapped by `datasets` and sliced. (A `.json` array or a CSV file is parsed
+  whole: use JSON Lines or Parquet for big data.) Errors name the file and line, as `io.read_rows` does.
+- `ChunkedOutput` writes each finished chunk's rows to `<output>.chunks/chunk-NNNNNN.jsonl` (atomically, with its
+  statistics), and at the end streams the chunks into the output in its format (JSON Lines, JSON, Parquet, CSV or a
+  `save_to_disk` folder). A killed run, rerun with the same command and settings, skips the chunks already finished;
+  the annotation store makes sure that nothing in a chunk it redoes is paid twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import InputError
+from .io import JSONL_SUFFIXES, _atomic, _open_text, _suffix, read_rows, write_json_atomic
+
+__all__ = ["ChunkedOutput", "input_identity", "iter_row_chunks"]
+
+_MANIFEST_VERSION = "aepo-chunks-v1"
+
+
+# --------------------------------------------------------------------------------------------------- reading
+def iter_row_chunks(
+    source: str, *, chunk_rows: int, split: str = "train", max_rows: int | None = None
+) -> Iterator[list[dict]]:
+    """Consecutive lists of at most `chunk_rows` row dicts of `source` (the first `max_rows` rows when given)."""
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    limit = float("inf") if max_rows is None else max_rows
+    produced = 0
+    for chunk in _chunks(source, chunk_rows, split):
+        if produced + len(chunk) > limit:
+            chunk = chunk[: int(limit - produced)]
+        if chunk:
+            produced += len(chunk)
+            yield chunk
+        if produced >= limit:
+            return
+
+
+def _chunks(source: str, chunk_rows: int, split: str) -> Iterator[list[dict]]:
+    path = Path(source).expanduser()
+    suffix = _suffix(source) if path.is_file() else ""
+    if suffix in JSONL_SUFFIXES and not _is_json_array(str(path)):
+        yield from _jsonl_chunks(str(path), chunk_rows)
+    elif suffix == ".parquet":
+        yield from _parquet_chunks(str(path), chunk_rows)
+    elif path.is_dir() and _is_saved_dataset(path):
+        yield from _arrow_chunks(_load_saved(path, split), chunk_rows)
+    else:  # a JSON array, a CSV file, a data folder or a Hub id: read whole (`io.read_rows` names any problem)
+        rows = read_rows(source, split=split)
+        for start in range(0, len(rows), chunk_rows):
+            yield rows[start : start + chunk_rows]
+
+
+def _is_json_array(path: str) -> bool:
+    try:
+        with _open_text(path) as f:
+            while True:
+                char = f.read(1)
+                if not char or not char.isspace():
+                    return char == "["
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: cannot be read ({error})") from None
+
+
+def _jsonl_chunks(path: str, chunk_rows: int) -> Iterator[list[dict]]:
+    chunk: list[dict] = []
+    try:
+        with _open_text(path) as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise InputError(
+                        f"{path}: line {number} is not valid JSON ({error.msg} at column {error.colno})"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise InputError(
+                        f"{path}: line {number} holds a {type(row).__name__}, expected a JSON object (one row)"
+                    )
+                chunk.append(row)
+                if len(chunk) == chunk_rows:
+                    yield chunk
+                    chunk = []
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: cannot be read ({error})") from None
+    if chunk:
+        yield chunk
+
+
+def _parquet_chunks(path: str, chunk_rows: int) -> Iterator[list[dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        reader = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises several types for corrupt files
+        raise InputError(f"{path}: not a readable Parquet file ({error})") from None
+    for batch in reader.iter_batches(batch_size=chunk_rows):
+        yield batch.to_pylist()
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json", "state.json"))
+
+
+def _load_saved(path: Path, split: str):
+    import datasets
+
+    try:
+        data = datasets.load_from_disk(str(path))  # memory-mapped Arrow: slicing reads only the slice
+    except Exception as error:
+        raise InputError(f"{path}: not a readable `save_to_disk` folder ({error})") from None
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise InputError(f"{path}: has no split {split!r} (splits: {', '.join(data)}); pass --split")
+        data = data[split]
+    return data
+
+
+def _arrow_chunks(data, chunk_rows: int) -> Iterator[list[dict]]:
+    for start in range(0, len(data), chunk_rows):
+        yield data.select(range(start, min(start + chunk_rows, len(data)))).to_list()
+
+
+def input_identity(source: str) -> dict:
+    """What identifies the input for resuming: its path and, for a local file or folder, size and modification time
+    (a changed input invalidates the finished chunks)."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        return {"source": source}
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    stats = [(str(p.relative_to(path)) if path.is_dir() else "", p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return {"source": str(path.resolve()), "files": stats}
+
+
+# --------------------------------------------------------------------------------------------------- writing
+class ChunkedOutput:
+    """The finished chunks of one run, in `<output>.chunks/`, and their assembly into the output.
+
+    `settings` (anything JSON-serialisable: the input's identity, the command's settings, the chunk size) is recorded
+    in the folder's manifest; a rerun with other settings starts over (its earlier chunks were computed differently;
+    the annotation store still serves their labels for free).
+    """
+
+    def __init__(self, output: str, settings: dict):
+        self.output = output
+        self.folder = f"{output}.chunks"
+        key = json.dumps({"version": _MANIFEST_VERSION, **settings}, sort_keys=True, default=str)
+        self.fingerprint = hashlib.sha256(key.encode("utf-8")).hexdigest()
+        self.restarted = False
+        manifest = os.path.join(self.folder, "manifest.json")
+        if os.path.isdir(self.folder):
+            try:
+                with open(manifest, encoding="utf-8") as f:
+                    same = json.load(f).get("fingerprint") == self.fingerprint
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                shutil.rmtree(self.folder)
+                self.restarted = True
+        os.makedirs(self.folder, exist_ok=True)
+        write_json_atomic(manifest, {"fingerprint": self.fingerprint, "settings": json.loads(key)})
+
+    def _part(self, index: int) -> str:
+        return os.path.join(self.folder, f"chunk-{index:06d}.jsonl")
+
+    def _stats(self, index: int) -> str:
+        return os.path.join(self.folder, f"chunk-{index:06d}.stats.json")
+
+    def finished(self, index: int) -> dict | None:
+        """The statistics of chunk `index` when it was finished (all its prompts annotated), else None."""
+        try:
+            with open(self._stats(index), encoding="utf-8") as f:
+                stats = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return stats if stats.get("complete") and os.path.exists(self._part(index)) else None
+
+    def write(self, index: int, rows: list[dict], stats: dict, *, complete: bool) -> None:
+        """Save chunk `index` (rows, then statistics: a chunk counts as written once its statistics are there).
+        `complete`: every prompt of the chunk was annotated (none skipped for budget), so a rerun can skip it."""
+
+        def dump(tmp):
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+        _atomic(self._part(index), dump)
+        write_json_atomic(self._stats(index), {**stats, "complete": complete, "rows": len(rows)})
+
+    def rows(self, count: int) -> Iterator[dict]:
+        """The rows of chunks 0..count-1, in order."""
+        for index in range(count):
+            with open(self._part(index), encoding="utf-8") as f:
+                for line in f:
+                    yield json.loads(line)
+
+    def assemble(self, count: int) -> None:
+        """Stream chunks 0..count-1 into the output (atomically), in the format its suffix names; then remove the
+        chunks folder."""
+        destination = str(Path(self.output).expanduser())
+        os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+        suffix = _suffix(destination)
+        if suffix in JSONL_SUFFIXES:
+            array = suffix in (".json", ".json.gz")
+            _atomic(destination, lambda tmp: self._write_json(tmp, count, gz=destination.endswith(".gz"), array=array))
+        elif suffix == ".parquet":
+            _atomic(destination, lambda tmp: self._write_parquet(tmp, count))
+        elif suffix in (".csv", ".csv.gz"):
+            from .io import _write_csv
+
+            _atomic(destination, lambda tmp: _write_csv(self.rows(count), tmp, columns=self._columns(count)))
+        else:
+            self._save_to_disk(destination, count)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _columns(self, count: int) -> list[str]:
+        return list(dict.fromkeys(key for row in self.rows(count) for key in row))
+
+    def _write_json(self, path: str, count: int, *, gz: bool, array: bool) -> None:
+        import gzip
+
+        with gzip.open(path, "wt", encoding="utf-8") if gz else open(path, "w", encoding="utf-8") as f:
+            if not array:
+                for row in self.rows(count):
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                return
+            f.write("[")  # the bytes json.dump(rows, f) writes, one row at a time
+            for number, row in enumerate(self.rows(count)):
+                f.write((", " if number else "") + json.dumps(row, ensure_ascii=False))
+            f.write("]\n")
+
+    def _tables(self, count: int, schema=None):
+        import pyarrow as pa
+
+        for index in range(count):
+            with open(self._part(index), encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f]
+            if rows:
+                try:
+                    yield pa.Table.from_pylist(rows, schema=schema)
+                except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+                    raise InputError(
+                        f"the rows cannot be stored as Parquet ({error}): a column mixes types (e.g. string and "
+                        "chat-message prompts); write .jsonl instead"
+                    ) from None
+
+    def _write_parquet(self, path: str, count: int) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schemas = [table.schema for table in self._tables(count)]  # a first pass: one schema that fits every chunk
+        if not schemas:
+            pq.write_table(pa.table({}), path)
+            return
+        try:
+            schema = pa.unify_schemas(schemas, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise InputError(
+                f"the rows cannot be stored as Parquet ({error}): a column mixes types across chunks; write .jsonl "
+                "instead"
+            ) from None
+        with pq.ParquetWriter(path, schema) as writer:
+            for table in self._tables(count, schema=schema):
+                writer.write_table(table)
+
+    def _save_to_disk(self, destination: str, count: int) -> None:
+        import datasets
+
+        tmp = f"{destination.rstrip('/')}.tmp-{os.getpid()}"
+        parts = [self._part(index) for index in range(count) if os.path.getsize(self._part(index))]
+        data = datasets.Dataset.from_generator(
+            _rows_of, gen_kwargs={"parts": parts}, cache_dir=os.path.join(self.folder, "arrow")
+        )
+        data.save_to_disk(tmp)
+        if os.path.isdir(destination):
+            shutil.rmtree(destination)
+        os.replace(tmp, destination)
+
+
+def _rows_of(parts: list[str]):
+    for part in parts:
+        with open(part, encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)

@@ -1,0 +1,189 @@
+"""`aepo select` past one process and one memory: sharded under torchrun, streamed in chunks, resumed after a kill.
+
+Every multi-process run here is `torchrun` (gloo, `ACCELERATE_USE_CPU=1`): `accelerate launch --cpu --num_processes 2`
+starts a single process on CPU. The runs compare their output files byte for byte with a single process's and count
+what the one ledger (the main process's store) charged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aepo_trainer.annotation import AnnotationStore
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="1")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pools(path: Path, prompts: int, *, embeddings: bool, pool_size: int = 6, dim: int = 16, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(prompts):
+            row = {
+                "prompt": f"Prompt {i}: say something about the number {i}.",
+                "completions": [f"Answer {j} to prompt {i}: {rng.random():.6f} is a number." for j in range(pool_size)],
+                "scores": [round(rng.random(), 6) for _ in range(pool_size)],
+            }
+            if embeddings:
+                row["embeddings"] = [[rng.gauss(0, 1) for _ in range(dim)] for _ in range(pool_size)]
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def _select_args(pools: Path, output: str, *extra: str) -> list[str]:
+    return [
+        "select",
+        "--input",
+        str(pools),
+        "--output",
+        output,
+        "--annotator",
+        "dataset_scores",
+        "--num_annotations",
+        "3",
+        "--batch_size",
+        "4",
+        "--chunk_size",
+        "8",
+        *extra,
+    ]
+
+
+def _run(argv: list[str], *, procs: int = 1, cwd=None, timeout: int = 240) -> subprocess.CompletedProcess:
+    if procs == 1:
+        cmd = [sys.executable, "-m", "aepo_trainer.cli", *argv]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
+        cmd += ["-m", "aepo_trainer.cli", *argv]
+    return subprocess.run(cmd, env=ENV, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def _spent(output: Path) -> int:
+    store = AnnotationStore(f"{output}.annotations.sqlite")
+    try:
+        return store.spent(f"aepo-select:{output}")
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_two_processes_write_the_bytes_of_one_and_pay_the_same(tmp_path, minilm_path, suffix):
+    """Each rank embeds its share of every chunk (the real MiniLM embedder); the main process alone selects,
+    annotates, pays and writes: same bytes, same payments, one store."""
+    pools = _pools(tmp_path / "pools.jsonl", 20, embeddings=False)
+    one, two = tmp_path / f"one{suffix}", tmp_path / f"two{suffix}"
+    extra = ("--embedding_model", minilm_path)
+    single = _run(_select_args(pools, str(one), *extra))
+    assert single.returncode == 0, single.stderr[-4000:]
+    double = _run(_select_args(pools, str(two), *extra), procs=2)
+    assert double.returncode == 0, double.stderr[-4000:]
+    assert one.read_bytes() == two.read_bytes()
+    assert _spent(one) == _spent(two) == 20 * 3  # k = 3 of 6 candidates, every prompt once
+    assert not Path(f"{two}.chunks").exists()  # the chunk files are gone once the output is assembled
+
+
+@pytest.mark.slow
+def test_two_nodes_with_separate_working_directories_share_one_ledger(tmp_path):
+    """Two torchrun "nodes" on localhost, each in its own folder (no shared filesystem): node 0 writes the output and
+    the store, node 1 writes nothing, and every item is paid once (not 2x)."""
+    pools = _pools(tmp_path / "pools.jsonl", 24, embeddings=True)
+    reference = tmp_path / "reference.jsonl"
+    assert _run(_select_args(pools, str(reference))).returncode == 0
+    port = _free_port()
+    nodes = []
+    for rank in range(2):
+        folder = tmp_path / f"node{rank}"
+        folder.mkdir()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank)]
+        cmd += ["--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+        cmd += ["-m", "aepo_trainer.cli", *_select_args(pools, "pairs.jsonl")]
+        nodes.append(subprocess.Popen(cmd, env=ENV, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outs = [node.communicate(timeout=240) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+    written = tmp_path / "node0" / "pairs.jsonl"
+    assert written.read_bytes() == reference.read_bytes()
+    assert _spent(written) == 24 * 3
+    assert os.listdir(tmp_path / "node1") == []
+
+
+@pytest.mark.slow
+def test_a_killed_sharded_run_resumes_at_its_last_chunk_and_pays_nothing_twice(tmp_path, minilm_path):
+    pools = _pools(tmp_path / "pools.jsonl", 40, embeddings=False)
+    reference, resumed = tmp_path / "reference.jsonl", tmp_path / "resumed.jsonl"
+    args = ("--embedding_model", minilm_path)
+    assert _run(_select_args(pools, str(reference), *args)).returncode == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    cmd += ["aepo_trainer.cli", *_select_args(pools, str(resumed), *args)]
+    victim = subprocess.Popen(
+        cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    first = Path(f"{resumed}.chunks") / "chunk-000001.stats.json"
+    deadline = time.monotonic() + 200
+    while not first.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert victim.poll() is None, "the run finished before it could be killed"
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not resumed.exists()
+    spent_before = _spent(resumed)
+    assert 2 * 8 * 3 <= spent_before < 40 * 3  # at least 2 chunks of 8 prompts paid, not all
+    rerun = _run(_select_args(pools, str(resumed), *args), procs=2)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert "resumed:" in rerun.stderr and "were finished by an earlier run" in rerun.stderr
+    assert resumed.read_bytes() == reference.read_bytes()
+    assert _spent(resumed) == 40 * 3  # every item once: the kill and the rerun paid nothing twice
+
+
+def _peak_rss_mb(argv: list[str], limit_mb: int | None = None) -> tuple[int, float, str]:
+    """Run `aepo <argv>` in a child whose address space is capped at `limit_mb`; (exit code, peak RSS MB, stderr)."""
+    code = (
+        "import resource, sys, runpy\n"
+        f"limit = {limit_mb!r}\n"
+        "if limit: resource.setrlimit(resource.RLIMIT_DATA, (limit << 20, limit << 20))\n"
+        f"sys.argv = ['aepo', *{argv!r}]\n"
+        "try:\n"
+        "    runpy.run_module('aepo_trainer.cli', run_name='__main__')\n"
+        "finally:\n"
+        "    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=600)
+    peak = [line for line in result.stderr.splitlines() if line.startswith("PEAK_RSS_KB")]
+    return result.returncode, int(peak[-1].split()[1]) / 1024 if peak else float("nan"), result.stderr
+
+
+@pytest.mark.slow
+def test_a_streamed_run_over_an_input_larger_than_its_memory_limit_completes(tmp_path):
+    """Pools with precomputed 384-d embeddings whose file is larger than the memory the run may use: chunk by chunk,
+    `aepo select` never holds more than one chunk (the whole input as Python lists would be several times the
+    limit)."""
+    small = _pools(tmp_path / "small.jsonl", 64, embeddings=True, pool_size=8, dim=384)
+    big = _pools(tmp_path / "big.jsonl", 4000, embeddings=True, pool_size=8, dim=384, seed=1)
+    size_mb = big.stat().st_size / 2**20
+    code, small_peak, stderr = _peak_rss_mb(
+        _select_args(small, str(tmp_path / "small-pairs.jsonl"), "--chunk_size", "64")
+    )
+    assert code == 0, stderr[-3000:]
+    limit = int(small_peak + 0.5 * size_mb)  # the baseline (torch, the reducer) plus half the file
+    code, big_peak, stderr = _peak_rss_mb(
+        _select_args(big, str(tmp_path / "big-pairs.jsonl"), "--chunk_size", "64"), limit_mb=limit
+    )
+    assert code == 0, stderr[-3000:]
+    assert big_peak < small_peak + 0.5 * size_mb
+    with open(tmp_path / "big-pairs.jsonl", encoding="utf-8") as f:
+        assert sum(1 for _ in f) >= 4000 - 10  # one pair per prompt (ties aside)
