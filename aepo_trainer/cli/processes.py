@@ -41,6 +41,11 @@ class Processes:
             self._state = PartialState(cpu=cpu)
         self.rank = self._state.process_index if self._state else 0
         self.world_size = self._state.num_processes if self._state else 1
+        if launched and self.world_size == 1:  # a state made earlier without a process group (e.g. by a config)
+            raise RuntimeError(
+                "aepo: launched as one of several processes, but accelerate's state was created without a process "
+                "group; create `Processes()` before any `TrainingArguments`"
+            )
         self.is_main = self.rank == 0
 
     @property

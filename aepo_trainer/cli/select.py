@@ -148,7 +148,7 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     from .processes import Processes
 
-    processes = Processes()  # one process, or the ranks of `accelerate launch` / `torchrun`
+    processes = Processes()  # one process, or the ranks of `accelerate launch` / `torchrun` (before any config)
     output = os.path.abspath(os.path.expanduser(args.output))
     config = build_config(  # first: a bad setting fails before any reading or embedding
         args,
