@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from aepo_trainer.annotation import AnnotationStore
+from aepo_trainer.cli.io import read_rows
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="1")
 
@@ -190,3 +191,24 @@ def test_a_streamed_run_over_an_input_larger_than_its_memory_limit_completes(tmp
     assert code == 0, stderr[-3000:]
     with open(tmp_path / "big-pairs.jsonl", encoding="utf-8") as f:
         assert sum(1 for _ in f) == 1500  # one pair per prompt (random scores: no ties)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("output_name", ["pools.jsonl", "pools.parquet"])
+def test_aepo_generate_on_two_processes_writes_the_pools_of_one(tmp_path, tiny_model_path, output_name):
+    """Each rank samples its share of every batch (per-prompt seeds); the main process alone writes, in input order."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Tell me about {i}", "id": i}) + "\n" for i in range(7)))
+    outputs = []
+    for procs in (1, 2):
+        folder = tmp_path / f"procs{procs}"
+        folder.mkdir()
+        argv = ["generate", "--model", tiny_model_path, "--input", str(prompts), "--output", str(folder / output_name)]
+        argv += ["--num_completions", "3", "--max_new_tokens", "6", "--batch_size", "3", "--seed", "5"]
+        result = _run(argv, procs=procs)
+        assert result.returncode == 0, result.stderr[-4000:]
+        outputs.append(folder / output_name)
+    assert outputs[0].read_bytes() == outputs[1].read_bytes()
+    rows = read_rows(str(outputs[1]))
+    assert [row["id"] for row in rows] == list(range(7)) and all(len(row["completions"]) == 3 for row in rows)
+    assert len({c for row in rows for c in row["completions"]}) > 7  # sampled, not one answer repeated

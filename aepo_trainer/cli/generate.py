@@ -223,80 +223,39 @@ def check_existing_output(args, work_path: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from .processes import Processes
+
+    processes = Processes()  # one process, or the ranks of `accelerate launch` / `torchrun` (before any config)
     args = parse_with_yaml(build_parser(), argv)
     _check_args(args)
-    from .io import append_jsonl, is_jsonl, read_jsonl, read_rows, repair_jsonl_tail, write_rows
+    from .io import read_rows
 
-    rows = read_rows(args.input, split=args.split)
+    rows = read_rows(args.input, split=args.split)  # every rank reads the prompts (no shared filesystem needed)
     if args.max_prompts is not None:
         rows = rows[: args.max_prompts]
     _check_prompts(rows, args)
+    if processes.distributed and args.device == "auto" and processes.device is not None:
+        args.device = str(processes.device)  # each rank samples on its own GPU
 
-    direct = is_jsonl(args.output) and not args.output.endswith(".gz")
+    direct = is_direct(args.output)
     work_path = args.output if direct else f"{args.output}.partial.jsonl"
-    os.makedirs(os.path.dirname(os.path.abspath(work_path)), exist_ok=True)
-    check_existing_output(args, work_path)
-    done_rows = []
-    if os.path.exists(work_path):
-        if repair_jsonl_tail(work_path):
-            print(f"{work_path}: removed a truncated last line left by an interrupted run", file=sys.stderr)
-        done_rows = read_jsonl(work_path)
-    elif os.path.exists(args.output):  # a finished non-JSONL output: resume from its rows
-        done_rows = read_rows(args.output)
-    done = Counter(_prompt_id(r.get(args.prompt_column)) for r in done_rows)
-
-    from aepo_trainer.generation import prompt_seed
-
-    # Each row is sampled with its own seed: (--seed, its prompt, how many earlier rows have the same prompt), so the
-    # pools do not depend on batching, and a resumed run writes what an uninterrupted one writes.
-    seen = Counter()
-    batches = []
-    for start in range(0, len(rows), args.batch_size):
-        todo = []
-        for row in rows[start : start + args.batch_size]:
-            key = _prompt_id(row[args.prompt_column])
-            occurrence = seen[key]
-            seen[key] += 1
-            if done[key] > 0:
-                done[key] -= 1
-            else:
-                todo.append((row, prompt_seed(args.seed, row[args.prompt_column], step=occurrence)))
-        if todo:
-            batches.append(todo)
+    # the main process alone reads and writes the output: it plans what is left, every rank samples a share of it
+    plan = processes.on_main(lambda: plan_batches(rows, args, work_path))
+    plan = processes.broadcast(plan)
+    batches, resumed = plan["batches"], plan["resumed"]
     remaining = sum(len(todo) for todo in batches)
-    if done_rows:
-        print(f"resuming: {len(rows) - remaining} of {len(rows)} prompts already in {work_path}", file=sys.stderr)
-
-    if not remaining and (direct or not os.path.exists(work_path)):
-        print(
-            f"{args.output}: all {len(rows)} pools are already there (same settings); nothing was sampled",
-            file=sys.stderr,
-        )
-        return EXIT_OK
-    if not direct and done_rows and not os.path.exists(work_path):
-        append_jsonl(work_path, done_rows)  # continue a finished output with the new prompts
-    if remaining:
-        from tqdm.auto import tqdm
-
-        from aepo_trainer.generation import GenerationInputError
-
-        generator = _make_generator(args)
-        bar = tqdm(total=len(rows), initial=len(rows) - remaining, unit="prompt", desc="generate", dynamic_ncols=True)
-        tokens = 0
-        for todo in batches:
-            try:
-                pools = generator.generate([r[args.prompt_column] for r, _ in todo], [seed for _, seed in todo])
-            except GenerationInputError as error:
-                raise InputError(str(error)) from None
-            tokens += sum(pool.num_tokens for pool in pools)
-            append_jsonl(
-                work_path, [{**row, args.completions_column: pool.completions} for (row, _), pool in zip(todo, pools)]
+    if not remaining and (direct or not plan["partial_exists"]):
+        if processes.is_main:
+            print(
+                f"{args.output}: all {len(rows)} pools are already there (same settings); nothing was sampled",
+                file=sys.stderr,
             )
-            bar.update(len(todo))
-            elapsed = bar.format_dict.get("elapsed") or 0
-            if elapsed:
-                bar.set_postfix(tok_s=f"{tokens / elapsed:.0f}", refresh=False)
-        bar.close()
+        return EXIT_OK
+    if remaining:
+        sample_batches(rows, batches, args, work_path, processes, done=len(rows) - remaining)
+    if not processes.is_main:
+        return processes.broadcast()
+    from .io import read_jsonl, write_rows
 
     if not direct:
         write_rows(read_jsonl(work_path), args.output)
@@ -310,13 +269,102 @@ def main(argv: list[str]) -> int:
         f"max_new_tokens {args.max_new_tokens}, seed {args.seed}): the input of `aepo select` or `AEPOTrainer`."
     )
     write_dataset_card(args.output, dataset_card(record, "AEPO candidate pools", description))
-    resumed = f" ({len(rows) - remaining} already there)" if remaining < len(rows) else ""
+    resumed_note = f" ({resumed} already there)" if resumed else ""
     print(
         f"sampled {remaining} new pools x {args.num_completions} completions; {args.output} holds the "
-        f"{len(rows)} requested pools{resumed}",
+        f"{len(rows)} requested pools{resumed_note}",
         file=sys.stderr,
     )
-    return EXIT_OK
+    return processes.broadcast(EXIT_OK)
+
+
+def is_direct(output: str) -> bool:
+    """Finished batches are appended to the output itself when it is (uncompressed) JSON Lines."""
+    from .io import is_jsonl
+
+    return is_jsonl(output) and not output.endswith(".gz")
+
+
+def plan_batches(rows: list[dict], args, work_path: str) -> dict:
+    """On the main process: check the settings of what is already sampled, then list the batches left to sample,
+    as (row index, seed) pairs. Each row is sampled with its own seed — (--seed, its prompt, how many earlier rows
+    have the same prompt) — so the pools depend neither on batching nor on the number of processes, and a resumed
+    run writes what an uninterrupted one writes."""
+    from aepo_trainer.generation import prompt_seed
+
+    from .io import append_jsonl, read_jsonl, read_rows, repair_jsonl_tail
+
+    os.makedirs(os.path.dirname(os.path.abspath(work_path)), exist_ok=True)
+    check_existing_output(args, work_path)
+    done_rows = []
+    if os.path.exists(work_path):
+        if repair_jsonl_tail(work_path):
+            print(f"{work_path}: removed a truncated last line left by an interrupted run", file=sys.stderr)
+        done_rows = read_jsonl(work_path)
+    elif os.path.exists(args.output):  # a finished non-JSONL output: resume from its rows
+        done_rows = read_rows(args.output)
+    done = Counter(_prompt_id(r.get(args.prompt_column)) for r in done_rows)
+    seen = Counter()
+    batches = []
+    for start in range(0, len(rows), args.batch_size):
+        todo = []
+        for index in range(start, min(start + args.batch_size, len(rows))):
+            prompt = rows[index][args.prompt_column]
+            key = _prompt_id(prompt)
+            occurrence = seen[key]
+            seen[key] += 1
+            if done[key] > 0:
+                done[key] -= 1
+            else:
+                todo.append((index, prompt_seed(args.seed, prompt, step=occurrence)))
+        if todo:
+            batches.append(todo)
+    remaining = sum(len(todo) for todo in batches)
+    if done_rows:
+        print(f"resuming: {len(rows) - remaining} of {len(rows)} prompts already in {work_path}", file=sys.stderr)
+    partial_exists = os.path.exists(work_path)
+    if remaining and not is_direct(args.output) and done_rows and not partial_exists:
+        append_jsonl(work_path, done_rows)  # continue a finished output with the new prompts
+    return {"batches": batches, "resumed": len(rows) - remaining, "partial_exists": partial_exists}
+
+
+def sample_batches(rows, batches, args, work_path: str, processes, done: int) -> None:
+    """Sample every batch: each rank its share of the batch's prompts; the main process appends the batch (in input
+    order) to the work file once every share is in — the unit of resuming."""
+    from tqdm.auto import tqdm
+
+    from aepo_trainer.generation import GenerationInputError
+
+    from .io import append_jsonl
+
+    generator = _make_generator(args)
+    bar = None
+    if processes.is_main:
+        bar = tqdm(total=len(rows), initial=done, unit="prompt", desc="generate", dynamic_ncols=True)
+    tokens = 0
+    for todo in batches:
+        mine = processes.mine(todo)
+        error = None
+        try:
+            pools = generator.generate([rows[i][args.prompt_column] for i, _ in mine], [seed for _, seed in mine])
+            sampled = {i: (pool.completions, pool.num_tokens) for (i, _), pool in zip(mine, pools)}
+        except GenerationInputError as raised:
+            error, sampled = str(raised), {}
+        shares = processes.gather_on_main((error, sampled))
+        errors = processes.broadcast([e for e, _ in shares if e] if processes.is_main else None)
+        if errors:
+            raise InputError(errors[0])
+        if not processes.is_main:
+            continue
+        merged = {i: value for _, part in shares for i, value in part.items()}
+        tokens += sum(merged[i][1] for i, _ in todo)
+        append_jsonl(work_path, [{**rows[i], args.completions_column: merged[i][0]} for i, _ in todo])
+        bar.update(len(todo))
+        elapsed = bar.format_dict.get("elapsed") or 0
+        if elapsed:
+            bar.set_postfix(tok_s=f"{tokens / elapsed:.0f}", refresh=False)
+    if bar is not None:
+        bar.close()
 
 
 def _check_args(args) -> None:

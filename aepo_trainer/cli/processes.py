@@ -82,9 +82,9 @@ class Processes:
         broadcast_object_list(box, from_process=0)
         return box[0]
 
-    def on_main(self, work: Callable[[], T]) -> T:
-        """Run `work` on the main process and hand its result to every rank. An `InputError` it raises is raised on
-        every rank (the same message, so every process exits with code 2)."""
+    def on_main(self, work: Callable[[], T]) -> T | None:
+        """Run `work` on the main process; its result there, None on the other ranks. An `InputError` it raises is
+        raised on every rank (the same message, so every process exits with code 2)."""
         result = error = None
         if self.is_main:
             try:
@@ -94,7 +94,7 @@ class Processes:
                     raise
                 error = str(raised)
         if self.distributed:
-            error, result = self.broadcast((error, result))
+            error = self.broadcast(error)
         if error is not None:
             raise InputError(error)
         return result
