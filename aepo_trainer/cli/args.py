@@ -31,7 +31,17 @@ CONFIG_FLAG = "--config"
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """`HfArgumentParser`'s default (`ArgumentDefaultsHelpFormatter`) rewraps the hand-wrapped examples epilog and
     prints "(default: None)" after required and unset flags: this keeps the epilog's layout and shows only real
-    defaults."""
+    defaults. `HfArgumentParser` gives every `--a_b` flag a `--a-b` alias; the value is shown once, after both
+    (`--a_b, --a-b VALUE`, as Python 3.13's argparse does), not once per spelling."""
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        return (
+            ", ".join(action.option_strings)
+            + " "
+            + self._format_args(action, self._get_default_metavar_for_optional(action))
+        )
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -209,9 +219,7 @@ def _coerce(action: argparse.Action, value, key: str):
         values = [one(value)]
     for v in values:
         if action.choices is not None and v not in action.choices:
-            raise InputError(
-                f"{key}={v!r} is invalid: expected one of {', '.join(map(repr, action.choices))}"
-            )
+            raise InputError(f"{key}={v!r} is invalid: expected one of {', '.join(map(repr, action.choices))}")
     return values if many else values[0]
 
 
