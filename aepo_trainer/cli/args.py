@@ -105,7 +105,9 @@ def aepo_settings_arguments(
             if isinstance(default, list)
             else dataclasses.field(default=default, metadata=metadata)
         )
-        specs.append((f.name, override.pop("type", hints.get(f.name, int)), value))
+        specs.append((f.name, override.pop("type", hints[f.name]), value))
+        if override:
+            raise TypeError(f"unknown override(s) of {f.name}: {', '.join(override)}")
     return dataclasses.make_dataclass(class_name, specs, namespace={"_argument_group_name": title})
 
 
@@ -162,8 +164,8 @@ class CommandParser(TrlParser):
             raise InputError(f"{where} does not exist") from None
         except yaml.YAMLError as error:
             raise InputError(f"{where} is not valid YAML: {error}") from None
-        except ValueError as error:  # TrlParser: not a mapping, `env` not a mapping
-            raise InputError(f"{where}: {error}") from None
+        except ValueError as error:  # TrlParser: the file is not a mapping, or its `env` is not
+            raise InputError(f"{where}: {error}" if self._config_path else str(error)) from None
         if remaining:
             self.error(f"unrecognized arguments: {' '.join(remaining)}")
         values = {}
