@@ -1,22 +1,27 @@
-"""Flags built from `AEPOConfig` (the single source of truth), YAML config files, and the config the pipeline needs.
+"""The flags of the `aepo` commands: dataclasses parsed by TRL's `TrlParser`, as `trl dpo` and `aepo train` do.
 
-Every AEPO-specific dataclass field of `AEPOConfig` (those that `DPOConfig` does not have) becomes a flag of the same
-name, type, default, help (`metadata["help"]`) and choices (`metadata["choices"]`); `--seed` is added from
-`DPOConfig`. Training arguments are not exposed: the CLI never trains.
+Each command declares its own arguments as dataclasses whose fields carry `metadata={"help": ...}` (and `aliases`,
+`choices`, `metavar`, ...: `HfArgumentParser` passes the metadata to `add_argument`); one dataclass is one group of
+`--help`. The AEPO settings are a dataclass derived from `AEPOConfig` by `aepo_settings_arguments`: every field that
+`AEPOConfig` adds to `DPOConfig` (the single source of truth: same name, type, default, help and choices) plus
+`--seed`. Training arguments are not exposed: these commands never train.
 
-`--config file.yaml` works like TRL's CLI: its keys (flag names) become the parser's defaults, flags given on the
-command line override them, and an `env:` mapping is exported to the environment. Keys that belong to TRL's own
-training configs (`AEPOConfig`/`DPOConfig`, `ScriptArguments`, `ModelConfig`) are ignored, so one YAML file can drive both
-`aepo select` and training; any other unknown key is an error (it is most likely a typo).
+`--config file.yaml` is `TrlParser`'s: its keys (flag names) become the defaults, flags on the command line override
+them, and an `env:` mapping is exported. `CommandParser` adds what `TrlParser` leaves out and the CLI promises: each
+YAML value is checked like the same text on the command line (type, choices), keys of TRL's training configs
+(`AEPOConfig`/`DPOConfig`, `ScriptArguments`, `ModelConfig`) are ignored so one YAML file can drive both `aepo select`
+and training, any other unknown key is an error (most likely a typo), and every usage error exits with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
+import typing
 import warnings
+
+from trl import TrlParser
 
 from .errors import InputError
 
@@ -24,21 +29,25 @@ CONFIG_FLAG = "--config"
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows the default after each optional flag's help and keeps the hand-wrapped epilog/description layout."""
+    """`HfArgumentParser`'s default (`ArgumentDefaultsHelpFormatter`) rewraps the hand-wrapped examples epilog and
+    prints "(default: None)" after required and unset flags: this keeps the epilog's layout and shows only real
+    defaults. `HfArgumentParser` gives every `--a_b` flag a `--a-b` alias; the value is shown once, after both
+    (`--a_b, --a-b VALUE`, as Python 3.13's argparse does), not once per spelling."""
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        return (
+            ", ".join(action.option_strings)
+            + " "
+            + self._format_args(action, self._get_default_metavar_for_optional(action))
+        )
 
     def _get_help_string(self, action):
         text = action.help or ""
         if action.required or action.default in (None, argparse.SUPPRESS) or action.nargs == 0 or "%(default)" in text:
             return text
         return text + " (default: %(default)s)"
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with exit code 2 for every usage error (argparse's own convention) and a one-line hint."""
-
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n(run `{self.prog} --help` for every flag)\n")
 
 
 def aepo_fields() -> list[dataclasses.Field]:
@@ -51,96 +60,55 @@ def aepo_fields() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(AEPOConfig) if f.name not in inherited and f.init]
 
 
-def _optional(type_name: str) -> bool:
-    return "None" in type_name or "Optional" in type_name
-
-
-def _parse_type(type_name: str, optional: bool):
-    """An argparse `type` for a dataclass annotation string ('int', 'float | None', ...)."""
-    if "bool" in type_name:
-        base = _str_to_bool
-    elif "int" in type_name:
-        base = int
-    elif "float" in type_name:
-        base = float
-    else:
-        base = str
-    if not optional:
-        return base
-
-    def parse(text: str):
-        return None if text.strip().lower() in ("none", "null", "") else base(text)
-
-    parse.__name__ = base.__name__  # argparse prints it in "invalid int value" messages
-    return parse
-
-
-def _str_to_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "y", "on"):
-        return True
-    if lowered in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
-
-
-def add_config_flags(
-    parser: argparse.ArgumentParser,
+def aepo_settings_arguments(
+    class_name: str,
     names=None,
     *,
     exclude=(),
     title="AEPO settings (AEPOConfig fields)",
     overrides: dict | None = None,
     notes: dict | None = None,
-) -> None:
-    """Add one flag per AEPO field of `AEPOConfig` (those in `names`, default all, minus `exclude`) and `--seed`.
+) -> type:
+    """A dataclass of the AEPO fields of `AEPOConfig` (those in `names`, default all but `TRAINING_ONLY_FIELDS`, minus
+    `exclude`) and `seed`, with `AEPOConfig`'s types, defaults, help and choices: one `--help` group titled `title`.
 
-    `overrides` maps a field name to extra `add_argument` keywords (e.g. `nargs="+"` for `aepo stats`); `notes` maps
-    a field name to a sentence appended to its help (what the field means for this command).
+    `overrides` maps a field name to a replacement of its type / default / help / metadata (e.g. `list[int]` for
+    `aepo stats`, which compares several values); `notes` maps a field name to a sentence appended to its help (what
+    the field means for this command).
     """
     from trl import DPOConfig
 
-    from aepo_trainer.config import TRAINING_ONLY_FIELDS
+    from aepo_trainer.config import TRAINING_ONLY_FIELDS, AEPOConfig
 
     overrides, notes = overrides or {}, notes or {}
-    group = parser.add_argument_group(title)
-    for f in aepo_fields():
-        if (names is not None and f.name not in names) or f.name in exclude:
-            continue
-        if names is None and f.name in TRAINING_ONLY_FIELDS:  # on-policy generation: the trainer's, not a CLI's
-            continue
-        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        optional = _optional(type_name)
-        kwargs = dict(
-            type=_parse_type(type_name, optional),
-            default=f.default,
-            help=" ".join((f.metadata.get("help", "") + " " + notes.get(f.name, "")).split()).replace("%", "%%"),
-            metavar=f.name.upper(),
+    hints = typing.get_type_hints(AEPOConfig)
+    seed = next(f for f in dataclasses.fields(DPOConfig) if f.name == "seed")
+    chosen = [
+        f
+        for f in aepo_fields()
+        if (f.name in names if names is not None else f.name not in TRAINING_ONLY_FIELDS) and f.name not in exclude
+    ]
+    specs = []
+    for f in chosen + ([seed] if names is None or "seed" in names else []):
+        override = dict(overrides.get(f.name, {}))
+        if f is seed:
+            override.setdefault("help", "Seed of the run; also the selection seed unless `--selection_seed` is given.")
+        text = override.pop("help", f.metadata.get("help", ""))
+        metadata = {k: v for k, v in f.metadata.items() if k != "help"}
+        if "choices" in metadata:
+            metadata["choices"] = list(metadata["choices"])
+        metadata.update(override.pop("metadata", {}))
+        metadata["help"] = " ".join(f"{text} {notes.get(f.name, '')}".split()).replace("%", "%%")
+        default = override.pop("default", f.default)
+        value = (
+            dataclasses.field(default_factory=lambda d=default: list(d), metadata=metadata)
+            if isinstance(default, list)
+            else dataclasses.field(default=default, metadata=metadata)
         )
-        if "choices" in f.metadata:
-            kwargs["choices"] = list(f.metadata["choices"])
-            kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
-        kwargs.update(overrides.get(f.name, {}))
-        group.add_argument(f"--{f.name}", **kwargs)
-    if names is None or "seed" in names:
-        seed = next(f for f in dataclasses.fields(DPOConfig) if f.name == "seed")
-        group.add_argument(
-            "--seed",
-            type=int,
-            default=seed.default,
-            help="Seed of the run; also the selection seed unless `--selection_seed` is given.",
-        )
-
-
-def add_yaml_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        CONFIG_FLAG,
-        metavar="FILE.yaml",
-        default=None,
-        help="YAML file whose keys (the flag names, without dashes) set this command's defaults, "
-        "like TRL's `--config`; flags on the command line override it. An `env:` mapping is "
-        "exported. Keys of TRL's training configs are ignored.",
-    )
+        specs.append((f.name, override.pop("type", hints[f.name]), value))
+        if override:
+            raise TypeError(f"unknown override(s) of {f.name}: {', '.join(override)}")
+    return dataclasses.make_dataclass(class_name, specs, namespace={"_argument_group_name": title})
 
 
 def _trl_training_keys() -> set[str]:
@@ -154,62 +122,86 @@ def _trl_training_keys() -> set[str]:
     return keys
 
 
-def parse_with_yaml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """`parser.parse_args(argv)`, with the defaults first taken from the YAML file named by `--config`, if any."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument(CONFIG_FLAG, default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.config:
-        apply_yaml_defaults(parser, known.config)
-    return parser.parse_args(argv)
+class CommandParser(TrlParser):
+    """The parser of one `aepo` command: `TrlParser` over its dataclasses, with a `--config` flag in `--help`, the
+    checks of YAML values described in the module docstring, exit code 2 for every usage error, and `parse`."""
 
-
-def apply_yaml_defaults(parser: argparse.ArgumentParser, path: str) -> None:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise InputError(f"config file {path!r} does not exist") from None
-    except yaml.YAMLError as error:
-        raise InputError(f"config file {path!r} is not valid YAML: {error}") from None
-    if data is None:
-        return
-    if not isinstance(data, dict):
-        raise InputError(
-            f"config file {path!r} must hold a YAML mapping of flag names to values, not {type(data).__name__}"
+    def __init__(self, dataclass_types, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(dataclass_types, **kwargs)
+        self._config_path = None
+        self.add_argument(  # TrlParser reads `--config FILE` itself; this entry documents it in --help
+            CONFIG_FLAG,
+            metavar="FILE.yaml",
+            default=None,
+            help="YAML file whose keys (the flag names, without dashes) set this command's defaults, "
+            "like TRL's `--config`; flags on the command line override it. An `env:` mapping is "
+            "exported. Keys of TRL's training configs are ignored.",
         )
-    env = data.pop("env", None) or {}
-    if not isinstance(env, dict):
-        raise InputError(f"config file {path!r}: `env` must be a mapping of variable names to values")
-    for name, value in env.items():
-        os.environ[str(name)] = str(value)
 
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
-    defaults, unknown = {}, []
-    training_keys = None
-    for key, value in data.items():
-        key = str(key).replace("-", "_")
-        action = actions.get(key)
-        if action is None:
-            training_keys = training_keys if training_keys is not None else _trl_training_keys()
-            if key not in training_keys:
-                unknown.append(key)
-            continue
-        defaults[key] = _coerce(action, value, path, key)
-    if unknown:
-        raise InputError(
-            f"config file {path!r}: unknown key(s) {', '.join(map(repr, unknown))} for "
-            f"`{parser.prog}`; valid keys are the flag names of `{parser.prog} --help`"
-        )
-    parser.set_defaults(**defaults)
-    # A YAML value satisfies a required flag.
-    for key in defaults:
-        actions[key].required = False
+    def error(self, message):
+        """argparse's exit code 2, plus where to look."""
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n(run `{self.prog} --help` for every flag)\n")
+
+    def parse(self, argv: list[str]) -> argparse.Namespace:
+        """All the dataclasses' fields in one namespace (the commands read `args.<flag>`); a bad config file is an
+        `InputError` (exit code 2)."""
+        import yaml
+
+        argv = list(argv)
+        for i, arg in enumerate(argv):  # TrlParser only reads `--config FILE`
+            if arg.startswith(CONFIG_FLAG + "="):
+                argv[i : i + 1] = [CONFIG_FLAG, arg.split("=", 1)[1]]
+                break
+        if argv and argv[-1] == CONFIG_FLAG:
+            self.error(f"argument {CONFIG_FLAG}: expected one argument")
+        self._config_path = argv[argv.index(CONFIG_FLAG) + 1] if CONFIG_FLAG in argv else None
+        where = f"config file {self._config_path!r}"
+        try:
+            *outputs, remaining = self.parse_args_and_config(argv, return_remaining_strings=True)
+        except FileNotFoundError:
+            raise InputError(f"{where} does not exist") from None
+        except yaml.YAMLError as error:
+            raise InputError(f"{where} is not valid YAML: {error}") from None
+        except ValueError as error:  # TrlParser: the file is not a mapping, or its `env` is not
+            raise InputError(f"{where}: {error}" if self._config_path else str(error)) from None
+        if remaining:
+            self.error(f"unrecognized arguments: {' '.join(remaining)}")
+        values = {}
+        for output in outputs:
+            values.update(vars(output))
+        values["config"] = self._config_path
+        return argparse.Namespace(**values)
+
+    def set_defaults_with_config(self, **kwargs) -> list[str]:
+        """TrlParser's, after checking each value as the command line would and dropping training keys."""
+        where = f"config file {self._config_path!r}"
+        actions = {a.dest: a for a in self._actions if a.dest not in ("help", "config")}
+        defaults, unknown, training_keys = {}, [], None
+        for key, value in kwargs.items():
+            key = str(key).replace("-", "_")
+            action = actions.get(key)
+            if action is None:
+                training_keys = training_keys if training_keys is not None else _trl_training_keys()
+                if key not in training_keys:
+                    unknown.append(key)
+                continue
+            defaults[key] = _coerce(action, value, f"{where}: {key}")
+        if unknown:
+            raise InputError(
+                f"{where}: unknown key(s) {', '.join(map(repr, unknown))} for "
+                f"`{self.prog}`; valid keys are the flag names of `{self.prog} --help`"
+            )
+        return super().set_defaults_with_config(**defaults)
 
 
-def _coerce(action: argparse.Action, value, path: str, key: str):
+def parse_with_yaml(parser, argv: list[str]) -> argparse.Namespace:
+    """`parser.parse(argv)`: the flags, with the defaults first taken from the YAML file named by `--config`."""
+    return parser.parse(argv)
+
+
+def _coerce(action: argparse.Action, value, key: str):
     """Check a YAML value the way argparse would check the same text on the command line."""
 
     def one(item):
@@ -218,24 +210,19 @@ def _coerce(action: argparse.Action, value, path: str, key: str):
         try:
             return action.type(str(item))  # the same check as the same text on the command line
         except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
-            raise InputError(f"config file {path!r}: {key}={item!r} is invalid ({error})") from None
+            raise InputError(f"{key}={item!r} is invalid ({error})") from None
 
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        if not isinstance(value, bool):
-            raise InputError(f"config file {path!r}: {key} must be true or false, got {value!r}")
-        return value
-    if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+    if many:
         values = [one(v) for v in (value if isinstance(value, list) else [value])]
     else:
         if isinstance(value, (list, dict)):
-            raise InputError(f"config file {path!r}: {key} takes a single value, got {value!r}")
+            raise InputError(f"{key} takes a single value, got {value!r}")
         values = [one(value)]
     for v in values:
         if action.choices is not None and v not in action.choices:
-            raise InputError(
-                f"config file {path!r}: {key}={v!r} is invalid: expected one of {', '.join(map(repr, action.choices))}"
-            )
-    return values if action.nargs in ("+", "*") or isinstance(action.nargs, int) else values[0]
+            raise InputError(f"{key}={v!r} is invalid: expected one of {', '.join(map(repr, action.choices))}")
+    return values if many else values[0]
 
 
 def build_config(namespace: argparse.Namespace, output_dir: str, **extra):

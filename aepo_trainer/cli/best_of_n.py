@@ -9,10 +9,11 @@ responses, the winner (`best`, `best_index`), the judge's scores and its confide
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 
+from .args import CommandParser, parse_with_yaml
 from .errors import EXIT_OK, InputError
-from .generate import _check_args, _check_prompts, _make_generator
-from .generate import build_parser as _generate_parser
+from .generate import _check_args, _check_prompts, _make_generator, generate_arguments
 
 DESCRIPTION = "Sample N responses per prompt and return the one a judge picks (tournament), with its confidence."
 
@@ -27,25 +28,31 @@ Output columns: the input's, plus <completions_column> (the N responses), best, 
 """
 
 
-def build_parser(prog: str = "aepo best-of-n"):
-    parser = _generate_parser(prog)
-    parser.description, parser.epilog = DESCRIPTION, EPILOG
-    parser.set_defaults(num_completions=8)
-    judge = parser.add_argument_group("judge")
-    judge.add_argument(
-        "--judge_model",
+@dataclass
+class BestOfNJudgeArguments:
+    """Who picks the best of the N responses."""
+
+    _argument_group_name = "judge"
+
+    judge_model: str | None = field(
         default=None,
-        help="Causal LM judging pairs (default: the sampling model itself: self-rejection).",
+        metadata={"help": "Causal LM judging pairs (default: the sampling model itself: self-rejection)."},
     )
-    judge.add_argument(
-        "--reward_model", default=None, help="Score with this sequence-classification reward model instead."
+    reward_model: str | None = field(
+        default=None, metadata={"help": "Score with this sequence-classification reward model instead."}
     )
-    judge.add_argument("--judge_batch_size", type=int, default=8, help="Judge prompts per forward pass.")
+    judge_batch_size: int = field(default=8, metadata={"help": "Judge prompts per forward pass."})
+
+
+def build_parser(prog: str = "aepo best-of-n"):
+    parser = CommandParser(
+        (*generate_arguments(), BestOfNJudgeArguments), prog=prog, description=DESCRIPTION, epilog=EPILOG
+    )
+    parser.set_defaults(num_completions=8)
     return parser
 
 
 def main(argv: list[str]) -> int:
-    from .args import parse_with_yaml
     from .io import read_rows, write_rows
 
     args = parse_with_yaml(build_parser(), argv)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 
 from aepo_trainer.choices import GENERATE_BACKENDS
 
-from .args import ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, parse_with_yaml
+from .args import CommandParser, aepo_settings_arguments, parse_with_yaml
 from .errors import EXIT_OK, InputError
 
 DESCRIPTION = "Sample N completions per prompt from a causal LM and write a pool dataset (resumable)."
@@ -38,104 +39,115 @@ pools were sampled differently) unless --overwrite is given.
 """
 
 
-def build_parser(prog: str = "aepo generate") -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
-    add_yaml_flag(parser)
-    io = parser.add_argument_group("data")
-    io.add_argument(
-        "--model_name_or_path",
-        "--model",
-        dest="model_name_or_path",
-        required=True,
-        help="Causal LM to sample from: a Hub id or a local folder.",
+@dataclass(kw_only=True)
+class GenerateDataArguments:
+    """The model `aepo generate` samples from, the prompts it reads and the pools it writes."""
+
+    _argument_group_name = "data"
+
+    model_name_or_path: str = field(
+        metadata={"help": "Causal LM to sample from: a Hub id or a local folder.", "aliases": ["--model"]}
     )
-    io.add_argument(
-        "--input",
-        required=True,
-        help="Prompts: .jsonl(.gz)/.json/.csv/.parquet file, `save_to_disk` folder or Hub dataset id.",
+    input: str = field(
+        metadata={"help": "Prompts: .jsonl(.gz)/.json/.csv/.parquet file, `save_to_disk` folder or Hub dataset id."}
     )
-    io.add_argument("--split", default="train", help="Split to read when the input is a Hub dataset or folder.")
-    io.add_argument(
-        "--output",
-        required=True,
-        help="Pool dataset to write (.jsonl is appended to as batches finish; other formats are written "
-        "at the end from `<output>.partial.jsonl`).",
+    split: str = field(default="train", metadata={"help": "Split to read when the input is a Hub dataset or folder."})
+    output: str = field(
+        metadata={
+            "help": "Pool dataset to write (.jsonl is appended to as batches finish; other formats are written at the "
+            "end from `<output>.partial.jsonl`)."
+        }
     )
-    io.add_argument("--prompt_column", default="prompt", help="Input column holding the prompts.")
-    io.add_argument("--max_prompts", type=int, default=None, help="Only use the first M prompts of the input.")
-    add_config_flags(parser, names={"completions_column", "seed"}, title="columns and seed (AEPOConfig fields)")
-    gen = parser.add_argument_group("sampling")
-    gen.add_argument(
-        "--num_completions",
-        type=int,
+    prompt_column: str = field(default="prompt", metadata={"help": "Input column holding the prompts."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Only use the first M prompts of the input."})
+
+
+@dataclass
+class GenerateSamplingArguments:
+    """How `aepo generate` samples: N, the sampling settings, the backend and the model's device and dtype."""
+
+    _argument_group_name = "sampling"
+
+    num_completions: int = field(
         default=32,
-        help="N: completions sampled per prompt (the AEPO reference uses 32; the paper up to 128).",
+        metadata={"help": "N: completions sampled per prompt (the AEPO reference uses 32; the paper up to 128)."},
     )
-    gen.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (0 = greedy).")
-    gen.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling probability mass.")
-    gen.add_argument("--top_k", type=int, default=0, help="Top-k sampling (0 = off).")
-    gen.add_argument(
-        "--max_new_tokens",
-        "--max_completion_length",
-        dest="max_new_tokens",
-        type=int,
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0 = greedy)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling probability mass."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
+    max_new_tokens: int = field(
         default=256,
-        help="Maximum tokens generated per completion.",
+        metadata={"help": "Maximum tokens generated per completion.", "aliases": ["--max_completion_length"]},
     )
-    gen.add_argument(
-        "--repetition_penalty", type=float, default=1.0, help="Penalty on tokens already present (1.0 = none)."
-    )
-    gen.add_argument(
-        "--batch_size",
-        type=int,
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Penalty on tokens already present (1.0 = none)."})
+    batch_size: int = field(
         default=2,
-        help="Prompts per generate call; each call samples batch_size x num_completions sequences.",
+        metadata={"help": "Prompts per generate call; each call samples batch_size x num_completions sequences."},
     )
-    gen.add_argument(
-        "--use_chat_template",
-        choices=["auto", "true", "false"],
+    use_chat_template: str = field(
         default="auto",
-        help="Apply the tokenizer's chat template: 'auto' does so for conversational prompts (lists of "
-        "messages); 'true' also wraps string prompts as one user message.",
+        metadata={
+            "help": "Apply the tokenizer's chat template: 'auto' does so for conversational prompts (lists of "
+            "messages); 'true' also wraps string prompts as one user message.",
+            "choices": ["auto", "true", "false"],
+        },
     )
-    gen.add_argument(
-        "--backend",
-        choices=list(GENERATE_BACKENDS),
+    backend: str = field(
         default="auto",
-        help="'auto' uses vLLM when it is installed and a GPU is present, else transformers. 'openai': an "
-        "OpenAI-compatible server at --api_base (the model is the server's model name; --top_k is sent as an "
-        "extra field, which vLLM understands and the OpenAI API refuses).",
+        metadata={
+            "help": "'auto' uses vLLM when it is installed and a GPU is present, else transformers. 'openai': an "
+            "OpenAI-compatible server at --api_base (the model is the server's model name; --top_k is sent as an "
+            "extra field, which vLLM understands and the OpenAI API refuses).",
+            "choices": list(GENERATE_BACKENDS),
+        },
     )
-    gen.add_argument("--device", default="auto", help="Device for transformers ('auto': cuda when available).")
-    gen.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
+    device: str = field(default="auto", metadata={"help": "Device for transformers ('auto': cuda when available)."})
+    dtype: str = field(
         default="auto",
-        help="Model weights dtype ('auto': bfloat16 on GPU, float32 on CPU).",
+        metadata={
+            "help": "Model weights dtype ('auto': bfloat16 on GPU, float32 on CPU).",
+            "choices": ["auto", "float32", "bfloat16", "float16"],
+        },
     )
-    gen.add_argument("--trust_remote_code", action="store_true", help="Allow custom model code from the Hub.")
-    gen.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="Discard an existing output (and its partial file) and sample again, e.g. after changing a sampling "
-        "setting; without it a rerun with other settings than the recorded ones is refused.",
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Discard an existing output (and its partial file) and sample again, e.g. after changing a "
+            "sampling setting; without it a rerun with other settings than the recorded ones is refused."
+        },
     )
-    api = parser.add_argument_group("OpenAI-compatible server (--backend openai)")
-    api.add_argument(
-        "--api_base", default="http://localhost:8000/v1", help="Base URL of the server (usually ends in /v1)."
+
+
+@dataclass
+class GenerateServerArguments:
+    """The OpenAI-compatible server of `--backend openai`."""
+
+    _argument_group_name = "OpenAI-compatible server (--backend openai)"
+
+    api_base: str = field(
+        default="http://localhost:8000/v1", metadata={"help": "Base URL of the server (usually ends in /v1)."}
     )
-    api.add_argument(
-        "--api_key_env", default="OPENAI_API_KEY", help="Environment variable holding the API key (never logged)."
+    api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the API key (never logged)."}
     )
-    api.add_argument(
-        "--api_endpoint",
-        choices=["chat", "completions"],
+    api_endpoint: str = field(
         default="chat",
-        help="'chat' (/chat/completions: the server applies the chat template) or 'completions' (/completions: "
-        "plain-text prompts sent as they are).",
+        metadata={
+            "help": "'chat' (/chat/completions: the server applies the chat template) or 'completions' "
+            "(/completions: plain-text prompts sent as they are).",
+            "choices": ["chat", "completions"],
+        },
     )
-    add_config_flags(
-        parser,
+
+
+def generate_arguments() -> tuple[type, ...]:
+    """The dataclasses of `aepo generate`'s flags, one per `--help` group (`aepo best-of-n` adds its own)."""
+    columns = aepo_settings_arguments(
+        "GenerateColumnArguments", names={"completions_column", "seed"}, title="columns and seed (AEPOConfig fields)"
+    )
+    api = aepo_settings_arguments(
+        "GenerateAPIArguments",
         names={
             "api_concurrency",
             "api_requests_per_minute",
@@ -152,7 +164,11 @@ def build_parser(prog: str = "aepo generate") -> ArgumentParser:
             "call again); default `<output>.api.sqlite`."
         },
     )
-    return parser
+    return (GenerateDataArguments, columns, GenerateSamplingArguments, GenerateServerArguments, api)
+
+
+def build_parser(prog: str = "aepo generate") -> CommandParser:
+    return CommandParser(generate_arguments(), prog=prog, description=DESCRIPTION, epilog=EPILOG)
 
 
 #: The flags that change what is sampled: an existing output made with other values is not resumed or reused.

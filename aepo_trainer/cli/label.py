@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+from dataclasses import dataclass, field
 
 from aepo_trainer.choices import LABEL_QUESTIONS
 
-from .args import ArgumentParser, HelpFormatter
+from .args import CommandParser, parse_with_yaml
 from .errors import EXIT_OK, InputError
 
 DESCRIPTION = textwrap.fill(
@@ -34,58 +35,81 @@ A bind beyond 127.0.0.1 requires --auth. Tokens are never logged.
 """
 
 
-def build_parser(prog: str = "aepo label") -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
-    data = parser.add_argument_group("data")
-    data.add_argument("--store", required=True, help="The run's annotation store (SQLite file).")
-    data.add_argument(
-        "--queue",
+@dataclass(kw_only=True)
+class LabelDataArguments:
+    """The run whose queue is labelled."""
+
+    _argument_group_name = "data"
+
+    store: str = field(metadata={"help": "The run's annotation store (SQLite file)."})
+    queue: str | None = field(
         default=None,
-        help="The run's queue file (.jsonl/.csv). Default: the one next to the store "
-        "(`<out>.annotation_queue.jsonl` for `aepo select`, `annotation_queue.jsonl` for a training run).",
+        metadata={
+            "help": "The run's queue file (.jsonl/.csv). Default: the one next to the store "
+            "(`<out>.annotation_queue.jsonl` for `aepo select`, `annotation_queue.jsonl` for a training run)."
+        },
     )
-    data.add_argument("--labels", default=None, help="The run's labels file, if not `<queue>.labels.jsonl`.")
-    question = parser.add_argument_group("question")
-    question.add_argument(
-        "--question",
-        choices=LABEL_QUESTIONS,
+    labels: str | None = field(default=None, metadata={"help": "The run's labels file, if not `<queue>.labels.jsonl`."})
+
+
+@dataclass
+class LabelQuestionArguments:
+    """What the labellers are asked."""
+
+    _argument_group_name = "question"
+
+    question: str = field(
         default="score",
-        help="score: a 1-10 (--scale_min..--scale_max) score per candidate; ranking: order all candidates; "
-        "best_worst: pick the best and the worst. Rankings become Borda points (best of k: k-1, worst: 0).",
+        metadata={
+            "help": "score: a 1-10 (--scale_min..--scale_max) score per candidate; ranking: order all candidates; "
+            "best_worst: pick the best and the worst. Rankings become Borda points (best of k: k-1, worst: 0).",
+            "choices": list(LABEL_QUESTIONS),
+        },
     )
-    question.add_argument("--scale_min", type=int, default=1, help="Lowest score of --question score.")
-    question.add_argument("--scale_max", type=int, default=10, help="Highest score of --question score.")
-    question.add_argument(
-        "--instructions", default=None, help="The question shown above each prompt (default: one per --question)."
+    scale_min: int = field(default=1, metadata={"help": "Lowest score of --question score."})
+    scale_max: int = field(default=10, metadata={"help": "Highest score of --question score."})
+    instructions: str | None = field(
+        default=None, metadata={"help": "The question shown above each prompt (default: one per --question)."}
     )
-    question.add_argument(
-        "--labels_per_item",
-        type=int,
+    labels_per_item: int = field(
         default=1,
-        help="How many different labellers answer each item; its score is the mean of theirs.",
+        metadata={"help": "How many different labellers answer each item; its score is the mean of theirs."},
     )
-    access = parser.add_argument_group("access")
-    access.add_argument("--host", default="127.0.0.1", help="Address to bind; beyond 127.0.0.1 --auth is required.")
-    access.add_argument("--port", type=int, default=7860, help="Port to bind (0: any free port).")
-    access.add_argument(
-        "--auth",
-        metavar="FILE|env:VAR",
+
+
+@dataclass
+class LabelAccessArguments:
+    """Who can reach the page."""
+
+    _argument_group_name = "access"
+
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to bind; beyond 127.0.0.1 --auth is required."})
+    port: int = field(default=7860, metadata={"help": "Port to bind (0: any free port)."})
+    auth: str | None = field(
         default=None,
-        help="Labellers and their tokens: a file of `name:token` lines, or env:VARIABLE. Without it the page has "
-        "one labeller (--labeller) and only binds to a loopback address.",
+        metadata={
+            "help": "Labellers and their tokens: a file of `name:token` lines, or env:VARIABLE. Without it the page "
+            "has one labeller (--labeller) and only binds to a loopback address.",
+            "metavar": "FILE|env:VAR",
+        },
     )
-    access.add_argument("--labeller", default="local", help="The labeller's name when there is no --auth.")
-    access.add_argument(
-        "--lease_minutes",
-        type=float,
-        default=10.0,
-        help="How long a task shown to one labeller is kept from the others.",
+    labeller: str = field(default="local", metadata={"help": "The labeller's name when there is no --auth."})
+    lease_minutes: float = field(
+        default=10.0, metadata={"help": "How long a task shown to one labeller is kept from the others."}
     )
-    return parser
+
+
+def build_parser(prog: str = "aepo label") -> CommandParser:
+    return CommandParser(
+        (LabelDataArguments, LabelQuestionArguments, LabelAccessArguments),
+        prog=prog,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+    )
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_with_yaml(build_parser(), argv)
     from aepo_trainer.labelling import LabellerTokens, LabellingServer, LabellingSettings, is_loopback, load_tokens
 
     try:

@@ -14,8 +14,9 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
-from .args import ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, build_config, parse_with_yaml
+from .args import CommandParser, aepo_settings_arguments, build_config, parse_with_yaml
 from .errors import EXIT_ANNOTATIONS_PENDING, EXIT_BUDGET_EXHAUSTED, EXIT_OK, InputError
 
 DESCRIPTION = (
@@ -54,79 +55,85 @@ _OUTPUT_COLUMNS = (
 )
 
 
-def build_parser(prog: str = "aepo select") -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
-    add_yaml_flag(parser)
-    io = parser.add_argument_group("data")
-    io.add_argument(
-        "--input",
-        required=True,
-        help="Pool dataset: .jsonl(.gz)/.json/.csv/.parquet file, "
-        "`save_to_disk` folder or Hub dataset id; one row per prompt with 'prompt' and a list of "
-        "completions.",
+@dataclass(kw_only=True)
+class SelectDataArguments:
+    """Where `aepo select` reads the pools and writes the pairs."""
+
+    _argument_group_name = "data"
+
+    input: str = field(
+        metadata={
+            "help": "Pool dataset: .jsonl(.gz)/.json/.csv/.parquet file, `save_to_disk` folder or Hub dataset id; one "
+            "row per prompt with 'prompt' and a list of completions."
+        }
     )
-    io.add_argument("--split", default="train", help="Split to read when the input is a Hub dataset or folder.")
-    io.add_argument(
-        "--output",
-        required=True,
-        help="Preference dataset to write: .jsonl(.gz)/.json, .parquet, "
-        ".csv, or any other path for a `save_to_disk` folder.",
+    split: str = field(default="train", metadata={"help": "Split to read when the input is a Hub dataset or folder."})
+    output: str = field(
+        metadata={
+            "help": "Preference dataset to write: .jsonl(.gz)/.json, .parquet, .csv, or any other path for a "
+            "`save_to_disk` folder."
+        }
     )
-    io.add_argument(
-        "--push_to_hub",
-        metavar="REPO_ID",
+    push_to_hub: str | None = field(
         default=None,
-        help="Also push the preference dataset to this Hub dataset repository.",
+        metadata={"help": "Also push the preference dataset to this Hub dataset repository.", "metavar": "REPO_ID"},
     )
-    io.add_argument("--hub_private", action="store_true", help="Make the pushed repository private.")
-    io.add_argument("--max_prompts", type=int, default=None, help="Only use the first M prompts of the input.")
-    run = parser.add_argument_group("run")
-    run.add_argument(
-        "--batch_size",
-        type=int,
-        default=64,
-        help="Prompts per `PoolReducer.reduce` call (selection + annotation + pairing chunk).",
+    hub_private: bool = field(default=False, metadata={"help": "Make the pushed repository private."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Only use the first M prompts of the input."})
+
+
+@dataclass
+class SelectRunArguments:
+    """How `aepo select` runs: chunk size, dry run, budget ledger, device, waiting for human labels."""
+
+    _argument_group_name = "run"
+
+    batch_size: int = field(
+        default=64, metadata={"help": "Prompts per `PoolReducer.reduce` call (selection + annotation + pairing chunk)."}
     )
-    run.add_argument(
-        "--chunk_size",
-        type=int,
+    chunk_size: int = field(
         default=4096,
-        help="Prompts held in memory at a time (rounded up to a multiple of the batch size): the input is read, "
-        "embedded, reduced and written chunk by chunk, so memory does not grow with the input; a killed run resumes "
-        "at the first unfinished chunk.",
+        metadata={
+            "help": "Prompts held in memory at a time (rounded up to a multiple of the batch size): the input is "
+            "read, embedded, reduced and written chunk by chunk, so memory does not grow with the input; a killed run "
+            "resumes at the first unfinished chunk."
+        },
     )
-    run.add_argument(
-        "--dry-run",
-        "--dry_run",
-        dest="dry_run",
-        action="store_true",
-        help="Embed and select, then print how many annotations the run would pay for (minus those "
-        "already in the store) against the budget; no annotator is called, nothing is written.",
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "Embed and select, then print how many annotations the run would pay for (minus those already in "
+            "the store) against the budget; no annotator is called, nothing is written."
+        },
     )
-    run.add_argument(
-        "--run_id",
+    run_id: str | None = field(
         default=None,
-        help="Budget ledger in the store (default: derived from the output path, so rerunning the same "
-        "command resumes the same budget).",
+        metadata={
+            "help": "Budget ledger in the store (default: derived from the output path, so rerunning the same command "
+            "resumes the same budget)."
+        },
     )
-    run.add_argument(
-        "--device", default=None, help="Device for embedding and selection (default: cuda if available, else cpu)."
+    device: str | None = field(
+        default=None, metadata={"help": "Device for embedding and selection (default: cuda if available, else cpu)."}
     )
-    run.add_argument(
-        "--wait",
-        nargs="?",
-        type=float,
-        const=float("inf"),
+    wait: float | None = field(
         default=None,
-        metavar="SECONDS",
-        help="With --annotator human: instead of stopping with exit code 4, wait (at most SECONDS; no value: as long "
-        "as it takes) while people label the queued items (`aepo label`), then go on by itself. Shorthand for "
-        "--annotation_wait.",
+        metadata={
+            "help": "With --annotator human: instead of stopping with exit code 4, wait (at most SECONDS; no value: as "
+            "long as it takes) while people label the queued items (`aepo label`), then go on by itself. Shorthand "
+            "for --annotation_wait.",
+            "nargs": "?",
+            "const": float("inf"),
+            "metavar": "SECONDS",
+        },
     )
-    add_config_flags(
-        parser,
-        exclude={"reward_scale"},
-        notes={  # reward_scale: a loss setting, training only
+
+
+def build_parser(prog: str = "aepo select") -> CommandParser:
+    settings = aepo_settings_arguments(
+        "SelectAEPOSettings",
+        exclude={"reward_scale"},  # a loss setting, training only
+        notes={
             "annotation_budget": "In `aepo select`: when it is spent, the pairs of the prompts annotated so far are "
             "written and the exit code is 3; rerun with a larger budget to continue.",
             "annotation_store": "In `aepo select`: defaults to `<output>.annotations.sqlite`.",
@@ -135,7 +142,9 @@ def build_parser(prog: str = "aepo select") -> ArgumentParser:
             "(SELF-JUDGE: the frozen starting policy).",
         },
     )
-    return parser
+    return CommandParser(
+        (SelectDataArguments, SelectRunArguments, settings), prog=prog, description=DESCRIPTION, epilog=EPILOG
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -26,11 +26,12 @@ import json
 import math
 import os
 import sys
+from dataclasses import dataclass, field
 
 from aepo_trainer.choices import ACTIVE_STRATEGIES
 from aepo_trainer.choices import SELECTION_STRATEGIES as STRATEGIES
 
-from .args import ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, build_config, parse_with_yaml
+from .args import CommandParser, aepo_settings_arguments, build_config, parse_with_yaml
 from .errors import EXIT_OK, InputError
 
 DESCRIPTION = (
@@ -73,59 +74,82 @@ _SELECTION_FIELDS = {
 }
 
 
-def build_parser(prog: str = "aepo stats") -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
-    add_yaml_flag(parser)
-    io = parser.add_argument_group("data")
-    io.add_argument(
-        "--input",
+@dataclass
+class StatsDataArguments:
+    """What `aepo stats` reads and where it writes its table and plots."""
+
+    _argument_group_name = "data"
+
+    input: str | None = field(
         default=None,
-        help="Pool dataset (same formats as `aepo select --input`); required unless --labels or --annotation_store.",
+        metadata={
+            "help": "Pool dataset (same formats as `aepo select --input`); required unless --labels or "
+            "--annotation_store."
+        },
     )
-    io.add_argument(
-        "--labels",
-        metavar="STORE",
+    labels: str | None = field(
         default=None,
-        help="Annotation store a labelling page (`aepo label`) wrote to: print its answers and the labellers' "
-        "agreement (Krippendorff's alpha overall and per labeller).",
+        metadata={
+            "help": "Annotation store a labelling page (`aepo label`) wrote to: print its answers and the labellers' "
+            "agreement (Krippendorff's alpha overall and per labeller).",
+            "metavar": "STORE",
+        },
     )
-    io.add_argument("--split", default="train", help="Split to read when the input is a Hub dataset or folder.")
-    io.add_argument("--max_prompts", type=int, default=None, help="Only use the first M prompts of the input.")
-    io.add_argument("--plot", metavar="FILE.png", default=None, help="Write the plot to this image file.")
-    io.add_argument("--json", metavar="FILE.json", default=None, help="Write the table as JSON records.")
-    io.add_argument(
-        "--diagnostics_plot",
-        metavar="FILE.png",
+    split: str = field(default="train", metadata={"help": "Split to read when the input is a Hub dataset or folder."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Only use the first M prompts of the input."})
+    plot: str | None = field(
+        default=None, metadata={"help": "Write the plot to this image file.", "metavar": "FILE.png"}
+    )
+    json: str | None = field(
+        default=None, metadata={"help": "Write the table as JSON records.", "metavar": "FILE.json"}
+    )
+    diagnostics_plot: str | None = field(
         default=None,
-        help="Write the selection diagnostics: per-prompt score distributions of the chosen (best selected) and "
-        "rejected (worst selected) candidates and the diversity of the selections, AEPO against random selection at "
-        "the same k, and the budget burn-down (annotations left as prompts are annotated in order).",
+        metadata={
+            "help": "Write the selection diagnostics: per-prompt score distributions of the chosen (best selected) "
+            "and rejected (worst selected) candidates and the diversity of the selections, AEPO against random "
+            "selection at the same k, and the budget burn-down (annotations left as prompts are annotated in order).",
+            "metavar": "FILE.png",
+        },
     )
-    run = parser.add_argument_group("strategies")
-    run.add_argument(
-        "--strategies",
-        nargs="+",
-        choices=STRATEGIES,
-        default=[s for s in STRATEGIES if s not in ACTIVE_STRATEGIES],
-        metavar="STRATEGY",
-        help=f"Strategies to compare, among {', '.join(STRATEGIES)} (the active ones — "
-        f"{', '.join(ACTIVE_STRATEGIES)} — are simulated with the scores column as annotator).",
+
+
+@dataclass
+class StatsStrategyArguments:
+    """Which strategies `aepo stats` compares, and how."""
+
+    _argument_group_name = "strategies"
+
+    strategies: list[str] = field(
+        default_factory=lambda: [s for s in STRATEGIES if s not in ACTIVE_STRATEGIES],
+        metadata={
+            "help": f"Strategies to compare, among {', '.join(STRATEGIES)} (the active ones — "
+            f"{', '.join(ACTIVE_STRATEGIES)} — are simulated with the scores column as annotator).",
+            "choices": list(STRATEGIES),
+            "metavar": "STRATEGY",
+        },
     )
-    run.add_argument("--batch_size", type=int, default=256, help="Prompts per selection call.")
-    run.add_argument(
-        "--device", default=None, help="Device for embedding and selection (default: cuda if available, else cpu)."
+    batch_size: int = field(default=256, metadata={"help": "Prompts per selection call."})
+    device: str | None = field(
+        default=None, metadata={"help": "Device for embedding and selection (default: cuda if available, else cpu)."}
     )
-    add_config_flags(
-        parser,
+
+
+def build_parser(prog: str = "aepo stats") -> CommandParser:
+    settings = aepo_settings_arguments(
+        "StatsAEPOSettings",
         names=_SELECTION_FIELDS,
         overrides={
             "num_annotations": dict(
-                nargs="+", default=[2, 4, 8], metavar="K", help="The values of k to compare (annotations per prompt)."
+                type=list[int],
+                default=[2, 4, 8],
+                metadata={"metavar": "K"},
+                help="The values of k to compare (annotations per prompt).",
             ),
             "diversity_weight": dict(
-                nargs="+",
+                type=list[float],
                 default=[0.0, 0.5, 1.0, 2.0],
-                metavar="LAMBDA",
+                metadata={"metavar": "LAMBDA"},
                 help="The diversity weights λ of the 'aepo' strategy to compare (the paper ablates 0, 0.5, 1, 2).",
             ),
             "annotation_budget": dict(
@@ -138,7 +162,9 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
             ),
         },
     )
-    return parser
+    return CommandParser(
+        (StatsDataArguments, StatsStrategyArguments, settings), prog=prog, description=DESCRIPTION, epilog=EPILOG
+    )
 
 
 def main(argv: list[str]) -> int:
