@@ -354,6 +354,11 @@ def pool_problems(dataset, args, need_scores: bool = False, allow_empty: bool = 
             rows_without_embeddings.append(index)
             continue
         rows_with_embeddings.append(index)
+        if _is_clean_matrix(vectors, len(pool), embedding_dim):  # an [N, D] array read from Arrow: checked at once
+            embedding_dim = embedding_dim or int(vectors.shape[1])
+            continue
+        if hasattr(vectors, "tolist"):  # an array with a problem: reported vector by vector below
+            vectors = vectors.tolist()
         if not isinstance(vectors, (list, tuple)) or len(vectors) != len(pool):
             got = len(vectors) if isinstance(vectors, (list, tuple)) else type(vectors).__name__
             problems.append(Problem(ecol, index, f"expected one embedding per completion ({len(pool)}), got {got}"))
@@ -424,6 +429,18 @@ def _score_problems(values, pool_size: int, column: str, row: int, need_scores: 
         for j, v in enumerate(values)
         if not _finite_number(v)
     ]
+
+
+def _is_clean_matrix(vectors, pool_size: int, dim: int | None) -> bool:
+    """True for a float `[pool_size, D]` numpy array (D = `dim` when known) of finite vectors none of which is all
+    zero: streamed Arrow inputs hold embeddings as arrays, and checking one array beats checking N x D floats."""
+    import numpy as np
+
+    if not isinstance(vectors, np.ndarray) or vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.floating):
+        return False
+    if vectors.shape[0] != pool_size or vectors.shape[1] == 0 or (dim is not None and vectors.shape[1] != dim):
+        return False
+    return bool(np.isfinite(vectors).all() and (vectors != 0).any(axis=1).all())
 
 
 def validate_pool_dataset(

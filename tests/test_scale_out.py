@@ -212,3 +212,36 @@ def test_aepo_generate_on_two_processes_writes_the_pools_of_one(tmp_path, tiny_m
     rows = read_rows(str(outputs[1]))
     assert [row["id"] for row in rows] == list(range(7)) and all(len(row["completions"]) == 3 for row in rows)
     assert len({c for row in rows for c in row["completions"]}) > 7  # sampled, not one answer repeated
+
+
+def test_streamed_parquet_reads_embeddings_as_arrays_and_names_the_bad_row_of_the_whole_input(tmp_path, capsys):
+    """Chunks of a Parquet file carry `[N, D]` float32 arrays; a bad vector in the third chunk is reported with its
+    row number in the whole input, before anything is paid."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aepo_trainer.cli import main
+    from aepo_trainer.cli.streaming import iter_row_chunks
+
+    rows = [json.loads(line) for line in _pools(tmp_path / "pools.jsonl", 10, embeddings=True).read_text().splitlines()]
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), good)
+    chunks = list(iter_row_chunks(str(good), chunk_rows=4))
+    assert [len(c) for c in chunks] == [4, 4, 2]
+    first = chunks[0][0]["embeddings"]
+    assert isinstance(first, np.ndarray) and first.dtype == np.float32 and first.shape == (6, 16)
+    np.testing.assert_allclose(first, np.asarray(rows[0]["embeddings"], dtype=np.float32))
+    assert [r["prompt"] for c in chunks for r in c] == [r["prompt"] for r in rows]
+    assert [r["prompt"] for c in iter_row_chunks(str(good), chunk_rows=4, max_rows=5) for r in c] == [
+        r["prompt"] for r in rows[:5]
+    ]
+
+    rows[9]["embeddings"][2] = [float("nan")] * 16
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), bad)
+    output = tmp_path / "pairs.jsonl"
+    assert main(_select_args(bad, str(output))) == 2  # chunks of 8 prompts: row 9 is in the second one
+    assert "row 9, field 'embeddings'[2]: non-finite or non-numeric embedding value" in capsys.readouterr().err
+    assert not Path(f"{output}.annotations.sqlite").exists() or _spent(output) == 0
+    assert not output.exists()

