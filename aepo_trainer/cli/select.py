@@ -149,6 +149,11 @@ def main(argv: list[str]) -> int:
         or (f"{output}.annotation_queue.jsonl" if args.annotator == "human" else None),
         annotation_wait=args.wait if args.wait is not None else args.annotation_wait,
     )
+    from aepo_trainer import validation
+
+    refused = validation.policy_signal_problems(config, "aepo select")
+    if refused:  # before the annotator is built, the pools read or anything embedded or paid
+        raise InputError(str(validation.InputValidationError("aepo select", refused)))
     from aepo_trainer.annotation import AnnotationService, build_annotator
     from aepo_trainer.generation import ApiConfigError
     from aepo_trainer.reduction import PoolReducer

@@ -27,7 +27,7 @@ import math
 import os
 import sys
 
-from aepo_trainer.choices import ACTIVE_STRATEGIES
+from aepo_trainer.choices import ACTIVE_STRATEGIES, POLICY_STRATEGIES
 from aepo_trainer.choices import SELECTION_STRATEGIES as STRATEGIES
 
 from .args import ArgumentParser, HelpFormatter, add_config_flags, add_yaml_flag, build_config, parse_with_yaml
@@ -105,11 +105,12 @@ def build_parser(prog: str = "aepo stats") -> ArgumentParser:
     run.add_argument(
         "--strategies",
         nargs="+",
-        choices=STRATEGIES,
-        default=[s for s in STRATEGIES if s not in ACTIVE_STRATEGIES],
+        choices=[s for s in STRATEGIES if s not in POLICY_STRATEGIES],
+        default=[s for s in STRATEGIES if s not in ACTIVE_STRATEGIES and s not in POLICY_STRATEGIES],
         metavar="STRATEGY",
-        help=f"Strategies to compare, among {', '.join(STRATEGIES)} (the active ones — "
-        f"{', '.join(ACTIVE_STRATEGIES)} — are simulated with the scores column as annotator).",
+        help=f"Strategies to compare, among {', '.join(s for s in STRATEGIES if s not in POLICY_STRATEGIES)} (the "
+        f"active ones — {', '.join(ACTIVE_STRATEGIES)} — are simulated with the scores column as annotator; "
+        f"{', '.join(POLICY_STRATEGIES)} needs the policy being trained: `aepo train` only).",
     )
     run.add_argument("--batch_size", type=int, default=256, help="Prompts per selection call.")
     run.add_argument(

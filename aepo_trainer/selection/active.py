@@ -251,9 +251,7 @@ class ActiveSelector:
         if mask is None:
             mask = torch.ones(embeddings.shape[:2], dtype=torch.bool, device=dev)
         keys = self._keys(rows, row_keys, dev).tolist()
-        features = pool_features(
-            rows, embeddings, mask.to(dev), self.completions_column, self.features, signals
-        ).cpu()
+        features = pool_features(rows, embeddings, mask.to(dev), self.completions_column, self.features, signals).cpu()
         labelled, invalid = [], 0  # (row, index, score)
         for b, (subset, row_scores) in enumerate(zip(subsets, scores)):
             if row_scores is None:

@@ -44,11 +44,11 @@ import torch
 
 __all__ = [
     "FEATURES",
+    "POLICY_FEATURES",
     "BayesianLinearSurrogate",
     "FeatureFn",
     "Posterior",
     "SurrogateFit",
-    "POLICY_FEATURES",
     "embedding_feature",
     "implicit_reward_feature",
     "log_length_feature",
