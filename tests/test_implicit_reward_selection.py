@@ -234,3 +234,32 @@ def test_aepo_select_refuses_policy_strategies_before_any_work(tmp_path, capsys)
     assert "'selection_strategy'" in err and "implicit_reward_gap" in err and "only AEPOTrainer computes" in err
     assert list(tmp_path.iterdir()) == []  # no store, no output, nothing paid
     assert main(["stats", "--input", str(missing), "--strategies", "implicit_reward_gap"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ two processes
+@pytest.mark.slow
+def test_two_processes_on_policy_pay_exactly_and_agree(tiny_model_path, minilm_path, tmp_path):
+    """torchrun, 2 CPU processes (gloo), prompt-only dataset: each rank samples its prompts' pools, computes their
+    implicit rewards and selects; the main process pays for both (one ledger): paid = k x trained prompts."""
+    import json
+
+    from test_exact_pay import _free_port, finish, read_calls, run_worker
+
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(_free_port())]  # fmt: skip
+    options = {"max_steps": 2, "num_prompts": 8, "resume": False, "prompt_only": True, "perturb_ref": True,
+               "selection_strategy": "implicit_reward_gap", "embedding_model": minilm_path, "num_generations": 4,
+               "max_completion_length": 8, "temperature": 1.0, "learning_rate": 1e-2}  # fmt: skip
+    code, out = finish(run_worker(tiny_model_path, tmp_path, "out", options, launcher=launcher), timeout=400)
+    assert code == 0, out[-6000:]
+    results = [json.loads((tmp_path / f"result_rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world"] for r in results] == [2, 2]
+    assert [r["generated"] for r in results] == [4, 4]  # 2 steps x 2 prompts, each rank its own
+    trained = [k for r in results for k in r["keys"]]
+    assert len(trained) == 8 and len(set(trained)) == 8
+    # one ledger, on the main process: k = 2 x 8 trained prompts, each paid once
+    assert results[0]["spent"] == 16 and results[1]["spent"] is None
+    assert len(read_calls(tmp_path, 0)) == 16 and read_calls(tmp_path, 1) == []
+    assert results[0]["weights"] == results[1]["weights"]
+    logged = [e for e in results[0]["logged"] if "aepo/implicit_reward_spread" in e]
+    assert len(logged) == 2 and all(e["aepo/implicit_reward_flat"] == 0 for e in logged)
