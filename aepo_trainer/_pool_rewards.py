@@ -33,7 +33,7 @@ __all__ = ["pool_implicit_rewards"]
 
 @torch.no_grad()
 def pool_implicit_rewards(trainer, batch: dict) -> torch.Tensor:
-    """`[B, N]` float32 implicit reward of every candidate of the pool batch (0 on padding), on the batch's device."""
+    """`[B, N]` float32 implicit reward of every candidate of the pool batch (0 on padding), on the training device."""
     args = trainer.args
     mask = batch["pool_mask"].bool()
     B, N = mask.shape
