@@ -204,6 +204,27 @@ def test_training_step_with_implicit_reward_gap_pays_k_per_prompt(tiny_model_pat
         assert float(r.max() - r.min()) > 1e-3
 
 
+def test_peft_training_step_selects_by_the_adapter_disabled_reference(tiny_model_path, dpo_args):
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    trainer = _trainer(tiny_model_path, dpo_args, pool_rows(n=4, size=5), peft_config=config,
+                       selection_strategy="implicit_reward_gap", max_steps=1)  # fmt: skip
+    lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    by_prompt = {r["prompt"]: r for r in trainer.train_dataset}
+    pad = trainer.pad_token_id
+    # selection happens at the initial adapter: the expected subsets, computed before the step
+    expected = {
+        p: _independent_rewards(trainer.model, trainer.model, row, 0.5, pad, disable_adapter=True)
+        for p, row in by_prompt.items()
+    }
+    trainer.train()
+    assert trainer.annotation_service.spent == 4 and trainer.model.training
+    for pair in trainer.recent_pairs:
+        r = expected[pair["prompt"]]
+        assert pair["selected"] == sorted([int(r.argmin()), int(r.argmax())])
+    assert any(not torch.equal(lora[n], p) for n, p in trainer.model.named_parameters() if "lora_" in n)
+
+
 def test_surrogate_learns_the_implicit_reward_feature_in_the_trainer(tiny_model_path, dpo_args):
     rows = pool_rows(n=4, size=5)
     trainer = _trainer(tiny_model_path, dpo_args, rows, selection_strategy="delta_ucb",
