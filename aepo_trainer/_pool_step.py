@@ -44,11 +44,23 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
     learn = mode == "train"  # active strategies learn from training labels only; evaluation selects the same each time
     known = reducer.active.surrogate.keys() if learn and reducer.active is not None else None
     picks, requests, sizes = [], [], []
+    policy_signals = learn and bool(reducer.needed_signals)  # implicit rewards: computed here, where the policy is
+    spreads = []
     with phase(trainer, "select"):
         for batch in batches:
             rows = batch[POOL_ROWS]
+            signals = None
+            if policy_signals:
+                from ._pool_rewards import pool_implicit_rewards
+
+                signals = {"implicit_rewards": pool_implicit_rewards(trainer, batch)}
+                spreads.append(_spread(signals["implicit_rewards"], batch["pool_mask"].to(device)))
             selected = reducer.select(
-                rows, batch["pool_embeddings"].to(device), batch["pool_mask"].to(device), learn=learn
+                rows,
+                batch["pool_embeddings"].to(device),
+                batch["pool_mask"].to(device),
+                learn=learn,
+                signals=signals,
             )
             batch_requests = reducer.requests(rows, selected)
             picks.append(selected)
@@ -90,9 +102,35 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
     if known is not None:
         share_active_labels(trainer, known)
         record_active_quality(trainer, qualities)
+    if policy_signals:
+        record_implicit_rewards(trainer, spreads)
     if mode == "train":
         trainer._aepo_after_annotation(reply, summary)
     return out
+
+
+def _spread(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B] max - min of each prompt's implicit rewards over its valid candidates."""
+    high = rewards.masked_fill(~mask, float("-inf")).max(1).values
+    low = rewards.masked_fill(~mask, float("inf")).min(1).values
+    return (high - low).float()
+
+
+def record_implicit_rewards(trainer, spreads: list[torch.Tensor]) -> None:
+    """`aepo/implicit_reward_spread` (mean over the step's prompts, all ranks) and `aepo/implicit_reward_flat`
+    (prompts without spread: `implicit_reward_gap` selected them by its fallback), one collective."""
+    from .selection.implicit_reward import MIN_GAP
+
+    device = trainer.accelerator.device
+    spread = torch.cat(spreads) if spreads else torch.zeros(0, device=device)
+    local = torch.tensor([float(spread.sum()), float(spread.numel()), float((spread <= MIN_GAP).sum())], device=device)
+    total = (
+        trainer.accelerator.reduce(local, "sum").tolist() if trainer.accelerator.num_processes > 1 else local.tolist()
+    )
+    m = trainer._metrics["train"]
+    if total[1] > 0:
+        m["aepo/implicit_reward_spread"].append(total[0] / total[1])
+    m["aepo/implicit_reward_flat"].append(total[2])
 
 
 _RUNNING = [STATS_FIELDS.index("annotations_spent"), STATS_FIELDS.index("budget_left")]

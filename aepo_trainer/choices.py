@@ -19,6 +19,7 @@ __all__ = [
     "LABEL_QUESTIONS",
     "LONG_TEXT_POLICIES",
     "PAIRING_RULES",
+    "POLICY_STRATEGIES",
     "RPO_LOSS_TYPES",
     "SELECTION_SEARCHES",
     "SELECTION_STRATEGIES",
@@ -38,9 +39,21 @@ ACTIVE_STRATEGIES = (
     "ucb_random",
     "aepo_ucb",
 )
+#: The strategies that read the policy being trained (`selection.implicit_reward.select_implicit_reward_gap`): each
+#: candidate's implicit reward beta * (log pi - log pi_ref) is computed in the training step, so only `AEPOTrainer`
+#: can select with them (`aepo select` refuses them: it has no policy).
+POLICY_STRATEGIES = ("implicit_reward_gap",)
 #: How k of N candidates are chosen (`AEPOConfig.selection_strategy`, `aepo select --selection_strategy`): the
-#: embedding-only strategies of `select_subsets`, then the active ones.
-SELECTION_STRATEGIES = ("aepo", "random", "west_of_n", "representativeness", "kmedoids", *ACTIVE_STRATEGIES)
+#: embedding-only strategies of `select_subsets`, then the active ones, then the policy-aware ones (trainer only).
+SELECTION_STRATEGIES = (
+    "aepo",
+    "random",
+    "west_of_n",
+    "representativeness",
+    "kmedoids",
+    *ACTIVE_STRATEGIES,
+    *POLICY_STRATEGIES,
+)
 #: The strategies an active strategy may use until the surrogate has `active_warmup_annotations` labels.
 COLD_START_STRATEGIES = ("random", "aepo", "representativeness", "kmedoids")
 #: The search for k > 2 (`AEPOConfig.selection_search`).

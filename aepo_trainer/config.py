@@ -18,6 +18,7 @@ from .choices import (
     COLD_START_STRATEGIES,
     JUDGE_MODES,
     PAIRING_RULES,
+    POLICY_STRATEGIES,
     RPO_LOSS_TYPES,
     SELECTION_SEARCHES,
     SELECTION_STRATEGIES,
@@ -25,7 +26,8 @@ from .choices import (
     VLLM_MODES,
 )
 
-#: AEPOConfig fields that only training reads (on-policy generation): the `aepo` CLI commands do not expose them.
+#: AEPOConfig fields that only training reads (on-policy generation, the policy's implicit rewards): the `aepo` CLI
+#: commands do not expose them.
 TRAINING_ONLY_FIELDS = (
     "num_generations",
     "generation_batch_size",
@@ -44,6 +46,8 @@ TRAINING_ONLY_FIELDS = (
     "vllm_server_port",
     "vllm_gpu_memory_utilization",
     "vllm_tensor_parallel_size",
+    "active_implicit_reward_feature",
+    "implicit_reward_batch_size",
 )
 
 
@@ -84,7 +88,9 @@ class AEPOConfig(DPOConfig):
             "'random', 'west_of_n' (annotate the whole pool), 'representativeness' (lambda = 0), 'kmedoids' "
             "(coreset on the embeddings), or an active strategy that learns from the paid labels: 'delta_ucb', "
             "'double_ts', 'double_reversed_ts', 'max_min_lcb', 'info_max', 'ucb_random', 'aepo_ucb' (see the "
-            "`active_*` settings).",
+            "`active_*` settings), or 'implicit_reward_gap' (trainer only: the k candidates spanning the policy's "
+            "implicit-reward range beta * (log pi - log pi_ref), computed in the training step; prompts without "
+            "spread, e.g. at the first step, fall back to `active_cold_start`).",
             "choices": list(SELECTION_STRATEGIES),
         },
     )
@@ -156,6 +162,23 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Active strategies: beta_noise, the label-noise precision of the surrogate; None sets it by "
             "evidence maximisation."
+        },
+    )
+    # ----------------------------------------------------------------------------------------------- policy signals
+    # (issue 18 item 5: the policy's implicit reward exposed to selection; docs/active-selection.md)
+    active_implicit_reward_feature: bool = field(
+        default=False,
+        metadata={
+            "help": "Active strategies, trainer only: add each candidate's implicit reward beta * (log pi - log "
+            "pi_ref) under the current policy (beta = `beta`) to the surrogate's features. It is computed in the "
+            "training step by one no-grad pass of the policy and of the reference over every candidate of the batch."
+        },
+    )
+    implicit_reward_batch_size: int = field(
+        default=64,
+        metadata={
+            "help": "Sequences per forward pass when the trainer computes the candidates' implicit rewards "
+            "(`selection_strategy='implicit_reward_gap'` or `active_implicit_reward_feature`)."
         },
     )
     # ----------------------------------------------------------------------------------------------- embedding
@@ -618,6 +641,28 @@ class AEPOConfig(DPOConfig):
                 value,
                 "None (evidence maximisation) or a finite number > 0",
             )
+        _require(
+            isinstance(self.active_implicit_reward_feature, bool)
+            and (not self.active_implicit_reward_feature or self.selection_strategy in ACTIVE_STRATEGIES),
+            "active_implicit_reward_feature",
+            self.active_implicit_reward_feature,
+            "a bool, True only with an active selection_strategy (the surrogate whose features it extends)",
+        )
+        _require(
+            isinstance(self.implicit_reward_batch_size, int)
+            and not isinstance(self.implicit_reward_batch_size, bool)
+            and self.implicit_reward_batch_size >= 1,
+            "implicit_reward_batch_size",
+            self.implicit_reward_batch_size,
+            "an integer >= 1",
+        )
+
+    @property
+    def needs_implicit_rewards(self) -> bool:
+        """True when selection reads the policy's implicit rewards (only the trainer can compute them)."""
+        return self.selection_strategy in POLICY_STRATEGIES or (
+            self.uses_active_selection and self.active_implicit_reward_feature
+        )
 
     @property
     def uses_active_selection(self) -> bool:
@@ -701,6 +746,10 @@ class AEPOConfig(DPOConfig):
             settings.update(
                 {name: getattr(self, name) for name in self.__dataclass_fields__ if name.startswith("active_")}
             )
+        if self.selection_strategy in POLICY_STRATEGIES:
+            settings["active_cold_start"] = self.active_cold_start  # the fallback of prompts without spread
+        if self.needs_implicit_rewards:
+            settings["beta"] = self.beta
         return settings
 
 

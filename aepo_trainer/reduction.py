@@ -2,7 +2,8 @@
 
 `PoolReducer` is the single implementation of the AEPO data step, in the order data flows:
 
-1. `select(rows, embeddings, mask)` — k of N per prompt, batched on the device (`selection.select_subsets`);
+1. `select(rows, embeddings, mask)` — k of N per prompt, batched on the device (`selection.select_subsets`; the
+   active strategies' `ActiveSelector`; `implicit_reward_gap` from the policy signals the trainer passes in);
 2. `requests(rows, subsets)` — what to annotate: the selected completions only;
 3. `finish(rows, selected, reply)` — pairs (`pairing.make_pairs`) and the batch statistics, from the annotations.
 
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from .annotation.base import AnnotationRequest
+from .choices import POLICY_STRATEGIES
 from .selection.keys import prompt_key
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,10 @@ class Selected:
     keys: list[int]
     # active strategies: the batch's (embeddings, mask), from which `finish` lets the surrogate learn its labels
     pools: Any = None
+    # policy signals of the batch (`{"implicit_rewards": [B, N]}`), computed by the trainer before selection
+    signals: dict | None = None
+    # `implicit_reward_gap`: [B] bool, False where a prompt had no implicit-reward spread and fell back
+    informative: Any = None
 
 
 @dataclass
@@ -121,43 +127,80 @@ class PoolReducer:
 
     # ------------------------------------------------------------------------------------------------ 1. select
 
+    @property
+    def needed_signals(self) -> tuple[str, ...]:
+        """The policy signals `select` needs in training (`("implicit_rewards",)` for `implicit_reward_gap` or the
+        surrogate's implicit-reward feature; empty otherwise): the trainer computes them before selecting."""
+        if self.active is not None:
+            return self.active.needed_signals
+        return ("implicit_rewards",) if self.args.selection_strategy in POLICY_STRATEGIES else ()
+
     def select(
-        self, rows: list[dict], embeddings: torch.Tensor, mask: torch.Tensor | None = None, *, learn: bool = True
+        self,
+        rows: list[dict],
+        embeddings: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        learn: bool = True,
+        signals: dict | None = None,
     ) -> Selected:
         """k of N per row, batched on `self.device` (or the embeddings' device).
 
         With an active strategy, `learn=False` selects with its embedding-only cold-start strategy and `finish` then
-        teaches the surrogate nothing: evaluation uses it, so that every evaluation selects the same candidates.
+        teaches the surrogate nothing: evaluation uses it, so that every evaluation selects the same candidates. A
+        policy-aware strategy (`implicit_reward_gap`) likewise selects with `active_cold_start` when `learn=False`,
+        and needs `signals={"implicit_rewards": [B, N]}` otherwise.
         """
         from .selection import select_subsets
 
         args = self.args
         device = self.device or embeddings.device
         keys = [prompt_key(row["prompt"]) for row in rows]
-        strategy = args.selection_strategy if self.active is None else args.active_cold_start
-        if self.active is not None and learn:
-            pools = (embeddings.to(device), None if mask is None else mask.to(device))
-            selection = self.active.select(rows, *pools, row_keys=keys)
-        else:
-            pools = None
-            selection = select_subsets(
+        policy_aware = args.selection_strategy in POLICY_STRATEGIES
+        plain = self.active is None and not policy_aware
+        strategy = args.selection_strategy if plain else args.active_cold_start
+        mask = None if mask is None else mask.to(device)
+        informative = None
+
+        def embedding_only():
+            return select_subsets(
                 embeddings.to(device),
                 args.num_annotations,
                 diversity_weight=args.diversity_weight,
-                mask=None if mask is None else mask.to(device),
+                mask=mask,
                 strategy=strategy,
                 seed=self.seed,
                 row_keys=torch.tensor(keys, dtype=torch.long, device=device),
                 search=args.selection_search,
                 local_search_rounds=args.local_search_rounds,
             )
+
+        if self.active is not None and learn:
+            pools = (embeddings.to(device), mask)
+            selection = self.active.select(rows, *pools, row_keys=keys, signals=signals)
+        elif policy_aware and learn:
+            from .selection.implicit_reward import select_implicit_reward_gap
+
+            pools = None
+            rewards = (signals or {}).get("implicit_rewards")
+            if rewards is None:
+                raise ValueError(
+                    f"selection_strategy={args.selection_strategy!r} ranks candidates by the implicit reward of the "
+                    "policy being trained, which only AEPOTrainer computes (in the training step)."
+                )
+            selection, informative = select_implicit_reward_gap(
+                embeddings.to(device), rewards.to(device), args.num_annotations, mask=mask, fallback=embedding_only()
+            )
+        else:
+            pools = None
+            selection = embedding_only()
         indices = selection.indices.detach().cpu().tolist()
         valid = selection.valid.detach().cpu().tolist()
         subsets = [
             [int(i) for i, ok in zip(row_indices, row_valid) if ok and i >= 0]
             for row_indices, row_valid in zip(indices, valid)
         ]
-        return Selected(selection, subsets, keys, pools)
+        return Selected(selection, subsets, keys, pools, signals, informative)
 
     # ------------------------------------------------------------------------------------------------ 2. requests
 
@@ -184,7 +227,9 @@ class PoolReducer:
         scores = list(reply.scores) if reply.pending is None else [None] * len(rows)
         quality = None
         if self.active is not None and selected.pools is not None and reply.pending is None:  # learn them now
-            quality = self.active.observe(rows, *selected.pools, selected.keys, selected.subsets, scores)
+            quality = self.active.observe(
+                rows, *selected.pools, selected.keys, selected.subsets, scores, signals=selected.signals
+            )
         # Invalid scores (None) are never paired: make_pairs counts them.
         pairing = make_pairs(
             scores, rule=args.pairing_rule, margin=args.pairing_margin, seed=self.seed, row_keys=selected.keys

@@ -516,6 +516,34 @@ def annotator_problems(
     return problems
 
 
+def policy_signal_problems(args, command: str) -> list[Problem]:
+    """Settings that read the policy being trained — its implicit rewards, computed in `AEPOTrainer`'s training step —
+    cannot be honoured by a command that has no policy (`aepo select`): refused before anything is read or paid."""
+    from .choices import POLICY_STRATEGIES, SELECTION_STRATEGIES
+
+    problems = []
+    if args.selection_strategy in POLICY_STRATEGIES:
+        others = ", ".join(repr(s) for s in SELECTION_STRATEGIES if s not in POLICY_STRATEGIES)
+        problems.append(
+            Problem(
+                "selection_strategy",
+                None,
+                f"{args.selection_strategy!r} ranks candidates by the implicit reward beta * (log pi - log pi_ref) "
+                f"of the policy being trained, which only AEPOTrainer computes (in its training step); {command} "
+                f"has no policy. Train with it (`aepo train`, `AEPOTrainer`), or choose one of {others}",
+            )
+        )
+    if getattr(args, "active_implicit_reward_feature", False):
+        problems.append(
+            Problem(
+                "active_implicit_reward_feature",
+                None,
+                f"the surrogate's implicit-reward feature needs the policy being trained; {command} has none",
+            )
+        )
+    return problems
+
+
 def store_problems(args) -> list[Problem]:
     """An existing annotation store must be a readable SQLite store (D6); it is opened read-only, so this check
     writes nothing. A missing file is fine: it is created on the first annotation."""

@@ -7,6 +7,8 @@ Every annotation goes through a reward function that appends one line per scored
 At the end each rank writes `result_rank<R>.json` (prompts trained, spend, a hash of its weights, the log) in the
 working directory. `kill_during_save_at=N` SIGKILLs the process in the middle of saving checkpoint N (after the model
 weights, before the optimizer and the trainer state), like a machine that dies during a save.
+`prompt_only=true` trains on the prompts alone (on-policy: the pools are sampled in the step); `perturb_ref=true`
+nudges the reference's weights, so that the policy's implicit rewards differ from 0 from the first step on.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def main() -> None:
 
     num_prompts = options.pop("num_prompts", 8)
     resume = options.pop("resume", False)
+    prompt_only = options.pop("prompt_only", False)
+    perturb_ref = options.pop("perturb_ref", False)
     settings = dict(
         output_dir=output_dir,
         bf16=False,
@@ -75,11 +79,18 @@ def main() -> None:
         ddp_timeout=120,
     )
     settings.update(options)
+    ref_model = AutoModelForCausalLM.from_pretrained(model_path)
+    if perturb_ref:
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in ref_model.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    data = [{"prompt": row["prompt"]} for row in rows(num_prompts)] if prompt_only else rows(num_prompts)
     trainer = AEPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_path),
-        ref_model=AutoModelForCausalLM.from_pretrained(model_path),
+        ref_model=ref_model,
         args=AEPOConfig(**settings),
-        train_dataset=Dataset.from_list(rows(num_prompts)),
+        train_dataset=Dataset.from_list(data),
         processing_class=AutoTokenizer.from_pretrained(model_path),
         annotator=reward,
     )
@@ -99,6 +110,7 @@ def main() -> None:
         "stop_reason": trainer.aepo_stop_reason,
         "logged": [e for e in trainer.state.log_history if "loss" in e],
         "surrogate": None,
+        "generated": None if trainer.aepo_on_policy is None else trainer.aepo_on_policy.generated,
     }
     active = trainer.pool_reducer.active
     if active is not None:  # what an active strategy learned, as a digest: equal on every rank

@@ -173,6 +173,11 @@ def main(argv: list[str]) -> int:
         or (f"{output}.annotation_queue.jsonl" if args.annotator == "human" else None),
         annotation_wait=args.wait if args.wait is not None else args.annotation_wait,
     )
+    from aepo_trainer import validation
+
+    refused = validation.policy_signal_problems(config, "aepo select")
+    if refused:  # before the annotator is built, the pools read or anything embedded or paid
+        raise InputError(str(validation.InputValidationError("aepo select", refused)))
     run_id = args.run_id or f"aepo-select:{output}"
     annotator = processes.on_main(lambda: _build_annotator(config, run_id))  # loaded lazily; an API judge is probed
     size = config.active_batch_size if config.uses_active_selection else args.batch_size

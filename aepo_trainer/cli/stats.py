@@ -28,7 +28,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from aepo_trainer.choices import ACTIVE_STRATEGIES
+from aepo_trainer.choices import ACTIVE_STRATEGIES, POLICY_STRATEGIES
 from aepo_trainer.choices import SELECTION_STRATEGIES as STRATEGIES
 
 from .args import CommandParser, aepo_settings_arguments, build_config, parse_with_yaml
@@ -121,11 +121,12 @@ class StatsStrategyArguments:
     _argument_group_name = "strategies"
 
     strategies: list[str] = field(
-        default_factory=lambda: [s for s in STRATEGIES if s not in ACTIVE_STRATEGIES],
+        default_factory=lambda: [s for s in STRATEGIES if s not in ACTIVE_STRATEGIES and s not in POLICY_STRATEGIES],
         metadata={
-            "help": f"Strategies to compare, among {', '.join(STRATEGIES)} (the active ones — "
-            f"{', '.join(ACTIVE_STRATEGIES)} — are simulated with the scores column as annotator).",
-            "choices": list(STRATEGIES),
+            "help": f"Strategies to compare, among {', '.join(s for s in STRATEGIES if s not in POLICY_STRATEGIES)} "
+            f"(the active ones — {', '.join(ACTIVE_STRATEGIES)} — are simulated with the scores column as annotator; "
+            f"{', '.join(POLICY_STRATEGIES)} needs the policy being trained: `aepo train` only).",
+            "choices": [s for s in STRATEGIES if s not in POLICY_STRATEGIES],
             "metavar": "STRATEGY",
         },
     )

@@ -29,7 +29,7 @@ from ..choices import ACTIVE_STRATEGIES, COLD_START_STRATEGIES
 from .acquisitions import acquire
 from .kernel import SelectionResult, select_subsets
 from .keys import prompt_key
-from .surrogate import FEATURES, BayesianLinearSurrogate, FeatureFn, pool_features
+from .surrogate import FEATURES, POLICY_FEATURES, BayesianLinearSurrogate, FeatureFn, pool_features
 
 __all__ = ["ActiveSelector", "BatchQuality", "valid_score"]
 
@@ -135,8 +135,11 @@ class ActiveSelector:
         self._last_select = (False, 0.0)  # (cold start?, seconds) of the last `select`
 
     @classmethod
-    def from_config(cls, config, features: Sequence[FeatureFn] = FEATURES) -> ActiveSelector:
-        """The selector an `AEPOConfig` describes (its `active_*` fields)."""
+    def from_config(cls, config, features: Sequence[FeatureFn] | None = None) -> ActiveSelector:
+        """The selector an `AEPOConfig` describes (its `active_*` fields): the default features, plus the policy's
+        implicit reward with `active_implicit_reward_feature` (the trainer then passes it to `select`/`observe`)."""
+        if features is None:
+            features = POLICY_FEATURES if getattr(config, "active_implicit_reward_feature", False) else FEATURES
         return cls(
             config.selection_strategy,
             config.num_annotations,
@@ -165,9 +168,22 @@ class ActiveSelector:
             row_keys = [prompt_key(row["prompt"]) for row in rows]
         return torch.as_tensor(row_keys, dtype=torch.int64, device=device)
 
+    @property
+    def needed_signals(self) -> tuple[str, ...]:
+        """The policy signals its features read (`("implicit_rewards",)` with the implicit-reward feature)."""
+        return tuple(dict.fromkeys(name for f in self.features for name in getattr(f, "signals", ())))
+
     @torch.no_grad()
-    def select(self, rows: list[dict], embeddings: torch.Tensor, mask: torch.Tensor | None = None, row_keys=None):
-        """A `SelectionResult` with k indices per row (sorted ascending), like `select_subsets`."""
+    def select(
+        self,
+        rows: list[dict],
+        embeddings: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        row_keys=None,
+        signals: dict | None = None,
+    ):
+        """A `SelectionResult` with k indices per row (sorted ascending), like `select_subsets`. `signals`: the
+        per-candidate policy signals the features read (see `surrogate.pool_features`)."""
         started = time.perf_counter()
         dev = embeddings.device
         if mask is None:
@@ -187,7 +203,7 @@ class ActiveSelector:
             )
         else:
             post = self.surrogate.posterior(
-                pool_features(rows, embeddings, mask, self.completions_column, self.features), mask
+                pool_features(rows, embeddings, mask, self.completions_column, self.features, signals), mask
             )
             if self.strategy == "aepo_ucb":
                 ucb = (post.mean + self.exploration * post.std) / self.surrogate.target_scale
@@ -224,16 +240,18 @@ class ActiveSelector:
         row_keys,
         subsets: list[list[int]],
         scores: list,
+        signals: dict | None = None,
     ) -> BatchQuality:
         """Score the current surrogate on this batch's labels, then learn them (valid ones only) and refit.
 
-        `subsets[b]` are the annotated pool indices of row b and `scores[b]` their labels (None for a skipped row).
+        `subsets[b]` are the annotated pool indices of row b and `scores[b]` their labels (None for a skipped row);
+        `signals` are the policy signals of the batch as `select` got them (the features stored with the labels).
         """
         dev = embeddings.device
         if mask is None:
             mask = torch.ones(embeddings.shape[:2], dtype=torch.bool, device=dev)
         keys = self._keys(rows, row_keys, dev).tolist()
-        features = pool_features(rows, embeddings, mask.to(dev), self.completions_column, self.features).cpu()
+        features = pool_features(rows, embeddings, mask.to(dev), self.completions_column, self.features, signals).cpu()
         labelled, invalid = [], 0  # (row, index, score)
         for b, (subset, row_scores) in enumerate(zip(subsets, scores)):
             if row_scores is None:

@@ -24,7 +24,7 @@ from . import search as _search
 
 __all__ = ["SEARCHES", "STRATEGIES", "SelectionResult", "select_subsets"]
 
-from ..choices import ACTIVE_STRATEGIES
+from ..choices import ACTIVE_STRATEGIES, POLICY_STRATEGIES
 from ..choices import SELECTION_SEARCHES as SEARCHES
 from ..choices import SELECTION_STRATEGIES as STRATEGIES
 
@@ -210,6 +210,11 @@ def _validate(embeddings, k, lam, mask, strategy, seed, row_keys, search, rounds
         _fail(
             f"strategy {strategy!r} learns from paid labels and needs a reward surrogate; select with "
             "`aepo_trainer.selection.ActiveSelector` (PoolReducer and `aepo select` do so automatically)"
+        )
+    if strategy in POLICY_STRATEGIES:
+        _fail(
+            f"strategy {strategy!r} ranks candidates by the policy's implicit reward; select with "
+            "`aepo_trainer.selection.implicit_reward.select_implicit_reward_gap` (`AEPOTrainer` does so automatically)"
         )
     if strategy not in STRATEGIES:
         _fail(f"unknown strategy {strategy!r}; expected one of {', '.join(map(repr, STRATEGIES))}")

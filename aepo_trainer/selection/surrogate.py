@@ -17,8 +17,11 @@ centring the targets alone does not. Predictions are likewise relative to the po
 "how much better than this pool's average" and sigma_i its uncertainty. A prompt with a single valid label carries
 no within-prompt information and is left out (counted in `SurrogateFit.single_label_prompts`).
 
-Features (`FEATURES`, a list of functions one can extend: the on-policy variant adds the policy's implicit reward)
-are the candidate's normalised embedding and its log length. `pool_relative_feature` (embedding minus pool mean) is
+Features (`FEATURES`, a list of functions one can extend) are the candidate's normalised embedding and its log length.
+`implicit_reward_feature` adds the policy's implicit reward β·(log π − log π_ref) of the candidate
+(`AEPOConfig.active_implicit_reward_feature`): a *policy signal*, which no function of the rows and embeddings can
+compute, so a feature declares the signals it reads (`signals = ("implicit_rewards",)`) and `pool_features` hands it
+the per-candidate tensors the caller computed (the trainer, in the training step, where the model is). `pool_relative_feature` (embedding minus pool mean) is
 provided for feature lists of models without within-prompt centring; under it, it equals `embedding_feature`, so the
 default list leaves it out. Features are computed once per pool, when it is observed, and stored with the label.
 
@@ -41,17 +44,20 @@ import torch
 
 __all__ = [
     "FEATURES",
+    "POLICY_FEATURES",
     "BayesianLinearSurrogate",
     "FeatureFn",
     "Posterior",
     "SurrogateFit",
     "embedding_feature",
+    "implicit_reward_feature",
     "log_length_feature",
     "pool_features",
     "pool_relative_feature",
 ]
 
-#: A feature function: (rows, embeddings [B, N, D] float, mask [B, N] bool, completions column) -> [B, N, F].
+#: A feature function: (rows, embeddings [B, N, D] float, mask [B, N] bool, completions column) -> [B, N, F]. One that
+#: reads policy signals names them in a `signals` attribute and receives them as keyword arguments ([B, N] tensors).
 FeatureFn = Callable[[list, torch.Tensor, torch.Tensor, str], torch.Tensor]
 
 MIN_PRECISION = 1e-8  # alpha and beta are kept in [MIN_PRECISION, MAX_PRECISION] by the evidence updates
@@ -91,15 +97,47 @@ def log_length_feature(rows, embeddings, mask, completions_column):
     return lengths.to(mask.device)[..., None]
 
 
+def implicit_reward_feature(rows, embeddings, mask, completions_column, *, implicit_rewards):
+    """The policy's implicit reward β·(log π(y|x) − log π_ref(y|x)) of the candidate: what the policy being trained
+    already prefers (ActiveDPO, arXiv 2505.19241). Computed by `AEPOTrainer` in the training step; the value stored
+    with a label is the one at the step the label was paid for."""
+    B, N = mask.shape
+    if tuple(implicit_rewards.shape) != (B, N):
+        raise ValueError(f"implicit_rewards has shape {list(implicit_rewards.shape)}, the pools are {[B, N]}")
+    return implicit_rewards.to(device=mask.device, dtype=torch.float64)[..., None]
+
+
+implicit_reward_feature.signals = ("implicit_rewards",)
+
 #: The default feature functions, concatenated in this order.
 FEATURES: tuple[FeatureFn, ...] = (embedding_feature, log_length_feature)
+#: The defaults plus the policy's implicit reward (the trainer's `active_implicit_reward_feature=True`).
+POLICY_FEATURES: tuple[FeatureFn, ...] = (*FEATURES, implicit_reward_feature)
 
 
-def pool_features(rows, embeddings, mask, completions_column="completions", features: Sequence[FeatureFn] = FEATURES):
-    """[B, N, F] float64 features of every candidate (zeros on padding)."""
+def pool_features(
+    rows,
+    embeddings,
+    mask,
+    completions_column="completions",
+    features: Sequence[FeatureFn] = FEATURES,
+    signals: dict | None = None,
+):
+    """[B, N, F] float64 features of every candidate (zeros on padding). `signals` holds the per-candidate policy
+    signals (`{"implicit_rewards": [B, N]}`) the features that declare them read."""
     if mask is None:
         mask = torch.ones(embeddings.shape[:2], dtype=torch.bool, device=embeddings.device)
-    parts = [f(rows, embeddings, mask, completions_column).to(torch.float64) for f in features]
+    parts = []
+    for f in features:
+        needs = tuple(getattr(f, "signals", ()))
+        missing = [name for name in needs if (signals or {}).get(name) is None]
+        if missing:
+            raise ValueError(
+                f"the surrogate feature {getattr(f, '__name__', f)!r} reads {', '.join(missing)}, a signal of the "
+                "policy being trained: only AEPOTrainer computes it (in the training step); `aepo select` cannot"
+            )
+        kwargs = {name: signals[name] for name in needs}
+        parts.append(f(rows, embeddings, mask, completions_column, **kwargs).to(torch.float64))
     x = torch.cat(parts, dim=-1)
     return x * mask.to(x.dtype)[..., None]
 
