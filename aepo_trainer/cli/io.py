@@ -137,15 +137,23 @@ def read_jsonl(path: str, *, tolerate_truncated_tail: bool = False) -> list[dict
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
+            rows.append(parse_jsonl_line(path, number, line))
+        except InputError:
             if tolerate_truncated_tail and number == len(lines) and not text.endswith("\n"):
                 break
-            raise InputError(f"{path}: line {number} is not valid JSON ({error.msg} at column {error.colno})") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{path}: line {number} holds a {type(row).__name__}, expected a JSON object (one row)")
-        rows.append(row)
+            raise
     return rows
+
+
+def parse_jsonl_line(path: str, number: int, line: str) -> dict:
+    """One row of a JSON Lines file; an `InputError` naming the file and the line when it is not a JSON object."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: line {number} is not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(row, dict):
+        raise InputError(f"{path}: line {number} holds a {type(row).__name__}, expected a JSON object (one row)")
+    return row
 
 
 def _check_objects(rows, path):

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import InputError
-from .io import JSONL_SUFFIXES, _atomic, _open_text, _suffix, read_rows, write_json_atomic
+from .io import JSONL_SUFFIXES, _atomic, _open_text, _suffix, parse_jsonl_line, read_rows, write_json_atomic
 
 __all__ = ["ChunkedOutput", "input_identity", "iter_row_chunks"]
 
@@ -87,17 +87,7 @@ def _jsonl_chunks(path: str, chunk_rows: int) -> Iterator[list[dict]]:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise InputError(
-                        f"{path}: line {number} is not valid JSON ({error.msg} at column {error.colno})"
-                    ) from None
-                if not isinstance(row, dict):
-                    raise InputError(
-                        f"{path}: line {number} holds a {type(row).__name__}, expected a JSON object (one row)"
-                    )
-                chunk.append(row)
+                chunk.append(parse_jsonl_line(path, number, line))
                 if len(chunk) == chunk_rows:
                     yield chunk
                     chunk = []
