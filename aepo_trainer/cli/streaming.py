@@ -133,7 +133,9 @@ def _parquet_chunks(path: str, chunk_rows: int, column: str) -> Iterator[list[di
     import pyarrow.parquet as pq
 
     try:
-        reader = pq.ParquetFile(path)
+        # pre_buffer=False: with pyarrow's default read-ahead, memory grows with the file (1.8 GB allocated after
+        # 30k prompts x 32 x 384 floats) instead of staying at one record batch (66 MB)
+        reader = pq.ParquetFile(path, pre_buffer=False)
     except Exception as error:  # pyarrow raises several types for corrupt files
         raise InputError(f"{path}: not a readable Parquet file ({error})") from None
     for batch in reader.iter_batches(batch_size=chunk_rows):
