@@ -323,9 +323,7 @@ def pool_embeddings(rows: list[dict], config, device=None, shard_texts: int = 10
 
     from aepo_trainer.embedding import Embedder, embed_pools
 
-    embedder = Embedder(
-        config.embedding_model, device=device, batch_size=config.embedding_batch_size, show_progress=False
-    )
+    embedder = Embedder.from_config(config, device=device, show_progress=False)
     data = datasets.Dataset.from_list([{ccol: row[ccol]} for row in rows])
     datasets.disable_progress_bars()  # one bar below, over all shards
     texts = sum(len(row[ccol]) for row in rows)
