@@ -175,3 +175,35 @@ def test_missing_runtime_is_reported_before_loading(tmp_path, minilm_path, monke
     assert validation.annotator_problems(config, need_embedder=False, check_annotator=False) == []
     with pytest.raises(ValueError, match="embedding_backend='onnx' needs the package"):
         Embedder(minilm_path, backend="onnx")
+
+
+def test_config_fields_reach_the_cli_and_trainer_embedders(tmp_path, minilm_path, monkeypatch):
+    """`aepo select`/`aepo stats` (`pool_embeddings`) and the trainer build their embedder from the config fields."""
+    from types import SimpleNamespace
+
+    from aepo_trainer import embedding
+    from aepo_trainer.cli.select import pool_embeddings
+    from aepo_trainer.trainer import AEPOTrainer
+
+    seen = []
+
+    def capture(dataset, completions_column="completions", embedder=None, *args, **kwargs):
+        seen.append(embedder)
+        raise KeyboardInterrupt  # stop before anything is embedded
+
+    monkeypatch.setattr(embedding, "embed_pools", capture)
+    config = _config(
+        tmp_path,
+        embedding_model=minilm_path,
+        embedding_backend="onnx",
+        embedding_quantized=True,
+        embedding_max_length=48,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        pool_embeddings([{"completions": ["a", "b"]}], config)
+    with pytest.raises(KeyboardInterrupt):
+        AEPOTrainer._aepo_embed(SimpleNamespace(_aepo_embedder=None), datasets.Dataset.from_list([{"x": 1}]), config)
+    assert len(seen) == 2
+    for embedder in seen:
+        assert (embedder.backend, embedder.quantized, embedder.max_length) == ("onnx", True, 48)
+        assert embedder.identity.endswith(":backend=onnx:int8:max_length=48") and embedder._model is None
