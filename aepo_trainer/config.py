@@ -174,7 +174,8 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Where the embedder runs: 'torch' (the PyTorch model, fp16 on GPU), or 'onnx' / 'openvino': the "
             "model's transformer exported once to ONNX (cached under the HF datasets cache) and run on CPU by ONNX "
-            "Runtime / OpenVINO, 2-3x faster without a GPU. Needs `pip install aepo-trainer[fast-cpu]`.",
+            "Runtime / OpenVINO. On CPU 'openvino' measured 3.5x torch's speed with 98% of selections identical, 'onnx' "
+            "1.3x (docs/benchmarks.md). Needs `pip install aepo-trainer[fast-cpu]`.",
             "choices": list(EMBEDDING_BACKENDS),
         },
     )
@@ -182,8 +183,9 @@ class AEPOConfig(DPOConfig):
         default=False,
         metadata={
             "help": "With embedding_backend 'onnx' or 'openvino': run the int8 dynamically quantized export (weights "
-            "int8 per output channel, activations quantized on the fly). Faster with ONNX Runtime; embeddings keep "
-            "a cosine of about 0.98-0.99 to the fp32 ones, so a few selections change (docs/selection.md)."
+            "int8 per output channel, activations quantized on the fly). Faster with ONNX Runtime only; embeddings "
+            "keep a cosine of 0.97+ to the fp32 ones, yet 20-35% of selections changed in the benchmark "
+            "(docs/benchmarks.md)."
         },
     )
     embedding_max_length: int | None = field(
