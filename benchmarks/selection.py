@@ -14,7 +14,8 @@ pool texts with the share of prompts whose AEPO selection is identical to the to
 
 Runs on CUDA when available (`--device` to force); the GEMM then runs in true fp32 (TF32 off), like the kernel.
 
-    python benchmarks/selection.py            # full run (about 3-4 min on 2 CPU cores, most of it embedding)
+    python benchmarks/selection.py            # full run (about 3-4 min on 2 CPU cores, most of it embedding,
+                                              # plus ~13 min for the backend rows; --no-backends skips them)
     python benchmarks/selection.py --quick    # smaller budgets, fewer end-to-end prompts
     python benchmarks/selection.py --backends # only the CPU embedding-backend rows (torch, onnx, openvino, int8)
 """
@@ -403,7 +404,12 @@ def main(argv=None):
         "'@N' sets embedding_max_length, e.g. onnx@128), or all of them when none is named",
     )
     p.add_argument("--no-backends", action="store_true", help="skip the embedding-backend rows of a full run")
-    p.add_argument("--backend-prompts", type=int, default=125, help="prompts embedded per backend row")
+    p.add_argument(
+        "--backend-prompts",
+        type=int,
+        default=None,
+        help="prompts embedded per backend row (default 125, 5 with --quick)",
+    )
     p.add_argument("--backend-n", type=int, default=16, help="candidates per prompt in the backend rows")
     p.add_argument("--backend-chunk", type=int, default=5, help="prompts per interleaved timing chunk")
     p.add_argument("--export-dir", default=None, help="ONNX export cache of the backend rows (default: a fresh one)")
@@ -417,6 +423,8 @@ def main(argv=None):
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.min_time = 0.5 if args.quick else 2.0
     args.ref_budget = 0.5 if args.quick else 2.0
+    if args.backend_prompts is None:
+        args.backend_prompts = 5 if args.quick else 125
     if args.e2e_prompts is None:
         args.e2e_prompts = 4 if args.quick else (0 if device.type == "cuda" else 16)
 
