@@ -188,9 +188,7 @@ class OnPolicyPools:
             from .embedding import Embedder
 
             args = self.trainer.args
-            self._embedder = Embedder(
-                args.embedding_model, device=self.trainer.accelerator.device, batch_size=args.embedding_batch_size
-            )
+            self._embedder = Embedder.from_config(args, device=self.trainer.accelerator.device)
         return self._embedder
 
     # ------------------------------------------------------------------------------------------------ the step

@@ -242,9 +242,7 @@ class AEPOTrainer(DPOTrainer):
         from .embedding import Embedder, embed_pools
 
         if self._aepo_embedder is None:
-            self._aepo_embedder = Embedder(
-                args.embedding_model, device=args.device, batch_size=args.embedding_batch_size
-            )
+            self._aepo_embedder = Embedder.from_config(args, device=args.device)
         state = PartialState()
         with state.main_process_first(), state.local_main_process_first():  # embed once, then read the cache
             return embed_pools(

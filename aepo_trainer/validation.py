@@ -507,7 +507,12 @@ def annotator_problems(
                 problems.append(problem)
     if need_embedder:
         from .embedding import _DEFAULT_ALIASES, _bundled_minilm_path
+        from .embedding_backends import backend_problem
 
+        backend = getattr(args, "embedding_backend", "torch")
+        problem = backend_problem(backend, getattr(args, "embedding_quantized", False))
+        if problem is not None:
+            problems.append(Problem("embedding_backend", None, problem))
         name = args.embedding_model
         if not (name in _DEFAULT_ALIASES and _bundled_minilm_path() is not None):
             problem = pretrained_problem(name, "embedding_model")

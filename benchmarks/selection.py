@@ -8,12 +8,16 @@ On the same pools (B prompts x N candidates x D dims, unit-norm fp32 embeddings)
   (c) the batched similarity GEMM alone (`torch.bmm(E, E^T)`): the floor,
 and prints the ratios for N in {8, 32, 128, 512} and k in {2, 4}. (b) is a Python loop over prompts, so it is timed on
 as many prompts as fit in a time budget and scaled linearly to B (the row says on how many). Then it times embed +
-select end to end on the real AlpacaEval pools (../shared/data/alpaca_eval_pools.jsonl.gz, N = 32).
+select end to end on the real AlpacaEval pools (../shared/data/alpaca_eval_pools.jsonl.gz, N = 32), and the
+embedder's texts/s per CPU backend (`--backends`: torch, onnx, onnx-int8, openvino, openvino-int8) on the same 2,000
+pool texts with the share of prompts whose AEPO selection is identical to the torch backend's.
 
 Runs on CUDA when available (`--device` to force); the GEMM then runs in true fp32 (TF32 off), like the kernel.
 
-    python benchmarks/selection.py            # full run (about 3-4 min on 2 CPU cores, most of it embedding)
+    python benchmarks/selection.py            # full run (about 3-4 min on 2 CPU cores, most of it embedding,
+                                              # plus ~13 min for the backend rows; --no-backends skips them)
     python benchmarks/selection.py --quick    # smaller budgets, fewer end-to-end prompts
+    python benchmarks/selection.py --backends # only the CPU embedding-backend rows (torch, onnx, openvino, int8)
 """
 
 from __future__ import annotations
@@ -272,6 +276,104 @@ def active_overhead(rows, pools, E, mask, t_embed, device, labels: int = 1600):
     return dict(labels=len(selector.surrogate), fit_s=best["fit"], select_s=best["select"], share_of_embed=share)
 
 
+BACKEND_ROWS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+
+
+def _backend_settings(row: str) -> dict:
+    """'onnx-int8@128' -> backend onnx, quantized, max_length 128 (the `Embedder` arguments of a benchmark row)."""
+    name, _, length = row.partition("@")
+    backend, _, quant = name.partition("-")
+    if quant not in ("", "int8"):
+        raise SystemExit(f"--backends: unknown row {row!r} (expected e.g. {', '.join(BACKEND_ROWS)}, or onnx@128)")
+    return dict(backend=backend, quantized=quant == "int8", max_length=int(length) if length else None)
+
+
+def backend_table(args):
+    """texts/s of each embedding backend on the same real pool texts (CPU), and the share of prompts whose AEPO
+    selection (`select_subsets`, k = 2 and 4) is identical to the torch backend's."""
+    import tempfile
+
+    from aepo_trainer.embedding import Embedder
+    from aepo_trainer.embedding_backends import backend_problem
+
+    path = Path(args.pools)
+    if not path.exists():
+        print(f"\nbackends: {path} not found, skipped")
+        return None
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for _, line in zip(range(args.backend_prompts), f)]
+    pools = [r["completions"][: args.backend_n] for r in rows]
+    n_texts = sum(len(p) for p in pools)
+    n_unique = len({c for p in pools for c in p})
+    export_dir = args.export_dir or tempfile.mkdtemp(prefix="aepo_onnx_")  # a fresh export is part of the row
+    names = args.backends or list(BACKEND_ROWS)
+    if "torch" not in names:
+        names = ["torch", *names]  # the reference of the agreement columns
+    print(
+        f"\nembedding backends on CPU ({torch.get_num_threads()} threads): {len(pools)} AlpacaEval prompts x "
+        f"{args.backend_n} candidates = {n_texts} texts ({n_unique} distinct), batch {args.embed_batch_size}; "
+        "agreement = share of prompts whose selected k equals the torch backend's"
+    )
+    header = (
+        f"{'backend':<16} | {'export+load':>11} | {'embed':>8} | {'texts/s':>8} | {'vs torch':>8} | "
+        f"{'cos min':>7} {'cos mean':>8} | {'same k=2':>8} {'same k=4':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    embedders, loads = {}, {}
+    for name in names:  # load (and export) every backend first
+        settings = _backend_settings(name)
+        problem = backend_problem(settings["backend"], settings["quantized"])
+        if problem is not None:
+            print(f"{name:<16} | skipped: {problem}")
+            continue
+        t0 = time.perf_counter()
+        embedders[name] = Embedder(
+            device="cpu", batch_size=args.embed_batch_size, show_progress=False, export_dir=export_dir, **settings
+        )
+        embedders[name].encode(["warm-up"])  # loads (and for onnx/openvino exports) the model
+        loads[name] = time.perf_counter() - t0
+    # Interleaved: every chunk of prompts is embedded by every backend in turn (the order rotating), so the load of
+    # a shared machine hits all backends alike; each backend's time is the sum over its chunks.
+    seconds = dict.fromkeys(embedders, 0.0)
+    parts = {name: [] for name in embedders}
+    chunk = max(1, args.backend_chunk)
+    for c, start in enumerate(range(0, len(pools), chunk)):
+        order = list(embedders)[c % len(embedders) :] + list(embedders)[: c % len(embedders)]
+        for name in order:
+            t0 = time.perf_counter()
+            parts[name].append(embedders[name].encode_pools(pools[start : start + chunk])[0])
+            seconds[name] += time.perf_counter() - t0
+    mask = torch.tensor([[j < len(p) for j in range(args.backend_n)] for p in pools])
+    out, ref = [], None
+    for name in embedders:
+        E = torch.cat([torch.nn.functional.pad(e, (0, 0, 0, args.backend_n - e.shape[1])) for e in parts[name]])
+        t_embed = seconds[name]
+        picks = {k: select_subsets(E, k, args.lam, mask=mask).tolist() for k in (2, 4)}
+        if ref is None:
+            ref = dict(E=E, picks=picks, texts_per_s=n_texts / t_embed)
+        cos = (E * ref["E"]).sum(-1)[mask]
+        row = dict(
+            backend=name,
+            texts=n_texts,
+            export_load_s=loads[name],
+            embed_s=t_embed,
+            texts_per_s=n_texts / t_embed,
+            speedup=(n_texts / t_embed) / ref["texts_per_s"],
+            cos_min=float(cos.min()),
+            cos_mean=float(cos.mean()),
+            **{f"same_k{k}": sum(a == b for a, b in zip(picks[k], ref["picks"][k])) / len(pools) for k in (2, 4)},
+        )
+        out.append(row)
+        print(
+            f"{name:<16} | {row['export_load_s']:>9.1f} s | {t_embed:>6.1f} s | {row['texts_per_s']:>8.1f} | "
+            f"{row['speedup']:>7.2f}x | {row['cos_min']:>7.4f} {row['cos_mean']:>8.5f} | "
+            f"{row['same_k2']:>8.1%} {row['same_k4']:>8.1%}"
+        )
+    print("target: >= 3x torch's texts/s with >= 95% identical selections")
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller time budgets and 4 end-to-end prompts")
@@ -293,6 +395,24 @@ def main(argv=None):
     )
     p.add_argument("--embed-batch-size", type=int, default=64)
     p.add_argument("--no-e2e", action="store_true")
+    p.add_argument(
+        "--backends",
+        nargs="*",
+        default=None,
+        metavar="ROW",
+        help="run only the embedding-backend rows: the named ones (torch, onnx, onnx-int8, openvino, openvino-int8; "
+        "'@N' sets embedding_max_length, e.g. onnx@128), or all of them when none is named",
+    )
+    p.add_argument("--no-backends", action="store_true", help="skip the embedding-backend rows of a full run")
+    p.add_argument(
+        "--backend-prompts",
+        type=int,
+        default=None,
+        help="prompts embedded per backend row (default 125, 5 with --quick)",
+    )
+    p.add_argument("--backend-n", type=int, default=16, help="candidates per prompt in the backend rows")
+    p.add_argument("--backend-chunk", type=int, default=5, help="prompts per interleaved timing chunk")
+    p.add_argument("--export-dir", default=None, help="ONNX export cache of the backend rows (default: a fresh one)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
 
@@ -303,6 +423,8 @@ def main(argv=None):
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.min_time = 0.5 if args.quick else 2.0
     args.ref_budget = 0.5 if args.quick else 2.0
+    if args.backend_prompts is None:
+        args.backend_prompts = 5 if args.quick else 125
     if args.e2e_prompts is None:
         args.e2e_prompts = 4 if args.quick else (0 if device.type == "cuda" else 16)
 
@@ -318,6 +440,12 @@ def main(argv=None):
     print("machine:", json.dumps(machine))
     if device.type == "cpu":
         print("note: no CUDA device here, CPU timings only (the script runs the same on CUDA when present)")
+    if args.backends is not None:  # the backend rows alone
+        backends = backend_table(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(machine=machine, backends=backends), f, indent=2)
+        return
     rows = kernel_table(args, device)
     print("\ntargets (CPU): b/a >= 100x at N=128, k=4; a/c <= 2x for k=2")
     for r in rows:
@@ -327,9 +455,10 @@ def main(argv=None):
         if r["k"] == 2:
             print(f"  N={r['N']} k=2: (a)/(c) = {r['a_over_c']:.2f}x  [{'met' if r['a_over_c'] <= 2 else 'NOT met'}]")
     e2e = None if args.no_e2e else end_to_end(args, device)
+    backends = None if args.no_backends else backend_table(args)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(machine=machine, kernel=rows, end_to_end=e2e), f, indent=2)
+            json.dump(dict(machine=machine, kernel=rows, end_to_end=e2e, backends=backends), f, indent=2)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,9 @@ def test_aepo_settings_for_model_cards(tmp_path):
     settings = _config(tmp_path, num_annotations=3, selection_seed=7).aepo_settings()
     assert settings["num_annotations"] == 3 and settings["selection_seed"] == 7
     assert settings["loss_type"] == ["sigmoid"]
+    # the embedder settings that change the embeddings (and so the selections) are recorded
+    assert (settings["embedding_backend"], settings["embedding_quantized"], settings["embedding_max_length"]) == (
+        "torch",
+        False,
+        None,
+    )

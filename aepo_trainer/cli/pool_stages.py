@@ -101,12 +101,7 @@ class PoolEmbedder:
         if self._embedder is None:
             from aepo_trainer.embedding import Embedder
 
-            self._embedder = Embedder(
-                self.config.embedding_model,
-                device=self.device,
-                batch_size=self.config.embedding_batch_size,
-                show_progress=False,
-            )
+            self._embedder = Embedder.from_config(self.config, device=self.device, show_progress=False)
         return self._embedder
 
     def _progress(self, texts: int):
