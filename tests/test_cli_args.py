@@ -94,6 +94,7 @@ def test_a_yaml_config_of_every_flag_round_trips(command, tmp_path):
     """Parse with non-default values on the command line, write them as YAML, parse the YAML alone: same values."""
     parser = COMMANDS[command].build_parser()
     argv = list(REQUIRED[command])
+    booleans = 0
     for action in parser._actions:
         if action.dest in ("help", "config") or action.option_strings[0] in argv:
             continue
@@ -105,13 +106,14 @@ def test_a_yaml_config_of_every_flag_round_trips(command, tmp_path):
             value = ["3"] if action.nargs != "+" else ["3", "5"]
         elif _type_name(action) == "float":
             value = ["0.25"] if action.nargs != "+" else ["0.25", "4.0"]
-        elif action.dest in ("dry_run", "hub_private", "trust_remote_code", "overwrite"):
+        elif _type_name(action) == "string_to_bool":  # a boolean flag
             value = ["true"]
+            booleans += 1
         else:
             value = [f"v-{action.dest}"]
         argv += [action.option_strings[0], *value]
     expected = vars(parser.parse(argv))
-    assert sum(v is True for v in expected.values()) == {"select": 2, "generate": 2, "best-of-n": 2}.get(command, 0)
+    assert sum(v is True for v in expected.values()) == booleans
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({k: v for k, v in expected.items() if k != "config"}))
     parsed = vars(COMMANDS[command].build_parser().parse(["--config", str(config)]))

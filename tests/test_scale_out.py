@@ -114,9 +114,12 @@ def test_two_nodes_with_separate_working_directories_share_one_ledger(tmp_path):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank)]
         cmd += ["--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port)]
         cmd += ["-m", "aepo_trainer.cli", *_select_args(pools, "pairs.jsonl")]
-        nodes.append(subprocess.Popen(cmd, env=ENV, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    outs = [node.communicate(timeout=240) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outs[0][1].decode()[-5000:] + outs[1][1].decode()[-5000:]
+        log = open(tmp_path / f"node{rank}.log", "w")  # files, not pipes: a full pipe would block a node
+        nodes.append(subprocess.Popen(cmd, env=ENV, cwd=folder, stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+    codes = [node.wait(timeout=240) for node in nodes]
+    logs = "".join((tmp_path / f"node{rank}.log").read_text()[-4000:] for rank in range(2))
+    assert codes == [0, 0], logs
     written = tmp_path / "node0" / "pairs.jsonl"
     assert written.read_bytes() == reference.read_bytes()
     assert _spent(written) == 24 * 3

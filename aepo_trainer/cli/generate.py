@@ -242,6 +242,13 @@ def main(argv: list[str]) -> int:
     from .processes import Processes
 
     processes = Processes()  # one process, or the ranks of `accelerate launch` / `torchrun` (before any config)
+    try:
+        return run(argv, processes)
+    finally:
+        processes.close()
+
+
+def run(argv: list[str], processes) -> int:
     args = parse_with_yaml(build_parser(), argv)
     _check_args(args)
     from .io import read_rows

@@ -104,3 +104,12 @@ class Processes:
             import torch.distributed as dist
 
             dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group (every rank, at the end of the command). Exiting with gloo's threads still running
+        aborts the process ("terminate called without an active exception") after its work is done."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()

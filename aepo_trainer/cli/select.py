@@ -154,6 +154,16 @@ def build_parser(prog: str = "aepo select") -> CommandParser:
 
 
 def main(argv: list[str]) -> int:
+    from .processes import Processes
+
+    processes = Processes()  # one process, or the ranks of `accelerate launch` / `torchrun` (before any config)
+    try:
+        return run(argv, processes)
+    finally:
+        processes.close()
+
+
+def run(argv: list[str], processes) -> int:
     args = parse_with_yaml(build_parser(), argv)
     for name in ("batch_size", "chunk_size", "max_prompts"):
         value = getattr(args, name)
@@ -161,9 +171,6 @@ def main(argv: list[str]) -> int:
             raise InputError(f"--{name} must be >= 1, got {value}")
     timings = {}
     started = time.perf_counter()
-    from .processes import Processes
-
-    processes = Processes()  # one process, or the ranks of `accelerate launch` / `torchrun` (before any config)
     output = os.path.abspath(os.path.expanduser(args.output))
     config = build_config(  # first: a bad setting fails before any reading or embedding
         args,
