@@ -239,13 +239,9 @@ def check_existing_output(args, work_path: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from .processes import Processes
+    from .processes import run_in_processes
 
-    processes = Processes()  # one process, or the ranks of `accelerate launch` / `torchrun` (before any config)
-    try:
-        return run(argv, processes)
-    finally:
-        processes.close()
+    return run_in_processes(run, argv)  # one process, or the ranks of `accelerate launch` / `torchrun`
 
 
 def run(argv: list[str], processes) -> int:

@@ -188,19 +188,29 @@ def _read_csv(path: str) -> list[dict]:
     return rows
 
 
-def _read_folder(path: Path, split: str, name: str | None) -> list[dict]:
+def is_saved_dataset(path: Path) -> bool:
+    """True for a `Dataset.save_to_disk` / `DatasetDict.save_to_disk` folder."""
+    return any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json", "state.json"))
+
+
+def load_saved_dataset(path: Path, split: str):
+    """The `split` of a `save_to_disk` folder as a memory-mapped `datasets.Dataset` (slicing reads only the slice)."""
     import datasets
 
-    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-        try:
-            data = datasets.load_from_disk(str(path))
-        except Exception as error:
-            raise InputError(f"{path}: not a readable `save_to_disk` folder ({error})") from None
-        if isinstance(data, datasets.DatasetDict):
-            if split not in data:
-                raise InputError(f"{path}: has no split {split!r} (splits: {', '.join(data)}); pass --split")
-            data = data[split]
-        return data.to_list()
+    try:
+        data = datasets.load_from_disk(str(path))
+    except Exception as error:
+        raise InputError(f"{path}: not a readable `save_to_disk` folder ({error})") from None
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise InputError(f"{path}: has no split {split!r} (splits: {', '.join(data)}); pass --split")
+        data = data[split]
+    return data
+
+
+def _read_folder(path: Path, split: str, name: str | None) -> list[dict]:
+    if is_saved_dataset(path):
+        return load_saved_dataset(path, split).to_list()
     return _load_dataset(str(path), split, name)
 
 

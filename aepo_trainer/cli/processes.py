@@ -20,7 +20,7 @@ from .errors import InputError
 
 T = TypeVar("T")
 
-__all__ = ["Processes"]
+__all__ = ["Processes", "run_in_processes"]
 
 
 class Processes:
@@ -113,3 +113,13 @@ class Processes:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def run_in_processes(command: Callable[[list[str], Processes], int], argv: list[str]) -> int:
+    """Run a data command on this process's rank: join the launcher's process group first (before any
+    `TrainingArguments` is made, which would make accelerate's state without one), leave it at the end."""
+    processes = Processes()
+    try:
+        return command(argv, processes)
+    finally:
+        processes.close()

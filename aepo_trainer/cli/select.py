@@ -154,13 +154,9 @@ def build_parser(prog: str = "aepo select") -> CommandParser:
 
 
 def main(argv: list[str]) -> int:
-    from .processes import Processes
+    from .processes import run_in_processes
 
-    processes = Processes()  # one process, or the ranks of `accelerate launch` / `torchrun` (before any config)
-    try:
-        return run(argv, processes)
-    finally:
-        processes.close()
+    return run_in_processes(run, argv)  # one process, or the ranks of `accelerate launch` / `torchrun`
 
 
 def run(argv: list[str], processes) -> int:

@@ -22,7 +22,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import InputError
-from .io import JSONL_SUFFIXES, _atomic, _open_text, _suffix, parse_jsonl_line, read_rows, write_json_atomic
+from .io import (
+    JSONL_SUFFIXES,
+    _atomic,
+    _open_text,
+    _suffix,
+    is_saved_dataset,
+    load_saved_dataset,
+    parse_jsonl_line,
+    read_rows,
+    write_json_atomic,
+)
 
 __all__ = ["ChunkedOutput", "input_identity", "iter_row_chunks"]
 
@@ -61,8 +71,8 @@ def _chunks(source: str, chunk_rows: int, split: str, embeddings_column: str) ->
         yield from _jsonl_chunks(str(path), chunk_rows)
     elif suffix == ".parquet":
         yield from _parquet_chunks(str(path), chunk_rows, embeddings_column)
-    elif path.is_dir() and _is_saved_dataset(path):
-        yield from _arrow_chunks(_load_saved(path, split), chunk_rows, embeddings_column)
+    elif path.is_dir() and is_saved_dataset(path):
+        yield from _arrow_chunks(load_saved_dataset(path, split), chunk_rows, embeddings_column)
     else:  # a JSON array, a CSV file, a data folder or a Hub id: read whole (`io.read_rows` names any problem)
         rows = read_rows(source, split=split)
         for start in range(0, len(rows), chunk_rows):
@@ -140,24 +150,6 @@ def _parquet_chunks(path: str, chunk_rows: int, column: str) -> Iterator[list[di
         raise InputError(f"{path}: not a readable Parquet file ({error})") from None
     for batch in reader.iter_batches(batch_size=chunk_rows):
         yield _rows_with_arrays(batch, column)
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json", "state.json"))
-
-
-def _load_saved(path: Path, split: str):
-    import datasets
-
-    try:
-        data = datasets.load_from_disk(str(path))  # memory-mapped Arrow: slicing reads only the slice
-    except Exception as error:
-        raise InputError(f"{path}: not a readable `save_to_disk` folder ({error})") from None
-    if isinstance(data, datasets.DatasetDict):
-        if split not in data:
-            raise InputError(f"{path}: has no split {split!r} (splits: {', '.join(data)}); pass --split")
-        data = data[split]
-    return data
 
 
 def _arrow_chunks(data, chunk_rows: int, column: str) -> Iterator[list[dict]]:
