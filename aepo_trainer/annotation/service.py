@@ -159,14 +159,7 @@ class AnnotationService:
         identity = self.identity
         family = getattr(self.annotator, "identity_family", None) or identity.split(_VERSION_MARK)[0]
         try:  # a read-only scan of one column (no index: milliseconds for thousands of rows)
-            rows = (
-                self.store._conn()
-                .execute(
-                    "SELECT annotator, COUNT(*) FROM annotations WHERE substr(annotator, 1, ?) = ? GROUP BY annotator",
-                    (len(family), family),
-                )
-                .fetchall()
-            )
+            rows = list(self.store.annotator_counts(family).items())
         except Exception:  # never fail a run over a diagnostic
             return {}
         stale = {

@@ -25,9 +25,13 @@ from accelerate import PartialState
 from transformers.trainer_utils import TrainOutput
 from trl import DPOConfig, DPOTrainer
 
+from .._utils.timing import PhaseTimer, phase
 from ..config import AEPOConfig
 from ..data import pools, validation
 from ..data.collator import AEPODataCollator, is_pool_batch
+from ..data.kinds import is_prompt_only_dataset
+from .batch_keys import STEP_PAIRS
+from .pool_loss import compute_pool_loss
 from .run_control import (
     ACTIVE_LABELS_FILE,
     AEPOControlCallback,
@@ -107,8 +111,6 @@ class AEPOTrainer(DPOTrainer):
             judge_available=ref_model is not None or peft_config is not None or hasattr(model, "peft_config"),
         )
         eval_sets = list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
-        from .on_policy import is_prompt_only_dataset
-
         self._aepo_on_policy = is_prompt_only_dataset(train_dataset, args)  # pools sampled in the step (on_policy.py)
         self._aepo_trains_on_pools = pools.is_pool_dataset(train_dataset, args) or self._aepo_on_policy
         self._aepo_uses_pools = self._aepo_on_policy or any(
@@ -192,7 +194,7 @@ class AEPOTrainer(DPOTrainer):
         self.pool_reducer = PoolReducer(args, device=self.accelerator.device)
         if not user_collator:
             self.data_collator = AEPODataCollator.from_config(args, pad_token_id=self.pad_token_id)
-        from .on_policy import OnPolicyPools, PhaseTimer, PromptCollator
+        from .on_policy import OnPolicyPools, PromptCollator
 
         self.aepo_phase_timer = PhaseTimer()
         if self._aepo_on_policy:
@@ -200,7 +202,7 @@ class AEPOTrainer(DPOTrainer):
             if not user_collator:
                 self.data_collator = PromptCollator(fallback=self.data_collator)
         if self._aepo_trains_on_pools:
-            # The pool loss is already a mean over the step's pairs (see `_pool_loss`): no division by the number of
+            # The pool loss is already a mean over the step's pairs (see `pool_loss`): no division by the number of
             # accumulation steps on top of it.
             self.loss_is_scaled_for_ga = True
         self.add_callback(AEPOControlCallback(self))
@@ -253,7 +255,7 @@ class AEPOTrainer(DPOTrainer):
             )
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        from .on_policy import is_prompt_only_dataset, validate_prompt_dataset
+        from .on_policy import validate_prompt_dataset
 
         if is_prompt_only_dataset(dataset, args):  # on-policy: the pools are generated in the training step
             if dataset_name != "train":
@@ -313,9 +315,7 @@ class AEPOTrainer(DPOTrainer):
         pool_batches = [b for b in batches if is_pool_batch(b)]
         if not pool_batches:
             return batches, None
-        from .step import STEP_PAIRS, reduce_pool_batches
-
-        groups = reduce_pool_batches(self, pool_batches, "train")
+        groups = self._aepo_reduce(pool_batches, "train")
         if groups and groups[0][STEP_PAIRS] == 0 and self.lr_scheduler is not None:
             # No prompt on any process formed a pair: the step will not touch the weights (see `training_step`);
             # remember the schedule so that the control callback can undo its advance after the step.
@@ -325,16 +325,45 @@ class AEPOTrainer(DPOTrainer):
             )
         return groups, None
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        from .on_policy import phase
-        from .step import STEP_PAIRS
+    def _aepo_reduce(self, pool_batches: list[dict], mode: str) -> list[dict]:
+        """Run the step's reduction (`step.reduce_pool_batches`) and apply its result to this trainer's state."""
+        from .implicit_rewards import pool_implicit_rewards
+        from .step import GroupLayout, reduce_pool_batches
 
+        args = self.args
+        reducer = self.pool_reducer
+        result = reduce_pool_batches(
+            pool_batches,
+            mode,
+            reducer=reducer,
+            service=self.annotation_services.get(mode) if self.annotation_services else None,
+            accelerator=self.accelerator,
+            layout=GroupLayout(self.pad_token_id, args.max_length, args.truncation_mode, args.pad_to_multiple_of),
+            pairs_are_terms=any(t not in args.rpo_loss_types for t in self.loss_types),
+            include_unpaired=bool(args.rpo_loss_types),
+            completions_column=args.completions_column,
+            implicit_rewards=(lambda batch: pool_implicit_rewards(self, batch)) if reducer.needed_signals else None,
+            timer=self.aepo_phase_timer,
+            gold_agreement=not self._aepo_labels_are_dataset_scores,
+        )
+        metrics = self._metrics[mode]
+        for name, value, running_total in result.metrics:
+            if running_total:
+                metrics[name] = [value]
+            else:
+                metrics[name].append(value)
+        if mode == "train":
+            self._aepo_recent_pairs.extend(result.recent_pairs)
+            self._aepo_after_annotation(result.reply, result.summary)
+        return result.groups
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
         if STEP_PAIRS in inputs and inputs[STEP_PAIRS] == 0:
             # No pair on any process in this step: no forward, no backward, so the gradients stay unset and the
             # optimizer step leaves weights and optimizer state as they are.
             model.train()  # as `Trainer.training_step` would: the step's metrics are logged as training metrics
             return torch.zeros((), device=self.args.device)
-        with phase(self, "train"):
+        with phase(self.aepo_phase_timer, "train"):
             return super().training_step(model, inputs, num_items_in_batch)
 
     def _aepo_name_policy_version(self) -> None:
@@ -347,17 +376,18 @@ class AEPOTrainer(DPOTrainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if is_pool_batch(inputs):
-            from .step import reduce_pool_batches
-
-            inputs = reduce_pool_batches(self, [inputs], "eval")[0]
+            inputs = self._aepo_reduce([inputs], "eval")[0]
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def _compute_loss(self, model, inputs, return_outputs):
         if "pair_chosen_rows" not in inputs:
             return super()._compute_loss(model, inputs, return_outputs)
-        from .pool_loss import compute_pool_loss
-
-        return compute_pool_loss(self, model, inputs, return_outputs)
+        result = compute_pool_loss(self, model, inputs, return_outputs)
+        mode = "train" if self.model.training else "eval"
+        if result.prompt_keys is not None:
+            self._aepo_seen_prompt_keys.extend(result.prompt_keys)
+        self._aepo_accumulate_loss(mode, result.batch_mean, result.terms)
+        return (result.loss, result.outputs) if return_outputs else result.loss
 
     def _aepo_budget_already_spent(self) -> bool:
         """True when the training budget cannot pay for one more prompt: the run stops before fetching data (a rerun
@@ -472,24 +502,26 @@ class AEPOTrainer(DPOTrainer):
         if items[0]:
             self.pool_reducer.active.absorb([tuple(item) for item in items[0]])
 
-    def _aepo_remember(self, rows: list[dict], reduced) -> None:
-        """Keep a few recent pairs (texts and scores) for end-of-training reports."""
-        ccol = self.args.completions_column
-        for pair in reduced.pairs:
-            row, subset = rows[pair.row], reduced.subsets[pair.row]
-            self._aepo_recent_pairs.append(
-                {
-                    "prompt": row.get("prompt"),
-                    "chosen": row[ccol][subset[pair.chosen]],
-                    "rejected": row[ccol][subset[pair.rejected]],
-                    "chosen_score": float(pair.chosen_score),
-                    "rejected_score": float(pair.rejected_score),
-                    "selected": list(subset),
-                    "pool_size": len(row[ccol]),
-                }
-            )
-
     # ------------------------------------------------------------------------------------------------ reporting
+
+    @property
+    def seen_prompt_keys(self) -> list[int]:
+        """The keys (`prompt_key`) of the prompts trained on so far by this process, in order (one per trained pool
+        row; for reports and for the tests of exact pay)."""
+        return list(self._aepo_seen_prompt_keys)
+
+    def restore_schedule_after_empty_step(self) -> None:
+        """After a step that formed no pair on any process (its optimizer step changed nothing), put the
+        learning-rate schedule back where it was before the step (called by `AEPOControlCallback.on_step_end`)."""
+        saved = self._aepo_empty_step_schedule
+        if saved is None:
+            return
+        self._aepo_empty_step_schedule = None
+        scheduler_state, lrs = saved
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(scheduler_state)
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
 
     @property
     def recent_pairs(self) -> list[dict]:

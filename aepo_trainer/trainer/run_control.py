@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ import re
 from transformers import TrainerCallback
 from trl import DPOConfig
 
+from .._utils.run_ids import default_run_id
 from ..config import AEPOConfig
 
 logger = logging.getLogger("aepo_trainer.trainer")
@@ -34,13 +34,6 @@ __all__ = [
 ]
 
 ACTIVE_LABELS_FILE = "aepo_active_labels.json"  # in each checkpoint: the labels an active strategy has learned
-
-
-def default_run_id(args) -> str:
-    """The annotation ledger of a run: derived from its `output_dir`, so a resumed run (same `output_dir`) keeps
-    counting against the same budget and reuses every annotation already paid for."""
-    path = os.path.abspath(os.path.expanduser(str(args.output_dir)))
-    return f"{os.path.basename(path.rstrip(os.sep)) or 'run'}-{hashlib.sha256(path.encode()).hexdigest()[:12]}"
 
 
 def last_complete_checkpoint(output_dir) -> str | None:
@@ -109,14 +102,7 @@ class AEPOControlCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         trainer = self.trainer
-        saved = trainer._aepo_empty_step_schedule
-        if saved is not None:  # no pair on any process in this step: the schedule stays where it was
-            trainer._aepo_empty_step_schedule = None
-            scheduler_state, lrs = saved
-            if trainer.lr_scheduler is not None:
-                trainer.lr_scheduler.load_state_dict(scheduler_state)
-            for group, lr in zip(trainer.optimizer.param_groups, lrs):
-                group["lr"] = lr
+        trainer.restore_schedule_after_empty_step()  # no pair on any process in this step: the schedule stays
         if trainer.aepo_stop_reason is not None and not control.should_training_stop:
             control.should_training_stop = True
             control.should_save = True  # a budget stop always leaves a checkpoint to resume from
