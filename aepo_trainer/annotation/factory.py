@@ -9,7 +9,7 @@ from .human import HumanQueueAnnotator
 from .judge import PairwiseJudgeAnnotator
 from .reward_model import RewardModelAnnotator
 
-__all__ = ["build_annotator"]
+__all__ = ["build_annotator", "resolve_annotator"]
 
 
 def build_annotator(args, model=None, tokenizer=None, run_id: str | None = None, ref_model=None):
@@ -92,3 +92,34 @@ def build_annotator(args, model=None, tokenizer=None, run_id: str | None = None,
     from ..choices import ANNOTATORS
 
     raise ValueError(f"AEPOConfig.annotator={kind!r} is invalid: expected one of {', '.join(map(repr, ANNOTATORS))}.")
+
+
+def resolve_annotator(args, annotator=None, *, model=None, ref_model=None, tokenizer=None):
+    """The annotator a trainer uses: `annotator` itself (an `Annotator`, or a TRL/GRPO-style reward function or list
+    of them, wrapped in a `RewardFunctionAnnotator`), or, when None, the one `args.annotator` names
+    (`build_annotator`; `annotator='judge'` judges with the frozen starting model: `ref_model`, or the policy with
+    its PEFT adapter disabled)."""
+    if annotator is None:
+        from accelerate.utils import is_peft_model  # lazy: accelerate imports torch
+
+        judge_model = None
+        if args.annotator == "judge":
+            judge_model = model if is_peft_model(model) else ref_model
+            if judge_model is None:
+                raise ValueError(
+                    "annotator='judge' uses the frozen starting model as judge: pass `ref_model` (or train a PEFT "
+                    "adapter, judged with the adapter disabled)."
+                )
+        return build_annotator(
+            args, model=judge_model if judge_model is not None else model, tokenizer=tokenizer, ref_model=ref_model
+        )
+    if hasattr(annotator, "score") and hasattr(annotator, "identity"):
+        return annotator
+    from .reward_function import RewardFunctionAnnotator
+
+    if not (callable(annotator) or isinstance(annotator, (list, tuple))):
+        raise TypeError(
+            f"`annotator` must be an Annotator (with `identity` and `score`) or a reward function, got "
+            f"{type(annotator).__name__}."
+        )
+    return RewardFunctionAnnotator(annotator, tokenizer=tokenizer)

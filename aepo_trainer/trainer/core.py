@@ -14,9 +14,7 @@ actually formed.
 from __future__ import annotations
 
 import collections
-import json
 import logging
-import math
 import os
 import textwrap
 
@@ -31,14 +29,15 @@ from ..data import pools, validation
 from ..data.collator import AEPODataCollator, is_pool_batch
 from ..data.kinds import is_prompt_only_dataset
 from .batch_keys import STEP_PAIRS
-from .pool_loss import compute_pool_loss
+from .model_card import model_card_section
+from .pool_loss import PairLossMeans, compute_pool_loss
 from .run_control import (
-    ACTIVE_LABELS_FILE,
     AEPOControlCallback,
     as_aepo_config,
     default_run_id,
     last_complete_checkpoint,
     refuse_options_pools_cannot_honour,
+    restore_active_labels,
 )
 
 logger = logging.getLogger(__name__)
@@ -123,7 +122,7 @@ class AEPOTrainer(DPOTrainer):
         self._aepo_seen_prompt_keys: list[int] = []
         self._aepo_recent_pairs: collections.deque = collections.deque(maxlen=8)
         self._aepo_empty_step_schedule = None
-        self._aepo_losses = {"train": [0.0, 0], "train_total": [0.0, 0], "eval": [0.0, 0]}  # [Σ loss × terms, terms]
+        self._aepo_losses = PairLossMeans()  # the logged losses: means over pairs
         self.aepo_stop_reason: str | None = None
         self.annotation_services: dict = {}
         self.pool_reducer = None
@@ -173,10 +172,13 @@ class AEPOTrainer(DPOTrainer):
         args = self.args
         self.pad_token_id = self._tokenizer.pad_token_id
         if self.accelerator.is_main_process:  # one ledger and one store for the whole run, whatever the world size
+            from ..annotation.factory import resolve_annotator
             from ..annotation.service import AnnotationService
 
             run_id = default_run_id(args)
-            train_annotator = self._aepo_build_annotator(annotator)
+            train_annotator = resolve_annotator(
+                args, annotator, model=self.model, ref_model=self.ref_model, tokenizer=self._tokenizer
+            )
             eval_annotator = train_annotator
             if annotator is None and args.annotator == "api_judge":
                 # the judge meters its dollars under a run id: evaluation gets a ledger of its own there too
@@ -206,38 +208,6 @@ class AEPOTrainer(DPOTrainer):
             # accumulation steps on top of it.
             self.loss_is_scaled_for_ga = True
         self.add_callback(AEPOControlCallback(self))
-
-    def _aepo_build_annotator(self, annotator):
-        from accelerate.utils import is_peft_model
-
-        args = self.args
-        if annotator is None:
-            from ..annotation import build_annotator
-
-            judge_model = None
-            if args.annotator == "judge":
-                judge_model = self.model if is_peft_model(self.model) else self.ref_model
-                if judge_model is None:
-                    raise ValueError(
-                        "annotator='judge' uses the frozen starting model as judge: pass `ref_model` (or train a PEFT "
-                        "adapter, judged with the adapter disabled)."
-                    )
-            return build_annotator(
-                args,
-                model=judge_model if judge_model is not None else self.model,
-                tokenizer=self._tokenizer,
-                ref_model=self.ref_model,
-            )
-        if hasattr(annotator, "score") and hasattr(annotator, "identity"):
-            return annotator
-        from ..annotation.reward_function import RewardFunctionAnnotator
-
-        if not (callable(annotator) or isinstance(annotator, (list, tuple))):
-            raise TypeError(
-                f"`annotator` must be an Annotator (with `identity` and `score`) or a reward function, got "
-                f"{type(annotator).__name__}."
-            )
-        return RewardFunctionAnnotator(annotator, tokenizer=self._tokenizer)
 
     def _aepo_embed(self, dataset, args):
         """Sentence embeddings of every candidate, computed once and cached by the dataset fingerprint."""
@@ -386,7 +356,7 @@ class AEPOTrainer(DPOTrainer):
         mode = "train" if self.model.training else "eval"
         if result.prompt_keys is not None:
             self._aepo_seen_prompt_keys.extend(result.prompt_keys)
-        self._aepo_accumulate_loss(mode, result.batch_mean, result.terms)
+        self._aepo_losses.add(mode, result.batch_mean, result.terms)
         return (result.loss, result.outputs) if return_outputs else result.loss
 
     def _aepo_budget_already_spent(self) -> bool:
@@ -425,40 +395,22 @@ class AEPOTrainer(DPOTrainer):
                 else f"Annotation budget exhausted: {summary['spent']:.0f}/{budget} annotations spent."
             )
 
-    def _aepo_accumulate_loss(self, mode: str, loss: torch.Tensor, terms: int) -> None:
-        """Add one batch's mean loss (over its `terms` pairs) to the accumulators the logged losses come from."""
-        if terms <= 0:
-            return
-        value = float(loss) * terms
-        for key in ("train", "train_total") if mode == "train" else ("eval",):
-            self._aepo_losses[key][0] += value
-            self._aepo_losses[key][1] += terms
-
-    def _aepo_pair_mean(self, key: str, reset: bool) -> float:
-        """Mean loss over the pairs of every process since the accumulator `key` was last reset (NaN: no pair)."""
-        total = torch.tensor(self._aepo_losses[key], dtype=torch.float64, device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            total = self.accelerator.reduce(total, "sum")
-        if reset:
-            self._aepo_losses[key] = [0.0, 0]
-        return float(total[0] / total[1]) if total[1] > 0 else math.nan
-
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
-        self._aepo_losses["eval"] = [0.0, 0]
+        self._aepo_losses.reset("eval")
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        if self._aepo_uses_pools and f"{metric_key_prefix}_loss" in output.metrics and self._aepo_losses["eval"][1]:
-            output.metrics[f"{metric_key_prefix}_loss"] = self._aepo_pair_mean("eval", reset=True)
+        if self._aepo_uses_pools and f"{metric_key_prefix}_loss" in output.metrics and self._aepo_losses.terms("eval"):
+            output.metrics[f"{metric_key_prefix}_loss"] = self._aepo_losses.mean(self.accelerator, "eval", reset=True)
         return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._aepo_trains_on_pools and self.model.training:
             # The Trainer's loss averages steps (a step without pairs would count as 0): report means over pairs.
             if "loss" in logs:
-                logs["loss"] = self._aepo_pair_mean("train", reset=True)
+                logs["loss"] = self._aepo_losses.mean(self.accelerator, "train", reset=True)
             if "train_loss" in logs:
-                logs["train_loss"] = self._aepo_pair_mean("train_total", reset=False)
+                logs["train_loss"] = self._aepo_losses.mean(self.accelerator, "train_total", reset=False)
             if "loss" in logs and self.aepo_phase_timer is not None:
                 logs.update(self.aepo_phase_timer.report(accelerator=self.accelerator))
         super().log(logs, start_time)
@@ -471,9 +423,9 @@ class AEPOTrainer(DPOTrainer):
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 logger.warning("AEPO: no complete checkpoint in %s: training from the start.", self.args.output_dir)
-        self._aepo_losses["train_total"] = [0.0, 0]
+        self._aepo_losses.reset("train_total")
         if resume_from_checkpoint and self.pool_reducer is not None and self.pool_reducer.active is not None:
-            self._aepo_restore_active_labels(resume_from_checkpoint)
+            restore_active_labels(self.pool_reducer.active, resume_from_checkpoint, self.accelerator)
         output = super().train(
             resume_from_checkpoint=resume_from_checkpoint,
             trial=trial,
@@ -481,26 +433,9 @@ class AEPOTrainer(DPOTrainer):
             **kwargs,
         )
         if self._aepo_trains_on_pools:
-            loss = self._aepo_pair_mean("train_total", reset=False)
+            loss = self._aepo_losses.mean(self.accelerator, "train_total", reset=False)
             output = TrainOutput(output.global_step, loss, {**output.metrics, "train_loss": loss})
         return output
-
-    def _aepo_restore_active_labels(self, checkpoint: str) -> None:
-        """Read the surrogate's labels from `checkpoint` on the main process and teach them to every rank."""
-        from accelerate.utils import broadcast_object_list
-
-        items = [None]
-        if self.accelerator.is_main_process:
-            path = os.path.join(checkpoint, ACTIVE_LABELS_FILE)
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    items = [json.load(f)]
-            else:
-                logger.warning("AEPO: %s has no %s: the active surrogate starts cold.", checkpoint, ACTIVE_LABELS_FILE)
-        if self.accelerator.num_processes > 1:
-            broadcast_object_list(items, from_process=0)
-        if items[0]:
-            self.pool_reducer.active.absorb([tuple(item) for item in items[0]])
 
     # ------------------------------------------------------------------------------------------------ reporting
 
@@ -543,26 +478,5 @@ class AEPOTrainer(DPOTrainer):
         path = os.path.join(self.args.output_dir, "README.md")
         if not os.path.exists(path):
             return
-        lines = ["", "## AEPO", ""]
-        if self._aepo_uses_pools:
-            lines.append(
-                "This model was trained with **AEPO** (Annotation-Efficient Preference Optimization, "
-                "[arXiv:2405.13541](https://huggingface.co/papers/2405.13541)) using "
-                "aepo-trainer: for each prompt, k of the N candidate "
-                "completions were selected (representativeness + diversity), only those were annotated, and the "
-                "preference pairs were formed on the fly during DPO training."
-            )
-        else:
-            lines.append(
-                "This model was trained with aepo-trainer's `AEPOTrainer` on preference pairs (DPO; no pool "
-                "reduction was needed)."
-            )
-        lines += ["", "| setting | value |", "|---|---|"]
-        lines += [f"| `{name}` | `{value}` |" for name, value in self.args.aepo_settings().items()]
-        if self.annotation_service is not None:
-            service = self.annotation_service
-            budget = "unlimited" if service.budget is None else service.budget
-            lines += [f"| annotator | `{service.identity}` |", f"| annotations spent | {service.spent} |"]
-            lines += [f"| annotation budget | {budget} |", f"| annotation store | `{service.store.path}` |"]
         with open(path, "a", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write(model_card_section(self.args, self._aepo_uses_pools, self.annotation_service))

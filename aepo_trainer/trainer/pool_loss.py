@@ -24,6 +24,38 @@ from .reference import reference_outputs
 _PER_TOKEN_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
 
 
+class PairLossMeans:
+    """The trainer's logged losses as means over pairs: `Σ loss × terms` and `terms` per accumulator ("train" since
+    the last log, "train_total" for the run, "eval" for one evaluation), summed over processes when read."""
+
+    def __init__(self):
+        self.sums = {"train": [0.0, 0], "train_total": [0.0, 0], "eval": [0.0, 0]}
+
+    def add(self, mode: str, loss: torch.Tensor, terms: int) -> None:
+        """Add one batch's mean loss (over its `terms` pairs)."""
+        if terms <= 0:
+            return
+        value = float(loss) * terms
+        for key in ("train", "train_total") if mode == "train" else ("eval",):
+            self.sums[key][0] += value
+            self.sums[key][1] += terms
+
+    def reset(self, key: str) -> None:
+        self.sums[key] = [0.0, 0]
+
+    def terms(self, key: str) -> int:
+        return self.sums[key][1]
+
+    def mean(self, accelerator, key: str, reset: bool) -> float:
+        """Mean loss over the pairs of every process since `key` was last reset (NaN: no pair)."""
+        total = torch.tensor(self.sums[key], dtype=torch.float64, device=accelerator.device)
+        if accelerator.num_processes > 1:
+            total = accelerator.reduce(total, "sum")
+        if reset:
+            self.reset(key)
+        return float(total[0] / total[1]) if total[1] > 0 else math.nan
+
+
 class _GatheredModel:
     """Stands in for a model inside `DPOTrainer._compute_loss`: a fused-head call returns the rows `index` of a pass
     already made; any other call (TRL's deprecated `return_outputs` logits) goes to the real model."""

@@ -31,6 +31,7 @@ __all__ = [
     "default_run_id",
     "last_complete_checkpoint",
     "refuse_options_pools_cannot_honour",
+    "restore_active_labels",
 ]
 
 ACTIVE_LABELS_FILE = "aepo_active_labels.json"  # in each checkpoint: the labels an active strategy has learned
@@ -127,3 +128,22 @@ def as_aepo_config(args: DPOConfig) -> AEPOConfig:
                 upgraded, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             )
     return upgraded
+
+
+def restore_active_labels(active, checkpoint: str, accelerator) -> None:
+    """Read an active strategy's labels from `checkpoint` on the main process and teach them to every rank's
+    surrogate (a resumed run selects as an uninterrupted one would)."""
+    from accelerate.utils import broadcast_object_list
+
+    items = [None]
+    if accelerator.is_main_process:
+        path = os.path.join(checkpoint, ACTIVE_LABELS_FILE)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                items = [json.load(f)]
+        else:
+            logger.warning("AEPO: %s has no %s: the active surrogate starts cold.", checkpoint, ACTIVE_LABELS_FILE)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(items, from_process=0)
+    if items[0]:
+        active.absorb([tuple(item) for item in items[0]])

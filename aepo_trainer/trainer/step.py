@@ -29,7 +29,8 @@ import torch
 from .._utils.timing import PhaseTimer, phase
 from ..annotation.ledger import AnnotationReply, annotate_on_main_process, split_reply
 from ..data.collator import POOL_ROWS
-from ..reduction.reducer import STATS_FIELDS
+from ..reduction.reducer import RUNNING_TOTALS, STATS_FIELDS
+from ..reduction.rows import pair_record
 from .batch_keys import STEP_PAIRS, TERMS
 from .group_batch import build_group_batch
 
@@ -164,21 +165,19 @@ def reduce_pool_batches(
 
 
 def pair_texts(rows: list[dict], reduced, completions_column: str = "completions") -> list[dict]:
-    """Each pair of a reduced batch with its texts and scores (prompt, chosen, rejected, the selected subset).
-
-    The one place a pair (positions in a selected subset) is mapped back to the row's texts."""
+    """Each pair of a reduced batch with its texts and scores, as `AEPOTrainer.recent_pairs` reports them."""
     out = []
     for pair in reduced.pairs:
-        row, subset = rows[pair.row], reduced.subsets[pair.row]
+        record = pair_record(rows[pair.row], reduced, pair, completions_column)
         out.append(
             {
-                "prompt": row.get("prompt"),
-                "chosen": row[completions_column][subset[pair.chosen]],
-                "rejected": row[completions_column][subset[pair.rejected]],
+                "prompt": rows[pair.row].get("prompt"),
+                "chosen": record["chosen"],
+                "rejected": record["rejected"],
                 "chosen_score": float(pair.chosen_score),
                 "rejected_score": float(pair.rejected_score),
-                "selected": list(subset),
-                "pool_size": len(row[completions_column]),
+                "selected": record["selected_indices"],
+                "pool_size": len(rows[pair.row][completions_column]),
             }
         )
     return out
@@ -207,7 +206,7 @@ def implicit_reward_metrics(accelerator, spreads: list[torch.Tensor]) -> list[tu
     return metrics
 
 
-_RUNNING = [STATS_FIELDS.index("annotations_spent"), STATS_FIELDS.index("budget_left")]
+_RUNNING = [STATS_FIELDS.index(name) for name in RUNNING_TOTALS]
 
 
 def _sum_stats(stats: list[torch.Tensor]) -> torch.Tensor | None:
