@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+from ..storage.annotations import default_store_path
 from .errors import MAX_LISTED_PROBLEMS, InputValidationError, Problem, excerpt
 from .kinds import columns_of, dataset_kind
 from .rows import is_blank, pool_problems, validate_pool_dataset
@@ -80,14 +81,9 @@ def annotator_problems(
             if problem is not None:
                 problems.append(problem)
         elif kind == "judge" and not judge_available:
-            problems.append(
-                Problem(
-                    "annotator",
-                    None,
-                    "annotator='judge' uses the frozen starting model as judge: pass `ref_model` (or train a PEFT "
-                    "adapter, judged with the adapter disabled)",
-                )
-            )
+            from ..annotation.factory import JUDGE_NEEDS_A_FROZEN_MODEL
+
+            problems.append(Problem("annotator", None, JUDGE_NEEDS_A_FROZEN_MODEL))
     else:
         path = getattr(annotator, "model_name_or_path", None)
         if path and getattr(annotator, "_model", None) is None:  # a reward model that is not loaded yet
@@ -143,7 +139,7 @@ def store_problems(args) -> list[Problem]:
     writes nothing. A missing file is fine: it is created on the first annotation."""
     import sqlite3
 
-    path = getattr(args, "annotation_store", None) or os.path.join(str(args.output_dir), "annotations.sqlite")
+    path = default_store_path(args)
     if not os.path.exists(path) or (os.path.isfile(path) and os.path.getsize(path) == 0):
         return []  # created (or initialised) on the first annotation
     if not os.path.isfile(path):

@@ -35,12 +35,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import STORE_FILE, AnnotationStoreError, BudgetExhausted, default_store_path, store_error
+
 __all__ = [
+    "STORE_FILE",
     "AnnotationStore",
     "AnnotationStoreError",
     "BudgetExhausted",
     "Reservation",
     "StoredAnnotation",
+    "annotated_keys",
+    "default_store_path",
+    "pid_alive",
+    "store_error",
 ]
 
 SCHEMA_VERSION = "2"
@@ -101,49 +108,6 @@ CREATE INDEX IF NOT EXISTS usage_run ON usage (run_id, status);
 """
 
 _HOST = socket.gethostname()
-
-
-class BudgetExhausted(RuntimeError):
-    """The annotation budget of a run is spent.
-
-    `AnnotationService.annotate` returns `budget_exhausted=True` by default; with `on_budget_exhausted="raise"` it
-    raises this instead, after everything annotated has been saved. `outcome` holds what the call did obtain.
-    """
-
-    def __init__(self, message: str, *, spent: int, budget: int, run_id: str, outcome=None):
-        super().__init__(message)
-        self.spent = spent
-        self.budget = budget
-        self.run_id = run_id
-        self.outcome = outcome
-
-
-# ------------------------------------------------------------------------------------------------------- helpers
-
-
-class AnnotationStoreError(RuntimeError):
-    """The SQLite annotation store cannot be used: locked by another process, corrupt, or not a store. A user
-    error, reported by the `aepo` CLI without a traceback (exit code 2); nothing was annotated or paid for."""
-
-    is_user_error = True  # read by `aepo_trainer.cli.main`
-
-
-def store_error(path: str, error: sqlite3.Error, timeout: float) -> AnnotationStoreError:
-    text = str(error)
-    if "locked" in text or "busy" in text:
-        hint = (
-            f"it is locked by another process (waited {timeout:g}s for its write lock). Wait for that run to finish, "
-            "or give this run its own `annotation_store` path; a store on a network file system (NFS) also shows "
-            "this, keep it on a local disk"
-        )
-    elif isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.OperationalError):
-        hint = (
-            "it is corrupt or not an SQLite annotation store. Restore it from a backup, or move it away and point "
-            "`annotation_store` at a new path (its annotations would then be paid again)"
-        )
-    else:
-        hint = "check that the path is a writable file on a local disk"
-    return AnnotationStoreError(f"Annotation store {path} cannot be used: {hint} (sqlite3: {text}).")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from transformers.trainer_utils import TrainOutput
 from trl import DPOConfig, DPOTrainer
 
 from .._utils.timing import PhaseTimer, phase
+from ..annotation.factory import judge_available
 from ..config import AEPOConfig
 from ..data import pools, validation
 from ..data.collator import AEPODataCollator, is_pool_batch
@@ -107,7 +108,7 @@ class AEPOTrainer(DPOTrainer):
             train_dataset,
             eval_dataset,
             annotator,
-            judge_available=ref_model is not None or peft_config is not None or hasattr(model, "peft_config"),
+            judge_available=judge_available(model, ref_model, peft_config),
         )
         eval_sets = list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
         self._aepo_on_policy = is_prompt_only_dataset(train_dataset, args)  # pools sampled in the step (on_policy.py)
