@@ -15,7 +15,7 @@ Public names are imported lazily (one table below): importing this package impor
 (`create_app` does, on first use), and `storage.label_book` can use `agreement` without importing the page.
 """
 
-import importlib
+from .._utils.lazy import lazy_getattr
 
 _EXPORTS = {
     "Answer": "aepo_trainer.storage.label_book",
@@ -40,8 +40,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
