@@ -17,16 +17,16 @@ Public names are imported lazily (one table below): importing this package impor
 
 from .._utils.lazy import lazy_getattr
 
+# eager: `agreement` is both a submodule and a function; importing the function here keeps the name the function
+# (agreement.py is a leaf: plain Python)
+from .agreement import aggregate, agreement, best_worst_points, borda_points
+
 _EXPORTS = {
     "Answer": "aepo_trainer.storage.label_book",
     "LabelBook": "aepo_trainer.storage.label_book",
     "LabelConflict": "aepo_trainer.storage.label_book",
     "LabellingSettings": "aepo_trainer.storage.label_book",
     "read_final_labels": "aepo_trainer.storage.label_book",
-    "aggregate": "aepo_trainer.labelling.agreement",
-    "agreement": "aepo_trainer.labelling.agreement",
-    "best_worst_points": "aepo_trainer.labelling.agreement",
-    "borda_points": "aepo_trainer.labelling.agreement",
     "LabellerTokens": "aepo_trainer.labelling.auth",
     "load_tokens": "aepo_trainer.labelling.auth",
     "render_markdown": "aepo_trainer.labelling.render",
@@ -38,6 +38,26 @@ _EXPORTS = {
     "Task": "aepo_trainer.labelling.tasks",
     "create_app": "aepo_trainer.labelling.app",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Answer",
+    "LabelBook",
+    "LabelConflict",
+    "LabellerTokens",
+    "LabellingServer",
+    "LabellingSettings",
+    "Progress",
+    "QueueView",
+    "Task",
+    "aggregate",
+    "agreement",
+    "best_worst_points",
+    "borda_points",
+    "create_app",
+    "is_loopback",
+    "load_tokens",
+    "read_final_labels",
+    "render_markdown",
+    "render_turns",
+]
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
