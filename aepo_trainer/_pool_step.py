@@ -44,17 +44,26 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
     learn = mode == "train"  # active strategies learn from training labels only; evaluation selects the same each time
     known = reducer.active.surrogate.keys() if learn and reducer.active is not None else None
     picks, requests, sizes = [], [], []
-    policy_signals = learn and bool(reducer.needed_signals)  # implicit rewards: computed here, where the policy is
-    spreads = []
+    policy_signals = learn and bool(reducer.needed_signals)  # computed here, where the policy is (policy_signals.py)
+    spreads, computed = [], []
+    if policy_signals:
+        from .policy_signals import compute_policy_signals, policy_signals_due
+
+        fresh = policy_signals_due(trainer)
     with phase(trainer, "select"):
         for batch in batches:
             rows = batch[POOL_ROWS]
             signals = None
             if policy_signals:
-                from ._pool_rewards import pool_implicit_rewards
-
-                signals = {"implicit_rewards": pool_implicit_rewards(trainer, batch)}
-                spreads.append(_spread(signals["implicit_rewards"], batch["pool_mask"].to(device)))
+                # A step without fresh signals selects every prompt by the fallback, as a prompt without spread is.
+                mask = batch["pool_mask"].to(device)
+                batch_signals = compute_policy_signals(trainer, batch) if fresh else None
+                computed.append(batch_signals)
+                if batch_signals is None:
+                    signals = {"implicit_rewards": torch.zeros(mask.shape, device=device)}
+                else:
+                    signals = batch_signals.for_selection()
+                spreads.append(_spread(signals["implicit_rewards"], mask))
             selected = reducer.select(
                 rows,
                 batch["pool_embeddings"].to(device),
@@ -90,6 +99,12 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
         else:  # reward-aware losses alone: one term per prompt with at least two annotated responses
             n_terms = sum(1 for s in reduced.scores if s is not None and sum(v is not None for v in s) >= 2)
         group[TERMS] = n_terms
+        if computed and computed[len(out)] is not None:  # the selected rows' reference log-probs: no second pass
+            from .policy_signals import group_reference_logps
+
+            ref_logps = group_reference_logps(computed[len(out)], group)
+            if ref_logps is not None:
+                group["aepo_ref_logps"] = ref_logps
         out.append(group)
         stats.append(reduced.stats_vector())
         terms.append(n_terms)

@@ -48,7 +48,10 @@ TRAINING_ONLY_FIELDS = (
     "vllm_gpu_memory_utilization",
     "vllm_tensor_parallel_size",
     "active_implicit_reward_feature",
+    "active_policy_features",
     "implicit_reward_batch_size",
+    "policy_signals_every",
+    "precompute_pool_ref_logps",
 )
 
 
@@ -175,11 +178,39 @@ class AEPOConfig(DPOConfig):
             "training step by one no-grad pass of the policy and of the reference over every candidate of the batch."
         },
     )
+    active_policy_features: bool = field(
+        default=False,
+        metadata={
+            "help": "Active strategies, trainer only: add the policy's own representation of each candidate (the "
+            "last hidden layer averaged over the completion's tokens, L2-normalised) to the surrogate's features. It "
+            "comes out of the same no-grad policy pass as the implicit reward (`aepo_trainer.policy_signals`)."
+        },
+    )
     implicit_reward_batch_size: int = field(
         default=64,
         metadata={
-            "help": "Sequences per forward pass when the trainer computes the candidates' implicit rewards "
-            "(`selection_strategy='implicit_reward_gap'` or `active_implicit_reward_feature`)."
+            "help": "Candidates per forward pass when the trainer computes the policy signals (implicit rewards, "
+            "policy features): each prompt is encoded once and its candidates are scored from it in chunks of this "
+            "size."
+        },
+    )
+    policy_signals_every: int = field(
+        default=1,
+        metadata={
+            "help": "Compute the policy signals (implicit rewards, policy features) on every n-th optimizer step "
+            "only; the prompts of the other steps are selected by `active_cold_start`, as a prompt whose implicit "
+            "rewards have no spread is. 1 (default): every step. Larger values cut the pass's cost by n at the "
+            "price of selecting (n-1)/n of the prompts without the policy (docs/active-selection.md). Only with "
+            "`selection_strategy='implicit_reward_gap'`: the surrogate needs the signals of every label it learns."
+        },
+    )
+    precompute_pool_ref_logps: bool = field(
+        default=False,
+        metadata={
+            "help": "Pool datasets with policy signals: compute every candidate's reference log-prob once, before "
+            "training (TRL's `precompute_ref_log_probs`, for candidates instead of pairs). Without it each is "
+            "computed the first time its prompt is scored; either way they are cached for the run (and saved with "
+            "its checkpoints) and the training step takes the selected pair's reference log-probs from there."
         },
     )
     # ----------------------------------------------------------------------------------------------- embedding
@@ -701,6 +732,29 @@ class AEPOConfig(DPOConfig):
             "a bool, True only with an active selection_strategy (the surrogate whose features it extends)",
         )
         _require(
+            isinstance(self.active_policy_features, bool)
+            and (not self.active_policy_features or self.selection_strategy in ACTIVE_STRATEGIES),
+            "active_policy_features",
+            self.active_policy_features,
+            "a bool, True only with an active selection_strategy (the surrogate whose features it extends)",
+        )
+        _require(
+            isinstance(self.policy_signals_every, int)
+            and not isinstance(self.policy_signals_every, bool)
+            and self.policy_signals_every >= 1
+            and (self.policy_signals_every == 1 or self.selection_strategy in POLICY_STRATEGIES),
+            "policy_signals_every",
+            self.policy_signals_every,
+            "an integer >= 1; > 1 only with selection_strategy='implicit_reward_gap' (an active surrogate needs the "
+            "policy signals of every label it learns)",
+        )
+        _require(
+            isinstance(self.precompute_pool_ref_logps, bool),
+            "precompute_pool_ref_logps",
+            self.precompute_pool_ref_logps,
+            "a bool",
+        )
+        _require(
             isinstance(self.implicit_reward_batch_size, int)
             and not isinstance(self.implicit_reward_batch_size, bool)
             and self.implicit_reward_batch_size >= 1,
@@ -713,7 +767,7 @@ class AEPOConfig(DPOConfig):
     def needs_implicit_rewards(self) -> bool:
         """True when selection reads the policy's implicit rewards (only the trainer can compute them)."""
         return self.selection_strategy in POLICY_STRATEGIES or (
-            self.uses_active_selection and self.active_implicit_reward_feature
+            self.uses_active_selection and (self.active_implicit_reward_feature or self.active_policy_features)
         )
 
     @property
