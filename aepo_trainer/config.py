@@ -749,10 +749,12 @@ class AEPOConfig(DPOConfig):
             "policy signals of every label it learns)",
         )
         _require(
-            isinstance(self.precompute_pool_ref_logps, bool),
+            isinstance(self.precompute_pool_ref_logps, bool)
+            and (not self.precompute_pool_ref_logps or self.needs_implicit_rewards),
             "precompute_pool_ref_logps",
             self.precompute_pool_ref_logps,
-            "a bool",
+            "a bool, True only with policy signals (selection_strategy='implicit_reward_gap', "
+            "active_implicit_reward_feature or active_policy_features)",
         )
         _require(
             isinstance(self.implicit_reward_batch_size, int)

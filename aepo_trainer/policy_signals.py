@@ -40,10 +40,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import os
 from dataclasses import dataclass
 
 import torch
 from accelerate.utils import is_peft_model
+from transformers import TrainerCallback
 
 from ._trl_compat import disable_gradient_checkpointing, use_adapter
 from .selection.implicit_reward import implicit_rewards
@@ -52,11 +54,14 @@ __all__ = [
     "REF_LOGPS_FILE",
     "CandidateScores",
     "PolicySignals",
+    "PolicySignalsCallback",
     "ReferenceLogpsCache",
     "candidate_keys",
     "compute_policy_signals",
     "policy_signals_due",
+    "precompute_reference_logps",
     "reference_identity",
+    "restore_reference_cache",
     "score_pool_candidates",
 ]
 
@@ -521,3 +526,26 @@ def exported_for_checkpoint(trainer) -> dict | None:
             merged.absorb(part)
         exported = merged.export()
     return exported
+
+
+class PolicySignalsCallback(TrainerCallback):
+    """Saves the reference cache into every checkpoint (entries of all ranks: `on_save` runs on every rank)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        exported = exported_for_checkpoint(self.trainer)
+        if exported is not None and self.trainer.accelerator.is_main_process:
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(folder):
+                torch.save(exported, os.path.join(folder, REF_LOGPS_FILE))
+        return control
+
+
+def restore_reference_cache(trainer, checkpoint: str) -> int:
+    """Load a checkpoint's reference cache (every rank reads the file); entries of another reference are ignored."""
+    path = os.path.join(checkpoint, REF_LOGPS_FILE)
+    if not os.path.exists(path):
+        return 0
+    return signals_state(trainer).cache.absorb(torch.load(path, weights_only=True))

@@ -204,6 +204,10 @@ class AEPOTrainer(DPOTrainer):
             # accumulation steps on top of it.
             self.loss_is_scaled_for_ga = True
         self.add_callback(AEPOControlCallback(self))
+        if args.needs_implicit_rewards:
+            from .policy_signals import PolicySignalsCallback
+
+            self.add_callback(PolicySignalsCallback(self))
 
     def _aepo_build_annotator(self, annotator):
         from accelerate.utils import is_peft_model
@@ -444,6 +448,8 @@ class AEPOTrainer(DPOTrainer):
         self._aepo_losses["train_total"] = [0.0, 0]
         if resume_from_checkpoint and self.pool_reducer is not None and self.pool_reducer.active is not None:
             self._aepo_restore_active_labels(resume_from_checkpoint)
+        if self._aepo_trains_on_pools and self.args.needs_implicit_rewards:
+            self._aepo_prepare_reference_cache(resume_from_checkpoint)
         output = super().train(
             resume_from_checkpoint=resume_from_checkpoint,
             trial=trial,
@@ -454,6 +460,16 @@ class AEPOTrainer(DPOTrainer):
             loss = self._aepo_pair_mean("train_total", reset=False)
             output = TrainOutput(output.global_step, loss, {**output.metrics, "train_loss": loss})
         return output
+
+    def _aepo_prepare_reference_cache(self, checkpoint) -> None:
+        """The candidates' reference log-probs (`policy_signals`): a resumed run's from its checkpoint, then, with
+        `precompute_pool_ref_logps`, every training candidate's that is still missing (one pass, before training)."""
+        from . import policy_signals
+
+        if checkpoint:
+            policy_signals.restore_reference_cache(self, checkpoint)
+        if self.args.precompute_pool_ref_logps and not self._aepo_on_policy:
+            policy_signals.precompute_reference_logps(self, self.train_dataset, self.args.per_device_train_batch_size)
 
     def _aepo_restore_active_labels(self, checkpoint: str) -> None:
         """Read the surrogate's labels from `checkpoint` on the main process and teach them to every rank."""
