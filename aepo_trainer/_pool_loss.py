@@ -1,5 +1,7 @@
 """The loss of a pool (group) batch: one policy and one reference pass over every response, then TRL's own loss types
-on the gathered pairs and the reward-aware (RPO) losses on all ordered pairs of each prompt's responses.
+on the gathered pairs and the reward-aware (RPO) losses on all ordered pairs of each prompt's responses. When the
+step's policy-signals pass already has the responses' reference log-probs (`aepo_ref_logps`, `policy_signals`), the
+reference pass is skipped and TRL's precomputed-reference path takes them.
 
 TRL's loss code is *called*, not copied: `DPOTrainer._compute_loss` runs on the gathered `[chosen; rejected]` rows
 with a proxy policy and a proxy reference that hand back the rows of the single passes made here. Everything TRL does

@@ -228,8 +228,8 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Where the embedder runs: 'torch' (the PyTorch model, fp16 on GPU), or 'onnx' / 'openvino': the "
             "model's transformer exported once to ONNX (cached under the HF datasets cache) and run on CPU by ONNX "
-            "Runtime / OpenVINO. On CPU 'openvino' measured 3.5x torch's speed with 98% of selections identical, 'onnx' "
-            "1.3x (docs/benchmarks.md). Needs `pip install aepo-trainer[fast-cpu]`.",
+            "Runtime / OpenVINO. On CPU 'openvino' measured 2.15x torch's texts/s side by side on an idle 2-core machine "
+            "(load < 2) with 98% of selections identical, 'onnx' 1.3x (under load 4-6; docs/benchmarks.md). Needs `pip install aepo-trainer[fast-cpu]`.",
             "choices": list(EMBEDDING_BACKENDS),
         },
     )
