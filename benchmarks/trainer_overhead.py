@@ -182,6 +182,13 @@ def main(argv: list[str] | None = None) -> dict:
         "against DPOTrainer steps on the very pairs each AEPO step selected (interleaved), for every --pool_sizes.",
     )
     parser.add_argument("--pool_sizes", type=int, nargs="+", default=[8, 32], help="N of the --policy_signals rows.")
+    parser.add_argument(
+        "--check_today_up_to",
+        type=int,
+        default=32,
+        help="Compare the implicit rewards with the whole-sequence pass used before issue 33 (one batch) for N up to "
+        "this (the old pass is slow at large N).",
+    )
     parser.add_argument("--policy_signals_every", type=int, nargs="+", default=[1], help="Rows per refresh interval.")
     parser.add_argument(
         "--lazy_reference",
@@ -440,7 +447,7 @@ def policy_signals_main(opts) -> dict:
                     aepo._aepo_prepare_reference_cache(None)
                 precompute_s = time.perf_counter() - t
                 agreement = None
-                if kind == "implicit_reward" and every == 1:
+                if kind == "implicit_reward" and every == 1 and n <= opts.check_today_up_to:
                     aepo.model.train()
                     agreement = _today_agreement(aepo, next(iter(aepo.get_train_dataloader())))
                 row_load = os.getloadavg()[0]
