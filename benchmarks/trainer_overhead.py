@@ -130,6 +130,7 @@ class Stepper:
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
         trainer.model.zero_grad(set_to_none=True)
+        trainer.state.global_step += 1  # as `Trainer`'s loop does (`policy_signals_every` counts optimizer steps)
         return time.perf_counter() - start
 
 
@@ -446,10 +447,6 @@ def policy_signals_main(opts) -> dict:
                 if "precompute_pool_ref_logps" in settings:  # one-time, like the embeddings: each candidate's ref
                     aepo._aepo_prepare_reference_cache(None)
                 precompute_s = time.perf_counter() - t
-                agreement = None
-                if kind == "implicit_reward" and every == 1 and n <= opts.check_today_up_to:
-                    aepo.model.train()
-                    agreement = _today_agreement(aepo, next(iter(aepo.get_train_dataloader())))
                 row_load = os.getloadavg()[0]
                 step_aepo = Stepper(aepo, total)
                 dpo.create_optimizer_and_scheduler(num_training_steps=total)
@@ -479,6 +476,9 @@ def policy_signals_main(opts) -> dict:
                     if i >= opts.warmup:
                         times["aepo"].append(a)
                         times["dpo"].append(d)
+                agreement = None  # after the timed steps: the policy has moved away from its reference
+                if kind == "implicit_reward" and every == 1 and n <= opts.check_today_up_to:
+                    agreement = _today_agreement(aepo, next(iter(aepo.get_train_dataloader())))
                 aepo_s = sum(times["aepo"]) / len(times["aepo"])
                 dpo_s = sum(times["dpo"]) / len(times["dpo"])
                 signal_ms = 1000 * sum(step_aepo.data_seconds[opts.warmup :]) / opts.steps
