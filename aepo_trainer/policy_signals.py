@@ -398,7 +398,11 @@ def reference_logps(trainer, batch: dict, positions: list[tuple[int, int]]) -> t
         was_training = model.training
         model.eval()
         try:
-            with context, disable_gradient_checkpointing(trainer.model, args.gradient_checkpointing_kwargs):
+            with (
+                context,
+                disable_gradient_checkpointing(trainer.model, args.gradient_checkpointing_kwargs),
+                trainer.compute_loss_context_manager(),  # the step's autocast, as TRL's reference pass runs
+            ):
                 scored = score_pool_candidates(
                     model,
                     batch,
@@ -442,7 +446,10 @@ def compute_policy_signals(trainer, batch: dict) -> PolicySignals:
     was_training = model.training
     model.eval()
     try:
-        with disable_gradient_checkpointing(trainer.model, args.gradient_checkpointing_kwargs):
+        with (
+            disable_gradient_checkpointing(trainer.model, args.gradient_checkpointing_kwargs),
+            trainer.compute_loss_context_manager(),
+        ):
             scored = score_pool_candidates(
                 model,
                 batch,
