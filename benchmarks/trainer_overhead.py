@@ -377,9 +377,9 @@ def _pair_batch(group: dict) -> dict:
 
 def _today_agreement(trainer, batch) -> dict:
     """Implicit rewards of the new pass against the whole-sequence pass used before issue 33, on one batch."""
-    from aepo_trainer._pool_rewards import pool_implicit_rewards
-    from aepo_trainer.policy_signals import compute_policy_signals
     from aepo_trainer.selection.implicit_reward import implicit_reward_gap_indices
+    from aepo_trainer.trainer.implicit_rewards import pool_implicit_rewards
+    from aepo_trainer.trainer.policy_signals import compute_policy_signals
 
     new = compute_policy_signals(trainer, batch).implicit_rewards
     old = pool_implicit_rewards(trainer, batch)

@@ -62,7 +62,7 @@ def _kept(batch, b, j, max_length):
 
 @pytest.mark.parametrize("truncation_mode", ["keep_start", "keep_end"])
 def test_prefix_shared_logps_and_features_equal_the_plain_computation(tiny_model_path, dpo_args, truncation_mode):
-    from aepo_trainer.policy_signals import score_pool_candidates
+    from aepo_trainer.trainer.candidate_scoring import score_pool_candidates
 
     trainer = _trainer(tiny_model_path, dpo_args, _uneven_rows(), per_device_train_batch_size=4,
                        truncation_mode=truncation_mode)  # fmt: skip
@@ -92,8 +92,8 @@ def test_prefix_shared_logps_and_features_equal_the_plain_computation(tiny_model
 
 
 def test_trainer_signals_equal_the_whole_sequence_pass_and_are_exactly_zero_at_the_reference(tiny_model_path, dpo_args):
-    from aepo_trainer._pool_rewards import pool_implicit_rewards
-    from aepo_trainer.policy_signals import compute_policy_signals
+    from aepo_trainer.trainer.implicit_rewards import pool_implicit_rewards
+    from aepo_trainer.trainer.policy_signals import compute_policy_signals
 
     trainer = _trainer(tiny_model_path, dpo_args, _uneven_rows(), per_device_train_batch_size=4,
                        implicit_reward_batch_size=2)  # fmt: skip
@@ -110,7 +110,7 @@ def test_trainer_signals_equal_the_whole_sequence_pass_and_are_exactly_zero_at_t
 
 
 def test_reference_logps_are_computed_once_and_reused(tiny_model_path, dpo_args):
-    from aepo_trainer.policy_signals import compute_policy_signals, signals_state
+    from aepo_trainer.trainer.policy_signals import compute_policy_signals, signals_state
 
     trainer = _trainer(tiny_model_path, dpo_args, _uneven_rows(), per_device_train_batch_size=4)
     calls = {"n": 0}
@@ -136,14 +136,14 @@ def test_reference_logps_are_computed_once_and_reused(tiny_model_path, dpo_args)
 
 def test_training_step_takes_the_pair_reference_logps_from_the_signals_pass(tiny_model_path, dpo_args):
     """The step makes no reference pass (TRL's precomputed-reference path) and its loss equals the loss with one."""
-    from aepo_trainer._pool_loss import compute_pool_loss
-    from aepo_trainer._pool_step import reduce_pool_batches
+    from aepo_trainer.trainer.batch_keys import REF_LOGPS
+    from aepo_trainer.trainer.pool_loss import compute_pool_loss
 
     trainer = _trainer(tiny_model_path, dpo_args, _uneven_rows(), per_device_train_batch_size=4, max_steps=1)
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
     batch = next(iter(trainer.get_train_dataloader()))
-    (group,) = reduce_pool_batches(trainer, [batch], "train")
-    assert "aepo_ref_logps" in group and group["pair_chosen_rows"].numel() >= 3
+    (group,) = trainer._aepo_reduce([batch], "train")
+    assert REF_LOGPS in group and group["pair_chosen_rows"].numel() >= 3
     calls = {"n": 0}
     ref_forward = trainer.ref_model.forward
 
@@ -153,10 +153,10 @@ def test_training_step_takes_the_pair_reference_logps_from_the_signals_pass(tiny
 
     trainer.ref_model.forward = counted
     trainer.model.train()
-    reused = compute_pool_loss(trainer, trainer.model, dict(group))
+    reused = compute_pool_loss(trainer, trainer.model, dict(group)).loss
     assert calls["n"] == 0
-    without = {k: v for k, v in group.items() if k != "aepo_ref_logps"}
-    fresh = compute_pool_loss(trainer, trainer.model, without)
+    without = {k: v for k, v in group.items() if k != REF_LOGPS}
+    fresh = compute_pool_loss(trainer, trainer.model, without).loss
     assert calls["n"] == 1
     assert float(reused) == pytest.approx(float(fresh), abs=1e-5)
     # and the cached values are those of the step's own reference pass
@@ -165,12 +165,12 @@ def test_training_step_takes_the_pair_reference_logps_from_the_signals_pass(tiny
         out = ref_forward(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(comp == 0, -100),
                           fused_lm_head=True, use_cache=False)  # fmt: skip
     own = (out.log_probs * comp[:, 1:]).sum(1)
-    torch.testing.assert_close(group["aepo_ref_logps"], own, rtol=0, atol=1e-4)
+    torch.testing.assert_close(group[REF_LOGPS], own, rtol=0, atol=1e-4)
 
 
 def test_peft_signals_use_the_adapter_disabled_reference_and_cache_it(tiny_model_path, dpo_args):
     peft = pytest.importorskip("peft")
-    from aepo_trainer.policy_signals import compute_policy_signals, signals_state
+    from aepo_trainer.trainer.policy_signals import compute_policy_signals, signals_state
 
     config = peft.LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     trainer = _trainer(tiny_model_path, dpo_args, _uneven_rows(), peft_config=config, per_device_train_batch_size=4)
@@ -186,7 +186,7 @@ def test_peft_signals_use_the_adapter_disabled_reference_and_cache_it(tiny_model
     assert got.implicit_rewards.abs().max() > 1e-2
     assert len(signals_state(trainer).cache) == 19
     # the identity ignores the adapter's weights (they train; the disabled-adapter reference does not change)
-    from aepo_trainer.policy_signals import reference_identity
+    from aepo_trainer.trainer.policy_signals import reference_identity
 
     before = reference_identity(trainer)
     with torch.no_grad():
@@ -197,7 +197,7 @@ def test_peft_signals_use_the_adapter_disabled_reference_and_cache_it(tiny_model
 def test_precomputed_cache_survives_a_resume_and_every_interval(tiny_model_path, dpo_args, tmp_path):
     """precompute_pool_ref_logps fills the cache before training; checkpoints carry it; a resumed run makes no
     reference pass. policy_signals_every=2: the second step selects by the fallback; pay is exactly k per prompt."""
-    from aepo_trainer.policy_signals import REF_LOGPS_FILE, signals_state
+    from aepo_trainer.trainer.policy_signals import REF_LOGPS_FILE, signals_state
 
     rows = pool_rows(n=8, size=5)
     trainer = _trainer(tiny_model_path, dpo_args, rows, max_steps=2, save_steps=1, save_strategy="steps",

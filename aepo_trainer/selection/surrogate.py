@@ -115,7 +115,7 @@ implicit_reward_feature.signals = ("implicit_rewards",)
 def policy_hidden_feature(rows, embeddings, mask, completions_column, *, policy_features):
     """The policy's own representation of the candidate: its last hidden layer averaged over the completion's tokens,
     L2-normalised (`AEPOConfig.active_policy_features`; ActiveDPO and Kveton et al. use the policy's last layer).
-    Computed by `AEPOTrainer` in the same pass as the implicit reward (`aepo_trainer.policy_signals`)."""
+    Computed by `AEPOTrainer` in the same pass as the implicit reward (`aepo_trainer.trainer.policy_signals`)."""
     B, N = mask.shape
     if tuple(policy_features.shape[:2]) != (B, N) or policy_features.dim() != 3:
         raise ValueError(f"policy_features has shape {list(policy_features.shape)}, the pools are {[B, N]} x H")
