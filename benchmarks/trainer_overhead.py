@@ -396,6 +396,7 @@ def policy_signals_main(opts) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     from aepo_trainer import AEPOConfig, AEPOTrainer
+    from aepo_trainer.trainer.policy_signals import prepare_reference_cache
 
     tmp = Path(tempfile.mkdtemp(prefix="aepo-signals-"))
     num_params = build_model(tmp / "model", opts.hidden, opts.layers)
@@ -445,7 +446,7 @@ def policy_signals_main(opts) -> dict:
                 )
                 t = time.perf_counter()
                 if "precompute_pool_ref_logps" in settings:  # one-time, like the embeddings: each candidate's ref
-                    aepo._aepo_prepare_reference_cache(None)
+                    prepare_reference_cache(aepo, None)
                 precompute_s = time.perf_counter() - t
                 row_load = os.getloadavg()[0]
                 step_aepo = Stepper(aepo, total)
