@@ -16,8 +16,9 @@ Importing this package imports neither FastAPI nor uvicorn (`create_app` does, o
 
 from .agreement import aggregate, agreement, best_worst_points, borda_points
 from .auth import LabellerTokens, load_tokens
-from .book import Answer, LabelBook, LabelConflict, LabellingSettings, read_final_labels
+from .book import Answer, LabelBook, LabelConflict, LabellingSettings, Review, read_final_labels
 from .render import render_markdown, render_turns
+from .security import ServerLimits
 from .server import LabellingServer, is_loopback
 from .tasks import Progress, QueueView, Task
 
@@ -30,6 +31,8 @@ __all__ = [
     "LabellingSettings",
     "Progress",
     "QueueView",
+    "Review",
+    "ServerLimits",
     "Task",
     "aggregate",
     "agreement",
