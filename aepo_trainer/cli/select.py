@@ -382,7 +382,7 @@ def _add_totals(totals: dict, stats: dict, resumed: bool = False) -> None:
         if name in ("annotations_spent", "budget_left"):
             if not resumed:
                 totals[name] = value
-        elif resumed and name in ("annotations_paid", "annotations_reused"):
+        elif resumed and name in ("annotations_paid", "annotations_reused", "annotations_recovered"):
             continue
         elif not (isinstance(value, float) and math.isnan(value)):
             totals[name] += value
