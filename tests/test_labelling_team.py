@@ -407,3 +407,52 @@ def test_export_writes_a_dataset_folder_with_a_card(queued, tmp_path, capsys):
     assert "config_name: answers" in card and "10 answer(s) by 2 labeller(s) on 5 queued item(s)" in card
     assert "Krippendorff's alpha (interval)" in card
     assert main(["label", "--store", str(tmp_path / "none.sqlite"), "--export", str(out)]) == 2
+
+
+def test_gold_items_are_mixed_in_and_measure_each_labeller(queued, tmp_path, capsys):
+    store, queue = queued
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(
+        '{"prompt": "2 + 2?", "completions": ["5", "4", "22"], "best": 1}\n'
+        '{"prompt": "Capital of France?", "completions": ["Paris", "Lyon"], "best": 0}\n'
+    )
+    tokens = LabellerTokens({"alice": ALICE, "bob": BOB, "rita": RITA}, roles={"rita": "reviewer"})
+    settings = LabellingSettings(labels_per_item=2)
+    app = create_app(store, queue, tokens=tokens, settings=settings, gold_items=gold, gold_every=1)
+    texts = {"5": 0, "4": 9, "22": 0, "Paris": 9, "Lyon": 0}  # alice knows; bob always likes the last one shown
+    seen = {}
+    with LabellingServer(app) as server:
+        for name, token in (("alice", ALICE), ("bob", BOB)):
+            with _client(server, token) as client:
+                state = client.get("/api/state").json()
+                for _ in range(10):  # 2 real + 2 gold tasks, bounded
+                    task = state["task"]
+                    if task is None:
+                        break
+                    seen.setdefault(name, []).append(task["id"][:5])
+                    keys = [c["key"] for c in task["candidates"]]
+                    if task["id"].startswith("gold-"):
+                        shown = [texts[c["html"][3:-5]] for c in task["candidates"]]
+                        values = shown if name == "alice" else [0] * (len(keys) - 1) + [9]
+                        if name == "bob" and shown[-1] == 9:
+                            values = [9] + [0] * (len(keys) - 1)  # bob misses every gold task
+                        scores = dict(zip(keys, [max(v, 1) for v in values]))
+                    else:
+                        scores = dict.fromkeys(keys, 5)
+                    state = client.post("/api/answer", json={"task": task["id"], "scores": scores}).json()
+                assert state["task"] is None
+                assert "gold_accuracy" not in state["progress"]["labellers"].get(name, {})  # not for labellers
+        lead = _client(server, RITA).get("/api/state").json()["progress"]["labellers"]
+        assert lead["alice"]["gold_accuracy"] == 1.0 and lead["bob"]["gold_accuracy"] == 0.0
+    # one gold task after every real submission; the gold answers never reach the run's labels
+    assert [s == "gold-" for s in seen["bob"]] == [False, True, False, True]
+    assert [s == "gold-" for s in seen["alice"]] == [False, True, False, True]
+    assert not any(key.startswith("gold:") for key in LabelBook(store).answers())
+    outcome = AnnotationService(HumanQueueAnnotator(queue, store=store), AnnotationStore(store)).annotate(_requests())
+    assert outcome.paid == 0 and outcome.recovered == 5
+    from aepo_trainer.cli import main
+
+    assert main(["stats", "--labels", str(store)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].startswith("alice") and out[-2].endswith("1.00 (2)")
+    assert out[-1].startswith("bob") and out[-1].endswith("0.00 (2)")

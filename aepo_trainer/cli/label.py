@@ -104,6 +104,14 @@ class LabelQuestionArguments:
     guidelines: str | None = field(
         default=None, metadata={"help": "A Markdown file shown to labellers at /guidelines (linked from the page)."}
     )
+    gold_items: str | None = field(
+        default=None,
+        metadata={
+            "help": 'Honeypot tasks with a known answer: JSONL lines {"prompt", "completions", "best": index}. Each '
+            "labeller gets one after every --gold_every submissions; their accuracy shows in `aepo stats --labels`."
+        },
+    )
+    gold_every: int = field(default=5, metadata={"help": "Real submissions between two gold tasks of a labeller."})
 
 
 @dataclass
@@ -265,6 +273,8 @@ def main(argv: list[str]) -> int:
             limits=limits,
             public_url=args.public_url,
             guidelines=args.guidelines,
+            gold_items=args.gold_items,
+            gold_every=args.gold_every,
         )
         server = LabellingServer(app, args.host, args.port, trusted_proxies=args.trusted_proxies)
     except OSError as error:

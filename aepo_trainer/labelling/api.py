@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from .agreement import agreement
 from .answers import AnswerError, validated_answer
 from .book import LabelConflict, _existing
+from .gold import gold_accuracy
 from .render import render_turns
 from .security import RequestError, parse_json_body
 
@@ -45,9 +46,20 @@ def add_api_routes(app, ctx) -> None:
             raise RequestError(400, "the body must be a JSON object")
         return body
 
+    def next_task(name: str):
+        """A gold task when one is due (`gold.py`), else the queue's next task for `name`."""
+        if ctx.gold is not None:
+            gold = ctx.gold.due(name, book.submissions(name))
+            if gold is not None:
+                return gold.task, gold.task.keys
+        return view.next_task(name)
+
     def state(name: str, role: str) -> dict:
-        chosen = view.next_task(name)
+        chosen = next_task(name)
         progress = view.progress(name)
+        labellers = progress.labellers
+        if role == "reviewer" and ctx.gold is not None:  # accuracy on gold items: for the leads only
+            labellers = {n: {**row, **gold_accuracy(store).get(n, {})} for n, row in labellers.items()}
         last = book.last_submission(name)
         read = _existing(store.connection(), "SELECT key FROM annotations WHERE key IN ({})", [a.key for a in last])
         task = None
@@ -90,7 +102,7 @@ def add_api_routes(app, ctx) -> None:
                 "prompts_done": progress.prompts_done,
                 "read_by_run": progress.read_by_run,
                 "yours": progress.yours,
-                "labellers": progress.labellers,
+                "labellers": labellers,
             },
             "agreement": agreement_of(view),
             "can_undo": bool(last) and not read,
@@ -112,12 +124,16 @@ def add_api_routes(app, ctx) -> None:
         return await run_in_threadpool(answer_now, name, role, body)  # SQLite work off the event loop
 
     def answer_now(name: str, role: str, body: dict) -> dict:
-        task = view.task(str(body.get("task", "")))
+        task_id = str(body.get("task", ""))
+        gold = ctx.gold.by_id.get(task_id) if ctx.gold is not None else None
+        task = gold.task if gold is not None else view.task(task_id)
         if task is None:
             raise HTTPException(status_code=404, detail="no such task in the queue")
         shown_at = view.shown_at(name, task.id)
         if shown_at is None:
             raise HTTPException(status_code=403, detail="this task was not shown to you: answer the one on your page")
+        if gold is not None:
+            return answer_gold(name, role, gold, body, shown_at)
         _, done, answers = view.state()
         open_keys = view.order(name, task, view.open_keys(task, name, done, answers))
         if not open_keys:
@@ -135,6 +151,19 @@ def add_api_routes(app, ctx) -> None:
             raise HTTPException(status_code=409, detail=f"{error}; here is your next task") from None
         view.release(name, task.id)
         logger.info("labelling page: %s answered %d item(s)", name, len(rows))
+        return state(name, role)
+
+    def answer_gold(name: str, role: str, gold, body: dict, shown_at: float) -> dict:
+        if gold.task.id in ctx.gold.answered(name):
+            raise HTTPException(status_code=409, detail="nothing is left for you to answer in this task")
+        keys = view.order(name, gold.task, gold.task.keys)
+        try:
+            rows = validated_answer(body, keys, settings, ctx.limits.max_rationale_chars)
+        except AnswerError as error:
+            raise HTTPException(status_code=400, detail=str(error)) from None
+        seconds = round(time.time() - shown_at, 3)
+        ctx.gold.record(name, gold, {k: (score, {**raw, "seconds": seconds}) for k, (score, raw) in rows.items()})
+        logger.info("labelling page: %s answered a task", name)  # the same line as a real task: nothing tells
         return state(name, role)
 
     @app.post("/api/undo")

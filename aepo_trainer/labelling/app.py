@@ -37,6 +37,7 @@ from aepo_trainer.annotation.store import AnnotationStore
 
 from .auth import LabellerTokens
 from .book import LabelBook, LabellingSettings
+from .gold import GoldBook, load_gold_items
 from .render import render_markdown
 from .security import SECURITY_HEADERS, LoginThrottle, RequestError, RequestGuard, ServerLimits
 from .sessions import LabelSessions
@@ -89,6 +90,7 @@ class PageContext:
     labeller: str
     question: str
     guidelines: str | None
+    gold: GoldBook | None = None
 
     def who(self, request: Request) -> tuple[str, str] | None:
         """`(name, role)` of the caller, or None. Re-reads a changed token file first: a removed labeller's
@@ -141,6 +143,8 @@ def create_app(
     limits: ServerLimits | None = None,
     public_url: str | None = None,
     guidelines: str | os.PathLike | None = None,
+    gold_items: str | os.PathLike | None = None,
+    gold_every: int = 5,
 ):
     """The labelling page over `queue` (a `HumanQueueAnnotator` queue file) and `store` (the run's store).
 
@@ -157,6 +161,8 @@ def create_app(
         public_url: the address labellers open (e.g. `https://label.example.org/`, behind a reverse proxy): POSTs
             must come from this origin, scheme included. None: the request's own scheme and `Host`.
         guidelines: a Markdown file shown at `/guidelines` (linked from the page).
+        gold_items, gold_every: a JSONL file of honeypot tasks with a known best answer (`gold.load_gold_items`),
+            one shown to each labeller after every `gold_every` of their submissions; their accuracy is reported.
     """
     settings = settings or LabellingSettings()
     limits = limits or ServerLimits()
@@ -182,6 +188,7 @@ def create_app(
         labeller=labeller,
         question=(instructions or DEFAULT_INSTRUCTIONS[settings.question]).format(**vars(settings)),
         guidelines=guidelines_text,
+        gold=None if gold_items is None else GoldBook(store, load_gold_items(gold_items), gold_every),
     )
 
     app = FastAPI(title="aepo label", docs_url=None, redoc_url=None, openapi_url=None)

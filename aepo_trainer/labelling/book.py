@@ -201,6 +201,13 @@ class LabelBook:
         settings = settings or self.settings() or LabellingSettings()
         return _final(self.answers(), settings, _reviews(self.store.connection()))
 
+    def submissions(self, labeller: str) -> int:
+        """How many submissions (clicks on Submit/Skip) of `labeller` are stored."""
+        row = self.store.connection().execute(
+            "SELECT COUNT(DISTINCT submission) FROM label_answers WHERE labeller = ?", (labeller,)
+        )
+        return int(row.fetchone()[0])
+
     def last_submission(self, labeller: str) -> list[Answer]:
         """The rows of `labeller`'s most recent submission (empty if none)."""
         conn = self.store.connection()

@@ -45,7 +45,7 @@ final. Question: `{question}`{scale}, {labels_per_item} label(s) per item{review
 |---|---|
 | `answers` | labeller × item: `score` (what the answer is worth: the score, or Borda points), `position` (0 = shown first), `shown` (candidates shown together), `seconds`, `skip` / `tie` / `all_bad`, `rationale` |
 | `items` | queued item: `prompt`, `completion`, `pool_index`, `final_score` (the mean of the labellers', or a reviewer's override), `review`, `read_by_run` |
-| `labellers` | labeller: `answered`, `skipped`, `median_seconds_per_item`, `mean_abs_diff` to the others, `alpha_without` |
+| `labellers` | labeller: `answered`, `skipped`, `median_seconds_per_item`, `gold_accuracy` (honeypots), `mean_abs_diff` to the others, `alpha_without` |
 
 ## Agreement and position bias
 
@@ -138,7 +138,7 @@ def export_labels(
     labeller_rows = [
         {
             "labeller": name,
-            **{k: row.get(k) for k in ("answered", "skipped", "median_seconds_per_item")},
+            **{k: row.get(k) for k in ("answered", "skipped", "median_seconds_per_item", "gold_accuracy")},
             "mean_abs_diff": agreement["labellers"].get(name, {}).get("mean_abs_diff"),
             "alpha_without": agreement["labellers"].get(name, {}).get("alpha_without"),
         }

@@ -8,6 +8,7 @@ from aepo_trainer.annotation.store import AnnotationStore
 
 from .agreement import agreement
 from .book import Answer, LabellingSettings, _answers, _by_labeller, _final, _read_settings, _reviews
+from .gold import gold_accuracy
 
 __all__ = ["format_labelling_summary", "labelling_summary", "position_bias"]
 
@@ -60,7 +61,7 @@ def labelling_summary(store: AnnotationStore | str | os.PathLike) -> dict | None
         "read_by_run": read,
         "agreement": agreement(by_item, level=level),
         "position_bias": position_bias(answers),
-        "labellers": _by_labeller(conn),
+        "labellers": {name: {**row, **gold_accuracy(store).get(name, {})} for name, row in _by_labeller(conn).items()},
         "reviewed": len(reviews),
     }
 
@@ -84,13 +85,16 @@ def format_labelling_summary(summary: dict | None, store: str) -> str:
         _bias_line(summary["position_bias"]),
         f"  reviewed {summary['reviewed']}" + ("  (only reviewed items are final)" if s.require_review else ""),
         "",
-        f"{'labeller':<20} {'items':>6} {'shared':>7} {'mean |diff|':>12} {'alpha without':>14} {'median s/item':>14}",
+        f"{'labeller':<20} {'items':>6} {'shared':>7} {'mean |diff|':>12} {'alpha without':>14} {'median s/item':>14}"
+        f" {'gold accuracy':>14}",
     ]
     for name, row in a["labellers"].items():
-        pace = summary["labellers"].get(name, {}).get("median_seconds_per_item")
+        own = summary["labellers"].get(name, {})
+        pace, gold = own.get("median_seconds_per_item"), own.get("gold_accuracy")
+        gold_text = "-" if gold is None else f"{gold:.2f} ({own['gold_answered']})"
         lines.append(
             f"{name:<20} {row['items']:>6} {row['shared']:>7} {fmt(row['mean_abs_diff']):>12} "
-            f"{fmt(row['alpha_without']):>14} {'-' if pace is None else f'{pace:.1f}':>14}"
+            f"{fmt(row['alpha_without']):>14} {'-' if pace is None else f'{pace:.1f}':>14} {gold_text:>14}"
         )
     return "\n".join(lines)
 
