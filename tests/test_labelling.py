@@ -235,7 +235,8 @@ def test_two_labellers_aggregate_and_agreement_by_hand(queued, capsys):
         "alice                     3       3        1.333              -",
         "bob                       3       3        1.333              -",
     ]
-    assert lines[-3].endswith("median s/item") and all(float(line.split()[-1]) >= 0 for line in lines[-2:])
+    assert lines[-3].endswith("median s/item  gold accuracy")
+    assert all(float(line.split()[-2]) >= 0 and line.split()[-1] == "-" for line in lines[-2:])
 
 
 def test_rankings_and_best_worst_become_borda_points(tmp_path, queued):
