@@ -456,3 +456,43 @@ def test_gold_items_are_mixed_in_and_measure_each_labeller(queued, tmp_path, cap
     out = capsys.readouterr().out.splitlines()
     assert out[-2].startswith("alice") and out[-2].endswith("1.00 (2)")
     assert out[-1].startswith("bob") and out[-1].endswith("0.00 (2)")
+
+
+def test_aepo_label_rereads_the_token_file_on_sighup_and_warns_about_its_mode(queued, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    store, queue = queued
+    path = tmp_path / "team.txt"
+    path.write_text(f"alice:{ALICE}\nbob:{BOB}\n")
+    path.chmod(0o644)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "aepo_trainer.cli", "label", "--store", str(store), "--queue", str(queue)]
+    process = subprocess.Popen(
+        command + ["--port", "0", "--auth", str(path)], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        lines = [process.stderr.readline() for _ in range(2)]
+        assert "readable by other users" in lines[0] and "chmod 600" in lines[0], lines
+        url = lines[1].split(" on ", 1)[1].split(" ", 1)[0]
+        bob = {"Authorization": f"Bearer {BOB}"}
+        assert httpx.get(url + "api/state", headers=bob).status_code == 200
+        # an edit that keeps size, inode and modification time: only SIGHUP can tell
+        stat = path.stat()
+        with open(path, "r+") as f:
+            f.write(f"alice:{ALICE}\nbob:{BOB[::-1]}\n")  # bob's token changed
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert httpx.get(url + "api/state", headers=bob).status_code == 200
+        process.send_signal(signal.SIGHUP)
+        for _ in range(100):  # bounded: the handler runs at the server's next bytecode
+            if httpx.get(url + "api/state", headers=bob).status_code == 401:
+                break
+        assert httpx.get(url + "api/state", headers=bob).status_code == 401
+        assert httpx.get(url + "api/state", headers={"Authorization": f"Bearer {ALICE}"}).status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=30)
+    assert process.returncode == 0 and ALICE not in rest and BOB not in rest

@@ -88,7 +88,8 @@ class LabellerTokens:
         return found
 
     def refresh(self, force: bool = False) -> list[str]:
-        """Re-read the token file if it changed (or `force`); returns the names it no longer lists."""
+        """Re-read the token file if it changed (or `force`); returns the names it no longer lists or lists with a new
+        token (a rotated token ends the sessions opened with the old one)."""
         if self.source is None:
             return []
         with self._lock:
@@ -103,13 +104,13 @@ class LabellerTokens:
                     "labelling page: the token file changed but cannot be used, keeping the old one: %s", error
                 )
                 return []
-            removed = sorted(set(self._tokens) - set(fresh._tokens))
+            removed = sorted(name for name, token in self._tokens.items() if fresh._tokens.get(name) != token)
             self._tokens, self._roles = fresh._tokens, fresh._roles
         logger.warning(
             "labelling page: re-read %s (%d labeller(s)%s)",
             self.source,
             len(self._tokens),
-            f"; removed: {', '.join(removed)}" if removed else "",
+            f"; removed or given a new token: {', '.join(removed)}" if removed else "",
         )
         return removed
 
