@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 
+from ..storage.label_book import LabellingSettings
 from .agreement import best_worst_points, borda_points
-from .book import LabellingSettings
 
 __all__ = ["AnswerError", "validated_answer"]
 

@@ -13,9 +13,9 @@ import time
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from ..storage.label_book import LabelConflict, _existing
 from .agreement import agreement
 from .answers import AnswerError, validated_answer
-from .book import LabelConflict, _existing
 from .gold import gold_accuracy
 from .render import render_turns
 from .security import RequestError, parse_json_body

@@ -11,7 +11,7 @@ FastAPI runs on uvicorn (both BSD-licensed, the standard Python ASGI stack), and
 client.
 
 Routes: `GET /` (the page; without a session: 401 and a sign-in form), `GET|POST /login` (form field `token` -> a
-server-side session, `sessions.py`, in an HttpOnly, SameSite=Strict cookie; tokens never travel in URLs, which end up
+server-side session, `storage/label_sessions.py`, in an HttpOnly, SameSite=Strict cookie; tokens never travel in URLs, which end up
 in logs; failed sign-ins are limited per client address), `POST /logout` (ends the session on the server),
 `GET /guidelines`, `GET /static/page.js|page.css`, and the JSON API of `api.py`. The API also accepts
 `Authorization: Bearer <token>`. In front of every route, `security.RequestGuard`: security headers on every response,
@@ -33,14 +33,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from aepo_trainer.annotation.human import HumanQueueAnnotator
-from aepo_trainer.annotation.store import AnnotationStore
+from aepo_trainer.storage.annotations import AnnotationStore
 
+from ..storage.label_book import LabelBook, LabellingSettings
+from ..storage.label_sessions import LabelSessions
 from .auth import LabellerTokens
-from .book import LabelBook, LabellingSettings
 from .gold import GoldBook, load_gold_items
 from .render import render_markdown
 from .security import SECURITY_HEADERS, LoginThrottle, RequestError, RequestGuard, ServerLimits
-from .sessions import LabelSessions
 from .tasks import QueueView
 
 logger = logging.getLogger(__name__)

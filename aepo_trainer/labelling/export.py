@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from aepo_trainer.annotation.human import HumanQueueAnnotator
-from aepo_trainer.annotation.store import AnnotationStore
+from aepo_trainer.storage.annotations import AnnotationStore
 
 from .summary import labelling_summary
 from .tasks import QueueView
@@ -82,7 +82,7 @@ def export_labels(
     if summary is None:
         raise ValueError(f"{store.path}: no labelling page has run on this store (nothing to export)")
     settings = summary["settings"]
-    from .book import LabelBook
+    from ..storage.label_book import LabelBook
 
     book = LabelBook(store)
     view = QueueView(HumanQueueAnnotator(queue, labels_path=labels_path, store=store), book, settings)

@@ -3,8 +3,7 @@
 `aepo label --gold_items FILE` reads JSONL lines `{"prompt": ..., "completions": [...], "best": i}` (`i`: the index of
 the known best completion). Every labeller gets each gold task once, one after every `gold_every` of their real
 submissions, shown exactly like a real task (same page, same shuffled order), so it cannot be told apart. Their
-answers never reach a run: they are kept in their own table, `label_gold_answers(gold_id, labeller, correct, raw,
-created_at)` (owned by this module, in the run's store file), and give each labeller's **accuracy**: the share of
+answers never reach a run: they are kept in their own table (`storage.label_gold`, in the run's store file), and give each labeller's **accuracy**: the share of
 gold tasks where they put the known best first — the strictly highest score, rank 1, or "best". A skip does not
 count; a tie or "all bad" counts as a miss.
 """
@@ -14,26 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass
 
 from aepo_trainer.annotation.base import canonical_json
-from aepo_trainer.annotation.store import AnnotationStore
+from aepo_trainer.storage.annotations import AnnotationStore
+from aepo_trainer.storage.label_gold import GoldAnswers, gold_accuracy
 
 from .tasks import Task
 
 __all__ = ["GoldBook", "GoldItem", "gold_accuracy", "load_gold_items"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS label_gold_answers (
-    gold_id TEXT NOT NULL,
-    labeller TEXT NOT NULL,
-    correct INTEGER,
-    raw TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (gold_id, labeller)
-)
-"""
 
 
 @dataclass(frozen=True)
@@ -84,19 +72,17 @@ def load_gold_items(path: str | os.PathLike) -> list[GoldItem]:
 
 
 class GoldBook:
-    """The gold tasks of a page and the labellers' answers to them (table `label_gold_answers` of `store`)."""
+    """The gold tasks of a page and the labellers' answers to them (`storage.label_gold.GoldAnswers`)."""
 
     def __init__(self, store: AnnotationStore, items: list[GoldItem], every: int):
         if every < 1:
             raise ValueError(f"gold_every must be >= 1, got {every}")
-        self.store, self.items, self.every = store, items, every
+        self.items, self.every = items, every
         self.by_id = {g.task.id: g for g in items}
-        with store.transaction() as conn:
-            conn.execute(_SCHEMA)
+        self.answers = GoldAnswers(store)
 
     def answered(self, labeller: str) -> set[str]:
-        rows = self.store.connection().execute("SELECT gold_id FROM label_gold_answers WHERE labeller = ?", (labeller,))
-        return {gold_id for (gold_id,) in rows}
+        return self.answers.answered(labeller)
 
     def due(self, labeller: str, submissions: int) -> GoldItem | None:
         """The gold task to show `labeller` now: after every `every` real submissions, the next one not answered."""
@@ -108,18 +94,7 @@ class GoldBook:
     def record(self, labeller: str, gold: GoldItem, rows: dict[str, tuple[float | None, dict]]) -> bool | None:
         """Store a labeller's answer to a gold task; returns whether it was correct (None: skipped)."""
         correct = _correct(gold.best, rows)
-        with self.store.transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO label_gold_answers(gold_id, labeller, correct, raw, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (
-                    gold.task.id,
-                    labeller,
-                    None if correct is None else int(correct),
-                    json.dumps({k: [s, r] for k, (s, r) in rows.items()}, sort_keys=True),
-                    time.time(),
-                ),
-            )
+        self.answers.record(gold.task.id, labeller, correct, {k: [s, r] for k, (s, r) in rows.items()})
         return correct
 
 
@@ -131,18 +106,3 @@ def _correct(best: str, rows: dict[str, tuple[float | None, dict]]) -> bool | No
         return False
     top = max(scores.values())
     return scores[best] == top and sum(s == top for s in scores.values()) == 1
-
-
-def gold_accuracy(store: AnnotationStore) -> dict[str, dict]:
-    """`{labeller: {"gold_answered": n, "gold_correct": m, "gold_accuracy": m / n | None}}` (skips not counted)."""
-    conn = store.connection()
-    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'label_gold_answers'").fetchone()
-    if exists is None:
-        return {}
-    rows = conn.execute(
-        "SELECT labeller, COUNT(correct), SUM(correct) FROM label_gold_answers GROUP BY labeller ORDER BY labeller"
-    )
-    return {
-        name: {"gold_answered": int(n), "gold_correct": int(m or 0), "gold_accuracy": (m or 0) / n if n else None}
-        for name, n, m in rows
-    }

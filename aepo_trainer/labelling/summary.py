@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from aepo_trainer.annotation.store import AnnotationStore
+from aepo_trainer.storage.annotations import AnnotationStore
 
+from ..storage.label_book import Answer, LabellingSettings, _answers, _by_labeller, _final, _read_settings, _reviews
 from .agreement import agreement
-from .book import Answer, LabellingSettings, _answers, _by_labeller, _final, _read_settings, _reviews
 from .gold import gold_accuracy
 
 __all__ = ["format_labelling_summary", "labelling_summary", "position_bias"]

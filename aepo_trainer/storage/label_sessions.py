@@ -14,7 +14,7 @@ import hashlib
 import secrets
 import time
 
-from aepo_trainer.annotation.store import AnnotationStore
+from .annotations import AnnotationStore
 
 __all__ = ["LabelSessions"]
 
