@@ -496,3 +496,18 @@ def test_aepo_label_rereads_the_token_file_on_sighup_and_warns_about_its_mode(qu
         process.send_signal(signal.SIGINT)
         _, rest = process.communicate(timeout=30)
     assert process.returncode == 0 and ALICE not in rest and BOB not in rest
+
+
+def test_undo_goes_back_several_answers(queued):
+    store, queue = queued
+    with LabellingServer(create_app(store, queue)) as server, _client(server) as client:
+        first = client.get("/api/state").json()["task"]
+        second = client.post("/api/answer", json=_scores(first, [1, 2, 3])).json()["task"]
+        state = client.post("/api/answer", json=_scores(second, [4, 5])).json()
+        assert state["task"] is None and state["can_undo"]
+        state = client.post("/api/undo", json={}).json()
+        assert state["task"]["id"] == second["id"] and state["can_undo"]  # the one before can be taken back too
+        state = client.post("/api/undo", json={}).json()
+        assert state["task"]["id"] == first["id"] and not state["can_undo"]
+        assert LabelBook(store).answers() == {}
+        assert client.post("/api/undo", json={}).status_code == 409
