@@ -163,7 +163,7 @@ def add_api_routes(app, ctx) -> None:
             raise HTTPException(status_code=400, detail=str(error)) from None
         seconds = round(time.time() - shown_at, 3)
         ctx.gold.record(name, gold, {k: (score, {**raw, "seconds": seconds}) for k, (score, raw) in rows.items()})
-        logger.info("labelling page: %s answered a task", name)  # the same line as a real task: nothing tells
+        logger.info("labelling page: %s answered a gold task", name)  # the log is the lead's: the page tells nothing
         return state(name, role)
 
     @app.post("/api/undo")
