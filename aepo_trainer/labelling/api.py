@@ -13,7 +13,7 @@ import time
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from ..storage.label_book import LabelConflict, _existing
+from ..storage.label_book import LabelConflict
 from .agreement import agreement
 from .answers import AnswerError, validated_answer
 from .gold import gold_accuracy
@@ -61,7 +61,7 @@ def add_api_routes(app, ctx) -> None:
         if role == "reviewer" and ctx.gold is not None:  # accuracy on gold items: for the leads only
             labellers = {n: {**row, **gold_accuracy(store).get(n, {})} for n, row in labellers.items()}
         last = book.last_submission(name)
-        read = _existing(store.connection(), "SELECT key FROM annotations WHERE key IN ({})", [a.key for a in last])
+        read = store.annotated([a.key for a in last])
         task = None
         if chosen is not None:
             t, keys = chosen
@@ -191,7 +191,7 @@ def add_api_routes(app, ctx) -> None:
         tasks = view.tasks()
         keys = [k for t in tasks for k in t.keys]
         answers = book.answers(keys)
-        read = _existing(store.connection(), "SELECT key FROM annotations WHERE key IN ({})", keys)
+        read = store.annotated(keys)
         reviews = book.reviews()
         out = []
         for t in tasks:

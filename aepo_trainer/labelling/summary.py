@@ -6,7 +6,7 @@ import os
 
 from aepo_trainer.storage.annotations import AnnotationStore
 
-from ..storage.label_book import Answer, LabellingSettings, _answers, _by_labeller, _final, _read_settings, _reviews
+from ..storage.label_book import Answer, final_labels, labeller_counts, read_answers, read_reviews
 from .agreement import agreement
 from .gold import gold_accuracy
 
@@ -44,13 +44,12 @@ def labelling_summary(store: AnnotationStore | str | os.PathLike) -> dict | None
     """`{"settings", "items", "final", "read_by_run", "agreement", "position_bias", "labellers", "reviewed"}` of the
     page's answers in `store`, or None when no labelling page ever ran on it. Reads only."""
     store = store if isinstance(store, AnnotationStore) else AnnotationStore(store)
-    conn = store.connection()
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'label_answers'").fetchone() is None:
+    found = read_answers(store)
+    if found is None:
         return None
-    settings = _read_settings(conn) or LabellingSettings()
-    answers = _answers(conn, None)
-    reviews = _reviews(conn)
-    final = _final(answers, settings, reviews)
+    settings, answers = found
+    reviews, gold = read_reviews(store), gold_accuracy(store)
+    final = final_labels(answers, settings, reviews)
     read = sum(1 for key in final if key in store)
     level = "interval" if settings.question == "score" else "ordinal"
     by_item = {key: {a.labeller: a.score for a in rows} for key, rows in answers.items()}
@@ -61,7 +60,7 @@ def labelling_summary(store: AnnotationStore | str | os.PathLike) -> dict | None
         "read_by_run": read,
         "agreement": agreement(by_item, level=level),
         "position_bias": position_bias(answers),
-        "labellers": {name: {**row, **gold_accuracy(store).get(name, {})} for name, row in _by_labeller(conn).items()},
+        "labellers": {name: {**row, **gold.get(name, {})} for name, row in labeller_counts(store).items()},
         "reviewed": len(reviews),
     }
 

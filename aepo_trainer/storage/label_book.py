@@ -30,11 +30,22 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from aepo_trainer.choices import LABEL_QUESTIONS
-from aepo_trainer.storage.annotations import AnnotationStore
+from aepo_trainer.storage.annotations import AnnotationStore, annotated_keys
 
 from ..labelling.agreement import aggregate
 
-__all__ = ["Answer", "LabelBook", "LabelConflict", "LabellingSettings", "Review", "read_final_labels"]
+__all__ = [
+    "Answer",
+    "LabelBook",
+    "LabelConflict",
+    "LabellingSettings",
+    "Review",
+    "final_labels",
+    "labeller_counts",
+    "read_answers",
+    "read_final_labels",
+    "read_reviews",
+]
 
 REVIEW_DECISIONS = ("accept", "override")
 
@@ -100,10 +111,9 @@ class LabellingSettings:
         for name in ("allow_tie", "allow_all_bad", "rationale", "require_review"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
-        if self.shuffle_seed is not None and (
-            isinstance(self.shuffle_seed, bool) or not isinstance(self.shuffle_seed, int)
-        ):
-            raise ValueError(f"shuffle_seed must be an integer or None, got {self.shuffle_seed!r}.")
+        seed = self.shuffle_seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"shuffle_seed must be an integer or None, got {seed!r}.")
         for name in ("scale_min", "scale_max", "labels_per_item"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -192,14 +202,14 @@ class LabelBook:
 
     def by_labeller(self) -> dict[str, dict]:
         """`{labeller: {"answered": n, "skipped": m, "median_seconds_per_item": s}}`: counts and pace only, never the
-        answers themselves. Seconds per item: a submission's time from the prompt shown to the answer, divided by
-        its items (None for answers given before the page recorded times)."""
-        return _by_labeller(self.store.connection())
+        answers themselves (`labeller_counts`)."""
+        return labeller_counts(self.store)
 
     def final_scores(self, settings: LabellingSettings | None = None) -> dict[str, float | None]:
-        """`{key: aggregate}` for every item with at least `labels_per_item` answers (None: all said "skip")."""
+        """`{key: aggregate}` of the finished items (None: all said "skip"); a reviewer's override replaces the
+        aggregate, and with `require_review` only reviewed items are finished."""
         settings = settings or self.settings() or LabellingSettings()
-        return _final(self.answers(), settings, _reviews(self.store.connection()))
+        return final_labels(self.answers(), settings, self.reviews())
 
     def submissions(self, labeller: str) -> int:
         """How many submissions (clicks on Submit/Skip) of `labeller` are stored."""
@@ -207,6 +217,10 @@ class LabelBook:
             "SELECT COUNT(DISTINCT submission) FROM label_answers WHERE labeller = ?", (labeller,)
         )
         return int(row.fetchone()[0])
+
+    def reviews(self) -> dict[str, Review]:
+        """`{key: Review}` of every reviewed item."""
+        return _reviews(self.store.connection())
 
     def last_submission(self, labeller: str) -> list[Answer]:
         """The rows of `labeller`'s most recent submission (empty if none)."""
@@ -239,7 +253,7 @@ class LabelBook:
         settings = self.settings() or LabellingSettings()
         keys = list(scores)
         with self.store.transaction() as conn:
-            read = _existing(conn, "SELECT key FROM annotations WHERE key IN ({})", keys)
+            read = annotated_keys(conn, keys)
             if read:
                 raise LabelConflict(f"{len(read)} item(s) of this task were already read by a run")
             mine = _existing(conn, "SELECT key FROM label_answers WHERE labeller = ? AND key IN ({})", keys, labeller)
@@ -259,10 +273,6 @@ class LabelBook:
             )
         return submission
 
-    def reviews(self) -> dict[str, Review]:
-        """`{key: Review}` of every reviewed item."""
-        return _reviews(self.store.connection())
-
     def review(self, reviewer: str, key: str, decision: str, score: float | None = None) -> Review:
         """Record a reviewer's verdict on an answered item not yet read by a run (a later verdict replaces an earlier
         one). Raises `LabelConflict` (nothing written) when the item has no answer or a run already read it."""
@@ -272,7 +282,7 @@ class LabelBook:
             raise ValueError("an override needs a score; an accept takes none")
         now = time.time()
         with self.store.transaction() as conn:
-            if _existing(conn, "SELECT key FROM annotations WHERE key IN ({})", [key]):
+            if annotated_keys(conn, [key]):
                 raise LabelConflict("this item was already read by a run: it is final")
             if not _existing(conn, "SELECT key FROM label_answers WHERE key IN ({})", [key]):
                 raise LabelConflict("this item has no answer to review")
@@ -298,7 +308,7 @@ class LabelBook:
             if row is None:
                 raise LabelConflict("nothing to undo")
             keys = [k for (k,) in conn.execute("SELECT key FROM label_answers WHERE submission = ?", (row[0],))]
-            if _existing(conn, "SELECT key FROM annotations WHERE key IN ({})", keys):
+            if annotated_keys(conn, keys):
                 raise LabelConflict("the last answer was already read by a run: it is final")
             conn.execute("DELETE FROM label_answers WHERE submission = ?", (row[0],))
             conn.executemany("DELETE FROM label_reviews WHERE key = ?", [(k,) for k in keys])
@@ -311,16 +321,25 @@ def read_final_labels(store: AnnotationStore | str | os.PathLike) -> dict[str, f
     What `HumanQueueAnnotator` reads besides its labels file.
     """
     store = store if isinstance(store, AnnotationStore) else AnnotationStore(store)
+    found = read_answers(store)
+    return {} if found is None else final_labels(found[1], found[0], read_reviews(store))
+
+
+def read_reviews(store: AnnotationStore | str | os.PathLike) -> dict[str, Review]:
+    """`{key: Review}` of every reviewed item in `store` (`{}` when none), without writing."""
+    store = store if isinstance(store, AnnotationStore) else AnnotationStore(store)
+    return _reviews(store.connection())
+
+
+def labeller_counts(store: AnnotationStore | str | os.PathLike) -> dict[str, dict]:
+    """`{labeller: {"answered": n, "skipped": m, "median_seconds_per_item": s}}` of the page's answers in `store`.
+
+    Seconds per item: a submission's time from the prompt shown to the answer, divided by its items (None for answers
+    given before the page recorded times)."""
+    store = store if isinstance(store, AnnotationStore) else AnnotationStore(store)
     conn = store.connection()
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'label_answers'").fetchone() is None:
         return {}
-    return _final(_answers(conn, None), _read_settings(conn) or LabellingSettings(), _reviews(conn))
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-
-
-def _by_labeller(conn) -> dict[str, dict]:
     out: dict[str, dict] = {}
     per_submission: dict[tuple[str, str], list] = {}
     rows = conn.execute("SELECT labeller, score, raw, submission FROM label_answers ORDER BY labeller")
@@ -338,16 +357,32 @@ def _by_labeller(conn) -> dict[str, dict]:
     return out
 
 
+def read_answers(
+    store: AnnotationStore | str | os.PathLike,
+) -> tuple[LabellingSettings, dict[str, list[Answer]]] | None:
+    """The page's settings and every answer (`{key: [Answer, ...]}`, oldest first) in `store`, without writing; None
+    when no labelling page ever ran on it."""
+    store = store if isinstance(store, AnnotationStore) else AnnotationStore(store)
+    conn = store.connection()
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'label_answers'").fetchone() is None:
+        return None
+    return _read_settings(conn) or LabellingSettings(), _answers(conn, None)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
 def _read_settings(conn) -> LabellingSettings | None:
     row = conn.execute("SELECT value FROM meta WHERE name = 'labelling'").fetchone()
     return None if row is None else LabellingSettings(**json.loads(row[0]))
 
 
-def _final(
+def final_labels(
     answers: dict[str, list[Answer]], settings: LabellingSettings, reviews: dict[str, Review] | None = None
 ) -> dict[str, float | None]:
-    """The finished items' scores: the labellers' aggregate, or a reviewer's override; with `require_review` only
-    the reviewed items."""
+    """`{key: score}` of the finished items (the one aggregation rule): the mean of the labellers' scores once an
+    item has `settings.labels_per_item` answers, or a reviewer's override; with `settings.require_review` only the
+    reviewed items."""
     reviews = reviews or {}
     out = {}
     for key, rows in answers.items():
