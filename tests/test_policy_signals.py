@@ -134,12 +134,15 @@ def test_reference_logps_are_computed_once_and_reused(tiny_model_path, dpo_args)
     assert torch.equal(compute_policy_signals(trainer, batch).ref_logps, first.ref_logps)
 
 
-def test_training_step_takes_the_pair_reference_logps_from_the_signals_pass(tiny_model_path, dpo_args):
-    """The step makes no reference pass (TRL's precomputed-reference path) and its loss equals the loss with one."""
+@pytest.mark.parametrize("loss_type", [["sigmoid"], ["sigmoid", "rpo_sq"]])
+def test_training_step_takes_the_pair_reference_logps_from_the_signals_pass(tiny_model_path, dpo_args, loss_type):
+    """The step makes no reference pass (TRL's precomputed-reference path, and the reward-aware losses) and its loss
+    equals the loss with one."""
     from aepo_trainer.trainer.batch_keys import REF_LOGPS
     from aepo_trainer.trainer.pool_loss import compute_pool_loss
 
-    trainer = _trainer(tiny_model_path, dpo_args, _uneven_rows(), per_device_train_batch_size=4, max_steps=1)
+    trainer = _trainer(tiny_model_path, dpo_args, _uneven_rows(), per_device_train_batch_size=4, max_steps=1,
+                       loss_type=loss_type)  # fmt: skip
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
     batch = next(iter(trainer.get_train_dataloader()))
     (group,) = trainer._aepo_reduce([batch], "train")
