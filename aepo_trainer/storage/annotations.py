@@ -45,9 +45,12 @@ __all__ = [
     "Reservation",
     "StoredAnnotation",
     "annotated_keys",
+    "check_readable",
     "default_store_path",
     "pid_alive",
+    "read_meta",
     "store_error",
+    "write_meta",
 ]
 
 SCHEMA_VERSION = "2"
@@ -390,6 +393,35 @@ class AnnotationStore:
 
 _COLUMNS = "key, annotator, prompt, completion, score, valid, raw, run_id, created_at"
 _CHUNK = 500  # SQLite's host-parameter limit is >= 999
+
+
+def read_meta(conn: sqlite3.Connection, name: str) -> str | None:
+    """The value of row `name` of the store's `meta` table (None when absent)."""
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+    return None if row is None else row[0]
+
+
+def write_meta(conn: sqlite3.Connection, name: str, value: str) -> None:
+    """Set row `name` of the `meta` table (inside the caller's transaction): how another owner of the file (the
+    labelling page's settings) keeps a setting next to the schema version."""
+    conn.execute(
+        "INSERT INTO meta(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+        (name, value),
+    )
+
+
+def check_readable(path: str, timeout: float = 5.0) -> AnnotationStoreError | None:
+    """Open the store at `path` read-only and read its schema version: the error a run would meet, or None. Writes
+    nothing (the preflight's check of an existing store)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+        try:
+            read_meta(conn, "schema_version")
+        finally:
+            conn.close()
+    except sqlite3.Error as error:
+        return store_error(path, error, timeout)
+    return None
 
 
 def annotated_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
