@@ -198,7 +198,10 @@ class AEPOConfig(DPOConfig):
             "help": "Where the embedder runs: 'torch' (the PyTorch model, fp16 on GPU), or 'onnx' / 'openvino': the "
             "model's transformer exported once to ONNX (cached under the HF datasets cache) and run on CPU by ONNX "
             "Runtime / OpenVINO. On CPU 'openvino' measured 3.5x torch's speed with 98% of selections identical, 'onnx' "
-            "1.3x (docs/benchmarks.md). Needs `pip install aepo-trainer[fast-cpu]`.",
+            "1.3x (docs/benchmarks.md); they need `pip install aepo-trainer[fast-cpu]`. 'static': a table of one "
+            "vector per token distilled once from embedding_model (PCA 256 + Zipf/SIF weights; cached beside the "
+            "exports), a text's embedding the mean of its tokens' vectors: hundreds of times faster on CPU, with the "
+            "quality trade-off measured in docs/selection.md.",
             "choices": list(EMBEDDING_BACKENDS),
         },
     )
@@ -521,7 +524,7 @@ class AEPOConfig(DPOConfig):
         )
         _require(
             isinstance(self.embedding_quantized, bool)
-            and (not self.embedding_quantized or self.embedding_backend != "torch"),
+            and (not self.embedding_quantized or self.embedding_backend in ("onnx", "openvino")),
             "embedding_quantized",
             self.embedding_quantized,
             "True or False; True needs embedding_backend 'onnx' or 'openvino'",

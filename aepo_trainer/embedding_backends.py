@@ -32,8 +32,8 @@ __all__ = ["RuntimeEncoder", "backend_problem", "export_onnx", "export_path"]
 _EXPORT_VERSION = "aepo-onnx-v1"
 _OPSET = 17
 #: What each backend imports (module names); quantization also needs ONNX Runtime's quantizer.
-_REQUIRED = {"torch": (), "onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
-_PIP = {"onnxruntime": "onnxruntime", "onnx": "onnx", "openvino": "openvino"}
+_REQUIRED = {"torch": (), "static": ("tokenizers",), "onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
+_PIP = {"tokenizers": "tokenizers", "onnxruntime": "onnxruntime", "onnx": "onnx", "openvino": "openvino"}
 
 
 def backend_problem(backend, quantized=False) -> str | None:
@@ -41,7 +41,7 @@ def backend_problem(backend, quantized=False) -> str | None:
     loaded or any text embedded, so a missing runtime is reported at once, naming the setting."""
     if backend not in EMBEDDING_BACKENDS:
         return f"unknown embedding backend {backend!r}: expected one of {', '.join(map(repr, EMBEDDING_BACKENDS))}"
-    if quantized and backend == "torch":
+    if quantized and backend in ("torch", "static"):
         return "embedding_quantized=True needs embedding_backend 'onnx' or 'openvino' (the int8 export is an ONNX file)"
     needed = list(_REQUIRED[backend]) + (["onnxruntime"] if quantized else [])
     missing = [name for name in dict.fromkeys(needed) if importlib.util.find_spec(name) is None]

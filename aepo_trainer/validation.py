@@ -513,6 +513,14 @@ def annotator_problems(
         problem = backend_problem(backend, getattr(args, "embedding_quantized", False))
         if problem is not None:
             problems.append(Problem("embedding_backend", None, problem))
+        elif backend == "static":
+            from .embedding import Embedder
+            from .embedding_static import static_table_dir, static_table_problem
+
+            table = static_table_dir(Embedder(args.embedding_model, backend="static").static_source)
+            problem = static_table_problem(table)
+            if problem is not None:
+                problems.append(Problem("embedding_backend", None, problem))
         name = args.embedding_model
         if not (name in _DEFAULT_ALIASES and _bundled_minilm_path() is not None):
             problem = pretrained_problem(name, "embedding_model")
