@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Static embeddings vs MiniLM for selection (issue 31): does `embedding_backend="static"` (a token table distilled
-from all-MiniLM-L6-v2, `aepo_trainer.embedding_static`) keep what the features are used for?
+from all-MiniLM-L6-v2, `aepo_trainer.embedding.static`) keep what the features are used for?
 
 Two measurements, each static vs MiniLM on the same prompts, with 95% percentile bootstrap CIs over prompts
 (`scipy.stats.bootstrap`, 2000 resamples, paired where two figures share prompts):
@@ -58,7 +58,7 @@ class StaticEncoder:
 
     def __init__(self):
         from aepo_trainer.embedding import Embedder
-        from aepo_trainer.embedding_static import STATIC_DEFAULTS
+        from aepo_trainer.embedding.static import STATIC_DEFAULTS
 
         self.embedder = Embedder(backend="static", show_progress=False)
         self.tag = f"static-minilm-{STATIC_DEFAULTS.tag().replace(',', '-')}"

@@ -1,4 +1,4 @@
-"""The static embedding backend (`aepo_trainer.embedding_static`) on the real bundled all-MiniLM-L6-v2, distilled on
+"""The static embedding backend (`aepo_trainer.embedding.static`) on the real bundled all-MiniLM-L6-v2, distilled on
 a restricted vocabulary (token ids < 2200: the word pieces of single characters and the ~200 most frequent words) so
 each distillation takes seconds: deterministic and cached, the embeddings equal an independent mean of token
 vectors, the table rows are the model's own embeddings of each token scaled by the Zipf/SIF weight, the cache keys
@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from aepo_trainer import embedding_static, validation
 from aepo_trainer.config import AEPOConfig
+from aepo_trainer.data import validation
 from aepo_trainer.embedding import Embedder, embed_pools
-from aepo_trainer.embedding_static import (
+from aepo_trainer.embedding import static as embedding_static
+from aepo_trainer.embedding.static import (
     StaticEncoder,
     StaticSettings,
     StaticTableError,

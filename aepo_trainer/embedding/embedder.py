@@ -69,9 +69,9 @@ class Embedder:
         batch_size: texts per forward pass.
         show_progress: progress bar; None shows one when a call has at least 2048 distinct texts.
         backend: 'torch' (the PyTorch model), or 'onnx' / 'openvino': the transformer exported once to ONNX and run
-            on CPU by ONNX Runtime / OpenVINO (`aepo_trainer.embedding_backends`; OpenVINO measured 3.5x faster on
+            on CPU by ONNX Runtime / OpenVINO (`aepo_trainer.embedding.backends`; OpenVINO measured 3.5x faster on
             CPU, ONNX Runtime 1.3x), or 'static': a token table distilled once from the model, a text's embedding
-            the mean of its tokens' rows (`aepo_trainer.embedding_static`; all tokens unless `max_length`).
+            the mean of its tokens' rows (`aepo_trainer.embedding.static`; all tokens unless `max_length`).
         quantized: with 'onnx' / 'openvino', run the int8 dynamically quantized export (weights int8 per channel);
             faster with ONNX Runtime, embeddings at a cosine of 0.97+ (docs/benchmarks.md).
         max_length: truncate each text to this many tokens (None: the model's `max_seq_length`, 256 for
@@ -95,7 +95,7 @@ class Embedder:
         max_length: int | None = None,
         export_dir: str | None = None,
     ):
-        from .embedding_backends import backend_problem
+        from .backends import backend_problem
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"Embedder: batch_size must be an int >= 1, got {batch_size!r}")
@@ -161,7 +161,7 @@ class Embedder:
         precision = "fp16" if self.device.type == "cuda" else "fp32"
         identity = f"sentence-transformers:{name}:normalized:{precision}"
         if self.backend == "static":
-            from .embedding_static import STATIC_DEFAULTS
+            from .static import STATIC_DEFAULTS
 
             identity += f":backend=static({STATIC_DEFAULTS.tag()})"
         elif self.backend != "torch":
@@ -231,11 +231,11 @@ class Embedder:
         if self.backend == "torch":
             return None
         if self._runtime is None and self.backend == "static":
-            from .embedding_static import load_or_distill
+            from .static import load_or_distill
 
             self._runtime = load_or_distill(self.static_source, lambda: self.model, self.export_dir)
         if self._runtime is None:
-            from .embedding_backends import RuntimeEncoder, export_onnx, export_path
+            from .backends import RuntimeEncoder, export_onnx, export_path
 
             model = self.model
             source = model[0].auto_model.name_or_path or self.model_name_or_path
@@ -247,7 +247,7 @@ class Embedder:
     def static_source(self) -> str:
         """What names the weights a static table is distilled from (its cache key): the default model's id for the
         Hub model and its bundled copy alike, a local directory by its files' sizes and times."""
-        from .embedding_backends import _model_signature
+        from .backends import _model_signature
 
         name = self.model_name_or_path
         return DEFAULT_EMBEDDING_MODEL if name in _DEFAULT_ALIASES else _model_signature(name)
