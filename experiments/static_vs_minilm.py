@@ -134,9 +134,16 @@ def main(argv=None):
     p.add_argument("--active-batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-strategies", action="store_true", help="the surrogate accuracies only")
+    p.add_argument("--skip-surrogate", action="store_true", help="the strategy runs only")
+    p.add_argument("--tag", default="", help="suffix of the output files (static_vs_minilm<_tag>.*)")
+    p.add_argument("--combine", nargs="+", default=None, help="merge these JSON outputs into one report, no run")
     p.add_argument("--strategies", nargs="+", default=None, help="labels of the strategies to run (default: all)")
     p.add_argument("--splits", nargs="+", default=None, help="splits of the strategy runs (default: all four)")
     args = p.parse_args(argv)
+    suffix = f"_{args.tag}" if args.tag else ""
+    if args.combine:
+        combine(args.combine, Path(args.out), suffix)
+        return
     import torch
 
     torch.set_num_threads(args.threads)
@@ -164,7 +171,7 @@ def main(argv=None):
         ("weak16", weak16, weak16),
     ]
     results = {"surrogate": [], "strategies": []}
-    for name, fit_cols, test_cols in splits:
+    for name, fit_cols, test_cols in [] if args.skip_surrogate else splits:
         acc = {e: surrogate_accuracy(embeddings[e], scores, fit_cols, test_cols, args.seed) for e in embeddings}
         diff = acc["static"] - acc["MiniLM"]
         rec = {
@@ -242,9 +249,25 @@ def main(argv=None):
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "static_vs_minilm.json").write_text(json.dumps({"meta": meta, **results}, indent=1), encoding="utf-8")
-    (out / "static_vs_minilm.md").write_text(render(results, meta), encoding="utf-8")
-    print(f"[done] {time.time() - t_start:.0f}s -> {out}/static_vs_minilm.md")
+    (out / f"static_vs_minilm{suffix}.json").write_text(
+        json.dumps({"meta": meta, **results}, indent=1), encoding="utf-8"
+    )
+    (out / f"static_vs_minilm{suffix}.md").write_text(render(results, meta), encoding="utf-8")
+    print(f"[done] {time.time() - t_start:.0f}s -> {out}/static_vs_minilm{suffix}.md")
+
+
+def combine(paths, out: Path, suffix: str):
+    """One report from the JSON outputs of runs that split the work (e.g. the splits over two processes)."""
+    parts = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    meta = dict(parts[0]["meta"])
+    meta["command"] = " + ".join(part["meta"]["command"] for part in parts)
+    meta["wall_seconds"] = max(part["meta"]["wall_seconds"] for part in parts)
+    results = {key: [r for part in parts for r in part[key]] for key in ("surrogate", "strategies")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"static_vs_minilm{suffix}.json").write_text(
+        json.dumps({"meta": meta, "parts": [p["meta"] for p in parts], **results}, indent=1), encoding="utf-8"
+    )
+    (out / f"static_vs_minilm{suffix}.md").write_text(render(results, meta), encoding="utf-8")
 
 
 def _ci(v, ci, d=3, sign="+"):

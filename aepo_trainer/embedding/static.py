@@ -21,11 +21,13 @@ Why the distillation is written here and not taken from model2vec: `model2vec[di
 which conflicts with this package's `transformers>=5.23`. model2vec's inference core (`StaticModel`) installs without
 that pin, but its `encode` loops over texts in Python (and truncates by characters), so inference is written here
 too: one batched call of the fast tokenizer (Rust) per chunk of texts, then `torch.nn.functional.embedding_bag`
-(a fused segment mean over the flat token ids, no `[tokens, D]` intermediate), then L2 normalisation by the caller.
+(a fused segment mean over the flat ids of the distilled tokens, no `[tokens, D]` intermediate), then L2
+normalisation by the caller. A text without any distilled token gets the model's embedding of the empty text (a
+zero vector could not be normalised by the selection kernel).
 Deterministic: the same table and texts give bit-identical embeddings.
 
 The table is cached beside the ONNX exports (default `<HF datasets cache>/aepo_trainer/static/<key>/`: `table.npy`
-[vocabulary, D] float32, the model's `tokenizer.json`, `static_config.json` with the settings and SHA-256 of both
+[vocabulary + 1, D] float32, the model's `tokenizer.json`, `static_config.json` with the settings and SHA-256 of both
 files), keyed by the model (a local directory by its files' sizes and times) and the settings; later runs load it
 without loading the transformer. A folder that exists but is incomplete or does not match its checksums is refused
 with an error naming it (`StaticTableError`), checked by `aepo` before any paid work; delete it to distil again.
@@ -59,7 +61,7 @@ __all__ = [
     "static_table_problem",
 ]
 
-_TABLE_VERSION = "aepo-static-v1"
+_TABLE_VERSION = "aepo-static-v2"
 _TABLE, _TOKENIZER, _CONFIG = "table.npy", "tokenizer.json", "static_config.json"
 #: Vocabulary entries that are placeholders, never produced from text: BERT's `[unused12]`, T5's `<extra_id_3>`.
 _PLACEHOLDER = re.compile(r"^(\[unused\d+\]|<unused\d+>|<extra_id_\d+>)$")
@@ -145,15 +147,24 @@ def _token_vectors(st_model, module, ids: np.ndarray, batch_size: int) -> np.nda
     return np.concatenate(out)
 
 
-def _pca(vectors: np.ndarray, dims: int | None) -> np.ndarray:
-    """Project centred `vectors` on their top `dims` principal components (signs fixed: deterministic)."""
+def _pca(vectors: np.ndarray, dims: int | None, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project centred `vectors` on their top `dims` principal components (signs fixed: deterministic), and `other`
+    rows with the same centre and components."""
     if dims is None:
-        return vectors
-    centred = vectors - vectors.mean(0, keepdims=True)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        return vectors, other
+    mean = vectors.mean(0, keepdims=True)
+    _, _, vt = np.linalg.svd(vectors - mean, full_matrices=False)
     vt = vt[: min(dims, vt.shape[0])]
     vt *= np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])[:, None]
-    return centred @ vt.T
+    return (vectors - mean) @ vt.T, (other - mean) @ vt.T
+
+
+@torch.no_grad()
+def _empty_text_vector(st_model, module) -> np.ndarray:
+    """The model's sentence embedding of the empty text (`[CLS] [SEP]`), [1, D] float64."""
+    features = dict(module.tokenizer([""], add_special_tokens=True, return_tensors="pt"))
+    features = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return st_model(features)["sentence_embedding"].double().numpy()
 
 
 def _zipf_sif_weights(count: int, coefficient: float | None) -> np.ndarray:
@@ -182,11 +193,17 @@ def distill_static_table(st_model, target_dir: str, settings: StaticSettings | N
     st_model.eval()
     try:
         vectors = _token_vectors(st_model, module, ids, settings.batch_size)
+        empty = _empty_text_vector(st_model, module)
     finally:
         st_model.train(was_training)
-    vectors = _pca(vectors, settings.pca_dims) * _zipf_sif_weights(len(ids), settings.sif_coefficient)[:, None]
-    table = np.zeros((len(tokenizer), vectors.shape[1]), dtype=np.float32)  # special / placeholder rows stay zero
+    vectors, empty = _pca(vectors, settings.pca_dims, empty)
+    vectors = vectors * _zipf_sif_weights(len(ids), settings.sif_coefficient)[:, None]
+    # one row per vocabulary id (special / placeholder rows stay zero), then the row of a text without any distilled
+    # token (the model's embedding of the empty text): such a text must not embed as a zero vector, which the
+    # selection kernel cannot normalise
+    table = np.zeros((len(tokenizer) + 1, vectors.shape[1]), dtype=np.float32)
     table[ids] = vectors.astype(np.float32)
+    table[-1] = empty[0].astype(np.float32)
 
     parent = os.path.dirname(os.path.abspath(target_dir))
     os.makedirs(parent, exist_ok=True)
@@ -198,7 +215,7 @@ def distill_static_table(st_model, target_dir: str, settings: StaticSettings | N
             "version": _TABLE_VERSION,
             "model": getattr(module.auto_model, "name_or_path", None),
             "settings": asdict(settings),
-            "vocabulary_size": int(table.shape[0]),
+            "vocabulary_size": int(table.shape[0] - 1),
             "dimension": int(table.shape[1]),
             "distilled_tokens": len(ids),
             "sha256": {name: _sha256(os.path.join(tmp, name)) for name in (_TABLE, _TOKENIZER)},
@@ -231,7 +248,7 @@ def _read_checked(path: str):
         with open(config_path, encoding="utf-8") as f:
             config = json.load(f)
         expected = config["sha256"]
-        shape = (int(config["vocabulary_size"]), int(config["dimension"]))
+        shape = (int(config["vocabulary_size"]) + 1, int(config["dimension"]))
     except FileNotFoundError:
         raise bad(f"{_CONFIG} is missing") from None
     except (ValueError, KeyError, TypeError) as err:
@@ -265,13 +282,16 @@ def static_table_problem(path: str) -> str | None:
 class StaticEncoder:
     """Embeds texts with a static table: fast-tokenizer ids (no special tokens), then the mean of their rows.
 
-    `encode(texts, batch_size, max_length)` returns `[len(texts), D]` fp32 means (not normalised; a text with no
-    distilled token is a zero vector). `max_length` keeps each text's first `max_length` tokens (None: all)."""
+    `encode(texts, batch_size, max_length)` returns `[len(texts), D]` fp32 means over each text's distilled tokens
+    (special and placeholder tokens have no vector and do not count), not normalised; a text without any distilled
+    token (empty, or only unknown characters) gets the table's last row, the model's embedding of the empty text.
+    `max_length` keeps each text's first `max_length` tokens (None: all)."""
 
     def __init__(self, path: str):
         self.path = path
         table, self.tokenizer, self.config = _read_checked(path)
         self.table = torch.from_numpy(table)
+        self.distilled = table[:-1].any(1)  # [vocabulary] bool: ids with a vector
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
 
@@ -291,10 +311,14 @@ class StaticEncoder:
             ids = self.token_ids(texts[start : start + _CHUNK_TEXTS], max_length)
             lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
             flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
-            offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-            out[start : start + len(ids)] = torch.nn.functional.embedding_bag(
-                torch.from_numpy(flat), self.table, torch.from_numpy(offsets), mode="mean"
+            keep = self.distilled[flat]
+            counts = np.bincount(np.repeat(np.arange(len(ids)), lengths)[keep], minlength=len(ids))
+            offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
+            means = torch.nn.functional.embedding_bag(
+                torch.from_numpy(flat[keep]), self.table, torch.from_numpy(offsets), mode="mean"
             )
+            means[torch.from_numpy(counts == 0)] = self.table[-1]
+            out[start : start + len(ids)] = means
         return out
 
 
