@@ -135,6 +135,13 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-strategies", action="store_true", help="the surrogate accuracies only")
     p.add_argument("--skip-surrogate", action="store_true", help="the strategy runs only")
+    p.add_argument(
+        "--embedders",
+        nargs="+",
+        default=["MiniLM", "static"],
+        choices=["MiniLM", "static"],
+        help="whose strategy runs to do (a run of one is combined with a run of the other by --combine)",
+    )
     p.add_argument("--tag", default="", help="suffix of the output files (static_vs_minilm<_tag>.*)")
     p.add_argument("--combine", nargs="+", default=None, help="merge these JSON outputs into one report, no run")
     p.add_argument("--strategies", nargs="+", default=None, help="labels of the strategies to run (default: all)")
@@ -153,11 +160,15 @@ def main(argv=None):
     scores = np.array([r["scores"] for r in rows], dtype=np.float64)
     generators = list(rows[0]["generators"])
     P, M = scores.shape
-    minilm, minilm_source = minilm_embeddings(texts, args.data, args.cache_dir)
+    embeddings, minilm_source = {}, "not used"
+    if "MiniLM" in args.embedders:
+        minilm, minilm_source = minilm_embeddings(texts, args.data, args.cache_dir)
+        embeddings["MiniLM"] = minilm.astype(np.float32)
     t0 = time.time()
     static, static_info = embed_all(texts, args.data, args.cache_dir, StaticEncoder())
     static_seconds = static_info.get("seconds", time.time() - t0)
-    embeddings = {"MiniLM": minilm.astype(np.float32), "static": static.astype(np.float32)}
+    if "static" in args.embedders:
+        embeddings["static"] = static.astype(np.float32)
 
     halves = np.array_split(np.random.default_rng(args.seed).permutation(M), 2)
     half_a, half_b = np.sort(halves[0]), np.sort(halves[1])
@@ -170,8 +181,8 @@ def main(argv=None):
         ("half-B", half_a, half_b),
         ("weak16", weak16, weak16),
     ]
-    results = {"surrogate": [], "strategies": []}
-    for name, fit_cols, test_cols in [] if args.skip_surrogate else splits:
+    results = {"surrogate": [], "strategies": [], "per_prompt": {}, "split_info": {}}
+    for name, fit_cols, test_cols in [] if args.skip_surrogate or len(embeddings) < 2 else splits:
         acc = {e: surrogate_accuracy(embeddings[e], scores, fit_cols, test_cols, args.seed) for e in embeddings}
         diff = acc["static"] - acc["MiniLM"]
         rec = {
@@ -186,7 +197,6 @@ def main(argv=None):
         print(f"[surrogate] {name}: {json.dumps(rec)}", flush=True)
 
     if not args.skip_strategies:
-        keys_all = None
         from aepo_trainer.selection import prompt_key
 
         keys_all = np.array([prompt_key(str(i)) for i in range(P)], dtype=np.int64)
@@ -201,7 +211,8 @@ def main(argv=None):
             sub = cols[pool_subsets(P, len(cols), n, args.seed)]
             sc = np.take_along_axis(scores, sub, axis=1)
             tx = [[texts[q][i] for i in sub[q]] for q in range(P)]
-            per = {}
+            results["split_info"][name] = {"N": n, "budget": args.budget, "prompts": covered}
+            per = results["per_prompt"].setdefault(name, {})
             for e, emb_all in embeddings.items():
                 emb = np.take_along_axis(emb_all, sub[:, :, None], axis=1)
                 runs = {"random k": run_baseline(emb, sc, order, "random", 0.0, 2, covered, args.seed, keys_all)[0]}
@@ -214,24 +225,11 @@ def main(argv=None):
                             emb, sc, tx, order, strategy, 2, covered, args.seed, keys_all, args.active_batch_size, 0.5
                         )[0]
                     print(f"[strategy] {name} {e} {label}: {time.time() - t1:.1f}s", flush=True)
-                per[e] = {label: per_prompt(sc[cov], idx[:covered]) for label, idx in runs.items()}
-            for label, _, _ in strategies:
-                rec = {"split": name, "N": n, "budget": args.budget, "prompts": covered, "label": label}
-                for e in embeddings:
-                    chosen, gap = per[e][label]
-                    rc, rg = per[e]["random k"]
-                    rec[f"{e}_d_chosen"] = float((chosen - rc).mean())
-                    rec[f"{e}_d_chosen_ci"] = bootstrap_ci((chosen - rc,), _mean)
-                    rec[f"{e}_gap_ratio"] = float(gap.sum() / rg.sum())
-                    rec[f"{e}_gap_ratio_ci"] = bootstrap_ci((gap, rg), _ratio)
-                (cs, gs), (cm, gm) = per["static"][label], per["MiniLM"][label]
-                rec["chosen_static_minus_minilm"] = float((cs - cm).mean())
-                rec["chosen_static_minus_minilm_ci"] = bootstrap_ci((cs - cm,), _mean)
-                rs, rm = per["static"]["random k"][1], per["MiniLM"]["random k"][1]
-                rec["gap_ratio_static_minus_minilm"] = rec["static_gap_ratio"] - rec["MiniLM_gap_ratio"]
-                rec["gap_ratio_static_minus_minilm_ci"] = bootstrap_ci((gs, rs, gm, rm), _ratio_difference)
-                results["strategies"].append(rec)
+                per[e] = {
+                    label: [a.tolist() for a in per_prompt(sc[cov], idx[:covered])] for label, idx in runs.items()
+                }
             print(f"[set] {name} done ({time.time() - t_start:.0f}s)", flush=True)
+        results["strategies"] = strategy_records(results["per_prompt"], results["split_info"])
 
     meta = {
         "command": "python experiments/static_vs_minilm.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -259,15 +257,48 @@ def main(argv=None):
 def combine(paths, out: Path, suffix: str):
     """One report from the JSON outputs of runs that split the work (e.g. the splits over two processes)."""
     parts = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
-    meta = dict(parts[0]["meta"])
+    used = [part for part in parts if part["meta"]["minilm_embeddings"] != "not used"]
+    meta = dict((used or parts)[0]["meta"])
     meta["command"] = " + ".join(part["meta"]["command"] for part in parts)
     meta["wall_seconds"] = max(part["meta"]["wall_seconds"] for part in parts)
-    results = {key: [r for part in parts for r in part[key]] for key in ("surrogate", "strategies")}
+    results = {"surrogate": [r for part in parts for r in part["surrogate"]], "per_prompt": {}, "split_info": {}}
+    for part in parts:
+        results["split_info"].update(part.get("split_info", {}))
+        for split, by_embedder in part.get("per_prompt", {}).items():
+            results["per_prompt"].setdefault(split, {}).update(by_embedder)
+    results["strategies"] = strategy_records(results["per_prompt"], results["split_info"])
     out.mkdir(parents=True, exist_ok=True)
     (out / f"static_vs_minilm{suffix}.json").write_text(
         json.dumps({"meta": meta, "parts": [p["meta"] for p in parts], **results}, indent=1), encoding="utf-8"
     )
     (out / f"static_vs_minilm{suffix}.md").write_text(render(results, meta), encoding="utf-8")
+
+
+def strategy_records(per_prompt_all, split_info):
+    """Per split x strategy: each embedder's paired Δ chosen and total-gap ratio vs random k, and static minus MiniLM
+    (paired on prompts); splits missing one embedder's runs are left out."""
+    records = []
+    for split, per in per_prompt_all.items():
+        if set(per) != {"MiniLM", "static"}:
+            continue
+        per = {e: {label: tuple(np.array(a) for a in v) for label, v in runs.items()} for e, runs in per.items()}
+        for label in [s[0] for s in STRATEGIES if s[0] in per["static"] and s[0] in per["MiniLM"]]:
+            rec = {"split": split, **split_info[split], "label": label}
+            for e in ("MiniLM", "static"):
+                chosen, gap = per[e][label]
+                rc, rg = per[e]["random k"]
+                rec[f"{e}_d_chosen"] = float((chosen - rc).mean())
+                rec[f"{e}_d_chosen_ci"] = bootstrap_ci((chosen - rc,), _mean)
+                rec[f"{e}_gap_ratio"] = float(gap.sum() / rg.sum())
+                rec[f"{e}_gap_ratio_ci"] = bootstrap_ci((gap, rg), _ratio)
+            (cs, gs), (cm, gm) = per["static"][label], per["MiniLM"][label]
+            rec["chosen_static_minus_minilm"] = float((cs - cm).mean())
+            rec["chosen_static_minus_minilm_ci"] = bootstrap_ci((cs - cm,), _mean)
+            rs, rm = per["static"]["random k"][1], per["MiniLM"]["random k"][1]
+            rec["gap_ratio_static_minus_minilm"] = rec["static_gap_ratio"] - rec["MiniLM_gap_ratio"]
+            rec["gap_ratio_static_minus_minilm_ci"] = bootstrap_ci((gs, rs, gm, rm), _ratio_difference)
+            records.append(rec)
+    return records
 
 
 def _ci(v, ci, d=3, sign="+"):
