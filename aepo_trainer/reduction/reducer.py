@@ -29,7 +29,7 @@ from ..selection.keys import prompt_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STATS_FIELDS", "PoolReducer", "ReducedBatch", "Selected"]
+__all__ = ["RUNNING_TOTALS", "STATS_FIELDS", "PoolReducer", "ReducedBatch", "Selected", "add_stats"]
 
 # Fixed layout of the per-batch statistics (sums and counts, so that they add up across batches and processes).
 STATS_FIELDS = (
@@ -50,7 +50,23 @@ STATS_FIELDS = (
     "annotations_pending",  # 1.0 when a human annotator is waiting for labels
     "gold_pairs",  # pairs whose two responses both have a (different) score in the dataset's scores column
     "gold_agreements",  # ... of which the paid labels order the same way as those dataset scores
+    "annotations_recovered",  # annotations read under an earlier charge (e.g. human labels): stored, no new charge
 )
+
+#: The statistics that are running totals of the ledger (the same in every batch of one annotation call): added up
+#: over batches they are taken as they are (the latest), never summed. The one statement of this rule.
+RUNNING_TOTALS = ("annotations_spent", "budget_left")
+
+
+def add_stats(totals: dict, stats: dict) -> None:
+    """Add one batch's statistics to `totals`: sums, except the `RUNNING_TOTALS` (the latest value); NaN adds
+    nothing."""
+    for name in totals:
+        value = stats.get(name, 0.0)
+        if name in RUNNING_TOTALS:
+            totals[name] = value
+        elif not (isinstance(value, float) and math.isnan(value)):
+            totals[name] += value
 
 
 @dataclass
@@ -246,6 +262,7 @@ class PoolReducer:
             "reward_rejected_sum": float(sum(p.rejected_score for p in pairs)),
             "annotations_paid": float(reply.paid),
             "annotations_reused": float(reply.reused),
+            "annotations_recovered": float(reply.recovered),
             "annotations_spent": float(reply.spent),
             "budget_left": float(reply.budget_left),
             "prompts_skipped": float(len(reply.skipped)),
