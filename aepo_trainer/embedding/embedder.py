@@ -248,10 +248,10 @@ class Embedder:
     def static_source(self) -> str:
         """What names the weights a static table is distilled from (its cache key): the default model's id for the
         Hub model and its bundled copy alike, a local directory by its files' sizes and times."""
-        from .backends import _model_signature
+        from .backends import model_signature
 
         name = self.model_name_or_path
-        return DEFAULT_EMBEDDING_MODEL if name in _DEFAULT_ALIASES else _model_signature(name)
+        return DEFAULT_EMBEDDING_MODEL if name in DEFAULT_MODEL_ALIASES else model_signature(name)
 
     @property
     def dimension(self) -> int:

@@ -95,7 +95,7 @@ STATIC_DEFAULTS = StaticSettings()
 
 def static_table_dir(model_signature: str, settings: StaticSettings | None = None, export_dir=None) -> str:
     """The cache folder of a table: `<export_dir>/static-<key>`, default `<HF datasets cache>/aepo_trainer/static/<key>`.
-    `model_signature` names the weights (`embedding.backends._model_signature`); `settings` default to
+    `model_signature` names the weights (`embedding.backends.model_signature`); `settings` default to
     `STATIC_DEFAULTS`."""
     settings = settings or STATIC_DEFAULTS
     key = hashlib.sha256(f"{_TABLE_VERSION}|{settings.tag()}|{model_signature}".encode()).hexdigest()[:24]
@@ -180,9 +180,9 @@ def distill_static_table(st_model, target_dir: str, settings: StaticSettings | N
     tokenizer) into a static table written atomically to `target_dir` (settings default to `STATIC_DEFAULTS`).
     Returns `target_dir`."""
     settings = settings or STATIC_DEFAULTS
-    from .backends import _transformer_module
+    from .backends import transformer_module
 
-    module = _transformer_module(st_model)
+    module = transformer_module(st_model)
     tokenizer = module.tokenizer
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise ValueError("embedding_backend='static' needs a model with a fast (Rust) tokenizer")
