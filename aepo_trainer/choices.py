@@ -61,8 +61,9 @@ COLD_START_STRATEGIES = ("random", "aepo", "representativeness", "kmedoids")
 #: The search for k > 2 (`AEPOConfig.selection_search`).
 SELECTION_SEARCHES = ("auto", "greedy", "exhaustive")
 #: Where the sentence embedder runs (`AEPOConfig.embedding_backend`): the PyTorch model, or its ONNX export run by
-#: ONNX Runtime or OpenVINO (faster on CPU; `aepo_trainer.embedding.backends`).
-EMBEDDING_BACKENDS = ("torch", "onnx", "openvino")
+#: ONNX Runtime or OpenVINO (faster on CPU; `aepo_trainer.embedding.backends`), or a static token table distilled
+#: from it (`aepo_trainer.embedding.static`).
+EMBEDDING_BACKENDS = ("torch", "onnx", "openvino", "static")
 #: Who scores the selected candidates when no annotator object is passed (`AEPOConfig.annotator`).
 ANNOTATORS = ("dataset_scores", "reward_model", "judge", "self_judge", "api_judge", "human")
 #: How the `api_judge` annotator judges (`AEPOConfig.judge_mode`): pairwise (debiased, tournament) or a 1-10 rubric.

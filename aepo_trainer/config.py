@@ -229,7 +229,11 @@ class AEPOConfig(DPOConfig):
             "help": "Where the embedder runs: 'torch' (the PyTorch model, fp16 on GPU), or 'onnx' / 'openvino': the "
             "model's transformer exported once to ONNX (cached under the HF datasets cache) and run on CPU by ONNX "
             "Runtime / OpenVINO. On CPU 'openvino' measured 2.15x torch's texts/s side by side on an idle 2-core machine "
-            "(load < 2) with 98% of selections identical, 'onnx' 1.3x (under load 4-6; docs/benchmarks.md). Needs `pip install aepo-trainer[fast-cpu]`.",
+            "(load < 2) with 98% of selections identical, 'onnx' 1.3x (under load 4-6; docs/benchmarks.md); they need "
+            "`pip install aepo-trainer[fast-cpu]`. 'static': a table of one vector per token distilled once from "
+            "embedding_model (PCA 256 + Zipf/SIF weights; cached beside the exports), a text's embedding the mean of "
+            "its tokens' vectors: ~100x torch's texts/s on CPU, another similarity space (where it keeps selection "
+            "quality: docs/selection.md).",
             "choices": list(EMBEDDING_BACKENDS),
         },
     )

@@ -156,7 +156,7 @@ CHECKS: tuple[Check | Callable, ...] = (
     Check("embedding_backend", _in(EMBEDDING_BACKENDS), _one_of(EMBEDDING_BACKENDS)),
     Check(
         "embedding_quantized",
-        lambda v, c: isinstance(v, bool) and (not v or c.embedding_backend != "torch"),
+        lambda v, c: isinstance(v, bool) and (not v or c.embedding_backend in ("onnx", "openvino")),
         "True or False; True needs embedding_backend 'onnx' or 'openvino'",
     ),
     Check(
