@@ -189,9 +189,9 @@ def share_active_labels(trainer, known: set) -> None:
     from accelerate.utils import gather_object
 
     active = trainer.pool_reducer.active
-    mine = active.surrogate.export(active.surrogate.keys() - known)
-    everyone = gather_object([mine])
-    active.absorb([item for part in everyone for item in part])
+    everyone = gather_object([active.export(known)])
+    for part in everyone:  # labels and safety tests: both are sets, so the merge order does not matter
+        active.absorb(part)
 
 
 def record_active_quality(trainer, qualities: list) -> None:
@@ -200,6 +200,12 @@ def record_active_quality(trainer, qualities: list) -> None:
     active = trainer.pool_reducer.active
     m["aepo/active_labels"] = [float(len(active.surrogate))]
     m["aepo/active_cold_start"].append(float(active.cold))
+    safety = active.safety.state()  # the safety rule (identical on every rank: a function of the shared tests)
+    m["aepo/active_follows"].append(float(not active.cold))
+    m["aepo/active_prompts_tested"] = [float(safety.prompts_tested)]
+    m["aepo/active_safety_lower_bound"] = [safety.lower_bound]
+    if safety.prompts_tested:
+        m["aepo/active_safety_accuracy"] = [safety.accuracy]
     for name in ("spearman", "pairwise_accuracy"):
         values = [getattr(q, name) for q in qualities if not math.isnan(getattr(q, name))]
         if values:

@@ -15,6 +15,7 @@ from trl import DPOConfig
 from .choices import (
     ACTIVE_STRATEGIES,
     ANNOTATORS,
+    ACTIVE_SURROGATES,
     COLD_START_STRATEGIES,
     EMBEDDING_BACKENDS,
     JUDGE_MODES,
@@ -163,6 +164,47 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Active strategies: beta_noise, the label-noise precision of the surrogate; None sets it by "
             "evidence maximisation."
+        },
+    )
+    active_surrogate: str = field(
+        default="bayesian_linear",
+        metadata={
+            "help": "Active strategies: the reward surrogate. 'bayesian_linear' (closed-form Bayesian linear "
+            "regression) or 'ensemble' (`active_ensemble_heads` randomized-prior, bootstrapped heads on the features "
+            "plus random ReLU features; uncertainty = the heads' spread, as an epistemic neural network).",
+            "choices": list(ACTIVE_SURROGATES),
+        },
+    )
+    active_ensemble_heads: int = field(
+        default=10,
+        metadata={"help": "Active strategies with `active_surrogate='ensemble'`: number of heads (>= 2)."},
+    )
+    active_safety: bool = field(
+        default=True,
+        metadata={
+            "help": "Active strategies: the safety rule. Every batch's fresh labels test the surrogate before it "
+            "learns them; the acquisition selects only while the lower confidence bound of that out-of-sample "
+            "pairwise accuracy exceeds 0.5 + `active_safety_margin`, otherwise `active_cold_start` selects "
+            "(docs/active-selection.md). False follows the surrogate as soon as it is fitted."
+        },
+    )
+    active_safety_margin: float = field(
+        default=0.02,
+        metadata={"help": "Active strategies: the safety rule follows the surrogate while its bound > 0.5 + this."},
+    )
+    active_safety_confidence: float = field(
+        default=0.95,
+        metadata={
+            "help": "Active strategies: confidence level of the safety rule's one-sided Wilson lower bound, in "
+            "[0.5, 1)."
+        },
+    )
+    active_robust_best: bool = field(
+        default=True,
+        metadata={
+            "help": "Active strategies: the member meant to be the best of each pair is the argmax of the posterior "
+            "mean; only the other member keeps the acquisition's optimism (optimism on the chosen side buys "
+            "atypical, often bad, candidates)."
         },
     )
     # ----------------------------------------------------------------------------------------------- policy signals
@@ -693,6 +735,34 @@ class AEPOConfig(DPOConfig):
                 value,
                 "None (evidence maximisation) or a finite number > 0",
             )
+        _require(
+            self.active_surrogate in ACTIVE_SURROGATES,
+            "active_surrogate",
+            self.active_surrogate,
+            _one_of(ACTIVE_SURROGATES),
+        )
+        _require(
+            isinstance(self.active_ensemble_heads, int)
+            and not isinstance(self.active_ensemble_heads, bool)
+            and self.active_ensemble_heads >= 2,
+            "active_ensemble_heads",
+            self.active_ensemble_heads,
+            "an integer >= 2",
+        )
+        for name in ("active_safety", "active_robust_best"):
+            _require(isinstance(getattr(self, name), bool), name, getattr(self, name), "a bool")
+        _require(
+            _is_finite_number(self.active_safety_margin) and 0 <= self.active_safety_margin < 0.5,
+            "active_safety_margin",
+            self.active_safety_margin,
+            "a number in [0, 0.5)",
+        )
+        _require(
+            _is_finite_number(self.active_safety_confidence) and 0.5 <= self.active_safety_confidence < 1,
+            "active_safety_confidence",
+            self.active_safety_confidence,
+            "a number in [0.5, 1)",
+        )
         _require(
             isinstance(self.active_implicit_reward_feature, bool)
             and (not self.active_implicit_reward_feature or self.selection_strategy in ACTIVE_STRATEGIES),

@@ -104,7 +104,7 @@ class AEPOControlCallback(TrainerCallback):
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if os.path.isdir(folder):
                 with open(os.path.join(folder, ACTIVE_LABELS_FILE), "w", encoding="utf-8") as f:
-                    json.dump(active.surrogate.export(), f)
+                    json.dump(active.export(), f)
         return control
 
     def on_step_end(self, args, state, control, **kwargs):

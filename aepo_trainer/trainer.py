@@ -470,7 +470,7 @@ class AEPOTrainer(DPOTrainer):
         if self.accelerator.num_processes > 1:
             broadcast_object_list(items, from_process=0)
         if items[0]:
-            self.pool_reducer.active.absorb([tuple(item) for item in items[0]])
+            self.pool_reducer.active.absorb(items[0])
 
     def _aepo_remember(self, rows: list[dict], reduced) -> None:
         """Keep a few recent pairs (texts and scores) for end-of-training reports."""

@@ -70,7 +70,7 @@ def _unit(embeddings: torch.Tensor) -> torch.Tensor:
     return e / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def _pool_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def pool_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.to(x.dtype)[..., None]
     return (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
 
@@ -83,7 +83,7 @@ def embedding_feature(rows, embeddings, mask, completions_column):
 def pool_relative_feature(rows, embeddings, mask, completions_column):
     """The normalised embedding minus the mean of its pool's valid candidates: how it differs from its siblings."""
     e = _unit(embeddings)
-    return e - _pool_mean(e, mask)
+    return e - pool_mean(e, mask)
 
 
 def log_length_feature(rows, embeddings, mask, completions_column):
@@ -240,20 +240,29 @@ class BayesianLinearSurrogate:
     def keys(self) -> set[tuple[int, int]]:
         return set(self._labels)
 
+    def grouped(self):
+        """[(prompt key, features [m, F], scores [m])] of every prompt, sorted by key (labels sorted by completion
+        key): the raw, uncentred material of `training_set` (the ensemble surrogate builds its own features from it)."""
+        groups: dict[int, list[tuple[int, int]]] = {}
+        for key in sorted(self._labels):
+            groups.setdefault(key[0], []).append(key)
+        return [
+            (
+                pk,
+                torch.stack([self._labels[k][0] for k in members]),
+                torch.tensor([self._labels[k][1] for k in members], dtype=torch.float64),
+            )
+            for pk, members in sorted(groups.items())
+        ]
+
     def training_set(self):
         """(X [n, F], y [n] centred per prompt, prompts, single-label prompts), sorted by key: order-independent."""
-        keys = sorted(self._labels)
-        groups: dict[int, list[tuple[int, int]]] = {}
-        for key in keys:
-            groups.setdefault(key[0], []).append(key)
         xs, ys, prompts, single = [], [], 0, 0
-        for _, members in sorted(groups.items()):
-            if len(members) < 2:
+        for _, feats, scores in self.grouped():
+            if len(scores) < 2:
                 single += 1
                 continue
             prompts += 1
-            scores = torch.tensor([self._labels[k][1] for k in members], dtype=torch.float64)
-            feats = torch.stack([self._labels[k][0] for k in members])
             ys.append(scores - scores.mean())
             xs.append(feats - feats.mean(0, keepdim=True))
         if not xs:
@@ -319,7 +328,7 @@ class BayesianLinearSurrogate:
         N(0, alpha^-1 I) when unfitted). Padding gets zeros."""
         valid = mask.to(device=features.device, dtype=torch.float64)[..., None]
         x = features.to(torch.float64)
-        x = (x - _pool_mean(x, mask.to(features.device))) * valid
+        x = (x - pool_mean(x, mask.to(features.device))) * valid
         if self._mean_w is None:
             alpha = 1.0 if self.prior_precision is None else float(self.prior_precision)
             return Posterior(torch.zeros(x.shape[:2], dtype=torch.float64, device=x.device), x / math.sqrt(alpha), mask)
