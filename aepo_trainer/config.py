@@ -14,8 +14,8 @@ from trl import DPOConfig
 
 from .choices import (
     ACTIVE_STRATEGIES,
-    ANNOTATORS,
     ACTIVE_SURROGATES,
+    ANNOTATORS,
     COLD_START_STRATEGIES,
     EMBEDDING_BACKENDS,
     JUDGE_MODES,
