@@ -199,6 +199,15 @@ class AEPOConfig(DPOConfig):
             "[0.5, 1)."
         },
     )
+    active_feature_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Active strategies: a Hugging Face model (Hub id or local path; a reward model, an instruct "
+            "model, an encoder) whose last-layer hidden state of `prompt + completion` is added to the surrogate's "
+            "features (last token for causal models, mean for encoders). Loaded and probed before anything is "
+            "embedded or paid; a model that cannot load or gives no hidden states is refused."
+        },
+    )
     active_robust_best: bool = field(
         default=True,
         metadata={
@@ -749,6 +758,14 @@ class AEPOConfig(DPOConfig):
             self.active_ensemble_heads,
             "an integer >= 2",
         )
+        _require(
+            self.active_feature_model is None
+            or (isinstance(self.active_feature_model, str) and self.active_feature_model.strip() != ""
+                and self.selection_strategy in ACTIVE_STRATEGIES),
+            "active_feature_model",
+            self.active_feature_model,
+            "None, or a model id / path with an active selection_strategy (the surrogate whose features it extends)",
+        )  # fmt: skip
         for name in ("active_safety", "active_robust_best"):
             _require(isinstance(getattr(self, name), bool), name, getattr(self, name), "a bool")
         _require(

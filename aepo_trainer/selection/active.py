@@ -35,7 +35,14 @@ from .acquisitions import acquire
 from .kernel import SelectionResult, select_subsets
 from .keys import prompt_key
 from .safety import SafetyRecord
-from .surrogate import FEATURES, POLICY_FEATURES, BayesianLinearSurrogate, FeatureFn, pool_features
+from .surrogate import (
+    FEATURES,
+    POLICY_FEATURES,
+    BayesianLinearSurrogate,
+    FeatureFn,
+    hidden_state_feature,
+    pool_features,
+)
 
 __all__ = ["ActiveSelector", "BatchQuality", "valid_score"]
 
@@ -171,6 +178,8 @@ class ActiveSelector:
         implicit reward with `active_implicit_reward_feature` (the trainer then passes it to `select`/`observe`)."""
         if features is None:
             features = POLICY_FEATURES if getattr(config, "active_implicit_reward_feature", False) else FEATURES
+            if getattr(config, "active_feature_model", None):
+                features = (*features, hidden_state_feature)
         return cls(
             config.selection_strategy,
             config.num_annotations,

@@ -44,12 +44,14 @@ import torch
 
 __all__ = [
     "FEATURES",
+    "HIDDEN_STATE_FEATURES",
     "POLICY_FEATURES",
     "BayesianLinearSurrogate",
     "FeatureFn",
     "Posterior",
     "SurrogateFit",
     "embedding_feature",
+    "hidden_state_feature",
     "implicit_reward_feature",
     "log_length_feature",
     "pool_features",
@@ -109,10 +111,26 @@ def implicit_reward_feature(rows, embeddings, mask, completions_column, *, impli
 
 implicit_reward_feature.signals = ("implicit_rewards",)
 
+
+def hidden_state_feature(rows, embeddings, mask, completions_column, *, hidden_states):
+    """A model's hidden state of each candidate ([B, N, H], L2-normalised): the features of a feature model
+    (`active_feature_model`, `selection/feature_model.py`) or any per-candidate feature matrix a caller computes
+    (e.g. the policy's own final hidden states in the trainer). Non-finite rows stay non-finite: the selector counts
+    them and keeps them out of the surrogate."""
+    B, N = mask.shape
+    if hidden_states.dim() != 3 or tuple(hidden_states.shape[:2]) != (B, N):
+        raise ValueError(f"hidden_states has shape {list(hidden_states.shape)}, the pools are {[B, N]} x features")
+    return _unit(hidden_states.to(device=mask.device))
+
+
+hidden_state_feature.signals = ("hidden_states",)
+
 #: The default feature functions, concatenated in this order.
 FEATURES: tuple[FeatureFn, ...] = (embedding_feature, log_length_feature)
 #: The defaults plus the policy's implicit reward (the trainer's `active_implicit_reward_feature=True`).
 POLICY_FEATURES: tuple[FeatureFn, ...] = (*FEATURES, implicit_reward_feature)
+#: The defaults plus a model's hidden state of each candidate (`active_feature_model`, or a caller's feature matrix).
+HIDDEN_STATE_FEATURES: tuple[FeatureFn, ...] = (*FEATURES, hidden_state_feature)
 
 
 def pool_features(
