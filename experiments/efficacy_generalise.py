@@ -10,8 +10,8 @@ set is the candidates of a group of models (N = the group's size). Two tune/meas
 * `strength`: the models ranked by their mean gold score; settings chosen on the 16 strongest models' pools, reported
   on the 16 weakest's (the kind of pools the issue found every learning strategy below random on).
 
-Settings chosen on the tuning pools (a small grid: the safety margin and the surrogate), by the mean over the learning
-strategies of Δ chosen vs random; the tuning pools' own figures are written to the JSON but never to a report table.
+Settings chosen on the tuning pools (a small grid: the safety margin and the surrogate; the first 400 prompts), by the
+mean over the learning strategies of Δ chosen vs random; the tuning pools' own figures are written to the JSON but never to a report table.
 `all:32` (every model) is also measured, labelled as overlapping the tuning models.
 
 Strategies: random k (its exact expectation per prompt: the mean over all C(N, 2) pairs), AEPO λ = 1 (the old
@@ -56,7 +56,8 @@ from efficacy_selection import embed_all, prompt_order
 
 LEARNERS = ["delta_ucb", "ucb_random", "double_ts"]
 #: the grid tuned on the tuning pools: (safety margin, surrogate)
-GRID = [(m, s) for s in ("bayesian_linear", "ensemble") for m in (0.0, 0.02, 0.05)]
+GRID = [(0.0, "bayesian_linear"), (0.02, "bayesian_linear"), (0.05, "bayesian_linear"), (0.02, "ensemble")]
+TUNING_BUDGET = 800  # the tuning runs cover the first 400 prompts (of the tuning models' pools)
 
 
 def model_groups(scores: np.ndarray, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -131,7 +132,11 @@ def run_learner(emb, sc, texts, keys, strategy, seed, batch, **options):
         {"batch": q.batch, "follows_next": q.follows, "lcb": q.safety_lower_bound, "tested": q.prompts_tested}
         for q in sel.history
     ]
-    return np.array(out), {"trace": trace, "seconds": seconds, "followed_batches": sum(not q.cold_start for q in sel.history)}
+    return np.array(out), {
+        "trace": trace,
+        "seconds": seconds,
+        "followed_batches": sum(not q.cold_start for q in sel.history),
+    }
 
 
 def summarize(chosen, gap, clen, rlen, ref):
@@ -233,15 +238,19 @@ def main(argv=None):
         scored = []
         for margin, surrogate in grid:
             learners = [row for row in strategy_list(margin, surrogate) if row[0].endswith("(safe)")]
-            res, _ = measure(tune_pools, [("random k", "random", {}), *learners], keys, args.seed, args.batch,
-                             [max(args.budgets)])  # fmt: skip
-            value = float(np.mean([res[label][max(args.budgets)]["d_chosen"] for label, _, _ in learners]))
+            n = TUNING_BUDGET // 2
+            tune_part = (tune_pools[0][:n], tune_pools[1][:n], tune_pools[2][:n], tune_pools[3][:n])
+            res, _ = measure(tune_part, [("random k", "random", {}), *learners], keys[:n], args.seed, args.batch,
+                             [TUNING_BUDGET])  # fmt: skip
+            value = float(np.mean([res[label][TUNING_BUDGET]["d_chosen"] for label, _, _ in learners]))
             scored.append(((margin, surrogate), value))
             results["tuning"][f"{name} margin={margin} {surrogate}"] = res
         (margin, surrogate), _ = max(scored, key=lambda item: item[1])
         results["settings"][name] = {"safety_margin": margin, "surrogate": surrogate, "grid": scored}
         print(f"[measure] {name}: chosen margin={margin} surrogate={surrogate}", flush=True)
-        res, info = measure(pools(eval_cols), strategy_list(margin, surrogate), keys, args.seed, args.batch, args.budgets)
+        res, info = measure(
+            pools(eval_cols), strategy_list(margin, surrogate), keys, args.seed, args.batch, args.budgets
+        )
         results["measured"][name] = res
         results["info"][name] = info
     # every model (overlaps the tuning models): the package defaults (margin 0.02, bayesian_linear)
@@ -318,7 +327,14 @@ def render(results, meta) -> str:
             lines += [f"**B = {budget}** ({min(meta['prompts'], int(budget) // 2)} prompts)", ""]
             lines.append(
                 markdown_table(
-                    ["strategy", "chosen gold", "Δ chosen [95% CI]", "Δ gap [95% CI]", "total gap ratio", "length c / r"],
+                    [
+                        "strategy",
+                        "chosen gold",
+                        "Δ chosen [95% CI]",
+                        "Δ gap [95% CI]",
+                        "total gap ratio",
+                        "length c / r",
+                    ],
                     table,
                     ["---", "--:", "--:", "--:", "--:", "--:"],
                 )

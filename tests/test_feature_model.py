@@ -60,7 +60,9 @@ def test_select_uses_the_feature_model_and_refuses_a_bad_one_before_paying(tmp_p
 def test_the_reducer_hands_the_hidden_states_to_the_surrogate(tmp_path, tiny_model_path):
     from aepo_trainer.reduction import PoolReducer
 
-    config = AEPOConfig(output_dir=str(tmp_path), selection_strategy="delta_ucb", active_feature_model=tiny_model_path)
+    config = AEPOConfig(
+        output_dir=str(tmp_path), bf16=False, selection_strategy="delta_ucb", active_feature_model=tiny_model_path
+    )
     reducer = PoolReducer(config)
     assert reducer.needed_signals == ()  # computed by the reducer itself: the trainer need not
     rows = [{"prompt": f"q{b}", "completions": [f"answer {b} {i}" for i in range(4)]} for b in range(3)]
