@@ -199,7 +199,11 @@ def main(argv=None):
     p.add_argument("--max-prompts", type=int, default=None)
     p.add_argument("--grid", type=int, default=None, help="use only the first N settings of the grid (smoke runs)")
     p.add_argument("--tag", default="")
+    p.add_argument("--render", default=None, help="re-write the tables from this JSON file, no run")
     args = p.parse_args(argv)
+    if args.render:
+        rerender(args.render, args.out, f"_{args.tag}" if args.tag else "")
+        return
     import torch
 
     torch.set_num_threads(1)
@@ -276,6 +280,7 @@ def main(argv=None):
     suffix = f"_{args.tag}" if args.tag else ""
     (out / f"generalise{suffix}.json").write_text(json.dumps({"meta": meta, **results}, indent=1), encoding="utf-8")
     (out / f"generalise{suffix}.md").write_text(render(results, meta), encoding="utf-8")
+    (out / f"generalise{suffix}_summary.md").write_text(summary_table(results), encoding="utf-8")
     print(f"[done] {time.time() - t_start:.0f}s -> {out}/generalise{suffix}.md")
 
 
@@ -308,7 +313,7 @@ def render(results, meta) -> str:
                 f"`{setting['surrogate']}`"
             )
         lines += [head, ""]
-        budgets = sorted({b for r in res.values() for b in r}, key=int)
+        budgets = sorted({b for r in res.values() for b in r}, key=int)  # int keys, or str ones read from JSON
         for budget in budgets:
             table = []
             for label, per in res.items():
@@ -347,6 +352,41 @@ def render(results, meta) -> str:
             )
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def summary_table(results, budget: int = 800) -> str:
+    """One compact table at budget B over every measured pool set: what docs/efficacy.md shows."""
+    names = {"random-half": "half B (random split)", "strength": "16 weakest models", "all-32": "all 32 (overlaps)"}
+    table = []
+    for name, res in results["measured"].items():
+        for label, per in res.items():
+            r = per.get(budget, per.get(str(budget)))
+            if r is None:
+                continue
+            table.append(
+                [
+                    names.get(name, name),
+                    label,
+                    f"{r['chosen']:.3f}",
+                    "–" if label == "random k" else _ci(r["d_chosen"], r["d_chosen_ci"]),
+                    "1" if label == "random k" else
+                    f"{r['gap_ratio']:.2f} [{r['gap_ratio_ci'][0]:.2f}, {r['gap_ratio_ci'][1]:.2f}]",
+                    f"{r['chosen_len']:.0f} / {r['rejected_len']:.0f}",
+                ]
+            )  # fmt: skip
+    return markdown_table(
+        ["pools", "strategy", "chosen gold", "Δ chosen vs random [95% CI]", "total gap / random [95% CI]",
+         "length chosen / rejected"],
+        table,
+        ["---", "---", "--:", "--:", "--:", "--:"],
+    )  # fmt: skip
+
+
+def rerender(json_path, out_dir, suffix):
+    data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    out = Path(out_dir)
+    (out / f"generalise{suffix}.md").write_text(render(data, data["meta"]), encoding="utf-8")
+    (out / f"generalise{suffix}_summary.md").write_text(summary_table(data), encoding="utf-8")
 
 
 if __name__ == "__main__":
