@@ -5,14 +5,16 @@ uncertainty from the spread of the heads' predictions; Dwaracherla et al. (2024)
 an ensemble. This module keeps the idea and the package's guarantees (closed form, deterministic by label set,
 identical on every rank, saved in checkpoints through the labels it is refitted from):
 
-* every head sees the same features: the surrogate's features, standardised (mean / standard deviation over the
-  labels), plus `hidden` random ReLU features relu(R z + b) / sqrt(hidden) with R, b fixed by the seed — a one-hidden-
-  layer MLP whose first layer is frozen, so each head's last layer has a closed-form fit;
+* every head sees the same features: the surrogate's features x plus `hidden` random ReLU features
+  relu(R z + b) / sqrt(hidden * F) of their standardised values z (mean / standard deviation over the labels), with
+  R, b fixed by the seed — a one-hidden-layer MLP whose first layer is frozen, so each head's last layer has a
+  closed-form fit;
 * head m is a randomized-prior ridge regression (Osband et al. 2018): a prior weight draw g_m ~ N(0, alpha^-1 I) plus
   the ridge fit of the residual, with Bayesian-bootstrap weights c_p ~ Exp(1) per PROMPT (a prompt's labels move
   together), on the within-prompt centred targets and features like `BayesianLinearSurrogate`:
       w_m = (alpha I + beta Phi^T C_m Phi)^-1 beta Phi^T C_m (y - Phi g_m),   f_m(x) = phi(x) . (g_m + w_m);
-* alpha and beta are the evidence-maximised precisions of the Bayesian linear fit on the same labels;
+* alpha and beta are the evidence-maximised precisions of the Bayesian linear model on the heads' own features (so
+  the prior is on their scale);
 * the posterior is the heads' empirical one: mean_i = mean_m f_m(x_i), and whitened coordinates
   u_i = (f_m(x_i) - mean_i)_m / sqrt(M - 1), so that u_i . u_j is the heads' covariance and a Thompson draw
   mean + u z is a Gaussian draw with that covariance — every acquisition works unchanged.
@@ -53,7 +55,7 @@ def _normal(seed: int, key: int, stream: int, shape: tuple[int, ...]) -> torch.T
 
 
 class EnsembleSurrogate(BayesianLinearSurrogate):
-    """`heads` randomized-prior, bootstrapped heads on standardised features plus `hidden` random ReLU features.
+    """`heads` randomized-prior, bootstrapped heads on the features plus `hidden` random ReLU features.
 
     Same interface as `BayesianLinearSurrogate` (add / export / merge / fit / posterior); `seed` fixes the heads.
     """
@@ -78,20 +80,26 @@ class EnsembleSurrogate(BayesianLinearSurrogate):
         self._head_weights: torch.Tensor | None = None  # [D, M] g_m + w_m of every head
 
     def _phi(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., F] raw features -> [..., F + hidden] head features (before within-prompt / within-pool centring)."""
-        mean, std = (t.to(x.device) for t in self._scale)
-        z = (x - mean) / std
+        """[..., F] raw features -> [..., F + hidden] head features (before within-prompt / within-pool centring): the
+        raw features (the linear model's) and the random ReLU features of their standardised values, scaled by
+        1 / sqrt(hidden * F) to the size of a unit-norm embedding's coordinates."""
         if not self.hidden:
-            return z
+            return x
+        mean, std = (t.to(x.device) for t in self._scale)
         R, b = (t.to(x.device) for t in self._projection)
-        return torch.cat([z, torch.relu(z @ R + b) / math.sqrt(self.hidden)], dim=-1)
+        z = (x - mean) / std
+        return torch.cat([x, torch.relu(z @ R + b) / math.sqrt(self.hidden * x.shape[-1])], dim=-1)
 
     def fit(self) -> SurrogateFit:
-        fitted = super().fit()  # alpha, beta and the target scale by evidence maximisation (linear model)
+        """Refit the heads from all labels; alpha and beta by evidence maximisation of the linear model on the heads'
+        own (centred) features, so that the prior precision is on the scale of the features the heads read."""
         self._head_weights = None
-        if not self.ready:
-            return fitted
-        groups = [(pk, x, y) for pk, x, y in self.grouped() if len(y) >= 2]
+        everything = self.grouped()
+        groups = [(pk, x, y) for pk, x, y in everything if len(y) >= 2]
+        single = len(everything) - len(groups)
+        if not groups:
+            self.fitted, self._mean_w, self._basis = None, None, None
+            return SurrogateFit(0, 0, single, math.nan, math.nan, 0, 0.0)
         raw = torch.cat([x for _, x, _ in groups])
         F = raw.shape[1]
         self._scale = (raw.mean(0), raw.std(0, correction=0).clamp_min(1e-6))
@@ -105,6 +113,7 @@ class EnsembleSurrogate(BayesianLinearSurrogate):
             ys.append(y - y.mean())
             prompt_of += [p] * len(y)
         Phi, y = torch.cat(phis), torch.cat(ys)
+        fitted = self._fit_design(Phi, y, len(groups), single)  # alpha, beta (and the linear posterior) on Phi
         D = Phi.shape[1]
         alpha, beta = fitted.alpha, fitted.beta
         prompt_keys = torch.tensor([pk for pk, _, _ in groups], dtype=torch.int64)
@@ -125,7 +134,10 @@ class EnsembleSurrogate(BayesianLinearSurrogate):
         """The heads' posterior over `features` [B, N, F], relative to each pool's mean (the linear prior when
         unfitted)."""
         if self._head_weights is None:
-            return super().posterior(features, mask)
+            alpha = 1.0 if self.prior_precision is None else float(self.prior_precision)
+            x = features.to(torch.float64)
+            x = (x - pool_mean(x, mask.to(x.device))) * mask.to(device=x.device, dtype=torch.float64)[..., None]
+            return Posterior(torch.zeros(x.shape[:2], dtype=torch.float64, device=x.device), x / math.sqrt(alpha), mask)
         mask = mask.to(features.device)
         valid = mask.to(torch.float64)[..., None]
         phi = self._phi(features.to(torch.float64))

@@ -298,6 +298,11 @@ class BayesianLinearSurrogate:
         if X is None:
             self.fitted, self._mean_w, self._basis = None, None, None
             return SurrogateFit(0, prompts, single, math.nan, math.nan, 0, 0.0)
+        return self._fit_design(X, y, prompts, single)
+
+    def _fit_design(self, X: torch.Tensor, y: torch.Tensor, prompts: int, single: int) -> SurrogateFit:
+        """The posterior and the evidence-maximised alpha, beta for a centred design X [n, F] and targets y [n]
+        (the ensemble calls it on its own features)."""
         n, F = X.shape
         s, V = torch.linalg.eigh(X.T @ X)  # X^T X = V diag(s) V^T
         s = s.clamp_min(0.0)
