@@ -84,13 +84,16 @@ class AEPOConfig(DPOConfig):
         },
     )
     selection_strategy: str = field(
-        default="aepo",
+        default="random",
         metadata={
-            "help": "How the k candidates are chosen from each pool: 'aepo' (representativeness + lambda * diversity), "
-            "'random', 'west_of_n' (annotate the whole pool), 'representativeness' (lambda = 0), 'kmedoids' "
+            "help": "How the k candidates are chosen from each pool. 'random' (the default: k uniformly at random, "
+            "seeded per prompt; it needs no surrogate and never stops for labels), 'aepo' (representativeness + "
+            "lambda * diversity; below random on pools of weak models, docs/efficacy.md), 'west_of_n' (annotate the "
+            "whole pool), 'representativeness' (lambda = 0), 'kmedoids' "
             "(coreset on the embeddings), or an active strategy that learns from the paid labels: 'delta_ucb', "
-            "'double_ts', 'double_reversed_ts', 'max_min_lcb', 'info_max', 'ucb_random', 'aepo_ucb' (see the "
-            "`active_*` settings), or 'implicit_reward_gap' (trainer only: the k candidates spanning the policy's "
+            "'double_ts' (recommended with an automatic annotator: never below random on pools nobody tuned to, "
+            "ahead where the features carry the reward), 'double_reversed_ts', 'max_min_lcb', 'info_max', "
+            "'ucb_random', 'aepo_ucb' (see the `active_*` settings; all guarded by the safety rule `active_safety`), or 'implicit_reward_gap' (trainer only: the k candidates spanning the policy's "
             "implicit-reward range beta * (log pi - log pi_ref), computed in the training step; prompts without "
             "spread, e.g. at the first step, fall back to `active_cold_start`).",
             "choices": list(SELECTION_STRATEGIES),
