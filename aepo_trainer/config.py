@@ -93,7 +93,8 @@ class AEPOConfig(DPOConfig):
             "(coreset on the embeddings), or an active strategy that learns from the paid labels: 'delta_ucb', "
             "'double_ts' (recommended with an automatic annotator: never below random on pools nobody tuned to, "
             "ahead where the features carry the reward), 'double_reversed_ts', 'max_min_lcb', 'info_max', "
-            "'ucb_random', 'aepo_ucb' (see the `active_*` settings; all guarded by the safety rule `active_safety`), or 'implicit_reward_gap' (trainer only: the k candidates spanning the policy's "
+            "'ucb_random', 'aepo_ucb' (see the `active_*` settings; all guarded by the safety rule, "
+            "`active_safety_margin`), or 'implicit_reward_gap' (trainer only: the k candidates spanning the policy's "
             "implicit-reward range beta * (log pi - log pi_ref), computed in the training step; prompts without "
             "spread, e.g. at the first step, fall back to `active_cold_start`).",
             "choices": list(SELECTION_STRATEGIES),
@@ -182,18 +183,14 @@ class AEPOConfig(DPOConfig):
         default=10,
         metadata={"help": "Active strategies with `active_surrogate='ensemble'`: number of heads (>= 2)."},
     )
-    active_safety: bool = field(
-        default=True,
+    active_safety_margin: float | None = field(
+        default=0.02,
         metadata={
             "help": "Active strategies: the safety rule. Every batch's fresh labels test the surrogate before it "
             "learns them; the acquisition selects only while the lower confidence bound of that out-of-sample "
-            "pairwise accuracy exceeds 0.5 + `active_safety_margin`, otherwise `active_cold_start` selects "
-            "(docs/active-selection.md). False follows the surrogate as soon as it is fitted."
+            "pairwise accuracy exceeds 0.5 + this margin, otherwise `active_cold_start` selects "
+            "(docs/active-selection.md). None turns the rule off: follow the surrogate as soon as it is fitted."
         },
-    )
-    active_safety_margin: float = field(
-        default=0.02,
-        metadata={"help": "Active strategies: the safety rule follows the surrogate while its bound > 0.5 + this."},
     )
     active_safety_confidence: float = field(
         default=0.95,
@@ -211,12 +208,13 @@ class AEPOConfig(DPOConfig):
             "embedded or paid; a model that cannot load or gives no hidden states is refused."
         },
     )
-    active_robust_best: bool = field(
-        default=True,
+    active_optimistic_best: bool = field(
+        default=False,
         metadata={
-            "help": "Active strategies: the member meant to be the best of each pair is the argmax of the posterior "
-            "mean; only the other member keeps the acquisition's optimism (optimism on the chosen side buys "
-            "atypical, often bad, candidates)."
+            "help": "Active strategies: pick the member meant to be the best of each pair with the acquisition's own "
+            "optimism (UCB, a posterior draw), as before issue 27. By default it is the argmax of the posterior mean "
+            "and only the other member is optimistic: optimism on the chosen side buys atypical, often bad, "
+            "candidates."
         },
     )
     # ----------------------------------------------------------------------------------------------- policy signals
@@ -769,13 +767,18 @@ class AEPOConfig(DPOConfig):
             self.active_feature_model,
             "None, or a model id / path with an active selection_strategy (the surrogate whose features it extends)",
         )  # fmt: skip
-        for name in ("active_safety", "active_robust_best"):
-            _require(isinstance(getattr(self, name), bool), name, getattr(self, name), "a bool")
         _require(
-            _is_finite_number(self.active_safety_margin) and 0 <= self.active_safety_margin < 0.5,
+            isinstance(self.active_optimistic_best, bool),
+            "active_optimistic_best",
+            self.active_optimistic_best,
+            "a bool",
+        )
+        _require(
+            self.active_safety_margin is None
+            or (_is_finite_number(self.active_safety_margin) and 0 <= self.active_safety_margin < 0.5),
             "active_safety_margin",
             self.active_safety_margin,
-            "a number in [0, 0.5)",
+            "None (the safety rule off) or a number in [0, 0.5)",
         )
         _require(
             _is_finite_number(self.active_safety_confidence) and 0.5 <= self.active_safety_confidence < 1,

@@ -33,9 +33,9 @@ def test_each_active_strategy_is_deterministic_and_learns(tmp_path, pools, strat
 
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     # the learning mechanics alone: the safety rule off (it is checked by test_the_safety_rule_is_on_by_default)
-    assert main(select_argv(pools, first, strategy, "--active_safety", "false")) == 0
+    assert main(select_argv(pools, first, strategy, "--active_safety_margin", "none")) == 0
     err = " ".join(capsys.readouterr().err.split())
-    assert main(select_argv(pools, second, strategy, "--active_safety", "false")) == 0
+    assert main(select_argv(pools, second, strategy, "--active_safety_margin", "none")) == 0
     assert first.read_bytes() == second.read_bytes()
     assert f"active selection ({strategy}): surrogate fitted on 96 labels" in err
     curve = read_jsonl(f"{first}.surrogate.jsonl")

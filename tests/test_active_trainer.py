@@ -12,7 +12,7 @@ def test_trainer_selects_actively_and_learns_after_every_step(tiny_model_path, d
         rows=pool_rows(size=5),
         selection_strategy="double_ts",
         active_warmup_annotations=4,
-        active_safety=False,  # the learning mechanics alone (the safety rule: the resume test below)
+        active_safety_margin=None,  # the safety rule off: the learning mechanics alone (the safety rule: the resume test below)
     )
     trainer.train()
     active = trainer.pool_reducer.active

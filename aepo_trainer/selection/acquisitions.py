@@ -17,7 +17,7 @@ members). With beta the exploration weight and sigma_ij the posterior standard d
   the reference code takes the two largest marginal sigma_i).
 * `ucb_random` — the UCB-best candidate (argmax mu_i + beta sigma_i) plus a uniformly random other.
 
-Robust chosen side (`robust_best=True`, `AEPOConfig.active_robust_best`, the default): the member meant to be the
+Robust chosen side (`robust_best=True`; the default: `AEPOConfig.active_optimistic_best=False`): the member meant to be the
 BEST of the pair is the argmax of the posterior mean, never of an optimistic score or a posterior draw, and only the
 other member keeps the strategy's optimism: `delta_ucb` takes j = argmax_j (mu_i - mu_j + beta sigma_ij) for that i,
 `ucb_random` the random other, the Thompson strategies their draw for the second member. Optimism on the chosen side

@@ -197,10 +197,10 @@ class ActiveSelector:
             local_search_rounds=config.local_search_rounds,
             surrogate=config.active_surrogate,
             ensemble_heads=config.active_ensemble_heads,
-            safety=config.active_safety,
-            safety_margin=config.active_safety_margin,
+            safety=config.active_safety_margin is not None,
+            safety_margin=config.active_safety_margin if config.active_safety_margin is not None else 0.0,
             safety_confidence=config.active_safety_confidence,
-            robust_best=config.active_robust_best,
+            robust_best=not config.active_optimistic_best,
         )
 
     # --------------------------------------------------------------------------------------------------- select
