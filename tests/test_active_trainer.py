@@ -35,7 +35,7 @@ def test_resume_restores_the_surrogate_and_selects_as_an_uninterrupted_run(tiny_
     # the safety rule's out-of-sample record travels in the checkpoint too (issue 27): the same decisions after it
     assert resumed.pool_reducer.active.safety.export() == whole.pool_reducer.active.safety.export()
     assert len(whole.pool_reducer.active.safety.export()) == 6  # 2 prompts tested per step after the first
-    assert first._aepo_seen_prompt_keys + resumed._aepo_seen_prompt_keys == whole._aepo_seen_prompt_keys
+    assert first.seen_prompt_keys + resumed.seen_prompt_keys == whole.seen_prompt_keys
     assert resumed.annotation_service.spent == whole.annotation_service.spent == 16
     assert [(p["chosen"], p["rejected"]) for p in resumed.recent_pairs[-4:]] == [
         (p["chosen"], p["rejected"]) for p in whole.recent_pairs[-4:]

@@ -12,7 +12,7 @@ import time
 
 def pairs_card(args, config, service, totals: dict, prompts: int, pairs: int):
     """The dataset card of the written pairs: source, strategy, λ, k, seed, annotator identity, budget spent."""
-    from aepo_trainer.provenance import dataset_card, provenance
+    from aepo_trainer._utils.provenance import dataset_card, provenance
 
     settings = config.aepo_settings()
     settings.pop("loss_type", None)  # a training setting
@@ -78,7 +78,7 @@ def active_summary(selector, path: str) -> str:
 
 def dry_run_costs(rows, embeddings, reducer, service, size: int) -> list[tuple[int, int]]:
     """(annotations needed, of which already in the store) for each prompt of a chunk, as the run would select it."""
-    from .pool_stages import batch_inputs
+    from aepo_trainer.reduction.rows import batch_inputs
 
     config = reducer.args
     costs = []

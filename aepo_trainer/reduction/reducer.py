@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from .annotation.base import AnnotationRequest
-from .choices import POLICY_STRATEGIES
-from .selection.keys import prompt_key
+from ..annotation.base import AnnotationRequest
+from ..choices import POLICY_STRATEGIES
+from ..selection.keys import prompt_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STATS_FIELDS", "PoolReducer", "ReducedBatch", "Selected"]
+__all__ = ["RUNNING_TOTALS", "STATS_FIELDS", "PoolReducer", "ReducedBatch", "Selected", "add_stats"]
 
 # Fixed layout of the per-batch statistics (sums and counts, so that they add up across batches and processes).
 STATS_FIELDS = (
@@ -51,6 +51,21 @@ STATS_FIELDS = (
     "gold_pairs",  # pairs whose two responses both have a (different) score in the dataset's scores column
     "gold_agreements",  # ... of which the paid labels order the same way as those dataset scores
 )
+
+#: The statistics that are running totals of the ledger (the same in every batch of one annotation call): added up
+#: over batches they are taken as they are (the latest), never summed. The one statement of this rule.
+RUNNING_TOTALS = ("annotations_spent", "budget_left")
+
+
+def add_stats(totals: dict, stats: dict) -> None:
+    """Add one batch's statistics to `totals`: sums, except the `RUNNING_TOTALS` (the latest value); NaN adds
+    nothing."""
+    for name in totals:
+        value = stats.get(name, 0.0)
+        if name in RUNNING_TOTALS:
+            totals[name] = value
+        elif not (isinstance(value, float) and math.isnan(value)):
+            totals[name] += value
 
 
 @dataclass
@@ -118,11 +133,11 @@ class PoolReducer:
         self.active = None  # an ActiveSelector when the strategy learns from the paid labels (issue 15)
         self.feature_model = None  # the surrogate's feature model (`active_feature_model`, issue 27)
         if getattr(args, "uses_active_selection", False):
-            from .selection.active import ActiveSelector
+            from ..selection.active import ActiveSelector
 
             self.active = ActiveSelector.from_config(args)
             if getattr(args, "active_feature_model", None):
-                from .selection.feature_model import FeatureModel
+                from ..selection.feature_model import FeatureModel
 
                 self.feature_model = FeatureModel.load(args.active_feature_model, self.device)  # refused here if bad
 
@@ -157,7 +172,7 @@ class PoolReducer:
         policy-aware strategy (`implicit_reward_gap`) likewise selects with `active_cold_start` when `learn=False`,
         and needs `signals={"implicit_rewards": [B, N]}` otherwise.
         """
-        from .selection import select_subsets
+        from ..selection import select_subsets
 
         args = self.args
         device = self.device or embeddings.device
@@ -188,7 +203,7 @@ class PoolReducer:
                 signals = {**(signals or {}), "hidden_states": hidden.to(device)}
             selection = self.active.select(rows, *pools, row_keys=keys, signals=signals)
         elif policy_aware and learn:
-            from .selection.implicit_reward import select_implicit_reward_gap
+            from ..selection.implicit_reward import select_implicit_reward_gap
 
             pools = None
             rewards = (signals or {}).get("implicit_rewards")
@@ -280,7 +295,7 @@ class PoolReducer:
 
     def reduce(self, rows: list[dict], embeddings: torch.Tensor, mask: torch.Tensor | None = None) -> ReducedBatch:
         """Select, annotate (in this process, with `self.service`) and pair one batch of pools (`aepo select`)."""
-        from .annotation.ledger import annotate_requests
+        from ..annotation.ledger import annotate_requests
 
         if self.service is None:
             raise ValueError("PoolReducer.reduce annotates in this process: it needs a `service`.")
