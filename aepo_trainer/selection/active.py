@@ -35,14 +35,7 @@ from .acquisitions import acquire
 from .kernel import SelectionResult, select_subsets
 from .keys import prompt_key
 from .safety import SafetyRecord
-from .surrogate import (
-    FEATURES,
-    POLICY_FEATURES,
-    BayesianLinearSurrogate,
-    FeatureFn,
-    hidden_state_feature,
-    pool_features,
-)
+from .surrogate import FEATURES, BayesianLinearSurrogate, FeatureFn, features_for, pool_features
 
 __all__ = ["ActiveSelector", "BatchQuality", "valid_score"]
 
@@ -175,11 +168,10 @@ class ActiveSelector:
     @classmethod
     def from_config(cls, config, features: Sequence[FeatureFn] | None = None) -> ActiveSelector:
         """The selector an `AEPOConfig` describes (its `active_*` fields): the default features, plus the policy's
-        implicit reward with `active_implicit_reward_feature` (the trainer then passes it to `select`/`observe`)."""
+        implicit reward with `active_implicit_reward_feature` and the policy's hidden state with `active_policy_features`
+        (the trainer then passes them to `select`/`observe`)."""
         if features is None:
-            features = POLICY_FEATURES if getattr(config, "active_implicit_reward_feature", False) else FEATURES
-            if getattr(config, "active_feature_model", None):
-                features = (*features, hidden_state_feature)
+            features = features_for(config)
         return cls(
             config.selection_strategy,
             config.num_annotations,
