@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "ACTIVE_STRATEGIES",
+    "ACTIVE_SURROGATES",
     "ANNOTATORS",
     "COLD_START_STRATEGIES",
     "EMBEDDING_BACKENDS",
@@ -41,6 +42,9 @@ ACTIVE_STRATEGIES = (
     "ucb_random",
     "aepo_ucb",
 )
+#: The reward surrogates of the active strategies (`AEPOConfig.active_surrogate`): closed-form Bayesian linear
+#: regression (`selection/surrogate.py`) or an ensemble of randomized-prior, bootstrapped heads (`selection/ensemble.py`).
+ACTIVE_SURROGATES = ("bayesian_linear", "ensemble")
 #: The strategies that read the policy being trained (`selection.implicit_reward.select_implicit_reward_gap`): each
 #: candidate's implicit reward beta * (log pi - log pi_ref) is computed in the training step, so only `AEPOTrainer`
 #: can select with them (`aepo select` refuses them: it has no policy).

@@ -243,39 +243,50 @@ def end_to_end(args, device):
 
 
 def active_overhead(rows, pools, E, mask, t_embed, device, labels: int = 1600):
-    """Surrogate fit + acquisition of an active strategy for the embedded batch vs the batch's embedding time.
+    """Surrogate fit + safety rule + acquisition of an active strategy for the embedded batch vs its embedding time.
 
-    The surrogate is first given `labels` labels (the end of a run at B = 1600: real features of the embedded
-    candidates and gold scores, repeated under distinct keys when there are fewer), then timed on one more update
-    (`observe`: quality + refit) and one `select` (posterior + DeltaUCB) of the embedded prompts."""
+    For each surrogate (Bayesian linear, ensemble): the surrogate is first given `labels` labels (the end of a run at
+    B = 1600: real features of the embedded candidates and gold scores, repeated under distinct keys when there are
+    fewer), then timed on one more update of fresh prompts (`observe`: the out-of-sample test that feeds the safety
+    rule + its record + the refit) and one `select` (the rule's decision + posterior + DeltaUCB; the rule is made to
+    follow so that the acquisition, its most expensive branch, is what is timed)."""
     from aepo_trainer.selection import ActiveSelector
 
-    selector = ActiveSelector("delta_ucb", 2, warmup_annotations=0)
     scores = [[float(s) for s in r["scores"]] for r in rows]
     subsets = [list(range(len(p))) for p in pools]
-    copies = 0
-    while len(selector.surrogate) < labels:  # fill: the same candidates under new prompt texts
-        fake = [{"prompt": f"{copies}:{r['prompt']}", "completions": p} for r, p in zip(rows, pools)]
-        selector.observe(fake, E, mask, None, subsets, scores)
-        copies += 1
     batch_rows = [{"prompt": r["prompt"], "completions": p} for r, p in zip(rows, pools)]
-    best = {"select": float("inf"), "fit": float("inf")}
-    for _ in range(3):
-        sync(device)
-        t0 = time.perf_counter()
-        selector.select(batch_rows, E, mask)
-        sync(device)
-        best["select"] = min(best["select"], time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        selector.surrogate.fit()
-        best["fit"] = min(best["fit"], time.perf_counter() - t0)
-    share = (best["select"] + best["fit"]) / t_embed
-    print(
-        f"  active (delta_ucb): fit on {len(selector.surrogate)} labels {best['fit'] * 1e3:.1f} ms + acquisition "
-        f"{best['select'] * 1e3:.1f} ms for these {len(rows)} prompts = {share:.2%} of their embedding time "
-        f"[target <= 10%: {'met' if share <= 0.10 else 'NOT met'}]"
-    )
-    return dict(labels=len(selector.surrogate), fit_s=best["fit"], select_s=best["select"], share_of_embed=share)
+    out = {}
+    for surrogate in ("bayesian_linear", "ensemble"):
+        selector = ActiveSelector("delta_ucb", 2, warmup_annotations=0, surrogate=surrogate)
+        copies = 0
+        while len(selector.surrogate) < labels:  # fill: the same candidates under new prompt texts
+            fake = [{"prompt": f"{copies}:{r['prompt']}", "completions": p} for r, p in zip(rows, pools)]
+            selector.observe(fake, E, mask, None, subsets, scores)
+            copies += 1
+        best = {"select": float("inf"), "observe": float("inf")}
+        for repeat in range(3):
+            fresh = [{"prompt": f"fresh{repeat}:{r['prompt']}", "completions": p} for r, p in zip(rows, pools)]
+            t0 = time.perf_counter()
+            selector.observe(fresh, E, mask, None, [[0, 1]] * len(rows), [s[:2] for s in scores])
+            best["observe"] = min(best["observe"], time.perf_counter() - t0)
+            selector.safety.enabled = False  # decide "follow": time the acquisition
+            sync(device)
+            t0 = time.perf_counter()
+            selector.select(batch_rows, E, mask)
+            sync(device)
+            best["select"] = min(best["select"], time.perf_counter() - t0)
+            selector.safety.enabled = True
+        share = (best["select"] + best["observe"]) / t_embed
+        print(
+            f"  active (delta_ucb, {surrogate}): test + safety + fit on {len(selector.surrogate)} labels "
+            f"{best['observe'] * 1e3:.1f} ms + decision + acquisition {best['select'] * 1e3:.1f} ms for these "
+            f"{len(rows)} prompts = {share:.2%} of their embedding time "
+            f"[target <= 10%: {'met' if share <= 0.10 else 'NOT met'}]"
+        )
+        out[surrogate] = dict(
+            labels=len(selector.surrogate), observe_s=best["observe"], select_s=best["select"], share_of_embed=share
+        )
+    return out
 
 
 BACKEND_ROWS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8", "static")
