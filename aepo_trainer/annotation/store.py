@@ -35,7 +35,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["AnnotationStore", "AnnotationStoreError", "Reservation", "StoredAnnotation"]
+from ..errors import StorageWriteError, storage_error_of, storage_guard
+
+__all__ = ["AnnotationStore", "AnnotationStoreError", "Reservation", "StoredAnnotation", "kept_annotations"]
 
 SCHEMA_VERSION = "2"
 #: Versions this code upgrades in place when it opens a store (version 1 had no `usage` table: adding it is enough).
@@ -102,6 +104,27 @@ class AnnotationStoreError(RuntimeError):
     error, reported by the `aepo` CLI without a traceback (exit code 2); nothing was annotated or paid for."""
 
     is_user_error = True  # read by `aepo_trainer.cli.main`
+
+
+def kept_annotations(path: str | os.PathLike) -> dict[str, str]:
+    """What a refused write leaves safe in the store at `path`: its committed annotations, counted read-only (for
+    `StorageWriteError.kept`; empty when there is no store yet)."""
+    if not os.path.exists(path):
+        return {}
+    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=1)
+    try:
+        stored = conn.execute("SELECT COUNT(*) FROM annotations").fetchone()[0]
+    finally:
+        conn.close()
+    return {"annotations": f"{stored} paid annotation(s) committed in {os.fspath(path)}"}
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
 
 def _store_error(path: str, error: sqlite3.Error, timeout: float) -> AnnotationStoreError:
@@ -171,8 +194,9 @@ class AnnotationStore:
         self.path = str(Path(path))
         self.timeout = float(timeout)
         self.lease_seconds = float(lease_seconds)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        with storage_guard(self.path):
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             with self.transaction() as conn:
                 for statement in _SCHEMA.split(";"):
@@ -183,6 +207,9 @@ class AnnotationStore:
                 if version in _UPGRADABLE:  # the schema above already created what is new; record the upgrade
                     conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (SCHEMA_VERSION,))
                     version = SCHEMA_VERSION
+        except StorageWriteError:
+            self.close()
+            raise
         except sqlite3.Error as error:
             self.close()
             raise _store_error(self.path, error, self.timeout) from error
@@ -213,19 +240,27 @@ class AnnotationStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """`BEGIN IMMEDIATE` … `COMMIT` (rolled back on error): one writer at a time across processes."""
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as error:
-            raise _store_error(self.path, error, self.timeout) from error
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        """`BEGIN IMMEDIATE` … `COMMIT` (rolled back on error): one writer at a time across processes.
+
+        A write the disk refuses (full, read-only, no permission) raises `aepo_trainer.errors.StorageWriteError`
+        naming the store and how many annotations it keeps; the transaction is rolled back, so nothing of it counts.
+        """
+        with storage_guard(self.path, kept=lambda: kept_annotations(self.path)):
+            try:
+                conn = self._conn()
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:
+                raise storage_error_of(error, self.path) or _store_error(self.path, error, self.timeout) from error
+            try:
+                yield conn
+            except BaseException:
+                _rollback(conn)  # SQLite may have rolled back already (a full disk does): no second error
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                _rollback(conn)
+                raise
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

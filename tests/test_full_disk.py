@@ -1,0 +1,195 @@
+"""A full disk (or a read-only one) mid-run is one clear message, exit code 2 — and the rerun resumes, paying nothing
+twice. One fault-injection test per writer; the disk is a small tmpfs (`faults.small_disk`) that the test fills at a
+chosen moment, then frees, as a user would."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from faults import small_disk  # noqa: F401  (a fixture)
+from test_cli import read_jsonl, write_jsonl
+
+from aepo_trainer.errors import StorageWriteError
+
+PROMPTS, K = 24, 2
+
+
+def pool_rows(n=PROMPTS, size=4):
+    return [
+        {
+            "prompt": f"Question {i}?",
+            "completions": [f" answer {i}.{j}" for j in range(size)],
+            "scores": [float((j * 7 + i) % size) for j in range(size)],
+            "embeddings": [[1.0, float(j), float((i * j) % 5)] for j in range(size)],
+        }
+        for i in range(n)
+    ]
+
+
+class Meter:
+    """Counts the items the annotator is paid for, and fills the disk at a chosen moment."""
+
+    def __init__(self, monkeypatch, disk):
+        from aepo_trainer.annotation import AnnotationStore, DatasetScoresAnnotator
+
+        self.paid = 0
+        self.writes = 0
+        self.fill_after_write = None  # fill once the n-th annotation batch is committed
+        self.fill_in_call = None  # fill while the n-th annotator call is running (its scores cannot be stored)
+        self.fill_before_assembly = False  # fill once every chunk is written
+        self.calls = 0
+        score, write = DatasetScoresAnnotator.score, AnnotationStore.write
+
+        def counting_score(annotator, requests):
+            self.calls += 1
+            self.paid += sum(len(r.completions) for r in requests)
+            if self.calls == self.fill_in_call:
+                disk.fill()
+            return score(annotator, requests)
+
+        def filling_write(store, run_id, rows):
+            write(store, run_id, rows)
+            self.writes += 1
+            if self.writes == self.fill_after_write:
+                disk.fill()
+
+        from aepo_trainer.cli.streaming import ChunkedOutput
+
+        assemble = ChunkedOutput.assemble
+
+        def filling_assemble(output, count):
+            if self.fill_before_assembly:
+                self.fill_before_assembly = False  # once: the rerun has room
+                disk.fill()
+            return assemble(output, count)
+
+        monkeypatch.setattr(ChunkedOutput, "assemble", filling_assemble)
+        monkeypatch.setattr(DatasetScoresAnnotator, "score", counting_score)
+        monkeypatch.setattr(AnnotationStore, "write", filling_write)
+
+
+def _select(input_path, output, *extra):
+    from aepo_trainer.cli import main
+
+    args = ["select", "--input", str(input_path), "--output", str(output), "--num_annotations", str(K)]
+    return main([*args, "--chunk_size", "8", "--batch_size", "4", "--annotation_batch_size", "8", *extra])
+
+
+@pytest.fixture
+def pools(tmp_path):
+    return write_jsonl(tmp_path / "pools.jsonl", pool_rows())
+
+
+@pytest.fixture
+def reference(tmp_path, pools):
+    """The pairs of an uninterrupted run on a roomy disk."""
+    out = tmp_path / "reference" / "pairs.jsonl"
+    assert _select(pools, out) == 0
+    return read_jsonl(out)
+
+
+def _one_paragraph(err: str, command: str = "select") -> str:
+    """The error line of `aepo <command>`: one paragraph, no traceback."""
+    assert "Traceback" not in err and "During handling" not in err, err
+    lines = [line for line in re.split(r"[\r\n]", err) if line.startswith(f"aepo {command}: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# 3 chunks of 2 batches of 4 prompts: write 3 is chunk 1's first batch, write 4 its last
+@pytest.mark.parametrize(
+    "moment, writer",
+    [
+        ({"fill_after_write": 3}, r"annotations\.sqlite"),  # the next batch's reservation (the store) is refused
+        ({"fill_after_write": 4}, r"pairs\.jsonl\.chunks/chunk-000001\.jsonl"),  # a finished chunk's file
+        ({"fill_before_assembly": True}, r"pairs\.jsonl(?!\.)"),  # the final assembly of the output
+        ({"fill_in_call": 3}, r"annotations\.sqlite"),  # the scores of the call in flight cannot be committed
+    ],
+    ids=["store", "chunk", "assembly", "during-a-paid-call"],
+)
+def test_select_on_a_disk_that_fills_up_stops_clearly_and_resumes(
+    tmp_path, small_disk, monkeypatch, capsys, pools, reference, moment, writer
+):
+    out = small_disk.root / "pairs.jsonl"
+    capsys.readouterr()
+    meter = Meter(monkeypatch, small_disk)
+    for name, value in moment.items():
+        setattr(meter, name, value)
+
+    assert _select(pools, out) == 2
+    message = _one_paragraph(capsys.readouterr().err)
+    assert re.search(rf"cannot write \S*{writer}\S*: the disk \(or a quota or file-size limit\) is full", message)
+    assert "ENOSPC" in message or "disk is full" in message
+    assert re.search(r"Kept: \d+ paid annotation\(s\) committed in \S+annotations\.sqlite", message), message
+    assert re.search(r"\d+ finished chunk\(s\) of pairs in \S+pairs\.jsonl\.chunks", message), message
+    assert "rerun the same command: it resumes where it stopped and pays for nothing twice" in message
+    kept = int(re.search(r"Kept: (\d+) paid", message).group(1))
+    assert kept == K * 4 * min(meter.writes, 6)  # what the store says it kept is what was committed
+    paid_first = meter.paid
+
+    small_disk.free()
+    assert _select(pools, out) == 0
+    assert read_jsonl(out) == reference  # the same pairs as an uninterrupted run
+    from aepo_trainer.annotation import AnnotationStore
+
+    store = AnnotationStore(f"{out}.annotations.sqlite")
+    assert len(store) == K * PROMPTS and store.spent(f"aepo-select:{out}") == K * PROMPTS  # charged once each
+    lost_in_flight = 4 * K if "fill_in_call" in moment else 0  # paid, but the full disk refused to store them
+    assert meter.paid == K * PROMPTS + lost_in_flight
+    assert meter.paid - paid_first == K * PROMPTS - kept  # the rerun paid only what was not kept
+
+
+@pytest.mark.parametrize("on_the_read_only_disk", ["output", "store"])
+def test_select_onto_a_read_only_disk_says_so_before_paying(
+    tmp_path, small_disk, monkeypatch, capsys, pools, reference, on_the_read_only_disk
+):
+    """A read-only location is refused before the first paid call (the store and the chunks folder are opened
+    first); once writable, the same command pays each annotation once. (A disk cannot be remounted read-only while
+    the run holds files open for writing, so the fault is there from the start.)"""
+    out = (small_disk.root if on_the_read_only_disk == "output" else tmp_path) / "pairs.jsonl"
+    store = (tmp_path if on_the_read_only_disk == "output" else small_disk.root) / "store.sqlite"
+    meter = Meter(monkeypatch, small_disk)
+    small_disk.read_only()
+    capsys.readouterr()
+    assert _select(pools, out, "--annotation_store", str(store)) == 2
+    message = _one_paragraph(capsys.readouterr().err)
+    where = re.escape(str(small_disk.root))
+    assert re.search(rf"cannot write {where}\S*: the location is read-only \(", message), message
+    assert "Make the location writable (or remount it read-write), then rerun the same command" in message
+    assert meter.paid == 0
+
+    small_disk.writable()
+    assert _select(pools, out, "--annotation_store", str(store)) == 0
+    assert read_jsonl(out) == reference and meter.paid == K * PROMPTS
+
+
+def test_verbose_prints_the_traceback_too(small_disk, monkeypatch, capsys, pools):
+    from aepo_trainer.cli import main
+
+    out = small_disk.root / "pairs.jsonl"
+    small_disk.fill()
+    argv = ["select", "--input", str(pools), "--output", str(out)]
+    assert main(["--verbose", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "aepo select: error: cannot write" in err
+
+
+def test_the_library_raises_the_package_error(small_disk):
+    """Without the CLI: `AnnotationStore` raises `StorageWriteError` (an `AEPOError`), with the path and the reason."""
+    from aepo_trainer import AEPOError
+    from aepo_trainer.annotation import AnnotationStore
+
+    store = AnnotationStore(small_disk.root / "store.sqlite")
+    reservation = store.reserve("run", [["a", "b"]], budget=None, owner="me")[0]
+    store.write("run", [(k, "ann", json.dumps("p"), json.dumps(k), 1.0, 1, None) for k in reservation.to_annotate])
+    small_disk.fill()
+    with pytest.raises(StorageWriteError) as raised:
+        store.reserve("run", [["c"]], budget=None, owner="me")
+    assert isinstance(raised.value, AEPOError)
+    assert raised.value.reason == "full" and raised.value.path == str(small_disk.root / "store.sqlite")
+    assert raised.value.kept == {"annotations": f"2 paid annotation(s) committed in {store.path}"}
+    small_disk.free()
+    assert store.reserve("run", [["c"]], budget=None, owner="me")[0].charged == ["c"]  # the connection still works
+    assert store.spent("run") == 3
