@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -51,19 +53,17 @@ def _mount(*args: str) -> None:
         raise OSError(result.stderr.strip() or f"mount {' '.join(args)} failed")
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs under `tmp_path`, unmounted after the test (lazily: the test's own SQLite connections may still
-    hold files open)."""
-    root = tmp_path / "disk"
-    root.mkdir()
+@contextmanager
+def small_tmpfs(root: Path, size: int = 4 << 20) -> Iterator[SmallDisk]:
+    """A tmpfs of `size` bytes mounted at the empty folder `root`, unmounted afterwards (lazily: the test's own SQLite
+    connections may still hold files open). Skips the test where mounting is not allowed."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs to fill up needs root; this test runs as a normal user")
     try:
-        _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root))
+        _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root))
     except OSError as error:
         pytest.skip(f"cannot mount a tmpfs here ({error}): a container without CAP_SYS_ADMIN forbids it")
     try:
-        yield SmallDisk(root, 4 << 20)
+        yield SmallDisk(root, size)
     finally:
         subprocess.run(["umount", "-l", str(root)], capture_output=True)

@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from faults import small_disk  # noqa: F401  (a fixture)
+from faults import small_tmpfs
 from test_cli import read_jsonl, write_jsonl
 
 from aepo_trainer.errors import StorageWriteError
@@ -75,6 +75,15 @@ def _select(input_path, output, *extra):
 
     args = ["select", "--input", str(input_path), "--output", str(output), "--num_annotations", str(K)]
     return main([*args, "--chunk_size", "8", "--batch_size", "4", "--annotation_batch_size", "8", *extra])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs that the test fills (or makes read-only) at a chosen moment."""
+    root = tmp_path / "disk"
+    root.mkdir()
+    with small_tmpfs(root) as disk:
+        yield disk
 
 
 @pytest.fixture
