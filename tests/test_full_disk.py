@@ -202,3 +202,53 @@ def test_the_library_raises_the_package_error(small_disk):
     small_disk.free()
     assert store.reserve("run", [["c"]], budget=None, owner="me")[0].charged == ["c"]  # the connection still works
     assert store.spent("run") == 3
+
+
+# ----------------------------------------------------------------------------------------------------- generate
+def test_generate_on_a_disk_that_fills_up_keeps_whole_batches_and_resumes(
+    tmp_path, small_disk, monkeypatch, capsys, tiny_model_path
+):
+    from aepo_trainer.cli import generate, io, main
+
+    # a long extra column: each batch needs new disk blocks (a short one would fit in the file's last block)
+    rows = [{"prompt": f"Say {i}", "notes": "n" * 5000} for i in range(6)]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    common = ["generate", "--model", tiny_model_path, "--input", str(prompts), "--num_completions", "2"]
+    common += ["--max_new_tokens", "4", "--batch_size", "2", "--seed", "3"]
+    assert main([*common, "--output", str(tmp_path / "reference.jsonl")]) == 0
+
+    sampled, appended = [], []
+    make, append = generate._make_generator, io.append_jsonl
+
+    def counting_generator(args):
+        generator = make(args)
+        original = generator.generate
+
+        def counted(batch, seeds):
+            sampled.extend(batch)
+            return original(batch, seeds)
+
+        generator.generate = counted
+        return generator
+
+    def filling_append(path, rows):
+        if len(appended) == 1:  # the second batch finds the disk full
+            small_disk.fill()
+        appended.append(len(rows))
+        return append(path, rows)
+
+    monkeypatch.setattr(generate, "_make_generator", counting_generator)
+    monkeypatch.setattr(io, "append_jsonl", filling_append)
+    out = small_disk.root / "pools.jsonl"
+    capsys.readouterr()
+    assert main([*common, "--output", str(out)]) == 2
+    message = _one_paragraph(capsys.readouterr().err, "generate")
+    assert f"cannot write {out}: the disk (or a quota or file-size limit) is full (ENOSPC" in message, message
+    assert f"Kept: 2 finished pool(s) in {out}" in message
+    assert len(read_jsonl(out)) == 2  # whole batches only: the refused batch left no half line behind
+
+    small_disk.free()
+    assert main([*common, "--output", str(out)]) == 0
+    assert read_jsonl(out) == read_jsonl(tmp_path / "reference.jsonl")
+    assert (small_disk.root / "pools.jsonl.README.md").exists()  # the dataset card too
+    assert sorted(sampled) == sorted([f"Say {i}" for i in range(6)] + ["Say 2", "Say 3"])  # the refused batch again
