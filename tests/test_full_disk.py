@@ -252,3 +252,41 @@ def test_generate_on_a_disk_that_fills_up_keeps_whole_batches_and_resumes(
     assert read_jsonl(out) == read_jsonl(tmp_path / "reference.jsonl")
     assert (small_disk.root / "pools.jsonl.README.md").exists()  # the dataset card too
     assert sorted(sampled) == sorted([f"Say {i}" for i in range(6)] + ["Say 2", "Say 3"])  # the refused batch again
+
+
+# ----------------------------------------------------------------------------------------------- safer-instruct
+def test_safer_instruct_checkpoint_on_a_disk_that_fills_up_resumes(
+    tmp_path, small_disk, monkeypatch, capsys, tiny_model_path
+):
+    from aepo_trainer.cli import main
+    from aepo_trainer.synthesis.checkpoint import StageCheckpoint
+
+    texts = write_jsonl(
+        tmp_path / "texts.jsonl", [{"id": f"t{i}", "text": f"The sea is calm, day {i}."} for i in range(6)]
+    )
+    work = small_disk.root / "work"
+    argv = ["safer-instruct", "induce", "--work_dir", str(work), "--texts", str(texts), "--id_column", "id"]
+    argv += ["--reverse_model", tiny_model_path, "--num_instructions", "1", "--induce_max_new_tokens", "4"]
+    argv += ["--synthesis_batch_size", "2", "--backend", "transformers", "--disable_tqdm", "true"]
+    puts = []
+    put = StageCheckpoint.put
+
+    def filling_put(checkpoint, stage, items, usage=None):
+        if len(puts) == 1:  # the second batch's outputs find the disk full
+            small_disk.fill()
+        puts.append(len(items))
+        return put(checkpoint, stage, items, usage)
+
+    monkeypatch.setattr(StageCheckpoint, "put", filling_put)
+    capsys.readouterr()
+    assert main(argv) == 2
+    message = _one_paragraph(capsys.readouterr().err, "safer-instruct")
+    checkpoint = work / "checkpoint.sqlite"
+    assert f"cannot write {checkpoint}: the disk (or a quota or file-size limit) is full (sqlite3:" in message, message
+    assert f"Kept: finished rows (2 induce) in {checkpoint}" in message
+
+    small_disk.free()
+    assert main(argv) == 0
+    assert "induce: 4 rows computed, 2 served from the checkpoint" in " ".join(capsys.readouterr().err.split())
+    assert len((work / "induced.jsonl").read_text().splitlines()) == 6
+    assert StageCheckpoint(checkpoint, read_only=True).count("induce") == 6
