@@ -89,13 +89,22 @@ class StorageWriteError(AEPOError):
         """Record what is safe on disk (the first note of each kind wins: the innermost layer knows best)."""
         self.kept.setdefault(kind, text)
 
-    def __str__(self) -> str:
+    @property
+    def summary(self) -> str:
+        """What happened, without the advice: `cannot write <path>: <why> (<the underlying error>)`."""
         where = f"cannot write {self.path}" if self.path else "cannot write"
+        return f"{where}: {_WHAT[self.reason]} ({self.detail})"
+
+    @property
+    def fix(self) -> str:
+        """What the user does about it (before retrying)."""
+        return _FIX[self.reason][0].upper() + _FIX[self.reason][1:]
+
+    def __str__(self) -> str:
         kept = "; ".join(self.kept.values()) if self.kept else "everything committed before this write"
         return (
-            f"{where}: {_WHAT[self.reason]} ({self.detail}). Kept: {kept}; nothing already paid for is lost. "
-            f"{_FIX[self.reason][0].upper()}{_FIX[self.reason][1:]}, then rerun the same command: it resumes where "
-            "it stopped and pays for nothing twice."
+            f"{self.summary}. Kept: {kept}; nothing already paid for is lost. "
+            f"{self.fix}, then rerun the same command: it resumes where it stopped and pays for nothing twice."
         )
 
 

@@ -290,3 +290,37 @@ def test_safer_instruct_checkpoint_on_a_disk_that_fills_up_resumes(
     assert "induce: 4 rows computed, 2 served from the checkpoint" in " ".join(capsys.readouterr().err.split())
     assert len((work / "induced.jsonl").read_text().splitlines()) == 6
     assert StageCheckpoint(checkpoint, read_only=True).count("induce") == 6
+
+
+# ---------------------------------------------------------------------------------------------------- label page
+def test_the_labelling_page_answers_507_on_a_full_disk_and_stays_up(small_disk):
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    from test_labelling import _requests, _rerun, _scores
+
+    from aepo_trainer.annotation import AnnotationService, AnnotationsPending, AnnotationStore, HumanQueueAnnotator
+    from aepo_trainer.labelling import LabelBook, LabellingServer, create_app
+
+    store, queue = small_disk.root / "annotations.sqlite", small_disk.root / "queue.jsonl"
+    with pytest.raises(AnnotationsPending):  # a human run queued 5 items (2 prompts)
+        AnnotationService(HumanQueueAnnotator(queue), AnnotationStore(store)).annotate(_requests())
+    with LabellingServer(create_app(store, queue)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        first = client.get("/api/state").json()["task"]
+        small_disk.fill()
+        refused = client.post("/api/answer", json=_scores(first, [9, 1, 6]))
+        assert refused.status_code == 507
+        detail = refused.json()["detail"]
+        assert detail.startswith(f"Not saved: cannot write {store}: the disk (or a quota or file-size limit) is full")
+        assert "The answers saved before are kept. Free some space there" in detail and "submit again" in detail
+        state = client.get("/api/state")  # still up, and nothing counts as answered
+        assert state.status_code == 200 and state.json()["progress"]["done"] == 0
+        assert state.json()["task"]["id"] == first["id"]
+
+        small_disk.free()
+        state = client.post("/api/answer", json=_scores(first, [9, 1, 6]))  # the same answer again: saved now
+        assert state.status_code == 200 and state.json()["progress"]["done"] == 3
+        second = state.json()["task"]
+        assert client.post("/api/answer", json={"task": second["id"], "skip": True}).status_code == 200
+    assert len(LabelBook(store).answers()) == 5
+    service, outcome = _rerun(store, queue)  # the run reads the labels: nothing new is charged
+    assert outcome.paid == 0 and service.store.ledger_summary() == {"paid": 5, "reserved": 0, "queued": 0}

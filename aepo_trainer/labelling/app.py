@@ -35,6 +35,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from aepo_trainer.annotation.human import HumanQueueAnnotator
 from aepo_trainer.annotation.store import AnnotationStore
+from aepo_trainer.errors import StorageWriteError
 
 from .agreement import agreement, best_worst_points, borda_points
 from .auth import LabellerTokens
@@ -267,6 +268,15 @@ def create_app(
         if task is not None:
             view.show_next(name, task.id)
         return state(name)
+
+    @app.exception_handler(StorageWriteError)
+    async def storage_refused(request, exc: StorageWriteError):  # the page stays up; the labeller can submit again
+        logger.error("labelling page: an answer was not saved: %s", exc.summary)
+        detail = (
+            f"Not saved: {exc.summary}. The answers saved before are kept. {exc.fix} (ask whoever runs this page), "
+            "then submit again."
+        )
+        return JSONResponse({"detail": detail}, status_code=507, headers=_SECURITY_HEADERS)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
