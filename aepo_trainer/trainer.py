@@ -28,6 +28,7 @@ from trl import DPOConfig, DPOTrainer
 from . import pools, validation
 from .collator import AEPODataCollator, is_pool_batch
 from .config import AEPOConfig
+from .errors import storage_guard
 from .run_control import (
     ACTIVE_LABELS_FILE,
     AEPOControlCallback,
@@ -505,10 +506,11 @@ class AEPOTrainer(DPOTrainer):
             self.create_model_card(model_name=os.path.basename(os.path.abspath(self.args.output_dir)))
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        path = os.path.join(self.args.output_dir, "README.md")
+        with storage_guard(path):  # a full disk or a read-only place: StorageWriteError naming the card
+            super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
         if not self.is_world_process_zero():
             return
-        path = os.path.join(self.args.output_dir, "README.md")
         if not os.path.exists(path):
             return
         lines = ["", "## AEPO", ""]
@@ -532,5 +534,5 @@ class AEPOTrainer(DPOTrainer):
             budget = "unlimited" if service.budget is None else service.budget
             lines += [f"| annotator | `{service.identity}` |", f"| annotations spent | {service.spent} |"]
             lines += [f"| annotation budget | {budget} |", f"| annotation store | `{service.store.path}` |"]
-        with open(path, "a", encoding="utf-8") as f:
+        with storage_guard(path), open(path, "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")

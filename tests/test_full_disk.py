@@ -324,3 +324,53 @@ def test_the_labelling_page_answers_507_on_a_full_disk_and_stays_up(small_disk):
     assert len(LabelBook(store).answers()) == 5
     service, outcome = _rerun(store, queue)  # the run reads the labels: nothing new is charged
     assert outcome.paid == 0 and service.store.ledger_summary() == {"paid": 5, "reserved": 0, "queued": 0}
+
+
+# ------------------------------------------------------------------------------------------------------- trainer
+def test_the_trainer_stops_with_the_package_error_and_a_rerun_pays_nothing_twice(
+    tmp_path, small_disk, monkeypatch, tiny_model_path
+):
+    from conftest import tiny_training_kwargs
+    from test_exact_pay import CountingReward, pools, trainer_for
+
+    from aepo_trainer.annotation import AnnotationStore, RewardFunctionAnnotator
+
+    reward = CountingReward()
+    store = small_disk.root / "annotations.sqlite"
+    writes = []
+    write = AnnotationStore.write
+
+    def filling_write(self, run_id, rows):
+        write(self, run_id, rows)
+        writes.append(len(rows))
+        if len(writes) == 2:  # steps 1 and 2 are committed, then the disk is full
+            small_disk.fill()
+
+    monkeypatch.setattr(AnnotationStore, "write", filling_write)
+    rows = pools(8)  # 4 steps of 2 prompts, k = 2: 16 annotations in all
+
+    def trainer(output_dir):
+        options = {**tiny_training_kwargs(output_dir), "max_steps": 4, "num_annotations": K}
+        return trainer_for(
+            tiny_model_path, options, rows, annotator=RewardFunctionAnnotator(reward), annotation_store=str(store)
+        )
+
+    with pytest.raises(StorageWriteError) as raised:
+        trainer(small_disk.root / "out").train()
+    assert raised.value.reason == "full" and raised.value.path == str(store)
+    assert raised.value.kept == {"annotations": f"8 paid annotation(s) committed in {store}"}
+    assert len(reward.calls) == 8
+
+    small_disk.free()
+    rerun = trainer(small_disk.root / "out")
+    assert rerun.train().global_step == 4
+    assert len(reward.calls) == 16 and len(set(reward.calls)) == 16  # the first 2 steps came from the store
+    assert AnnotationStore(store).spent(rerun.annotation_service.run_id) == 16
+
+    small_disk.fill()  # the model card (TRL's, then AEPO's section) is refused the same way
+    with pytest.raises(StorageWriteError) as raised:
+        rerun.create_model_card(model_name="out")
+    assert raised.value.path == str(small_disk.root / "out" / "README.md") and raised.value.reason == "full"
+    small_disk.free()
+    rerun.create_model_card(model_name="out")
+    assert "## AEPO" in (small_disk.root / "out" / "README.md").read_text()
