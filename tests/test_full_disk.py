@@ -374,3 +374,56 @@ def test_the_trainer_stops_with_the_package_error_and_a_rerun_pays_nothing_twice
     small_disk.free()
     rerun.create_model_card(model_name="out")
     assert "## AEPO" in (small_disk.root / "out" / "README.md").read_text()
+
+
+# -------------------------------------------------------------------------------------------------- usage ledger
+def test_the_usage_ledger_on_a_full_disk_stops_before_the_next_paid_call(small_disk, monkeypatch):
+    """The money ledger (API calls) lives in the store: a reservation the disk refuses stops before the HTTP call;
+    completed calls keep their responses, so the rerun asks the server only for the others."""
+    pytest.importorskip("openai")
+    from api_judge_worker import requests as worker_requests
+    from openai_server import API_KEY, start_server
+    from test_api_judge import KEY_ENV, body_key, make_judge
+
+    from aepo_trainer.annotation import AnnotationService
+    from aepo_trainer.generation import UsageLedger
+
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    server, state, url = start_server()
+    try:
+        settled = []
+        settle = UsageLedger.settle
+
+        def filling_settle(ledger, *args, **kwargs):
+            cost = settle(ledger, *args, **kwargs)
+            settled.append(cost)
+            if len(settled) == 5:  # mid-batch: 5 calls are settled, then the disk is full
+                small_disk.fill()
+            return cost
+
+        monkeypatch.setattr(UsageLedger, "settle", filling_settle)
+        store = small_disk.root / "s.sqlite"
+        reqs = worker_requests(6, k=2)  # one call per prompt and order: 12 paid calls in all
+
+        def annotate():
+            ledger = UsageLedger(store, run_id="r", prices={"*": [1.0, 1.0]}, budget=1.0)
+            service = AnnotationService(make_judge(url, ledger=ledger), ledger.store, run_id="r", batch_size=4)
+            return service.annotate(reqs)
+
+        with pytest.raises(StorageWriteError) as raised:
+            annotate()
+        assert raised.value.reason == "full" and raised.value.path == str(store)
+        assert re.fullmatch(
+            r"5 completed API call\(s\) \(\$0\.\d{4}\) with their responses in its usage ledger",
+            raised.value.kept["usage"],
+        ), raised.value.kept
+        assert len(state.paid()) == 5  # the sixth call was refused its reservation: never sent
+
+        small_disk.free()
+        outcome = annotate()
+        assert not outcome.skipped and all(None not in s for s in outcome.scores)
+        keys = [body_key(e["body"]) for e in state.paid()]
+        assert len(keys) == len(set(keys)) == 2 * len(reqs)  # every call paid exactly once over both runs
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -114,9 +114,13 @@ def kept_annotations(path: str | os.PathLike) -> dict[str, str]:
     conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=1)
     try:
         stored = conn.execute("SELECT COUNT(*) FROM annotations").fetchone()[0]
+        calls, cost = conn.execute("SELECT COUNT(*), SUM(cost) FROM usage WHERE status = 'done'").fetchone()
     finally:
         conn.close()
-    return {"annotations": f"{stored} paid annotation(s) committed in {os.fspath(path)}"}
+    kept = {"annotations": f"{stored} paid annotation(s) committed in {os.fspath(path)}"}
+    if calls:  # the money ledger: completed API calls keep their responses, so none is paid again
+        kept["usage"] = f"{calls} completed API call(s) (${cost or 0:.4f}) with their responses in its usage ledger"
+    return kept
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
