@@ -427,3 +427,60 @@ def test_the_usage_ledger_on_a_full_disk_stops_before_the_next_paid_call(small_d
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ------------------------------------------------------------------------------------- a file-size limit (no root)
+PAYING_SELECT = """
+import sys
+from aepo_trainer.annotation import DatasetScoresAnnotator
+score = DatasetScoresAnnotator.score
+def paying_score(self, requests):
+    with open(sys.argv[1], "a") as log:
+        log.write(f"{sum(len(r.completions) for r in requests)}\\n")
+    return score(self, requests)
+DatasetScoresAnnotator.score = paying_score
+from aepo_trainer.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_file_size_limit_mid_run_is_the_same_clear_error(tmp_path, monkeypatch, pools, reference):
+    """`ulimit -f` (RLIMIT_FSIZE, SIGXFSZ ignored so writes fail with EFBIG): needs neither root nor a mount. SQLite
+    reports EFBIG as "disk I/O error", the message says so; the rerun without the limit finishes, each annotation
+    charged once."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from test_cli import ENV, REPO_ROOT
+
+    from aepo_trainer.annotation import AnnotationStore
+
+    out, paid_log = tmp_path / "out" / "pairs.jsonl", tmp_path / "paid.log"
+    argv = [sys.executable, "-c", PAYING_SELECT, str(paid_log), "select", "--input", str(pools), "--output", str(out)]
+    argv += ["--num_annotations", str(K), "--chunk_size", "8", "--batch_size", "4", "--annotation_batch_size", "8"]
+
+    def file_size_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead of failing the write
+        resource.setrlimit(resource.RLIMIT_FSIZE, (128 << 10, 128 << 10))
+
+    run = dict(capture_output=True, text=True, env=ENV, cwd=REPO_ROOT, timeout=300)
+    limited = subprocess.run(argv, preexec_fn=file_size_limit, **run)
+    assert limited.returncode == 2, limited.stderr[-3000:]
+    message = _one_paragraph(limited.stderr)
+    assert re.search(
+        r"cannot write \S+annotations\.sqlite: the disk refused the write \(an I/O error: a full disk, "
+        r"a file-size limit, or failing storage\) \(sqlite3: disk I/O error\)",
+        message,
+    ), message
+    kept = int(re.search(r"Kept: (\d+) paid annotation\(s\)", message).group(1))
+    assert 0 < kept < K * PROMPTS and kept % (4 * K) == 0  # whole batches, committed before the limit was hit
+
+    meter = Meter(monkeypatch, disk=None)  # the rerun, in this process, without the limit
+    assert _select(pools, out) == 0
+    assert read_jsonl(out) == reference
+    store = AnnotationStore(f"{out}.annotations.sqlite")
+    assert len(store) == K * PROMPTS and store.spent(f"aepo-select:{out}") == K * PROMPTS  # each charged once
+    paid = sum(int(n) for n in paid_log.read_text().split()) + meter.paid
+    assert paid - K * PROMPTS in (0, 4 * K)  # at most the batch whose scores the limit kept from the store
