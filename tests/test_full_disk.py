@@ -484,3 +484,47 @@ def test_a_file_size_limit_mid_run_is_the_same_clear_error(tmp_path, monkeypatch
     assert len(store) == K * PROMPTS and store.spent(f"aepo-select:{out}") == K * PROMPTS  # each charged once
     paid = sum(int(n) for n in paid_log.read_text().split()) + meter.paid
     assert paid - K * PROMPTS in (0, 4 * K)  # at most the batch whose scores the limit kept from the store
+
+
+# ------------------------------------------------------------------------------------------ the one translation
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (OSError(28, "No space left on device"), "full"),
+        (OSError(122, "Disk quota exceeded"), "full"),
+        (OSError(27, "File too large"), "full"),  # EFBIG: a file-size limit, handled like a full disk
+        (OSError(30, "Read-only file system"), "read-only"),
+        (OSError("Error writing bytes to file. Detail: [errno 28] No space left on device"), "full"),  # pyarrow
+        (__import__("sqlite3").OperationalError("database or disk is full"), "full"),
+        (__import__("sqlite3").OperationalError("attempt to write a readonly database"), "read-only"),
+        (__import__("sqlite3").OperationalError("disk I/O error"), "io"),
+        (OSError(2, "No such file or directory"), None),  # not a refused write: unchanged
+        (__import__("sqlite3").OperationalError("database is locked"), None),
+        (ValueError("No space left on device"), None),
+    ],
+)
+def test_what_counts_as_a_refused_write(tmp_path, error, reason):
+    from aepo_trainer.errors import storage_error_of, storage_guard
+
+    translated = storage_error_of(error, tmp_path / "x")
+    assert (translated and translated.reason) == reason
+    expected = StorageWriteError if reason else type(error)
+    with pytest.raises(expected) as raised, storage_guard(tmp_path / "x", kept=lambda: {"chunks": "3 finished chunks"}):
+        raise error
+    if reason:
+        assert raised.value.__cause__ is error and raised.value.path == str(tmp_path / "x")
+        assert str(raised.value).startswith(f"cannot write {tmp_path / 'x'}: ")
+        assert "Kept: 3 finished chunks; nothing already paid for is lost." in str(raised.value)
+    else:
+        assert raised.value is error
+
+
+def test_permission_denied_names_the_cause(tmp_path):
+    """EACCES is "permission" on a writable filesystem; `filename` of the OSError wins over the guarded path."""
+    from aepo_trainer.errors import storage_error_of
+
+    error = PermissionError(13, "Permission denied", str(tmp_path / "locked.jsonl"))
+    translated = storage_error_of(error, tmp_path / "other")
+    assert translated.reason == "permission" and translated.path == str(tmp_path / "locked.jsonl")
+    assert "this user may not write there (EACCES: Permission denied)" in str(translated)
+    assert "Give this user write permission there, then rerun the same command" in str(translated)
