@@ -60,7 +60,7 @@ COLD_START_STRATEGIES = ("random", "aepo", "representativeness", "kmedoids")
 #: The search for k > 2 (`AEPOConfig.selection_search`).
 SELECTION_SEARCHES = ("auto", "greedy", "exhaustive")
 #: Where the sentence embedder runs (`AEPOConfig.embedding_backend`): the PyTorch model, or its ONNX export run by
-#: ONNX Runtime or OpenVINO (faster on CPU; `aepo_trainer.embedding_backends`).
+#: ONNX Runtime or OpenVINO (faster on CPU; `aepo_trainer.embedding.backends`).
 EMBEDDING_BACKENDS = ("torch", "onnx", "openvino")
 #: Who scores the selected candidates when no annotator object is passed (`AEPOConfig.annotator`).
 ANNOTATORS = ("dataset_scores", "reward_model", "judge", "self_judge", "api_judge", "human")

@@ -414,7 +414,7 @@ def test_the_usage_ledger_on_a_full_disk_stops_before_the_next_paid_call(small_d
             annotate()
         assert raised.value.reason == "full" and raised.value.path == str(store)
         assert re.fullmatch(
-            r"5 completed API call\(s\) \(\$0\.\d{4}\) with their responses in its usage ledger",
+            r"5 completed API call\(s\) \(\$0\.\d{4}\) with their responses in the usage ledger",
             raised.value.kept["usage"],
         ), raised.value.kept
         assert len(state.paid()) == 5  # the sixth call was refused its reservation: never sent

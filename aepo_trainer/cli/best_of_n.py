@@ -1,6 +1,6 @@
 """`aepo best-of-n`: self-rejection at inference (SELF-JUDGE) — sample N responses per prompt, let a judge pick one.
 
-A thin loop over `aepo_trainer.generation.best_of_n`: the sampling flags and backends are `aepo generate`'s; the judge
+A thin loop over `aepo_trainer.self_judge.best_of_n`: the sampling flags and backends are `aepo generate`'s; the judge
 is the sampling model itself by default (self-rejection, ideally a JSFT-trained model: `aepo jsft`), another causal LM
 (`--judge_model`), or a reward model (`--reward_model`). Each output row keeps the input columns and adds the N
 responses, the winner (`best`, `best_index`), the judge's scores and its confidence.
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     from tqdm.auto import tqdm
 
     from aepo_trainer.generation import GenerationInputError
-    from aepo_trainer.generation.best_of_n import best_of_n
+    from aepo_trainer.self_judge.best_of_n import best_of_n
 
     generator = _make_generator(args)
     judge = _judge(args, generator)

@@ -283,7 +283,7 @@ def run(argv: list[str], processes) -> int:
         if not direct and os.path.exists(work_path):
             write_rows(read_jsonl(work_path), args.output)
             os.remove(work_path)
-        from aepo_trainer.provenance import dataset_card, provenance, write_dataset_card
+        from aepo_trainer._utils.provenance import dataset_card, provenance, write_dataset_card
 
         record = provenance("candidate pools", args.input, _settings(args), prompts=len(rows))
         description = (
@@ -358,7 +358,7 @@ def plan_batches(rows: list[dict], args, work_path: str) -> dict:
     partial_exists = os.path.exists(work_path)
     if remaining and not is_direct(args.output) and done_rows and not partial_exists:
         append_jsonl(work_path, done_rows)  # continue a finished output with the new prompts
-    from aepo_trainer.provenance import card_path
+    from aepo_trainer._utils.provenance import card_path
 
     card_exists = os.path.exists(card_path(args.output))  # a run stopped by a full disk may have missed only its card
     return {

@@ -176,7 +176,7 @@ def run(argv: list[str], processes) -> int:
         or (f"{output}.annotation_queue.jsonl" if args.annotator == "human" else None),
         annotation_wait=args.wait if args.wait is not None else args.annotation_wait,
     )
-    from aepo_trainer import validation
+    from aepo_trainer.data import validation
 
     refused = validation.policy_signal_problems(config, "aepo select")
     if refused:  # before the annotator is built, the pools read or anything embedded or paid
@@ -199,8 +199,8 @@ def run(argv: list[str], processes) -> int:
 
     prompts, texts = check_input(chunks(), config, args, annotator, processes)  # streamed: nothing kept but counts
     timings["check"] = time.perf_counter() - started
-    from aepo_trainer.annotation.store import kept_annotations
     from aepo_trainer.errors import storage_guard
+    from aepo_trainer.storage.annotations import kept_annotations
 
     from .pool_stages import PoolEmbedder
     from .streaming import finished_chunks
@@ -265,8 +265,8 @@ def check_input(chunks, config, args, annotator, processes) -> tuple[int, int]:
 
 def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, size, prompts, timings, started):
     """Embed (every rank its share), then on the main process select, annotate, pair and write, chunk by chunk."""
-    from aepo_trainer.provenance import write_dataset_card
-    from aepo_trainer.reduction import STATS_FIELDS
+    from aepo_trainer._utils.provenance import write_dataset_card
+    from aepo_trainer.reduction.reducer import STATS_FIELDS
 
     from .io import push_to_hub
     from .streaming import ChunkedOutput, input_identity
@@ -277,7 +277,7 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
         from tqdm.auto import tqdm
 
         from aepo_trainer.annotation import AnnotationService
-        from aepo_trainer.reduction import PoolReducer
+        from aepo_trainer.reduction.reducer import PoolReducer
 
         service = AnnotationService.from_config(config, annotator, run_id=run_id)
         reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
@@ -402,7 +402,7 @@ def dry_run(chunks, embedder, annotator, config, args, run_id, processes, size) 
         return processes.broadcast()
     from aepo_trainer.annotation import AnnotationService
     from aepo_trainer.annotation.service import apply_annotator_version
-    from aepo_trainer.reduction import PoolReducer
+    from aepo_trainer.reduction.reducer import PoolReducer
 
     from .pool_stages import read_only_store
 
@@ -423,7 +423,7 @@ def reduce_all(rows, embeddings, reducer, size: int, bar=None):
     `bar`: a progress bar over prompts to advance (default: a bar of its own)."""
     from tqdm.auto import tqdm
 
-    from aepo_trainer.reduction import STATS_FIELDS
+    from aepo_trainer.reduction.reducer import STATS_FIELDS
 
     from .pool_stages import batch_inputs
 

@@ -241,7 +241,7 @@ def usage_report(path: str) -> str:
     """The API usage table of an annotation store: calls, tokens and dollars per (run, model), and the total."""
     import os
 
-    from aepo_trainer.generation.ledger import summary
+    from aepo_trainer.storage.usage import summary
 
     if not os.path.exists(path):
         raise InputError(f"--annotation_store {path!r}: no such file")
@@ -302,7 +302,7 @@ def _variants(args, ks, pool_sizes):
 def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[dict]:
     from tqdm.auto import tqdm
 
-    from aepo_trainer.reduction import PoolReducer
+    from aepo_trainer.reduction.reducer import PoolReducer
 
     from .pool_stages import batch_inputs, prompts_covered
 

@@ -506,8 +506,8 @@ def annotator_problems(
             if problem is not None:
                 problems.append(problem)
     if need_embedder:
-        from .embedding import _DEFAULT_ALIASES, _bundled_minilm_path
-        from .embedding_backends import backend_problem
+        from ..embedding.backends import backend_problem
+        from ..embedding.embedder import _DEFAULT_ALIASES, _bundled_minilm_path
 
         backend = getattr(args, "embedding_backend", "torch")
         problem = backend_problem(backend, getattr(args, "embedding_quantized", False))
@@ -524,7 +524,7 @@ def annotator_problems(
 def policy_signal_problems(args, command: str) -> list[Problem]:
     """Settings that read the policy being trained — its implicit rewards, computed in `AEPOTrainer`'s training step —
     cannot be honoured by a command that has no policy (`aepo select`): refused before anything is read or paid."""
-    from .choices import POLICY_STRATEGIES, SELECTION_STRATEGIES
+    from ..choices import POLICY_STRATEGIES, SELECTION_STRATEGIES
 
     problems = []
     if args.selection_strategy in POLICY_STRATEGIES:
@@ -566,7 +566,7 @@ def store_problems(args) -> list[Problem]:
         finally:
             conn.close()
     except sqlite3.Error as error:
-        from .annotation.store import _store_error
+        from ..storage.annotations import _store_error
 
         return [Problem("annotation_store", None, str(_store_error(path, error, 5.0)))]
     return []
@@ -610,7 +610,7 @@ def validate_training_inputs(
     Raises `InputValidationError` listing every problem (up to `MAX_LISTED_PROBLEMS`). Pair datasets are left to
     `DPOTrainer`.
     """
-    from .annotation.dataset_scores import DatasetScoresAnnotator
+    from ..annotation.dataset_scores import DatasetScoresAnnotator
 
     named = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]
     datasets = [(n, d) for n, d in [("train", train_dataset), *named] if d is not None]

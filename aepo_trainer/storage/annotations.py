@@ -13,7 +13,7 @@ Three tables matter:
   sharing the file and the run id never exceed the budget together; because the charge survives a crash, a retry
   re-annotates the reserved key without charging it again.
 * `usage(run_id, key, model, endpoint, status, reserved_cost, cost, prompt_tokens, completion_tokens, response, ...)`
-  — the money ledger of LLM API calls (`aepo_trainer.generation.ledger.UsageLedger` reads and writes it): one row per
+  — the money ledger of LLM API calls (`aepo_trainer.storage.usage.UsageLedger` reads and writes it): one row per
   HTTP attempt that may cost money, reserved at an upper bound before the call and settled with the server's usage
   after it; the response is kept, so a completed call is never paid twice. Added in schema version 2; a version-1
   store is upgraded in place when opened (its other tables are unchanged).
@@ -114,13 +114,9 @@ def kept_annotations(path: str | os.PathLike) -> dict[str, str]:
     conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=1)
     try:
         stored = conn.execute("SELECT COUNT(*) FROM annotations").fetchone()[0]
-        calls, cost = conn.execute("SELECT COUNT(*), SUM(cost) FROM usage WHERE status = 'done'").fetchone()
     finally:
         conn.close()
-    kept = {"annotations": f"{stored} paid annotation(s) committed in {os.fspath(path)}"}
-    if calls:  # the money ledger: completed API calls keep their responses, so none is paid again
-        kept["usage"] = f"{calls} completed API call(s) (${cost or 0:.4f}) with their responses in its usage ledger"
-    return kept
+    return {"annotations": f"{stored} paid annotation(s) committed in {os.fspath(path)}"}
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -239,7 +235,7 @@ class AnnotationStore:
 
     def connection(self) -> sqlite3.Connection:
         """This process's and thread's connection, for readers of other tables of the same file (the labelling
-        page keeps its answers next to the annotations: `aepo_trainer.labelling.book`)."""
+        page keeps its answers next to the annotations: `aepo_trainer.storage.label_book`)."""
         return self._conn()
 
     @contextmanager

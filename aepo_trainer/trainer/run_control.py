@@ -20,8 +20,8 @@ import re
 from transformers import TrainerCallback
 from trl import DPOConfig
 
-from .config import AEPOConfig
-from .errors import storage_guard
+from ..config import AEPOConfig
+from ..errors import storage_guard
 
 logger = logging.getLogger("aepo_trainer.trainer")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 
-from .errors import storage_guard
+from ..errors import storage_guard
 
 __all__ = ["card_path", "dataset_card", "provenance", "write_dataset_card"]
 

@@ -69,7 +69,7 @@ def is_prepared_pool_dataset(dataset) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------- validation
-# The checks live in `aepo_trainer.validation` (one pass over everything a run needs); re-exported here.
+# The checks live in `aepo_trainer.data.validation` (one pass over everything a run needs); re-exported here.
 
 
 # ----------------------------------------------------------------------------------------------------- preparation
