@@ -218,7 +218,7 @@ def test_generate_on_a_disk_that_fills_up_keeps_whole_batches_and_resumes(
     assert main([*common, "--output", str(tmp_path / "reference.jsonl")]) == 0
 
     sampled, appended = [], []
-    make, append = generate._make_generator, io.append_jsonl
+    make, append = generate.make_generator, io.append_jsonl
 
     def counting_generator(args):
         generator = make(args)
@@ -237,7 +237,7 @@ def test_generate_on_a_disk_that_fills_up_keeps_whole_batches_and_resumes(
         appended.append(len(rows))
         return append(path, rows)
 
-    monkeypatch.setattr(generate, "_make_generator", counting_generator)
+    monkeypatch.setattr(generate, "make_generator", counting_generator)
     monkeypatch.setattr(io, "append_jsonl", filling_append)
     out = small_disk.root / "pools.jsonl"
     capsys.readouterr()
