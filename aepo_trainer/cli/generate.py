@@ -17,9 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from aepo_trainer.choices import GENERATE_BACKENDS
+from aepo_trainer.errors import storage_guard
 
 from .args import CommandParser, aepo_settings_arguments, parse_with_yaml
 from .errors import EXIT_OK, InputError
+from .io import finished_rows
 
 DESCRIPTION = "Sample N completions per prompt from a causal LM and write a pool dataset (resumable)."
 
@@ -270,10 +272,7 @@ def run(argv: list[str], processes) -> int:
                 file=sys.stderr,
             )
         return EXIT_OK
-    from aepo_trainer.errors import storage_guard
-
-    # a full disk or a read-only place: one message saying how many pools are safe (a rerun samples only the rest)
-    with storage_guard(kept=lambda: finished_pools(work_path)):
+    with storage_guard(kept=lambda: finished_rows(work_path, "pool")):  # a full disk: say which pools are safe
         if remaining:
             sample_batches(rows, batches, args, work_path, processes, done=len(rows) - remaining)
         if not processes.is_main:
@@ -300,15 +299,6 @@ def run(argv: list[str], processes) -> int:
         file=sys.stderr,
     )
     return processes.broadcast(EXIT_OK)
-
-
-def finished_pools(work_path: str) -> dict[str, str]:
-    """What a refused write leaves safe: the pools already in the work file (appended by whole batches)."""
-    if not os.path.isfile(work_path):
-        return {}
-    with open(work_path, "rb") as f:
-        count = sum(1 for line in f if line.endswith(b"\n"))
-    return {"pools": f"{count} finished pool(s) in {work_path}"}
 
 
 def is_direct(output: str) -> bool:
@@ -358,15 +348,10 @@ def plan_batches(rows: list[dict], args, work_path: str) -> dict:
     partial_exists = os.path.exists(work_path)
     if remaining and not is_direct(args.output) and done_rows and not partial_exists:
         append_jsonl(work_path, done_rows)  # continue a finished output with the new prompts
-    from aepo_trainer._utils.provenance import card_path
+    from aepo_trainer._utils.provenance import card_path  # a run stopped by a full disk may have missed only its card
 
-    card_exists = os.path.exists(card_path(args.output))  # a run stopped by a full disk may have missed only its card
-    return {
-        "batches": batches,
-        "resumed": len(rows) - remaining,
-        "partial_exists": partial_exists,
-        "card_exists": card_exists,
-    }
+    plan = {"batches": batches, "resumed": len(rows) - remaining, "partial_exists": partial_exists}
+    return {**plan, "card_exists": os.path.exists(card_path(args.output))}
 
 
 def sample_batches(rows, batches, args, work_path: str, processes, done: int) -> None:

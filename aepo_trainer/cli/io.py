@@ -369,6 +369,15 @@ def append_jsonl(path: str, rows: list[dict]) -> None:
             raise
 
 
+def finished_rows(path: str, what: str = "row") -> dict[str, str]:
+    """What a refused write leaves safe of an append-only JSON Lines work file (for `StorageWriteError.kept`)."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, "rb") as f:
+        count = sum(1 for line in f if line.endswith(b"\n"))
+    return {what: f"{count} finished {what}(s) in {path}"}
+
+
 def repair_jsonl_tail(path: str) -> int:
     """Cut a truncated last line (left by a crash mid-append); returns the number of bytes removed."""
     with open(path, "rb+") as f:
