@@ -273,7 +273,7 @@ def create_app(
             f"Not saved: {exc.summary}. The answers saved before are kept. {exc.fix} (ask whoever runs this page), "
             "then submit again."
         )
-        return JSONResponse({"detail": detail}, status_code=507, headers=_SECURITY_HEADERS)
+        return JSONResponse({"detail": detail}, status_code=507)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
