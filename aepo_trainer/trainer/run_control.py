@@ -68,7 +68,8 @@ def refuse_options_pools_cannot_honour(args) -> None:
         "precompute_ref_log_probs": (
             "the preference pairs are formed during training, so they do not exist before it. Set "
             "`precompute_ref_log_probs=False` (the reference log-probs are then computed once per response in each "
-            "batch), or run `aepo select` first and train on the resulting pair dataset."
+            "batch; with policy signals, `precompute_pool_ref_logps=True` computes every candidate's once before "
+            "training), or run `aepo select` first and train on the resulting pair dataset."
         ),
         "padding_free": (
             "pool batches are laid out as padded [responses, length] tensors (each selected response once). Set "
@@ -100,7 +101,7 @@ class AEPOControlCallback(TrainerCallback):
             if os.path.isdir(folder):
                 path = os.path.join(folder, ACTIVE_LABELS_FILE)
                 with storage_guard(path), open(path, "w", encoding="utf-8") as f:
-                    json.dump(active.surrogate.export(), f)
+                    json.dump(active.export(), f)
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -148,4 +149,4 @@ def restore_active_labels(active, checkpoint: str, accelerator) -> None:
     if accelerator.num_processes > 1:
         broadcast_object_list(items, from_process=0)
     if items[0]:
-        active.absorb([tuple(item) for item in items[0]])
+        active.absorb(items[0])  # {labels, tests} (issue 27), or an older checkpoint's bare label list
