@@ -212,15 +212,20 @@ def run(argv: list[str], processes) -> int:
 
     prompts, texts = check_input(chunks(), config, args, annotator, processes)  # streamed: nothing kept but counts
     timings["check"] = time.perf_counter() - started
+    from aepo_trainer.errors import storage_guard
+    from aepo_trainer.storage.annotations import kept_annotations
+
     from .pool_stages import PoolEmbedder
+    from .streaming import finished_chunks
 
     embedder = PoolEmbedder(config, device=args.device or processes.device, processes=processes, total_texts=texts)
-    try:
-        if args.dry_run:
-            return dry_run(chunks(), embedder, annotator, config, args, run_id, processes, size)
-        return select_chunks(
-            chunks(), embedder, annotator, config, args, run_id, processes, size, prompts, timings, started
-        )
+    try:  # a full disk or a read-only place: one message naming what is kept (annotations, finished chunks)
+        with storage_guard(kept=lambda: {**kept_annotations(config.annotation_store), **finished_chunks(output)}):
+            if args.dry_run:
+                return dry_run(chunks(), embedder, annotator, config, args, run_id, processes, size)
+            return select_chunks(
+                chunks(), embedder, annotator, config, args, run_id, processes, size, prompts, timings, started
+            )
     finally:
         embedder.close()
 

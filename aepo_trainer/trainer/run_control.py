@@ -21,6 +21,7 @@ from trl import DPOConfig
 
 from .._utils.run_ids import default_run_id
 from ..config import AEPOConfig
+from ..errors import storage_guard
 
 logger = logging.getLogger("aepo_trainer.trainer")
 
@@ -98,7 +99,8 @@ class AEPOControlCallback(TrainerCallback):
         if active is not None and trainer.accelerator.is_main_process:
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if os.path.isdir(folder):
-                with open(os.path.join(folder, ACTIVE_LABELS_FILE), "w", encoding="utf-8") as f:
+                path = os.path.join(folder, ACTIVE_LABELS_FILE)
+                with storage_guard(path), open(path, "w", encoding="utf-8") as f:
                     json.dump(active.export(), f)
         return control
 
