@@ -21,6 +21,7 @@ import math
 import torch
 
 from .annotation.ledger import annotate_on_main_process, split_reply
+from .choices import POLICY_PROMPT_SELECTIONS
 from .collator import POOL_ROWS
 from .group_batch import build_group_batch
 from .on_policy import phase
@@ -44,8 +45,9 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
     learn = mode == "train"  # active strategies learn from training labels only; evaluation selects the same each time
     known = reducer.active.surrogate.keys() if learn and reducer.active is not None else None
     picks, requests, sizes = [], [], []
-    policy_signals = learn and bool(reducer.needed_signals)  # implicit rewards: computed here, where the policy is
-    spreads = []
+    choose_prompts = learn and args.prompt_selection != "all"  # prompt-level selection (selection/prompts.py)
+    policy_signals = learn and (bool(reducer.needed_signals) or args.prompt_selection in POLICY_PROMPT_SELECTIONS)
+    spreads, all_signals = [], []
     with phase(trainer, "select"):
         for batch in batches:
             rows = batch[POOL_ROWS]
@@ -55,15 +57,26 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
 
                 signals = {"implicit_rewards": pool_implicit_rewards(trainer, batch)}
                 spreads.append(_spread(signals["implicit_rewards"], batch["pool_mask"].to(device)))
-            selected = reducer.select(
-                rows,
-                batch["pool_embeddings"].to(device),
-                batch["pool_mask"].to(device),
-                learn=learn,
-                signals=signals,
+            all_signals.append(signals)
+            picks.append(
+                reducer.select(
+                    rows,
+                    batch["pool_embeddings"].to(device),
+                    batch["pool_mask"].to(device),
+                    learn=learn,
+                    signals=signals,
+                )
             )
-            batch_requests = reducer.requests(rows, selected)
-            picks.append(selected)
+        if choose_prompts:  # the step's prompts left out cost nothing: their requests are empty
+            from .selection.prompts import drop_unchosen_prompts, planned_prompts, prompt_ratio
+
+            planned = planned_prompts(args, _dataset_size(trainer.train_dataset), trainer.accelerator.num_processes)
+            ratio = prompt_ratio(args, planned)
+            features = [b["pool_embeddings"] for b in batches]
+            unselected = drop_unchosen_prompts(args, picks, features, ratio=ratio, signals=all_signals)
+            trainer._metrics["train"]["aepo/prompts_unselected"].append(float(unselected))
+        for batch, selected in zip(batches, picks):
+            batch_requests = reducer.requests(batch[POOL_ROWS], selected)
             requests.extend(batch_requests)
             sizes.append(len(batch_requests))
     with phase(trainer, "annotate"):
@@ -107,6 +120,13 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
     if mode == "train":
         trainer._aepo_after_annotation(reply, summary)
     return out
+
+
+def _dataset_size(dataset) -> int | None:
+    try:
+        return len(dataset)
+    except TypeError:  # an iterable dataset: the ratio falls back to prompt_selection_ratio or 1
+        return None
 
 
 def _spread(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
