@@ -85,7 +85,8 @@ def test_ratio_and_keep_counts(tmp_path):
         AEPOConfig(output_dir=str(tmp_path), bf16=False, prompt_selection="best")
 
 
-def test_trainer_annotates_only_the_chosen_prompts_and_pays_nothing_for_the_others(tiny_model_path, dpo_args):
+@pytest.mark.parametrize("strategy", ["random", "double_ts", "implicit_reward_gap"])  # plain, active, policy-aware
+def test_trainer_annotates_only_the_chosen_prompts_and_pays_nothing_for_the_others(tiny_model_path, dpo_args, strategy):
     reward = CountingReward()
     trainer = trainer_for(
         tiny_model_path,
@@ -95,6 +96,7 @@ def test_trainer_annotates_only_the_chosen_prompts_and_pays_nothing_for_the_othe
         per_device_train_batch_size=8,  # one window: the whole data set
         max_steps=1,
         prompt_selection="d_optimal",
+        selection_strategy=strategy,  # N = 2: every strategy selects both candidates
         annotation_budget=4,  # ratio 4 / (2 x 8 prompts) = 0.25: 2 of the 8 prompts
     )
     before = [p.detach().clone() for p in trainer.model.parameters()]
