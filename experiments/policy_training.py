@@ -541,6 +541,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--quick", action="store_true", help="smoke run: tiny everything, 1 seed, 4 strategies")
     p.add_argument("--seeds", type=int, default=None)
+    p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--train-prompts", type=int, default=None)
     p.add_argument("--eval-prompts", type=int, default=None)
     p.add_argument("--eval-samples", type=int, default=None)
@@ -576,7 +577,12 @@ def main(argv=None):
             meta["sft_gold"] = {k: v for part in parts for k, v in part["meta"]["sft_gold"].items()}
             meta["command"] = " && ".join(part["meta"]["command"] for part in parts)
             meta["wall_seconds"] = max(part["meta"]["wall_seconds"] for part in parts)
-            meta["machine"] += f" ({len(parts)} processes in parallel)"
+            meta["machine"] += f" ({len(parts)} processes, partly in parallel)"
+            meta["scale"] = {
+                **meta["scale"],
+                "seeds": len({(r["task"], r["seed"]) for r in records}) // len(meta["tasks"]),
+            }
+            meta["budgets"] = sorted({r["budget"] for r in records if r["label"] != "SFT"})
         summary = summarize(records)
         base = Path(args.render[0]).with_suffix("") if len(parts) == 1 else Path(args.out) / f"policy{_suffix(args)}"
         base.with_suffix(".md").write_text(results_markdown(summary, meta), encoding="utf-8")
@@ -603,7 +609,7 @@ def main(argv=None):
     started = time.time()
     records = []
     for task in tasks:
-        for seed in range(scale.seeds):
+        for seed in range(args.first_seed, args.first_seed + scale.seeds):
             print(f"[{task.name} seed {seed}] ({time.time() - started:.0f}s elapsed)", flush=True)
             records += run_task_seed(task, scale, seed, strategies, log=lambda m: print(m, flush=True))
             partial = {"tasks": [t.name for t in tasks], "sft_gold": {}, "wall_seconds": time.time() - started}
