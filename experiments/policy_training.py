@@ -573,16 +573,16 @@ def main(argv=None):
         records = [r for part in parts for r in part["records"]]
         meta = dict(parts[0]["meta"])
         if len(parts) > 1:
-            meta["tasks"] = list(dict.fromkeys(t for part in parts for t in part["meta"]["tasks"]))
-            meta["sft_gold"] = {k: v for part in parts for k, v in part["meta"]["sft_gold"].items()}
-            meta["command"] = " && ".join(part["meta"]["command"] for part in parts)
+            meta["command"] = " && ".join(part["meta"].get("command", "(partial)") for part in parts)
             meta["wall_seconds"] = max(part["meta"]["wall_seconds"] for part in parts)
-            meta["machine"] += f" ({len(parts)} processes, partly in parallel)"
-            meta["scale"] = {
-                **meta["scale"],
-                "seeds": len({(r["task"], r["seed"]) for r in records}) // len(meta["tasks"]),
-            }
-            meta["budgets"] = sorted({r["budget"] for r in records if r["label"] != "SFT"})
+            meta["machine"] = meta.get("machine", "") + f" ({len(parts)} processes, partly in parallel)"
+        tasks_seen = list(dict.fromkeys(r["task"] for r in records))  # a partial file's meta is minimal
+        meta["tasks"] = tasks_seen
+        meta["sft_gold"] = {t: _sft_gold(records, t) for t in tasks_seen}
+        meta["budgets"] = sorted({r["budget"] for r in records if r["label"] != "SFT"})
+        meta["scale"] = {**meta["scale"], "seeds": len({(r["task"], r["seed"]) for r in records}) // len(tasks_seen)}
+        meta.setdefault("command", "python experiments/policy_training.py (partial)")
+        meta.setdefault("machine", "see the per-process files")
         summary = summarize(records)
         base = Path(args.render[0]).with_suffix("") if len(parts) == 1 else Path(args.out) / f"policy{_suffix(args)}"
         base.with_suffix(".md").write_text(results_markdown(summary, meta), encoding="utf-8")
