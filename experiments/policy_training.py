@@ -623,7 +623,12 @@ def main(argv=None):
         for seed in range(args.first_seed, args.first_seed + scale.seeds):
             print(f"[{task.name} seed {seed}] ({time.time() - started:.0f}s elapsed)", flush=True)
             records += run_task_seed(task, scale, seed, strategies, log=lambda m: print(m, flush=True))
-            partial = {"tasks": [t.name for t in tasks], "sft_gold": {}, "wall_seconds": time.time() - started}
+            partial = {
+                "command": "python experiments/policy_training.py " + " ".join(argv or sys.argv[1:]) + " (partial)",
+                "tasks": [t.name for t in tasks],
+                "sft_gold": {},
+                "wall_seconds": time.time() - started,
+            }
             Path(args.out).mkdir(parents=True, exist_ok=True)  # what is done so far survives an interrupted run
             (Path(args.out) / f"policy{_suffix(args)}.partial.json").write_text(
                 json.dumps({"meta": {**partial, "scale": asdict(scale)}, "records": records}), encoding="utf-8"
