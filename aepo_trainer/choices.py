@@ -17,6 +17,7 @@ __all__ = [
     "GENERATOR_BACKENDS",
     "JUDGE_MODES",
     "JUDGE_RUBRICS",
+    "LABELLER_ROLES",
     "LABEL_QUESTIONS",
     "LONG_TEXT_POLICIES",
     "PAIRING_RULES",
@@ -67,7 +68,7 @@ COLD_START_STRATEGIES = ("random", "aepo", "representativeness", "kmedoids")
 #: The search for k > 2 (`AEPOConfig.selection_search`).
 SELECTION_SEARCHES = ("auto", "greedy", "exhaustive")
 #: Where the sentence embedder runs (`AEPOConfig.embedding_backend`): the PyTorch model, or its ONNX export run by
-#: ONNX Runtime or OpenVINO (faster on CPU; `aepo_trainer.embedding_backends`).
+#: ONNX Runtime or OpenVINO (faster on CPU; `aepo_trainer.embedding.backends`).
 EMBEDDING_BACKENDS = ("torch", "onnx", "openvino")
 #: Who scores the selected candidates when no annotator object is passed (`AEPOConfig.annotator`).
 ANNOTATORS = ("dataset_scores", "reward_model", "judge", "self_judge", "api_judge", "human")
@@ -81,6 +82,8 @@ PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
 RPO_LOSS_TYPES = ("rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
 #: What the labelling page (`aepo label --question`) asks people about the k candidates of a prompt.
 LABEL_QUESTIONS = ("score", "ranking", "best_worst")
+#: Roles of a labelling token file's third column: a reviewer labels too, and accepts or overrides finished items.
+LABELLER_ROLES = ("labeller", "reviewer")
 
 # --- Safer-Instruct data synthesis (`aepo_trainer.synthesis`, `aepo safer-instruct`)
 #: The sub-steps of `aepo safer-instruct`, in pipeline order ("all" runs every one).

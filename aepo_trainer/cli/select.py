@@ -1,7 +1,7 @@
 """`aepo select`: pools -> embed -> select k -> annotate -> pair -> a prompt/chosen/rejected dataset.
 
 Each batch of `--batch_size` prompts (`--active_batch_size` for the active strategies, whose reward surrogate learns
-from each batch's labels before the next batch is selected) goes through `PoolReducer.reduce`, the function the
+from each batch's labels before the next batch is selected) goes through `PoolReducer.reduce` (`reduction.rows.reduce_rows`), the function the
 trainer calls in its training step, so the pairs written here are exactly those `AEPOTrainer` would form on the fly
 for the same seed and settings. Every annotation is saved in the annotation store (default
 `<output>.annotations.sqlite`) before it is used; nothing in the store is paid twice.
@@ -20,6 +20,9 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+
+from aepo_trainer.reduction.reducer import RUNNING_TOTALS
+from aepo_trainer.reduction.rows import reduce_rows
 
 from .args import CommandParser, aepo_settings_arguments, build_config, parse_with_yaml
 from .errors import EXIT_ANNOTATIONS_PENDING, EXIT_BUDGET_EXHAUSTED, EXIT_OK, InputError
@@ -176,7 +179,7 @@ def run(argv: list[str], processes) -> int:
         or (f"{output}.annotation_queue.jsonl" if args.annotator == "human" else None),
         annotation_wait=args.wait if args.wait is not None else args.annotation_wait,
     )
-    from aepo_trainer import validation
+    from aepo_trainer.data import validation
 
     refused = validation.policy_signal_problems(config, "aepo select")
     if refused:  # before the annotator is built, the pools read or anything embedded or paid
@@ -260,8 +263,8 @@ def check_input(chunks, config, args, annotator, processes) -> tuple[int, int]:
 
 def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, size, prompts, timings, started):
     """Embed (every rank its share), then on the main process select, annotate, pair and write, chunk by chunk."""
-    from aepo_trainer.provenance import write_dataset_card
-    from aepo_trainer.reduction import STATS_FIELDS
+    from aepo_trainer._utils.provenance import write_dataset_card
+    from aepo_trainer.reduction.reducer import STATS_FIELDS
 
     from .io import push_to_hub
     from .streaming import ChunkedOutput, input_identity
@@ -272,7 +275,7 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
         from tqdm.auto import tqdm
 
         from aepo_trainer.annotation import AnnotationService
-        from aepo_trainer.reduction import PoolReducer
+        from aepo_trainer.reduction.reducer import PoolReducer
 
         service = AnnotationService.from_config(config, annotator, run_id=run_id)
         reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
@@ -315,7 +318,7 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
                 chunk, embeddings, left_out = _informative_part(chunk, embeddings, reducer, size, prompts)
                 totals["prompts_unselected"] = totals.get("prompts_unselected", 0.0) + left_out
                 bar.update(left_out)
-            pairs, chunk_totals, chunk_pending = reduce_all(chunk, embeddings, reducer, size, bar=bar)
+            pairs, chunk_totals, chunk_pending = reduce_rows(chunk, embeddings, reducer, size, bar=bar)
             _add_totals(totals, chunk_totals)
             pending.extend(chunk_pending)
             if not chunk_pending:  # a chunk waiting for human labels is redone once they are in
@@ -398,10 +401,10 @@ def _add_totals(totals: dict, stats: dict, resumed: bool = False) -> None:
     earlier run adds its prompts and pairs but nothing to what this run paid or reused."""
     for name in totals:
         value = stats.get(name, 0.0)
-        if name in ("annotations_spent", "budget_left"):
+        if name in RUNNING_TOTALS:
             if not resumed:
                 totals[name] = value
-        elif resumed and name in ("annotations_paid", "annotations_reused"):
+        elif resumed and name in ("annotations_paid", "annotations_reused", "annotations_recovered"):
             continue
         elif not (isinstance(value, float) and math.isnan(value)):
             totals[name] += value
@@ -416,7 +419,7 @@ def dry_run(chunks, embedder, annotator, config, args, run_id, processes, size) 
         return processes.broadcast()
     from aepo_trainer.annotation import AnnotationService
     from aepo_trainer.annotation.service import apply_annotator_version
-    from aepo_trainer.reduction import PoolReducer
+    from aepo_trainer.reduction.reducer import PoolReducer
 
     from .pool_stages import read_only_store
 
@@ -429,82 +432,3 @@ def dry_run(chunks, embedder, annotator, config, args, run_id, processes, size) 
         costs = [dry_run_costs(chunk, embedder.embed(chunk), reducer, service, size) for chunk in chunks]
         report_dry_run(costs, reducer, service, store_path=config.annotation_store)
     return processes.broadcast(EXIT_OK)
-
-
-# ------------------------------------------------------------------------------------------------------- stages
-def reduce_all(rows, embeddings, reducer, size: int, bar=None):
-    """Run `PoolReducer.reduce` over batches of rows; returns (output rows, summed stats, `AnnotationsPending`s).
-    `bar`: a progress bar over prompts to advance (default: a bar of its own)."""
-    from tqdm.auto import tqdm
-
-    from aepo_trainer.reduction import STATS_FIELDS
-
-    from .pool_stages import batch_inputs
-
-    config = reducer.args
-    totals = dict.fromkeys(STATS_FIELDS, 0.0)
-    out, pending = [], []
-    own_bar = bar is None
-    if own_bar:
-        bar = tqdm(total=len(rows), unit="prompt", desc="select+annotate+pair", dynamic_ncols=True)
-    for start in range(0, len(rows), size):
-        batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + size, config.embeddings_column)
-        reduced = reducer.reduce(batch_rows, tensor, mask)
-        for name in STATS_FIELDS:
-            value = reduced.stats.get(name, 0.0)
-            if name in ("annotations_spent", "budget_left"):
-                totals[name] = value
-            elif not (isinstance(value, float) and math.isnan(value)):
-                totals[name] += value
-        if reduced.pending is not None:
-            pending.append(reduced.pending)
-        out.extend(pair_rows(batch_rows, reduced, config))
-        if reduced.active is not None and reduced.active.pairs_evaluated:
-            q = reduced.active
-            bar.write(
-                f"batch {q.batch}: surrogate before its labels: Spearman {q.spearman:.3f}, pairwise accuracy "
-                f"{q.pairwise_accuracy:.3f} ({q.pairs_evaluated} pairs); now fitted on {q.labels_after} labels",
-                file=sys.stderr,
-            )
-        bar.set_postfix(
-            paid=int(totals["annotations_paid"]),
-            reused=int(totals["annotations_reused"]),
-            pairs=len(out),
-            refresh=False,
-        )
-        bar.update(len(batch_rows))
-        if reduced.pending is not None and reducer.active is not None:
-            break  # the next batch's selection needs these labels: selecting it now would queue the wrong items
-    if own_bar:
-        bar.close()
-    return out, totals, pending
-
-
-def pair_rows(rows: list[dict], reduced, config) -> list[dict]:
-    """The output rows of one reduced batch: one per pair, plus the row's scalar columns."""
-    ccol, scol, ecol = config.completions_column, config.scores_column, config.embeddings_column
-    out = []
-    for pair in reduced.pairs:
-        row = rows[pair.row]
-        subset = reduced.subsets[pair.row]
-        chosen, rejected = subset[pair.chosen], subset[pair.rejected]
-        pool = row[ccol]
-        record = {
-            "prompt": row["prompt"],
-            "chosen": pool[chosen],
-            "rejected": pool[rejected],
-            "chosen_score": pair.chosen_score,
-            "rejected_score": pair.rejected_score,
-            "chosen_index": chosen,
-            "rejected_index": rejected,
-            "selected_indices": list(subset),
-            "selected_scores": list(reduced.scores[pair.row]),
-        }
-        for name, value in row.items():  # keep per-prompt columns; drop per-candidate ones (one entry per completion)
-            if name in record or name in (ccol, scol, ecol):
-                continue
-            if isinstance(value, list) and len(value) == len(pool):
-                continue
-            record[name] = value
-        out.append(record)
-    return out

@@ -12,7 +12,7 @@ import time
 
 def pairs_card(args, config, service, totals: dict, prompts: int, pairs: int):
     """The dataset card of the written pairs: source, strategy, λ, k, seed, annotator identity, budget spent."""
-    from aepo_trainer.provenance import dataset_card, provenance
+    from aepo_trainer._utils.provenance import dataset_card, provenance
 
     settings = config.aepo_settings()
     settings.pop("loss_type", None)  # a training setting
@@ -67,7 +67,7 @@ def active_summary(selector, path: str) -> str:
 
 def dry_run_costs(rows, embeddings, reducer, service, size: int) -> list[tuple[int, int]]:
     """(annotations needed, of which already in the store) for each prompt of a chunk, as the run would select it."""
-    from .pool_stages import batch_inputs
+    from aepo_trainer.reduction.rows import batch_inputs
 
     config = reducer.args
     costs = []
@@ -130,6 +130,7 @@ def summary(totals: dict, service, timings: dict, started: float, written: str |
         f"prompts {prompts}  pairs {pairs}  skipped (budget) {int(totals['prompts_skipped'])}  "
         f"ties dropped {int(totals['ties_dropped'])}  invalid scores {int(totals['invalid_dropped'])}",
         f"annotations: paid {int(totals['annotations_paid'])}  reused from store {int(totals['annotations_reused'])}"
+        f"  labels read {int(totals['annotations_recovered'])} (charged when queued)"
         f"  spent by run {service.spent}  budget {budget}  store {service.store.path}",
         f"selection: mean representativeness {mean('representativeness_sum'):.4f}  mean diversity "
         f"{mean('diversity_sum'):.4f}",

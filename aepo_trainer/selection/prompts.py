@@ -39,6 +39,7 @@ from .search import hash32
 __all__ = [
     "choose_prompts",
     "chosen_rows",
+    "dataset_size",
     "drop_unchosen_prompts",
     "informative_rows",
     "planned_prompts",
@@ -50,6 +51,14 @@ __all__ = [
 D_OPTIMAL_RIDGE = 1.0
 #: The counter that separates the prompt draw from every other keyed draw of the same seed.
 _PROMPT_DRAW = 0x50524F4D
+
+
+def dataset_size(dataset) -> int | None:
+    """len(dataset), or None for an iterable data set (the ratio then falls back to `prompt_selection_ratio` or 1)."""
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
 
 
 def planned_prompts(args, dataset_size: int | None, world_size: int = 1) -> int | None:
