@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from .args import CommandParser, parse_with_yaml
 from .errors import EXIT_OK, InputError
-from .generate import check_prompts, check_sampling_args, generate_arguments, make_generator
+from .generate import generate_arguments
+from .sampling import check_prompts, check_sampling_args, make_generator
 
 DESCRIPTION = "Sample N responses per prompt and return the one a judge picks (tournament), with its confidence."
 

@@ -184,6 +184,16 @@ def run(argv: list[str], processes) -> int:
     refused = validation.policy_signal_problems(config, "aepo select")
     if refused:  # before the annotator is built, the pools read or anything embedded or paid
         raise InputError(str(validation.InputValidationError("aepo select", refused)))
+    if config.active_feature_model and config.uses_active_selection:  # loaded and probed now (memoised for later)
+        from aepo_trainer.selection.feature_model import FeatureModel, FeatureModelError
+
+        def load_feature_model():
+            try:
+                return FeatureModel.load(config.active_feature_model, args.device)
+            except FeatureModelError as error:
+                raise InputError(str(error)) from error
+
+        processes.on_main(load_feature_model)
     run_id = args.run_id or f"aepo-select:{output}"
     annotator = processes.on_main(lambda: _build_annotator(config, run_id))  # loaded lazily; an API judge is probed
     size = config.active_batch_size if config.uses_active_selection else args.batch_size

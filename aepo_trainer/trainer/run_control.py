@@ -99,7 +99,7 @@ class AEPOControlCallback(TrainerCallback):
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if os.path.isdir(folder):
                 with open(os.path.join(folder, ACTIVE_LABELS_FILE), "w", encoding="utf-8") as f:
-                    json.dump(active.surrogate.export(), f)
+                    json.dump(active.export(), f)
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -147,4 +147,4 @@ def restore_active_labels(active, checkpoint: str, accelerator) -> None:
     if accelerator.num_processes > 1:
         broadcast_object_list(items, from_process=0)
     if items[0]:
-        active.absorb([tuple(item) for item in items[0]])
+        active.absorb(items[0])  # {labels, tests} (issue 27), or an older checkpoint's bare label list
