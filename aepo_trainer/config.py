@@ -13,12 +13,14 @@ from trl import DPOConfig
 
 from .choices import (
     ACTIVE_STRATEGIES,
+    ACTIVE_SURROGATES,
     ANNOTATORS,
     COLD_START_STRATEGIES,
     EMBEDDING_BACKENDS,
     JUDGE_MODES,
     PAIRING_RULES,
     POLICY_STRATEGIES,
+    PROMPT_SELECTIONS,
     RPO_LOSS_TYPES,
     SELECTION_SEARCHES,
     SELECTION_STRATEGIES,
@@ -86,13 +88,17 @@ class AEPOConfig(DPOConfig):
         },
     )
     selection_strategy: str = field(
-        default="aepo",
+        default="random",
         metadata={
-            "help": "How the k candidates are chosen from each pool: 'aepo' (representativeness + lambda * diversity), "
-            "'random', 'west_of_n' (annotate the whole pool), 'representativeness' (lambda = 0), 'kmedoids' "
+            "help": "How the k candidates are chosen from each pool. 'random' (the default: k uniformly at random, "
+            "seeded per prompt; it needs no surrogate and never stops for labels), 'aepo' (representativeness + "
+            "lambda * diversity; below random on pools of weak models, docs/efficacy.md), 'west_of_n' (annotate the "
+            "whole pool), 'representativeness' (lambda = 0), 'kmedoids' "
             "(coreset on the embeddings), or an active strategy that learns from the paid labels: 'delta_ucb', "
-            "'double_ts', 'double_reversed_ts', 'max_min_lcb', 'info_max', 'ucb_random', 'aepo_ucb' (see the "
-            "`active_*` settings), or 'implicit_reward_gap' (trainer only: the k candidates spanning the policy's "
+            "'double_ts' (recommended with an automatic annotator: never below random on pools nobody tuned to, "
+            "ahead where the features carry the reward), 'double_reversed_ts', 'max_min_lcb', 'info_max', "
+            "'ucb_random', 'aepo_ucb' (see the `active_*` settings; all guarded by the safety rule, "
+            "`active_safety_margin`), or 'implicit_reward_gap' (trainer only: the k candidates spanning the policy's "
             "implicit-reward range beta * (log pi - log pi_ref), computed in the training step; prompts without "
             "spread, e.g. at the first step, fall back to `active_cold_start`).",
             "choices": list(SELECTION_STRATEGIES),
@@ -110,6 +116,27 @@ class AEPOConfig(DPOConfig):
     local_search_rounds: int = field(
         default=20,
         metadata={"help": "Rounds of swap local search after the greedy pass (the reference implementation uses 20)."},
+    )
+    prompt_selection: str = field(
+        default="all",
+        metadata={
+            "help": "Which prompts get labels when the budget covers fewer prompts than the data "
+            "(`aepo_trainer.selection.prompts`): 'all' (off: every prompt until the budget is spent), 'random' (a "
+            "keyed random share of each window), 'd_optimal' (greedy D-optimal design on the selected pairs' "
+            "embedding differences, as APO, arXiv 2402.10500) or 'implicit_reward_spread' (trainer only: the prompts "
+            "whose selected candidates the policy's implicit reward separates most). A window is one optimizer "
+            "step's batches on each process in the trainer, one chunk in `aepo select`; the prompts left out are "
+            "not paid for, form no pair and are counted (`aepo/prompts_unselected`).",
+            "choices": list(PROMPT_SELECTIONS),
+        },
+    )
+    prompt_selection_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Share of each window's prompts annotated when `prompt_selection` is not 'all' (in (0, 1]). None "
+            "(default): the share the budget pays for, annotation_budget / (k x prompts x epochs), or 1 without a "
+            "budget."
+        },
     )
     selection_seed: int | None = field(
         default=None,
@@ -166,6 +193,53 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Active strategies: beta_noise, the label-noise precision of the surrogate; None sets it by "
             "evidence maximisation."
+        },
+    )
+    active_surrogate: str = field(
+        default="bayesian_linear",
+        metadata={
+            "help": "Active strategies: the reward surrogate. 'bayesian_linear' (closed-form Bayesian linear "
+            "regression) or 'ensemble' (`active_ensemble_heads` randomized-prior, bootstrapped heads on the features "
+            "plus random ReLU features; uncertainty = the heads' spread, as an epistemic neural network).",
+            "choices": list(ACTIVE_SURROGATES),
+        },
+    )
+    active_ensemble_heads: int = field(
+        default=10,
+        metadata={"help": "Active strategies with `active_surrogate='ensemble'`: number of heads (>= 2)."},
+    )
+    active_safety_margin: float | None = field(
+        default=0.02,
+        metadata={
+            "help": "Active strategies: the safety rule. Every batch's fresh labels test the surrogate before it "
+            "learns them; the acquisition selects only while the lower confidence bound of that out-of-sample "
+            "pairwise accuracy exceeds 0.5 + this margin, otherwise `active_cold_start` selects "
+            "(docs/active-selection.md). None turns the rule off: follow the surrogate as soon as it is fitted."
+        },
+    )
+    active_safety_confidence: float = field(
+        default=0.95,
+        metadata={
+            "help": "Active strategies: confidence level of the safety rule's one-sided Wilson lower bound, in "
+            "[0.5, 1)."
+        },
+    )
+    active_feature_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Active strategies: a Hugging Face model (Hub id or local path; a reward model, an instruct "
+            "model, an encoder) whose last-layer hidden state of `prompt + completion` is added to the surrogate's "
+            "features (last token for causal models, mean for encoders). Loaded and probed before anything is "
+            "embedded or paid; a model that cannot load or gives no hidden states is refused."
+        },
+    )
+    active_optimistic_best: bool = field(
+        default=False,
+        metadata={
+            "help": "Active strategies: pick the member meant to be the best of each pair with the acquisition's own "
+            "optimism (UCB, a posterior draw), as before issue 27. By default it is the argmax of the posterior mean "
+            "and only the other member is optimistic: optimism on the chosen side buys atypical, often bad, "
+            "candidates."
         },
     )
     # ----------------------------------------------------------------------------------------------- policy signals
@@ -229,7 +303,11 @@ class AEPOConfig(DPOConfig):
             "help": "Where the embedder runs: 'torch' (the PyTorch model, fp16 on GPU), or 'onnx' / 'openvino': the "
             "model's transformer exported once to ONNX (cached under the HF datasets cache) and run on CPU by ONNX "
             "Runtime / OpenVINO. On CPU 'openvino' measured 2.15x torch's texts/s side by side on an idle 2-core machine "
-            "(load < 2) with 98% of selections identical, 'onnx' 1.3x (under load 4-6; docs/benchmarks.md). Needs `pip install aepo-trainer[fast-cpu]`.",
+            "(load < 2) with 98% of selections identical, 'onnx' 1.3x (under load 4-6; docs/benchmarks.md); they need "
+            "`pip install aepo-trainer[fast-cpu]`. 'static': a table of one vector per token distilled once from "
+            "embedding_model (PCA 256 + Zipf/SIF weights; cached beside the exports), a text's embedding the mean of "
+            "its tokens' vectors: ~100x torch's texts/s on CPU, another similarity space (where it keeps selection "
+            "quality: docs/selection.md).",
             "choices": list(EMBEDDING_BACKENDS),
         },
     )
@@ -554,6 +632,8 @@ class AEPOConfig(DPOConfig):
             "selection_strategy",
             "selection_search",
             "local_search_rounds",
+            "prompt_selection",
+            "prompt_selection_ratio",
             "embedding_model",
             "embedding_backend",
             "embedding_quantized",

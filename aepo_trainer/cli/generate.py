@@ -17,9 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from aepo_trainer.choices import GENERATE_BACKENDS
+from aepo_trainer.errors import storage_guard
 
 from .args import CommandParser, aepo_settings_arguments, parse_with_yaml
 from .errors import EXIT_OK, InputError
+from .io import finished_rows
 from .sampling import check_prompts, check_sampling_args, make_generator, prompt_id
 
 DESCRIPTION = "Sample N completions per prompt from a causal LM and write a pool dataset (resumable)."
@@ -264,31 +266,33 @@ def run(argv: list[str], processes) -> int:
     plan = processes.broadcast(plan)
     batches, resumed = plan["batches"], plan["resumed"]
     remaining = sum(len(todo) for todo in batches)
-    if not remaining and (direct or not plan["partial_exists"]):
+    if not remaining and (direct or not plan["partial_exists"]) and plan["card_exists"]:
         if processes.is_main:
             print(
                 f"{args.output}: all {len(rows)} pools are already there (same settings); nothing was sampled",
                 file=sys.stderr,
             )
         return EXIT_OK
-    if remaining:
-        sample_batches(rows, batches, args, work_path, processes, done=len(rows) - remaining)
-    if not processes.is_main:
-        return processes.broadcast()
-    from .io import read_jsonl, write_rows
+    with storage_guard(kept=lambda: finished_rows(work_path, "pool")):  # a full disk: say which pools are safe
+        if remaining:
+            sample_batches(rows, batches, args, work_path, processes, done=len(rows) - remaining)
+        if not processes.is_main:
+            return processes.broadcast()
+        from .io import read_jsonl, write_rows
 
-    if not direct:
-        write_rows(read_jsonl(work_path), args.output)
-        os.remove(work_path)
-    from aepo_trainer._utils.provenance import dataset_card, provenance, write_dataset_card
+        if not direct and os.path.exists(work_path):
+            write_rows(read_jsonl(work_path), args.output)
+            os.remove(work_path)
+        from aepo_trainer._utils.provenance import dataset_card, provenance, write_dataset_card
 
-    record = provenance("candidate pools", args.input, _settings(args), prompts=len(rows))
-    description = (
-        f"{len(rows)} prompts of `{args.input}` with {args.num_completions} completions each, sampled from "
-        f"`{args.model_name_or_path}` (temperature {args.temperature:g}, top_p {args.top_p:g}, top_k {args.top_k}, "
-        f"max_new_tokens {args.max_new_tokens}, seed {args.seed}): the input of `aepo select` or `AEPOTrainer`."
-    )
-    write_dataset_card(args.output, dataset_card(record, "AEPO candidate pools", description))
+        record = provenance("candidate pools", args.input, _settings(args), prompts=len(rows))
+        description = (
+            f"{len(rows)} prompts of `{args.input}` with {args.num_completions} completions each, sampled from "
+            f"`{args.model_name_or_path}` (temperature {args.temperature:g}, top_p {args.top_p:g}, top_k "
+            f"{args.top_k}, max_new_tokens {args.max_new_tokens}, seed {args.seed}): the input of `aepo select` or "
+            "`AEPOTrainer`."
+        )
+        write_dataset_card(args.output, dataset_card(record, "AEPO candidate pools", description))
     resumed_note = f" ({resumed} already there)" if resumed else ""
     print(
         f"sampled {remaining} new pools x {args.num_completions} completions; {args.output} holds the "
@@ -345,7 +349,10 @@ def plan_batches(rows: list[dict], args, work_path: str) -> dict:
     partial_exists = os.path.exists(work_path)
     if remaining and not is_direct(args.output) and done_rows and not partial_exists:
         append_jsonl(work_path, done_rows)  # continue a finished output with the new prompts
-    return {"batches": batches, "resumed": len(rows) - remaining, "partial_exists": partial_exists}
+    from aepo_trainer._utils.provenance import card_path  # a run stopped by a full disk may have missed only its card
+
+    plan = {"batches": batches, "resumed": len(rows) - remaining, "partial_exists": partial_exists}
+    return {**plan, "card_exists": os.path.exists(card_path(args.output))}
 
 
 def sample_batches(rows, batches, args, work_path: str, processes, done: int) -> None:

@@ -184,6 +184,16 @@ def run(argv: list[str], processes) -> int:
     refused = validation.policy_signal_problems(config, "aepo select")
     if refused:  # before the annotator is built, the pools read or anything embedded or paid
         raise InputError(str(validation.InputValidationError("aepo select", refused)))
+    if config.active_feature_model and config.uses_active_selection:  # loaded and probed now (memoised for later)
+        from aepo_trainer.selection.feature_model import FeatureModel, FeatureModelError
+
+        def load_feature_model():
+            try:
+                return FeatureModel.load(config.active_feature_model, args.device)
+            except FeatureModelError as error:
+                raise InputError(str(error)) from error
+
+        processes.on_main(load_feature_model)
     run_id = args.run_id or f"aepo-select:{output}"
     annotator = processes.on_main(lambda: _build_annotator(config, run_id))  # loaded lazily; an API judge is probed
     size = config.active_batch_size if config.uses_active_selection else args.batch_size
@@ -202,15 +212,20 @@ def run(argv: list[str], processes) -> int:
 
     prompts, texts = check_input(chunks(), config, args, annotator, processes)  # streamed: nothing kept but counts
     timings["check"] = time.perf_counter() - started
+    from aepo_trainer.errors import storage_guard
+    from aepo_trainer.storage.annotations import kept_annotations
+
     from .pool_stages import PoolEmbedder
+    from .streaming import finished_chunks
 
     embedder = PoolEmbedder(config, device=args.device or processes.device, processes=processes, total_texts=texts)
-    try:
-        if args.dry_run:
-            return dry_run(chunks(), embedder, annotator, config, args, run_id, processes, size)
-        return select_chunks(
-            chunks(), embedder, annotator, config, args, run_id, processes, size, prompts, timings, started
-        )
+    try:  # a full disk or a read-only place: one message naming what is kept (annotations, finished chunks)
+        with storage_guard(kept=lambda: {**kept_annotations(config.annotation_store), **finished_chunks(output)}):
+            if args.dry_run:
+                return dry_run(chunks(), embedder, annotator, config, args, run_id, processes, size)
+            return select_chunks(
+                chunks(), embedder, annotator, config, args, run_id, processes, size, prompts, timings, started
+            )
     finally:
         embedder.close()
 
@@ -314,6 +329,10 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
         embed_seconds += time.perf_counter() - t
         stop = False
         if processes.is_main:
+            if config.prompt_selection != "all":  # the budget goes to the chunk's most informative prompts
+                chunk, embeddings, left_out = _informative_part(chunk, embeddings, reducer, size, prompts)
+                totals["prompts_unselected"] = totals.get("prompts_unselected", 0.0) + left_out
+                bar.update(left_out)
             pairs, chunk_totals, chunk_pending = reduce_rows(chunk, embeddings, reducer, size, bar=bar)
             _add_totals(totals, chunk_totals)
             pending.extend(chunk_pending)
@@ -370,11 +389,26 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
     )
     if reducer.active is not None:
         print(active_summary(reducer.active, f"{output}.surrogate.jsonl"), file=sys.stderr)
+    if totals.get("prompts_unselected"):
+        print(
+            f"aepo select: prompt selection ({config.prompt_selection}) left {int(totals['prompts_unselected'])} "
+            "prompts unannotated (not paid for)",
+            file=sys.stderr,
+        )
     code = EXIT_OK
     if totals["prompts_skipped"]:
         print(f"aepo select: {service.budget_message(int(totals['prompts_skipped']))}", file=sys.stderr)
         code = EXIT_BUDGET_EXHAUSTED
     return processes.broadcast(code)
+
+
+def _informative_part(chunk, embeddings, reducer, size: int, prompts: int):
+    """Prompt-level selection on one chunk (`selection.prompts.informative_rows`): the rows kept, their embeddings,
+    and how many were left out (never annotated, never paid for)."""
+    from aepo_trainer.selection.prompts import informative_rows, prompt_ratio
+
+    kept = informative_rows(reducer, chunk, embeddings, ratio=prompt_ratio(reducer.args, prompts), batch_size=size)
+    return [chunk[i] for i in kept], [embeddings[i] for i in kept], len(chunk) - len(kept)
 
 
 def _add_totals(totals: dict, stats: dict, resumed: bool = False) -> None:

@@ -98,6 +98,14 @@ def annotator_problems(
         problem = backend_problem(backend, getattr(args, "embedding_quantized", False))
         if problem is not None:
             problems.append(Problem("embedding_backend", None, problem))
+        elif backend == "static":
+            from ..embedding.embedder import Embedder
+            from ..embedding.static import static_table_dir, static_table_problem
+
+            table = static_table_dir(Embedder(args.embedding_model, backend="static").static_source)
+            problem = static_table_problem(table)
+            if problem is not None:
+                problems.append(Problem("embedding_backend", None, problem))
         name = args.embedding_model
         if not (name in DEFAULT_MODEL_ALIASES and bundled_minilm_path() is not None):
             problem = pretrained_problem(name, "embedding_model")
@@ -121,6 +129,18 @@ def policy_signal_problems(args, command: str) -> list[Problem]:
                 f"{args.selection_strategy!r} ranks candidates by the implicit reward beta * (log pi - log pi_ref) "
                 f"of the policy being trained, which only AEPOTrainer computes (in its training step); {command} "
                 f"has no policy. Train with it (`aepo train`, `AEPOTrainer`), or choose one of {others}",
+            )
+        )
+    from ..choices import POLICY_PROMPT_SELECTIONS, PROMPT_SELECTIONS
+
+    if getattr(args, "prompt_selection", "all") in POLICY_PROMPT_SELECTIONS:
+        others = ", ".join(repr(s) for s in PROMPT_SELECTIONS if s not in POLICY_PROMPT_SELECTIONS)
+        problems.append(
+            Problem(
+                "prompt_selection",
+                None,
+                f"{args.prompt_selection!r} ranks prompts by the implicit reward of the policy being trained; "
+                f"{command} has no policy. Choose one of {others}",
             )
         )
     if getattr(args, "active_implicit_reward_feature", False):
