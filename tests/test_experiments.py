@@ -116,7 +116,7 @@ def test_build_pairs_at_equal_budget():
 
 def test_active_strategies_learn_from_the_gold_labels_they_buy(monkeypatch):
     """The training experiment runs the package's ActiveSelector in batches: after the cold start it selects from
-    the surrogate fitted on the gold labels bought so far."""
+    the surrogate fitted on the gold labels bought so far, whenever the safety rule trusts it."""
     rng = __import__("random").Random(1)
     prompts = list(dict.fromkeys(tr.random_prompt(rng, tr.SCALES["quick"]) for _ in range(40)))[:24]
     pools = {p: [tr.demonstration(p, rng, 0.4) for _ in range(6)] for p in prompts}
@@ -137,7 +137,10 @@ def test_active_strategies_learn_from_the_gold_labels_they_buy(monkeypatch):
     assert stats["annotations"] == 48 and stats["prompts"] == 24
     # three batches of 8 prompts, k = 2 labels each (identical texts of one pool are one label)
     assert len(seen) == 3 and 8 <= seen[0].labels_after < seen[1].labels_after < seen[2].labels_after <= 48
-    assert [q.cold_start for q in seen] == [True, False, False]  # the surrogate selects once 8 labels are in
+    # the first batch warms up; after it, each batch follows the surrogate exactly when the safety rule (on by
+    # default) said so after the batch before
+    assert seen[0].cold_start and seen[0].follows == (seen[0].safety_lower_bound > 0.5 + 0.02)
+    assert [q.cold_start for q in seen[1:]] == [not q.follows for q in seen[:-1]]
 
 
 def test_training_pipeline_micro(tmp_path):

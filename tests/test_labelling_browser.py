@@ -35,6 +35,7 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
     )
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -357,7 +358,11 @@ def test_on_a_phone_the_page_fits_and_every_input_registers(browser, tmp_path):
             assert browser.find_element(By.ID, "token").is_displayed()
             browser.find_element(By.ID, "token").send_keys("wrong-token-000000")
             browser.find_element(By.ID, "sign-in").click()
-            assert browser.find_element(By.ID, "login-error").text == "That token is not valid."
+            WebDriverWait(
+                browser, 30, ignored_exceptions=(StaleElementReferenceException,)
+            ).until(  # the page may re-render
+                lambda d: d.find_element(By.ID, "login-error").text == "That token is not valid."
+            )
             _open(browser, server.url + "login")
             assert browser.find_element(By.ID, "token").is_displayed() and "405" not in browser.page_source
             _sign_in(browser, server.url, ALICE)
