@@ -231,3 +231,20 @@ def test_the_ratio_checker_rounds_like_a_reader():
     assert not _matches_a_measured_ratio("3.5", {2.15})
     assert _matches_a_measured_ratio("2", {2.15})
     assert [m["value"] for m in SPEED_RATIO.finditer("OpenVINO embeds 2.2× faster; 3× torch's speed")] == ["2.2", "3"]
+
+
+MEASURED_SECTION = re.compile(r"^## What we measured\n(?P<body>.*?)(?=^## )", re.S | re.M)
+INTERVAL_FIGURE = re.compile(r"[+−-]?\d+\.\d+ \[[+−-]?\d+\.\d+, [+−-]?\d+\.\d+\]")
+
+
+def test_the_front_pages_measured_figures_are_the_efficacy_pages():
+    """The README and the docs' front page summarise docs/efficacy.md in a "What we measured" section: every figure
+    with an interval quoted there stands, verbatim, in the efficacy page (so the summary changes with the tables)."""
+    efficacy = (DOCS / "efficacy.md").read_text(encoding="utf-8")
+    for page in (REPO_ROOT / "README.md", DOCS / "index.md"):
+        section = MEASURED_SECTION.search(page.read_text(encoding="utf-8"))
+        assert section, f"{page.relative_to(REPO_ROOT)} has no '## What we measured' section"
+        figures = INTERVAL_FIGURE.findall(section["body"])
+        assert figures, f"{page.relative_to(REPO_ROOT)}: the measured section quotes no figure with its interval"
+        missing = [figure for figure in figures if figure not in efficacy]
+        assert not missing, f"{page.relative_to(REPO_ROOT)} quotes figures docs/efficacy.md does not hold: {missing}"
