@@ -17,6 +17,7 @@ from .choices import (
     ANNOTATORS,
     COLD_START_STRATEGIES,
     EMBEDDING_BACKENDS,
+    EMPTY_COMPLETION_RULES,
     JUDGE_MODES,
     PAIRING_RULES,
     POLICY_STRATEGIES,
@@ -233,6 +234,16 @@ class AEPOConfig(DPOConfig):
     embeddings_column: str = field(
         default="embeddings",
         metadata={"help": "Optional column with precomputed candidate embeddings ([N, D] per row)."},
+    )
+    empty_completions: str = field(
+        default="keep",
+        metadata={
+            "help": "What to do with an empty candidate of a pool (the empty string, whitespace only, or only "
+            "invisible characters such as a zero-width space): 'keep' it as a candidate like any other (a warning "
+            "counts them and names the first rows), 'drop' it from its pool before selection (a pool left too small "
+            "to select from is skipped and reported), or 'error' (refuse the dataset, naming each one).",
+            "choices": list(EMPTY_COMPLETION_RULES),
+        },
     )
     # ----------------------------------------------------------------------------------------------- annotation
     annotator: str = field(
@@ -546,6 +557,12 @@ class AEPOConfig(DPOConfig):
         for name in ("completions_column", "scores_column", "embeddings_column"):
             value = getattr(self, name)
             _require(isinstance(value, str) and value != "", name, value, "a non-empty column name")
+        _require(
+            self.empty_completions in EMPTY_COMPLETION_RULES,
+            "empty_completions",
+            self.empty_completions,
+            _one_of(EMPTY_COMPLETION_RULES),
+        )
         _require(self.annotator in ANNOTATORS, "annotator", self.annotator, _one_of(ANNOTATORS))
         _require(
             self.annotator != "reward_model" or bool(self.reward_model_name_or_path),
@@ -784,6 +801,7 @@ class AEPOConfig(DPOConfig):
             "embedding_backend",
             "embedding_quantized",
             "embedding_max_length",
+            "empty_completions",
             "annotator",
             "annotation_budget",
             "eval_annotation_budget",

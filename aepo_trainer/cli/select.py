@@ -21,6 +21,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from aepo_trainer.empty_completions import KEPT_POSITIONS_KEY, EmptyCompletionReport
+
 from .args import CommandParser, aepo_settings_arguments, build_config, parse_with_yaml
 from .errors import EXIT_ANNOTATIONS_PENDING, EXIT_BUDGET_EXHAUSTED, EXIT_OK, InputError
 from .select_report import active_summary, dry_run_costs, pairs_card, report_dry_run, summary, write_learning_curve
@@ -186,7 +188,7 @@ def run(argv: list[str], processes) -> int:
     size = config.active_batch_size if config.uses_active_selection else args.batch_size
     chunk_rows = math.ceil(args.chunk_size / size) * size  # chunks hold whole batches: the same batches as one pass
 
-    def chunks():
+    def raw_chunks():
         from .streaming import iter_row_chunks
 
         return iter_row_chunks(
@@ -197,7 +199,13 @@ def run(argv: list[str], processes) -> int:
             embeddings_column=config.embeddings_column,
         )
 
-    prompts, texts = check_input(chunks(), config, args, annotator, processes)  # streamed: nothing kept but counts
+    def chunks():  # the rows every stage sees: the empty-completions rule applied (`empty_completions`)
+        report, offset = EmptyCompletionReport(config.empty_completions), 0
+        for chunk in raw_chunks():
+            yield report.apply(chunk, config, row_offset=offset)
+            offset += len(chunk)
+
+    prompts, texts = check_input(raw_chunks(), config, args, annotator, processes)  # streamed: only counts kept
     timings["check"] = time.perf_counter() - started
     from .pool_stages import PoolEmbedder
 
@@ -231,18 +239,28 @@ def check_input(chunks, config, args, annotator, processes) -> tuple[int, int]:
     from .pool_stages import check_pool_rows, check_pool_settings
 
     ccol = config.completions_column
-    prompts = texts = 0
+    rows_read = prompts = texts = 0
     need_embedder = False
     smallest_pool = None
+    empty = EmptyCompletionReport(config.empty_completions)
     for chunk in chunks:
-        check_pool_rows(chunk, config, args.input, need_scores=config.annotator == "dataset_scores", row_offset=prompts)
-        sizes = [len(row[ccol]) for row in chunk]
-        prompts += len(chunk)
+        check_pool_rows(
+            chunk, config, args.input, need_scores=config.annotator == "dataset_scores", row_offset=rows_read
+        )
+        kept = empty.apply(chunk, config, row_offset=rows_read)
+        rows_read += len(chunk)
+        sizes = [len(row[ccol]) for row in kept]
+        prompts += len(kept)
         texts += sum(sizes)
-        smallest_pool = min([*sizes, smallest_pool] if smallest_pool is not None else sizes)
-        need_embedder = need_embedder or any(row.get(config.embeddings_column) is None for row in chunk)
-    if not prompts:
+        smallest_pool = min([*sizes, smallest_pool] if smallest_pool is not None else sizes) if sizes else smallest_pool
+        need_embedder = need_embedder or any(row.get(config.embeddings_column) is None for row in kept)
+    if not rows_read:
         raise InputError(f"{args.input}: the dataset is empty (no rows)")
+    warning = empty.warning(args.input, ccol)
+    if warning and processes.is_main:
+        print(f"aepo select: warning: {warning}", file=sys.stderr)
+    if not prompts:
+        raise InputError(f"{args.input}: every pool was skipped by --empty_completions drop (none left to select from)")
 
     def settings():
         check_pool_settings(
@@ -470,19 +488,20 @@ def pair_rows(rows: list[dict], reduced, config) -> list[dict]:
         subset = reduced.subsets[pair.row]
         chosen, rejected = subset[pair.chosen], subset[pair.rejected]
         pool = row[ccol]
+        position = row.get(KEPT_POSITIONS_KEY) or range(len(pool))  # indices as in the input file (before 'drop')
         record = {
             "prompt": row["prompt"],
             "chosen": pool[chosen],
             "rejected": pool[rejected],
             "chosen_score": pair.chosen_score,
             "rejected_score": pair.rejected_score,
-            "chosen_index": chosen,
-            "rejected_index": rejected,
-            "selected_indices": list(subset),
+            "chosen_index": position[chosen],
+            "rejected_index": position[rejected],
+            "selected_indices": [position[i] for i in subset],
             "selected_scores": list(reduced.scores[pair.row]),
         }
         for name, value in row.items():  # keep per-prompt columns; drop per-candidate ones (one entry per completion)
-            if name in record or name in (ccol, scol, ecol):
+            if name in record or name in (ccol, scol, ecol, KEPT_POSITIONS_KEY):
                 continue
             if isinstance(value, list) and len(value) == len(pool):
                 continue
