@@ -43,10 +43,10 @@ examples:
 
   aepo select --input pools.jsonl --output pairs.jsonl --selection_strategy delta_ucb --annotation_budget 800
 
-Resume: rerun the same command after an interruption; annotations in the store are reused for free. Active
-strategies replay the stored labels batch by batch, so a resumed run selects (and writes) exactly the same pairs;
-their learning curve (the surrogate's accuracy on each batch before it saw its labels) goes to
-<output>.surrogate.jsonl.
+Resume: rerun the same command after an interruption; annotations in the store are reused for free and finished
+chunks are skipped. Active strategies restore their surrogate from the labels of the finished chunks in one fit, so a
+resumed run selects (and writes) exactly the same pairs; their learning curve (the surrogate's accuracy on each batch
+before it saw its labels) goes to <output>.surrogate.jsonl.
 Exit codes: 0 ok, 2 bad input, 3 budget exhausted (pairs annotated so far written), 4 human labels pending.
 """
 
@@ -309,36 +309,55 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
         if written.restarted:
             print(f"aepo select: {written.folder} held chunks of other settings; starting over", file=sys.stderr)
         bar = tqdm(total=prompts, unit="prompt", desc="select+annotate+pair", dynamic_ncols=True, position=1)
-    resumable = not config.uses_active_selection  # an active surrogate must see every chunk's labels again (free)
+    # An active surrogate learns from every chunk's labels: a finished chunk keeps the labels it taught it (with their
+    # features) and its learning-curve points, and a resumed run restores them in one fit (`restore_active`) instead
+    # of selecting the finished chunks again. Only a prefix of finished chunks can be skipped that way.
+    active = reducer.active if processes.is_main else None
+    restored: list[dict] = []
     totals = dict.fromkeys(STATS_FIELDS, 0.0)
     resumed = pairs_written = chunks_done = 0
     pending = []
     embed_seconds = 0.0
+    prefix = True
     for index, chunk in enumerate(chunks):
         chunks_done = index + 1
-        finished = processes.broadcast(written.finished(index) if processes.is_main and resumable else None)
+        finished = written.finished(index) if processes.is_main else None
+        if active is not None and (not prefix or finished is None or "active" not in finished):
+            finished = None
+        prefix = prefix and finished is not None
+        finished = processes.broadcast(finished)
         if finished is not None:  # done by an earlier run: its rows are in its chunk file
             if processes.is_main:
                 _add_totals(totals, finished, resumed=True)
                 resumed += len(chunk)
                 pairs_written += finished["rows"]
                 bar.update(len(chunk))
+                if active is not None:
+                    restored.append(finished["active"])
             continue
+        if restored:
+            restore_active(active, restored)
+            restored = []
         t = time.perf_counter()
         embeddings = embedder.embed(chunk)
         embed_seconds += time.perf_counter() - t
         stop = False
         if processes.is_main:
+            taught = active_mark(active)
             pairs, chunk_totals, chunk_pending = reduce_all(chunk, embeddings, reducer, size, bar=bar)
             _add_totals(totals, chunk_totals)
             pending.extend(chunk_pending)
             if not chunk_pending:  # a chunk waiting for human labels is redone once they are in
+                if active is not None:
+                    chunk_totals = {**chunk_totals, "active": active_lessons(active, taught)}
                 written.write(index, pairs, chunk_totals, complete=not chunk_totals["prompts_skipped"])
                 pairs_written += len(pairs)
             stop = bool(chunk_pending) and reducer.active is not None
         del embeddings
         if processes.broadcast(stop):
             break
+    if restored:  # every chunk was finished: the learning curve and the summary still describe the whole run
+        restore_active(active, restored)
     timings["embed"] = embed_seconds
     timings["select+annotate+pair"] = time.perf_counter() - started - timings["check"] - embed_seconds
     if not processes.is_main:
@@ -390,6 +409,36 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
         print(f"aepo select: {service.budget_message(int(totals['prompts_skipped']))}", file=sys.stderr)
         code = EXIT_BUDGET_EXHAUSTED
     return processes.broadcast(code)
+
+
+def active_mark(active) -> tuple | None:
+    """Where the active selector stands before a chunk: its label keys, learning-curve length and invalid labels."""
+    if active is None:
+        return None
+    return active.surrogate.keys(), len(active.history), active.invalid_labels
+
+
+def active_lessons(active, mark) -> dict:
+    """What one chunk taught the active selector (JSON, kept with the chunk): the labels it added, with their
+    features (exact float64 round trip), its learning-curve points and its invalid labels."""
+    keys, history, invalid = mark
+    return {
+        "labels": active.surrogate.export(active.surrogate.keys() - keys),
+        "history": [q.to_dict() for q in active.history[history:]],
+        "invalid_labels": active.invalid_labels - invalid,
+    }
+
+
+def restore_active(active, lessons: list[dict]) -> None:
+    """Teach the active selector what finished chunks taught it, in one fit. The surrogate's fit depends only on the
+    set of labels, so it ends where chunk-by-chunk learning ended, and the next chunk selects exactly as in an
+    uninterrupted run."""
+    from aepo_trainer.selection.active import BatchQuality
+
+    active.absorb([tuple(item) for lesson in lessons for item in lesson["labels"]])
+    for lesson in lessons:
+        active.history.extend(BatchQuality(**q) for q in lesson["history"])
+        active.invalid_labels += lesson["invalid_labels"]
 
 
 def _add_totals(totals: dict, stats: dict, resumed: bool = False) -> None:
