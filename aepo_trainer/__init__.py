@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import importlib
 
+from ._utils import moved
+
+moved.install()  # old module paths of 0.1 keep importing (deprecated): see _utils/moved.py
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
     "AEPOConfig": "aepo_trainer.config",
-    "AEPOTrainer": "aepo_trainer.trainer",
-    "AEPODataCollator": "aepo_trainer.collator",
+    "AEPOTrainer": "aepo_trainer.trainer.core",
+    "AEPODataCollator": "aepo_trainer.data.collator",
     "select_subsets": "aepo_trainer.selection",
     "SelectionResult": "aepo_trainer.selection",
     "prompt_key": "aepo_trainer.selection",
-    "Embedder": "aepo_trainer.embedding",
-    "embed_pools": "aepo_trainer.embedding",
+    "Embedder": "aepo_trainer.embedding.embedder",
+    "embed_pools": "aepo_trainer.embedding.embedder",
     "Annotator": "aepo_trainer.annotation",
     "AnnotationRequest": "aepo_trainer.annotation",
     "DatasetScoresAnnotator": "aepo_trainer.annotation",
@@ -35,8 +39,8 @@ _EXPORTS = {
     "AnnotationService": "aepo_trainer.annotation",
     "BudgetExhausted": "aepo_trainer.annotation",
     "AnnotationsPending": "aepo_trainer.annotation",
-    "make_pairs": "aepo_trainer.pairing",
-    "reward_aware_loss": "aepo_trainer.losses",
+    "make_pairs": "aepo_trainer.reduction.pairing",
+    "reward_aware_loss": "aepo_trainer.trainer.losses",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

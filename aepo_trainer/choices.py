@@ -61,7 +61,7 @@ COLD_START_STRATEGIES = ("random", "aepo", "representativeness", "kmedoids")
 #: The search for k > 2 (`AEPOConfig.selection_search`).
 SELECTION_SEARCHES = ("auto", "greedy", "exhaustive")
 #: Where the sentence embedder runs (`AEPOConfig.embedding_backend`): the PyTorch model, or its ONNX export run by
-#: ONNX Runtime or OpenVINO (faster on CPU; `aepo_trainer.embedding_backends`).
+#: ONNX Runtime or OpenVINO (faster on CPU; `aepo_trainer.embedding.backends`).
 EMBEDDING_BACKENDS = ("torch", "onnx", "openvino")
 #: Who scores the selected candidates when no annotator object is passed (`AEPOConfig.annotator`).
 ANNOTATORS = ("dataset_scores", "reward_model", "judge", "self_judge", "api_judge", "human")
@@ -70,7 +70,7 @@ JUDGE_MODES = ("pairwise", "rubric")
 #: Which weights judge for `annotator='self_judge'` (`AEPOConfig.self_judge_model`).
 SELF_JUDGE_MODELS = ("current", "frozen")
 #: What happens to an empty candidate (blank or invisible characters only) of a pool (`AEPOConfig.empty_completions`,
-#: `aepo_trainer.empty_completions`): kept as a candidate, dropped from its pool before selection, or refused.
+#: `aepo_trainer.data.empty_completions`): kept as a candidate, dropped from its pool before selection, or refused.
 EMPTY_COMPLETION_RULES = ("keep", "drop", "error")
 #: How annotated candidates become pairs (`AEPOConfig.pairing_rule`).
 PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")

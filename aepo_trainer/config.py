@@ -647,7 +647,7 @@ class AEPOConfig(DPOConfig):
             "None (unlimited) or a number of dollars >= 0",
         )
         if self.api_prices is not None:
-            from .generation.ledger import PriceTable
+            from .storage.usage import PriceTable
 
             try:
                 prices = PriceTable(self.api_prices)

@@ -294,7 +294,7 @@ def backend_table(args):
     import tempfile
 
     from aepo_trainer.embedding import Embedder
-    from aepo_trainer.embedding_backends import backend_problem
+    from aepo_trainer.embedding.backends import backend_problem
 
     path = Path(args.pools)
     if not path.exists():

@@ -17,7 +17,7 @@ Pipeline per seed (everything below is re-drawn for every seed: model init, SFT 
 3. Selection + annotation at an equal budget B: the subset strategies annotate k = 2 candidates per prompt and cover
    B/2 prompts; West-of-N annotates all N and covers B/N prompts. Candidates are embedded with a character n-gram
    embedder (default; see `--embedder`), selected with `aepo_trainer.selection.select_subsets`, scored with the gold
-   reward and paired best vs worst with `aepo_trainer.pairing.make_pairs`.
+   reward and paired best vs worst with `aepo_trainer.reduction.pairing.make_pairs`.
 4. DPO: `AEPOTrainer` (= TRL's DPOTrainer on pair data) from the SFT model, the same number of optimiser steps for
    every strategy (so West-of-N's fewer pairs are seen more often, not for less compute).
 5. Evaluation: `eval_samples` samples per held-out prompt (prompts never used in training), mean gold reward and
@@ -353,7 +353,7 @@ def build_pairs(
     """Select, 'annotate' (gold reward) and pair best vs worst at the budget. Returns (pair rows, stats)."""
     import torch
 
-    from aepo_trainer.pairing import make_pairs
+    from aepo_trainer.reduction.pairing import make_pairs
     from aepo_trainer.selection import prompt_key, select_subsets
 
     n = embeddings.shape[1]

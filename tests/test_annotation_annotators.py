@@ -21,7 +21,7 @@ from aepo_trainer.annotation import (
     RewardModelAnnotator,
     build_annotator,
 )
-from aepo_trainer.pairing import make_pairs
+from aepo_trainer.reduction.pairing import make_pairs
 
 CHAT_REQ = AnnotationRequest(
     [{"role": "user", "content": "What is two plus two?"}],

@@ -26,9 +26,9 @@ from openai_server import API_KEY, BIAS, start_server
 from aepo_trainer.annotation import AnnotationRequest, AnnotationService, ApiJudgeAnnotator
 from aepo_trainer.annotation.base import canonical_json
 from aepo_trainer.annotation.judge import tournament_scores
-from aepo_trainer.annotation.store import AnnotationStore
 from aepo_trainer.generation import ChatClient, UsageLedger
-from aepo_trainer.generation.ledger import summary as usage_summary
+from aepo_trainer.storage.annotations import AnnotationStore
+from aepo_trainer.storage.usage import summary as usage_summary
 
 KEY_ENV = "AEPO_TEST_API_KEY"
 WORKER = Path(__file__).parent / "api_judge_worker.py"

@@ -10,7 +10,7 @@ import pytest
 
 from aepo_trainer.annotation import PairwiseJudgeAnnotator, RewardFunctionAnnotator
 from aepo_trainer.generation import GeneratedPool
-from aepo_trainer.generation.best_of_n import best_of_n, pick_best
+from aepo_trainer.self_judge.best_of_n import best_of_n, pick_best
 
 BEATS = {("rock", "scissors"), ("scissors", "paper"), ("paper", "rock")}
 

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from openai_server import API_KEY, start_server
 
-from aepo_trainer.generation.ledger import summary as usage_summary
+from aepo_trainer.storage.usage import summary as usage_summary
 
 KEY_ENV = "AEPO_TEST_API_KEY"
 PROMPTS = [f"Question number {i}, please answer" for i in range(5)]

@@ -73,7 +73,7 @@ def test_dry_run_forecasts_and_writes_nothing(demo_files, capsys):
 
 def test_all_runs_end_to_end_and_resumes_from_its_checkpoint(demo_files, capsys):
     from aepo_trainer import AEPOConfig
-    from aepo_trainer.pools import validate_pool_dataset
+    from aepo_trainer.data.pools import validate_pool_dataset
     from aepo_trainer.synthesis.texts import read_texts
 
     tmp_path, config = demo_files

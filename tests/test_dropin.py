@@ -97,7 +97,7 @@ def test_aepo_config_where_dpo_config_is_expected(tiny_model_path, dpo_args):
 
 
 def test_plain_dpo_config_is_upgraded(tmp_path, tiny_model_path, dpo_args):
-    from aepo_trainer.run_control import as_aepo_config
+    from aepo_trainer.trainer.run_control import as_aepo_config
 
     upgraded = as_aepo_config(DPOConfig(**dpo_args, beta=0.3))
     assert isinstance(upgraded, AEPOConfig)

@@ -10,7 +10,6 @@ import datasets
 import pytest
 import torch
 
-from aepo_trainer import embedding as embedding_module
 from aepo_trainer.embedding import (
     DEFAULT_EMBEDDING_MODEL,
     Embedder,
@@ -18,6 +17,7 @@ from aepo_trainer.embedding import (
     embed_pools,
     stack_pool_embeddings,
 )
+from aepo_trainer.embedding import embedder as embedding_module
 from aepo_trainer.selection import select_subsets
 
 

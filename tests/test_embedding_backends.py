@@ -1,4 +1,4 @@
-"""The CPU embedding backends (`aepo_trainer.embedding_backends`) on the real bundled all-MiniLM-L6-v2: the ONNX
+"""The CPU embedding backends (`aepo_trainer.embedding.backends`) on the real bundled all-MiniLM-L6-v2: the ONNX
 export run by ONNX Runtime and OpenVINO matches the torch model, the int8 export stays close, the settings key the
 cache, `max_length` truncates, and a bad or unavailable backend is refused before anything is loaded."""
 
@@ -11,8 +11,8 @@ import datasets
 import pytest
 import torch
 
-from aepo_trainer import validation
 from aepo_trainer.config import AEPOConfig
+from aepo_trainer.data import validation
 from aepo_trainer.embedding import Embedder, embed_pools
 
 pytest.importorskip("onnxruntime")
@@ -181,8 +181,8 @@ def test_config_fields_reach_the_cli_and_trainer_embedders(tmp_path, minilm_path
     """`aepo select`/`aepo stats` (`pool_embeddings`) and the trainer build their embedder from the config fields."""
     from types import SimpleNamespace
 
-    from aepo_trainer import embedding
     from aepo_trainer.cli.pool_stages import pool_embeddings
+    from aepo_trainer.embedding import embedder as embedding
     from aepo_trainer.trainer import AEPOTrainer
 
     seen = []

@@ -1,6 +1,6 @@
 """Empty candidates in pools: one rule (`empty_completions`: keep | drop | error) in `aepo select`, `aepo stats` and
 `AEPOTrainer`, on a pool file holding a zero-width-space answer, a whitespace answer, an empty string, and a pool made
-almost only of invisible answers (as the AlpacaEval pools hold; see `aepo_trainer.empty_completions`)."""
+almost only of invisible answers (as the AlpacaEval pools hold; see `aepo_trainer.data.empty_completions`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from datasets import Dataset
 
 from aepo_trainer import AEPOConfig
-from aepo_trainer.empty_completions import EmptyCompletionReport, drop_empty_completions, is_empty_completion
-from aepo_trainer.validation import pool_problems
+from aepo_trainer.data.empty_completions import EmptyCompletionReport, drop_empty_completions, is_empty_completion
+from aepo_trainer.data.validation import pool_problems
 
 ZERO_WIDTH, WHITESPACE, EMPTY, INVISIBLE = "\u200b", "  \n\t", "", "\u200b \ufeff\u2060"
 EMPTIES = {(1, 2): ZERO_WIDTH, (3, 5): WHITESPACE, (4, 0): EMPTY}  # (row, position) -> text

@@ -158,8 +158,8 @@ def _independent_rewards(policy, ref, row, beta, pad, disable_adapter=False):
 
 @pytest.mark.parametrize("use_peft", [False, True])
 def test_pool_implicit_rewards_equal_an_independent_computation(tiny_model_path, dpo_args, use_peft):
-    from aepo_trainer._pool_rewards import pool_implicit_rewards
-    from aepo_trainer.collator import POOL_ROWS
+    from aepo_trainer.data.collator import POOL_ROWS
+    from aepo_trainer.trainer.implicit_rewards import pool_implicit_rewards
 
     peft_config = None
     if use_peft:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from aepo_trainer.jsft import build_jsft_dataset, build_jsft_examples
+from aepo_trainer.self_judge.jsft import build_jsft_dataset, build_jsft_examples
 
 TEMPLATE = "Q: {prompt}\nA: {response_a}\nB: {response_b}\nBetter?"
 ROWS = [

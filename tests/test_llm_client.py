@@ -16,7 +16,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from openai_server import API_KEY, start_server
 
-from aepo_trainer.annotation.store import AnnotationStore
 from aepo_trainer.generation import (
     ApiConfigError,
     ChatClient,
@@ -26,6 +25,7 @@ from aepo_trainer.generation import (
     backoff_delay,
     parse_retry_after,
 )
+from aepo_trainer.storage.annotations import AnnotationStore
 
 KEY_ENV = "AEPO_TEST_API_KEY"
 

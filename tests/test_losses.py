@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aepo_trainer.losses import (
+from aepo_trainer.trainer.losses import (
     RPO_LOSS_TYPES,
     mean_multi_response_reward_aware_loss,
     mean_over_groups,

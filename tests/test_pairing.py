@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from aepo_trainer.pairing import Pair, PairingResult, make_pairs
+from aepo_trainer.reduction.pairing import Pair, PairingResult, make_pairs
 
 
 def test_best_vs_worst_basic_and_rankings():

@@ -11,10 +11,10 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from aepo_trainer import AEPOConfig
 from aepo_trainer.annotation.dataset_scores import DatasetScoresAnnotator
 from aepo_trainer.annotation.service import AnnotationService
-from aepo_trainer.collator import POOL_ROWS, AEPODataCollator
-from aepo_trainer.group_batch import build_group_batch
+from aepo_trainer.data.collator import POOL_ROWS, AEPODataCollator
 from aepo_trainer.reduction import STATS_FIELDS, PoolReducer
 from aepo_trainer.selection import prompt_key
+from aepo_trainer.trainer.group_batch import build_group_batch
 
 
 def _rows(n=4, size=5, seed=0):

@@ -6,7 +6,7 @@ import pytest
 from datasets import Dataset
 
 from aepo_trainer import AEPOConfig
-from aepo_trainer.pools import (
+from aepo_trainer.data.pools import (
     COMPLETIONS_IDS,
     PROMPT_IDS,
     is_pool_dataset,

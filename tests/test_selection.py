@@ -303,10 +303,12 @@ def test_exact_duplicates_resolve_to_lowest_index():
 
 def test_name_lists_have_one_source():
     """Config, kernel, pairing, CLI and losses read their name lists from `aepo_trainer.choices` (no copies)."""
-    from aepo_trainer import choices, losses, pairing
+    from aepo_trainer import choices
     from aepo_trainer.cli import stats
     from aepo_trainer.config import AEPOConfig
+    from aepo_trainer.reduction import pairing
     from aepo_trainer.selection import kernel
+    from aepo_trainer.trainer import losses
 
     assert kernel.STRATEGIES is choices.SELECTION_STRATEGIES is STRATEGIES and SEARCHES is choices.SELECTION_SEARCHES
     assert pairing.PAIRING_RULES is choices.PAIRING_RULES and losses.RPO_LOSS_TYPES is choices.RPO_LOSS_TYPES

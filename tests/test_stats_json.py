@@ -9,7 +9,7 @@ import re
 
 import torch
 
-from aepo_trainer.generation.ledger import UsageLedger
+from aepo_trainer.storage.usage import UsageLedger
 
 PRICES = {"judge-a": {"input": 2.0, "output": 10.0}, "judge-b": {"input": 1.0, "output": 1.0}}
 

@@ -365,7 +365,7 @@ def _responded():
 
 def test_outputs_are_valid_pairs_and_pools_with_provenance():
     from aepo_trainer import AEPOConfig
-    from aepo_trainer.pools import is_pool_dataset, validate_pool_dataset
+    from aepo_trainer.data.pools import is_pool_dataset, validate_pool_dataset
 
     responded = _responded()
     pairs = to_preference_pairs(responded)

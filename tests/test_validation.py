@@ -14,14 +14,14 @@ from datasets import Dataset
 
 from aepo_trainer import AEPOConfig, AEPOTrainer
 from aepo_trainer.annotation.dataset_scores import DatasetScoresAnnotator
-from aepo_trainer.annotation.store import AnnotationStore, AnnotationStoreError
-from aepo_trainer.validation import (
+from aepo_trainer.data.validation import (
     MAX_LISTED_PROBLEMS,
     InputValidationError,
     is_blank,
     pool_problems,
     validate_pool_dataset,
 )
+from aepo_trainer.storage.annotations import AnnotationStore, AnnotationStoreError
 
 
 class CountingScores(DatasetScoresAnnotator):
@@ -92,7 +92,7 @@ TRAINER_CASES = [
     (
         "D10-zero-width-only",
         edit(**{"completions[2]": {1: "\u200b\u200d\ufeff "}}),
-        {"empty_completions": "error"},  # the default, 'keep', keeps it (`aepo_trainer.empty_completions`)
+        {"empty_completions": "error"},  # the default, 'keep', keeps it (`aepo_trainer.data.empty_completions`)
         "row 1, field 'completions'[2]",
     ),
     (

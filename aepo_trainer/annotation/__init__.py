@@ -11,6 +11,7 @@ One annotation = one (prompt, completion) score: the unit of `annotation_budget`
 Importing this package does not import torch (the model-based annotators import it when they first score).
 """
 
+from ..storage.annotations import AnnotationStore, StoredAnnotation
 from .api_judge import ApiJudgeAnnotator
 from .base import (
     PENDING,
@@ -30,7 +31,6 @@ from .judge import DEFAULT_JUDGE_TEMPLATE, PairwiseJudgeAnnotator
 from .reward_function import RewardFunctionAnnotator
 from .reward_model import RewardModelAnnotator
 from .service import AnnotationOutcome, AnnotationService
-from .store import AnnotationStore, StoredAnnotation
 
 __all__ = [
     "DEFAULT_JUDGE_TEMPLATE",

@@ -172,7 +172,7 @@ class ApiJudgeAnnotator(Annotator):
         else:
             scores = self._rubric_scores(requests)
         if self._blocked:
-            from ..generation.ledger import CostBudgetExhausted  # not at import: generation imports annotation
+            from ..storage.usage import CostBudgetExhausted  # not at import: generation imports annotation
 
             partial = []
             for req, row in zip(requests, scores):

@@ -58,7 +58,7 @@ def build_annotator(args, model=None, tokenizer=None, run_id: str | None = None,
 
         store = getattr(args, "annotation_store", None) or os.path.join(args.output_dir, "annotations.sqlite")
         if run_id is None:
-            from ..run_control import default_run_id
+            from ..trainer.run_control import default_run_id
 
             run_id = default_run_id(args)
         return ApiJudgeAnnotator.from_config(args, store, run_id=run_id)

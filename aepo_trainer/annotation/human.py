@@ -24,9 +24,9 @@ import os
 import time
 from pathlib import Path
 
-from ..csv_safety import escape_cell, unescape_cell
+from .._utils.csv_safety import escape_cell, unescape_cell
+from ..storage.annotations import AnnotationStore
 from .base import PENDING, AnnotationError, AnnotationRequest, AnnotationsPending, Annotator, make_key
-from .store import AnnotationStore
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class HumanQueueAnnotator(Annotator):
                 if parsed is not _UNLABELLED:
                     labels[str(key)] = parsed
         if include_page and self.store is not None:
-            from aepo_trainer.labelling.book import read_final_labels  # the page's answers, in the store file
+            from aepo_trainer.storage.label_book import read_final_labels  # the page's answers, in the store file
 
             if not isinstance(self.store, AnnotationStore):
                 self.store = AnnotationStore(self.store)  # opened once, on first use

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..storage.annotations import AnnotationStore
 from .base import (
     PENDING,
     AnnotationError,
@@ -34,7 +35,6 @@ from .base import (
     make_key,
     subset_context,
 )
-from .store import AnnotationStore
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`aepo best-of-n`: self-rejection at inference (SELF-JUDGE) — sample N responses per prompt, let a judge pick one.
 
-A thin loop over `aepo_trainer.generation.best_of_n`: the sampling flags and backends are `aepo generate`'s; the judge
+A thin loop over `aepo_trainer.self_judge.best_of_n`: the sampling flags and backends are `aepo generate`'s; the judge
 is the sampling model itself by default (self-rejection, ideally a JSFT-trained model: `aepo jsft`), another causal LM
 (`--judge_model`), a reward model (`--reward_model`), or an LLM behind an OpenAI-compatible API (`--api_judge`). Each
 output row keeps the input columns and adds the N responses, the winner (`best`, `best_index`), the judge's scores and
@@ -185,7 +185,7 @@ def _judge_batches(rows, todo, args, generator, service, work_path: str, finishe
 
     from aepo_trainer.annotation.base import AnnotationRequest, BudgetExhausted
     from aepo_trainer.generation import GenerationInputError, prompt_seed
-    from aepo_trainer.generation.best_of_n import pick_best
+    from aepo_trainer.self_judge.best_of_n import pick_best
 
     from .io import append_jsonl
 

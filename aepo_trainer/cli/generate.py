@@ -281,7 +281,7 @@ def run(argv: list[str], processes) -> int:
     if not direct:
         write_rows(read_jsonl(work_path), args.output)
         os.remove(work_path)
-    from aepo_trainer.provenance import dataset_card, provenance, write_dataset_card
+    from aepo_trainer._utils.provenance import dataset_card, provenance, write_dataset_card
 
     record = provenance("candidate pools", args.input, _settings(args), prompts=len(rows))
     description = (

@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from ..csv_safety import escape_cell, unescape_cell
+from .._utils.csv_safety import escape_cell, unescape_cell
 from .errors import InputError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")
@@ -106,7 +106,7 @@ def load_dataset_any(source: str, *, name: str | None = None, args=None):
 
 def _explain_untypeable_json(path: str, args) -> None:
     """Raise the validation error naming the bad rows and fields of a JSON Lines file Arrow could not load."""
-    from aepo_trainer import validation
+    from aepo_trainer.data import validation
 
     rows = read_jsonl(path)
     if args is not None and rows and args.completions_column in rows[0]:
@@ -327,7 +327,7 @@ def _save_to_disk(rows, destination: str) -> None:
 
 
 def push_to_hub(rows: list[dict], repo_id: str, *, private: bool = False, card=None) -> None:
-    """Push `rows` as a Hub dataset, then its dataset card (`aepo_trainer.provenance`) as the repository README."""
+    """Push `rows` as a Hub dataset, then its dataset card (`aepo_trainer._utils.provenance`) as the repository README."""
     try:
         to_dataset(rows).push_to_hub(repo_id, private=private)
         if card is not None:

@@ -1,7 +1,7 @@
 """`aepo jsft`: judge-augmented SFT (SELF-JUDGE's JSFT) of a causal LM with TRL's `SFTTrainer`.
 
 A preference dataset (prompt, chosen, rejected) becomes judgment examples in both orders plus SFT examples on the
-chosen responses (`aepo_trainer.jsft`), and `trl.SFTTrainer` trains on them. Arguments are TRL's: every `SFTConfig`
+chosen responses (`aepo_trainer.self_judge.jsft`), and `trl.SFTTrainer` trains on them. Arguments are TRL's: every `SFTConfig`
 and `ModelConfig` field (LoRA, quantization, ...) is a flag and a YAML key (`--config file.yaml`, as `trl sft`), plus
 the `JSFTArguments` below. The trained model is then a policy that can judge its own samples
 (`annotator='self_judge'`, `aepo best-of-n`).
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
 
 def _build_dataset(rows, jsft_args, seed: int):
     from aepo_trainer.annotation.judge import DEFAULT_JUDGE_TEMPLATE
-    from aepo_trainer.jsft import build_jsft_dataset
+    from aepo_trainer.self_judge.jsft import build_jsft_dataset
 
     try:
         return build_jsft_dataset(

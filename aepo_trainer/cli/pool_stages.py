@@ -20,7 +20,7 @@ from .errors import InputError
 def check_pools(
     rows: list[dict], config, source: str, need_scores: bool, annotator=None, judge_model=None, paid: bool = True
 ) -> None:
-    """The validation pass of `aepo_trainer.validation` (every row and column, the embedder's model and, when the
+    """The validation pass of `aepo_trainer.data.validation` (every row and column, the embedder's model and, when the
     command pays for annotations (`paid`), the annotator's model and the budget) before anything is embedded or paid;
     its problems become one `InputError` (exit code 2)."""
     check_pool_rows(rows, config, source, need_scores=need_scores)
@@ -39,7 +39,7 @@ def check_pool_rows(rows: list[dict], config, source: str, need_scores: bool, ro
     so a streamed input is checked chunk by chunk with the messages of a whole one)."""
     import dataclasses
 
-    from aepo_trainer import validation
+    from aepo_trainer.data import validation
 
     try:
         validation.dataset_kind(rows, config, source)
@@ -58,7 +58,7 @@ def check_pool_settings(
 ) -> None:
     """The settings half of `check_pools`: the embedder's model and, when the command pays (`paid`), the annotator's
     model, the budget (against the pools' sizes) and the annotation store."""
-    from aepo_trainer import validation
+    from aepo_trainer.data import validation
 
     if not paid:
         problems = validation.annotator_problems(config, None, need_embedder=need_embedder, check_annotator=False)
@@ -99,7 +99,7 @@ class PoolEmbedder:
     @property
     def embedder(self):
         if self._embedder is None:
-            from aepo_trainer.embedding import Embedder
+            from aepo_trainer.embedding.embedder import Embedder
 
             self._embedder = Embedder.from_config(self.config, device=self.device, show_progress=False)
         return self._embedder
@@ -161,7 +161,7 @@ class PoolEmbedder:
         import datasets
         import numpy as np
 
-        from aepo_trainer.embedding import embed_pools
+        from aepo_trainer.embedding.embedder import embed_pools
 
         column, ccol = self.config.embeddings_column, self.config.completions_column
         data = datasets.Dataset.from_list([{ccol: row[ccol]} for row in rows])
@@ -192,7 +192,7 @@ def pool_embeddings(rows: list[dict], config, device=None):
 
 def batch_inputs(rows: list[dict], embeddings: list, start: int, stop: int, drop: str):
     """The reducer's input for rows[start:stop]: the rows (without the embeddings column), `[B, N, D]`, `[B, N]`."""
-    from aepo_trainer.embedding import stack_pool_embeddings
+    from aepo_trainer.embedding.embedder import stack_pool_embeddings
 
     tensor, mask = stack_pool_embeddings(embeddings[start:stop])
     return [{k: v for k, v in row.items() if k != drop} for row in rows[start:stop]], tensor, mask

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from aepo_trainer.empty_completions import KEPT_POSITIONS_KEY, EmptyCompletionReport
+from aepo_trainer.data.empty_completions import KEPT_POSITIONS_KEY, EmptyCompletionReport
 
 from .args import CommandParser, aepo_settings_arguments, build_config, parse_with_yaml
 from .errors import EXIT_ANNOTATIONS_PENDING, EXIT_BUDGET_EXHAUSTED, EXIT_OK, InputError
@@ -178,7 +178,7 @@ def run(argv: list[str], processes) -> int:
         or (f"{output}.annotation_queue.jsonl" if args.annotator == "human" else None),
         annotation_wait=args.wait if args.wait is not None else args.annotation_wait,
     )
-    from aepo_trainer import validation
+    from aepo_trainer.data import validation
 
     refused = validation.policy_signal_problems(config, "aepo select")
     if refused:  # before the annotator is built, the pools read or anything embedded or paid
@@ -278,8 +278,8 @@ def check_input(chunks, config, args, annotator, processes) -> tuple[int, int]:
 
 def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, size, prompts, timings, started):
     """Embed (every rank its share), then on the main process select, annotate, pair and write, chunk by chunk."""
-    from aepo_trainer.provenance import write_dataset_card
-    from aepo_trainer.reduction import STATS_FIELDS
+    from aepo_trainer._utils.provenance import write_dataset_card
+    from aepo_trainer.reduction.reducer import STATS_FIELDS
 
     from .io import push_to_hub
     from .streaming import ChunkedOutput, input_identity
@@ -290,7 +290,7 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
         from tqdm.auto import tqdm
 
         from aepo_trainer.annotation import AnnotationService
-        from aepo_trainer.reduction import PoolReducer
+        from aepo_trainer.reduction.reducer import PoolReducer
 
         service = AnnotationService.from_config(config, annotator, run_id=run_id)
         reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
@@ -464,7 +464,7 @@ def dry_run(chunks, embedder, annotator, config, args, run_id, processes, size) 
         return processes.broadcast()
     from aepo_trainer.annotation import AnnotationService
     from aepo_trainer.annotation.service import apply_annotator_version
-    from aepo_trainer.reduction import PoolReducer
+    from aepo_trainer.reduction.reducer import PoolReducer
 
     from .pool_stages import read_only_store
 
@@ -485,7 +485,7 @@ def reduce_all(rows, embeddings, reducer, size: int, bar=None):
     `bar`: a progress bar over prompts to advance (default: a bar of its own)."""
     from tqdm.auto import tqdm
 
-    from aepo_trainer.reduction import STATS_FIELDS
+    from aepo_trainer.reduction.reducer import STATS_FIELDS
 
     from .pool_stages import batch_inputs
 

@@ -12,7 +12,7 @@ import time
 
 def pairs_card(args, config, service, totals: dict, prompts: int, pairs: int):
     """The dataset card of the written pairs: source, strategy, λ, k, seed, annotator identity, budget spent."""
-    from aepo_trainer.provenance import dataset_card, provenance
+    from aepo_trainer._utils.provenance import dataset_card, provenance
 
     settings = config.aepo_settings()
     settings.pop("loss_type", None)  # a training setting

@@ -215,7 +215,7 @@ def main(argv: list[str]) -> int:
     if args.max_prompts is not None:
         rows = rows[: args.max_prompts]
     check_pools(rows, config, args.input, need_scores=False, paid=False)
-    from aepo_trainer.empty_completions import EmptyCompletionReport
+    from aepo_trainer.data.empty_completions import EmptyCompletionReport
 
     empty = EmptyCompletionReport(config.empty_completions)  # as `aepo select` and the trainer treat them
     rows = empty.apply(rows, config, mark_positions=False)
@@ -307,7 +307,7 @@ def usage_summary(path: str) -> dict:
     no call was recorded). Each entry: calls, failed, unknown, prompt_tokens, completion_tokens, cost (dollars)."""
     import os
 
-    from aepo_trainer.generation.ledger import summary
+    from aepo_trainer.storage.usage import summary
 
     if not os.path.exists(path):
         raise InputError(f"--annotation_store {path!r}: no such file")
@@ -382,7 +382,7 @@ def _variants(args, ks, pool_sizes):
 def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[dict]:
     from tqdm.auto import tqdm
 
-    from aepo_trainer.reduction import PoolReducer
+    from aepo_trainer.reduction.reducer import PoolReducer
 
     from .pool_stages import batch_inputs, prompts_covered
 

@@ -15,7 +15,7 @@ Importing this package imports neither torch nor `openai` (the client imports `o
 `pip install "aepo-trainer[api]"`).
 """
 
-from .ledger import CostBudgetExhausted, PriceTable, UsageLedger
+from ..storage.usage import CostBudgetExhausted, PriceTable, UsageLedger
 from .limits import RateLimiter, backoff_delay, parse_retry_after
 from .local import (
     GeneratedPool,

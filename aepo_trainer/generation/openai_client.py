@@ -30,7 +30,7 @@ import time
 from collections import Counter
 
 from ..annotation.base import canonical_json
-from .ledger import CostBudgetExhausted, UsageLedger
+from ..storage.usage import CostBudgetExhausted, UsageLedger
 from .limits import RateLimiter, backoff_delay, parse_retry_after
 from .results import ChatResult, normalise, stored_form
 

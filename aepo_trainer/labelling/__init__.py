@@ -14,9 +14,9 @@ Borda points for rankings — `agreement`), stores them as its annotations and m
 Importing this package imports neither FastAPI nor uvicorn (`create_app` does, on first use).
 """
 
+from ..storage.label_book import Answer, LabelBook, LabelConflict, LabellingSettings, read_final_labels
 from .agreement import aggregate, agreement, best_worst_points, borda_points
 from .auth import LabellerTokens, load_tokens
-from .book import Answer, LabelBook, LabelConflict, LabellingSettings, read_final_labels
 from .render import render_markdown, render_turns
 from .server import LabellingServer, is_loopback
 from .tasks import Progress, QueueView, Task

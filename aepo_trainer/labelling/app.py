@@ -34,11 +34,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from aepo_trainer.annotation.human import HumanQueueAnnotator
-from aepo_trainer.annotation.store import AnnotationStore
+from aepo_trainer.storage.annotations import AnnotationStore
 
+from ..storage.label_book import LabelBook, LabelConflict, LabellingSettings, _existing
 from .agreement import agreement, best_worst_points, borda_points
 from .auth import LabellerTokens
-from .book import LabelBook, LabelConflict, LabellingSettings, _existing
 from .render import render_turns
 from .tasks import QueueView
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from aepo_trainer.annotation.store import AnnotationStore
+from aepo_trainer.storage.annotations import AnnotationStore
 
+from ..storage.label_book import LabellingSettings, _answers, _final, _read_settings
 from .agreement import agreement
-from .book import LabellingSettings, _answers, _final, _read_settings
 
 __all__ = ["format_labelling_summary", "labelling_summary"]
 

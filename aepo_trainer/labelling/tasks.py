@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from aepo_trainer.annotation.base import canonical_json
 
-from .book import LabelBook, LabellingSettings, _existing
+from ..storage.label_book import LabelBook, LabellingSettings, _existing
 
 __all__ = ["Progress", "QueueView", "Task"]
 

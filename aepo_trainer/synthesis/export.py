@@ -4,7 +4,7 @@
   = the original text. A TRL preference dataset: `DPOTrainer` and `AEPOTrainer` train on it directly.
 * **Pools** (`to_candidate_pools`): `prompt` = the instruction, `completions` = [original text, expert responses...,
   any other samples], with `completion_sources` naming where each candidate came from. A pool dataset in the sense of
-  `aepo_trainer.pools` (docs/data-formats.md): `AEPOTrainer` and `aepo select` select k of them, annotate only
+  `aepo_trainer.data.pools` (docs/data-formats.md): `AEPOTrainer` and `aepo select` select k of them, annotate only
   those, and pair them, so the Safer-Instruct data is spent with AEPO's annotation budget.
 
 Every row keeps `source_id` and `provenance` (the source text's hash and, per stage, the model, template hash and

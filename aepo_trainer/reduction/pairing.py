@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .choices import PAIRING_RULES
+from ..choices import PAIRING_RULES
 
 logger = logging.getLogger(__name__)
 

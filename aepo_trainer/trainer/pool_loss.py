@@ -15,9 +15,9 @@ import torch
 from accelerate.utils import is_peft_model, pad_across_processes
 from trl import DPOTrainer
 
-from ._pool_step import STEP_PAIRS, TERMS
-from ._trl_compat import FusedCausalLMOutput, disable_gradient_checkpointing, use_adapter
+from .._trl_compat import FusedCausalLMOutput, disable_gradient_checkpointing, use_adapter
 from .losses import RPO_LOSS_TYPES, mean_multi_response_reward_aware_loss
+from .step import STEP_PAIRS, TERMS
 
 _PER_TOKEN_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
 

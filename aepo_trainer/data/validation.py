@@ -6,7 +6,7 @@ after the embedding pass, or a reward model that fails to load after it, wastes 
 * **the dataset kind** — pools (`completions`), pairs (`chosen`/`rejected`), never both (D8), never neither, never
   empty (D9);
 * **every row and every column** of a pool dataset — prompts and completions (strings or chat messages, one format,
-  empty or invisible-only completions (D10) by the rule of `aepo_trainer.empty_completions`, no lone surrogate code
+  empty or invisible-only completions (D10) by the rule of `aepo_trainer.data.empty_completions`, no lone surrogate code
   point (D7)), `scores` (one finite number per completion when the `dataset_scores` annotator reads them: D1, D4),
   `embeddings` (one finite, non-zero vector of one dimension per completion, in every row or none: D2, D3);
 * **the annotator and the models** — a reward model, judge or embedding model that cannot be found is reported now,
@@ -271,7 +271,7 @@ def pool_problems(dataset, args, need_scores: bool = False, allow_empty: bool = 
             return problems
     west_of_n = args.selection_strategy == "west_of_n"
     k = 2 if west_of_n else args.num_annotations
-    # `aepo_trainer.empty_completions`: only 'error' refuses an empty candidate (settings objects without the field:
+    # `aepo_trainer.data.empty_completions`: only 'error' refuses an empty candidate (settings objects without the field:
     # the strict rule)
     refuse_empty = not allow_empty and getattr(args, "empty_completions", "error") == "error"
     wanted = [c for c in dict.fromkeys(("prompt", ccol, scol, ecol)) if columns is None or c in columns]
@@ -513,8 +513,8 @@ def annotator_problems(
             if problem is not None:
                 problems.append(problem)
     if need_embedder:
-        from .embedding import _DEFAULT_ALIASES, _bundled_minilm_path
-        from .embedding_backends import backend_problem
+        from ..embedding.backends import backend_problem
+        from ..embedding.embedder import _DEFAULT_ALIASES, _bundled_minilm_path
 
         backend = getattr(args, "embedding_backend", "torch")
         problem = backend_problem(backend, getattr(args, "embedding_quantized", False))
@@ -531,7 +531,7 @@ def annotator_problems(
 def policy_signal_problems(args, command: str) -> list[Problem]:
     """Settings that read the policy being trained — its implicit rewards, computed in `AEPOTrainer`'s training step —
     cannot be honoured by a command that has no policy (`aepo select`): refused before anything is read or paid."""
-    from .choices import POLICY_STRATEGIES, SELECTION_STRATEGIES
+    from ..choices import POLICY_STRATEGIES, SELECTION_STRATEGIES
 
     problems = []
     if args.selection_strategy in POLICY_STRATEGIES:
@@ -573,7 +573,7 @@ def store_problems(args) -> list[Problem]:
         finally:
             conn.close()
     except sqlite3.Error as error:
-        from .annotation.store import _store_error
+        from ..storage.annotations import _store_error
 
         return [Problem("annotation_store", None, str(_store_error(path, error, 5.0)))]
     return []
@@ -617,7 +617,7 @@ def validate_training_inputs(
     Raises `InputValidationError` listing every problem (up to `MAX_LISTED_PROBLEMS`). Pair datasets are left to
     `DPOTrainer`.
     """
-    from .annotation.dataset_scores import DatasetScoresAnnotator
+    from ..annotation.dataset_scores import DatasetScoresAnnotator
 
     named = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]
     datasets = [(n, d) for n, d in [("train", train_dataset), *named] if d is not None]

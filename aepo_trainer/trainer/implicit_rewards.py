@@ -23,10 +23,10 @@ from types import SimpleNamespace
 
 import torch
 
-from ._pool_loss import reference_outputs
-from ._trl_compat import disable_gradient_checkpointing
+from .._trl_compat import disable_gradient_checkpointing
+from ..selection.implicit_reward import implicit_rewards
 from .group_batch import build_group_batch
-from .selection.implicit_reward import implicit_rewards
+from .pool_loss import reference_outputs
 
 __all__ = ["pool_implicit_rewards"]
 

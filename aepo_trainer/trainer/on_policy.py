@@ -134,8 +134,8 @@ class OnPolicyPools:
     def __init__(self, trainer):
         import os
 
-        from .generation.store import CandidateStore
-        from .trainer import default_run_id
+        from ..generation.store import CandidateStore
+        from .core import default_run_id
 
         args = trainer.args
         self.trainer = trainer
@@ -158,7 +158,7 @@ class OnPolicyPools:
         if self._generator is None:
             args, trainer = self.trainer.args, self.trainer
             if args.use_vllm:
-                from .generation.vllm import PolicyVLLMGenerator
+                from ..generation.vllm import PolicyVLLMGenerator
 
                 kwargs = dict(
                     server_base_url=args.vllm_server_base_url,
@@ -176,7 +176,7 @@ class OnPolicyPools:
                     **kwargs,
                 )
             else:
-                from .generation.local import TransformersGenerator
+                from ..generation.local import TransformersGenerator
 
                 per_call = None
                 if args.generation_batch_size is not None:
@@ -189,7 +189,7 @@ class OnPolicyPools:
     @property
     def embedder(self):
         if self._embedder is None:
-            from .embedding import Embedder
+            from ..embedding.embedder import Embedder
 
             args = self.trainer.args
             self._embedder = Embedder.from_config(args, device=self.trainer.accelerator.device)
@@ -198,14 +198,14 @@ class OnPolicyPools:
     # ------------------------------------------------------------------------------------------------ the step
     def pool_batches(self, prompt_batches: list[dict]) -> list[dict]:
         """Pool batches (as `AEPODataCollator` makes them) for the prompt batches of one optimizer step."""
-        from .generation.local import prompt_seed
+        from ..generation.local import prompt_seed
 
         trainer, args = self.trainer, self.trainer.args
         step = trainer.state.global_step
         round_ = step // args.generate_every
         batches_rows = [batch[ON_POLICY_ROWS] for batch in prompt_batches]
         rows = [row for batch_rows in batches_rows for row in batch_rows]
-        from .generation.store import pool_key
+        from ..generation.store import pool_key
 
         keys = [pool_key(self.run_id, self.fingerprint, round_, row["prompt"]) for row in rows]
         with phase(trainer, "generate"):
@@ -232,7 +232,7 @@ class OnPolicyPools:
         if trainer.args.use_vllm:
             self.generator.sync_weights(step)
             return self.generator.generate(prompts, seeds)
-        from ._trl_compat import unwrap_model_for_generation
+        from .._trl_compat import unwrap_model_for_generation
 
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
             return self.generator.generate(prompts, seeds, model=model)
@@ -243,8 +243,8 @@ class OnPolicyPools:
         from datasets import Dataset
         from trl import DPOTrainer
 
-        from .collator import AEPODataCollator
-        from .pools import prepare_pool_dataset
+        from ..data.collator import AEPODataCollator
+        from ..data.pools import prepare_pool_dataset
 
         trainer, args = self.trainer, self.trainer.args
         with phase(trainer, "embed"):
@@ -278,8 +278,8 @@ class OnPolicyPools:
 
     def _sampled_tokens_batch(self, rows: list[dict], pools, embeddings) -> dict:
         """The pool batch of the tokens as sampled: prompt ids as fed to the model, completion ids as generated."""
-        from .collator import AEPODataCollator
-        from .pools import COMPLETIONS_IDS, PROMPT_IDS
+        from ..data.collator import AEPODataCollator
+        from ..data.pools import COMPLETIONS_IDS, PROMPT_IDS
 
         trainer, args = self.trainer, self.trainer.args
         examples = []

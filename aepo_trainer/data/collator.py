@@ -7,7 +7,7 @@ pairing — happens later, in `AEPOTrainer`'s training step, on the batch that i
 
 Pair examples (`prompt_ids`/`chosen_ids`/`rejected_ids`) go through TRL's `DataCollatorForPreference` unchanged, so
 pair training stays exactly DPO. Pool examples (`prompt_ids`/`completions_ids`/embeddings, prepared once by
-`aepo_trainer.pools`) become a *pool batch*:
+`aepo_trainer.data.pools`) become a *pool batch*:
 
     pool_prompt_ids           [B, Lp]      prompt tokens, right-padded with `pad_token_id`
     pool_prompt_lengths       [B]          real prompt length of each row
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from transformers.data.data_collator import DataCollatorMixin
 
-from ._trl_compat import DataCollatorForPreference
+from .._trl_compat import DataCollatorForPreference
 from .pools import COMPLETIONS_IDS, PROMPT_IDS
 
 __all__ = ["POOL_ROWS", "AEPODataCollator", "is_pool_batch"]

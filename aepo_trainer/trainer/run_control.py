@@ -20,7 +20,7 @@ import re
 from transformers import TrainerCallback
 from trl import DPOConfig
 
-from .config import AEPOConfig
+from ..config import AEPOConfig
 
 logger = logging.getLogger("aepo_trainer.trainer")
 

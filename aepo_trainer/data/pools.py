@@ -69,7 +69,7 @@ def is_prepared_pool_dataset(dataset) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------- validation
-# The checks live in `aepo_trainer.validation` (one pass over everything a run needs); re-exported here.
+# The checks live in `aepo_trainer.data.validation` (one pass over everything a run needs); re-exported here.
 
 
 # ----------------------------------------------------------------------------------------------------- preparation
@@ -129,7 +129,7 @@ def prepare_pool_dataset(
         embed: `f(dataset, args) -> dataset` adding `args.embeddings_column` (used only when that column is absent).
         allow_empty: keep empty completions whatever `args.empty_completions` says, without a warning (on-policy
             pools: a policy that stops at once produced a real sample, the EOS-only response). Otherwise the rule of
-            `aepo_trainer.empty_completions` applies: keep (warned), drop, or error.
+            `aepo_trainer.data.empty_completions` applies: keep (warned), drop, or error.
 
     Returns:
         The dataset with all its original columns plus `prompt_ids`, `completions_ids` and the embeddings column.

@@ -69,7 +69,7 @@ class Embedder:
         batch_size: texts per forward pass.
         show_progress: progress bar; None shows one when a call has at least 2048 distinct texts.
         backend: 'torch' (the PyTorch model), or 'onnx' / 'openvino': the transformer exported once to ONNX and run
-            on CPU by ONNX Runtime / OpenVINO (`aepo_trainer.embedding_backends`; OpenVINO measured 3.5x faster on
+            on CPU by ONNX Runtime / OpenVINO (`aepo_trainer.embedding.backends`; OpenVINO measured 3.5x faster on
             CPU, ONNX Runtime 1.3x).
         quantized: with 'onnx' / 'openvino', run the int8 dynamically quantized export (weights int8 per channel);
             faster with ONNX Runtime, embeddings at a cosine of 0.97+ (docs/benchmarks.md).
@@ -94,7 +94,7 @@ class Embedder:
         max_length: int | None = None,
         export_dir: str | None = None,
     ):
-        from .embedding_backends import backend_problem
+        from .backends import backend_problem
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"Embedder: batch_size must be an int >= 1, got {batch_size!r}")
@@ -226,7 +226,7 @@ class Embedder:
         if self.backend == "torch":
             return None
         if self._runtime is None:
-            from .embedding_backends import RuntimeEncoder, export_onnx, export_path
+            from .backends import RuntimeEncoder, export_onnx, export_path
 
             model = self.model
             source = model[0].auto_model.name_or_path or self.model_name_or_path

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from .annotation.base import AnnotationRequest
-from .choices import POLICY_STRATEGIES
-from .selection.keys import prompt_key
+from ..annotation.base import AnnotationRequest
+from ..choices import POLICY_STRATEGIES
+from ..selection.keys import prompt_key
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class PoolReducer:
         self.catch_pending = catch_pending
         self.active = None  # an ActiveSelector when the strategy learns from the paid labels (issue 15)
         if getattr(args, "uses_active_selection", False):
-            from .selection.active import ActiveSelector
+            from ..selection.active import ActiveSelector
 
             self.active = ActiveSelector.from_config(args)
 
@@ -151,7 +151,7 @@ class PoolReducer:
         policy-aware strategy (`implicit_reward_gap`) likewise selects with `active_cold_start` when `learn=False`,
         and needs `signals={"implicit_rewards": [B, N]}` otherwise.
         """
-        from .selection import select_subsets
+        from ..selection import select_subsets
 
         args = self.args
         device = self.device or embeddings.device
@@ -179,7 +179,7 @@ class PoolReducer:
             pools = (embeddings.to(device), mask)
             selection = self.active.select(rows, *pools, row_keys=keys, signals=signals)
         elif policy_aware and learn:
-            from .selection.implicit_reward import select_implicit_reward_gap
+            from ..selection.implicit_reward import select_implicit_reward_gap
 
             pools = None
             rewards = (signals or {}).get("implicit_rewards")
@@ -271,7 +271,7 @@ class PoolReducer:
 
     def reduce(self, rows: list[dict], embeddings: torch.Tensor, mask: torch.Tensor | None = None) -> ReducedBatch:
         """Select, annotate (in this process, with `self.service`) and pair one batch of pools (`aepo select`)."""
-        from .annotation.ledger import annotate_requests
+        from ..annotation.ledger import annotate_requests
 
         if self.service is None:
             raise ValueError("PoolReducer.reduce annotates in this process: it needs a `service`.")

@@ -13,7 +13,7 @@ Three tables matter:
   sharing the file and the run id never exceed the budget together; because the charge survives a crash, a retry
   re-annotates the reserved key without charging it again.
 * `usage(run_id, key, model, endpoint, status, reserved_cost, cost, prompt_tokens, completion_tokens, response, ...)`
-  — the money ledger of LLM API calls (`aepo_trainer.generation.ledger.UsageLedger` reads and writes it): one row per
+  — the money ledger of LLM API calls (`aepo_trainer.storage.usage.UsageLedger` reads and writes it): one row per
   HTTP attempt that may cost money, reserved at an upper bound before the call and settled with the server's usage
   after it; the response is kept, so a completed call is never paid twice. Added in schema version 2; a version-1
   store is upgraded in place when opened (its other tables are unchanged).
@@ -208,7 +208,7 @@ class AnnotationStore:
 
     def connection(self) -> sqlite3.Connection:
         """This process's and thread's connection, for readers of other tables of the same file (the labelling
-        page keeps its answers next to the annotations: `aepo_trainer.labelling.book`)."""
+        page keeps its answers next to the annotations: `aepo_trainer.storage.label_book`)."""
         return self._conn()
 
     @contextmanager

@@ -25,10 +25,10 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from aepo_trainer.annotation.store import AnnotationStore
 from aepo_trainer.choices import LABEL_QUESTIONS
+from aepo_trainer.storage.annotations import AnnotationStore
 
-from .agreement import aggregate
+from ..labelling.agreement import aggregate
 
 __all__ = ["Answer", "LabelBook", "LabelConflict", "LabellingSettings", "read_final_labels"]
 

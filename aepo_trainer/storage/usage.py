@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..annotation.base import BudgetExhausted, canonical_json
-from ..annotation.store import AnnotationStore, _pid_alive
+from .annotations import AnnotationStore, _pid_alive
 
 __all__ = ["CostBudgetExhausted", "PriceTable", "UsageLedger"]
 

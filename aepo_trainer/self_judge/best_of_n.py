@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .local import prompt_seed
+from ..generation.local import prompt_seed
 
 __all__ = ["BestOfN", "best_of_n", "pick_best"]
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from .annotation.base import as_messages, canonical_json, to_text
-from .annotation.judge import DEFAULT_JUDGE_TEMPLATE, render_judge_prompt
+from ..annotation.base import as_messages, canonical_json, to_text
+from ..annotation.judge import DEFAULT_JUDGE_TEMPLATE, render_judge_prompt
 
 __all__ = ["build_jsft_dataset", "build_jsft_examples"]
 

@@ -2,11 +2,11 @@
 
 Given prompt/chosen/rejected data (standard, conversational or implicit-prompt), the trainer *is* `DPOTrainer`: no
 hook changes what it computes, so the logged losses and final weights are bitwise equal to DPOTrainer's for the same
-seed. Given candidate pools (`{"prompt", "completions": [...]}`), the pools are prepared once (`aepo_trainer.pools`),
+seed. Given candidate pools (`{"prompt", "completions": [...]}`), the pools are prepared once (`aepo_trainer.data.pools`),
 the DataLoader only pads and stacks them (`AEPODataCollator`, a pure function), and each optimizer step's batches are
 reduced in the step itself, like TRL's GRPOTrainer generates and scores in its step (`get_batch_samples` ->
-`aepo_trainer._pool_step`: select k of N on every rank -> annotate on the main process, one ledger -> pair -> lay
-out). The loss of the resulting group batch is computed by `aepo_trainer._pool_loss` (TRL's loss types on the pairs,
+`aepo_trainer.trainer.step`: select k of N on every rank -> annotate on the main process, one ledger -> pair -> lay
+out). The loss of the resulting group batch is computed by `aepo_trainer.trainer.pool_loss` (TRL's loss types on the pairs,
 plus the reward-aware `rpo_*` losses over all ordered pairs of each prompt's responses), as a mean over the pairs
 actually formed.
 """
@@ -25,9 +25,9 @@ from accelerate import PartialState
 from transformers.trainer_utils import TrainOutput
 from trl import DPOConfig, DPOTrainer
 
-from . import pools, validation
-from .collator import AEPODataCollator, is_pool_batch
-from .config import AEPOConfig
+from ..config import AEPOConfig
+from ..data import pools, validation
+from ..data.collator import AEPODataCollator, is_pool_batch
 from .run_control import (
     ACTIVE_LABELS_FILE,
     AEPOControlCallback,
@@ -166,19 +166,19 @@ class AEPOTrainer(DPOTrainer):
         return self.annotation_services.get("eval")
 
     def _aepo_setup(self, annotator, user_collator: bool) -> None:
-        from .reduction import PoolReducer
+        from ..reduction.reducer import PoolReducer
 
         args = self.args
         self.pad_token_id = self._tokenizer.pad_token_id
         if self.accelerator.is_main_process:  # one ledger and one store for the whole run, whatever the world size
-            from .annotation.service import AnnotationService
+            from ..annotation.service import AnnotationService
 
             run_id = default_run_id(args)
             train_annotator = self._aepo_build_annotator(annotator)
             eval_annotator = train_annotator
             if annotator is None and args.annotator == "api_judge":
                 # the judge meters its dollars under a run id: evaluation gets a ledger of its own there too
-                from .annotation import build_annotator
+                from ..annotation import build_annotator
 
                 eval_annotator = build_annotator(args, run_id=f"{run_id}-eval")
             self.annotation_services = {
@@ -210,7 +210,7 @@ class AEPOTrainer(DPOTrainer):
 
         args = self.args
         if annotator is None:
-            from .annotation import build_annotator
+            from ..annotation import build_annotator
 
             judge_model = None
             if args.annotator == "judge":
@@ -228,7 +228,7 @@ class AEPOTrainer(DPOTrainer):
             )
         if hasattr(annotator, "score") and hasattr(annotator, "identity"):
             return annotator
-        from .annotation.reward_function import RewardFunctionAnnotator
+        from ..annotation.reward_function import RewardFunctionAnnotator
 
         if not (callable(annotator) or isinstance(annotator, (list, tuple))):
             raise TypeError(
@@ -239,7 +239,7 @@ class AEPOTrainer(DPOTrainer):
 
     def _aepo_embed(self, dataset, args):
         """Sentence embeddings of every candidate, computed once and cached by the dataset fingerprint."""
-        from .embedding import Embedder, embed_pools
+        from ..embedding.embedder import Embedder, embed_pools
 
         if self._aepo_embedder is None:
             self._aepo_embedder = Embedder.from_config(args, device=args.device)
@@ -313,7 +313,7 @@ class AEPOTrainer(DPOTrainer):
         pool_batches = [b for b in batches if is_pool_batch(b)]
         if not pool_batches:
             return batches, None
-        from ._pool_step import STEP_PAIRS, reduce_pool_batches
+        from .step import STEP_PAIRS, reduce_pool_batches
 
         groups = reduce_pool_batches(self, pool_batches, "train")
         if groups and groups[0][STEP_PAIRS] == 0 and self.lr_scheduler is not None:
@@ -326,8 +326,8 @@ class AEPOTrainer(DPOTrainer):
         return groups, None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        from ._pool_step import STEP_PAIRS
         from .on_policy import phase
+        from .step import STEP_PAIRS
 
         if STEP_PAIRS in inputs and inputs[STEP_PAIRS] == 0:
             # No pair on any process in this step: no forward, no backward, so the gradients stay unset and the
@@ -347,7 +347,7 @@ class AEPOTrainer(DPOTrainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if is_pool_batch(inputs):
-            from ._pool_step import reduce_pool_batches
+            from .step import reduce_pool_batches
 
             inputs = reduce_pool_batches(self, [inputs], "eval")[0]
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
@@ -355,7 +355,7 @@ class AEPOTrainer(DPOTrainer):
     def _compute_loss(self, model, inputs, return_outputs):
         if "pair_chosen_rows" not in inputs:
             return super()._compute_loss(model, inputs, return_outputs)
-        from ._pool_loss import compute_pool_loss
+        from .pool_loss import compute_pool_loss
 
         return compute_pool_loss(self, model, inputs, return_outputs)
 

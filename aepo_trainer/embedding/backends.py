@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 import torch
 
-from .choices import EMBEDDING_BACKENDS
+from ..choices import EMBEDDING_BACKENDS
 
 logger = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ __all__ = [
     "reward_aware_loss",
 ]
 
-from .choices import RPO_LOSS_TYPES
+from ..choices import RPO_LOSS_TYPES
 
 
 def _check_kind(kind) -> None:

@@ -20,11 +20,11 @@ import math
 
 import torch
 
-from .annotation.ledger import annotate_on_main_process, split_reply
-from .collator import POOL_ROWS
+from ..annotation.ledger import annotate_on_main_process, split_reply
+from ..data.collator import POOL_ROWS
+from ..reduction.reducer import STATS_FIELDS
 from .group_batch import build_group_batch
 from .on_policy import phase
-from .reduction import STATS_FIELDS
 
 __all__ = ["STEP_PAIRS", "TERMS", "record_stats", "reduce_pool_batches"]
 
@@ -51,7 +51,7 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
             rows = batch[POOL_ROWS]
             signals = None
             if policy_signals:
-                from ._pool_rewards import pool_implicit_rewards
+                from .implicit_rewards import pool_implicit_rewards
 
                 signals = {"implicit_rewards": pool_implicit_rewards(trainer, batch)}
                 spreads.append(_spread(signals["implicit_rewards"], batch["pool_mask"].to(device)))
@@ -119,7 +119,7 @@ def _spread(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def record_implicit_rewards(trainer, spreads: list[torch.Tensor]) -> None:
     """`aepo/implicit_reward_spread` (mean over the step's prompts, all ranks) and `aepo/implicit_reward_flat`
     (prompts without spread: `implicit_reward_gap` selected them by its fallback), one collective."""
-    from .selection.implicit_reward import MIN_GAP
+    from ..selection.implicit_reward import MIN_GAP
 
     device = trainer.accelerator.device
     spread = torch.cat(spreads) if spreads else torch.zeros(0, device=device)

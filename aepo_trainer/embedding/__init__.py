@@ -1,0 +1,23 @@
+"""Embedding the candidates: `embedder` (`Embedder`, `embed_pools`, the cache) and `backends` (ONNX/OpenVINO on CPU).
+
+Public names are imported lazily, so `import aepo_trainer.embedding` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "DEFAULT_EMBEDDING_MODEL": "aepo_trainer.embedding.embedder",
+    "Embedder": "aepo_trainer.embedding.embedder",
+    "completion_text": "aepo_trainer.embedding.embedder",
+    "embed_pools": "aepo_trainer.embedding.embedder",
+    "stack_pool_embeddings": "aepo_trainer.embedding.embedder",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,28 @@
+"""One batch of pools reduced to preference pairs: select -> annotate -> pair (shared by the trainer and `aepo select`).
+
+* `reducer`: `PoolReducer`, `ReducedBatch`, `STATS_FIELDS`.
+* `pairing`: `make_pairs` and the pairing rules.
+
+Public names are imported lazily, so importing one of the submodules does not import the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "STATS_FIELDS": "aepo_trainer.reduction.reducer",
+    "PoolReducer": "aepo_trainer.reduction.reducer",
+    "ReducedBatch": "aepo_trainer.reduction.reducer",
+    "Selected": "aepo_trainer.reduction.reducer",
+    "Pair": "aepo_trainer.reduction.pairing",
+    "PairingResult": "aepo_trainer.reduction.pairing",
+    "make_pairs": "aepo_trainer.reduction.pairing",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
