@@ -497,7 +497,8 @@ def reduce_all(rows, embeddings, reducer, size: int, bar=None):
         bar = tqdm(total=len(rows), unit="prompt", desc="select+annotate+pair", dynamic_ncols=True)
     for start in range(0, len(rows), size):
         batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + size, config.embeddings_column)
-        reduced = reducer.reduce(batch_rows, tensor, mask)
+        visible = [{k: v for k, v in row.items() if k != KEPT_POSITIONS_KEY} for row in batch_rows]  # annotators'
+        reduced = reducer.reduce(visible, tensor, mask)
         for name in STATS_FIELDS:
             value = reduced.stats.get(name, 0.0)
             if name in ("annotations_spent", "budget_left"):
