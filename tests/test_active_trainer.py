@@ -31,7 +31,7 @@ def test_resume_restores_the_surrogate_and_selects_as_an_uninterrupted_run(tiny_
     resumed = make_trainer(tiny_model_path, {**dpo_args, "output_dir": str(tmp_path / "b")}, max_steps=4, **settings)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.pool_reducer.active.surrogate.export() == whole.pool_reducer.active.surrogate.export()
-    assert first._aepo_seen_prompt_keys + resumed._aepo_seen_prompt_keys == whole._aepo_seen_prompt_keys
+    assert first.seen_prompt_keys + resumed.seen_prompt_keys == whole.seen_prompt_keys
     assert resumed.annotation_service.spent == whole.annotation_service.spent == 16
     assert [(p["chosen"], p["rejected"]) for p in resumed.recent_pairs[-4:]] == [
         (p["chosen"], p["rejected"]) for p in whole.recent_pairs[-4:]

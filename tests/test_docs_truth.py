@@ -16,7 +16,9 @@ import ast
 import dataclasses
 import importlib
 import importlib.util
+import inspect
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,9 +56,11 @@ def _where(path: Path, number: int) -> str:
     return f"{path.relative_to(REPO_ROOT)}:{number}"
 
 
-def _is_deprecated_alias(module) -> bool:
-    """Old module paths kept for one release say so in their docstring ("Deprecated alias ...")."""
-    return "deprecated" in (module.__doc__ or "").lower().split("\n", 1)[0]
+def _moved_from(path: str) -> str | None:
+    """The old module path (kept importable for one release, deprecated) that `path` starts with, if any."""
+    from aepo_trainer._utils.moved import MOVED_MODULES
+
+    return next((old for old in MOVED_MODULES if path == old or path.startswith(old + ".")), None)
 
 
 def resolve_dotted(path: str):
@@ -107,13 +111,14 @@ def test_every_module_path_and_name_the_docs_mention_exists():
             if not target.exists():
                 problems.append(f"{_where(page, number)}: {text} does not exist")
             continue
+        old = _moved_from(text)
+        if old is not None:
+            problems.append(f"{_where(page, number)}: {text}: `{old}` is a deprecated alias; name its current path")
+            continue
         try:
-            module, _ = resolve_dotted(text)
+            resolve_dotted(text)
         except LookupError as error:
             problems.append(f"{_where(page, number)}: {text}: {error}")
-            continue
-        if _is_deprecated_alias(module):
-            problems.append(f"{_where(page, number)}: {text} is a deprecated alias; name the module's current path")
     assert not problems, "the docs name things the code does not have:\n" + "\n".join(problems)
 
 
@@ -123,6 +128,8 @@ def test_the_checker_finds_missing_paths():
     with pytest.raises(LookupError):
         resolve_dotted("aepo_trainer.AEPOTrainer.no_such_method")
     assert resolve_dotted("aepo_trainer.AEPOConfig")[1].__name__ == "AEPOConfig"
+    assert _moved_from("aepo_trainer.pools.validate_pool_dataset") == "aepo_trainer.pools"
+    assert _moved_from("aepo_trainer.data.pools") is None
 
 
 def _sentences(text: str):
@@ -162,11 +169,10 @@ def test_no_page_says_paid_work_happens_in_the_collator():
 
 
 def test_the_collator_imports_no_paid_stage():
-    spec = importlib.util.find_spec("aepo_trainer.collator")
-    module = importlib.import_module("aepo_trainer.collator")
-    if _is_deprecated_alias(module):  # follow the alias to the module that defines the collator
-        spec = importlib.util.find_spec(module.AEPODataCollator.__module__)
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    from aepo_trainer import AEPODataCollator
+
+    source = inspect.getsourcefile(sys.modules[AEPODataCollator.__module__])
+    tree = ast.parse(Path(source).read_text(encoding="utf-8"))
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):

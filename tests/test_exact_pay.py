@@ -71,9 +71,9 @@ def test_paid_is_k_times_trained_prompts(tiny_model_path, dpo_args, overrides):
     reward = CountingReward()
     trainer = trainer_for(tiny_model_path, dpo_args, pools(16), annotator=reward, **overrides)
     trainer.train()
-    trained = len(trainer._aepo_seen_prompt_keys)
+    trained = len(trainer.seen_prompt_keys)
     assert trained == 3 * 2 * overrides.get("gradient_accumulation_steps", 1)  # max_steps x batch x accumulation
-    assert len(trainer._aepo_seen_prompt_keys) == len(set(trainer._aepo_seen_prompt_keys))  # no prompt twice
+    assert len(trainer.seen_prompt_keys) == len(set(trainer.seen_prompt_keys))  # no prompt twice
     assert len(reward.calls) == 2 * trained and len(set(reward.calls)) == len(reward.calls)  # no miss, no duplicate
     assert trainer.annotation_service.spent == 2 * trained
 
@@ -126,7 +126,7 @@ def test_train_loss_and_gradient_are_means_over_the_pairs_of_the_step(tiny_model
     from aepo_trainer.selection import prompt_key
 
     # the seeded sampler put both tied prompts in the first micro-batch: one micro-batch without any pair
-    assert set(trainer._aepo_seen_prompt_keys[:2]) == {prompt_key(r["prompt"]) for r in rows[:2]}
+    assert set(trainer.seen_prompt_keys[:2]) == {prompt_key(r["prompt"]) for r in rows[:2]}
     assert out.training_loss == pytest.approx(LN2, abs=1e-6)
     assert trainer.state.log_history[0]["loss"] == pytest.approx(LN2, abs=1e-6)
 

@@ -137,7 +137,7 @@ def test_selection_happens_per_batch_in_the_step(tiny_model_path, dpo_args):
     # One reduction per trained batch of 2 pools, in the training step: the batch the DataLoader prepares ahead
     # (accelerate looks one batch ahead to detect the end of the epoch) is neither selected nor paid for.
     assert len(calls) == 3 and all(len(c) == 2 for c in calls)
-    assert trainer._aepo_seen_prompt_keys == [prompt_key(p) for c in calls for p in c]
+    assert trainer.seen_prompt_keys == [prompt_key(p) for c in calls for p in c]
     assert trainer.annotation_service.spent == 12  # exactly k = 2 x 6 trained prompts
 
 
@@ -164,7 +164,7 @@ def test_resume_does_not_re_annotate(tiny_model_path, dpo_args):
     entries = logged(resumed)[-2:]  # the log history of steps 1-2 is restored from the checkpoint
     assert [e["aepo/annotations_paid"] for e in entries] == [4, 4]  # nothing was paid ahead of its step
     assert [e["aepo/annotations_reused"] for e in entries] == [0, 0]
-    assert len(set(first._aepo_seen_prompt_keys + resumed._aepo_seen_prompt_keys)) == 8  # no prompt seen twice
+    assert len(set(first.seen_prompt_keys + resumed.seen_prompt_keys)) == 8  # no prompt seen twice
 
 
 def test_a_step_without_pairs_takes_no_optimizer_step(tiny_model_path, dpo_args):
@@ -289,7 +289,7 @@ def test_evaluate_on_pools(tiny_model_path, dpo_args):
     metrics = trainer.evaluate()
     assert metrics["eval_loss"] == pytest.approx(0.6931, abs=1e-3)  # policy = reference before training
     assert metrics["eval_aepo/pairs"] == 4 and "eval_rewards/margins" in metrics
-    assert trainer._aepo_seen_prompt_keys == []  # evaluation prompts are not counted as trained
+    assert trainer.seen_prompt_keys == []  # evaluation prompts are not counted as trained
 
 
 def test_human_annotation_pending_stops_cleanly(tiny_model_path, dpo_args):

@@ -38,17 +38,10 @@ def test_trainer_attributes_exist(tiny_model_path, dpo_args):
 
 
 def test_no_other_module_imports_trl_internals():
-    """`_trl_compat` is the one place: no other module imports from `trl.trainer.*` or `trl.models.*`."""
-    from pathlib import Path
+    """`_trl_compat` is the one place: every other `trl` import of the package names only what `trl` exports.
 
-    import aepo_trainer
+    The check itself (every `import trl...` / `from trl... import` of every module, function-level ones included)
+    lives in tests/test_layout.py with the other layout rules; this runs it here too, next to the names it guards."""
+    from test_layout import test_trl_names_trl_does_not_export_go_through_trl_compat
 
-    root = Path(aepo_trainer.__file__).parent
-    offenders = []
-    for path in root.rglob("*.py"):
-        if path.name == "_trl_compat.py":
-            continue
-        text = path.read_text(encoding="utf-8")
-        if "from trl.trainer" in text or "from trl.models" in text or "import trl.trainer" in text:
-            offenders.append(str(path.relative_to(root)))
-    assert not offenders, offenders
+    test_trl_names_trl_does_not_export_go_through_trl_compat()

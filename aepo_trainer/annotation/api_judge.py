@@ -35,6 +35,8 @@ import logging
 import math
 import re
 
+from ..generation import ChatClient
+from ..storage.usage import CostBudgetExhausted, UsageLedger
 from .base import AnnotationRequest, Annotator, canonical_json, to_text
 from .judge import DEFAULT_JUDGE_TEMPLATE, debiased, tournament_scores
 
@@ -150,8 +152,6 @@ class ApiJudgeAnnotator(Annotator):
     @classmethod
     def from_config(cls, args, store, run_id: str = "default", probe: bool = True) -> ApiJudgeAnnotator:
         """The judge an `AEPOConfig` describes, metered in `store` under `run_id`; probes the server first."""
-        from ..generation import ChatClient, UsageLedger
-
         ledger = UsageLedger(store, run_id=run_id, prices=args.api_prices, budget=args.annotation_cost_budget)
         client = ChatClient.from_config(args, ledger=ledger, progress=True)
         if probe:
@@ -172,8 +172,6 @@ class ApiJudgeAnnotator(Annotator):
         else:
             scores = self._rubric_scores(requests)
         if self._blocked:
-            from ..storage.usage import CostBudgetExhausted  # not at import: generation imports annotation
-
             partial = []
             for req, row in zip(requests, scores):
                 keys = self._request_keys(req)

@@ -10,11 +10,13 @@ Nothing here imports torch: the store, the service and the light annotators stay
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from .._utils.hashing import canonical_json
+from ..storage.annotations import BudgetExhausted
 
 __all__ = [
     "PENDING",
@@ -152,29 +154,6 @@ class AnnotationsPending(RuntimeError):
 
 def _rebuild_pending(message, pending, queue_path, labels_path) -> AnnotationsPending:
     return AnnotationsPending(message, pending=pending, queue_path=queue_path, labels_path=labels_path)
-
-
-class BudgetExhausted(RuntimeError):
-    """The annotation budget of a run is spent.
-
-    `AnnotationService.annotate` returns `budget_exhausted=True` by default; with `on_budget_exhausted="raise"` it
-    raises this instead, after everything annotated has been saved. `outcome` holds what the call did obtain.
-    """
-
-    def __init__(self, message: str, *, spent: int, budget: int, run_id: str, outcome=None):
-        super().__init__(message)
-        self.spent = spent
-        self.budget = budget
-        self.run_id = run_id
-        self.outcome = outcome
-
-
-# ------------------------------------------------------------------------------------------------------- helpers
-
-
-def canonical_json(obj: Any) -> str:
-    """Deterministic JSON (sorted keys, no whitespace, UTF-8 kept) used for store keys and stored texts."""
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def make_key(identity: str, prompt: Any, completion: Any, context: str | None = None) -> str:

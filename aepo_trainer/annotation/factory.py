@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import os
 
+from ..storage.annotations import default_store_path
 from .dataset_scores import DatasetScoresAnnotator
 from .human import HumanQueueAnnotator
 from .judge import PairwiseJudgeAnnotator
 from .reward_model import RewardModelAnnotator
 
-__all__ = ["build_annotator"]
+__all__ = ["JUDGE_NEEDS_A_FROZEN_MODEL", "build_annotator", "judge_available", "resolve_annotator"]
+
+#: Why `annotator='judge'` cannot run: the one message of the preflight and of the factory.
+JUDGE_NEEDS_A_FROZEN_MODEL = (
+    "annotator='judge' uses the frozen starting model as judge: pass `ref_model` (or train a PEFT adapter, judged "
+    "with the adapter disabled)"
+)
+
+
+def judge_available(model, ref_model=None, peft_config=None) -> bool:
+    """True when a trainer has a frozen starting model to judge with: a `ref_model`, or a PEFT adapter (the policy
+    with its adapter disabled). The one statement of this rule (the preflight asks it before any slow work)."""
+    return ref_model is not None or peft_config is not None or hasattr(model, "peft_config")
 
 
 def build_annotator(args, model=None, tokenizer=None, run_id: str | None = None, ref_model=None):
@@ -56,9 +69,9 @@ def build_annotator(args, model=None, tokenizer=None, run_id: str | None = None,
     if kind == "api_judge":
         from .api_judge import ApiJudgeAnnotator
 
-        store = getattr(args, "annotation_store", None) or os.path.join(args.output_dir, "annotations.sqlite")
+        store = default_store_path(args)
         if run_id is None:
-            from ..trainer.run_control import default_run_id
+            from .._utils.run_ids import default_run_id
 
             run_id = default_run_id(args)
         return ApiJudgeAnnotator.from_config(args, store, run_id=run_id)
@@ -85,10 +98,36 @@ def build_annotator(args, model=None, tokenizer=None, run_id: str | None = None,
             if not output_dir:
                 raise ValueError("AEPOConfig.annotator='human' needs `annotation_queue` or `output_dir`.")
             queue = os.path.join(output_dir, "annotation_queue.jsonl")
-        store = getattr(args, "annotation_store", None)
-        if not store and getattr(args, "output_dir", None):
-            store = os.path.join(args.output_dir, "annotations.sqlite")  # AnnotationService.from_config's default
+        store = default_store_path(args)
         return HumanQueueAnnotator(queue, store=store, wait_timeout=float(getattr(args, "annotation_wait", 0.0) or 0.0))
     from ..choices import ANNOTATORS
 
     raise ValueError(f"AEPOConfig.annotator={kind!r} is invalid: expected one of {', '.join(map(repr, ANNOTATORS))}.")
+
+
+def resolve_annotator(args, annotator=None, *, model=None, ref_model=None, tokenizer=None):
+    """The annotator a trainer uses: `annotator` itself (an `Annotator`, or a TRL/GRPO-style reward function or list
+    of them, wrapped in a `RewardFunctionAnnotator`), or, when None, the one `args.annotator` names
+    (`build_annotator`; `annotator='judge'` judges with the frozen starting model: `ref_model`, or the policy with
+    its PEFT adapter disabled)."""
+    if annotator is None:
+        from accelerate.utils import is_peft_model  # lazy: accelerate imports torch
+
+        judge_model = None
+        if args.annotator == "judge":
+            judge_model = model if is_peft_model(model) else ref_model
+            if judge_model is None:
+                raise ValueError(JUDGE_NEEDS_A_FROZEN_MODEL + ".")
+        return build_annotator(
+            args, model=judge_model if judge_model is not None else model, tokenizer=tokenizer, ref_model=ref_model
+        )
+    if hasattr(annotator, "score") and hasattr(annotator, "identity"):
+        return annotator
+    from .reward_function import RewardFunctionAnnotator
+
+    if not (callable(annotator) or isinstance(annotator, (list, tuple))):
+        raise TypeError(
+            f"`annotator` must be an Annotator (with `identity` and `score`) or a reward function, got "
+            f"{type(annotator).__name__}."
+        )
+    return RewardFunctionAnnotator(annotator, tokenizer=tokenizer)

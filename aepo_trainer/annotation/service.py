@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..storage.annotations import AnnotationStore
+from ..storage.annotations import AnnotationStore, default_store_path
 from .base import (
     PENDING,
     AnnotationError,
@@ -139,7 +139,7 @@ class AnnotationService:
     def from_config(cls, args, annotator, run_id: str = "default", **kwargs) -> AnnotationService:
         """Service configured by an `AEPOConfig`: store `annotation_store` (default `<output_dir>/annotations.sqlite`),
         budget `annotation_budget`, batch size `annotation_batch_size`."""
-        path = getattr(args, "annotation_store", None) or os.path.join(args.output_dir, "annotations.sqlite")
+        path = default_store_path(args)
         apply_annotator_version(annotator, getattr(args, "annotator_version", None))
         kwargs.setdefault("budget", getattr(args, "annotation_budget", None))
         kwargs.setdefault("batch_size", getattr(args, "annotation_batch_size", 16))
@@ -159,14 +159,7 @@ class AnnotationService:
         identity = self.identity
         family = getattr(self.annotator, "identity_family", None) or identity.split(_VERSION_MARK)[0]
         try:  # a read-only scan of one column (no index: milliseconds for thousands of rows)
-            rows = (
-                self.store._conn()
-                .execute(
-                    "SELECT annotator, COUNT(*) FROM annotations WHERE substr(annotator, 1, ?) = ? GROUP BY annotator",
-                    (len(family), family),
-                )
-                .fetchall()
-            )
+            rows = list(self.store.annotator_counts(family).items())
         except Exception:  # never fail a run over a diagnostic
             return {}
         stale = {

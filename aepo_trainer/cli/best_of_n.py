@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .args import CommandParser, aepo_settings_arguments, build_config, parse_with_yaml
 from .errors import EXIT_BUDGET_EXHAUSTED, EXIT_OK, InputError
-from .generate import _check_args, _check_prompts, _make_generator, _prompt_id, generate_arguments, is_direct
+from .generate import check_prompts, check_sampling_args, generate_arguments, is_direct, make_generator, prompt_id
 
 DESCRIPTION = "Sample N responses per prompt and return the one a judge picks (tournament), with its confidence."
 
@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
     from .io import read_rows
 
     args = parse_with_yaml(build_parser(), argv)
-    _check_args(args)
+    check_sampling_args(args)
     if sum(map(bool, (args.judge_model and not args.api_judge, args.reward_model, args.api_judge))) > 1:
         raise InputError("pass one judge: --judge_model, --reward_model or --api_judge (with --judge_model)")
     if args.api_judge and not args.judge_model:
@@ -124,7 +124,7 @@ def main(argv: list[str]) -> int:
     rows = read_rows(args.input, split=args.split)
     if args.max_prompts is not None:
         rows = rows[: args.max_prompts]
-    _check_prompts(rows, args)
+    check_prompts(rows, args)
     config = build_config(  # AEPOConfig's checks of the budget and judge settings, before anything is loaded or paid
         args,
         output_dir=os.path.dirname(output),
@@ -135,7 +135,7 @@ def main(argv: list[str]) -> int:
     work_path = args.output if is_direct(args.output) else f"{args.output}.partial.jsonl"
     todo, finished = _unfinished(rows, args, work_path)
     if todo:
-        generator = _make_generator(args)
+        generator = make_generator(args)
         service = _service(config, _judge(args, config, generator, run_id), run_id)
         code = _judge_batches(rows, todo, args, generator, service, work_path, finished)
     else:
@@ -165,10 +165,10 @@ def _unfinished(rows: list[dict], args, work_path: str) -> tuple[list[int], int]
     if os.path.exists(work_path):
         if repair_jsonl_tail(work_path):
             print(f"{work_path}: removed a truncated last line left by an interrupted run", file=sys.stderr)
-        done.update(_prompt_id(r.get(args.prompt_column)) for r in read_jsonl(work_path))
+        done.update(prompt_id(r.get(args.prompt_column)) for r in read_jsonl(work_path))
     todo = []
     for index, row in enumerate(rows):
-        key = _prompt_id(row[args.prompt_column])
+        key = prompt_id(row[args.prompt_column])
         if done[key] > 0:
             done[key] -= 1
         else:

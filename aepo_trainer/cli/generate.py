@@ -248,13 +248,13 @@ def main(argv: list[str]) -> int:
 
 def run(argv: list[str], processes) -> int:
     args = parse_with_yaml(build_parser(), argv)
-    _check_args(args)
+    check_sampling_args(args)
     from .io import read_rows
 
     rows = read_rows(args.input, split=args.split)  # every rank reads the prompts (no shared filesystem needed)
     if args.max_prompts is not None:
         rows = rows[: args.max_prompts]
-    _check_prompts(rows, args)
+    check_prompts(rows, args)
     if processes.distributed and args.device == "auto" and processes.device is not None:
         args.device = str(processes.device)  # each rank samples on its own GPU
 
@@ -324,14 +324,14 @@ def plan_batches(rows: list[dict], args, work_path: str) -> dict:
         done_rows = read_jsonl(work_path)
     elif os.path.exists(args.output):  # a finished non-JSONL output: resume from its rows
         done_rows = read_rows(args.output)
-    done = Counter(_prompt_id(r.get(args.prompt_column)) for r in done_rows)
+    done = Counter(prompt_id(r.get(args.prompt_column)) for r in done_rows)
     seen = Counter()
     batches = []
     for start in range(0, len(rows), args.batch_size):
         todo = []
         for index in range(start, min(start + args.batch_size, len(rows))):
             prompt = rows[index][args.prompt_column]
-            key = _prompt_id(prompt)
+            key = prompt_id(prompt)
             occurrence = seen[key]
             seen[key] += 1
             if done[key] > 0:
@@ -358,7 +358,7 @@ def sample_batches(rows, batches, args, work_path: str, processes, done: int) ->
 
     from .io import append_jsonl
 
-    generator = _make_generator(args)
+    generator = make_generator(args)
     bar = None
     if processes.is_main:
         bar = tqdm(total=len(rows), initial=done, unit="prompt", desc="generate", dynamic_ncols=True)
@@ -388,7 +388,7 @@ def sample_batches(rows, batches, args, work_path: str, processes, done: int) ->
         bar.close()
 
 
-def _check_args(args) -> None:
+def check_sampling_args(args) -> None:
     for name in ("num_completions", "batch_size", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -402,7 +402,7 @@ def _check_args(args) -> None:
         build_config(args, output_dir=os.path.dirname(os.path.abspath(args.output)))  # AEPOConfig's validation
 
 
-def _check_prompts(rows: list[dict], args) -> None:
+def check_prompts(rows: list[dict], args) -> None:
     if not rows:
         raise InputError(f"{args.input}: has no rows")
     for number, row in enumerate(rows):
@@ -427,7 +427,7 @@ def _is_conversation(prompt) -> bool:
     )
 
 
-def _prompt_id(prompt) -> str:
+def prompt_id(prompt) -> str:
     from aepo_trainer.annotation.base import canonical_json
 
     return canonical_json(prompt)
@@ -477,7 +477,7 @@ def _resolve_backend(name: str) -> str:
     return "vllm" if is_vllm_available() and torch.cuda.is_available() else "transformers"
 
 
-def _make_generator(args):
+def make_generator(args):
     from aepo_trainer.generation import GenerationInputError, SamplingSettings
 
     try:

@@ -24,7 +24,7 @@ JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")
 TABLE_SUFFIXES = (".parquet", ".csv")
 
 
-def _suffix(path: str) -> str:
+def file_suffix(path: str) -> str:
     name = os.path.basename(str(path)).lower()
     for suffix in JSONL_SUFFIXES + TABLE_SUFFIXES + (".csv.gz",):
         if name.endswith(suffix):
@@ -33,10 +33,10 @@ def _suffix(path: str) -> str:
 
 
 def is_jsonl(path: str) -> bool:
-    return _suffix(path) in JSONL_SUFFIXES
+    return file_suffix(path) in JSONL_SUFFIXES
 
 
-def _open_text(path: str, mode: str = "rt", newline: str | None = None):
+def open_text(path: str, mode: str = "rt", newline: str | None = None):
     """`newline=""` for CSV: the csv module handles line ends itself, so a carriage return inside a cell survives."""
     if str(path).lower().endswith(".gz"):
         return gzip.open(path, mode, encoding="utf-8", newline=newline)
@@ -50,7 +50,7 @@ def read_rows(source: str, *, split: str = "train", name: str | None = None) -> 
     if path.is_dir():
         return _read_folder(path, split, name)
     if path.is_file():
-        suffix = _suffix(source)
+        suffix = file_suffix(source)
         if suffix in JSONL_SUFFIXES:
             return read_jsonl(str(path))
         if suffix == ".parquet":
@@ -61,7 +61,7 @@ def read_rows(source: str, *, split: str = "train", name: str | None = None) -> 
             f"{source}: unsupported file type; use .jsonl (or .jsonl.gz), .json, .csv or .parquet, "
             "a `save_to_disk` folder, or a Hub dataset id"
         )
-    if _suffix(source) or source.startswith((".", "/", "~")) or source.count("/") > 1:
+    if file_suffix(source) or source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise InputError(f"{source}: no such file or folder")
     return _load_dataset(source, split, name)  # a Hub dataset id
 
@@ -86,20 +86,20 @@ def load_dataset_any(source: str, *, name: str | None = None, args=None):
                 return datasets.load_from_disk(str(path))
             return datasets.load_dataset(str(path), name)
         if path.is_file():
-            builder = _BUILDERS.get(_suffix(source))
+            builder = _BUILDERS.get(file_suffix(source))
             if builder is None:
                 raise InputError(
                     f"{source}: unsupported file type; use .jsonl (or .jsonl.gz), .json, .csv or .parquet, "
                     "a `save_to_disk` folder, or a Hub dataset id"
                 )
             return datasets.load_dataset(builder, data_files=str(path), split="train")
-        if _suffix(source) or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        if file_suffix(source) or source.startswith((".", "/", "~")) or source.count("/") > 1:
             raise InputError(f"{source}: no such file or folder")
         return datasets.load_dataset(source, name)
     except InputError:
         raise
     except Exception as error:  # offline, missing repo, a file Arrow cannot type: input errors for the user
-        if path.is_file() and _BUILDERS.get(_suffix(source)) == "json":
+        if path.is_file() and _BUILDERS.get(file_suffix(source)) == "json":
             _explain_untypeable_json(str(path), args)
         raise InputError(f"{source}: could not be loaded with `datasets` ({type(error).__name__}: {error})") from None
 
@@ -119,7 +119,7 @@ def read_jsonl(path: str, *, tolerate_truncated_tail: bool = False) -> list[dict
     """Parse a JSON Lines (or JSON array) file; errors name the line. A truncated last line (a crash while
     appending) is dropped when `tolerate_truncated_tail`."""
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             text = f.read()
     except (OSError, EOFError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: cannot be read ({error})") from None
@@ -173,7 +173,7 @@ def _read_parquet(path: str) -> list[dict]:
 
 def _read_csv(path: str) -> list[dict]:
     try:
-        with _open_text(path, newline="") as f:
+        with open_text(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise InputError(f"{path}: not a readable CSV file ({error})") from None
@@ -231,18 +231,18 @@ def write_rows(rows: list[dict], destination: str) -> str:
     destination = str(Path(destination).expanduser())
     parent = os.path.dirname(os.path.abspath(destination))
     os.makedirs(parent, exist_ok=True)
-    suffix = _suffix(destination)
+    suffix = file_suffix(destination)
     if suffix in JSONL_SUFFIXES:
-        _atomic(
+        atomic_write(
             destination,
             lambda tmp: _write_jsonl(
                 rows, tmp, gz=destination.lower().endswith(".gz"), array=suffix in (".json", ".json.gz")
             ),
         )
     elif suffix == ".parquet":
-        _atomic(destination, lambda tmp: _write_parquet(rows, tmp))
+        atomic_write(destination, lambda tmp: _write_parquet(rows, tmp))
     elif suffix in (".csv", ".csv.gz"):
-        _atomic(destination, lambda tmp: _write_csv(rows, tmp))
+        atomic_write(destination, lambda tmp: write_csv(rows, tmp))
     else:
         _save_to_disk(rows, destination)
     return destination
@@ -256,10 +256,10 @@ def write_json_atomic(path: str, value) -> None:
             json.dump(value, f, indent=1, sort_keys=True)
             f.write("\n")
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
-def _atomic(destination: str, write) -> None:
+def atomic_write(destination: str, write) -> None:
     tmp = f"{destination}.tmp-{os.getpid()}"
     try:
         write(tmp)
@@ -293,12 +293,12 @@ def _write_parquet(rows, path) -> None:
     pq.write_table(table, path)
 
 
-def _write_csv(rows, path, columns: list[str] | None = None) -> None:
+def write_csv(rows, path, columns: list[str] | None = None) -> None:
     """`rows`: any iterable of dicts (read once when `columns`, the union of their keys in order, is given)."""
     if columns is None:
         rows = list(rows)
         columns = list(dict.fromkeys(key for row in rows for key in row))
-    with _open_text(path, "wt", newline="") as f:
+    with open_text(path, "wt", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:

@@ -190,14 +190,6 @@ def pool_embeddings(rows: list[dict], config, device=None):
         embedder.close()
 
 
-def batch_inputs(rows: list[dict], embeddings: list, start: int, stop: int, drop: str):
-    """The reducer's input for rows[start:stop]: the rows (without the embeddings column), `[B, N, D]`, `[B, N]`."""
-    from aepo_trainer.embedding.embedder import stack_pool_embeddings
-
-    tensor, mask = stack_pool_embeddings(embeddings[start:stop])
-    return [{k: v for k, v in row.items() if k != drop} for row in rows[start:stop]], tensor, mask
-
-
 @contextmanager
 def read_only_store(path: str):
     """An `AnnotationStore` holding what the store at `path` holds, that writes nothing at `path`: a private copy

@@ -1,7 +1,7 @@
 """`aepo select`: pools -> embed -> select k -> annotate -> pair -> a prompt/chosen/rejected dataset.
 
 Each batch of `--batch_size` prompts (`--active_batch_size` for the active strategies, whose reward surrogate learns
-from each batch's labels before the next batch is selected) goes through `PoolReducer.reduce`, the function the
+from each batch's labels before the next batch is selected) goes through `PoolReducer.reduce` (`reduction.rows.reduce_rows`), the function the
 trainer calls in its training step, so the pairs written here are exactly those `AEPOTrainer` would form on the fly
 for the same seed and settings. Every annotation is saved in the annotation store (default
 `<output>.annotations.sqlite`) before it is used; nothing in the store is paid twice.
@@ -21,7 +21,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from aepo_trainer.data.empty_completions import KEPT_POSITIONS_KEY, EmptyCompletionReport
+from aepo_trainer.data.empty_completions import EmptyCompletionReport
+from aepo_trainer.reduction.reducer import RUNNING_TOTALS
+from aepo_trainer.reduction.rows import reduce_rows
 
 from .args import CommandParser, aepo_settings_arguments, build_config, parse_with_yaml
 from .errors import EXIT_ANNOTATIONS_PENDING, EXIT_BUDGET_EXHAUSTED, EXIT_OK, InputError
@@ -344,7 +346,7 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
         stop = False
         if processes.is_main:
             taught = active_mark(active)
-            pairs, chunk_totals, chunk_pending = reduce_all(chunk, embeddings, reducer, size, bar=bar)
+            pairs, chunk_totals, chunk_pending = reduce_rows(chunk, embeddings, reducer, size, bar=bar)
             _add_totals(totals, chunk_totals)
             pending.extend(chunk_pending)
             if not chunk_pending:  # a chunk waiting for human labels is redone once they are in
@@ -446,7 +448,7 @@ def _add_totals(totals: dict, stats: dict, resumed: bool = False) -> None:
     earlier run adds its prompts and pairs but nothing to what this run paid or reused."""
     for name in totals:
         value = stats.get(name, 0.0)
-        if name in ("annotations_spent", "budget_left"):
+        if name in RUNNING_TOTALS:
             if not resumed:
                 totals[name] = value
         elif resumed and name in ("annotations_paid", "annotations_reused"):
@@ -477,84 +479,3 @@ def dry_run(chunks, embedder, annotator, config, args, run_id, processes, size) 
         costs = [dry_run_costs(chunk, embedder.embed(chunk), reducer, service, size) for chunk in chunks]
         report_dry_run(costs, reducer, service, store_path=config.annotation_store)
     return processes.broadcast(EXIT_OK)
-
-
-# ------------------------------------------------------------------------------------------------------- stages
-def reduce_all(rows, embeddings, reducer, size: int, bar=None):
-    """Run `PoolReducer.reduce` over batches of rows; returns (output rows, summed stats, `AnnotationsPending`s).
-    `bar`: a progress bar over prompts to advance (default: a bar of its own)."""
-    from tqdm.auto import tqdm
-
-    from aepo_trainer.reduction.reducer import STATS_FIELDS
-
-    from .pool_stages import batch_inputs
-
-    config = reducer.args
-    totals = dict.fromkeys(STATS_FIELDS, 0.0)
-    out, pending = [], []
-    own_bar = bar is None
-    if own_bar:
-        bar = tqdm(total=len(rows), unit="prompt", desc="select+annotate+pair", dynamic_ncols=True)
-    for start in range(0, len(rows), size):
-        batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + size, config.embeddings_column)
-        visible = [{k: v for k, v in row.items() if k != KEPT_POSITIONS_KEY} for row in batch_rows]  # annotators'
-        reduced = reducer.reduce(visible, tensor, mask)
-        for name in STATS_FIELDS:
-            value = reduced.stats.get(name, 0.0)
-            if name in ("annotations_spent", "budget_left"):
-                totals[name] = value
-            elif not (isinstance(value, float) and math.isnan(value)):
-                totals[name] += value
-        if reduced.pending is not None:
-            pending.append(reduced.pending)
-        out.extend(pair_rows(batch_rows, reduced, config))
-        if reduced.active is not None and reduced.active.pairs_evaluated:
-            q = reduced.active
-            bar.write(
-                f"batch {q.batch}: surrogate before its labels: Spearman {q.spearman:.3f}, pairwise accuracy "
-                f"{q.pairwise_accuracy:.3f} ({q.pairs_evaluated} pairs); now fitted on {q.labels_after} labels",
-                file=sys.stderr,
-            )
-        bar.set_postfix(
-            paid=int(totals["annotations_paid"]),
-            reused=int(totals["annotations_reused"]),
-            pairs=len(out),
-            refresh=False,
-        )
-        bar.update(len(batch_rows))
-        if reduced.pending is not None and reducer.active is not None:
-            break  # the next batch's selection needs these labels: selecting it now would queue the wrong items
-    if own_bar:
-        bar.close()
-    return out, totals, pending
-
-
-def pair_rows(rows: list[dict], reduced, config) -> list[dict]:
-    """The output rows of one reduced batch: one per pair, plus the row's scalar columns."""
-    ccol, scol, ecol = config.completions_column, config.scores_column, config.embeddings_column
-    out = []
-    for pair in reduced.pairs:
-        row = rows[pair.row]
-        subset = reduced.subsets[pair.row]
-        chosen, rejected = subset[pair.chosen], subset[pair.rejected]
-        pool = row[ccol]
-        position = row.get(KEPT_POSITIONS_KEY) or range(len(pool))  # indices as in the input file (before 'drop')
-        record = {
-            "prompt": row["prompt"],
-            "chosen": pool[chosen],
-            "rejected": pool[rejected],
-            "chosen_score": pair.chosen_score,
-            "rejected_score": pair.rejected_score,
-            "chosen_index": position[chosen],
-            "rejected_index": position[rejected],
-            "selected_indices": [position[i] for i in subset],
-            "selected_scores": list(reduced.scores[pair.row]),
-        }
-        for name, value in row.items():  # keep per-prompt columns; drop per-candidate ones (one entry per completion)
-            if name in record or name in (ccol, scol, ecol, KEPT_POSITIONS_KEY):
-                continue
-            if isinstance(value, list) and len(value) == len(pool):
-                continue
-            record[name] = value
-        out.append(record)
-    return out

@@ -67,7 +67,7 @@ def active_summary(selector, path: str) -> str:
 
 def dry_run_costs(rows, embeddings, reducer, service, size: int) -> list[tuple[int, int]]:
     """(annotations needed, of which already in the store) for each prompt of a chunk, as the run would select it."""
-    from .pool_stages import batch_inputs
+    from aepo_trainer.reduction.rows import batch_inputs
 
     config = reducer.args
     costs = []

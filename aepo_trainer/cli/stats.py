@@ -21,7 +21,6 @@ be left out.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -33,6 +32,7 @@ from aepo_trainer.choices import SELECTION_STRATEGIES as STRATEGIES
 
 from .args import CommandParser, aepo_settings_arguments, build_config, parse_with_yaml
 from .errors import EXIT_OK, InputError
+from .stats_comparison import compute, format_table
 
 DESCRIPTION = (
     "Annotation cost, budget coverage and representativeness/diversity (and selected scores, when the "
@@ -267,6 +267,8 @@ def main(argv: list[str]) -> int:
         plot_diagnostics(per_prompt, args.diagnostics_plot, args.input, len(rows), args.annotation_budget, has_scores)
         print(f"diagnostics plot written to {args.diagnostics_plot}", file=sys.stderr)
     if args.plot:
+        from .stats_plots import plot  # lazy: matplotlib
+
         plot(records, args.plot, args.input, len(rows), max(pool_sizes), args.annotation_budget, has_scores)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return EXIT_OK
@@ -353,241 +355,3 @@ def format_usage(usage: dict) -> str:
     lines = [f"API usage recorded in {path} (unknown = timed out / dropped: charged at its upper bound)", line(header)]
     lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines + [line(c) for c in cells])
-
-
-def _variants(args, ks, pool_sizes):
-    """(label, strategy, λ, k) for every comparison; West-of-N once (it annotates the whole pool)."""
-    n_min = min(pool_sizes)
-    skipped = [k for k in ks if k >= n_min]
-    if skipped:
-        print(
-            f"k = {', '.join(map(str, skipped))} left out: not smaller than the smallest pool (N = {n_min}); "
-            "selecting the whole pool is west_of_n",
-            file=sys.stderr,
-        )
-    for strategy in args.strategies:
-        if strategy == "west_of_n":
-            yield "west_of_n", strategy, 0.0, None
-            continue
-        for k in ks:
-            if k >= n_min:
-                continue
-            if strategy == "aepo":
-                for weight in args.diversity_weight:
-                    yield f"aepo λ={weight:g}", strategy, weight, k
-            else:
-                yield strategy, strategy, 0.0, k
-
-
-def compute(rows, embeddings, config, args, ks, has_scores, pool_sizes) -> list[dict]:
-    from tqdm.auto import tqdm
-
-    from aepo_trainer.reduction.reducer import PoolReducer
-
-    from .pool_stages import batch_inputs, prompts_covered
-
-    variants = list(_variants(args, ks, pool_sizes))
-    if not variants:
-        raise InputError(
-            f"no strategy/k to compare: no k in {ks} is smaller than the smallest pool (N = {min(pool_sizes)})"
-        )
-    records = []
-    bar = tqdm(total=len(variants) * len(rows), unit="prompt", desc="selecting", dynamic_ncols=True)
-    for label, strategy, weight, k in variants:
-        variant = copy.copy(config)  # the same settings object `aepo select` builds, one strategy at a time
-        variant.selection_strategy = strategy
-        variant.diversity_weight = weight
-        variant.num_annotations = k if k is not None else 2
-        reducer = PoolReducer(variant, service=None, device=args.device)
-        size = variant.active_batch_size if reducer.active is not None else args.batch_size
-        subsets, rep, div = [], [], []
-        for start in range(0, len(rows), size):
-            batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + size, config.embeddings_column)
-            selected = reducer.select(batch_rows, tensor, mask)
-            selection, batch_subsets, keys = selected.selection, selected.subsets, selected.keys
-            if reducer.active is not None:  # the scores column plays the annotator
-                labels = [[row[config.scores_column][i] for i in sub] for row, sub in zip(batch_rows, batch_subsets)]
-                reducer.active.observe(batch_rows, tensor, mask, keys, batch_subsets, labels)
-            subsets.extend(batch_subsets)
-            rep.extend(selection.representativeness.float().cpu().tolist())
-            div.extend(selection.diversity.float().cpu().tolist())
-            bar.update(len(batch_rows))
-        costs = [len(s) for s in subsets]
-        record = {
-            "strategy": label,
-            "k": k if k is not None else "N",
-            "annotations": sum(costs),
-            "representativeness": _mean(rep),
-            "diversity": _mean(div),
-            "_per_prompt": {"diversity": div, "costs": costs},  # for --diagnostics_plot; not in the table
-        }
-        if args.annotation_budget is not None:
-            record["prompts_covered"] = prompts_covered(costs, args.annotation_budget)
-        if has_scores:
-            best, worst = [], []
-            for row, subset in zip(rows, subsets):
-                values = [row[config.scores_column][i] for i in subset]
-                values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-                if len(values) >= 1:
-                    best.append(max(values))
-                    worst.append(min(values))
-            record.update(best=_mean(best), worst=_mean(worst), gap=_mean([b - w for b, w in zip(best, worst)]))
-            record["_per_prompt"].update(best=best, worst=worst)
-        if reducer.active is not None:
-            curve = [q.to_dict() for q in reducer.active.history]
-            pairs = sum(q["pairs_evaluated"] for q in curve)
-            record["pairwise_accuracy"] = (
-                sum(q["pairwise_accuracy"] * q["pairs_evaluated"] for q in curve if q["pairs_evaluated"]) / pairs
-                if pairs
-                else float("nan")
-            )
-            record["learning_curve"] = curve
-        records.append(record)
-    bar.close()
-    return records
-
-
-def _mean(values) -> float:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(values) / len(values) if values else float("nan")
-
-
-def format_table(records: list[dict], budget, prompts: int, has_scores: bool) -> str:
-    columns = [("strategy", "strategy", "{}"), ("k", "k", "{}"), ("annotations", "annotations", "{}")]
-    if budget is not None:
-        columns.append(("prompts_covered", f"covered/{prompts} (budget {budget})", "{}"))
-    columns += [("representativeness", "representativeness", "{:.4f}"), ("diversity", "diversity", "{:.4f}")]
-    if has_scores:
-        columns += [("best", "best score", "{:.3f}"), ("worst", "worst score", "{:.3f}"), ("gap", "gap", "{:.3f}")]
-    if any("pairwise_accuracy" in r for r in records):
-        columns.append(("pairwise_accuracy", "pairwise acc.", "{:.3f}"))
-    cells = [[fmt.format(r.get(key, float("nan"))) if key in r else "–" for key, _, fmt in columns] for r in records]
-    widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (_, title, _) in enumerate(columns)]
-    lines = [
-        "  ".join(
-            title.ljust(w) if i == 0 else title.rjust(w) for i, ((_, title, _), w) in enumerate(zip(columns, widths))
-        )
-    ]
-    lines.append("  ".join("-" * w for w in widths))
-    for c in cells:
-        lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))))
-    return "\n".join(lines)
-
-
-def plot(records, path, source, prompts, n_max, budget, has_scores) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    curves = [r for r in records if r.get("learning_curve")]
-    panels = (3 if has_scores else 2) + bool(curves)
-    fig, axes = plt.subplots(1, panels, figsize=(5.6 * panels, 5.6), constrained_layout=True)
-    labels = list(dict.fromkeys(r["strategy"] for r in records if r["k"] != "N"))
-    colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
-    west = next((r for r in records if r["k"] == "N"), None)
-
-    # 1. cost: annotations needed (or prompts covered by the budget) against k
-    ax = axes[0]
-    key = "prompts_covered" if budget is not None else "annotations"
-    by_k = {}
-    for r in records:
-        if r["k"] != "N":
-            by_k[r["k"]] = r[key]
-    ks = sorted(by_k)
-    ax.plot(ks, [by_k[k] for k in ks], "o-", color="tab:blue", label="select k of N (any strategy)")
-    if west is not None:
-        ax.axhline(west[key], color="black", linestyle="--", label=f"West-of-N (annotate all N ≤ {n_max})")
-    ax.set_xlabel("k = annotations per prompt")
-    ax.set_xticks(ks)
-    if budget is not None:
-        ax.set_ylabel(f"prompts covered (of {prompts})")
-        ax.set_title(f"Prompts a budget of {budget} annotations covers")
-    else:
-        ax.set_ylabel("annotations needed for the whole file")
-        ax.set_title(f"Annotation cost ({prompts} prompts)")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-
-    # 2. the trade-off the AEPO objective controls
-    ax = axes[1]
-    markers = "osD^v<>p*h"
-    for i, k in enumerate(ks):
-        for r in records:
-            if r["k"] == k:
-                baseline = not r["strategy"].startswith("aepo")  # hollow: stays visible over an equal aepo point
-                ax.scatter(
-                    r["diversity"],
-                    r["representativeness"],
-                    marker=markers[i % len(markers)],
-                    s=90 if baseline else 50,
-                    linewidth=1.6 if baseline else 0.4,
-                    facecolor="none" if baseline else colors[r["strategy"]],
-                    edgecolor=colors[r["strategy"]] if baseline else "black",
-                )
-    if west is not None:
-        ax.scatter(
-            west["diversity"],
-            west["representativeness"],
-            color="black",
-            marker="X",
-            s=70,
-            label="west_of_n (whole pool)",
-        )
-    for label in labels:
-        baseline = not label.startswith("aepo")
-        ax.scatter(
-            [],
-            [],
-            marker="s",
-            facecolor="none" if baseline else colors[label],
-            edgecolor=colors[label],
-            linewidth=1.6 if baseline else 0.4,
-            label=label,
-        )
-    for i, k in enumerate(ks):
-        ax.scatter([], [], color="white", edgecolor="black", marker=markers[i % len(markers)], label=f"k = {k}")
-    ax.set_xlabel("mean diversity of the selection (1 − mean pairwise cosine)")
-    ax.set_ylabel("mean representativeness (mean cosine to the pool)")
-    ax.set_title("Selections: representativeness vs diversity")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: never over a point
-
-    # 3. what the annotator would see: score gap between the best and worst selected candidate
-    if has_scores:
-        ax = axes[2]
-        for label in labels:
-            points = sorted((r["k"], r["gap"]) for r in records if r["strategy"] == label)
-            ax.plot(
-                [p[0] for p in points],
-                [p[1] for p in points],
-                "o-" if label.startswith("aepo") else "s--",
-                color=colors[label],
-                label=label,
-                mfc="none" if not label.startswith("aepo") else None,
-            )
-        if west is not None:
-            ax.axhline(west["gap"], color="black", linestyle="--", label="west_of_n (best − worst of pool)")
-        ax.set_xlabel("k = annotations per prompt")
-        ax.set_xticks(ks)
-        ax.set_ylabel("mean score gap: best − worst selected")
-        ax.set_title("Preference signal of the pairs (scores column)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))
-    # 4. active strategies: the surrogate's accuracy on each new batch before it saw the batch's labels
-    if curves:
-        ax = axes[-1]
-        for r in curves:
-            points = [(q["labels_before"], q["pairwise_accuracy"]) for q in r["learning_curve"] if q["pairs_evaluated"]]
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"{r['strategy']} (k = {r['k']})")
-        ax.axhline(0.5, color="gray", linestyle=":", label="chance")
-        ax.set_xlabel("labels the surrogate was fitted on")
-        ax.set_ylabel("pairwise accuracy on the next batch's labels")
-        ax.set_title("Learning curve of the reward surrogate")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"aepo stats — {source} ({prompts} prompts, N ≤ {n_max})", fontsize=11)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

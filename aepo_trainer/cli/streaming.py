@@ -24,11 +24,11 @@ from pathlib import Path
 from .errors import InputError
 from .io import (
     JSONL_SUFFIXES,
-    _atomic,
-    _open_text,
-    _suffix,
+    atomic_write,
+    file_suffix,
     is_saved_dataset,
     load_saved_dataset,
+    open_text,
     parse_jsonl_line,
     read_rows,
     write_json_atomic,
@@ -66,7 +66,7 @@ def iter_row_chunks(
 
 def _chunks(source: str, chunk_rows: int, split: str, embeddings_column: str) -> Iterator[list[dict]]:
     path = Path(source).expanduser()
-    suffix = _suffix(source) if path.is_file() else ""
+    suffix = file_suffix(source) if path.is_file() else ""
     if suffix in JSONL_SUFFIXES and not _is_json_array(str(path)):
         yield from _jsonl_chunks(str(path), chunk_rows)
     elif suffix == ".parquet":
@@ -81,7 +81,7 @@ def _chunks(source: str, chunk_rows: int, split: str, embeddings_column: str) ->
 
 def _is_json_array(path: str) -> bool:
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             while True:
                 char = f.read(1)
                 if not char or not char.isspace():
@@ -93,7 +93,7 @@ def _is_json_array(path: str) -> bool:
 def _jsonl_chunks(path: str, chunk_rows: int) -> Iterator[list[dict]]:
     chunk: list[dict] = []
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -221,7 +221,7 @@ class ChunkedOutput:
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-        _atomic(self._part(index), dump)
+        atomic_write(self._part(index), dump)
         write_json_atomic(self._stats(index), {**stats, "complete": complete, "rows": len(rows)})
 
     def rows(self, count: int) -> Iterator[dict]:
@@ -236,16 +236,18 @@ class ChunkedOutput:
         chunks folder."""
         destination = str(Path(self.output).expanduser())
         os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
-        suffix = _suffix(destination)
+        suffix = file_suffix(destination)
         if suffix in JSONL_SUFFIXES:
             array = suffix in (".json", ".json.gz")
-            _atomic(destination, lambda tmp: self._write_json(tmp, count, gz=destination.endswith(".gz"), array=array))
+            atomic_write(
+                destination, lambda tmp: self._write_json(tmp, count, gz=destination.endswith(".gz"), array=array)
+            )
         elif suffix == ".parquet":
-            _atomic(destination, lambda tmp: self._write_parquet(tmp, count))
+            atomic_write(destination, lambda tmp: self._write_parquet(tmp, count))
         elif suffix in (".csv", ".csv.gz"):
-            from .io import _write_csv
+            from .io import write_csv
 
-            _atomic(destination, lambda tmp: _write_csv(self.rows(count), tmp, columns=self._columns(count)))
+            atomic_write(destination, lambda tmp: write_csv(self.rows(count), tmp, columns=self._columns(count)))
         else:
             self._save_to_disk(destination, count)
         shutil.rmtree(self.folder, ignore_errors=True)

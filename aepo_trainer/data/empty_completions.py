@@ -5,7 +5,7 @@ AlpacaEval pools hold 8 answers that are a single zero-width space, each with a 
 by `aepo select`, `aepo stats` and `AEPOTrainer` alike:
 
 * **empty** means the text shows nothing: the empty string, whitespace only, or only characters that render as
-  nothing (`validation.is_blank`: Unicode whitespace and separators (Zs, Zl, Zp), control and format characters
+  nothing (`data.rows.is_blank`: Unicode whitespace and separators (Zs, Zl, Zp), control and format characters
   (Cc, Cf: zero-width space U+200B, joiners, BOM, bidi marks), lone combining marks (Mn, Me) and a few blank
   letters such as the Hangul fillers). A chat-format candidate is empty when every message's content is.
 * **keep** (default): an empty candidate is a candidate like any other; it can be selected, annotated and be either
@@ -21,7 +21,10 @@ setting: a policy that stops at once produced a real sample (the EOS-only respon
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+
+from .rows import is_blank
 
 __all__ = [
     "KEPT_POSITIONS_KEY",
@@ -40,8 +43,6 @@ KEPT_POSITIONS_KEY = "_aepo_kept_positions"
 
 def is_empty_completion(completion) -> bool:
     """True for a candidate that shows nothing (module docstring): a blank string, or chat messages all blank."""
-    from .validation import is_blank
-
     if isinstance(completion, str):
         return is_blank(completion)
     if isinstance(completion, list) and completion and all(isinstance(m, dict) for m in completion):
@@ -141,8 +142,6 @@ class EmptyCompletionReport:
 def apply_to_dataset(dataset, config, dataset_name: str = "train"):
     """The rule on a `datasets.Dataset` of pools (the trainer's): a warning for the empty candidates found and, under
     'drop', the dataset without them (pools too small to select from are left out)."""
-    import logging
-
     ccol = config.completions_column
     report = EmptyCompletionReport(config.empty_completions)
     report.apply([{ccol: pool} for pool in dataset[ccol]], config, mark_positions=False)

@@ -28,7 +28,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .validation import validate_pool_dataset
+from .empty_completions import apply_to_dataset
+from .kinds import first_row, is_pool_dataset
+from .rows import validate_pool_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -46,30 +48,13 @@ COMPLETIONS_IDS = "completions_ids"
 _PAIR_COLUMNS_PASSED_TO_TRL = ("tools", "chat_template_kwargs")  # read by TRL's tokenize_fn when present
 
 
-def _first_row(dataset) -> dict | None:
-    if dataset is None:
-        return None
-    try:
-        return next(iter(dataset))
-    except StopIteration:
-        return None
-
-
-def is_pool_dataset(dataset, args) -> bool:
-    """True when `dataset` is a candidate-pool dataset: its first row has `args.completions_column` and no
-    `"chosen"`. Anything else (prompt/chosen/rejected pairs in any TRL format) is left entirely to `DPOTrainer`."""
-    row = _first_row(dataset)
-    column = getattr(args, "completions_column", "completions")
-    return row is not None and column in row and "chosen" not in row
-
-
 def is_prepared_pool_dataset(dataset) -> bool:
-    row = _first_row(dataset)
+    row = first_row(dataset)
     return row is not None and COMPLETIONS_IDS in row and PROMPT_IDS in row
 
 
 # ----------------------------------------------------------------------------------------------------- validation
-# The checks live in `aepo_trainer.data.validation` (one pass over everything a run needs); re-exported here.
+# The checks live in `rows` and the detector in `kinds` (the one of the package); both are re-exported here.
 
 
 # ----------------------------------------------------------------------------------------------------- preparation
@@ -147,8 +132,6 @@ def prepare_pool_dataset(
         return dataset
     validate_pool_dataset(dataset, args, dataset_name, allow_empty=allow_empty)
     if not allow_empty:  # the rule of `empty_completions` (keep: a warning; drop: removed before anything else)
-        from .empty_completions import apply_to_dataset
-
         dataset = apply_to_dataset(dataset, args, dataset_name)
     ccol = args.completions_column
 

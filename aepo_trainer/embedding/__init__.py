@@ -5,7 +5,7 @@ Public names are imported lazily, so `import aepo_trainer.embedding` does not im
 
 from __future__ import annotations
 
-import importlib
+from .._utils.lazy import lazy_getattr
 
 _EXPORTS = {
     "DEFAULT_EMBEDDING_MODEL": "aepo_trainer.embedding.embedder",
@@ -16,8 +16,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

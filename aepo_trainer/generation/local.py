@@ -115,7 +115,7 @@ def prompt_seed(seed: int, prompt: Any, step: int = 0) -> int:
     a rerun, a resumed run and a run with another batch size. `step` distinguishes the generation rounds of a
     training run (and repeated occurrences of a prompt in `aepo generate`).
     """
-    from ..annotation.base import canonical_json
+    from .._utils.hashing import canonical_json
 
     text = f"aepo-generation:{int(seed)}:{int(step)}:{canonical_json(prompt)}"
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:7], "little")

@@ -29,7 +29,7 @@ import threading
 import time
 from collections import Counter
 
-from ..annotation.base import canonical_json
+from .._utils.hashing import canonical_json
 from ..storage.usage import CostBudgetExhausted, UsageLedger
 from .limits import RateLimiter, backoff_delay, parse_retry_after
 from .results import ChatResult, normalise, stored_form

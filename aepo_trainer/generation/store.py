@@ -19,7 +19,7 @@ import os
 import sqlite3
 import time
 
-from ..annotation.base import canonical_json
+from .._utils.hashing import canonical_json
 from .local import GeneratedPool
 
 __all__ = ["CandidateStore", "pool_key"]

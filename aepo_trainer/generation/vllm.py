@@ -23,7 +23,7 @@ __all__ = ["PolicyVLLMGenerator", "VLLMGenerator", "is_vllm_available", "require
 
 
 def is_vllm_available() -> bool:
-    from trl.import_utils import is_vllm_available as trl_is_vllm_available
+    from .._trl_compat import is_vllm_available as trl_is_vllm_available  # lazy: TRL imports torch
 
     return bool(trl_is_vllm_available())
 
@@ -140,7 +140,7 @@ class PolicyVLLMGenerator:
         self, model, accelerator, tokenizer, settings: SamplingSettings, mode: str = "colocate", **vllm_kwargs
     ):
         require_vllm("use_vllm=True")
-        from trl.generation.vllm_generation import VLLMGeneration
+        from .._trl_compat import VLLMGeneration  # lazy: TRL imports torch
 
         if mode not in ("colocate", "server"):
             raise GenerationInputError(f"vllm_mode={mode!r} is invalid: expected 'colocate' or 'server'")

@@ -11,42 +11,33 @@ with LabellingServer(app) as server:  # 127.0.0.1 on a free port, in a backgroun
 Answers are committed to the run's annotation store (`LabelBook`) before the next item shows; a run's
 `HumanQueueAnnotator` reads the finished ones (one score per item: the mean of the labellers' scores, or of their
 Borda points for rankings — `agreement`), stores them as its annotations and marks their ledger charges paid.
-Importing this package imports neither FastAPI nor uvicorn (`create_app` does, on first use).
+Public names are imported lazily (one table below): importing this package imports neither FastAPI nor uvicorn
+(`create_app` does, on first use), and `storage.label_book` can use `agreement` without importing the page.
 """
 
-from ..storage.label_book import Answer, LabelBook, LabelConflict, LabellingSettings, read_final_labels
-from .agreement import aggregate, agreement, best_worst_points, borda_points
-from .auth import LabellerTokens, load_tokens
-from .render import render_markdown, render_turns
-from .server import LabellingServer, is_loopback
-from .tasks import Progress, QueueView, Task
+from .._utils.lazy import lazy_getattr
 
-__all__ = [
-    "Answer",
-    "LabelBook",
-    "LabelConflict",
-    "LabellerTokens",
-    "LabellingServer",
-    "LabellingSettings",
-    "Progress",
-    "QueueView",
-    "Task",
-    "aggregate",
-    "agreement",
-    "best_worst_points",
-    "borda_points",
-    "create_app",
-    "is_loopback",
-    "load_tokens",
-    "read_final_labels",
-    "render_markdown",
-    "render_turns",
-]
+_EXPORTS = {
+    "Answer": "aepo_trainer.storage.label_book",
+    "LabelBook": "aepo_trainer.storage.label_book",
+    "LabelConflict": "aepo_trainer.storage.label_book",
+    "LabellingSettings": "aepo_trainer.storage.label_book",
+    "read_final_labels": "aepo_trainer.storage.label_book",
+    "aggregate": "aepo_trainer.labelling.agreement",
+    "agreement": "aepo_trainer.labelling.agreement",
+    "best_worst_points": "aepo_trainer.labelling.agreement",
+    "borda_points": "aepo_trainer.labelling.agreement",
+    "LabellerTokens": "aepo_trainer.labelling.auth",
+    "load_tokens": "aepo_trainer.labelling.auth",
+    "render_markdown": "aepo_trainer.labelling.render",
+    "render_turns": "aepo_trainer.labelling.render",
+    "LabellingServer": "aepo_trainer.labelling.server",
+    "is_loopback": "aepo_trainer.labelling.server",
+    "Progress": "aepo_trainer.labelling.tasks",
+    "QueueView": "aepo_trainer.labelling.tasks",
+    "Task": "aepo_trainer.labelling.tasks",
+    "create_app": "aepo_trainer.labelling.app",
+}
+__all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name == "create_app":  # FastAPI is imported only by the app itself
-        from .app import create_app
-
-        return create_app
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -36,7 +36,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from aepo_trainer.annotation.human import HumanQueueAnnotator
 from aepo_trainer.storage.annotations import AnnotationStore
 
-from ..storage.label_book import LabelBook, LabelConflict, LabellingSettings, _existing
+from ..storage.label_book import LabelBook, LabelConflict, LabellingSettings
 from .agreement import agreement, best_worst_points, borda_points
 from .auth import LabellerTokens
 from .render import render_turns
@@ -187,7 +187,7 @@ def create_app(
         chosen = view.next_task(name)
         progress = view.progress(name)
         last = book.last_submission(name)
-        read = _existing(store.connection(), "SELECT key FROM annotations WHERE key IN ({})", [a.key for a in last])
+        read = store.annotated([a.key for a in last])
         task = None
         if chosen is not None:
             t, keys = chosen

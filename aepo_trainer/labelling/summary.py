@@ -6,7 +6,7 @@ import os
 
 from aepo_trainer.storage.annotations import AnnotationStore
 
-from ..storage.label_book import LabellingSettings, _answers, _final, _read_settings
+from ..storage.label_book import final_labels, read_answers
 from .agreement import agreement
 
 __all__ = ["format_labelling_summary", "labelling_summary"]
@@ -16,12 +16,11 @@ def labelling_summary(store: AnnotationStore | str | os.PathLike) -> dict | None
     """`{"settings", "items", "final", "read_by_run", "agreement"}` of the page's answers in `store`, or None when
     no labelling page ever ran on it. Reads only."""
     store = store if isinstance(store, AnnotationStore) else AnnotationStore(store)
-    conn = store.connection()
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'label_answers'").fetchone() is None:
+    found = read_answers(store)
+    if found is None:
         return None
-    settings = _read_settings(conn) or LabellingSettings()
-    answers = _answers(conn, None)
-    final = _final(answers, settings)
+    settings, answers = found
+    final = final_labels(answers, settings)
     read = sum(1 for key in final if key in store)
     level = "interval" if settings.question == "score" else "ordinal"
     by_item = {key: {a.labeller: a.score for a in rows} for key, rows in answers.items()}

@@ -16,9 +16,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from aepo_trainer.annotation.base import canonical_json
+from aepo_trainer._utils.hashing import canonical_json
 
-from ..storage.label_book import LabelBook, LabellingSettings, _existing
+from ..storage.label_book import LabelBook, LabellingSettings
 
 __all__ = ["Progress", "QueueView", "Task"]
 
@@ -118,7 +118,7 @@ class QueueView:
         """(tasks, done keys, `{key: {labeller: score}}` for the queue's items)."""
         tasks = self.tasks()
         keys = [k for task in tasks for k in task.keys]
-        read = _existing(self.book.store.connection(), "SELECT key FROM annotations WHERE key IN ({})", keys)
+        read = self.book.store.annotated(keys)
         labelled = set(self.file_labels())
         answers = {k: {a.labeller: a.score for a in rows} for k, rows in self.book.answers(keys).items()}
         need = self.settings.labels_per_item
@@ -132,7 +132,7 @@ class QueueView:
     def progress(self, labeller: str) -> Progress:
         tasks, done, answers = self.state()
         keys = [k for task in tasks for k in task.keys]
-        read = _existing(self.book.store.connection(), "SELECT key FROM annotations WHERE key IN ({})", keys)
+        read = self.book.store.annotated(keys)
         counts = self.book.by_labeller()
         return Progress(
             items=len(keys),

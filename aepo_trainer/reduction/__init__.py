@@ -8,7 +8,7 @@ Public names are imported lazily, so importing one of the submodules does not im
 
 from __future__ import annotations
 
-import importlib
+from .._utils.lazy import lazy_getattr
 
 _EXPORTS = {
     "STATS_FIELDS": "aepo_trainer.reduction.reducer",
@@ -21,8 +21,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -29,7 +29,7 @@ from ..selection.keys import prompt_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STATS_FIELDS", "PoolReducer", "ReducedBatch", "Selected"]
+__all__ = ["RUNNING_TOTALS", "STATS_FIELDS", "PoolReducer", "ReducedBatch", "Selected", "add_stats"]
 
 # Fixed layout of the per-batch statistics (sums and counts, so that they add up across batches and processes).
 STATS_FIELDS = (
@@ -51,6 +51,21 @@ STATS_FIELDS = (
     "gold_pairs",  # pairs whose two responses both have a (different) score in the dataset's scores column
     "gold_agreements",  # ... of which the paid labels order the same way as those dataset scores
 )
+
+#: The statistics that are running totals of the ledger (the same in every batch of one annotation call): added up
+#: over batches they are taken as they are (the latest), never summed. The one statement of this rule.
+RUNNING_TOTALS = ("annotations_spent", "budget_left")
+
+
+def add_stats(totals: dict, stats: dict) -> None:
+    """Add one batch's statistics to `totals`: sums, except the `RUNNING_TOTALS` (the latest value); NaN adds
+    nothing."""
+    for name in totals:
+        value = stats.get(name, 0.0)
+        if name in RUNNING_TOTALS:
+            totals[name] = value
+        elif not (isinstance(value, float) and math.isnan(value)):
+            totals[name] += value
 
 
 @dataclass

@@ -218,7 +218,7 @@ class ActiveSelector:
                 )
             else:
                 idx = acquire(self.strategy, post, self.k, self.exploration, self.seed, keys).to(dev)
-                result = _describe(embeddings, mask, idx)
+                result = describe_selection(embeddings, mask, idx)
         self._last_select = (cold, time.perf_counter() - started)
         return result
 
@@ -323,7 +323,7 @@ class ActiveSelector:
         return spearman, (correct / pairs if pairs else math.nan), pairs
 
 
-def _describe(embeddings: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor) -> SelectionResult:
+def describe_selection(embeddings: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor) -> SelectionResult:
     """A `SelectionResult` for subsets chosen by an acquisition: representativeness and diversity of the subset as
     `select_subsets` reports them (objective = representativeness - (1 - diversity), i.e. lambda = 1)."""
     e = embeddings.float()

@@ -146,7 +146,7 @@ def select_implicit_reward_gap(
     the rows of `fallback` (a `SelectionResult` of the same batch, e.g. the cold-start strategy's), or keep the
     lowest-index choice when no fallback is given. Representativeness and diversity are reported as for the active
     strategies. Returns (result, informative `[B]`)."""
-    from .active import _describe
+    from .active import describe_selection
 
     device = embeddings.device
     if mask is None:
@@ -157,4 +157,4 @@ def select_implicit_reward_gap(
     indices, informative = implicit_reward_gap_indices(rewards.to(device), k, mask, min_gap)
     if fallback is not None:
         indices = torch.where(informative[:, None], indices, fallback.indices.to(device))
-    return _describe(embeddings, mask, indices), informative
+    return describe_selection(embeddings, mask, indices), informative

@@ -35,7 +35,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["AnnotationStore", "AnnotationStoreError", "Reservation", "StoredAnnotation"]
+from .errors import STORE_FILE, AnnotationStoreError, BudgetExhausted, default_store_path, store_error
+
+__all__ = [
+    "STORE_FILE",
+    "AnnotationStore",
+    "AnnotationStoreError",
+    "BudgetExhausted",
+    "Reservation",
+    "StoredAnnotation",
+    "annotated_keys",
+    "default_store_path",
+    "pid_alive",
+    "store_error",
+]
 
 SCHEMA_VERSION = "2"
 #: Versions this code upgrades in place when it opens a store (version 1 had no `usage` table: adding it is enough).
@@ -95,31 +108,6 @@ CREATE INDEX IF NOT EXISTS usage_run ON usage (run_id, status);
 """
 
 _HOST = socket.gethostname()
-
-
-class AnnotationStoreError(RuntimeError):
-    """The SQLite annotation store cannot be used: locked by another process, corrupt, or not a store. A user
-    error, reported by the `aepo` CLI without a traceback (exit code 2); nothing was annotated or paid for."""
-
-    is_user_error = True  # read by `aepo_trainer.cli.main`
-
-
-def _store_error(path: str, error: sqlite3.Error, timeout: float) -> AnnotationStoreError:
-    text = str(error)
-    if "locked" in text or "busy" in text:
-        hint = (
-            f"it is locked by another process (waited {timeout:g}s for its write lock). Wait for that run to finish, "
-            "or give this run its own `annotation_store` path; a store on a network file system (NFS) also shows "
-            "this, keep it on a local disk"
-        )
-    elif isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.OperationalError):
-        hint = (
-            "it is corrupt or not an SQLite annotation store. Restore it from a backup, or move it away and point "
-            "`annotation_store` at a new path (its annotations would then be paid again)"
-        )
-    else:
-        hint = "check that the path is a writable file on a local disk"
-    return AnnotationStoreError(f"Annotation store {path} cannot be used: {hint} (sqlite3: {text}).")
 
 
 @dataclass(frozen=True)
@@ -185,7 +173,7 @@ class AnnotationStore:
                     version = SCHEMA_VERSION
         except sqlite3.Error as error:
             self.close()
-            raise _store_error(self.path, error, self.timeout) from error
+            raise store_error(self.path, error, self.timeout) from error
         if version != SCHEMA_VERSION:
             raise RuntimeError(
                 f"Annotation store {self.path} has schema version {version}; this aepo-trainer reads version "
@@ -206,6 +194,18 @@ class AnnotationStore:
             self._local.pid = pid
         return conn
 
+    def annotated(self, keys: Iterable[str]) -> set[str]:
+        """The keys among `keys` that have an annotation (read-only)."""
+        return annotated_keys(self._conn(), list(keys))
+
+    def annotator_counts(self, family: str) -> dict[str, int]:
+        """`{annotator identity: annotations}` of the identities that start with `family` (read-only)."""
+        rows = self._conn().execute(
+            "SELECT annotator, COUNT(*) FROM annotations WHERE substr(annotator, 1, ?) = ? GROUP BY annotator",
+            (len(family), family),
+        )
+        return {name: int(n) for name, n in rows}
+
     def connection(self) -> sqlite3.Connection:
         """This process's and thread's connection, for readers of other tables of the same file (the labelling
         page keeps its answers next to the annotations: `aepo_trainer.storage.label_book`)."""
@@ -218,7 +218,7 @@ class AnnotationStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as error:
-            raise _store_error(self.path, error, self.timeout) from error
+            raise store_error(self.path, error, self.timeout) from error
         try:
             yield conn
         except BaseException:
@@ -382,7 +382,7 @@ class AnnotationStore:
         if row_host == _HOST:
             if row_pid == os.getpid():  # an earlier call of this process that did not finish: ours to recover
                 return False
-            return _pid_alive(row_pid)
+            return pid_alive(row_pid)
         return now - updated_at < self.lease_seconds
 
 
@@ -390,6 +390,16 @@ class AnnotationStore:
 
 _COLUMNS = "key, annotator, prompt, completion, score, valid, raw, run_id, created_at"
 _CHUNK = 500  # SQLite's host-parameter limit is >= 999
+
+
+def annotated_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
+    """The keys among `keys` present in `annotations`, read on `conn` (inside another owner's transaction too)."""
+    found: set[str] = set()
+    for i in range(0, len(keys), _CHUNK):
+        chunk = keys[i : i + _CHUNK]
+        sql = f"SELECT key FROM annotations WHERE key IN ({','.join('?' * len(chunk))})"
+        found.update(k for (k,) in conn.execute(sql, chunk))
+    return found
 
 
 def _record(row) -> StoredAnnotation:
@@ -433,7 +443,8 @@ def _spent(conn: sqlite3.Connection, run_id: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """True when a process of this id runs on this host (a reservation's owner is still alive)."""
     if not pid:
         return False
     try:

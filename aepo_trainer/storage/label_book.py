@@ -26,11 +26,19 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from aepo_trainer.choices import LABEL_QUESTIONS
-from aepo_trainer.storage.annotations import AnnotationStore
+from aepo_trainer.storage.annotations import AnnotationStore, annotated_keys
 
 from ..labelling.agreement import aggregate
 
-__all__ = ["Answer", "LabelBook", "LabelConflict", "LabellingSettings", "read_final_labels"]
+__all__ = [
+    "Answer",
+    "LabelBook",
+    "LabelConflict",
+    "LabellingSettings",
+    "final_labels",
+    "read_answers",
+    "read_final_labels",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS label_answers (
@@ -157,7 +165,7 @@ class LabelBook:
 
     def final_scores(self, settings: LabellingSettings | None = None) -> dict[str, float | None]:
         """`{key: aggregate}` for every item with at least `labels_per_item` answers (None: all said "skip")."""
-        return _final(self.answers(), settings or self.settings() or LabellingSettings())
+        return final_labels(self.answers(), settings or self.settings() or LabellingSettings())
 
     def last_submission(self, labeller: str) -> list[Answer]:
         """The rows of `labeller`'s most recent submission (empty if none)."""
@@ -190,7 +198,7 @@ class LabelBook:
         settings = self.settings() or LabellingSettings()
         keys = list(scores)
         with self.store.transaction() as conn:
-            read = _existing(conn, "SELECT key FROM annotations WHERE key IN ({})", keys)
+            read = annotated_keys(conn, keys)
             if read:
                 raise LabelConflict(f"{len(read)} item(s) of this task were already read by a run")
             mine = _existing(conn, "SELECT key FROM label_answers WHERE labeller = ? AND key IN ({})", keys, labeller)
@@ -224,7 +232,7 @@ class LabelBook:
             if row is None:
                 raise LabelConflict("nothing to undo")
             keys = [k for (k,) in conn.execute("SELECT key FROM label_answers WHERE submission = ?", (row[0],))]
-            if _existing(conn, "SELECT key FROM annotations WHERE key IN ({})", keys):
+            if annotated_keys(conn, keys):
                 raise LabelConflict("the last answer was already read by a run: it is final")
             conn.execute("DELETE FROM label_answers WHERE submission = ?", (row[0],))
         return keys
@@ -235,11 +243,20 @@ def read_final_labels(store: AnnotationStore | str | os.PathLike) -> dict[str, f
 
     What `HumanQueueAnnotator` reads besides its labels file.
     """
+    found = read_answers(store)
+    return {} if found is None else final_labels(found[1], found[0])
+
+
+def read_answers(
+    store: AnnotationStore | str | os.PathLike,
+) -> tuple[LabellingSettings, dict[str, list[Answer]]] | None:
+    """The page's settings and every answer (`{key: [Answer, ...]}`, oldest first) in `store`, without writing; None
+    when no labelling page ever ran on it."""
     store = store if isinstance(store, AnnotationStore) else AnnotationStore(store)
     conn = store.connection()
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'label_answers'").fetchone() is None:
-        return {}
-    return _final(_answers(conn, None), _read_settings(conn) or LabellingSettings())
+        return None
+    return _read_settings(conn) or LabellingSettings(), _answers(conn, None)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -250,7 +267,8 @@ def _read_settings(conn) -> LabellingSettings | None:
     return None if row is None else LabellingSettings(**json.loads(row[0]))
 
 
-def _final(answers: dict[str, list[Answer]], settings: LabellingSettings) -> dict[str, float | None]:
+def final_labels(answers: dict[str, list[Answer]], settings: LabellingSettings) -> dict[str, float | None]:
+    """`{key: aggregate}` of the items with at least `settings.labels_per_item` answers (the one aggregation rule)."""
     return {
         key: aggregate([a.score for a in rows])
         for key, rows in answers.items()

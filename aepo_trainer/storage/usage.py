@@ -29,8 +29,8 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..annotation.base import BudgetExhausted, canonical_json
-from .annotations import AnnotationStore, _pid_alive
+from .._utils.hashing import canonical_json
+from .annotations import AnnotationStore, BudgetExhausted, pid_alive
 
 __all__ = ["CostBudgetExhausted", "PriceTable", "UsageLedger"]
 
@@ -226,7 +226,7 @@ class UsageLedger:
         dead = []
         for row_id, pid, host, updated_at in rows:
             if host == _HOST:
-                if pid != os.getpid() and not _pid_alive(pid):
+                if pid != os.getpid() and not pid_alive(pid):
                     dead.append(row_id)
             elif now - updated_at > self.lease_seconds:
                 dead.append(row_id)

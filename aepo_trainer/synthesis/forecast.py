@@ -16,6 +16,7 @@ from .generators import estimate_tokens
 from .induce import induce_key, induce_settings
 from .respond import expert_messages, respond_key, respond_settings
 from .reverse import reverse_prompt
+from .settings import sampling, system_prompt
 from .templates import JUDGE_TEMPLATES, fill
 
 __all__ = ["forecast_filter", "forecast_induce", "forecast_respond", "forecast_sft"]
@@ -55,8 +56,6 @@ def _finished(work, stage: str, keys: list[str]) -> int:
 
 
 def forecast_induce(texts, args, identity: str, work, report) -> None:
-    from .pipeline import sampling
-
     settings = induce_settings(identity, args.reverse_template, sampling(args, "induce"), args.num_instructions)
     rows = list(texts)
     keys = [induce_key(settings, row) for row in rows]
@@ -78,8 +77,6 @@ def forecast_induce(texts, args, identity: str, work, report) -> None:
 
 
 def forecast_filter(induced, args, identity: str, work, report) -> None:
-    from .pipeline import sampling
-
     template = args.judge_template or JUDGE_TEMPLATES[args.judge_rubric]
     settings = judge_settings(identity, args.judge_rubric, template, sampling(args, "filter"), args.judge_retries)
     if induced is None:
@@ -110,8 +107,6 @@ def forecast_filter(induced, args, identity: str, work, report) -> None:
 
 
 def forecast_respond(accepted, args, identity: str, work, report) -> None:
-    from .pipeline import sampling, system_prompt
-
     settings = respond_settings(identity, system_prompt(args), sampling(args, "respond"), args.num_responses)
     n = args.num_responses
     if accepted is None:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from .arguments import SaferInstructArguments
 from .checkpoint import StageCheckpoint
-from .generators import SamplingConfig
+from .settings import sampling, system_prompt
 from .stage import SynthesisReport, row_key
-from .templates import SAFETY_RESPONSE_SYSTEM_PROMPT, template_hash
+from .templates import template_hash
 
 __all__ = ["STEP_ORDER", "run_steps"]
 
@@ -139,20 +139,6 @@ def _maybe_build_tiny(path: str | None) -> None:
 
 def reverse_model_path(args, sft_args) -> str:
     return args.reverse_model or sft_args.output_dir
-
-
-def sampling(args: SaferInstructArguments, stage: str) -> SamplingConfig:
-    if stage == "induce":
-        return SamplingConfig(
-            args.induce_temperature, args.induce_top_p, 0, args.induce_max_new_tokens, args.sampling_seed
-        )
-    if stage == "filter":
-        return SamplingConfig(args.judge_temperature, 1.0, 0, args.judge_max_new_tokens, args.sampling_seed)
-    return SamplingConfig(args.response_temperature, args.response_top_p, 0, args.response_max_new_tokens, args.sampling_seed)  # fmt: skip
-
-
-def system_prompt(args) -> str | None:
-    return SAFETY_RESPONSE_SYSTEM_PROMPT if args.response_system_prompt == "safety" else args.response_system_prompt
 
 
 def _save_report(work: WorkDir, step: str, report: SynthesisReport) -> None:

@@ -12,12 +12,9 @@
 
 from __future__ import annotations
 
-__all__ = ["AEPOTrainer"]
+from .._utils.lazy import lazy_getattr
 
+_EXPORTS = {"AEPOTrainer": "aepo_trainer.trainer.core"}  # lazy: the step's modules must not import the trainer
+__all__ = sorted(_EXPORTS)
 
-def __getattr__(name: str):
-    if name == "AEPOTrainer":
-        from .core import AEPOTrainer  # lazy: the package's submodules must not import the trainer
-
-        return AEPOTrainer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -14,9 +14,7 @@ actually formed.
 from __future__ import annotations
 
 import collections
-import json
 import logging
-import math
 import os
 import textwrap
 
@@ -25,16 +23,22 @@ from accelerate import PartialState
 from transformers.trainer_utils import TrainOutput
 from trl import DPOConfig, DPOTrainer
 
+from .._utils.timing import PhaseTimer, phase
+from ..annotation.factory import judge_available
 from ..config import AEPOConfig
 from ..data import pools, validation
 from ..data.collator import AEPODataCollator, is_pool_batch
+from ..data.kinds import is_prompt_only_dataset
+from .batch_keys import STEP_PAIRS
+from .model_card import model_card_section
+from .pool_loss import PairLossMeans, compute_pool_loss
 from .run_control import (
-    ACTIVE_LABELS_FILE,
     AEPOControlCallback,
     as_aepo_config,
     default_run_id,
     last_complete_checkpoint,
     refuse_options_pools_cannot_honour,
+    restore_active_labels,
 )
 
 logger = logging.getLogger(__name__)
@@ -104,11 +108,9 @@ class AEPOTrainer(DPOTrainer):
             train_dataset,
             eval_dataset,
             annotator,
-            judge_available=ref_model is not None or peft_config is not None or hasattr(model, "peft_config"),
+            judge_available=judge_available(model, ref_model, peft_config),
         )
         eval_sets = list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
-        from .on_policy import is_prompt_only_dataset
-
         self._aepo_on_policy = is_prompt_only_dataset(train_dataset, args)  # pools sampled in the step (on_policy.py)
         self._aepo_trains_on_pools = pools.is_pool_dataset(train_dataset, args) or self._aepo_on_policy
         self._aepo_uses_pools = self._aepo_on_policy or any(
@@ -121,7 +123,7 @@ class AEPOTrainer(DPOTrainer):
         self._aepo_seen_prompt_keys: list[int] = []
         self._aepo_recent_pairs: collections.deque = collections.deque(maxlen=8)
         self._aepo_empty_step_schedule = None
-        self._aepo_losses = {"train": [0.0, 0], "train_total": [0.0, 0], "eval": [0.0, 0]}  # [Σ loss × terms, terms]
+        self._aepo_losses = PairLossMeans()  # the logged losses: means over pairs
         self.aepo_stop_reason: str | None = None
         self.annotation_services: dict = {}
         self.pool_reducer = None
@@ -171,10 +173,13 @@ class AEPOTrainer(DPOTrainer):
         args = self.args
         self.pad_token_id = self._tokenizer.pad_token_id
         if self.accelerator.is_main_process:  # one ledger and one store for the whole run, whatever the world size
+            from ..annotation.factory import resolve_annotator
             from ..annotation.service import AnnotationService
 
             run_id = default_run_id(args)
-            train_annotator = self._aepo_build_annotator(annotator)
+            train_annotator = resolve_annotator(
+                args, annotator, model=self.model, ref_model=self.ref_model, tokenizer=self._tokenizer
+            )
             eval_annotator = train_annotator
             if annotator is None and args.annotator == "api_judge":
                 # the judge meters its dollars under a run id: evaluation gets a ledger of its own there too
@@ -192,7 +197,7 @@ class AEPOTrainer(DPOTrainer):
         self.pool_reducer = PoolReducer(args, device=self.accelerator.device)
         if not user_collator:
             self.data_collator = AEPODataCollator.from_config(args, pad_token_id=self.pad_token_id)
-        from .on_policy import OnPolicyPools, PhaseTimer, PromptCollator
+        from .on_policy import OnPolicyPools, PromptCollator
 
         self.aepo_phase_timer = PhaseTimer()
         if self._aepo_on_policy:
@@ -200,42 +205,10 @@ class AEPOTrainer(DPOTrainer):
             if not user_collator:
                 self.data_collator = PromptCollator(fallback=self.data_collator)
         if self._aepo_trains_on_pools:
-            # The pool loss is already a mean over the step's pairs (see `_pool_loss`): no division by the number of
+            # The pool loss is already a mean over the step's pairs (see `pool_loss`): no division by the number of
             # accumulation steps on top of it.
             self.loss_is_scaled_for_ga = True
         self.add_callback(AEPOControlCallback(self))
-
-    def _aepo_build_annotator(self, annotator):
-        from accelerate.utils import is_peft_model
-
-        args = self.args
-        if annotator is None:
-            from ..annotation import build_annotator
-
-            judge_model = None
-            if args.annotator == "judge":
-                judge_model = self.model if is_peft_model(self.model) else self.ref_model
-                if judge_model is None:
-                    raise ValueError(
-                        "annotator='judge' uses the frozen starting model as judge: pass `ref_model` (or train a PEFT "
-                        "adapter, judged with the adapter disabled)."
-                    )
-            return build_annotator(
-                args,
-                model=judge_model if judge_model is not None else self.model,
-                tokenizer=self._tokenizer,
-                ref_model=self.ref_model,
-            )
-        if hasattr(annotator, "score") and hasattr(annotator, "identity"):
-            return annotator
-        from ..annotation.reward_function import RewardFunctionAnnotator
-
-        if not (callable(annotator) or isinstance(annotator, (list, tuple))):
-            raise TypeError(
-                f"`annotator` must be an Annotator (with `identity` and `score`) or a reward function, got "
-                f"{type(annotator).__name__}."
-            )
-        return RewardFunctionAnnotator(annotator, tokenizer=self._tokenizer)
 
     def _aepo_embed(self, dataset, args):
         """Sentence embeddings of every candidate, computed once and cached by the dataset fingerprint."""
@@ -253,7 +226,7 @@ class AEPOTrainer(DPOTrainer):
             )
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        from .on_policy import is_prompt_only_dataset, validate_prompt_dataset
+        from .on_policy import validate_prompt_dataset
 
         if is_prompt_only_dataset(dataset, args):  # on-policy: the pools are generated in the training step
             if dataset_name != "train":
@@ -313,9 +286,7 @@ class AEPOTrainer(DPOTrainer):
         pool_batches = [b for b in batches if is_pool_batch(b)]
         if not pool_batches:
             return batches, None
-        from .step import STEP_PAIRS, reduce_pool_batches
-
-        groups = reduce_pool_batches(self, pool_batches, "train")
+        groups = self._aepo_reduce(pool_batches, "train")
         if groups and groups[0][STEP_PAIRS] == 0 and self.lr_scheduler is not None:
             # No prompt on any process formed a pair: the step will not touch the weights (see `training_step`);
             # remember the schedule so that the control callback can undo its advance after the step.
@@ -325,16 +296,45 @@ class AEPOTrainer(DPOTrainer):
             )
         return groups, None
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        from .on_policy import phase
-        from .step import STEP_PAIRS
+    def _aepo_reduce(self, pool_batches: list[dict], mode: str) -> list[dict]:
+        """Run the step's reduction (`step.reduce_pool_batches`) and apply its result to this trainer's state."""
+        from .implicit_rewards import pool_implicit_rewards
+        from .step import GroupLayout, reduce_pool_batches
 
+        args = self.args
+        reducer = self.pool_reducer
+        result = reduce_pool_batches(
+            pool_batches,
+            mode,
+            reducer=reducer,
+            service=self.annotation_services.get(mode) if self.annotation_services else None,
+            accelerator=self.accelerator,
+            layout=GroupLayout(self.pad_token_id, args.max_length, args.truncation_mode, args.pad_to_multiple_of),
+            pairs_are_terms=any(t not in args.rpo_loss_types for t in self.loss_types),
+            include_unpaired=bool(args.rpo_loss_types),
+            completions_column=args.completions_column,
+            implicit_rewards=(lambda batch: pool_implicit_rewards(self, batch)) if reducer.needed_signals else None,
+            timer=self.aepo_phase_timer,
+            gold_agreement=not self._aepo_labels_are_dataset_scores,
+        )
+        metrics = self._metrics[mode]
+        for name, value, running_total in result.metrics:
+            if running_total:
+                metrics[name] = [value]
+            else:
+                metrics[name].append(value)
+        if mode == "train":
+            self._aepo_recent_pairs.extend(result.recent_pairs)
+            self._aepo_after_annotation(result.reply, result.summary)
+        return result.groups
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
         if STEP_PAIRS in inputs and inputs[STEP_PAIRS] == 0:
             # No pair on any process in this step: no forward, no backward, so the gradients stay unset and the
             # optimizer step leaves weights and optimizer state as they are.
             model.train()  # as `Trainer.training_step` would: the step's metrics are logged as training metrics
             return torch.zeros((), device=self.args.device)
-        with phase(self, "train"):
+        with phase(self.aepo_phase_timer, "train"):
             return super().training_step(model, inputs, num_items_in_batch)
 
     def _aepo_name_policy_version(self) -> None:
@@ -347,17 +347,18 @@ class AEPOTrainer(DPOTrainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if is_pool_batch(inputs):
-            from .step import reduce_pool_batches
-
-            inputs = reduce_pool_batches(self, [inputs], "eval")[0]
+            inputs = self._aepo_reduce([inputs], "eval")[0]
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def _compute_loss(self, model, inputs, return_outputs):
         if "pair_chosen_rows" not in inputs:
             return super()._compute_loss(model, inputs, return_outputs)
-        from .pool_loss import compute_pool_loss
-
-        return compute_pool_loss(self, model, inputs, return_outputs)
+        result = compute_pool_loss(self, model, inputs, return_outputs)
+        mode = "train" if self.model.training else "eval"
+        if result.prompt_keys is not None:
+            self._aepo_seen_prompt_keys.extend(result.prompt_keys)
+        self._aepo_losses.add(mode, result.batch_mean, result.terms)
+        return (result.loss, result.outputs) if return_outputs else result.loss
 
     def _aepo_budget_already_spent(self) -> bool:
         """True when the training budget cannot pay for one more prompt: the run stops before fetching data (a rerun
@@ -395,40 +396,22 @@ class AEPOTrainer(DPOTrainer):
                 else f"Annotation budget exhausted: {summary['spent']:.0f}/{budget} annotations spent."
             )
 
-    def _aepo_accumulate_loss(self, mode: str, loss: torch.Tensor, terms: int) -> None:
-        """Add one batch's mean loss (over its `terms` pairs) to the accumulators the logged losses come from."""
-        if terms <= 0:
-            return
-        value = float(loss) * terms
-        for key in ("train", "train_total") if mode == "train" else ("eval",):
-            self._aepo_losses[key][0] += value
-            self._aepo_losses[key][1] += terms
-
-    def _aepo_pair_mean(self, key: str, reset: bool) -> float:
-        """Mean loss over the pairs of every process since the accumulator `key` was last reset (NaN: no pair)."""
-        total = torch.tensor(self._aepo_losses[key], dtype=torch.float64, device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            total = self.accelerator.reduce(total, "sum")
-        if reset:
-            self._aepo_losses[key] = [0.0, 0]
-        return float(total[0] / total[1]) if total[1] > 0 else math.nan
-
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
-        self._aepo_losses["eval"] = [0.0, 0]
+        self._aepo_losses.reset("eval")
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        if self._aepo_uses_pools and f"{metric_key_prefix}_loss" in output.metrics and self._aepo_losses["eval"][1]:
-            output.metrics[f"{metric_key_prefix}_loss"] = self._aepo_pair_mean("eval", reset=True)
+        if self._aepo_uses_pools and f"{metric_key_prefix}_loss" in output.metrics and self._aepo_losses.terms("eval"):
+            output.metrics[f"{metric_key_prefix}_loss"] = self._aepo_losses.mean(self.accelerator, "eval", reset=True)
         return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._aepo_trains_on_pools and self.model.training:
             # The Trainer's loss averages steps (a step without pairs would count as 0): report means over pairs.
             if "loss" in logs:
-                logs["loss"] = self._aepo_pair_mean("train", reset=True)
+                logs["loss"] = self._aepo_losses.mean(self.accelerator, "train", reset=True)
             if "train_loss" in logs:
-                logs["train_loss"] = self._aepo_pair_mean("train_total", reset=False)
+                logs["train_loss"] = self._aepo_losses.mean(self.accelerator, "train_total", reset=False)
             if "loss" in logs and self.aepo_phase_timer is not None:
                 logs.update(self.aepo_phase_timer.report(accelerator=self.accelerator))
         super().log(logs, start_time)
@@ -441,9 +424,9 @@ class AEPOTrainer(DPOTrainer):
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 logger.warning("AEPO: no complete checkpoint in %s: training from the start.", self.args.output_dir)
-        self._aepo_losses["train_total"] = [0.0, 0]
+        self._aepo_losses.reset("train_total")
         if resume_from_checkpoint and self.pool_reducer is not None and self.pool_reducer.active is not None:
-            self._aepo_restore_active_labels(resume_from_checkpoint)
+            restore_active_labels(self.pool_reducer.active, resume_from_checkpoint, self.accelerator)
         output = super().train(
             resume_from_checkpoint=resume_from_checkpoint,
             trial=trial,
@@ -451,45 +434,30 @@ class AEPOTrainer(DPOTrainer):
             **kwargs,
         )
         if self._aepo_trains_on_pools:
-            loss = self._aepo_pair_mean("train_total", reset=False)
+            loss = self._aepo_losses.mean(self.accelerator, "train_total", reset=False)
             output = TrainOutput(output.global_step, loss, {**output.metrics, "train_loss": loss})
         return output
 
-    def _aepo_restore_active_labels(self, checkpoint: str) -> None:
-        """Read the surrogate's labels from `checkpoint` on the main process and teach them to every rank."""
-        from accelerate.utils import broadcast_object_list
-
-        items = [None]
-        if self.accelerator.is_main_process:
-            path = os.path.join(checkpoint, ACTIVE_LABELS_FILE)
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    items = [json.load(f)]
-            else:
-                logger.warning("AEPO: %s has no %s: the active surrogate starts cold.", checkpoint, ACTIVE_LABELS_FILE)
-        if self.accelerator.num_processes > 1:
-            broadcast_object_list(items, from_process=0)
-        if items[0]:
-            self.pool_reducer.active.absorb([tuple(item) for item in items[0]])
-
-    def _aepo_remember(self, rows: list[dict], reduced) -> None:
-        """Keep a few recent pairs (texts and scores) for end-of-training reports."""
-        ccol = self.args.completions_column
-        for pair in reduced.pairs:
-            row, subset = rows[pair.row], reduced.subsets[pair.row]
-            self._aepo_recent_pairs.append(
-                {
-                    "prompt": row.get("prompt"),
-                    "chosen": row[ccol][subset[pair.chosen]],
-                    "rejected": row[ccol][subset[pair.rejected]],
-                    "chosen_score": float(pair.chosen_score),
-                    "rejected_score": float(pair.rejected_score),
-                    "selected": list(subset),
-                    "pool_size": len(row[ccol]),
-                }
-            )
-
     # ------------------------------------------------------------------------------------------------ reporting
+
+    @property
+    def seen_prompt_keys(self) -> list[int]:
+        """The keys (`prompt_key`) of the prompts trained on so far by this process, in order (one per trained pool
+        row; for reports and for the tests of exact pay)."""
+        return list(self._aepo_seen_prompt_keys)
+
+    def restore_schedule_after_empty_step(self) -> None:
+        """After a step that formed no pair on any process (its optimizer step changed nothing), put the
+        learning-rate schedule back where it was before the step (called by `AEPOControlCallback.on_step_end`)."""
+        saved = self._aepo_empty_step_schedule
+        if saved is None:
+            return
+        self._aepo_empty_step_schedule = None
+        scheduler_state, lrs = saved
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(scheduler_state)
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
 
     @property
     def recent_pairs(self) -> list[dict]:
@@ -511,26 +479,5 @@ class AEPOTrainer(DPOTrainer):
         path = os.path.join(self.args.output_dir, "README.md")
         if not os.path.exists(path):
             return
-        lines = ["", "## AEPO", ""]
-        if self._aepo_uses_pools:
-            lines.append(
-                "This model was trained with **AEPO** (Annotation-Efficient Preference Optimization, "
-                "[arXiv:2405.13541](https://huggingface.co/papers/2405.13541)) using "
-                "aepo-trainer: for each prompt, k of the N candidate "
-                "completions were selected (representativeness + diversity), only those were annotated, and the "
-                "preference pairs were formed on the fly during DPO training."
-            )
-        else:
-            lines.append(
-                "This model was trained with aepo-trainer's `AEPOTrainer` on preference pairs (DPO; no pool "
-                "reduction was needed)."
-            )
-        lines += ["", "| setting | value |", "|---|---|"]
-        lines += [f"| `{name}` | `{value}` |" for name, value in self.args.aepo_settings().items()]
-        if self.annotation_service is not None:
-            service = self.annotation_service
-            budget = "unlimited" if service.budget is None else service.budget
-            lines += [f"| annotator | `{service.identity}` |", f"| annotations spent | {service.spent} |"]
-            lines += [f"| annotation budget | {budget} |", f"| annotation store | `{service.store.path}` |"]
         with open(path, "a", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write(model_card_section(self.args, self._aepo_uses_pools, self.annotation_service))

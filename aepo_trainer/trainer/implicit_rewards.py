@@ -8,7 +8,7 @@ annotate → pair → step.
 
 The sequences are those the DPO step itself would train on: the pool batch is laid out by `build_group_batch` (TRL's
 truncation and padding) with every valid candidate as a response, and both passes use the fused LM head exactly as
-`DPOTrainer._compute_loss` does. The reference pass is `_pool_loss.reference_outputs` — `ref_model`, or the policy
+`DPOTrainer._compute_loss` does. The reference pass is `reference.reference_outputs` — `ref_model`, or the policy
 with its PEFT adapter disabled (or its frozen "ref" adapter) — so r equals the implicit reward the DPO loss would see
 (without `ld_alpha`: the plain sum of the completion's token log-probs). Both passes run without gradients, in eval
 mode (no dropout: the ranking is deterministic), in chunks of `implicit_reward_batch_size` sequences.
@@ -26,7 +26,7 @@ import torch
 from .._trl_compat import disable_gradient_checkpointing
 from ..selection.implicit_reward import implicit_rewards
 from .group_batch import build_group_batch
-from .pool_loss import reference_outputs
+from .reference import reference_outputs
 
 __all__ = ["pool_implicit_rewards"]
 

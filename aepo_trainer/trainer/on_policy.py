@@ -2,7 +2,7 @@
 
 Given a dataset with a `prompt` column and no completions (standard or conversational prompts), `AEPOTrainer` turns
 each micro-batch of prompts into a pool batch at the start of the optimizer step, before the usual step-level
-reduction (`_pool_step.reduce_pool_batches`):
+reduction (`step.reduce_pool_batches`):
 
     prompts -> generate N per prompt with the current policy (stored) -> embed -> tokenize like offline pools
             -> pool batch -> select k -> annotate (paid, main process) -> pair -> DPO step
@@ -26,37 +26,17 @@ reduction (`_pool_step.reduce_pool_batches`):
 from __future__ import annotations
 
 import logging
-import time
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
-import torch
+from .._utils.run_ids import default_run_id
+from .._utils.timing import PhaseTimer, phase
+from ..data.kinds import is_prompt_only_dataset
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ON_POLICY_ROWS", "OnPolicyPools", "PhaseTimer", "PromptCollator", "is_prompt_only_dataset", "phase"]
 
 ON_POLICY_ROWS = "on_policy_rows"
-PHASES = ("generate", "embed", "select", "annotate", "train")
-
-
-def is_prompt_only_dataset(dataset, args) -> bool:
-    """True when the first row has a prompt and none of the pool or pair columns (completions, scores, embeddings,
-    chosen, rejected): sample its pools on-policy. A pool dataset that lost its completions column is not one."""
-    if dataset is None:
-        return False
-    try:
-        row = next(iter(dataset))
-    except StopIteration:
-        return False
-    pool_or_pair = (
-        getattr(args, "completions_column", "completions"),
-        getattr(args, "scores_column", "scores"),
-        getattr(args, "embeddings_column", "embeddings"),
-        "chosen",
-        "rejected",
-    )
-    return "prompt" in row and not any(c in row for c in pool_or_pair)
 
 
 def validate_prompt_dataset(dataset, dataset_name: str = "train") -> None:
@@ -85,49 +65,6 @@ class PromptCollator:
         return {ON_POLICY_ROWS: [dict(example) for example in examples]}
 
 
-class PhaseTimer:
-    """Wall-clock seconds per phase of the training step since the last report (CUDA synchronised at each phase end,
-    so that asynchronous kernels are charged to the phase that launched them)."""
-
-    def __init__(self):
-        self.seconds = dict.fromkeys(PHASES, 0.0)
-
-    @contextmanager
-    def phase(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                torch.cuda.synchronize()
-            self.seconds[name] += time.perf_counter() - start
-
-    def report(self, reset: bool = True, accelerator=None) -> dict[str, float]:
-        """`aepo/time_share/<phase>` (fractions of the total) and `aepo/seconds/<phase>` since the last report.
-
-        With an `accelerator` of several processes the seconds are averaged over the processes (one collective), so
-        every process logs the same figures, like every other logged metric."""
-        seconds = dict(self.seconds)
-        if accelerator is not None and accelerator.num_processes > 1:
-            local = torch.tensor([seconds[name] for name in PHASES], dtype=torch.float64, device=accelerator.device)
-            mean = accelerator.gather(local.unsqueeze(0)).view(-1, len(PHASES)).mean(0).tolist()
-            seconds = dict(zip(PHASES, mean))
-        total = sum(seconds.values())
-        out = {}
-        if total > 0:
-            out.update({f"aepo/time_share/{name}": s / total for name, s in seconds.items()})
-            out.update({f"aepo/seconds/{name}": s for name, s in seconds.items()})
-        if reset:
-            self.seconds = dict.fromkeys(PHASES, 0.0)
-        return out
-
-
-def phase(trainer, name: str):
-    """The trainer's phase timer context for `name` (a no-op without a timer)."""
-    timer = getattr(trainer, "aepo_phase_timer", None)
-    return timer.phase(name) if timer is not None else nullcontext()
-
-
 class OnPolicyPools:
     """Generates, stores, embeds and lays out the pools of prompt-only batches for `AEPOTrainer` (see the module)."""
 
@@ -135,7 +72,6 @@ class OnPolicyPools:
         import os
 
         from ..generation.store import CandidateStore
-        from .core import default_run_id
 
         args = trainer.args
         self.trainer = trainer
@@ -208,7 +144,7 @@ class OnPolicyPools:
         from ..generation.store import pool_key
 
         keys = [pool_key(self.run_id, self.fingerprint, round_, row["prompt"]) for row in rows]
-        with phase(trainer, "generate"):
+        with phase(trainer.aepo_phase_timer, "generate"):
             stored = self.store.get(list(dict.fromkeys(keys)))
             missing = list(dict.fromkeys(k for k in keys if k not in stored))
             self.reused += len(keys) - len(missing)
@@ -247,7 +183,7 @@ class OnPolicyPools:
         from ..data.pools import prepare_pool_dataset
 
         trainer, args = self.trainer, self.trainer.args
-        with phase(trainer, "embed"):
+        with phase(trainer.aepo_phase_timer, "embed"):
             embeddings, _ = self.embedder.encode_pools([pool.completions for pool in pools])
         embeddings = embeddings.float().cpu()
         if all(pool.prompt_ids is not None and pool.completion_ids is not None for pool in pools):

@@ -10,16 +10,50 @@ therefore applies unchanged to the pairs formed on the fly.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
-from accelerate.utils import is_peft_model, pad_across_processes
+from accelerate.utils import pad_across_processes
 from trl import DPOTrainer
 
-from .._trl_compat import FusedCausalLMOutput, disable_gradient_checkpointing, use_adapter
+from .._trl_compat import FusedCausalLMOutput
+from .batch_keys import STEP_PAIRS, TERMS
 from .losses import RPO_LOSS_TYPES, mean_multi_response_reward_aware_loss
-from .step import STEP_PAIRS, TERMS
+from .reference import reference_outputs
 
 _PER_TOKEN_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
+
+
+class PairLossMeans:
+    """The trainer's logged losses as means over pairs: `Σ loss × terms` and `terms` per accumulator ("train" since
+    the last log, "train_total" for the run, "eval" for one evaluation), summed over processes when read."""
+
+    def __init__(self):
+        self.sums = {"train": [0.0, 0], "train_total": [0.0, 0], "eval": [0.0, 0]}
+
+    def add(self, mode: str, loss: torch.Tensor, terms: int) -> None:
+        """Add one batch's mean loss (over its `terms` pairs)."""
+        if terms <= 0:
+            return
+        value = float(loss) * terms
+        for key in ("train", "train_total") if mode == "train" else ("eval",):
+            self.sums[key][0] += value
+            self.sums[key][1] += terms
+
+    def reset(self, key: str) -> None:
+        self.sums[key] = [0.0, 0]
+
+    def terms(self, key: str) -> int:
+        return self.sums[key][1]
+
+    def mean(self, accelerator, key: str, reset: bool) -> float:
+        """Mean loss over the pairs of every process since `key` was last reset (NaN: no pair)."""
+        total = torch.tensor(self.sums[key], dtype=torch.float64, device=accelerator.device)
+        if accelerator.num_processes > 1:
+            total = accelerator.reduce(total, "sum")
+        if reset:
+            self.reset(key)
+        return float(total[0] / total[1]) if total[1] > 0 else math.nan
 
 
 class _GatheredModel:
@@ -74,23 +108,6 @@ class _VarlenAccelerator:
         return getattr(self._accelerator, name)
 
 
-def reference_outputs(trainer, model_kwargs: dict, labels: torch.Tensor):
-    """Reference per-token log-probs of every response, once: `ref_model`, or the policy with its PEFT adapter
-    disabled (or the frozen "ref" adapter), exactly as `DPOTrainer._compute_loss` obtains them."""
-    ref_kwargs = {k: v for k, v in model_kwargs.items() if k != "output_router_logits"}
-    with torch.no_grad(), disable_gradient_checkpointing(trainer.model, trainer.args.gradient_checkpointing_kwargs):
-        if trainer.ref_model is None and is_peft_model(trainer.model):
-            unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-            with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
-                return trainer.model(**ref_kwargs, labels=labels, fused_lm_head=True)
-        if trainer.ref_model is None:
-            raise ValueError(
-                "No reference model is available for the pool batch: pass `ref_model`, train a PEFT adapter, or load "
-                "the policy from a path so that the reference can be re-loaded from it."
-            )
-        return trainer.ref_model(**ref_kwargs, labels=labels, fused_lm_head=True)
-
-
 def _drop_nan_entries(metrics: dict, lengths: dict) -> None:
     """Remove the metric entries TRL appended for a step without any pair on any process (means of nothing)."""
     for key, values in list(metrics.items()):
@@ -103,14 +120,34 @@ def _drop_nan_entries(metrics: dict, lengths: dict) -> None:
             del metrics[key]
 
 
-def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False):
+@dataclass
+class PoolLoss:
+    """What the loss of one group batch gives the trainer.
+
+    Attributes:
+        loss: the value to back-propagate (in training, weighted by the batch's share of the step's terms).
+        batch_mean: the batch's unweighted mean loss over its own terms, detached (for the logged means over pairs).
+        terms: the batch's loss terms on this process (pairs; for `rpo_*` alone: prompts with >= 2 responses).
+        prompt_keys: the keys of the prompts the batch trains on (training only; None otherwise).
+        outputs: the model's plain outputs when `return_outputs` was asked (TRL's deprecated logits), else None.
+    """
+
+    loss: torch.Tensor
+    batch_mean: torch.Tensor
+    terms: int
+    prompt_keys: list[int] | None = None
+    outputs: object = None
+
+
+def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False) -> PoolLoss:
     """Loss of a group batch (`group_batch.build_group_batch`); called by `AEPOTrainer._compute_loss`.
 
     The batch's loss is the mean over its own pairs (TRL's loss types) plus the reward-aware terms. In training it is
     returned weighted by the batch's share of the step's pairs (all micro-batches, all processes), so that the
     gradient of the optimizer step is that of the mean over every pair the step formed: a batch without pairs adds
     nothing, and a batch with one pair weighs half as much as a batch with two. The unweighted mean and the pair
-    count also go to the trainer's loss accumulators (the logged `loss`/`eval_loss` are means over pairs)."""
+    count are returned too: the trainer adds them to its loss accumulators (the logged `loss`/`eval_loss` are means
+    over pairs)."""
     mode = "train" if trainer.model.training else "eval"
     inputs = dict(inputs)
     chosen_rows = inputs.pop("pair_chosen_rows")
@@ -120,8 +157,7 @@ def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False
     terms = int(inputs.pop(TERMS))
     step_terms = int(inputs.pop(STEP_PAIRS))
     prompt_keys = inputs.pop("aepo_prompt_keys", None)
-    if prompt_keys is not None and mode == "train":
-        trainer._aepo_seen_prompt_keys.extend(int(k) for k in prompt_keys.tolist())
+    trained_keys = [int(k) for k in prompt_keys.tolist()] if prompt_keys is not None and mode == "train" else None
 
     input_ids, attention_mask, completion_mask = (
         inputs["input_ids"],
@@ -198,12 +234,12 @@ def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False
         trainer._metrics[mode][f"aepo/{name}"].append(float(accelerator.gather(value.detach().reshape(1)).mean()))
     _drop_nan_entries(trainer._metrics[mode], metric_lengths)
 
-    trainer._aepo_accumulate_loss(mode, loss.detach(), terms)
+    batch_mean = loss.detach()
     if mode == "train" and step_terms > 0:
         loss = loss * (terms * accelerator.num_processes / step_terms)
 
+    plain_outputs = None
     if return_outputs:  # TRL's deprecated logits for `compute_metrics`: an extra plain forward, as TRL does
         with torch.no_grad():
-            outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return loss, outputs
-    return loss
+            plain_outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return PoolLoss(loss, batch_mean, terms, trained_keys, plain_outputs)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ import re
 from transformers import TrainerCallback
 from trl import DPOConfig
 
+from .._utils.run_ids import default_run_id
 from ..config import AEPOConfig
 
 logger = logging.getLogger("aepo_trainer.trainer")
@@ -31,16 +31,10 @@ __all__ = [
     "default_run_id",
     "last_complete_checkpoint",
     "refuse_options_pools_cannot_honour",
+    "restore_active_labels",
 ]
 
 ACTIVE_LABELS_FILE = "aepo_active_labels.json"  # in each checkpoint: the labels an active strategy has learned
-
-
-def default_run_id(args) -> str:
-    """The annotation ledger of a run: derived from its `output_dir`, so a resumed run (same `output_dir`) keeps
-    counting against the same budget and reuses every annotation already paid for."""
-    path = os.path.abspath(os.path.expanduser(str(args.output_dir)))
-    return f"{os.path.basename(path.rstrip(os.sep)) or 'run'}-{hashlib.sha256(path.encode()).hexdigest()[:12]}"
 
 
 def last_complete_checkpoint(output_dir) -> str | None:
@@ -109,14 +103,7 @@ class AEPOControlCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         trainer = self.trainer
-        saved = trainer._aepo_empty_step_schedule
-        if saved is not None:  # no pair on any process in this step: the schedule stays where it was
-            trainer._aepo_empty_step_schedule = None
-            scheduler_state, lrs = saved
-            if trainer.lr_scheduler is not None:
-                trainer.lr_scheduler.load_state_dict(scheduler_state)
-            for group, lr in zip(trainer.optimizer.param_groups, lrs):
-                group["lr"] = lr
+        trainer.restore_schedule_after_empty_step()  # no pair on any process in this step: the schedule stays
         if trainer.aepo_stop_reason is not None and not control.should_training_stop:
             control.should_training_stop = True
             control.should_save = True  # a budget stop always leaves a checkpoint to resume from
@@ -141,3 +128,22 @@ def as_aepo_config(args: DPOConfig) -> AEPOConfig:
                 upgraded, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             )
     return upgraded
+
+
+def restore_active_labels(active, checkpoint: str, accelerator) -> None:
+    """Read an active strategy's labels from `checkpoint` on the main process and teach them to every rank's
+    surrogate (a resumed run selects as an uninterrupted one would)."""
+    from accelerate.utils import broadcast_object_list
+
+    items = [None]
+    if accelerator.is_main_process:
+        path = os.path.join(checkpoint, ACTIVE_LABELS_FILE)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                items = [json.load(f)]
+        else:
+            logger.warning("AEPO: %s has no %s: the active surrogate starts cold.", checkpoint, ACTIVE_LABELS_FILE)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(items, from_process=0)
+    if items[0]:
+        active.absorb([tuple(item) for item in items[0]])

@@ -12,48 +12,107 @@ actually trained, whatever `dataloader_num_workers` (the collator is pure) and h
 The statistics of the step are gathered from every rank once and logged as `aepo/*` metrics; the pair counts decide
 how each micro-batch's loss is weighted (losses are means over the pairs actually formed) and whether the step
 updates the weights at all (a step in which no prompt on any rank formed a pair takes no optimizer step).
+
+The step takes its inputs (the reducer, the annotation service, the accelerator, the layout settings) and returns a
+`StepResult`: the group batches, the annotation reply, the step's summary, its metrics and a few pairs to remember.
+`AEPOTrainer` applies the result to its own state; nothing here reads or writes the trainer.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
-from ..annotation.ledger import annotate_on_main_process, split_reply
+from .._utils.timing import PhaseTimer, phase
+from ..annotation.ledger import AnnotationReply, annotate_on_main_process, split_reply
 from ..data.collator import POOL_ROWS
-from ..reduction.reducer import STATS_FIELDS
+from ..reduction.reducer import RUNNING_TOTALS, STATS_FIELDS
+from ..reduction.rows import pair_record
+from .batch_keys import STEP_PAIRS, TERMS
 from .group_batch import build_group_batch
-from .on_policy import phase
 
-__all__ = ["STEP_PAIRS", "TERMS", "record_stats", "reduce_pool_batches"]
-
-TERMS = (
-    "aepo_terms"  # loss terms of this micro-batch on this rank (pairs; for rpo_* alone: prompts with >= 2 responses)
-)
-STEP_PAIRS = "aepo_step_terms"  # loss terms of the whole optimizer step, all micro-batches, all ranks
+__all__ = ["STEP_PAIRS", "TERMS", "GroupLayout", "StepResult", "pair_texts", "reduce_pool_batches", "step_metrics"]
 
 
-def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
-    """Select -> annotate (main process) -> pair -> lay out every pool batch of one step; returns group batches."""
-    args = trainer.args
-    reducer = trainer.pool_reducer
-    service = trainer.annotation_services.get(mode) if trainer.annotation_services else None
-    device = trainer.accelerator.device
+@dataclass(frozen=True)
+class GroupLayout:
+    """How the group batches are laid out (TRL's truncation and padding settings of the run)."""
 
+    pad_token_id: int
+    max_length: int | None = None
+    truncation_mode: str = "keep_end"
+    pad_to_multiple_of: int | None = None
+
+
+@dataclass
+class StepResult:
+    """What one step's reduction gives the trainer.
+
+    Attributes:
+        groups: one group batch per pool batch, in order (`TERMS` and `STEP_PAIRS` set).
+        step_terms: loss terms of the whole step, all micro-batches, all ranks (0: the step trains nothing).
+        reply: the annotation reply of the step (all its batches).
+        summary: `budget_exhausted`, `pending`, `spent`, `pairs`, `budget_left` of the step, all ranks.
+        metrics: `(name, value, running_total)` in order: append `value` to the metric `name`, or make it the only
+            value when `running_total` (a running total logs its latest value, not a mean over the log window).
+        recent_pairs: the step's pairs on this rank with their texts and scores (training only), for reports.
+    """
+
+    groups: list[dict]
+    step_terms: int
+    reply: AnnotationReply
+    summary: dict
+    metrics: list[tuple[str, float, bool]] = field(default_factory=list)
+    recent_pairs: list[dict] = field(default_factory=list)
+
+
+def reduce_pool_batches(
+    batches: list[dict],
+    mode: str,
+    *,
+    reducer,
+    service,
+    accelerator,
+    layout: GroupLayout,
+    pairs_are_terms: bool = True,
+    include_unpaired: bool = False,
+    completions_column: str = "completions",
+    implicit_rewards: Callable[[dict], torch.Tensor] | None = None,
+    timer: PhaseTimer | None = None,
+    gold_agreement: bool = True,
+) -> StepResult:
+    """Select -> annotate (main process) -> pair -> lay out every pool batch of one step.
+
+    Args:
+        batches: the step's pool batches (`AEPODataCollator` output) on this rank.
+        mode: "train" (active strategies learn, pairs are remembered) or "eval".
+        reducer: the run's `PoolReducer`; service: its `AnnotationService` for `mode` (None: no annotation).
+        accelerator: the run's accelerator (one collective per statistic; one annotation call on the main process).
+        layout: TRL's truncation and padding of the run.
+        pairs_are_terms: True when TRL loss types are trained (a term is a pair); False for `rpo_*` losses alone (a
+            term is a prompt with at least two annotated responses).
+        include_unpaired: lay out the annotated responses that are in no pair too (the `rpo_*` losses use them).
+        completions_column: the pool's completions column (for the remembered pairs' texts).
+        implicit_rewards: the policy's implicit reward of every candidate of a pool batch, when the selection
+            strategy needs it (training only).
+        timer: the run's phase timer (select, annotate).
+        gold_agreement: log `aepo/label_gold_agreement` (False when the labels *are* the dataset's scores).
+    """
+    device = accelerator.device
     learn = mode == "train"  # active strategies learn from training labels only; evaluation selects the same each time
     known = reducer.active.surrogate.keys() if learn and reducer.active is not None else None
     picks, requests, sizes = [], [], []
     policy_signals = learn and bool(reducer.needed_signals)  # implicit rewards: computed here, where the policy is
     spreads = []
-    with phase(trainer, "select"):
+    with phase(timer, "select"):
         for batch in batches:
             rows = batch[POOL_ROWS]
             signals = None
             if policy_signals:
-                from .implicit_rewards import pool_implicit_rewards
-
-                signals = {"implicit_rewards": pool_implicit_rewards(trainer, batch)}
+                signals = {"implicit_rewards": implicit_rewards(batch)}
                 spreads.append(_spread(signals["implicit_rewards"], batch["pool_mask"].to(device)))
             selected = reducer.select(
                 rows,
@@ -66,12 +125,10 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
             picks.append(selected)
             requests.extend(batch_requests)
             sizes.append(len(batch_requests))
-    with phase(trainer, "annotate"):
-        reply = annotate_on_main_process(trainer.accelerator, service, requests)
+    with phase(timer, "annotate"):
+        reply = annotate_on_main_process(accelerator, service, requests)
 
-    include_unpaired = bool(args.rpo_loss_types)
-    trl_types = [t for t in trainer.loss_types if t not in args.rpo_loss_types]
-    out, stats, terms, qualities = [], [], [], []
+    out, stats, terms, qualities, recent = [], [], [], [], []
     for batch, selected, part in zip(batches, picks, split_reply(reply, sizes)):
         reduced = reducer.finish(batch[POOL_ROWS], selected, part)
         if reduced.active is not None:
@@ -79,13 +136,13 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
         group = build_group_batch(
             batch,
             reduced,
-            pad_token_id=trainer.pad_token_id,
-            max_length=args.max_length,
-            truncation_mode=args.truncation_mode,
-            pad_to_multiple_of=args.pad_to_multiple_of,
+            pad_token_id=layout.pad_token_id,
+            max_length=layout.max_length,
+            truncation_mode=layout.truncation_mode,
+            pad_to_multiple_of=layout.pad_to_multiple_of,
             include_unpaired=include_unpaired,
         )
-        if trl_types:
+        if pairs_are_terms:
             n_terms = len(reduced.pairs)
         else:  # reward-aware losses alone: one term per prompt with at least two annotated responses
             n_terms = sum(1 for s in reduced.scores if s is not None and sum(v is not None for v in s) >= 2)
@@ -94,18 +151,35 @@ def reduce_pool_batches(trainer, batches: list[dict], mode: str) -> list[dict]:
         stats.append(reduced.stats_vector())
         terms.append(n_terms)
         if mode == "train":
-            trainer._aepo_remember(batch[POOL_ROWS], reduced)
-    step_terms = int(trainer.accelerator.reduce(torch.tensor(float(sum(terms)), device=device), "sum").item())
+            recent.extend(pair_texts(batch[POOL_ROWS], reduced, completions_column))
+    step_terms = int(accelerator.reduce(torch.tensor(float(sum(terms)), device=device), "sum").item())
     for group in out:
         group[STEP_PAIRS] = step_terms
-    summary = record_stats(trainer, mode, _sum_stats(stats), step_terms)
+    summary, metrics = step_metrics(accelerator, _sum_stats(stats), step_terms, gold_agreement)
     if known is not None:
-        share_active_labels(trainer, known)
-        record_active_quality(trainer, qualities)
+        share_active_labels(accelerator, reducer.active, known)
+        metrics += active_quality_metrics(reducer.active, qualities)
     if policy_signals:
-        record_implicit_rewards(trainer, spreads)
-    if mode == "train":
-        trainer._aepo_after_annotation(reply, summary)
+        metrics += implicit_reward_metrics(accelerator, spreads)
+    return StepResult(out, step_terms, reply, summary, metrics, recent)
+
+
+def pair_texts(rows: list[dict], reduced, completions_column: str = "completions") -> list[dict]:
+    """Each pair of a reduced batch with its texts and scores, as `AEPOTrainer.recent_pairs` reports them."""
+    out = []
+    for pair in reduced.pairs:
+        record = pair_record(rows[pair.row], reduced, pair, completions_column)
+        out.append(
+            {
+                "prompt": rows[pair.row].get("prompt"),
+                "chosen": record["chosen"],
+                "rejected": record["rejected"],
+                "chosen_score": float(pair.chosen_score),
+                "rejected_score": float(pair.rejected_score),
+                "selected": record["selected_indices"],
+                "pool_size": len(rows[pair.row][completions_column]),
+            }
+        )
     return out
 
 
@@ -116,24 +190,23 @@ def _spread(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (high - low).float()
 
 
-def record_implicit_rewards(trainer, spreads: list[torch.Tensor]) -> None:
+def implicit_reward_metrics(accelerator, spreads: list[torch.Tensor]) -> list[tuple[str, float, bool]]:
     """`aepo/implicit_reward_spread` (mean over the step's prompts, all ranks) and `aepo/implicit_reward_flat`
     (prompts without spread: `implicit_reward_gap` selected them by its fallback), one collective."""
     from ..selection.implicit_reward import MIN_GAP
 
-    device = trainer.accelerator.device
+    device = accelerator.device
     spread = torch.cat(spreads) if spreads else torch.zeros(0, device=device)
     local = torch.tensor([float(spread.sum()), float(spread.numel()), float((spread <= MIN_GAP).sum())], device=device)
-    total = (
-        trainer.accelerator.reduce(local, "sum").tolist() if trainer.accelerator.num_processes > 1 else local.tolist()
-    )
-    m = trainer._metrics["train"]
+    total = accelerator.reduce(local, "sum").tolist() if accelerator.num_processes > 1 else local.tolist()
+    metrics = []
     if total[1] > 0:
-        m["aepo/implicit_reward_spread"].append(total[0] / total[1])
-    m["aepo/implicit_reward_flat"].append(total[2])
+        metrics.append(("aepo/implicit_reward_spread", total[0] / total[1], False))
+    metrics.append(("aepo/implicit_reward_flat", total[2], False))
+    return metrics
 
 
-_RUNNING = [STATS_FIELDS.index("annotations_spent"), STATS_FIELDS.index("budget_left")]
+_RUNNING = [STATS_FIELDS.index(name) for name in RUNNING_TOTALS]
 
 
 def _sum_stats(stats: list[torch.Tensor]) -> torch.Tensor | None:
@@ -146,61 +219,64 @@ def _sum_stats(stats: list[torch.Tensor]) -> torch.Tensor | None:
     return total
 
 
-def record_stats(trainer, mode: str, stats: torch.Tensor | None, step_terms: int) -> dict:
-    """Gather one step's statistics from every rank (one collective) and append the `aepo/*` metrics."""
-    device = trainer.accelerator.device
+def step_metrics(
+    accelerator, stats: torch.Tensor | None, step_terms: int, gold_agreement: bool = True
+) -> tuple[dict, list[tuple[str, float, bool]]]:
+    """Gather one step's statistics from every rank (one collective): the step's summary and its `aepo/*` metrics."""
+    device = accelerator.device
     local = stats if stats is not None else torch.zeros(len(STATS_FIELDS))
-    rows = trainer.accelerator.gather(local.float().to(device).reshape(1, -1)).cpu()
+    rows = accelerator.gather(local.float().to(device).reshape(1, -1)).cpu()
     s = dict(zip(STATS_FIELDS, rows.T))
     total = {name: float(torch.nan_to_num(col).sum()) for name, col in s.items()}
-    m = trainer._metrics[mode]
+    m = []
     prompts = max(total["prompts"], 1.0)
     pairs = total["pairs"]
-    m["aepo/representativeness"].append(total["representativeness_sum"] / prompts)
-    m["aepo/diversity"].append(total["diversity_sum"] / prompts)
-    m["aepo/pairs"].append(pairs)
+    m.append(("aepo/representativeness", total["representativeness_sum"] / prompts, False))
+    m.append(("aepo/diversity", total["diversity_sum"] / prompts, False))
+    m.append(("aepo/pairs", pairs, False))
     if pairs > 0:
-        m["aepo/reward_chosen"].append(total["reward_chosen_sum"] / pairs)
-        m["aepo/reward_rejected"].append(total["reward_rejected_sum"] / pairs)
+        m.append(("aepo/reward_chosen", total["reward_chosen_sum"] / pairs, False))
+        m.append(("aepo/reward_rejected", total["reward_rejected_sum"] / pairs, False))
     for name in ("ties_dropped", "invalid_dropped", "prompts_skipped", "annotations_paid", "annotations_reused"):
-        m[f"aepo/{name}"].append(total[name])
-    m["aepo/empty_batches"].append(float(step_terms == 0))
-    if total["gold_pairs"] > 0 and not trainer._aepo_labels_are_dataset_scores:
-        m["aepo/label_gold_agreement"].append(total["gold_agreements"] / total["gold_pairs"])
+        m.append((f"aepo/{name}", total[name], False))
+    m.append(("aepo/empty_batches", float(step_terms == 0), False))
+    if total["gold_pairs"] > 0 and gold_agreement:
+        m.append(("aepo/label_gold_agreement", total["gold_agreements"] / total["gold_pairs"], False))
     spent = float(torch.nan_to_num(s["annotations_spent"], nan=0.0).max())
-    m["aepo/annotations_spent"] = [spent]  # a running total: keep the latest, not the mean over the log window
+    m.append(("aepo/annotations_spent", spent, True))  # a running total: the latest, not the mean over the window
     budget_left = s["budget_left"]
     if not torch.isnan(budget_left).all():
-        m["aepo/budget_left"] = [float(budget_left[~torch.isnan(budget_left)].min())]
-    return {
+        m.append(("aepo/budget_left", float(budget_left[~torch.isnan(budget_left)].min()), True))
+    summary = {
         "budget_exhausted": bool(total["budget_exhausted"] > 0),
         "pending": bool(total["annotations_pending"] > 0),
         "spent": spent,
         "pairs": pairs,
         "budget_left": math.nan if torch.isnan(budget_left).all() else float(budget_left.nan_to_num(math.inf).min()),
     }
+    return summary, m
 
 
-def share_active_labels(trainer, known: set) -> None:
+def share_active_labels(accelerator, active, known: set) -> None:
     """Every rank learns the labels the other ranks paid for in this step, so that all ranks hold the same surrogate
     (its fit depends only on the set of labels) and select alike in the next step."""
-    if trainer.accelerator.num_processes == 1:
+    if accelerator.num_processes == 1:
         return
     from accelerate.utils import gather_object
 
-    active = trainer.pool_reducer.active
     mine = active.surrogate.export(active.surrogate.keys() - known)
     everyone = gather_object([mine])
     active.absorb([item for part in everyone for item in part])
 
 
-def record_active_quality(trainer, qualities: list) -> None:
+def active_quality_metrics(active, qualities: list) -> list[tuple[str, float, bool]]:
     """The learning curve, logged: how the surrogate ranked this step's labels BEFORE it saw them."""
-    m = trainer._metrics["train"]
-    active = trainer.pool_reducer.active
-    m["aepo/active_labels"] = [float(len(active.surrogate))]
-    m["aepo/active_cold_start"].append(float(active.cold))
+    m = [
+        ("aepo/active_labels", float(len(active.surrogate)), True),
+        ("aepo/active_cold_start", float(active.cold), False),
+    ]
     for name in ("spearman", "pairwise_accuracy"):
         values = [getattr(q, name) for q in qualities if not math.isnan(getattr(q, name))]
         if values:
-            m[f"aepo/active_{name}"].append(sum(values) / len(values))
+            m.append((f"aepo/active_{name}", sum(values) / len(values), False))
+    return m

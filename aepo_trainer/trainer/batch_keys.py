@@ -1,0 +1,10 @@
+"""Keys the training step adds to a group batch, read by the loss (a leaf module: both sides import it)."""
+
+from __future__ import annotations
+
+__all__ = ["STEP_PAIRS", "TERMS"]
+
+TERMS = (
+    "aepo_terms"  # loss terms of this micro-batch on this rank (pairs; for rpo_* alone: prompts with >= 2 responses)
+)
+STEP_PAIRS = "aepo_step_terms"  # loss terms of the whole optimizer step, all micro-batches, all ranks
