@@ -12,7 +12,12 @@ import torch
 from datasets import Dataset
 
 from aepo_trainer import AEPOConfig
-from aepo_trainer.data.empty_completions import EmptyCompletionReport, drop_empty_completions, is_empty_completion
+from aepo_trainer.data.empty_completions import (
+    KEPT_POSITIONS_KEY,
+    EmptyCompletionReport,
+    drop_empty_completions,
+    is_empty_completion,
+)
 from aepo_trainer.data.validation import pool_problems
 
 ZERO_WIDTH, WHITESPACE, EMPTY, INVISIBLE = "\u200b", "  \n\t", "", "\u200b \ufeff\u2060"
@@ -108,7 +113,7 @@ def test_drop_keeps_every_per_candidate_column_aligned(tmp_path):
     kept = report.apply(pool_rows(), config)
     assert [r["prompt"] for r in kept] == [f"Question {i}?" for i in range(5)]  # row 5 has 1 candidate left
     assert report.empty == 10 and report.pools_with_empty == 4 and report.skipped == [NEARLY_EMPTY_ROW]
-    assert kept[3]["_aepo_kept_positions"] == keep
+    assert kept[3][KEPT_POSITIONS_KEY] == keep
 
 
 def _select(tmp_path, capsys, name, *flags):

@@ -38,7 +38,7 @@ __all__ = [
 #: How many rows a warning names before it only counts.
 NAMED_ROWS = 10
 #: The key a trimmed row carries under 'drop' (`aepo select`): the original positions of the candidates it kept.
-KEPT_POSITIONS_KEY = "_aepo_kept_positions"
+KEPT_POSITIONS_KEY = "_kept_positions"
 
 
 def is_empty_completion(completion) -> bool:
