@@ -311,9 +311,9 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
         if written.restarted:
             print(f"aepo select: {written.folder} held chunks of other settings; starting over", file=sys.stderr)
         bar = tqdm(total=prompts, unit="prompt", desc="select+annotate+pair", dynamic_ncols=True, position=1)
-    # An active surrogate learns from every chunk's labels: a finished chunk keeps the labels it taught it (with their
-    # features) and its learning-curve points, and a resumed run restores them in one fit (`restore_active`) instead
-    # of selecting the finished chunks again. Only a prefix of finished chunks can be skipped that way.
+    # An active surrogate learns from every chunk's labels: a finished chunk keeps what it taught it (the labels with
+    # their features, the learning-curve points) and a resumed run relearns that in one fit (`ActiveSelector.relearn`)
+    # instead of selecting the finished chunks again. Only a prefix of finished chunks can be skipped that way.
     active = reducer.active if processes.is_main else None
     restored: list[dict] = []
     totals = dict.fromkeys(STATS_FIELDS, 0.0)
@@ -338,20 +338,20 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
                     restored.append(finished["active"])
             continue
         if restored:
-            restore_active(active, restored)
+            active.relearn(restored)
             restored = []
         t = time.perf_counter()
         embeddings = embedder.embed(chunk)
         embed_seconds += time.perf_counter() - t
         stop = False
         if processes.is_main:
-            taught = active_mark(active)
+            mark = active.mark() if active is not None else None
             pairs, chunk_totals, chunk_pending = reduce_rows(chunk, embeddings, reducer, size, bar=bar)
             _add_totals(totals, chunk_totals)
             pending.extend(chunk_pending)
             if not chunk_pending:  # a chunk waiting for human labels is redone once they are in
                 if active is not None:
-                    chunk_totals = {**chunk_totals, "active": active_lessons(active, taught)}
+                    chunk_totals = {**chunk_totals, "active": active.lessons_since(mark)}
                 written.write(index, pairs, chunk_totals, complete=not chunk_totals["prompts_skipped"])
                 pairs_written += len(pairs)
             stop = bool(chunk_pending) and reducer.active is not None
@@ -359,7 +359,7 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
         if processes.broadcast(stop):
             break
     if restored:  # every chunk was finished: the learning curve and the summary still describe the whole run
-        restore_active(active, restored)
+        active.relearn(restored)
     timings["embed"] = embed_seconds
     timings["select+annotate+pair"] = time.perf_counter() - started - timings["check"] - embed_seconds
     if not processes.is_main:
@@ -411,36 +411,6 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
         print(f"aepo select: {service.budget_message(int(totals['prompts_skipped']))}", file=sys.stderr)
         code = EXIT_BUDGET_EXHAUSTED
     return processes.broadcast(code)
-
-
-def active_mark(active) -> tuple | None:
-    """Where the active selector stands before a chunk: its label keys, learning-curve length and invalid labels."""
-    if active is None:
-        return None
-    return active.surrogate.keys(), len(active.history), active.invalid_labels
-
-
-def active_lessons(active, mark) -> dict:
-    """What one chunk taught the active selector (JSON, kept with the chunk): the labels it added, with their
-    features (exact float64 round trip), its learning-curve points and its invalid labels."""
-    keys, history, invalid = mark
-    return {
-        "labels": active.surrogate.export(active.surrogate.keys() - keys),
-        "history": [q.to_dict() for q in active.history[history:]],
-        "invalid_labels": active.invalid_labels - invalid,
-    }
-
-
-def restore_active(active, lessons: list[dict]) -> None:
-    """Teach the active selector what finished chunks taught it, in one fit. The surrogate's fit depends only on the
-    set of labels, so it ends where chunk-by-chunk learning ended, and the next chunk selects exactly as in an
-    uninterrupted run."""
-    from aepo_trainer.selection.active import BatchQuality
-
-    active.absorb([tuple(item) for lesson in lessons for item in lesson["labels"]])
-    for lesson in lessons:
-        active.history.extend(BatchQuality(**q) for q in lesson["history"])
-        active.invalid_labels += lesson["invalid_labels"]
 
 
 def _add_totals(totals: dict, stats: dict, resumed: bool = False) -> None:

@@ -230,6 +230,30 @@ class ActiveSelector:
             self.surrogate.fit()
         return added
 
+    # --------------------------------------------------------------------------------------------------- resume
+    def mark(self) -> tuple:
+        """Where learning stands now (label keys, learning-curve points, invalid labels): `lessons_since` reads it."""
+        return self.surrogate.keys(), len(self.history), self.invalid_labels
+
+    def lessons_since(self, mark: tuple) -> dict:
+        """What was learned since `mark`, as JSON: the labels added (with their features: an exact float64 round
+        trip), the learning-curve points and the invalid labels. `aepo select` keeps it with each finished chunk."""
+        keys, points, invalid = mark
+        return {
+            "labels": self.surrogate.export(self.surrogate.keys() - keys),
+            "history": [q.to_dict() for q in self.history[points:]],
+            "invalid_labels": self.invalid_labels - invalid,
+        }
+
+    def relearn(self, lessons: list[dict]) -> None:
+        """Learn again what `lessons_since` recorded, in one fit. The fit depends only on the set of labels, so the
+        surrogate ends where batch-by-batch learning ended, and the next selection is the one an uninterrupted run
+        makes."""
+        self.absorb([tuple(item) for lesson in lessons for item in lesson["labels"]])
+        for lesson in lessons:
+            self.history.extend(BatchQuality(**q) for q in lesson["history"])
+            self.invalid_labels += lesson["invalid_labels"]
+
     # --------------------------------------------------------------------------------------------------- observe
     @torch.no_grad()
     def observe(
