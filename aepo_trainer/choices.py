@@ -18,6 +18,7 @@ __all__ = [
     "GENERATOR_BACKENDS",
     "JUDGE_MODES",
     "JUDGE_RUBRICS",
+    "LABELLER_ROLES",
     "LABEL_QUESTIONS",
     "LONG_TEXT_POLICIES",
     "PAIRING_RULES",
@@ -78,6 +79,8 @@ PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
 RPO_LOSS_TYPES = ("rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
 #: What the labelling page (`aepo label --question`) asks people about the k candidates of a prompt.
 LABEL_QUESTIONS = ("score", "ranking", "best_worst")
+#: Roles of a labelling token file's third column: a reviewer labels too, and accepts or overrides finished items.
+LABELLER_ROLES = ("labeller", "reviewer")
 
 # --- Safer-Instruct data synthesis (`aepo_trainer.synthesis`, `aepo safer-instruct`)
 #: The sub-steps of `aepo safer-instruct`, in pipeline order ("all" runs every one).

@@ -49,7 +49,10 @@ TRAINING_ONLY_FIELDS = (
     "vllm_gpu_memory_utilization",
     "vllm_tensor_parallel_size",
     "active_implicit_reward_feature",
+    "active_policy_features",
     "implicit_reward_batch_size",
+    "policy_signals_every",
+    "precompute_pool_ref_logps",
 )
 
 
@@ -176,11 +179,39 @@ class AEPOConfig(DPOConfig):
             "training step by one no-grad pass of the policy and of the reference over every candidate of the batch."
         },
     )
+    active_policy_features: bool = field(
+        default=False,
+        metadata={
+            "help": "Active strategies, trainer only: add the policy's own representation of each candidate (the "
+            "last hidden layer averaged over the completion's tokens, L2-normalised) to the surrogate's features. It "
+            "comes out of the same no-grad policy pass as the implicit reward (`aepo_trainer.trainer.policy_signals`)."
+        },
+    )
     implicit_reward_batch_size: int = field(
         default=64,
         metadata={
-            "help": "Sequences per forward pass when the trainer computes the candidates' implicit rewards "
-            "(`selection_strategy='implicit_reward_gap'` or `active_implicit_reward_feature`)."
+            "help": "Candidates per forward pass when the trainer computes the policy signals (implicit rewards, "
+            "policy features): each prompt is encoded once and its candidates are scored from it in chunks of this "
+            "size."
+        },
+    )
+    policy_signals_every: int = field(
+        default=1,
+        metadata={
+            "help": "Compute the policy signals (implicit rewards, policy features) on every n-th optimizer step "
+            "only; the prompts of the other steps are selected by `active_cold_start`, as a prompt whose implicit "
+            "rewards have no spread is. 1 (default): every step. Larger values cut the pass's cost by n at the "
+            "price of selecting (n-1)/n of the prompts without the policy (docs/active-selection.md). Only with "
+            "`selection_strategy='implicit_reward_gap'`: the surrogate needs the signals of every label it learns."
+        },
+    )
+    precompute_pool_ref_logps: bool = field(
+        default=False,
+        metadata={
+            "help": "Pool datasets with policy signals: compute every candidate's reference log-prob once, before "
+            "training (TRL's `precompute_ref_log_probs`, for candidates instead of pairs). Without it each is "
+            "computed the first time its prompt is scored; either way they are cached for the run (and saved with "
+            "its checkpoints) and the training step takes the selected pair's reference log-probs from there."
         },
     )
     # ----------------------------------------------------------------------------------------------- embedding
@@ -198,8 +229,8 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Where the embedder runs: 'torch' (the PyTorch model, fp16 on GPU), or 'onnx' / 'openvino': the "
             "model's transformer exported once to ONNX (cached under the HF datasets cache) and run on CPU by ONNX "
-            "Runtime / OpenVINO. On CPU 'openvino' measured 3.5x torch's speed with 98% of selections identical, 'onnx' "
-            "1.3x (docs/benchmarks.md). Needs `pip install aepo-trainer[fast-cpu]`.",
+            "Runtime / OpenVINO. On CPU 'openvino' measured 2.15x torch's texts/s side by side on an idle 2-core machine "
+            "(load < 2) with 98% of selections identical, 'onnx' 1.3x (under load 4-6; docs/benchmarks.md). Needs `pip install aepo-trainer[fast-cpu]`.",
             "choices": list(EMBEDDING_BACKENDS),
         },
     )
@@ -494,7 +525,7 @@ class AEPOConfig(DPOConfig):
     def needs_implicit_rewards(self) -> bool:
         """True when selection reads the policy's implicit rewards (only the trainer can compute them)."""
         return self.selection_strategy in POLICY_STRATEGIES or (
-            self.uses_active_selection and self.active_implicit_reward_feature
+            self.uses_active_selection and (self.active_implicit_reward_feature or self.active_policy_features)
         )
 
     @property

@@ -20,6 +20,7 @@ from .choices import (
     EMPTY_COMPLETION_RULES,
     JUDGE_MODES,
     PAIRING_RULES,
+    POLICY_STRATEGIES,
     SELECTION_SEARCHES,
     SELECTION_STRATEGIES,
     SELF_JUDGE_MODELS,
@@ -133,7 +134,24 @@ CHECKS: tuple[Check | Callable, ...] = (
         lambda v, c: isinstance(v, bool) and (not v or c.selection_strategy in ACTIVE_STRATEGIES),
         "a bool, True only with an active selection_strategy (the surrogate whose features it extends)",
     ),
+    Check(
+        "active_policy_features",
+        lambda v, c: isinstance(v, bool) and (not v or c.selection_strategy in ACTIVE_STRATEGIES),
+        "a bool, True only with an active selection_strategy (the surrogate whose features it extends)",
+    ),
     Check("implicit_reward_batch_size", _int_at_least(1, bools=False), "an integer >= 1"),
+    Check(
+        "policy_signals_every",
+        lambda v, c: _int_at_least(1, bools=False)(v, c) and (v == 1 or c.selection_strategy in POLICY_STRATEGIES),
+        "an integer >= 1; > 1 only with selection_strategy='implicit_reward_gap' (an active surrogate needs the "
+        "policy signals of every label it learns)",
+    ),
+    Check(
+        "precompute_pool_ref_logps",
+        lambda v, c: isinstance(v, bool) and (not v or c.needs_implicit_rewards),
+        "a bool, True only with policy signals (selection_strategy='implicit_reward_gap', "
+        "active_implicit_reward_feature or active_policy_features)",
+    ),
     # embedding
     Check("embedding_batch_size", _int_at_least(1), "an integer >= 1"),
     Check("embedding_backend", _in(EMBEDDING_BACKENDS), _one_of(EMBEDDING_BACKENDS)),

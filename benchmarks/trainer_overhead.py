@@ -33,7 +33,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_POOLS = REPO.parent / "shared" / "data" / "alpaca_eval_pools.jsonl.gz"
+# the project's shared data sits beside the checkout (`/work/main` -> `/work/shared`), also for nested worktrees
+SHARED_POOLS = next(
+    (p / "shared" / "data" / "alpaca_eval_pools.jsonl.gz" for p in REPO.parents if (p / "shared" / "data").is_dir()),
+    REPO.parent / "shared" / "data" / "alpaca_eval_pools.jsonl.gz",
+)
 DEMO_POOLS = REPO / "aepo_trainer" / "data" / "alpaca_eval_pools_demo.jsonl"
 
 
@@ -111,6 +115,7 @@ class Stepper:
         self.trainer = trainer
         self.iterator = iter(trainer.get_train_dataloader())
         self.data_seconds: list[float] = []  # fetch + collate (AEPO: + select + annotate + pair) of each step
+        self.last_batch = None  # the batch the last step trained on (AEPO: the group batch of the selected pairs)
         trainer.model.train()
 
     def __call__(self) -> float:
@@ -120,10 +125,12 @@ class Stepper:
         # pair), so that it pays only for the batches the step trains on.
         batches, num_items = trainer.get_batch_samples(self.iterator, 1, trainer.args.device)
         self.data_seconds.append(time.perf_counter() - start)
+        self.last_batch = batches[0]
         trainer.training_step(trainer.model, batches[0], num_items)
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
         trainer.model.zero_grad(set_to_none=True)
+        trainer.state.global_step += 1  # as `Trainer`'s loop does (`policy_signals_every` counts optimizer steps)
         return time.perf_counter() - start
 
 
@@ -167,7 +174,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bf16", action="store_true", help="Train both models in bf16 mixed precision (GPU).")
     parser.add_argument("--real_embeddings", action="store_true", help="Embed with the real sentence embedder.")
     parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
+    parser.add_argument(
+        "--policy_signals",
+        nargs="+",
+        choices=list(SIGNAL_SETTINGS),
+        default=None,
+        help="Instead of the overhead row: time AEPO steps that compute these policy signals over all N candidates "
+        "against DPOTrainer steps on the very pairs each AEPO step selected (interleaved), for every --pool_sizes.",
+    )
+    parser.add_argument("--pool_sizes", type=int, nargs="+", default=[8, 32], help="N of the --policy_signals rows.")
+    parser.add_argument(
+        "--check_today_up_to",
+        type=int,
+        default=32,
+        help="Compare the implicit rewards with the whole-sequence pass used before issue 33 (one batch) for N up to "
+        "this (the old pass is slow at large N).",
+    )
+    parser.add_argument("--policy_signals_every", type=int, nargs="+", default=[1], help="Rows per refresh interval.")
+    parser.add_argument(
+        "--lazy_reference",
+        action="store_true",
+        help="--policy_signals rows: compute reference log-probs in the steps (first epoch) instead of before training.",
+    )
     opts = parser.parse_args(argv)
+    if opts.policy_signals:
+        return policy_signals_main(opts)
 
     import torch
     from datasets import Dataset
@@ -318,6 +349,164 @@ def main(argv: list[str] | None = None) -> dict:
             f"DPO {data_ms['dpo']:.1f} ms"
         )
     print(f"time ratio AEPO/DPO = {ratio:.3f}  (overhead {100 * (ratio - 1):+.1f}%; target <= +5% on CPU)")
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- policy signals
+#: AEPOConfig settings of each --policy_signals row ("off": random selection, no policy pass: the baseline of issue 33).
+SIGNAL_SETTINGS = {
+    "off": {"selection_strategy": "random"},
+    "implicit_reward": {"selection_strategy": "implicit_reward_gap"},
+    "active_no_policy": {"selection_strategy": "delta_ucb"},  # the surrogate's own cost, without policy signals
+    "policy_features": {
+        "selection_strategy": "delta_ucb",
+        "active_implicit_reward_feature": True,
+        "active_policy_features": True,
+    },
+}
+
+
+def _pair_batch(group: dict) -> dict:
+    """DPOTrainer's batch ([chosen; rejected] rows, trimmed to their width) for the pairs of an AEPO group batch."""
+    index = __import__("torch").cat([group["pair_chosen_rows"], group["pair_rejected_rows"]])
+    width = int(group["attention_mask"][index].sum(1).max())
+    return {name: group[name][index, :width] for name in ("input_ids", "attention_mask", "completion_mask")}
+
+
+def _today_agreement(trainer, batch) -> dict:
+    """Implicit rewards of the new pass against the whole-sequence pass used before issue 33, on one batch."""
+    from aepo_trainer.selection.implicit_reward import implicit_reward_gap_indices
+    from aepo_trainer.trainer.implicit_rewards import pool_implicit_rewards
+    from aepo_trainer.trainer.policy_signals import compute_policy_signals
+
+    new = compute_policy_signals(trainer, batch).implicit_rewards
+    old = pool_implicit_rewards(trainer, batch)
+    mask = batch["pool_mask"].bool()
+    same = implicit_reward_gap_indices(new, 2, mask)[0].eq(implicit_reward_gap_indices(old, 2, mask)[0]).all(1)
+    return {"max_abs_diff": float((new - old).abs().max()), "same_selection": f"{int(same.sum())}/{len(same)}"}
+
+
+def policy_signals_main(opts) -> dict:
+    """AEPO steps with policy signals vs DPO steps on the pairs they selected, per N and signal (issue 33 item 6)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from aepo_trainer import AEPOConfig, AEPOTrainer
+    from aepo_trainer.trainer.policy_signals import prepare_reference_cache
+
+    tmp = Path(tempfile.mkdtemp(prefix="aepo-signals-"))
+    num_params = build_model(tmp / "model", opts.hidden, opts.layers)
+    tokenizer = AutoTokenizer.from_pretrained(tmp / "model")
+    total = opts.warmup + opts.steps
+    common = dict(
+        bf16=opts.bf16, report_to="none", per_device_train_batch_size=opts.batch_size, max_steps=total,
+        logging_steps=10_000, save_strategy="no", learning_rate=1e-5, activation_checkpointing=False, seed=0,
+        disable_tqdm=True, max_length=opts.max_length, dataloader_num_workers=0,
+    )  # fmt: skip
+    load_before = os.getloadavg()
+    print(
+        f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} ({os.cpu_count()} CPUs)"
+    )
+    rows_out = []
+    for n in opts.pool_sizes:
+        rows, source = load_pools(opts.prompts, n)
+        g = torch.Generator().manual_seed(0)
+        pools = Dataset.from_list(rows).add_column(
+            "embeddings", [torch.randn(len(r["completions"]), 384, generator=g).tolist() for r in rows]
+        )
+        pairs = Dataset.from_list(
+            [{"prompt": r["prompt"], "chosen": r["completions"][0], "rejected": r["completions"][1]} for r in rows[:8]]
+        )
+        for kind in opts.policy_signals:
+            for every in opts.policy_signals_every if kind == "implicit_reward" else [1]:
+                settings = {**SIGNAL_SETTINGS[kind], "policy_signals_every": every}
+                if kind in ("implicit_reward", "policy_features"):
+                    settings["precompute_pool_ref_logps"] = not opts.lazy_reference
+                else:
+                    settings.pop("policy_signals_every")
+                aepo = AEPOTrainer(
+                    model=AutoModelForCausalLM.from_pretrained(tmp / "model"),
+                    ref_model=AutoModelForCausalLM.from_pretrained(tmp / "model"),
+                    train_dataset=pools,
+                    processing_class=tokenizer,
+                    args=AEPOConfig(
+                        output_dir=str(tmp / f"aepo-{n}-{kind}-{every}"), num_annotations=2, **common, **settings
+                    ),
+                )
+                dpo = DPOTrainer(
+                    model=AutoModelForCausalLM.from_pretrained(tmp / "model"),
+                    ref_model=AutoModelForCausalLM.from_pretrained(tmp / "model"),
+                    train_dataset=pairs,
+                    processing_class=tokenizer,
+                    args=DPOConfig(output_dir=str(tmp / "dpo"), **common),
+                )
+                t = time.perf_counter()
+                if "precompute_pool_ref_logps" in settings:  # one-time, like the embeddings: each candidate's ref
+                    prepare_reference_cache(aepo, None)
+                precompute_s = time.perf_counter() - t
+                row_load = os.getloadavg()[0]
+                step_aepo = Stepper(aepo, total)
+                dpo.create_optimizer_and_scheduler(num_training_steps=total)
+                dpo.current_gradient_accumulation_steps = 1  # set by `Trainer.train`'s loop otherwise
+                dpo.model.train()
+
+                def dpo_step(batch):
+                    start = time.perf_counter()
+                    dpo.training_step(dpo.model, batch)
+                    dpo.optimizer.step()
+                    dpo.lr_scheduler.step()
+                    dpo.model.zero_grad(set_to_none=True)
+                    return time.perf_counter() - start
+
+                times = {"aepo": [], "dpo": []}
+                pending = None
+                for i in range(total):
+                    # alternate which goes first; DPO trains on the pairs of the latest AEPO step
+                    if i % 2 == 1 and pending is not None:
+                        d = dpo_step(pending)
+                        a = step_aepo()
+                    else:
+                        a = step_aepo()
+                        pending = _pair_batch(step_aepo.last_batch)
+                        d = dpo_step(pending)
+                    pending = _pair_batch(step_aepo.last_batch)
+                    if i >= opts.warmup:
+                        times["aepo"].append(a)
+                        times["dpo"].append(d)
+                agreement = None  # after the timed steps: the policy has moved away from its reference
+                if kind == "implicit_reward" and every == 1 and n <= opts.check_today_up_to:
+                    agreement = _today_agreement(aepo, next(iter(aepo.get_train_dataloader())))
+                aepo_s = sum(times["aepo"]) / len(times["aepo"])
+                dpo_s = sum(times["dpo"]) / len(times["dpo"])
+                signal_ms = 1000 * sum(step_aepo.data_seconds[opts.warmup :]) / opts.steps
+                row = {
+                    "N": n, "signals": kind, "every": every, "aepo_s_per_step": aepo_s, "dpo_s_per_step": dpo_s,
+                    "ratio": aepo_s / dpo_s, "aepo_data_ms_per_step": signal_ms, "precompute_s": precompute_s,
+                    "load_at_start": row_load, "load_at_end": os.getloadavg()[0], "vs_today": agreement,
+                    "annotations_paid": aepo.annotation_service.spent, "data": source,
+                }  # fmt: skip
+                rows_out.append(row)
+                print(json.dumps(row), flush=True)
+    load_after = os.getloadavg()
+    print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    print(
+        f"\nmodel {num_params / 1e6:.1f} M parameters, batch {opts.batch_size} prompts, k = 2, max_length "
+        f"{opts.max_length}, {opts.steps} timed steps after {opts.warmup} warm-up, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        "| N | signals | every | AEPO s/step | DPO on its pairs s/step | ratio | AEPO select phase ms | precompute s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows_out:
+        print(
+            f"| {r['N']} | {r['signals']} | {r['every']} | {r['aepo_s_per_step']:.3f} | {r['dpo_s_per_step']:.3f} | "
+            f"**{r['ratio']:.2f}x** | {r['aepo_data_ms_per_step']:.0f} | {r['precompute_s']:.1f} |"
+        )
+    results = {"rows": rows_out, "load_before": load_before, "load_after": load_after, "parameters": num_params}
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2))
     return results

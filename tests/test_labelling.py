@@ -71,8 +71,14 @@ def _client(server, token=None):
     return httpx.Client(base_url=server.url, headers=headers, timeout=30)
 
 
+def _queue_order(task) -> list[dict]:
+    """The task's candidates in queue (pool index) order: the page shows them shuffled per labeller."""
+    return sorted(task["candidates"], key=lambda c: c["pool_index"])
+
+
 def _scores(task, values):
-    return {"task": task["id"], "scores": {c["key"]: v for c, v in zip(task["candidates"], values)}}
+    """An answer giving `values` to the candidates in queue order."""
+    return {"task": task["id"], "scores": {c["key"]: v for c, v in zip(_queue_order(task), values)}}
 
 
 def _rerun(store, queue):
@@ -91,9 +97,11 @@ def test_answers_are_stored_then_read_by_a_run_without_new_charges(queued):
             "read_by_run": 0,
             "yours": 0,
             "labellers": {},
+            "prompts": 2,
+            "prompts_done": 0,
         }
         first = state["task"]
-        assert [c["pool_index"] for c in first["candidates"]] == [0, 4, 7]
+        assert sorted(c["pool_index"] for c in first["candidates"]) == [0, 4, 7]
         assert first["prompt_html"] == "<p>Name a colour.</p>\n"
         state = client.post("/api/answer", json=_scores(first, [9, 1, 6])).json()
         assert state["progress"]["done"] == 3 and state["can_undo"]
@@ -101,8 +109,10 @@ def test_answers_are_stored_then_read_by_a_run_without_new_charges(queued):
         assert second["id"] != first["id"] and len(second["candidates"]) == 2
         state = client.post("/api/answer", json={"task": second["id"], "skip": True}).json()
         assert state["task"] is None and state["progress"]["done"] == 5
-        assert state["progress"]["labellers"] == {"local": {"answered": 5, "skipped": 2}}
+        counts = state["progress"]["labellers"]["local"]
+        assert (counts["answered"], counts["skipped"], state["progress"]["prompts_done"]) == (5, 2, 2)
     # committed to the store: a new process sees them
+    first["candidates"] = _queue_order(first)
     assert LabelBook(store).final_scores() == {
         first["candidates"][0]["key"]: 9.0,
         first["candidates"][1]["key"]: 1.0,
@@ -145,7 +155,7 @@ def test_forged_requests_change_nothing(queued):
             response = getattr(anonymous, method)(path, **({"json": {}} if method == "post" else {}))
             assert response.status_code == 401, path
         assert _client(server, "not-a-token-at-all").get("/api/state").status_code == 401
-        anonymous.cookies.set("aepo_label_token", ALICE)  # the token itself is not a session cookie
+        anonymous.cookies.set("aepo_label_session", ALICE)  # the token itself is not a session cookie
         assert anonymous.get("/api/state").status_code == 401
         anonymous.cookies.clear()
         alice = _client(server, ALICE)
@@ -182,9 +192,9 @@ def test_forged_requests_change_nothing(queued):
         response = alice.post("/api/answer", json=_scores(task, [1, 1, 1]))
         assert response.status_code == 409
         assert sorted(a[0].score for a in LabelBook(store).answers().values()) == [5.0, 6.0, 7.0]
-        # one label per item: bob cannot add a second one
+        # bob was never shown alice's task: refused, whatever its state
         response = _client(server, BOB).post("/api/answer", json=_scores(task, [1, 1, 1]))
-        assert response.status_code == 409
+        assert response.status_code == 403 and "not shown to you" in response.json()["detail"]
         assert {a.labeller for rows in LabelBook(store).answers().values() for a in rows} == {"alice"}
 
 
@@ -207,9 +217,9 @@ def test_two_labellers_aggregate_and_agreement_by_hand(queued, capsys):
         expected = 1 - (20 / 6) / (352 / 30)
         assert state["agreement"]["alpha"] == pytest.approx(expected) == pytest.approx(0.7159091)
         assert state["agreement"]["labellers"]["alice"]["mean_abs_diff"] == pytest.approx((1 + 0 + 3) / 3)
-        assert state["progress"]["labellers"] == {
-            "alice": {"answered": 3, "skipped": 0},
-            "bob": {"answered": 3, "skipped": 0},
+        assert {name: row["answered"] for name, row in state["progress"]["labellers"].items()} == {
+            "alice": 3,
+            "bob": 3,
         }
     service = AnnotationService(HumanQueueAnnotator(queue, store=store), AnnotationStore(store))
     outcome = service.annotate(_requests()[:1])
@@ -221,10 +231,12 @@ def test_two_labellers_aggregate_and_agreement_by_hand(queued, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "items answered 3  finished 3  read by a run 3" in lines[1]
     assert "Krippendorff's alpha (interval) 0.716 over 3 item(s)" in lines[2]
-    assert lines[-2:] == [
+    assert [line[:63] for line in lines[-2:]] == [
         "alice                     3       3        1.333              -",
         "bob                       3       3        1.333              -",
     ]
+    assert lines[-3].endswith("median s/item  gold accuracy")
+    assert all(float(line.split()[-2]) >= 0 and line.split()[-1] == "-" for line in lines[-2:])
 
 
 def test_rankings_and_best_worst_become_borda_points(tmp_path, queued):
@@ -238,6 +250,7 @@ def test_rankings_and_best_worst_become_borda_points(tmp_path, queued):
         assert alice.post("/api/answer", json={"task": task["id"], "ranking": [a, b]}).status_code == 400
         assert alice.post("/api/answer", json={"task": task["id"], "ranking": [a, a, b]}).status_code == 400
         alice.post("/api/answer", json={"task": task["id"], "ranking": [b, a, c]}).raise_for_status()
+        assert bob.get("/api/state").json()["task"]["id"] == task["id"]
         bob.post("/api/answer", json={"task": task["id"], "ranking": [b, c, a]}).raise_for_status()
     # Borda: best of 3 -> 2, then 1, worst 0; the item's score is the mean over the labellers
     assert LabelBook(store).final_scores() == {a: (1 + 0) / 2, b: (2 + 2) / 2, c: (0 + 1) / 2}
@@ -282,14 +295,15 @@ def test_tokens_are_never_logged(queued, caplog, capfd):
         assert response.status_code == 303
         cookie = response.headers["set-cookie"]
         assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
-        assert ALICE not in cookie and tokens.session("alice") in cookie  # the cookie is not the token
+        assert ALICE not in cookie and "aepo_label_session=" in cookie  # the cookie is not the token
         assert browser.get("/api/state").status_code == 200  # the cookie signs the page's requests
         assert browser.post("/login", data={"token": ALICE + "x"}).status_code == 401
         task = browser.get("/api/state").json()["task"]
         browser.post("/api/answer", json=_scores(task, [4, 4, 4])).raise_for_status()
     captured = capfd.readouterr()
     logged = caplog.text + captured.out + captured.err
-    assert "alice signed in" in caplog.text and "invalid token was refused" in caplog.text
+    assert "alice signed in from 127.0.0.1" in caplog.text
+    assert "a sign-in with an invalid token from 127.0.0.1 was refused" in caplog.text
     assert ALICE not in logged and ALICE[:12] not in logged
     assert "alice" in repr(tokens) and ALICE not in repr(tokens)
 
@@ -441,7 +455,7 @@ def test_a_csv_queue_with_chat_messages(tmp_path):
             task["prompt_html"]
             == '<div class="turn"><div class="role">user</div><div class="md"><p>Say <em>hi</em></p>\n</div></div>'
         )
-        assert "<p>&lt;b&gt;no&lt;/b&gt;</p>" in task["candidates"][1]["html"]
+        assert "<p>&lt;b&gt;no&lt;/b&gt;</p>" in _queue_order(task)[1]["html"]
         client.post("/api/answer", json=_scores(task, [6, 4])).raise_for_status()
     outcome = AnnotationService(HumanQueueAnnotator(queue, store=store), AnnotationStore(store)).annotate([request])
     assert outcome.scores == [[6.0, 4.0]] and outcome.paid == 0

@@ -48,10 +48,23 @@ from aepo_trainer.annotation import (  # noqa: E402
     AnnotationStore,
     HumanQueueAnnotator,
 )
-from aepo_trainer.labelling import LabellerTokens, LabellingServer, LabellingSettings, create_app  # noqa: E402
+from aepo_trainer.labelling import (  # noqa: E402
+    LabelBook,
+    LabellerTokens,
+    LabellingServer,
+    LabellingSettings,
+    create_app,
+)
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210"
-SCREENSHOT = REPO_ROOT / "docs" / "assets" / "labelling-page.png"
+ASSETS = REPO_ROOT / "docs" / "assets"
+SCREENSHOT = ASSETS / "labelling-page.png"
+
+
+def _save_for_docs(driver, name: str) -> None:
+    """With AEPO_UPDATE_SCREENSHOTS=1, the page as the test sees it becomes docs/assets/<name>."""
+    if os.environ.get("AEPO_UPDATE_SCREENSHOTS") == "1":
+        driver.save_screenshot(str(ASSETS / name))
 
 
 @pytest.fixture(scope="module")
@@ -154,14 +167,14 @@ def test_label_three_prompts_reload_then_select_pays_nothing(browser, tmp_path, 
     with LabellingServer(create_app(store, queue)) as server:
         _open(browser, server.url)
         _wait_render(browser, 0)
-        assert "0 / 6 items done" in browser.find_element(By.ID, "progress").text
+        assert "0 / 3 prompts done" in browser.find_element(By.ID, "progress").text
         first_id, first = _task(browser)
         _answer_with_keys(browser, [5, 5])
         assert _task(browser)[0] != first_id
         before = _renders(browser)
         _keys(browser, "u")  # undo: the first prompt comes back, its answer deleted
         _wait_render(browser, before)
-        assert _task(browser)[0] == first_id and "0 / 6 items done" in browser.find_element(By.ID, "progress").text
+        assert _task(browser)[0] == first_id and "0 / 3 prompts done" in browser.find_element(By.ID, "progress").text
         for _ in range(3):
             task_id, candidates = _task(browser)
             assert len(candidates) == 2 and all(
@@ -172,12 +185,13 @@ def test_label_three_prompts_reload_then_select_pays_nothing(browser, tmp_path, 
         assert len(shown) == 3
         browser.refresh()  # nothing lives in the page: the server has every answer
         WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "finished").is_displayed())
-        assert "6 / 6 items done · 0 pending · you answered 6" in browser.find_element(By.ID, "progress").text
+        assert "3 / 3 prompts done · you answered 6" in browser.find_element(By.ID, "progress").text
         assert not browser.find_element(By.ID, "task").is_displayed()
 
     assert main(argv) == 0  # the rerun reads the page's labels
     err = " ".join(capsys.readouterr().err.split())
     assert "annotations: paid 0 " in err and "pairs 3" in err
+    assert "labels read 6 (charged when queued)" in err  # the rerun says what it read from the page
     ledger = AnnotationStore(store).ledger_summary(f"aepo-select:{out}")
     assert ledger == {"paid": 6, "reserved": 0, "queued": 0}  # charged once, when queued; now paid
     items = {item["id"]: item for item in map(json.loads, queue.read_text().splitlines())}
@@ -206,7 +220,9 @@ def test_two_labellers_with_tokens_aggregate_and_agreement(browser, tmp_path):
     with pytest.raises(AnnotationsPending):
         AnnotationService(HumanQueueAnnotator(queue), AnnotationStore(store)).annotate(_screenshot_task())
     tokens = LabellerTokens({"alice": ALICE, "bob": BOB})
-    app = create_app(store, queue, tokens=tokens, settings=LabellingSettings(labels_per_item=2))
+    # queue order for both (no shuffle): the hand computation below pairs alice's and bob's scores by position
+    settings = LabellingSettings(labels_per_item=2, shuffle_seed=None, allow_tie=True, rationale=True)
+    app = create_app(store, queue, tokens=tokens, settings=settings)
     with LabellingServer(app) as server:
         assert httpx.get(server.url + "api/state").status_code == 401  # no token, no data
         assert httpx.get(server.url).status_code == 401
@@ -214,10 +230,14 @@ def test_two_labellers_with_tokens_aggregate_and_agreement(browser, tmp_path):
         assert browser.find_element(By.ID, "token").get_attribute("type") == "password"  # the sign-in form
 
         _sign_in(browser, server.url, ALICE)
-        assert browser.find_element(By.ID, "who").text == "labelling as alice"
+        assert browser.find_element(By.ID, "who").text == "alice"
         _keys(browser, "8", "3", "5")
         outputs = [o.text for o in browser.find_elements(By.CSS_SELECTOR, ".rate output")]
         assert outputs == ["8", "3", "5"]
+        badges = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#candidates .badge")]
+        assert badges == ["8 / 10", "3 / 10", "5 / 10"]  # the score at the top of each card too
+        browser.find_element(By.ID, "rationale").send_keys("2 is wrong: a list is not a hash map")
+        browser.find_element(By.TAG_NAME, "body").click()
         if os.environ.get("AEPO_UPDATE_SCREENSHOTS") == "1":
             browser.save_screenshot(str(SCREENSHOT))
         browser.save_screenshot(str(tmp_path / "page.png"))
@@ -228,7 +248,7 @@ def test_two_labellers_with_tokens_aggregate_and_agreement(browser, tmp_path):
         assert browser.find_element(By.ID, "finished").is_displayed()
 
         _sign_in(browser, server.url, BOB)  # another labeller: a fresh sign-in, the same item, none of alice's answers
-        assert browser.find_element(By.ID, "who").text == "labelling as bob"
+        assert browser.find_element(By.ID, "who").text == "bob"
         assert [o.text for o in browser.find_elements(By.CSS_SELECTOR, ".rate output")] == ["–", "–", "–"]
         _answer_with_keys(browser, [7, 3, 2])
         assert browser.find_element(By.ID, "finished").is_displayed()
@@ -238,11 +258,16 @@ def test_two_labellers_with_tokens_aggregate_and_agreement(browser, tmp_path):
     # Krippendorff's alpha (interval) by hand for (8,7), (3,3), (5,2): 1 - D_o/D_e = 1 - (20/6) / (352/30)
     expected = 1 - (20 / 6) / (352 / 30)
     assert f"{expected:.3f}" == "0.716" and "over all labellers: 0.716 (3 items" in agreement_text
-    assert rows == ["alice 3 0 1.333 –", "bob 3 0 1.333 –"]  # mean |difference|: (1 + 0 + 3) / 3
+    # name, answered, skipped, median seconds per item (timing: any number), mean |difference| (1 + 0 + 3) / 3, alpha
+    cells = [row.split() for row in rows]
+    assert [c[:3] + c[4:] for c in cells] == [["alice", "3", "0", "1.333", "–"], ["bob", "3", "0", "1.333", "–"]]
+    assert all(float(c[3]) >= 0 for c in cells)
     outcome = AnnotationService(HumanQueueAnnotator(queue, store=store), AnnotationStore(store)).annotate(
         _screenshot_task()
     )
     assert outcome.scores == [[7.5, 3.0, 3.5]] and outcome.paid == 0  # the mean of alice's and bob's scores
+    rationales = {a.labeller: a.raw.get("rationale") for rows in LabelBook(store).answers().values() for a in rows}
+    assert rationales == {"alice": "2 is wrong: a list is not a hash map", "bob": None}
 
 
 def test_a_script_in_a_completion_renders_as_text(browser, tmp_path):
@@ -283,13 +308,19 @@ def test_ranking_and_best_worst_with_the_keyboard(browser, tmp_path, question, k
     request = AnnotationRequest("Which is best?", ["first", "second", "third"])
     with pytest.raises(AnnotationsPending):
         AnnotationService(HumanQueueAnnotator(queue), AnnotationStore(store)).annotate([request])
-    with LabellingServer(create_app(store, queue, settings=LabellingSettings(question=question))) as server:
+    settings = LabellingSettings(question=question, shuffle_seed=None)  # badges checked by position
+    with LabellingServer(create_app(store, queue, settings=settings)) as server:
         _open(browser, server.url)
         _wait_render(browser, 0)
         submit = browser.find_element(By.ID, "submit")
         _keys(browser, keys[0])
         assert not submit.is_enabled()  # incomplete: Enter would do nothing
         _keys(browser, Keys.BACKSPACE, keys[0], keys[1])
+        if question == "ranking":  # Backspace takes back the labeller's last pick with the page's fill-in
+            _keys(browser, Keys.BACKSPACE)
+            badges = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#candidates .badge")]
+            assert badges == ["", "#1", ""]
+            _keys(browser, keys[1])
         badges = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#candidates .badge")]
         assert badges == (["#3", "#1", "#2"] if question == "ranking" else ["worst", "", "best"])
         before = _renders(browser)
@@ -298,3 +329,111 @@ def test_ranking_and_best_worst_with_the_keyboard(browser, tmp_path, question, k
         assert browser.find_element(By.ID, "finished").is_displayed()
     human = HumanQueueAnnotator(queue, store=store)
     assert AnnotationService(human, AnnotationStore(store)).annotate([request]).scores == [expected]
+
+
+def _long_task() -> list[AnnotationRequest]:
+    long = "\n\n".join(f"Paragraph {i}: a hash map hashes the key to find its bucket." for i in range(12))
+    return [
+        AnnotationRequest(
+            "What does a **hash map** do?", [long, "It is a list you search from the start.", long + "\n\nThe end."]
+        ),
+        AnnotationRequest("And a **set**?", ["A hash map without values.", "A list."]),
+    ]
+
+
+def test_on_a_phone_the_page_fits_and_every_input_registers(browser, tmp_path):
+    """Issue 30, items 8-10, 12, 13 at 390 px: sliders show no score until touched and a click where the thumb sits
+    counts; Enter with a score missing says which; a mouse Submit shows the next prompt from the top; nothing is cut
+    or wider than the screen; no keyboard hints; /login reloads to the form; an unreachable server says "not saved"."""
+    store, queue = tmp_path / "s.sqlite", tmp_path / "q.jsonl"
+    with pytest.raises(AnnotationsPending):
+        AnnotationService(HumanQueueAnnotator(queue), AnnotationStore(store)).annotate(_long_task())
+    tokens = LabellerTokens({"alice": ALICE, "bob": BOB})
+    browser.set_window_size(390, 844)
+    try:
+        server = LabellingServer(create_app(store, queue, tokens=tokens, settings=LabellingSettings(labels_per_item=2)))
+        with server:
+            _open(browser, server.url + "login")  # a GET of /login (a reload after a failed sign-in): the form
+            assert browser.find_element(By.ID, "token").is_displayed()
+            browser.find_element(By.ID, "token").send_keys("wrong-token-000000")
+            browser.find_element(By.ID, "sign-in").click()
+            assert browser.find_element(By.ID, "login-error").text == "That token is not valid."
+            _open(browser, server.url + "login")
+            assert browser.find_element(By.ID, "token").is_displayed() and "405" not in browser.page_source
+            _sign_in(browser, server.url, ALICE)
+            sliders = browser.find_elements(By.CSS_SELECTOR, ".rate input")
+            assert all("unset" in s.get_attribute("class") for s in sliders)  # no thumb: no score given yet
+            assert [o.text for o in browser.find_elements(By.CSS_SELECTOR, ".rate output")] == ["–", "–", "–"]
+            middle = sliders[0].get_attribute("value")
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", sliders[0])
+            ActionChains(browser).move_to_element(sliders[0]).click().perform()  # where the hidden thumb sits
+            first = browser.find_elements(By.CSS_SELECTOR, ".rate output")[0].text
+            assert first == sliders[0].get_attribute("value") and first in {middle, str(int(middle) - 1)}
+            assert "unset" not in sliders[0].get_attribute("class")
+            assert browser.find_element(By.CSS_SELECTOR, "#candidate-1 .badge").text == f"{first} / 10"
+            _keys(browser, Keys.ENTER)  # two scores missing: nothing sent, and the page says what is missing
+            message = browser.find_element(By.ID, "message").text
+            assert message == "Not submitted: score every response first (missing: response 2, 3)."
+            browser.execute_script("document.getElementById('candidate-2').click()")
+            _keys(browser, "3", "7")
+            rows = browser.execute_script(  # the distinct lines the header's visible parts sit on
+                "const tops = [...document.querySelectorAll('header > *')].filter((e) => e.offsetParent !== null)"
+                ".map((e) => Math.round(e.getBoundingClientRect().bottom / 8)); return new Set(tops).size"
+            )
+            assert rows <= 2  # the header takes at most two lines
+            assert not browser.find_element(By.ID, "keys").is_displayed()
+            assert not any(k.is_displayed() for k in browser.find_elements(By.TAG_NAME, "kbd"))
+            browser.find_element(By.CSS_SELECTOR, "#stats summary").click()
+            fits = "return document.documentElement.scrollWidth <= window.innerWidth"
+            assert browser.execute_script(fits)  # nothing wider than the screen
+            browser.execute_script("window.scrollTo(0, 0)")
+            _save_for_docs(browser, "labelling-phone.png")
+            submit = browser.find_element(By.ID, "submit")
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", submit)
+            assert browser.execute_script("return window.scrollY") > 300
+            before = _renders(browser)
+            submit.click()  # the mouse, far down the page
+            _wait_render(browser, before)
+            assert browser.find_element(By.ID, "prompt").text == "And a set?"
+            assert browser.execute_script("return window.scrollY") == 0  # the new prompt is in view
+            table = browser.find_element(By.ID, "labellers")
+            assert browser.execute_script(fits) and table.rect["x"] >= 0
+            _keys(browser, "9")
+        _keys(browser, "2", Keys.ENTER)  # the server is gone
+        WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "message").text)
+        assert browser.find_element(By.ID, "message").text.startswith("Not saved: the server cannot be reached")
+    finally:
+        browser.set_window_size(1280, 900)
+    answers = LabelBook(store).answers()
+    assert sorted(a.score for rows in answers.values() for a in rows) == sorted([float(first), 3.0, 7.0])
+
+
+def test_a_reviewer_overrides_a_disagreement(browser, tmp_path):
+    store, queue = tmp_path / "s.sqlite", tmp_path / "q.jsonl"
+    with pytest.raises(AnnotationsPending):
+        AnnotationService(HumanQueueAnnotator(queue), AnnotationStore(store)).annotate(_screenshot_task())
+    tokens_file = tmp_path / "team.txt"
+    tokens_file.write_text(f"alice:{ALICE}\nbob:{BOB}\nrita:rita-token-1212121212:reviewer\n")
+    tokens_file.chmod(0o600)
+    from aepo_trainer.labelling import load_tokens
+
+    settings = LabellingSettings(labels_per_item=2, require_review=True)
+    with LabellingServer(create_app(store, queue, tokens=load_tokens(str(tokens_file)), settings=settings)) as server:
+        for token, scores in ((ALICE, [9, 2, 5]), (BOB, [3, 2, 5])):
+            with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as client:
+                task = client.get("api/state").json()["task"]
+                ordered = sorted(task["candidates"], key=lambda c: c["pool_index"])
+                answer = {"task": task["id"], "scores": {c["key"]: v for c, v in zip(ordered, scores)}}
+                client.post("api/answer", json=answer).raise_for_status()
+        _sign_in(browser, server.url, "rita-token-1212121212")
+        assert browser.find_element(By.ID, "who").text == "rita (reviewer)"
+        browser.find_element(By.CSS_SELECTOR, "#review summary").click()
+        WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".review-item"))
+        first = browser.find_element(By.ID, "review-1")
+        assert first.find_element(By.CSS_SELECTOR, ".labels").text == "alice: 9 · bob: 3"  # largest spread first
+        first.find_element(By.CSS_SELECTOR, ".override-score").send_keys("8")
+        browser.execute_script("document.getElementById('review').scrollIntoView()")
+        _save_for_docs(browser, "labelling-review.png")
+        first.find_element(By.CSS_SELECTOR, "button.override").click()
+        WebDriverWait(browser, 30).until(lambda d: "override by rita" in d.find_element(By.ID, "review-items").text)
+    assert list(LabelBook(store).final_scores().values()) == [8.0]  # only the reviewed item is final

@@ -30,6 +30,8 @@ class AnnotationReply:
             for a prompt skipped because its annotations did not fit in the budget (or because labels are pending).
         paid: annotations newly charged to the budget.
         reused: items served from the store for free.
+        recovered: items whose annotation arrived under a charge made earlier (human labels read back from the queue
+            or the labelling page, or a crashed call's items): stored now, no new charge.
         skipped: indices of the requests skipped for budget.
         spent: what the run has spent so far (all processes, all restarts).
         budget_left: what is left of the budget (NaN when unlimited).
@@ -42,6 +44,7 @@ class AnnotationReply:
     reused: int = 0
     skipped: list[int] = field(default_factory=list)
     spent: int = 0
+    recovered: int = 0
     budget_left: float = math.nan
     budget_exhausted: bool = False
     pending: AnnotationsPending | None = None
@@ -53,6 +56,7 @@ class AnnotationReply:
             scores=self.scores[start:stop],
             paid=self.paid if first else 0,
             reused=self.reused if first else 0,
+            recovered=self.recovered if first else 0,
             skipped=[i - start for i in self.skipped if start <= i < stop],
             spent=self.spent,
             budget_left=self.budget_left,
@@ -81,6 +85,7 @@ def annotate_requests(service, requests: list, *, catch_pending: bool = True) ->
         outcome, reply.pending = None, exc
     if outcome is not None:
         reply.scores, reply.paid, reply.reused = list(outcome.scores), outcome.paid, outcome.reused
+        reply.recovered = outcome.recovered
         reply.skipped = list(outcome.skipped)
     reply.budget_exhausted = bool(reply.skipped)
     reply.spent = service.spent  # one indexed SQLite query

@@ -421,7 +421,7 @@ def _add_totals(totals: dict, stats: dict, resumed: bool = False) -> None:
         if name in RUNNING_TOTALS:
             if not resumed:
                 totals[name] = value
-        elif resumed and name in ("annotations_paid", "annotations_reused"):
+        elif resumed and name in ("annotations_paid", "annotations_reused", "annotations_recovered"):
             continue
         elif not (isinstance(value, float) and math.isnan(value)):
             totals[name] += value

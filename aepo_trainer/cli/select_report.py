@@ -130,6 +130,7 @@ def summary(totals: dict, service, timings: dict, started: float, written: str |
         f"prompts {prompts}  pairs {pairs}  skipped (budget) {int(totals['prompts_skipped'])}  "
         f"ties dropped {int(totals['ties_dropped'])}  invalid scores {int(totals['invalid_dropped'])}",
         f"annotations: paid {int(totals['annotations_paid'])}  reused from store {int(totals['annotations_reused'])}"
+        f"  labels read {int(totals['annotations_recovered'])} (charged when queued)"
         f"  spent by run {service.spent}  budget {budget}  store {service.store.path}",
         f"selection: mean representativeness {mean('representativeness_sum'):.4f}  mean diversity "
         f"{mean('diversity_sum'):.4f}",

@@ -69,8 +69,8 @@ class Embedder:
         batch_size: texts per forward pass.
         show_progress: progress bar; None shows one when a call has at least 2048 distinct texts.
         backend: 'torch' (the PyTorch model), or 'onnx' / 'openvino': the transformer exported once to ONNX and run
-            on CPU by ONNX Runtime / OpenVINO (`aepo_trainer.embedding.backends`; OpenVINO measured 3.5x faster on
-            CPU, ONNX Runtime 1.3x).
+            on CPU by ONNX Runtime / OpenVINO (`aepo_trainer.embedding.backends`; OpenVINO measured 2.15x torch's
+            texts/s side by side on an idle 2-core CPU, ONNX Runtime 1.3x under load).
         quantized: with 'onnx' / 'openvino', run the int8 dynamically quantized export (weights int8 per channel);
             faster with ONNX Runtime, embeddings at a cosine of 0.97+ (docs/benchmarks.md).
         max_length: truncate each text to this many tokens (None: the model's `max_seq_length`, 256 for

@@ -17,16 +17,21 @@ Public names are imported lazily (one table below): importing this package impor
 
 from .._utils.lazy import lazy_getattr
 
+# Bound eagerly (a light module, no cycle): as a lazy name, `agreement` would resolve to the submodule of the same name
+# once anything imported it (storage.label_book does), not to the function.
+from .agreement import aggregate as aggregate
+from .agreement import agreement as agreement
+from .agreement import best_worst_points as best_worst_points
+from .agreement import borda_points as borda_points
+
 _EXPORTS = {
     "Answer": "aepo_trainer.storage.label_book",
     "LabelBook": "aepo_trainer.storage.label_book",
     "LabelConflict": "aepo_trainer.storage.label_book",
     "LabellingSettings": "aepo_trainer.storage.label_book",
     "read_final_labels": "aepo_trainer.storage.label_book",
-    "aggregate": "aepo_trainer.labelling.agreement",
-    "agreement": "aepo_trainer.labelling.agreement",
-    "best_worst_points": "aepo_trainer.labelling.agreement",
-    "borda_points": "aepo_trainer.labelling.agreement",
+    "Review": "aepo_trainer.storage.label_book",
+    "ServerLimits": "aepo_trainer.labelling.security",
     "LabellerTokens": "aepo_trainer.labelling.auth",
     "load_tokens": "aepo_trainer.labelling.auth",
     "render_markdown": "aepo_trainer.labelling.render",
@@ -38,6 +43,6 @@ _EXPORTS = {
     "Task": "aepo_trainer.labelling.tasks",
     "create_app": "aepo_trainer.labelling.app",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "aggregate", "agreement", "best_worst_points", "borda_points"])
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -27,9 +27,14 @@ def is_loopback(host: str) -> bool:
 class LabellingServer:
     """The app on `host:port` (0: a free port). `with LabellingServer(app) as server: ...server.url...` runs it in a
     thread; `serve_forever()` runs it in the foreground until Ctrl-C.
+
+    `trusted_proxies`: addresses of reverse proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` headers are
+    believed (uvicorn's `forwarded_allow_ips`, e.g. `"127.0.0.1"` for nginx on the same machine): the client address
+    of the sign-in limit and logs, and the scheme of the Origin check and of the cookie's `Secure` flag, come from
+    them. None (the default): no proxy headers are believed.
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, trusted_proxies: str | None = None):
         family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -41,6 +46,7 @@ class LabellingServer:
         self.socket.listen(128)
         self.host, self.port = host, self.socket.getsockname()[1]
         self.app = app
+        self.trusted_proxies = trusted_proxies
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -52,7 +58,15 @@ class LabellingServer:
     def _uvicorn(self):
         import uvicorn
 
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off", server_header=False)
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            proxy_headers=bool(self.trusted_proxies),
+            forwarded_allow_ips=self.trusted_proxies or None,
+        )
         self._server = uvicorn.Server(config)
         return self._server
 

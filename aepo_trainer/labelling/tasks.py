@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,7 +45,9 @@ class Progress:
     done: int
     read_by_run: int
     yours: int
-    labellers: dict[str, dict[str, int]]
+    labellers: dict[str, dict]
+    prompts: int = 0
+    prompts_done: int = 0
 
     @property
     def pending(self) -> int:
@@ -71,6 +74,7 @@ class QueueView:
         self._cache: dict[str, tuple] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # task id -> (labeller, expiry)
         self._current: dict[str, str] = {}  # labeller -> the task id they are looking at
+        self._shown: dict[tuple[str, str], float] = {}  # (labeller, task id) -> when it was first shown (time.time)
 
     # ------------------------------------------------------------------------------------------- reading
 
@@ -137,6 +141,8 @@ class QueueView:
         return Progress(
             items=len(keys),
             done=len(done),
+            prompts=len(tasks),
+            prompts_done=sum(all(k in done for k in task.keys) for task in tasks),
             read_by_run=len(read),
             yours=counts.get(labeller, {}).get("answered", 0),
             labellers=counts,
@@ -171,6 +177,32 @@ class QueueView:
             self._current[labeller] = chosen[0].id
             self._leases[chosen[0].id] = (labeller, now + self.lease_seconds)
             return chosen
+
+    def order(self, labeller: str, task: Task, keys: list[str]) -> list[str]:
+        """`keys` in the order `labeller` sees them: a permutation of the task's items drawn from
+        (`shuffle_seed`, labeller, task id) — the same at every reload, different per labeller and per prompt, so a
+        candidate's position cannot bias every label the same way. `shuffle_seed=None`: queue order."""
+        if self.settings.shuffle_seed is None:
+            return list(keys)
+        seed = hashlib.sha256(f"{self.settings.shuffle_seed}\0{labeller}\0{task.id}".encode()).digest()
+        order = list(task.keys)
+        random.Random(seed).shuffle(order)
+        wanted = set(keys)
+        return [k for k in order if k in wanted]
+
+    def mark_shown(self, labeller: str, task_id: str) -> None:
+        """Remember that `labeller` was shown `task_id` (only shown tasks may be answered)."""
+        with self._lock:
+            self._shown.setdefault((labeller, task_id), time.time())
+
+    def shown_at(self, labeller: str, task_id: str) -> float | None:
+        """When `task_id` was first shown to `labeller` since the page started (None: never)."""
+        with self._lock:
+            return self._shown.get((labeller, task_id))
+
+    def forget_shown(self, labeller: str, task_id: str) -> None:
+        with self._lock:
+            self._shown.pop((labeller, task_id), None)
 
     def show_next(self, labeller: str, task_id: str) -> None:
         """Make `task_id` the labeller's current task (after an undo: the task they just took back)."""

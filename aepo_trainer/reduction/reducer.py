@@ -50,6 +50,7 @@ STATS_FIELDS = (
     "annotations_pending",  # 1.0 when a human annotator is waiting for labels
     "gold_pairs",  # pairs whose two responses both have a (different) score in the dataset's scores column
     "gold_agreements",  # ... of which the paid labels order the same way as those dataset scores
+    "annotations_recovered",  # annotations read under an earlier charge (e.g. human labels): stored, no new charge
 )
 
 #: The statistics that are running totals of the ledger (the same in every batch of one annotation call): added up
@@ -261,6 +262,7 @@ class PoolReducer:
             "reward_rejected_sum": float(sum(p.rejected_score for p in pairs)),
             "annotations_paid": float(reply.paid),
             "annotations_reused": float(reply.reused),
+            "annotations_recovered": float(reply.recovered),
             "annotations_spent": float(reply.spent),
             "budget_left": float(reply.budget_left),
             "prompts_skipped": float(len(reply.skipped)),

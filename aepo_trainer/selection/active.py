@@ -29,7 +29,7 @@ from ..choices import ACTIVE_STRATEGIES, COLD_START_STRATEGIES
 from .acquisitions import acquire
 from .kernel import SelectionResult, select_subsets
 from .keys import prompt_key
-from .surrogate import FEATURES, POLICY_FEATURES, BayesianLinearSurrogate, FeatureFn, pool_features
+from .surrogate import FEATURES, BayesianLinearSurrogate, FeatureFn, features_for, pool_features
 
 __all__ = ["ActiveSelector", "BatchQuality", "valid_score"]
 
@@ -137,9 +137,10 @@ class ActiveSelector:
     @classmethod
     def from_config(cls, config, features: Sequence[FeatureFn] | None = None) -> ActiveSelector:
         """The selector an `AEPOConfig` describes (its `active_*` fields): the default features, plus the policy's
-        implicit reward with `active_implicit_reward_feature` (the trainer then passes it to `select`/`observe`)."""
+        implicit reward with `active_implicit_reward_feature` and the policy's hidden state with `active_policy_features`
+        (the trainer then passes them to `select`/`observe`)."""
         if features is None:
-            features = POLICY_FEATURES if getattr(config, "active_implicit_reward_feature", False) else FEATURES
+            features = features_for(config)
         return cls(
             config.selection_strategy,
             config.num_annotations,

@@ -50,8 +50,10 @@ __all__ = [
     "Posterior",
     "SurrogateFit",
     "embedding_feature",
+    "features_for",
     "implicit_reward_feature",
     "log_length_feature",
+    "policy_hidden_feature",
     "pool_features",
     "pool_relative_feature",
 ]
@@ -109,10 +111,32 @@ def implicit_reward_feature(rows, embeddings, mask, completions_column, *, impli
 
 implicit_reward_feature.signals = ("implicit_rewards",)
 
+
+def policy_hidden_feature(rows, embeddings, mask, completions_column, *, policy_features):
+    """The policy's own representation of the candidate: its last hidden layer averaged over the completion's tokens,
+    L2-normalised (`AEPOConfig.active_policy_features`; ActiveDPO and Kveton et al. use the policy's last layer).
+    Computed by `AEPOTrainer` in the same pass as the implicit reward (`aepo_trainer.trainer.policy_signals`)."""
+    B, N = mask.shape
+    if tuple(policy_features.shape[:2]) != (B, N) or policy_features.dim() != 3:
+        raise ValueError(f"policy_features has shape {list(policy_features.shape)}, the pools are {[B, N]} x H")
+    return _unit(policy_features.to(device=mask.device))
+
+
+policy_hidden_feature.signals = ("policy_features",)
+
 #: The default feature functions, concatenated in this order.
 FEATURES: tuple[FeatureFn, ...] = (embedding_feature, log_length_feature)
 #: The defaults plus the policy's implicit reward (the trainer's `active_implicit_reward_feature=True`).
 POLICY_FEATURES: tuple[FeatureFn, ...] = (*FEATURES, implicit_reward_feature)
+
+
+def features_for(config) -> tuple[FeatureFn, ...]:
+    """The feature list an `AEPOConfig` asks for: the defaults, plus the implicit reward
+    (`active_implicit_reward_feature`) and the policy's hidden state (`active_policy_features`)."""
+    features = POLICY_FEATURES if getattr(config, "active_implicit_reward_feature", False) else FEATURES
+    if getattr(config, "active_policy_features", False):
+        features = (*features, policy_hidden_feature)
+    return features
 
 
 def pool_features(

@@ -12,6 +12,9 @@ Tables (created by the page, additive: the store's schema version does not chang
 * `label_answers(key, labeller, score, raw, submission, question, created_at)` — one row per (item key, labeller).
   `score` is what the page turned the answer into (the 1–10 score itself, or the Borda points of a ranking); NULL is
   "skip / cannot judge". `submission` groups the rows one click on "Submit" wrote (the unit of undo).
+* `label_reviews(key, reviewer, decision, score, created_at)` — a reviewer's verdict on a finished item: `accept`
+  (the labellers' aggregate stands) or `override` (the reviewer's `score` replaces it). With
+  `LabellingSettings.require_review`, only reviewed items are final.
 * `meta('labelling', JSON)` — the question, the score range and `labels_per_item` the page runs with, so a run reading
   the answers aggregates them exactly as the page announced.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Iterable
@@ -35,10 +39,15 @@ __all__ = [
     "LabelBook",
     "LabelConflict",
     "LabellingSettings",
+    "Review",
     "final_labels",
+    "labeller_counts",
     "read_answers",
     "read_final_labels",
+    "read_reviews",
 ]
+
+REVIEW_DECISIONS = ("accept", "override")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS label_answers (
@@ -52,6 +61,13 @@ CREATE TABLE IF NOT EXISTS label_answers (
     PRIMARY KEY (key, labeller)
 );
 CREATE INDEX IF NOT EXISTS label_answers_by_labeller ON label_answers (labeller, created_at);
+CREATE TABLE IF NOT EXISTS label_reviews (
+    key TEXT PRIMARY KEY,
+    reviewer TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    score REAL,
+    created_at REAL NOT NULL
+);
 """
 
 _CHUNK = 500
@@ -71,16 +87,33 @@ class LabellingSettings:
             worst: k-1 and 0 points, the others (k-1)/2).
         scale_min, scale_max: the score range of `question='score'` (integers; the slider's ends).
         labels_per_item: how many different labellers answer each item before it is final.
+        allow_tie: offer "all equally good": every candidate gets the middle of the scale (points: (k-1)/2).
+        allow_all_bad: offer "all bad": every candidate gets the bottom of the scale (points: 0).
+        rationale: offer a free-text field whose text is stored with the answer (`raw["rationale"]`).
+        require_review: an item is final only once a reviewer accepted or overrode it (`LabelBook.review`).
+        shuffle_seed: candidates are shown in an order drawn per labeller and per prompt from this seed (stored
+            with each answer as `raw["position"]`, so position effects can be measured); None: queue order.
     """
 
     question: str = "score"
     scale_min: int = 1
     scale_max: int = 10
     labels_per_item: int = 1
+    allow_tie: bool = False
+    allow_all_bad: bool = False
+    rationale: bool = False
+    require_review: bool = False
+    shuffle_seed: int | None = 0
 
     def __post_init__(self):
         if self.question not in LABEL_QUESTIONS:
             raise ValueError(f"question={self.question!r} is invalid: expected one of {', '.join(LABEL_QUESTIONS)}.")
+        for name in ("allow_tie", "allow_all_bad", "rationale", "require_review"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        seed = self.shuffle_seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"shuffle_seed must be an integer or None, got {seed!r}.")
         for name in ("scale_min", "scale_max", "labels_per_item"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -100,6 +133,17 @@ class Answer:
     score: float | None
     raw: dict
     submission: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Review:
+    """A reviewer's verdict on one item: `accept` the labellers' aggregate, or `override` it with `score`."""
+
+    key: str
+    reviewer: str
+    decision: str
+    score: float | None
     created_at: float
 
 
@@ -156,16 +200,27 @@ class LabelBook:
         """`{key: [Answer, ...]}` (oldest first), for `keys` or for every answered item."""
         return _answers(self.store.connection(), None if keys is None else list(dict.fromkeys(keys)))
 
-    def by_labeller(self) -> dict[str, dict[str, int]]:
-        """`{labeller: {"answered": n, "skipped": m}}`: counts only, never the answers themselves."""
-        rows = self.store.connection().execute(
-            "SELECT labeller, COUNT(*), SUM(score IS NULL) FROM label_answers GROUP BY labeller ORDER BY labeller"
-        )
-        return {name: {"answered": int(n), "skipped": int(skipped or 0)} for name, n, skipped in rows}
+    def by_labeller(self) -> dict[str, dict]:
+        """`{labeller: {"answered": n, "skipped": m, "median_seconds_per_item": s}}`: counts and pace only, never the
+        answers themselves (`labeller_counts`)."""
+        return labeller_counts(self.store)
 
     def final_scores(self, settings: LabellingSettings | None = None) -> dict[str, float | None]:
-        """`{key: aggregate}` for every item with at least `labels_per_item` answers (None: all said "skip")."""
-        return final_labels(self.answers(), settings or self.settings() or LabellingSettings())
+        """`{key: aggregate}` of the finished items (None: all said "skip"); a reviewer's override replaces the
+        aggregate, and with `require_review` only reviewed items are finished."""
+        settings = settings or self.settings() or LabellingSettings()
+        return final_labels(self.answers(), settings, self.reviews())
+
+    def submissions(self, labeller: str) -> int:
+        """How many submissions (clicks on Submit/Skip) of `labeller` are stored."""
+        row = self.store.connection().execute(
+            "SELECT COUNT(DISTINCT submission) FROM label_answers WHERE labeller = ?", (labeller,)
+        )
+        return int(row.fetchone()[0])
+
+    def reviews(self) -> dict[str, Review]:
+        """`{key: Review}` of every reviewed item."""
+        return _reviews(self.store.connection())
 
     def last_submission(self, labeller: str) -> list[Answer]:
         """The rows of `labeller`'s most recent submission (empty if none)."""
@@ -218,6 +273,27 @@ class LabelBook:
             )
         return submission
 
+    def review(self, reviewer: str, key: str, decision: str, score: float | None = None) -> Review:
+        """Record a reviewer's verdict on an answered item not yet read by a run (a later verdict replaces an earlier
+        one). Raises `LabelConflict` (nothing written) when the item has no answer or a run already read it."""
+        if decision not in REVIEW_DECISIONS:
+            raise ValueError(f"decision must be one of {', '.join(REVIEW_DECISIONS)}, got {decision!r}")
+        if (decision == "override") != (score is not None):
+            raise ValueError("an override needs a score; an accept takes none")
+        now = time.time()
+        with self.store.transaction() as conn:
+            if annotated_keys(conn, [key]):
+                raise LabelConflict("this item was already read by a run: it is final")
+            if not _existing(conn, "SELECT key FROM label_answers WHERE key IN ({})", [key]):
+                raise LabelConflict("this item has no answer to review")
+            conn.execute(
+                "INSERT INTO label_reviews(key, reviewer, decision, score, created_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET reviewer = excluded.reviewer, decision = excluded.decision, "
+                "score = excluded.score, created_at = excluded.created_at",
+                (key, reviewer, decision, score, now),
+            )
+        return Review(key, reviewer, decision, score, now)
+
     def undo(self, labeller: str) -> list[str]:
         """Delete `labeller`'s last submission if no run has read any of its items yet; returns its keys.
 
@@ -235,6 +311,7 @@ class LabelBook:
             if annotated_keys(conn, keys):
                 raise LabelConflict("the last answer was already read by a run: it is final")
             conn.execute("DELETE FROM label_answers WHERE submission = ?", (row[0],))
+            conn.executemany("DELETE FROM label_reviews WHERE key = ?", [(k,) for k in keys])
         return keys
 
 
@@ -243,8 +320,41 @@ def read_final_labels(store: AnnotationStore | str | os.PathLike) -> dict[str, f
 
     What `HumanQueueAnnotator` reads besides its labels file.
     """
+    store = store if isinstance(store, AnnotationStore) else AnnotationStore(store)
     found = read_answers(store)
-    return {} if found is None else final_labels(found[1], found[0])
+    return {} if found is None else final_labels(found[1], found[0], read_reviews(store))
+
+
+def read_reviews(store: AnnotationStore | str | os.PathLike) -> dict[str, Review]:
+    """`{key: Review}` of every reviewed item in `store` (`{}` when none), without writing."""
+    store = store if isinstance(store, AnnotationStore) else AnnotationStore(store)
+    return _reviews(store.connection())
+
+
+def labeller_counts(store: AnnotationStore | str | os.PathLike) -> dict[str, dict]:
+    """`{labeller: {"answered": n, "skipped": m, "median_seconds_per_item": s}}` of the page's answers in `store`.
+
+    Seconds per item: a submission's time from the prompt shown to the answer, divided by its items (None for answers
+    given before the page recorded times)."""
+    store = store if isinstance(store, AnnotationStore) else AnnotationStore(store)
+    conn = store.connection()
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'label_answers'").fetchone() is None:
+        return {}
+    out: dict[str, dict] = {}
+    per_submission: dict[tuple[str, str], list] = {}
+    rows = conn.execute("SELECT labeller, score, raw, submission FROM label_answers ORDER BY labeller")
+    for labeller, score, raw, submission in rows:
+        counts = out.setdefault(labeller, {"answered": 0, "skipped": 0, "median_seconds_per_item": None})
+        counts["answered"] += 1
+        counts["skipped"] += score is None
+        per_submission.setdefault((labeller, submission), []).append(json.loads(raw).get("seconds"))
+    paces: dict[str, list[float]] = {}
+    for (labeller, _), seconds in per_submission.items():
+        if seconds[0] is not None:
+            paces.setdefault(labeller, []).append(float(seconds[0]) / len(seconds))
+    for labeller, values in paces.items():
+        out[labeller]["median_seconds_per_item"] = statistics.median(values)
+    return out
 
 
 def read_answers(
@@ -267,13 +377,28 @@ def _read_settings(conn) -> LabellingSettings | None:
     return None if row is None else LabellingSettings(**json.loads(row[0]))
 
 
-def final_labels(answers: dict[str, list[Answer]], settings: LabellingSettings) -> dict[str, float | None]:
-    """`{key: aggregate}` of the items with at least `settings.labels_per_item` answers (the one aggregation rule)."""
-    return {
-        key: aggregate([a.score for a in rows])
-        for key, rows in answers.items()
-        if len(rows) >= settings.labels_per_item
-    }
+def final_labels(
+    answers: dict[str, list[Answer]], settings: LabellingSettings, reviews: dict[str, Review] | None = None
+) -> dict[str, float | None]:
+    """`{key: score}` of the finished items (the one aggregation rule): the mean of the labellers' scores once an
+    item has `settings.labels_per_item` answers, or a reviewer's override; with `settings.require_review` only the
+    reviewed items."""
+    reviews = reviews or {}
+    out = {}
+    for key, rows in answers.items():
+        review = reviews.get(key)
+        if review is not None and review.decision == "override":
+            out[key] = review.score
+        elif len(rows) >= settings.labels_per_item and (review is not None or not settings.require_review):
+            out[key] = aggregate([a.score for a in rows])
+    return out
+
+
+def _reviews(conn) -> dict[str, Review]:
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'label_reviews'").fetchone() is None:
+        return {}
+    rows = conn.execute("SELECT key, reviewer, decision, score, created_at FROM label_reviews")
+    return {key: Review(key, reviewer, decision, score, at) for key, reviewer, decision, score, at in rows}
 
 
 def _answer(row) -> Answer:

@@ -209,6 +209,10 @@ class AEPOTrainer(DPOTrainer):
             # accumulation steps on top of it.
             self.loss_is_scaled_for_ga = True
         self.add_callback(AEPOControlCallback(self))
+        if args.needs_implicit_rewards:
+            from .policy_signals import PolicySignalsCallback
+
+            self.add_callback(PolicySignalsCallback(self))
 
     def _aepo_embed(self, dataset, args):
         """Sentence embeddings of every candidate, computed once and cached by the dataset fingerprint."""
@@ -298,7 +302,7 @@ class AEPOTrainer(DPOTrainer):
 
     def _aepo_reduce(self, pool_batches: list[dict], mode: str) -> list[dict]:
         """Run the step's reduction (`step.reduce_pool_batches`) and apply its result to this trainer's state."""
-        from .implicit_rewards import pool_implicit_rewards
+        from .policy_signals import policy_signals_of_step
         from .step import GroupLayout, reduce_pool_batches
 
         args = self.args
@@ -313,7 +317,7 @@ class AEPOTrainer(DPOTrainer):
             pairs_are_terms=any(t not in args.rpo_loss_types for t in self.loss_types),
             include_unpaired=bool(args.rpo_loss_types),
             completions_column=args.completions_column,
-            implicit_rewards=(lambda batch: pool_implicit_rewards(self, batch)) if reducer.needed_signals else None,
+            policy_signals=policy_signals_of_step(self) if reducer.needed_signals else None,
             timer=self.aepo_phase_timer,
             gold_agreement=not self._aepo_labels_are_dataset_scores,
         )
@@ -427,6 +431,10 @@ class AEPOTrainer(DPOTrainer):
         self._aepo_losses.reset("train_total")
         if resume_from_checkpoint and self.pool_reducer is not None and self.pool_reducer.active is not None:
             restore_active_labels(self.pool_reducer.active, resume_from_checkpoint, self.accelerator)
+        if self._aepo_trains_on_pools and self.args.needs_implicit_rewards:
+            from .policy_signals import prepare_reference_cache
+
+            prepare_reference_cache(self, resume_from_checkpoint)
         output = super().train(
             resume_from_checkpoint=resume_from_checkpoint,
             trial=trial,

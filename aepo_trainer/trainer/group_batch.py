@@ -7,6 +7,7 @@ computes each response's policy and reference log-probabilities once:
     pair_chosen_rows, pair_rejected_rows          [P]      rows of each preference pair
     response_scores                               [R]      annotated score of each response
     response_groups                               [R]      batch row (prompt) of each response; -1 for a filler row
+    response_candidates                           [R]      pool index of each response in its row (0 for a filler)
     aepo_prompt_keys                              [B]      `prompt_key` of every prompt of the batch
 
 The sequences are gathered from the collator's padded pool tensors with index arithmetic on the device (no Python
@@ -76,7 +77,7 @@ def build_group_batch(
         completion_len = torch.zeros_like(prompt_len)
         prompt_tokens = prompt_ids[:1]
         completion_tokens = torch.full((1, 1), pad_token_id, dtype=torch.long, device=device)
-        scores, groups = [0.0], [-1]
+        scores, groups, candidates = [0.0], [-1], [0]
 
     total = prompt_len + completion_len
     kept = total if max_length is None else total.clamp(max=max_length)
@@ -100,5 +101,6 @@ def build_group_batch(
         "pair_rejected_rows": torch.tensor(rejected_rows, dtype=torch.long, device=device),
         "response_scores": torch.tensor(scores, dtype=torch.float32, device=device),
         "response_groups": torch.tensor(groups, dtype=torch.long, device=device),
+        "response_candidates": torch.tensor(candidates, dtype=torch.long, device=device),
         "aepo_prompt_keys": torch.tensor(reduced.prompt_keys, dtype=torch.long, device=device),
     }

@@ -13,8 +13,9 @@ with its PEFT adapter disabled (or its frozen "ref" adapter) — so r equals the
 (without `ld_alpha`: the plain sum of the completion's token log-probs). Both passes run without gradients, in eval
 mode (no dropout: the ranking is deterministic), in chunks of `implicit_reward_batch_size` sequences.
 
-This is one extra no-grad pass of the policy and the reference over the N candidates per prompt: the step's own
-passes only see the k selected ones, after selection, so they cannot serve it.
+This whole-sequence pass is the fallback of `policy_signals.compute_policy_signals` (which shares each prompt's
+encoding across its candidates and caches the reference log-probs) for models whose LM head scales or soft-caps its
+logits and for prompt-learning PEFT; the tests also use it as the reference computation of the implicit rewards.
 """
 
 from __future__ import annotations

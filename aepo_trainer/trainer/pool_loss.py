@@ -1,5 +1,7 @@
 """The loss of a pool (group) batch: one policy and one reference pass over every response, then TRL's own loss types
-on the gathered pairs and the reward-aware (RPO) losses on all ordered pairs of each prompt's responses.
+on the gathered pairs and the reward-aware (RPO) losses on all ordered pairs of each prompt's responses. When the
+step's policy-signals pass already has the responses' reference log-probs (`aepo_ref_logps`, `policy_signals`), the
+reference pass is skipped and TRL's precomputed-reference path takes them.
 
 TRL's loss code is *called*, not copied: `DPOTrainer._compute_loss` runs on the gathered `[chosen; rejected]` rows
 with a proxy policy and a proxy reference that hand back the rows of the single passes made here. Everything TRL does
@@ -17,7 +19,7 @@ from accelerate.utils import pad_across_processes
 from trl import DPOTrainer
 
 from .._trl_compat import FusedCausalLMOutput
-from .batch_keys import STEP_PAIRS, TERMS
+from .batch_keys import REF_LOGPS, STEP_PAIRS, TERMS
 from .losses import RPO_LOSS_TYPES, mean_multi_response_reward_aware_loss
 from .reference import reference_outputs
 
@@ -154,6 +156,12 @@ def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False
     rejected_rows = inputs.pop("pair_rejected_rows")
     scores = inputs.pop("response_scores")
     groups = inputs.pop("response_groups")
+    inputs.pop("response_candidates", None)
+    # The reference log-probs of the rows, when the policy-signals pass of this step already has them
+    # (`policy_signals`): the step then makes no reference pass. Per-token values (`ld_alpha`) still need one.
+    cached_ref = inputs.pop(REF_LOGPS, None)
+    if trainer.ld_alpha is not None:
+        cached_ref = None
     terms = int(inputs.pop(TERMS))
     step_terms = int(inputs.pop(STEP_PAIRS))
     prompt_keys = inputs.pop("aepo_prompt_keys", None)
@@ -171,7 +179,7 @@ def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False
 
     # One policy pass and one reference pass over every response of the batch.
     outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-    ref_outputs = reference_outputs(trainer, model_kwargs, labels)
+    ref_outputs = reference_outputs(trainer, model_kwargs, labels) if cached_ref is None else None
     seq_len = completion_mask.size(1) - 1
     # A zero attached to the whole graph: keeps empty batches differentiable and every parameter used (DDP).
     loss = outputs.log_probs.sum() * 0.0
@@ -194,8 +202,13 @@ def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False
     try:
         trainer.loss_types = [t for t, _ in trl_types]
         trainer.loss_weights = [w for _, w in trl_types]
-        trainer.ref_model = _GatheredModel(ref_outputs, pair_index)
-        trainer.precompute_ref_logps = False
+        if cached_ref is None:
+            trainer.ref_model = _GatheredModel(ref_outputs, pair_index)
+            trainer.precompute_ref_logps = False
+        else:  # TRL's own precomputed-reference path, on the gathered pairs
+            trainer.precompute_ref_logps = True
+            pair_inputs["ref_chosen_logps"] = cached_ref[chosen_rows.to(cached_ref.device)]
+            pair_inputs["ref_rejected_logps"] = cached_ref[rejected_rows.to(cached_ref.device)]
         if accelerator.num_processes > 1:
             trainer.accelerator = _VarlenAccelerator(accelerator)
         trl_loss = DPOTrainer._compute_loss(trainer, _GatheredModel(outputs, pair_index, model), pair_inputs, False)
@@ -210,7 +223,10 @@ def compute_pool_loss(trainer, model, inputs: dict, return_outputs: bool = False
     if rpo_types:
         shift_mask = completion_mask[:, 1:].to(outputs.log_probs.dtype)
         policy_logps = (outputs.log_probs[:, -seq_len:] * shift_mask).sum(dim=1)
-        ref_logps = (ref_outputs.log_probs[:, -seq_len:] * shift_mask).sum(dim=1)
+        if cached_ref is None:
+            ref_logps = (ref_outputs.log_probs[:, -seq_len:] * shift_mask).sum(dim=1)
+        else:
+            ref_logps = cached_ref.to(policy_logps.dtype)
         valid = groups.to(input_ids.device) >= 0
         logratios = (policy_logps - ref_logps)[valid]
         for kind, weight in rpo_types:

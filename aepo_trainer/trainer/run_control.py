@@ -67,7 +67,8 @@ def refuse_options_pools_cannot_honour(args) -> None:
         "precompute_ref_log_probs": (
             "the preference pairs are formed during training, so they do not exist before it. Set "
             "`precompute_ref_log_probs=False` (the reference log-probs are then computed once per response in each "
-            "batch), or run `aepo select` first and train on the resulting pair dataset."
+            "batch; with policy signals, `precompute_pool_ref_logps=True` computes every candidate's once before "
+            "training), or run `aepo select` first and train on the resulting pair dataset."
         ),
         "padding_free": (
             "pool batches are laid out as padded [responses, length] tensors (each selected response once). Set "

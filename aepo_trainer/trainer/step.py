@@ -31,8 +31,9 @@ from ..annotation.ledger import AnnotationReply, annotate_on_main_process, split
 from ..data.collator import POOL_ROWS
 from ..reduction.reducer import RUNNING_TOTALS, STATS_FIELDS
 from ..reduction.rows import pair_record
-from .batch_keys import STEP_PAIRS, TERMS
+from .batch_keys import REF_LOGPS, STEP_PAIRS, TERMS
 from .group_batch import build_group_batch
+from .policy_signals import PolicySignals, group_reference_logps
 
 __all__ = ["STEP_PAIRS", "TERMS", "GroupLayout", "StepResult", "pair_texts", "reduce_pool_batches", "step_metrics"]
 
@@ -80,7 +81,7 @@ def reduce_pool_batches(
     pairs_are_terms: bool = True,
     include_unpaired: bool = False,
     completions_column: str = "completions",
-    implicit_rewards: Callable[[dict], torch.Tensor] | None = None,
+    policy_signals: Callable[[dict], PolicySignals | None] | None = None,
     timer: PhaseTimer | None = None,
     gold_agreement: bool = True,
 ) -> StepResult:
@@ -96,8 +97,10 @@ def reduce_pool_batches(
             term is a prompt with at least two annotated responses).
         include_unpaired: lay out the annotated responses that are in no pair too (the `rpo_*` losses use them).
         completions_column: the pool's completions column (for the remembered pairs' texts).
-        implicit_rewards: the policy's implicit reward of every candidate of a pool batch, when the selection
-            strategy needs it (training only).
+        policy_signals: `batch -> PolicySignals` (`policy_signals.compute_policy_signals`: implicit rewards, policy
+            features, reference log-probs) when the selection strategy needs them (training only); it answers None
+            on a step without fresh signals (`policy_signals_every`), whose prompts are then all selected by the
+            fallback, as prompts without implicit-reward spread are.
         timer: the run's phase timer (select, annotate).
         gold_agreement: log `aepo/label_gold_agreement` (False when the labels *are* the dataset's scores).
     """
@@ -105,15 +108,21 @@ def reduce_pool_batches(
     learn = mode == "train"  # active strategies learn from training labels only; evaluation selects the same each time
     known = reducer.active.surrogate.keys() if learn and reducer.active is not None else None
     picks, requests, sizes = [], [], []
-    policy_signals = learn and bool(reducer.needed_signals)  # implicit rewards: computed here, where the policy is
-    spreads = []
+    wants_signals = learn and bool(reducer.needed_signals)  # computed here, where the policy is
+    spreads, computed = [], []
     with phase(timer, "select"):
         for batch in batches:
             rows = batch[POOL_ROWS]
             signals = None
-            if policy_signals:
-                signals = {"implicit_rewards": implicit_rewards(batch)}
-                spreads.append(_spread(signals["implicit_rewards"], batch["pool_mask"].to(device)))
+            if wants_signals:
+                mask = batch["pool_mask"].to(device)
+                batch_signals = policy_signals(batch)
+                computed.append(batch_signals)
+                if batch_signals is None:  # no fresh signals this step: every prompt is flat, so it falls back
+                    signals = {"implicit_rewards": torch.zeros(mask.shape, device=device)}
+                else:
+                    signals = batch_signals.for_selection()
+                spreads.append(_spread(signals["implicit_rewards"], mask))
             selected = reducer.select(
                 rows,
                 batch["pool_embeddings"].to(device),
@@ -147,6 +156,10 @@ def reduce_pool_batches(
         else:  # reward-aware losses alone: one term per prompt with at least two annotated responses
             n_terms = sum(1 for s in reduced.scores if s is not None and sum(v is not None for v in s) >= 2)
         group[TERMS] = n_terms
+        if computed and computed[len(out)] is not None:  # the selected rows' reference log-probs: no second pass
+            ref_logps = group_reference_logps(computed[len(out)], group)
+            if ref_logps is not None:
+                group[REF_LOGPS] = ref_logps
         out.append(group)
         stats.append(reduced.stats_vector())
         terms.append(n_terms)
@@ -159,7 +172,7 @@ def reduce_pool_batches(
     if known is not None:
         share_active_labels(accelerator, reducer.active, known)
         metrics += active_quality_metrics(reducer.active, qualities)
-    if policy_signals:
+    if wants_signals:
         metrics += implicit_reward_metrics(accelerator, spreads)
     return StepResult(out, step_terms, reply, summary, metrics, recent)
 

@@ -9,6 +9,7 @@
   let taskId = null; // the task on screen
   let scores = {}; // key -> score (question "score")
   let picks = []; // keys in the order picked, best first (question "ranking")
+  let autoPicked = false; // the last entry of picks was filled in by the page, not picked
   let ends = { best: null, worst: null }; // question "best_worst"
   let selected = 0; // highlighted candidate
   let busy = false;
@@ -29,7 +30,16 @@
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    const res = await fetch(path, init);
+    let res;
+    try {
+      res = await fetch(path, init);
+    } catch (e) { // the server cannot be reached: nothing was saved, and the labeller must know it
+      const error = new Error(body !== undefined
+        ? "Not saved: the server cannot be reached. Check your connection and retry."
+        : "The server cannot be reached: retry in a moment.");
+      error.status = 0;
+      throw error;
+    }
     let data = null;
     try { data = await res.json(); } catch (e) { data = null; }
     if (res.status === 401) { window.location.reload(); throw new Error("please sign in again"); }
@@ -54,9 +64,16 @@
   function render(next) {
     state = next;
     const p = state.progress;
-    $("who").textContent = "labelling as " + state.labeller;
+    $("who").textContent = state.labeller + (state.role === "reviewer" ? " (reviewer)" : "");
     $("logout").hidden = !state.signed_in;
-    $("progress").textContent = `${p.done} / ${p.items} items done · ${p.pending} pending · you answered ${p.yours}`;
+    $("guidelines-link").hidden = !state.guidelines;
+    $("progress").textContent = `${p.prompts_done} / ${p.prompts} prompts done · you answered ${p.yours}`;
+    $("progress").title = `${p.done} of ${p.items} responses have their labels; ${p.pending} pending`;
+    $("tie").hidden = !state.options.tie;
+    $("all-bad").hidden = !state.options.all_bad;
+    $("rationale-box").hidden = !state.options.rationale;
+    $("rationale").maxLength = state.options.max_rationale_chars;
+    $("review").hidden = state.role !== "reviewer";
     $("instructions").textContent = state.instructions;
     $("undo").disabled = $("undo-finished").disabled = !state.can_undo;
     renderStats();
@@ -80,9 +97,12 @@
     taskId = id;
     scores = {};
     picks = [];
+    autoPicked = false;
     ends = { best: null, worst: null };
     selected = 0;
+    $("rationale").value = "";
     $("task").dataset.id = task.id;
+    window.scrollTo(0, 0); // the new prompt, not the middle of the new answers
     $("prompt").innerHTML = task.prompt_html; // server-rendered Markdown, raw HTML escaped
     const box = $("candidates");
     box.replaceChildren();
@@ -97,10 +117,12 @@
       if (state.question === "score") {
         const rate = el("div", { class: "rate" });
         const input = el("input", {
-          type: "range", min: low, max: high, step: 1, value: Math.round((low + high) / 2),
+          type: "range", min: low, max: high, step: 1, value: Math.round((low + high) / 2), class: "unset",
           "aria-label": "score of response " + (i + 1),
         });
-        input.addEventListener("input", () => { scores[c.key] = Number(input.value); selected = i; update(); });
+        // "input" misses a click where the (hidden) thumb already sits: "click" and "change" register it too
+        const given = () => { scores[c.key] = Number(input.value); selected = i; update(); };
+        for (const type of ["input", "change", "click"]) input.addEventListener(type, given);
         rate.append(el("span", {}, String(low)), input, el("span", {}, String(high)), el("output", { class: "unset" }, "–"));
         card.append(rate);
       } else if (state.question === "ranking") {
@@ -136,8 +158,9 @@
         const set = c.key in scores;
         output.textContent = set ? String(scores[c.key]) : "–";
         output.classList.toggle("unset", !set);
+        input.classList.toggle("unset", !set);
         if (set) input.value = String(scores[c.key]);
-        badge.textContent = "";
+        badge.textContent = set ? `${scores[c.key]} / ${state.scale[1]}` : "";
       } else if (state.question === "ranking") {
         const rank = picks.indexOf(c.key);
         badge.textContent = rank >= 0 ? "#" + (rank + 1) : "";
@@ -151,7 +174,7 @@
       }
     });
     $("submit").disabled = busy || !complete();
-    $("skip").disabled = busy || !list.length;
+    $("skip").disabled = $("tie").disabled = $("all-bad").disabled = busy || !list.length;
   }
 
   function complete() {
@@ -174,7 +197,10 @@
       const stats = a.labellers[name] || {};
       const fmt = (x) => (x === null || x === undefined ? "–" : x.toFixed(3));
       const row = el("tr");
-      for (const cell of [name, counts[name].answered, counts[name].skipped, fmt(stats.mean_abs_diff), fmt(stats.alpha_without)]) {
+      const pace = counts[name].median_seconds_per_item;
+      const cells = [name, counts[name].answered, counts[name].skipped, pace === null || pace === undefined ? "–" : pace.toFixed(1),
+        fmt(stats.mean_abs_diff), fmt(stats.alpha_without)];
+      for (const cell of cells) {
         row.append(el("td", {}, String(cell)));
       }
       body.append(row);
@@ -187,7 +213,8 @@
       ranking: "1–9: pick the next best response; Backspace: take back the last pick",
       best_worst: "1–9: pick the best, then the worst response; Backspace: take back the last pick",
     }[state.question];
-    $("keys").textContent = `Shortcuts — ${what}; Enter: submit; S: skip / cannot judge; U: undo your last answer.`;
+    const extra = (state.options.tie ? "; T: all equally good" : "") + (state.options.all_bad ? "; B: all bad" : "");
+    $("keys").textContent = `Shortcuts — ${what}; Enter: submit; S: skip / cannot judge${extra}; U: undo your last answer.`;
   }
 
   // ------------------------------------------------------------------------------------------------ actions
@@ -197,7 +224,11 @@
     const key = list[i] && list[i].key;
     if (!key || picks.includes(key)) return;
     picks.push(key);
-    if (picks.length === list.length - 1) picks.push(list.find((c) => !picks.includes(c.key)).key);
+    autoPicked = false;
+    if (picks.length === list.length - 1) {
+      picks.push(list.find((c) => !picks.includes(c.key)).key);
+      autoPicked = true;
+    }
     selected = i;
     update();
   }
@@ -220,18 +251,38 @@
 
   function clearLast() {
     if (state.question === "score") delete scores[candidates()[selected].key];
-    else if (state.question === "ranking") picks.pop();
+    else if (state.question === "ranking") {
+      if (autoPicked) picks.pop(); // the page's own fill-in goes with the labeller's last pick
+      picks.pop();
+      autoPicked = false;
+    }
     else if (ends.worst) ends.worst = null;
     else ends.best = null;
     update();
   }
 
+  function withRationale(answer) {
+    const text = $("rationale").value.trim();
+    if (state.options.rationale && text) answer.rationale = text;
+    return answer;
+  }
+
   function body() {
     const id = state.task.id;
-    if (state.question === "score") return { task: id, scores };
-    if (state.question === "ranking") return { task: id, ranking: picks };
+    if (state.question === "score") return withRationale({ task: id, scores });
+    if (state.question === "ranking") return withRationale({ task: id, ranking: picks });
     const list = candidates();
-    return { task: id, best: ends.best, worst: list.length === 1 ? ends.best : ends.worst };
+    return withRationale({ task: id, best: ends.best, worst: list.length === 1 ? ends.best : ends.worst });
+  }
+
+  function missing() {
+    const list = candidates();
+    if (state.question === "score") {
+      const left = list.map((c, i) => (c.key in scores ? 0 : i + 1)).filter((n) => n);
+      return `Not submitted: score every response first (missing: response ${left.join(", ")}).`;
+    }
+    if (state.question === "ranking") return `Not submitted: rank every response first (${list.length - picks.length} left).`;
+    return "Not submitted: pick the best and the worst response first.";
   }
 
   async function send(path, payload, done) {
@@ -250,17 +301,66 @@
     }
   }
 
-  function submit() { if (state && state.task && complete()) send("api/answer", body(), "Saved."); }
-  function skip() { if (state && state.task) send("api/answer", { task: state.task.id, skip: true }, "Skipped."); }
+  function submit() {
+    if (!state || !state.task) return;
+    if (!complete()) { say(missing()); return; }
+    send("api/answer", body(), "Saved.");
+  }
+  function skip() { if (state && state.task) send("api/answer", withRationale({ task: state.task.id, skip: true }), "Skipped."); }
+  function whole(flag, done) {
+    if (state && state.task && state.options[flag]) send("api/answer", withRationale({ task: state.task.id, [flag]: true }), done);
+  }
   function undo() { if (state && state.can_undo) send("api/undo", {}, "Your last answer was taken back: answer it again."); }
 
   async function load() { render(await call("api/state")); }
+
+  // ------------------------------------------------------------------------------------------------ review
+
+  function renderReview(data) {
+    const box = $("review-items");
+    box.replaceChildren();
+    $("review-note").textContent = data.items.length
+      ? (data.require_review ? "Every finished item needs your review before a run reads it. " : "Items the labellers disagree on. ") +
+        "Largest disagreement first."
+      : "Nothing to review.";
+    data.items.forEach((item, i) => {
+      const card = el("div", { class: "review-item", "data-key": item.key, id: "review-" + (i + 1) });
+      const labels = item.labels.map((l) => `${l.labeller}: ${l.score === null ? "skip" : l.score}` +
+        (l.rationale ? ` (“${l.rationale}”)` : "")).join(" · ");
+      const verdict = item.review ? `${item.review.decision} by ${item.review.reviewer}` +
+        (item.review.score !== null ? ` → ${item.review.score}` : "") : "not reviewed";
+      const prompt = el("div", { class: "md review-prompt" });
+      prompt.innerHTML = item.prompt_html; // server-rendered Markdown, raw HTML escaped
+      const answer = el("div", { class: "md" });
+      answer.innerHTML = item.html; // server-rendered Markdown, raw HTML escaped
+      const score = el("input", { type: "number", step: "any", class: "override-score", "aria-label": "override score" });
+      const accept = el("button", { type: "button", class: "accept" }, "Accept");
+      const override = el("button", { type: "button", class: "override" }, "Override");
+      accept.addEventListener("click", () => review(item.key, "accept"));
+      override.addEventListener("click", () => review(item.key, "override", Number(score.value)));
+      const row = el("div", { class: "picks" });
+      row.append(accept, score, override);
+      card.append(prompt, answer, el("p", { class: "labels" }, labels), el("p", { class: "verdict" }, verdict), row);
+      box.append(card);
+    });
+  }
+
+  async function loadReview() { renderReview(await call("api/review")); }
+
+  async function review(key, decision, score) {
+    try {
+      renderReview(await call("api/review", decision === "override" ? { key, decision, score } : { key, decision }));
+      say("Review saved.", true);
+    } catch (error) {
+      say(error.message);
+    }
+  }
 
   document.addEventListener("keydown", (ev) => {
     if (ev.ctrlKey || ev.metaKey || ev.altKey || !state) return;
     const target = ev.target;
     const onRange = target instanceof HTMLInputElement && target.type === "range";
-    if (target instanceof HTMLInputElement && !onRange) return;
+    if ((target instanceof HTMLInputElement && !onRange) || target instanceof HTMLTextAreaElement) return;
     const list = candidates();
     if (/^[0-9]$/.test(ev.key) && list.length) {
       const n = ev.key === "0" ? 10 : Number(ev.key);
@@ -282,6 +382,12 @@
     } else if (ev.key === "s" || ev.key === "S") {
       ev.preventDefault();
       skip();
+    } else if ((ev.key === "t" || ev.key === "T") && state.options.tie) {
+      ev.preventDefault();
+      whole("tie", "Saved: all equally good.");
+    } else if ((ev.key === "b" || ev.key === "B") && state.options.all_bad) {
+      ev.preventDefault();
+      whole("all_bad", "Saved: all bad.");
     } else if (ev.key === "u" || ev.key === "U") {
       ev.preventDefault();
       undo();
@@ -297,7 +403,10 @@
 
   $("submit").addEventListener("click", submit);
   $("skip").addEventListener("click", skip);
-  $("clear").addEventListener("click", () => { scores = {}; picks = []; ends = { best: null, worst: null }; update(); });
+  $("tie").addEventListener("click", () => whole("tie", "Saved: all equally good."));
+  $("all-bad").addEventListener("click", () => whole("all_bad", "Saved: all bad."));
+  $("review").addEventListener("toggle", () => { if ($("review").open) loadReview().catch((e) => say(e.message)); });
+  $("clear").addEventListener("click", () => { scores = {}; picks = []; autoPicked = false; ends = { best: null, worst: null }; update(); });
   $("undo").addEventListener("click", undo);
   $("undo-finished").addEventListener("click", undo);
   load().catch((error) => say(error.message));

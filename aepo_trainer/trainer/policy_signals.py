@@ -1,0 +1,392 @@
+"""Policy signals of every candidate of a pool batch at the cost of little more than a DPO step.
+
+Selection that reads the policy (`implicit_reward_gap`, the surrogate's `active_implicit_reward_feature` and
+`active_policy_features`) needs, before any candidate is selected, for each of the N candidates y of a prompt x:
+
+    log π(y|x), log π_ref(y|x)   ->  implicit reward r = β·(log π − log π_ref)
+    h(y|x)                       ->  the policy's representation: mean of the last hidden layer over y's tokens
+
+Three things keep that cheap (issue 33):
+
+1. **The reference never changes**, so log π_ref(y|x) is computed once per candidate and kept in a
+   `ReferenceLogpsCache`, keyed by the reference's identity (a digest of its weights, and which reference: `ref_model`,
+   the PEFT policy with its adapter disabled, or its frozen "ref" adapter) and by the candidate's kept tokens (prompt
+   and completion after TRL's truncation). It is filled in the training step the first time a candidate is scored, or
+   for the whole training set before training with `AEPOConfig.precompute_pool_ref_logps` (TRL's
+   `precompute_ref_log_probs`, for candidates instead of pairs). It is saved into every checkpoint (gathered from all
+   ranks) and loaded on resume, so a resumed run, and every rank after the first save, reuse it.
+2. **The N candidates share the prompt** (`candidate_scoring`): each prompt is encoded once (`use_cache=True`) and
+   its key/value cache is expanded over its candidates (`DynamicCache.batch_repeat_interleave`), which are then
+   scored from that prefix. The prompt's tokens are not encoded N times. Only `truncation_mode="keep_start"` keeps every candidate's prompt whole;
+   under `keep_end` a long candidate cuts its prompt's start, so those batches are scored as whole sequences.
+3. **No pass is repeated**: the reference log-probs of the selected candidates feed the step's DPO loss (TRL's
+   `precompute_ref_log_probs` path: the step makes no reference pass), and the hidden-state features come out of the
+   same policy pass as the log-probs. The policy log-probs of the selected pair cannot be reused by the step: the
+   step needs them with gradients, in train mode.
+
+Each prompt is one forward unit (its prompt pass, then its candidates in chunks of `implicit_reward_batch_size`), so
+a candidate's log-prob depends only on its own pool, never on which prompts share its batch: a cached reference value
+is bitwise the value a fresh pass computes, and at the first step (policy = reference) every implicit reward is
+exactly 0, as before. Log-probs are computed from the backbone's last hidden state through the output embedding in
+float32 (the LM head TRL fuses); models whose head scales or soft-caps its logits, and prompt-learning PEFT, are scored
+by the whole-sequence fused-head pass of `trainer.implicit_rewards` instead (no hidden-state features there).
+
+`AEPOConfig.policy_signals_every` = s refreshes the signals on every s-th optimizer step only; the prompts of the other
+steps are selected by the strategy's fallback (`active_cold_start`), as a prompt without implicit-reward spread is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+from accelerate.utils import is_peft_model
+from transformers import TrainerCallback
+
+from .._trl_compat import disable_gradient_checkpointing, use_adapter
+from ..selection.implicit_reward import implicit_rewards
+from .candidate_scoring import kept_lengths, prefix_scoring_supported, score_pool_candidates
+
+__all__ = [
+    "REF_LOGPS_FILE",
+    "PolicySignals",
+    "PolicySignalsCallback",
+    "ReferenceLogpsCache",
+    "candidate_keys",
+    "compute_policy_signals",
+    "policy_signals_due",
+    "policy_signals_of_step",
+    "precompute_reference_logps",
+    "prepare_reference_cache",
+    "reference_identity",
+    "restore_reference_cache",
+]
+
+#: The reference log-probs cache inside a checkpoint folder.
+REF_LOGPS_FILE = "aepo_reference_logps.pt"
+
+
+# ------------------------------------------------------------------------------------------------ the reference cache
+class ReferenceLogpsCache:
+    """Σ_t log π_ref(y_t | x, y_<t) of candidates already scored, for one reference model (`identity`).
+
+    Keys are `candidate_keys` digests of the kept tokens. The single owner is the trainer's `policy_signals` state;
+    `export`/`absorb` move entries between ranks and checkpoints."""
+
+    def __init__(self, identity: str):
+        self.identity = identity
+        self.values: dict[bytes, float] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def lookup(self, keys: list[bytes]) -> list[float | None]:
+        found = [self.values.get(key) for key in keys]
+        missing = sum(v is None for v in found)
+        self.misses += missing
+        self.hits += len(found) - missing
+        return found
+
+    def store(self, keys: list[bytes], values: list[float]) -> None:
+        self.values.update(zip(keys, (float(v) for v in values)))
+
+    def export(self) -> dict:
+        return {"identity": self.identity, "values": dict(self.values)}
+
+    def absorb(self, exported: dict | None) -> int:
+        """Add another cache's entries (a rank's, a checkpoint's) when they belong to the same reference."""
+        if not exported or exported.get("identity") != self.identity:
+            return 0
+        before = len(self.values)
+        self.values.update(exported["values"])
+        return len(self.values) - before
+
+
+def reference_identity(trainer) -> str:
+    """A digest of the reference the trainer uses: which one (ref_model / adapter disabled / "ref" adapter), its class
+    and name, and every parameter's name, shape, sum and first values (cheap, and changes with any real weight edit)."""
+    h = hashlib.sha256()
+    if trainer.ref_model is not None:
+        model, kind = trainer.ref_model, "ref_model"
+    else:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        kind = "ref_adapter" if is_peft_model(model) and "ref" in model.peft_config else "adapter_disabled"
+    model = trainer.accelerator.unwrap_model(model)
+    h.update(f"{kind}|{type(model).__name__}|{getattr(model.config, '_name_or_path', '')}".encode())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if kind == "adapter_disabled" and "lora_" in name:
+                continue  # the adapter is disabled: its (trained) weights are not part of the reference
+            head = p.detach().reshape(-1)[:8].double().cpu()
+            h.update(f"{name}|{tuple(p.shape)}|{float(p.detach().double().sum())!r}|{head.tolist()!r}".encode())
+    return h.hexdigest()
+
+
+def candidate_keys(batch: dict, positions: list[tuple[int, int]], max_length, truncation_mode) -> list[bytes]:
+    """A 16-byte digest of each candidate's kept prompt and completion tokens (the sequence its log-prob is of)."""
+    prompts, prompt_lens = batch["pool_prompt_ids"], batch["pool_prompt_lengths"].tolist()
+    completions, completion_lens = batch["pool_completion_ids"], batch["pool_completion_lengths"]
+    keys = []
+    for b, j in positions:
+        p, c = prompt_lens[b], int(completion_lens[b, j])
+        ((offset, pk, ck),) = kept_lengths(p, [c], max_length, truncation_mode)
+        seq = torch.cat([prompts[b, :p], completions[b, j, :c]])[offset : offset + pk + ck]
+        h = hashlib.blake2b(digest_size=16)
+        h.update(pk.to_bytes(4, "little"))
+        h.update(seq.to(torch.int64).cpu().numpy().tobytes())
+        keys.append(h.digest())
+    return keys
+
+
+# ------------------------------------------------------------------------------------------------ in the step
+@dataclass
+class PolicySignals:
+    """The policy signals of one pool batch (`[B, N]`, 0 on padding), for selection and for the step."""
+
+    implicit_rewards: torch.Tensor
+    policy_logps: torch.Tensor | None  # None from the whole-sequence fallback pass (`trainer.implicit_rewards`)
+    ref_logps: torch.Tensor | None
+    policy_features: torch.Tensor | None  # [B, N, H], with `active_policy_features`
+
+    def for_selection(self) -> dict:
+        signals = {"implicit_rewards": self.implicit_rewards}
+        if self.policy_features is not None:
+            signals["policy_features"] = self.policy_features
+        return signals
+
+
+def policy_signals_of_step(trainer):
+    """The step's policy-signals function for `step.reduce_pool_batches`: `compute_policy_signals`, or one that
+    answers None on the steps `policy_signals_every` skips."""
+    fresh = policy_signals_due(trainer)
+    return lambda batch: compute_policy_signals(trainer, batch) if fresh else None
+
+
+def prepare_reference_cache(trainer, checkpoint) -> None:
+    """Before training: a resumed run's cache from its checkpoint, then, with `precompute_pool_ref_logps`, every
+    training candidate's reference log-prob that is still missing (one pass; on-policy pools do not exist yet)."""
+    if checkpoint:
+        restore_reference_cache(trainer, checkpoint)
+    if trainer.args.precompute_pool_ref_logps and trainer.train_dataset is not None:
+        from ..data.pools import is_pool_dataset
+
+        if is_pool_dataset(trainer.train_dataset, trainer.args):
+            precompute_reference_logps(trainer, trainer.train_dataset, trainer.args.per_device_train_batch_size)
+
+
+def policy_signals_due(trainer) -> bool:
+    """True on the optimizer steps whose prompts are selected with fresh policy signals (`policy_signals_every`)."""
+    every = getattr(trainer.args, "policy_signals_every", 1)
+    return trainer.state.global_step % every == 0
+
+
+class _TrainerSignalsState:
+    """The trainer's policy-signals state: the reference cache, and whether prefix scoring applies to its model."""
+
+    def __init__(self, trainer):
+        self.cache = ReferenceLogpsCache(reference_identity(trainer))
+        self.prefix_ok = prefix_scoring_supported(trainer.accelerator.unwrap_model(trainer.model))
+        if trainer.ref_model is not None:
+            self.prefix_ok = self.prefix_ok and prefix_scoring_supported(
+                trainer.accelerator.unwrap_model(trainer.ref_model)
+            )
+        self.forward_passes = {"policy": 0, "reference": 0}  # candidate units scored (tests count them)
+
+
+def signals_state(trainer) -> _TrainerSignalsState:
+    state = getattr(trainer, "aepo_policy_signals", None)
+    if state is None:
+        state = _TrainerSignalsState(trainer)
+        trainer.aepo_policy_signals = state
+    return state
+
+
+def _reference_model_context(trainer):
+    """(model to score with, context) for the reference, exactly as `DPOTrainer._compute_loss` obtains it."""
+    import contextlib
+
+    if trainer.ref_model is None and is_peft_model(trainer.accelerator.unwrap_model(trainer.model)):
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        return unwrapped, use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+    if trainer.ref_model is None:
+        raise ValueError(
+            "Policy signals need a reference model: pass `ref_model`, or train a PEFT adapter (the reference is then "
+            "the policy with its adapter disabled)."
+        )
+    return trainer.accelerator.unwrap_model(trainer.ref_model), contextlib.nullcontext()
+
+
+def reference_logps(trainer, batch: dict, positions: list[tuple[int, int]]) -> torch.Tensor:
+    """[R] reference log-probs of the candidates, from the cache where known; the rest are scored and cached."""
+    state = signals_state(trainer)
+    args = trainer.args
+    keys = candidate_keys(batch, positions, args.max_length, args.truncation_mode)
+    found = state.cache.lookup(keys)
+    missing = [i for i, v in enumerate(found) if v is None]
+    if missing:
+        model, context = _reference_model_context(trainer)
+        was_training = model.training
+        model.eval()
+        try:
+            with (
+                context,
+                disable_gradient_checkpointing(trainer.model, args.gradient_checkpointing_kwargs),
+                trainer.compute_loss_context_manager(),  # the step's autocast, as TRL's reference pass runs
+            ):
+                scored = score_pool_candidates(
+                    model,
+                    batch,
+                    [positions[i] for i in missing],
+                    max_length=args.max_length,
+                    truncation_mode=args.truncation_mode,
+                    batch_size=args.implicit_reward_batch_size,
+                )
+        finally:
+            model.train(was_training)
+        state.forward_passes["reference"] += len({positions[i][0] for i in missing})
+        values = scored.logps.cpu().tolist()
+        state.cache.store([keys[i] for i in missing], values)
+        for i, v in zip(missing, values):
+            found[i] = v
+    return torch.tensor(found, dtype=torch.float32)
+
+
+@torch.no_grad()
+def compute_policy_signals(trainer, batch: dict) -> PolicySignals:
+    """Implicit rewards (and, with `active_policy_features`, hidden-state features) of every valid candidate of a
+    pool batch: one prefix-shared no-grad pass of the policy in eval mode, reference log-probs from the cache."""
+    args = trainer.args
+    state = signals_state(trainer)
+    want_features = bool(getattr(args, "active_policy_features", False))
+    mask = batch["pool_mask"].bool()
+    B, N = mask.shape
+    device = trainer.accelerator.device
+    positions = [(b, j) for b, row in enumerate(mask.tolist()) for j, ok in enumerate(row) if ok]
+    if not state.prefix_ok:
+        if want_features:
+            raise ValueError(
+                "active_policy_features reads the policy's last hidden state, which this model's LM head (logit "
+                "scaling or soft-capping, or prompt-learning PEFT) is not scored from here: turn it off."
+            )
+        from .implicit_rewards import pool_implicit_rewards
+
+        return PolicySignals(pool_implicit_rewards(trainer, batch), None, None, None)
+    ref = reference_logps(trainer, batch, positions)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    was_training = model.training
+    model.eval()
+    try:
+        with (
+            disable_gradient_checkpointing(trainer.model, args.gradient_checkpointing_kwargs),
+            trainer.compute_loss_context_manager(),
+        ):
+            scored = score_pool_candidates(
+                model,
+                batch,
+                positions,
+                max_length=args.max_length,
+                truncation_mode=args.truncation_mode,
+                batch_size=args.implicit_reward_batch_size,
+                features=want_features,
+            )
+    finally:
+        model.train(was_training)
+    state.forward_passes["policy"] += len({b for b, _ in positions})
+    policy = torch.zeros(B, N, dtype=torch.float32, device=device)
+    reference = torch.zeros(B, N, dtype=torch.float32, device=device)
+    feats = None
+    if positions:
+        rows = torch.tensor([b for b, _ in positions], device=device)
+        cols = torch.tensor([j for _, j in positions], device=device)
+        policy[rows, cols] = scored.logps.to(device)
+        reference[rows, cols] = ref.to(device)
+        if want_features:
+            feats = torch.zeros(B, N, scored.features.shape[-1], dtype=torch.float32, device=device)
+            feats[rows, cols] = scored.features.to(device)
+    elif want_features:
+        feats = torch.zeros(B, N, 1, dtype=torch.float32, device=device)
+    rewards = implicit_rewards(policy, reference, trainer.beta).masked_fill(~mask.to(device), 0.0)
+    return PolicySignals(rewards, policy, reference, feats)
+
+
+def group_reference_logps(signals: PolicySignals, group: dict) -> torch.Tensor | None:
+    """The reference log-probs of a group batch's rows (`build_group_batch`), taken from the signals' pass: the step
+    then makes no reference pass. None when the group has no `response_candidates` to index them by."""
+    candidates = group.get("response_candidates")
+    if candidates is None or signals.ref_logps is None:
+        return None
+    rows = group["response_groups"]
+    ref = signals.ref_logps.to(rows.device)
+    valid = rows >= 0
+    out = torch.zeros(rows.shape[0], dtype=torch.float32, device=rows.device)
+    out[valid] = ref[rows[valid], candidates[valid]]
+    return out
+
+
+def precompute_reference_logps(trainer, dataset, batch_size: int) -> int:
+    """Fill the cache with every candidate of `dataset` (a prepared pool dataset), each rank a share of its rows,
+    gathered so that every rank holds them all. Returns the number of entries computed here."""
+    from torch.utils.data import DataLoader
+
+    state = signals_state(trainer)
+    accelerator = trainer.accelerator
+    rank, world = accelerator.process_index, accelerator.num_processes
+    indices = [i for i in range(len(dataset)) if i % world == rank]
+    before = len(state.cache)
+    loader = DataLoader(
+        torch.utils.data.Subset(dataset, indices), batch_size=batch_size, collate_fn=trainer.data_collator
+    )
+    for batch in loader:
+        mask = batch["pool_mask"].bool()
+        positions = [(b, j) for b, row in enumerate(mask.tolist()) for j, ok in enumerate(row) if ok]
+        reference_logps(trainer, batch, positions)
+    computed = len(state.cache) - before
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        for part in gather_object([state.cache.export()]):
+            state.cache.absorb(part)
+    return computed
+
+
+def exported_for_checkpoint(trainer) -> dict | None:
+    """Every rank's cache entries (one collective: call on every rank), for the main process to save."""
+    state = getattr(trainer, "aepo_policy_signals", None)
+    if state is None:
+        return None
+    exported = state.cache.export()
+    if trainer.accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        merged = ReferenceLogpsCache(state.cache.identity)
+        for part in gather_object([exported]):
+            merged.absorb(part)
+        exported = merged.export()
+    return exported
+
+
+class PolicySignalsCallback(TrainerCallback):
+    """Saves the reference cache into every checkpoint (entries of all ranks: `on_save` runs on every rank)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        exported = exported_for_checkpoint(self.trainer)
+        if exported is not None and self.trainer.accelerator.is_main_process:
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(folder):
+                torch.save(exported, os.path.join(folder, REF_LOGPS_FILE))
+        return control
+
+
+def restore_reference_cache(trainer, checkpoint: str) -> int:
+    """Load a checkpoint's reference cache (every rank reads the file); entries of another reference are ignored."""
+    path = os.path.join(checkpoint, REF_LOGPS_FILE)
+    if not os.path.exists(path):
+        return 0
+    return signals_state(trainer).cache.absorb(torch.load(path, weights_only=True))
