@@ -1,8 +1,8 @@
 """`aepo best-of-n` against a real local OpenAI-compatible server (tests/openai_server.py): sampling with
 `--backend openai`, judging with `--api_judge`. Every judgment goes through the annotation store and its ledgers, so
 a run killed after a batch was judged but before it was written re-pays nothing on rerun (counted on the server),
-`--annotation_budget` caps the judge annotations and `--annotation_cost_budget` the dollars, each with exit code 3 and
-the finished prompts kept."""
+`--annotation_budget` caps the judge annotations and `--annotation_cost_budget` the dollars of sampling and judging
+together, each with exit code 3 and the finished prompts kept."""
 
 from __future__ import annotations
 
@@ -116,8 +116,10 @@ def test_cost_budget_caps_the_dollars_and_a_larger_one_continues(server, tmp_pat
     kept = rows(out) if out.exists() else []
     assert len(kept) < len(PROMPTS)
     store = f"{out}.annotations.sqlite"
-    spent = sum(r["cost"] for r in usage_summary(store) if r["model"] == "judge-model")
-    assert 0 < spent <= 0.0015
+    usage = usage_summary(store)
+    assert {r["run_id"] for r in usage} == {f"aepo-best-of-n:{out}"}  # sampling and judging: one dollar ledger
+    assert {r["model"] for r in usage} == {"gen-model", "judge-model"}
+    assert 0 < sum(r["cost"] for r in usage) <= 0.0015  # the budget caps their sum
     assert "API cost $" in capsys.readouterr().err
     before = len(state.paid())
     code, out = run(url, tmp_path, "dollars", "--annotation_cost_budget", "10")

@@ -135,7 +135,7 @@ def main(argv: list[str]) -> int:
     work_path = args.output if is_direct(args.output) else f"{args.output}.partial.jsonl"
     todo, finished = _unfinished(rows, args, work_path)
     if todo:
-        generator = make_generator(args)
+        generator = make_generator(args, ledger_run_id=run_id)  # one dollar ledger for sampling and judging
         service = _service(config, _judge(args, config, generator, run_id), run_id)
         code = _judge_batches(rows, todo, args, generator, service, work_path, finished)
     else:
