@@ -41,6 +41,8 @@ _EXPORTS = {
     "AnnotationsPending": "aepo_trainer.annotation",
     "make_pairs": "aepo_trainer.reduction.pairing",
     "reward_aware_loss": "aepo_trainer.trainer.losses",
+    "AEPOError": "aepo_trainer.errors",
+    "StorageWriteError": "aepo_trainer.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

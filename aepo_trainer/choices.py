@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "ACTIVE_STRATEGIES",
+    "ACTIVE_SURROGATES",
     "ANNOTATORS",
     "COLD_START_STRATEGIES",
     "EMBEDDING_BACKENDS",
@@ -42,6 +43,9 @@ ACTIVE_STRATEGIES = (
     "ucb_random",
     "aepo_ucb",
 )
+#: The reward surrogates of the active strategies (`AEPOConfig.active_surrogate`): closed-form Bayesian linear
+#: regression (`selection/surrogate.py`) or an ensemble of randomized-prior, bootstrapped heads (`selection/ensemble.py`).
+ACTIVE_SURROGATES = ("bayesian_linear", "ensemble")
 #: The strategies that read the policy being trained (`selection.implicit_reward.select_implicit_reward_gap`): each
 #: candidate's implicit reward beta * (log pi - log pi_ref) is computed in the training step, so only `AEPOTrainer`
 #: can select with them (`aepo select` refuses them: it has no policy).
@@ -62,8 +66,9 @@ COLD_START_STRATEGIES = ("random", "aepo", "representativeness", "kmedoids")
 #: The search for k > 2 (`AEPOConfig.selection_search`).
 SELECTION_SEARCHES = ("auto", "greedy", "exhaustive")
 #: Where the sentence embedder runs (`AEPOConfig.embedding_backend`): the PyTorch model, or its ONNX export run by
-#: ONNX Runtime or OpenVINO (faster on CPU; `aepo_trainer.embedding.backends`).
-EMBEDDING_BACKENDS = ("torch", "onnx", "openvino")
+#: ONNX Runtime or OpenVINO (faster on CPU; `aepo_trainer.embedding.backends`), or a static token table distilled
+#: from it (`aepo_trainer.embedding.static`).
+EMBEDDING_BACKENDS = ("torch", "onnx", "openvino", "static")
 #: Who scores the selected candidates when no annotator object is passed (`AEPOConfig.annotator`).
 ANNOTATORS = ("dataset_scores", "reward_model", "judge", "self_judge", "api_judge", "human")
 #: How the `api_judge` annotator judges (`AEPOConfig.judge_mode`): pairwise (debiased, tournament) or a 1-10 rubric.

@@ -13,6 +13,7 @@ from trl import DPOConfig
 
 from .choices import (
     ACTIVE_STRATEGIES,
+    ACTIVE_SURROGATES,
     ANNOTATORS,
     COLD_START_STRATEGIES,
     EMBEDDING_BACKENDS,
@@ -87,13 +88,17 @@ class AEPOConfig(DPOConfig):
         },
     )
     selection_strategy: str = field(
-        default="aepo",
+        default="random",
         metadata={
-            "help": "How the k candidates are chosen from each pool: 'aepo' (representativeness + lambda * diversity), "
-            "'random', 'west_of_n' (annotate the whole pool), 'representativeness' (lambda = 0), 'kmedoids' "
+            "help": "How the k candidates are chosen from each pool. 'random' (the default: k uniformly at random, "
+            "seeded per prompt; it needs no surrogate and never stops for labels), 'aepo' (representativeness + "
+            "lambda * diversity; below random on pools of weak models, docs/efficacy.md), 'west_of_n' (annotate the "
+            "whole pool), 'representativeness' (lambda = 0), 'kmedoids' "
             "(coreset on the embeddings), or an active strategy that learns from the paid labels: 'delta_ucb', "
-            "'double_ts', 'double_reversed_ts', 'max_min_lcb', 'info_max', 'ucb_random', 'aepo_ucb' (see the "
-            "`active_*` settings), or 'implicit_reward_gap' (trainer only: the k candidates spanning the policy's "
+            "'double_ts' (recommended with an automatic annotator: never below random on pools nobody tuned to, "
+            "ahead where the features carry the reward), 'double_reversed_ts', 'max_min_lcb', 'info_max', "
+            "'ucb_random', 'aepo_ucb' (see the `active_*` settings; all guarded by the safety rule, "
+            "`active_safety_margin`), or 'implicit_reward_gap' (trainer only: the k candidates spanning the policy's "
             "implicit-reward range beta * (log pi - log pi_ref), computed in the training step; prompts without "
             "spread, e.g. at the first step, fall back to `active_cold_start`).",
             "choices": list(SELECTION_STRATEGIES),
@@ -169,6 +174,53 @@ class AEPOConfig(DPOConfig):
             "evidence maximisation."
         },
     )
+    active_surrogate: str = field(
+        default="bayesian_linear",
+        metadata={
+            "help": "Active strategies: the reward surrogate. 'bayesian_linear' (closed-form Bayesian linear "
+            "regression) or 'ensemble' (`active_ensemble_heads` randomized-prior, bootstrapped heads on the features "
+            "plus random ReLU features; uncertainty = the heads' spread, as an epistemic neural network).",
+            "choices": list(ACTIVE_SURROGATES),
+        },
+    )
+    active_ensemble_heads: int = field(
+        default=10,
+        metadata={"help": "Active strategies with `active_surrogate='ensemble'`: number of heads (>= 2)."},
+    )
+    active_safety_margin: float | None = field(
+        default=0.02,
+        metadata={
+            "help": "Active strategies: the safety rule. Every batch's fresh labels test the surrogate before it "
+            "learns them; the acquisition selects only while the lower confidence bound of that out-of-sample "
+            "pairwise accuracy exceeds 0.5 + this margin, otherwise `active_cold_start` selects "
+            "(docs/active-selection.md). None turns the rule off: follow the surrogate as soon as it is fitted."
+        },
+    )
+    active_safety_confidence: float = field(
+        default=0.95,
+        metadata={
+            "help": "Active strategies: confidence level of the safety rule's one-sided Wilson lower bound, in "
+            "[0.5, 1)."
+        },
+    )
+    active_feature_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Active strategies: a Hugging Face model (Hub id or local path; a reward model, an instruct "
+            "model, an encoder) whose last-layer hidden state of `prompt + completion` is added to the surrogate's "
+            "features (last token for causal models, mean for encoders). Loaded and probed before anything is "
+            "embedded or paid; a model that cannot load or gives no hidden states is refused."
+        },
+    )
+    active_optimistic_best: bool = field(
+        default=False,
+        metadata={
+            "help": "Active strategies: pick the member meant to be the best of each pair with the acquisition's own "
+            "optimism (UCB, a posterior draw), as before issue 27. By default it is the argmax of the posterior mean "
+            "and only the other member is optimistic: optimism on the chosen side buys atypical, often bad, "
+            "candidates."
+        },
+    )
     # ----------------------------------------------------------------------------------------------- policy signals
     # (issue 18 item 5: the policy's implicit reward exposed to selection; docs/active-selection.md)
     active_implicit_reward_feature: bool = field(
@@ -230,7 +282,11 @@ class AEPOConfig(DPOConfig):
             "help": "Where the embedder runs: 'torch' (the PyTorch model, fp16 on GPU), or 'onnx' / 'openvino': the "
             "model's transformer exported once to ONNX (cached under the HF datasets cache) and run on CPU by ONNX "
             "Runtime / OpenVINO. On CPU 'openvino' measured 2.15x torch's texts/s side by side on an idle 2-core machine "
-            "(load < 2) with 98% of selections identical, 'onnx' 1.3x (under load 4-6; docs/benchmarks.md). Needs `pip install aepo-trainer[fast-cpu]`.",
+            "(load < 2) with 98% of selections identical, 'onnx' 1.3x (under load 4-6; docs/benchmarks.md); they need "
+            "`pip install aepo-trainer[fast-cpu]`. 'static': a table of one vector per token distilled once from "
+            "embedding_model (PCA 256 + Zipf/SIF weights; cached beside the exports), a text's embedding the mean of "
+            "its tokens' vectors: ~100x torch's texts/s on CPU, another similarity space (where it keeps selection "
+            "quality: docs/selection.md).",
             "choices": list(EMBEDDING_BACKENDS),
         },
     )

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from .choices import (
     ACTIVE_STRATEGIES,
+    ACTIVE_SURROGATES,
     ANNOTATORS,
     COLD_START_STRATEGIES,
     EMBEDDING_BACKENDS,
@@ -140,6 +141,25 @@ CHECKS: tuple[Check | Callable, ...] = (
         "a bool, True only with an active selection_strategy (the surrogate whose features it extends)",
     ),
     Check("implicit_reward_batch_size", _int_at_least(1, bools=False), "an integer >= 1"),
+    # the safety rule, the ensemble and the feature model (issue 27)
+    Check("active_surrogate", _in(ACTIVE_SURROGATES), _one_of(ACTIVE_SURROGATES)),
+    Check("active_ensemble_heads", _int_at_least(2, bools=False), "an integer >= 2"),
+    Check(
+        "active_safety_margin",
+        _optional(lambda v, c: is_finite_number(v) and 0 <= v < 0.5),
+        "None (the safety rule off) or a number in [0, 0.5)",
+    ),
+    Check(
+        "active_safety_confidence",
+        lambda v, c: is_finite_number(v) and 0.5 <= v < 1,
+        "a number in [0.5, 1)",
+    ),
+    Check("active_optimistic_best", lambda v, c: isinstance(v, bool), "a bool"),
+    Check(
+        "active_feature_model",
+        _optional(lambda v, c: isinstance(v, str) and v.strip() != "" and c.selection_strategy in ACTIVE_STRATEGIES),
+        "None, or a model id / path with an active selection_strategy (the surrogate whose features it extends)",
+    ),
     Check(
         "policy_signals_every",
         lambda v, c: _int_at_least(1, bools=False)(v, c) and (v == 1 or c.selection_strategy in POLICY_STRATEGIES),
@@ -157,7 +177,7 @@ CHECKS: tuple[Check | Callable, ...] = (
     Check("embedding_backend", _in(EMBEDDING_BACKENDS), _one_of(EMBEDDING_BACKENDS)),
     Check(
         "embedding_quantized",
-        lambda v, c: isinstance(v, bool) and (not v or c.embedding_backend != "torch"),
+        lambda v, c: isinstance(v, bool) and (not v or c.embedding_backend in ("onnx", "openvino")),
         "True or False; True needs embedding_backend 'onnx' or 'openvino'",
     ),
     Check(

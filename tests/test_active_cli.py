@@ -32,9 +32,10 @@ def test_each_active_strategy_is_deterministic_and_learns(tmp_path, pools, strat
     from aepo_trainer.cli import main
 
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    assert main(select_argv(pools, first, strategy)) == 0
+    # the learning mechanics alone: the safety rule off (it is checked by test_the_safety_rule_is_on_by_default)
+    assert main(select_argv(pools, first, strategy, "--active_safety_margin", "none")) == 0
     err = " ".join(capsys.readouterr().err.split())
-    assert main(select_argv(pools, second, strategy)) == 0
+    assert main(select_argv(pools, second, strategy, "--active_safety_margin", "none")) == 0
     assert first.read_bytes() == second.read_bytes()
     assert f"active selection ({strategy}): surrogate fitted on 96 labels" in err
     curve = read_jsonl(f"{first}.surrogate.jsonl")
@@ -43,6 +44,18 @@ def test_each_active_strategy_is_deterministic_and_learns(tmp_path, pools, strat
     # the first batch's 16 labels reach the warm-up: every later batch is chosen by the acquisition
     assert not any(q["cold_start"] for q in curve[1:]) and all(q["pairs_evaluated"] > 0 for q in curve[1:])
     assert [q["labels_after"] for q in curve] == [16, 32, 48, 64, 80, 96]
+
+
+def test_the_safety_rule_is_on_by_default(tmp_path, pools):
+    from aepo_trainer.cli import main
+
+    out = tmp_path / "pairs.jsonl"
+    assert main(select_argv(pools, out, "double_ts")) == 0
+    curve = read_jsonl(f"{out}.surrogate.jsonl")
+    assert [q["prompts_tested"] for q in curve] == [0, 8, 16, 24, 32, 40]  # every batch after the first is a test
+    # each batch follows the acquisition exactly when the record before it supported it
+    assert [q["cold_start"] for q in curve[1:]] == [not q["follows"] for q in curve[:-1]]
+    assert [q["follows"] for q in curve] == [q["safety_lower_bound"] > 0.52 for q in curve]
 
 
 def test_killed_active_run_resumes_byte_identical_without_paying_twice(tmp_path, pools):

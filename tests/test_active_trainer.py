@@ -12,6 +12,7 @@ def test_trainer_selects_actively_and_learns_after_every_step(tiny_model_path, d
         rows=pool_rows(size=5),
         selection_strategy="double_ts",
         active_warmup_annotations=4,
+        active_safety_margin=None,  # the safety rule off: the learning mechanics alone (the safety rule: the resume test below)
     )
     trainer.train()
     active = trainer.pool_reducer.active
@@ -31,6 +32,9 @@ def test_resume_restores_the_surrogate_and_selects_as_an_uninterrupted_run(tiny_
     resumed = make_trainer(tiny_model_path, {**dpo_args, "output_dir": str(tmp_path / "b")}, max_steps=4, **settings)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.pool_reducer.active.surrogate.export() == whole.pool_reducer.active.surrogate.export()
+    # the safety rule's out-of-sample record travels in the checkpoint too (issue 27): the same decisions after it
+    assert resumed.pool_reducer.active.safety.export() == whole.pool_reducer.active.safety.export()
+    assert len(whole.pool_reducer.active.safety.export()) == 6  # 2 prompts tested per step after the first
     assert first.seen_prompt_keys + resumed.seen_prompt_keys == whole.seen_prompt_keys
     assert resumed.annotation_service.spent == whole.annotation_service.spent == 16
     assert [(p["chosen"], p["rejected"]) for p in resumed.recent_pairs[-4:]] == [
@@ -38,6 +42,9 @@ def test_resume_restores_the_surrogate_and_selects_as_an_uninterrupted_run(tiny_
     ]  # the steps after the resume selected and paired the same candidates
     logged = [e for e in whole.state.log_history if "aepo/active_labels" in e]
     assert [e["aepo/active_labels"] for e in logged] == [4, 8, 12, 16] and "aepo/active_spearman" in logged[-1]
+    assert [e["aepo/active_prompts_tested"] for e in logged] == [0, 2, 4, 6]
+    follows = [e["aepo/active_follows"] for e in logged]
+    assert follows == [float(b > 0.52) for b in (e["aepo/active_safety_lower_bound"] for e in logged)]
 
 
 def test_evaluation_with_an_active_strategy_is_reproducible_and_teaches_nothing(tiny_model_path, dpo_args):

@@ -18,7 +18,7 @@ def test_defaults(tmp_path):
     assert isinstance(config, DPOConfig)
     assert config.num_annotations == 2
     assert config.diversity_weight == 1.0
-    assert config.selection_strategy == "aepo"
+    assert config.selection_strategy == "random"  # issue 27: the default never buys worse pairs than random
     assert config.embedding_model == "sentence-transformers/all-MiniLM-L6-v2"
     assert config.completions_column == "completions"
     assert config.scores_column == "scores"

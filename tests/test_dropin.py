@@ -101,6 +101,6 @@ def test_plain_dpo_config_is_upgraded(tmp_path, tiny_model_path, dpo_args):
 
     upgraded = as_aepo_config(DPOConfig(**dpo_args, beta=0.3))
     assert isinstance(upgraded, AEPOConfig)
-    assert upgraded.beta == 0.3 and upgraded.num_annotations == 2 and upgraded.selection_strategy == "aepo"
+    assert upgraded.beta == 0.3 and upgraded.num_annotations == 2 and upgraded.selection_strategy == "random"
     with pytest.raises(TypeError, match="AEPOConfig or a DPOConfig"):
         as_aepo_config(object())

@@ -233,14 +233,20 @@ def test_two_processes_pay_once_on_the_main_process(tiny_model_path, tmp_path):
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                 "--master_port", str(_free_port())]  # fmt: skip
     # an active strategy (issue 15): the ranks exchange the step's labels, so their surrogates stay identical
+    # (issue 27) with the ensemble surrogate and a safety rule loose enough to follow it on these few labels: the ranks
+    # also exchange their out-of-sample tests, so the rule decides alike on every rank
     options = {"max_steps": 3, "num_prompts": 16, "resume": False, "selection_strategy": "double_ts",
-               "active_warmup_annotations": 4}  # fmt: skip
+               "active_warmup_annotations": 4, "active_surrogate": "ensemble", "active_safety_confidence": 0.5,
+               "active_safety_margin": 0.0}  # fmt: skip
     code, out = finish(run_worker(tiny_model_path, tmp_path, "out", options, launcher=launcher))
     assert code == 0, out[-6000:]
     results = [json.loads((tmp_path / f"result_rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in results] == [2, 2]
     assert results[0]["surrogate_labels"] == results[1]["surrogate_labels"] == 24  # every rank's labels, on each
     assert results[0]["surrogate"] == results[1]["surrogate"]
+    assert results[0]["posterior"] == results[1]["posterior"]  # the fitted ensemble, bitwise
+    assert results[0]["safety"] == results[1]["safety"] and len(results[0]["safety"]) >= 4  # both ranks' tests
+    assert results[0]["follows"] == results[1]["follows"] and len(results[0]["follows"]) == 3
     trained = [k for r in results for k in r["keys"]]
     assert len(trained) == 3 * 2 * 2 and len(set(trained)) == len(trained)
     assert results[0]["spent"] == 2 * len(trained) and results[1]["spent"] is None  # one ledger, on rank 0

@@ -17,7 +17,8 @@ def test_select_writes_a_dataset_card_with_provenance(tmp_path, capsys):
 
     source = write_jsonl(tmp_path / "pools.jsonl", pool_rows(n=4))
     out = tmp_path / "pairs.jsonl"
-    argv = ["select", "--input", str(source), "--output", str(out), "--diversity_weight", "0.5", "--seed", "11"]
+    argv = ["select", "--input", str(source), "--output", str(out), "--selection_strategy", "aepo", "--diversity_weight", "0.5",
+            "--seed", "11"]  # fmt: skip
     assert main([*argv, "--annotation_budget", "100"]) == 0
     card = DatasetCard.load(f"{out}.README.md")
     record = card.data.aepo_provenance

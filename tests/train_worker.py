@@ -116,6 +116,14 @@ def main() -> None:
     if active is not None:  # what an active strategy learned, as a digest: equal on every rank
         result["surrogate"] = hashlib.sha256(json.dumps(active.surrogate.export()).encode()).hexdigest()
         result["surrogate_labels"] = len(active.surrogate)
+        result["safety"] = active.safety.export()  # the safety rule's record (issue 27): equal on every rank
+        result["follows"] = [e["aepo/active_follows"] for e in trainer.state.log_history if "aepo/active_follows" in e]
+        if active.surrogate.ready:  # the fitted model itself (an ensemble's heads included), as a digest
+            features = torch.stack([torch.tensor(item[2], dtype=torch.float64) for item in active.surrogate.export()])
+            post = active.surrogate.posterior(features[None], torch.ones(1, len(features), dtype=torch.bool))
+            result["posterior"] = hashlib.sha256(
+                post.mean.numpy().tobytes() + post.whitened.numpy().tobytes()
+            ).hexdigest()
     with open(f"result_rank{rank}.json", "w", encoding="utf-8") as f:
         json.dump(result, f)
 

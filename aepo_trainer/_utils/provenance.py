@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime
 import os
 
+from ..errors import storage_guard
+
 __all__ = ["card_path", "dataset_card", "provenance", "write_dataset_card"]
 
 
@@ -62,5 +64,6 @@ def card_path(destination: str) -> str:
 def write_dataset_card(destination: str, card) -> str:
     """Write `card` for the output at `destination`; returns the card's path."""
     path = card_path(destination)
-    card.save(path)
+    with storage_guard(path):  # a full disk or a read-only place: StorageWriteError naming the card
+        card.save(path)
     return path

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from .._utils.csv_safety import escape_cell, unescape_cell
+from ..errors import storage_guard
 from ..storage.annotations import AnnotationStore
 from .base import PENDING, AnnotationError, AnnotationRequest, AnnotationsPending, Annotator, make_key
 
@@ -176,6 +177,10 @@ class HumanQueueAnnotator(Annotator):
         ]
 
     def _append(self, items: list[dict]) -> None:
+        with storage_guard(self.queue_path):  # a full disk or a read-only place: StorageWriteError naming the queue
+            self._append_locked(items)
+
+    def _append_locked(self, items: list[dict]) -> None:
         self.queue_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.queue_path, "a+", encoding="utf-8", newline="") as f:
             _lock(f)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..errors import StorageWriteError
 from ..storage.annotations import AnnotationStore, default_store_path
 from .base import (
     PENDING,
@@ -414,10 +416,15 @@ class AnnotationService:
                 if stopped is not None:
                     break
         finally:
+            failing = sys.exc_info()[1]
             if bar is not None:
                 bar.close()
             if mine:  # failed or interrupted: keep the charges, let any later call recover them for free
-                self.store.release(self.run_id, mine, self._owner)
+                try:
+                    self.store.release(self.run_id, mine, self._owner)
+                except StorageWriteError:  # the full disk that stopped the call: report that first error, not this
+                    if failing is None:  # (unreleased charges are recovered the same way once their process ends)
+                        raise
         return pending, stopped
 
     def _check_shape(self, result, sub: list[AnnotationRequest], request_ids: list[int], partial=False) -> None:

@@ -12,6 +12,8 @@ import importlib
 import logging
 import sys
 
+from aepo_trainer.errors import StorageWriteError, storage_error_of
+
 from .errors import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_INTERRUPTED, CLIError
 
 COMMANDS = {
@@ -29,12 +31,15 @@ EPILOG = """\
 exit codes:
   0    success
   1    unexpected error (traceback printed)
-  2    bad input: usage, missing/unreadable file, bad column or row, invalid setting
+  2    bad input: usage, missing/unreadable file, bad column or row, invalid setting; or the disk refused a
+       write (full, read-only, no permission): free space and rerun the same command to resume (nothing is
+       paid twice)
   3    annotation budget exhausted (select: the pairs annotated so far are written)
   4    annotations pending (select --annotator human: label the queue file, then rerun)
   130  interrupted: rerun the same command to resume (nothing annotated is paid twice)
 
-Run `aepo <command> --help` for the flags of a command. Docs: docs/cli.md.
+Run `aepo <command> --help` for the flags of a command; `aepo --verbose <command> ...` logs at debug level and
+prints the traceback of any error. Docs: docs/cli.md.
 """
 
 
@@ -49,6 +54,9 @@ def _top_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"aepo-trainer {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log at debug level; print the traceback of any error"
+    )
     sub = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
     for name, summary in COMMANDS.items():
         sub.add_parser(name, help=summary, add_help=False)
@@ -80,6 +88,9 @@ def tqdm_aware_logging(level: int = logging.INFO):
 def main(argv: list[str] | None = None) -> int:
     """Run the `aepo` command with `argv` (default: `sys.argv[1:]`); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = False
+    while argv and argv[0] in ("-v", "--verbose") and len(argv) > 1:
+        verbose, argv = True, argv[1:]
     if not argv or argv[0] not in COMMANDS:
         parser = _top_parser()
         if not argv:
@@ -92,13 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = argv[0]
     try:
-        with tqdm_aware_logging():
+        with tqdm_aware_logging(logging.DEBUG if verbose else logging.INFO):
             module = importlib.import_module(f"aepo_trainer.cli.{command.replace('-', '_')}")
             return module.main(argv[1:])
     except SystemExit as exit_:  # argparse: --help (0) and usage errors (2)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
-    except CLIError as error:
+    except (CLIError, StorageWriteError) as error:  # a full disk, a read-only place: one paragraph, exit code 2
+        _close_progress_bars()
         print(f"aepo {command}: error: {error}", file=sys.stderr)
+        if verbose:
+            _print_traceback()
         return error.exit_code
     except KeyboardInterrupt:
         print(f"\naepo {command}: interrupted; rerun the same command to resume.", file=sys.stderr)
@@ -106,10 +120,25 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `aepo stats ... | head`
         return 0
     except Exception as error:
-        if getattr(error, "is_user_error", False):  # validation.InputValidationError, AnnotationStoreError
-            print(f"aepo {command}: error: {error}", file=sys.stderr)
+        refused = storage_error_of(error)  # a write no writer wrapped (a library's own file): still no traceback
+        if getattr(error, "is_user_error", False) or refused is not None:  # InputValidationError, AnnotationStoreError
+            _close_progress_bars()
+            print(f"aepo {command}: error: {refused or error}", file=sys.stderr)
+            if verbose:
+                _print_traceback()
             return EXIT_BAD_INPUT
-        import traceback
-
-        traceback.print_exc()
+        _print_traceback()
         return EXIT_ERROR
+
+
+def _close_progress_bars() -> None:
+    """End the bars an error interrupted, so that its message starts on a line of its own."""
+    std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(std, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def _print_traceback() -> None:
+    import traceback
+
+    traceback.print_exc()

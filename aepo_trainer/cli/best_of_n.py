@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from .args import CommandParser, aepo_settings_arguments, build_config, parse_with_yaml
 from .errors import EXIT_BUDGET_EXHAUSTED, EXIT_OK, InputError
-from .generate import check_prompts, check_sampling_args, generate_arguments, is_direct, make_generator, prompt_id
+from .generate import generate_arguments, is_direct
+from .sampling import check_prompts, check_sampling_args, make_generator, prompt_id
 
 DESCRIPTION = "Sample N responses per prompt and return the one a judge picks (tournament), with its confidence."
 

@@ -4,7 +4,7 @@
 |---|---|
 | 0 | success |
 | 1 | unexpected error (a bug, or a failure of a model/library): traceback printed |
-| 2 | bad input: usage, missing or unreadable file, bad column or row, invalid setting |
+| 2 | bad input: usage, missing or unreadable file, bad column or row, invalid setting; or the disk refused a write (full, read-only, no permission: `aepo_trainer.errors.StorageWriteError`) — rerun the same command once fixed |
 | 3 | annotation budget exhausted: the pairs of the prompts annotated so far are written |
 | 4 | annotations pending: a human annotation queue was written; rerun when labels are in |
 | 130 | interrupted (Ctrl-C); rerun the same command to resume |

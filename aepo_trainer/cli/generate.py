@@ -17,9 +17,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from aepo_trainer.choices import GENERATE_BACKENDS
+from aepo_trainer.errors import storage_guard
 
 from .args import CommandParser, aepo_settings_arguments, parse_with_yaml
 from .errors import EXIT_OK, InputError
+from .io import finished_rows
+from .sampling import check_prompts, check_sampling_args, make_generator, prompt_id
 
 DESCRIPTION = "Sample N completions per prompt from a causal LM and write a pool dataset (resumable)."
 
@@ -265,31 +268,33 @@ def run(argv: list[str], processes) -> int:
     plan = processes.broadcast(plan)
     batches, resumed = plan["batches"], plan["resumed"]
     remaining = sum(len(todo) for todo in batches)
-    if not remaining and (direct or not plan["partial_exists"]):
+    if not remaining and (direct or not plan["partial_exists"]) and plan["card_exists"]:
         if processes.is_main:
             print(
                 f"{args.output}: all {len(rows)} pools are already there (same settings); nothing was sampled",
                 file=sys.stderr,
             )
         return EXIT_OK
-    if remaining:
-        sample_batches(rows, batches, args, work_path, processes, done=len(rows) - remaining)
-    if not processes.is_main:
-        return processes.broadcast()
-    from .io import read_jsonl, write_rows
+    with storage_guard(kept=lambda: finished_rows(work_path, "pool")):  # a full disk: say which pools are safe
+        if remaining:
+            sample_batches(rows, batches, args, work_path, processes, done=len(rows) - remaining)
+        if not processes.is_main:
+            return processes.broadcast()
+        from .io import read_jsonl, write_rows
 
-    if not direct:
-        write_rows(read_jsonl(work_path), args.output)
-        os.remove(work_path)
-    from aepo_trainer._utils.provenance import dataset_card, provenance, write_dataset_card
+        if not direct and os.path.exists(work_path):
+            write_rows(read_jsonl(work_path), args.output)
+            os.remove(work_path)
+        from aepo_trainer._utils.provenance import dataset_card, provenance, write_dataset_card
 
-    record = provenance("candidate pools", args.input, _settings(args), prompts=len(rows))
-    description = (
-        f"{len(rows)} prompts of `{args.input}` with {args.num_completions} completions each, sampled from "
-        f"`{args.model_name_or_path}` (temperature {args.temperature:g}, top_p {args.top_p:g}, top_k {args.top_k}, "
-        f"max_new_tokens {args.max_new_tokens}, seed {args.seed}): the input of `aepo select` or `AEPOTrainer`."
-    )
-    write_dataset_card(args.output, dataset_card(record, "AEPO candidate pools", description))
+        record = provenance("candidate pools", args.input, _settings(args), prompts=len(rows))
+        description = (
+            f"{len(rows)} prompts of `{args.input}` with {args.num_completions} completions each, sampled from "
+            f"`{args.model_name_or_path}` (temperature {args.temperature:g}, top_p {args.top_p:g}, top_k "
+            f"{args.top_k}, max_new_tokens {args.max_new_tokens}, seed {args.seed}): the input of `aepo select` or "
+            "`AEPOTrainer`."
+        )
+        write_dataset_card(args.output, dataset_card(record, "AEPO candidate pools", description))
     resumed_note = f" ({resumed} already there)" if resumed else ""
     print(
         f"sampled {remaining} new pools x {args.num_completions} completions; {args.output} holds the "
@@ -346,7 +351,10 @@ def plan_batches(rows: list[dict], args, work_path: str) -> dict:
     partial_exists = os.path.exists(work_path)
     if remaining and not is_direct(args.output) and done_rows and not partial_exists:
         append_jsonl(work_path, done_rows)  # continue a finished output with the new prompts
-    return {"batches": batches, "resumed": len(rows) - remaining, "partial_exists": partial_exists}
+    from aepo_trainer._utils.provenance import card_path  # a run stopped by a full disk may have missed only its card
+
+    plan = {"batches": batches, "resumed": len(rows) - remaining, "partial_exists": partial_exists}
+    return {**plan, "card_exists": os.path.exists(card_path(args.output))}
 
 
 def sample_batches(rows, batches, args, work_path: str, processes, done: int) -> None:
@@ -386,112 +394,3 @@ def sample_batches(rows, batches, args, work_path: str, processes, done: int) ->
             bar.set_postfix(tok_s=f"{tokens / elapsed:.0f}", refresh=False)
     if bar is not None:
         bar.close()
-
-
-def check_sampling_args(args) -> None:
-    for name in ("num_completions", "batch_size", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.repetition_penalty <= 0:
-        raise InputError("--temperature must be >= 0, --top_p in (0, 1], --top_k >= 0 and --repetition_penalty > 0")
-    if args.max_prompts is not None and args.max_prompts < 0:
-        raise InputError(f"--max_prompts must be >= 0, got {args.max_prompts}")
-    if args.backend == "openai":
-        from .args import build_config
-
-        build_config(args, output_dir=os.path.dirname(os.path.abspath(args.output)))  # AEPOConfig's validation
-
-
-def check_prompts(rows: list[dict], args) -> None:
-    if not rows:
-        raise InputError(f"{args.input}: has no rows")
-    for number, row in enumerate(rows):
-        if args.prompt_column not in row:
-            raise InputError(
-                f"{args.input}: row {number} has no {args.prompt_column!r} column (columns: "
-                f"{', '.join(map(repr, row))}); pass --prompt_column"
-            )
-        prompt = row[args.prompt_column]
-        if not (isinstance(prompt, str) and prompt.strip()) and not _is_conversation(prompt):
-            raise InputError(
-                f"{args.input}: row {number}, column {args.prompt_column!r}: expected a non-empty string "
-                f"or a list of chat messages, got {type(prompt).__name__}"
-            )
-
-
-def _is_conversation(prompt) -> bool:
-    return (
-        isinstance(prompt, list)
-        and bool(prompt)
-        and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt)
-    )
-
-
-def prompt_id(prompt) -> str:
-    from aepo_trainer.annotation.base import canonical_json
-
-    return canonical_json(prompt)
-
-
-# --------------------------------------------------------------------------------------------------- backends
-# A backend is a factory `(args, settings, ledger_run_id) -> generator`, where the generator has `generate(prompts,
-# seeds) -> list[GeneratedPool]` (see `aepo_trainer.generation`); a backend that pays per call charges it to the usage
-# ledger `ledger_run_id` (None: its own default). Adding a backend = one name in `choices.GENERATE_BACKENDS`,
-# one factory here, and its flags in `build_parser`.
-def _transformers_backend(args, settings, ledger_run_id=None):
-    from aepo_trainer.generation import load_transformers_generator
-
-    return load_transformers_generator(
-        args.model_name_or_path,
-        settings,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
-    )
-
-
-def _vllm_backend(args, settings, ledger_run_id=None):
-    from aepo_trainer.generation.vllm import VLLMGenerator
-
-    return VLLMGenerator.from_pretrained(
-        args.model_name_or_path, settings, seed=args.seed, dtype=args.dtype, trust_remote_code=args.trust_remote_code
-    )
-
-
-def _openai_backend(args, settings, ledger_run_id=None):
-    from .generate_api import OpenAISampler
-
-    return OpenAISampler(args, run_id=ledger_run_id)
-
-
-BACKENDS = {"transformers": _transformers_backend, "vllm": _vllm_backend, "openai": _openai_backend}
-
-
-def _resolve_backend(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    from aepo_trainer.generation.vllm import is_vllm_available
-
-    return "vllm" if is_vllm_available() and torch.cuda.is_available() else "transformers"
-
-
-def make_generator(args, ledger_run_id: str | None = None):
-    """The sampling backend `args.backend` names; paid calls are charged to the usage ledger `ledger_run_id`."""
-    from aepo_trainer.generation import GenerationInputError, SamplingSettings
-
-    try:
-        settings = SamplingSettings(
-            num_generations=args.num_completions,
-            max_completion_length=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            repetition_penalty=args.repetition_penalty,
-            use_chat_template=args.use_chat_template,
-        )
-        return BACKENDS[_resolve_backend(args.backend)](args, settings, ledger_run_id)
-    except GenerationInputError as error:
-        raise InputError(str(error)) from None

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from .._utils.csv_safety import escape_cell, unescape_cell
+from ..errors import storage_guard
 from .errors import InputError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")
@@ -229,6 +230,12 @@ def _load_dataset(source: str, split: str, name: str | None) -> list[dict]:
 def write_rows(rows: list[dict], destination: str) -> str:
     """Write `rows` atomically in the format the suffix of `destination` names; returns what was written."""
     destination = str(Path(destination).expanduser())
+    with storage_guard(destination):  # a full disk or a read-only place: StorageWriteError naming the output
+        _write_rows(rows, destination)
+    return destination
+
+
+def _write_rows(rows: list[dict], destination: str) -> None:
     parent = os.path.dirname(os.path.abspath(destination))
     os.makedirs(parent, exist_ok=True)
     suffix = file_suffix(destination)
@@ -245,7 +252,6 @@ def write_rows(rows: list[dict], destination: str) -> str:
         atomic_write(destination, lambda tmp: write_csv(rows, tmp))
     else:
         _save_to_disk(rows, destination)
-    return destination
 
 
 def write_json_atomic(path: str, value) -> None:
@@ -260,13 +266,16 @@ def write_json_atomic(path: str, value) -> None:
 
 
 def atomic_write(destination: str, write) -> None:
+    """`write(tmp)` then rename over `destination`; the temporary file is removed if anything fails (on a full disk
+    that frees its space), and a refused write raises `StorageWriteError` naming `destination`."""
     tmp = f"{destination}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, destination)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with storage_guard(destination):
+        try:
+            write(tmp)
+            os.replace(tmp, destination)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def _write_jsonl(rows, path, *, gz: bool, array: bool) -> None:
@@ -320,7 +329,11 @@ def _save_to_disk(rows, destination: str) -> None:
     import shutil
 
     tmp = f"{destination.rstrip('/')}.tmp-{os.getpid()}"
-    to_dataset(rows).save_to_disk(tmp)
+    try:
+        to_dataset(rows).save_to_disk(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written folder would hold the space a rerun needs
+        raise
     if os.path.isdir(destination):
         shutil.rmtree(destination)
     os.replace(tmp, destination)
@@ -340,12 +353,29 @@ def push_to_hub(rows: list[dict], repo_id: str, *, private: bool = False, card=N
 
 # --------------------------------------------------------------------------------------------------- appending
 def append_jsonl(path: str, rows: list[dict]) -> None:
-    """Append rows to a JSON Lines file and flush them to disk (the unit of resumption of `aepo generate`)."""
-    with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append rows to a JSON Lines file and flush them to disk (the unit of resumption of `aepo generate`). A refused
+    write (full disk, read-only) cuts the file back to its earlier rows and raises `StorageWriteError`."""
+    with storage_guard(path):
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            if os.path.exists(path) and os.path.getsize(path) > size:
+                os.truncate(path, size)  # whole batches only: the rerun samples this one again
+            raise
+
+
+def finished_rows(path: str, what: str = "row") -> dict[str, str]:
+    """What a refused write leaves safe of an append-only JSON Lines work file (for `StorageWriteError.kept`)."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, "rb") as f:
+        count = sum(1 for line in f if line.endswith(b"\n"))
+    return {what: f"{count} finished {what}(s) in {path}"}
 
 
 def repair_jsonl_tail(path: str) -> int:

@@ -185,6 +185,16 @@ def run(argv: list[str], processes) -> int:
     refused = validation.policy_signal_problems(config, "aepo select")
     if refused:  # before the annotator is built, the pools read or anything embedded or paid
         raise InputError(str(validation.InputValidationError("aepo select", refused)))
+    if config.active_feature_model and config.uses_active_selection:  # loaded and probed now (memoised for later)
+        from aepo_trainer.selection.feature_model import FeatureModel, FeatureModelError
+
+        def load_feature_model():
+            try:
+                return FeatureModel.load(config.active_feature_model, args.device)
+            except FeatureModelError as error:
+                raise InputError(str(error)) from error
+
+        processes.on_main(load_feature_model)
     run_id = args.run_id or f"aepo-select:{output}"
     annotator = processes.on_main(lambda: _build_annotator(config, run_id))  # loaded lazily; an API judge is probed
     size = config.active_batch_size if config.uses_active_selection else args.batch_size
@@ -209,15 +219,20 @@ def run(argv: list[str], processes) -> int:
 
     prompts, texts = check_input(raw_chunks(), config, args, annotator, processes)  # streamed: only counts kept
     timings["check"] = time.perf_counter() - started
+    from aepo_trainer.errors import storage_guard
+    from aepo_trainer.storage.annotations import kept_annotations
+
     from .pool_stages import PoolEmbedder
+    from .streaming import finished_chunks
 
     embedder = PoolEmbedder(config, device=args.device or processes.device, processes=processes, total_texts=texts)
-    try:
-        if args.dry_run:
-            return dry_run(chunks(), embedder, annotator, config, args, run_id, processes, size)
-        return select_chunks(
-            chunks(), embedder, annotator, config, args, run_id, processes, size, prompts, timings, started
-        )
+    try:  # a full disk or a read-only place: one message naming what is kept (annotations, finished chunks)
+        with storage_guard(kept=lambda: {**kept_annotations(config.annotation_store), **finished_chunks(output)}):
+            if args.dry_run:
+                return dry_run(chunks(), embedder, annotator, config, args, run_id, processes, size)
+            return select_chunks(
+                chunks(), embedder, annotator, config, args, run_id, processes, size, prompts, timings, started
+            )
     finally:
         embedder.close()
 

@@ -57,11 +57,22 @@ def active_summary(selector, path: str) -> str:
     pairs = sum(q.pairs_evaluated for q in scored)
     accuracy = sum(q.pairwise_accuracy * q.pairs_evaluated for q in scored) / pairs if pairs else float("nan")
     cold = sum(q.cold_start for q in selector.history)
+    safety = selector.safety.state()
+    rule = (
+        f"safety rule: {safety.prompts_tested} prompts tested out of sample, accuracy {safety.accuracy:.3f}, lower "
+        f"bound {safety.lower_bound:.3f} vs {safety.threshold:.2f} needed -> next batch "
+        f"{'follows the surrogate' if not selector.cold else 'random (cold start)'}"
+        if selector.safety.enabled
+        else "safety rule off"
+    )
+    nonfinite = selector.nonfinite_features + selector.nonfinite_candidates
     return (
         f"active selection ({selector.strategy}): surrogate fitted on {len(selector.surrogate)} labels "
         f"({selector.invalid_labels} invalid, never used); {cold} of {len(selector.history)} batches selected by the "
         f"cold start ({selector.cold_start}); pairwise accuracy on new batches before their labels {accuracy:.3f} "
-        f"over {pairs} pairs; learning curve -> {path}"
+        f"over {pairs} pairs; {rule}"
+        + (f"; {nonfinite} NaN/inf feature vectors (never learned)" if nonfinite else "")
+        + f"; learning curve -> {path}"
     )
 
 

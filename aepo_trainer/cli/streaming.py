@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import storage_guard
 from .errors import InputError
 from .io import (
     JSONL_SUFFIXES,
@@ -34,7 +35,7 @@ from .io import (
     write_json_atomic,
 )
 
-__all__ = ["ChunkedOutput", "input_identity", "iter_row_chunks"]
+__all__ = ["ChunkedOutput", "finished_chunks", "input_identity", "iter_row_chunks"]
 
 _MANIFEST_VERSION = "aepo-chunks-v1"
 
@@ -170,6 +171,14 @@ def input_identity(source: str) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- writing
+def finished_chunks(output: str) -> dict[str, str]:
+    """What a refused write leaves safe of `aepo select`'s run writing `output`: its finished chunks (for
+    `StorageWriteError.kept`)."""
+    folder = f"{output}.chunks"
+    count = sum(name.endswith(".stats.json") for name in os.listdir(folder)) if os.path.isdir(folder) else 0
+    return {"chunks": f"{count} finished chunk(s) of pairs in {folder}"} if count else {}
+
+
 class ChunkedOutput:
     """The finished chunks of one run, in `<output>.chunks/`, and their assembly into the output.
 
@@ -194,7 +203,8 @@ class ChunkedOutput:
             if not same:
                 shutil.rmtree(self.folder)
                 self.restarted = True
-        os.makedirs(self.folder, exist_ok=True)
+        with storage_guard(self.folder):
+            os.makedirs(self.folder, exist_ok=True)
         write_json_atomic(manifest, {"fingerprint": self.fingerprint, "settings": json.loads(key)})
 
     def _part(self, index: int) -> str:
@@ -235,6 +245,11 @@ class ChunkedOutput:
         """Stream chunks 0..count-1 into the output (atomically), in the format its suffix names; then remove the
         chunks folder."""
         destination = str(Path(self.output).expanduser())
+        with storage_guard(destination):  # a refused write keeps the chunks: a rerun assembles them again
+            self._assemble(destination, count)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _assemble(self, destination: str, count: int) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
         suffix = file_suffix(destination)
         if suffix in JSONL_SUFFIXES:
@@ -250,7 +265,6 @@ class ChunkedOutput:
             atomic_write(destination, lambda tmp: write_csv(self.rows(count), tmp, columns=self._columns(count)))
         else:
             self._save_to_disk(destination, count)
-        shutil.rmtree(self.folder, ignore_errors=True)
 
     def _columns(self, count: int) -> list[str]:
         return list(dict.fromkeys(key for row in self.rows(count) for key in row))
@@ -307,10 +321,15 @@ class ChunkedOutput:
 
         tmp = f"{destination.rstrip('/')}.tmp-{os.getpid()}"
         parts = [self._part(index) for index in range(count) if os.path.getsize(self._part(index))]
-        data = datasets.Dataset.from_generator(
-            _rows_of, gen_kwargs={"parts": parts}, cache_dir=os.path.join(self.folder, "arrow")
-        )
-        data.save_to_disk(tmp)
+        try:
+            data = datasets.Dataset.from_generator(
+                _rows_of, gen_kwargs={"parts": parts}, cache_dir=os.path.join(self.folder, "arrow")
+            )
+            data.save_to_disk(tmp)
+        except BaseException:  # half-written copies would hold the space the rerun needs
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(os.path.join(self.folder, "arrow"), ignore_errors=True)
+            raise
         if os.path.isdir(destination):
             shutil.rmtree(destination)
         os.replace(tmp, destination)

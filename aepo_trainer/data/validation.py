@@ -98,6 +98,14 @@ def annotator_problems(
         problem = backend_problem(backend, getattr(args, "embedding_quantized", False))
         if problem is not None:
             problems.append(Problem("embedding_backend", None, problem))
+        elif backend == "static":
+            from ..embedding.embedder import Embedder
+            from ..embedding.static import static_table_dir, static_table_problem
+
+            table = static_table_dir(Embedder(args.embedding_model, backend="static").static_source)
+            problem = static_table_problem(table)
+            if problem is not None:
+                problems.append(Problem("embedding_backend", None, problem))
         name = args.embedding_model
         if not (name in DEFAULT_MODEL_ALIASES and bundled_minilm_path() is not None):
             problem = pretrained_problem(name, "embedding_model")

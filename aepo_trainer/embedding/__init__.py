@@ -1,4 +1,5 @@
-"""Embedding the candidates: `embedder` (`Embedder`, `embed_pools`, the cache) and `backends` (ONNX/OpenVINO on CPU).
+"""Embedding the candidates: `embedder` (`Embedder`, `embed_pools`, the cache), `backends` (ONNX/OpenVINO on CPU) and
+`static` (a token table distilled from the model: `embedding_backend="static"`).
 
 Public names are imported lazily, so `import aepo_trainer.embedding` does not import torch.
 """

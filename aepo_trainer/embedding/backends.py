@@ -27,13 +27,13 @@ from ..choices import EMBEDDING_BACKENDS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RuntimeEncoder", "backend_problem", "export_onnx", "export_path"]
+__all__ = ["RuntimeEncoder", "backend_problem", "export_onnx", "export_path", "model_signature", "transformer_module"]
 
 _EXPORT_VERSION = "aepo-onnx-v1"
 _OPSET = 17
 #: What each backend imports (module names); quantization also needs ONNX Runtime's quantizer.
-_REQUIRED = {"torch": (), "onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
-_PIP = {"onnxruntime": "onnxruntime", "onnx": "onnx", "openvino": "openvino"}
+_REQUIRED = {"torch": (), "static": ("tokenizers",), "onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
+_PIP = {"tokenizers": "tokenizers", "onnxruntime": "onnxruntime", "onnx": "onnx", "openvino": "openvino"}
 
 
 def backend_problem(backend, quantized=False) -> str | None:
@@ -41,7 +41,7 @@ def backend_problem(backend, quantized=False) -> str | None:
     loaded or any text embedded, so a missing runtime is reported at once, naming the setting."""
     if backend not in EMBEDDING_BACKENDS:
         return f"unknown embedding backend {backend!r}: expected one of {', '.join(map(repr, EMBEDDING_BACKENDS))}"
-    if quantized and backend == "torch":
+    if quantized and backend in ("torch", "static"):
         return "embedding_quantized=True needs embedding_backend 'onnx' or 'openvino' (the int8 export is an ONNX file)"
     needed = list(_REQUIRED[backend]) + (["onnxruntime"] if quantized else [])
     missing = [name for name in dict.fromkeys(needed) if importlib.util.find_spec(name) is None]
@@ -53,7 +53,7 @@ def backend_problem(backend, quantized=False) -> str | None:
     return None
 
 
-def _transformer_module(st_model):
+def transformer_module(st_model):
     """The sentence-transformers `Transformer` module (first module) whose HF model is exported."""
     first = st_model[0] if len(st_model) else None
     if first is None or not hasattr(first, "tokenizer") or not hasattr(first, "auto_model"):
@@ -64,7 +64,7 @@ def _transformer_module(st_model):
     return first
 
 
-def _model_signature(name_or_path: str) -> str:
+def model_signature(name_or_path: str) -> str:
     """Names the weights: a local directory by its absolute path plus size and mtime of its files (a changed model
     gets a new export), a Hub id by the id."""
     if not os.path.isdir(name_or_path):
@@ -84,7 +84,7 @@ def export_path(name_or_path: str, quantized: bool, export_dir: str | None = Non
         import datasets
 
         export_dir = os.path.join(str(datasets.config.HF_DATASETS_CACHE), "aepo_trainer", "onnx")
-    key = hashlib.sha256(f"{_EXPORT_VERSION}|{_OPSET}|{_model_signature(name_or_path)}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{_EXPORT_VERSION}|{_OPSET}|{model_signature(name_or_path)}".encode()).hexdigest()[:24]
     return os.path.join(export_dir, key, "model_qint8.onnx" if quantized else "model.onnx")
 
 
@@ -125,7 +125,7 @@ def export_onnx(st_model, path: str, quantized: bool = False) -> str:
         logger.info("quantizing %s to int8 (once; cached at %s)", fp32, path)
         _atomic_write(path, lambda tmp: quantize_dynamic(fp32, tmp, weight_type=QuantType.QInt8, per_channel=True))
         return path
-    module = _transformer_module(st_model)
+    module = transformer_module(st_model)
     names = [n for n in module.tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
     sample = module.tokenizer(["an example", "a second, longer example text"], padding=True, return_tensors="pt")
     body = _Body(module.auto_model, names).eval().to("cpu")
@@ -164,7 +164,7 @@ class RuntimeEncoder:
 
     def __init__(self, st_model, backend: str, path: str, threads: int | None = None):
         self.st_model, self.backend, self.path = st_model, backend, path
-        self.module = _transformer_module(st_model)
+        self.module = transformer_module(st_model)
         self.names = [
             n for n in self.module.tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")
         ]

@@ -70,13 +70,15 @@ class Embedder:
         show_progress: progress bar; None shows one when a call has at least 2048 distinct texts.
         backend: 'torch' (the PyTorch model), or 'onnx' / 'openvino': the transformer exported once to ONNX and run
             on CPU by ONNX Runtime / OpenVINO (`aepo_trainer.embedding.backends`; OpenVINO measured 2.15x torch's
-            texts/s side by side on an idle 2-core CPU, ONNX Runtime 1.3x under load).
+            texts/s side by side on an idle 2-core CPU, ONNX Runtime 1.3x under load), or 'static': a token table
+            distilled once from the model, a text's embedding the mean of its tokens' rows
+            (`aepo_trainer.embedding.static`; all tokens unless `max_length`).
         quantized: with 'onnx' / 'openvino', run the int8 dynamically quantized export (weights int8 per channel);
             faster with ONNX Runtime, embeddings at a cosine of 0.97+ (docs/benchmarks.md).
         max_length: truncate each text to this many tokens (None: the model's `max_seq_length`, 256 for
             all-MiniLM-L6-v2). Shorter is faster (attention is quadratic in length) but ignores the end of long
             completions, so their similarities change.
-        export_dir: where ONNX exports are cached (default `<HF datasets cache>/aepo_trainer/onnx`); never the
+        export_dir: where ONNX exports and static tables are cached (default `<HF datasets cache>/aepo_trainer/onnx`); never the
             model's own directory.
 
     `encode(texts)` returns an L2-normalised fp32 CPU tensor `[len(texts), D]`; identical texts are encoded once.
@@ -159,7 +161,11 @@ class Embedder:
             name = os.path.abspath(name)
         precision = "fp16" if self.device.type == "cuda" else "fp32"
         identity = f"sentence-transformers:{name}:normalized:{precision}"
-        if self.backend != "torch":
+        if self.backend == "static":
+            from .static import STATIC_DEFAULTS
+
+            identity += f":backend=static({STATIC_DEFAULTS.tag()})"
+        elif self.backend != "torch":
             identity += f":backend={self.backend}"
         if self.quantized:
             identity += ":int8"
@@ -225,6 +231,10 @@ class Embedder:
         disk); None for 'torch'."""
         if self.backend == "torch":
             return None
+        if self._runtime is None and self.backend == "static":
+            from .static import load_or_distill
+
+            self._runtime = load_or_distill(self.static_source, lambda: self.model, self.export_dir)
         if self._runtime is None:
             from .backends import RuntimeEncoder, export_onnx, export_path
 
@@ -235,7 +245,18 @@ class Embedder:
         return self._runtime
 
     @property
+    def static_source(self) -> str:
+        """What names the weights a static table is distilled from (its cache key): the default model's id for the
+        Hub model and its bundled copy alike, a local directory by its files' sizes and times."""
+        from .backends import model_signature
+
+        name = self.model_name_or_path
+        return DEFAULT_EMBEDDING_MODEL if name in DEFAULT_MODEL_ALIASES else model_signature(name)
+
+    @property
     def dimension(self) -> int:
+        if self.backend == "static":
+            return self.runtime.dimension
         model = self.model
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(getter())

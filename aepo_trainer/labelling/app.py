@@ -33,6 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from aepo_trainer.annotation.human import HumanQueueAnnotator
+from aepo_trainer.errors import StorageWriteError
 from aepo_trainer.storage.annotations import AnnotationStore
 
 from ..storage.label_book import LabelBook, LabellingSettings
@@ -264,6 +265,15 @@ def create_app(
     from .api import add_api_routes  # the JSON API (state, answer, undo, review)
 
     add_api_routes(app, ctx)
+
+    @app.exception_handler(StorageWriteError)
+    async def storage_refused(request, exc: StorageWriteError):  # the page stays up; the labeller can submit again
+        logger.error("labelling page: an answer was not saved: %s", exc.summary)
+        detail = (
+            f"Not saved: {exc.summary}. The answers saved before are kept. {exc.fix} (ask whoever runs this page), "
+            "then submit again."
+        )
+        return JSONResponse({"detail": detail}, status_code=507)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):

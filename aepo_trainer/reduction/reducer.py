@@ -132,10 +132,15 @@ class PoolReducer:
         self.device = None if device is None else torch.device(device)
         self.catch_pending = catch_pending
         self.active = None  # an ActiveSelector when the strategy learns from the paid labels (issue 15)
+        self.feature_model = None  # the surrogate's feature model (`active_feature_model`, issue 27)
         if getattr(args, "uses_active_selection", False):
             from ..selection.active import ActiveSelector
 
             self.active = ActiveSelector.from_config(args)
+            if getattr(args, "active_feature_model", None):
+                from ..selection.feature_model import FeatureModel
+
+                self.feature_model = FeatureModel.load(args.active_feature_model, self.device)  # refused here if bad
 
     @property
     def seed(self) -> int:
@@ -147,8 +152,9 @@ class PoolReducer:
     def needed_signals(self) -> tuple[str, ...]:
         """The policy signals `select` needs in training (`("implicit_rewards",)` for `implicit_reward_gap` or the
         surrogate's implicit-reward feature; empty otherwise): the trainer computes them before selecting."""
-        if self.active is not None:
-            return self.active.needed_signals
+        if self.active is not None:  # less the feature model's hidden states, which `select` computes itself
+            own = ("hidden_states",) if self.feature_model is not None else ()
+            return tuple(name for name in self.active.needed_signals if name not in own)
         return ("implicit_rewards",) if self.args.selection_strategy in POLICY_STRATEGIES else ()
 
     def select(
@@ -193,6 +199,9 @@ class PoolReducer:
 
         if self.active is not None and learn:
             pools = (embeddings.to(device), mask)
+            if self.feature_model is not None:
+                hidden = self.feature_model.encode_pools(rows, "prompt", args.completions_column, embeddings.shape[1])
+                signals = {**(signals or {}), "hidden_states": hidden.to(device)}
             selection = self.active.select(rows, *pools, row_keys=keys, signals=signals)
         elif policy_aware and learn:
             from ..selection.implicit_reward import select_implicit_reward_gap

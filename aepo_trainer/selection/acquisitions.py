@@ -17,6 +17,14 @@ members). With beta the exploration weight and sigma_ij the posterior standard d
   the reference code takes the two largest marginal sigma_i).
 * `ucb_random` — the UCB-best candidate (argmax mu_i + beta sigma_i) plus a uniformly random other.
 
+Robust chosen side (`robust_best=True`; the default: `AEPOConfig.active_optimistic_best=False`): the member meant to be the
+BEST of the pair is the argmax of the posterior mean, never of an optimistic score or a posterior draw, and only the
+other member keeps the strategy's optimism: `delta_ucb` takes j = argmax_j (mu_i - mu_j + beta sigma_ij) for that i,
+`ucb_random` the random other, the Thompson strategies their draw for the second member. Optimism on the chosen side
+buys atypical candidates (high sigma), which in pools of weak models are mostly bad answers; on the rejected side it
+costs little (a bad rejected answer still makes an informative pair). `max_min_lcb` is already pessimistic on its
+first member and `info_max` has no chosen side: both are unchanged.
+
 k > 2 by greedy extension: the Thompson strategies take the argmax of one more draw per member; `ucb_random` adds
 more random others; the others add the candidate c maximising min_{s in S} a(c, s), with a(c, s) = |mu_c - mu_s| +
 beta sigma_cs (DeltaUCB, MaxMinLCB) or sigma^2_cs (InfoMax): every new member forms an informative pair with each
@@ -92,14 +100,26 @@ def _greedy_extend(first: torch.Tensor, second: torch.Tensor, affinity: torch.Te
     return torch.stack(sel, 1)
 
 
-def _delta_ucb(post, k, beta, seed, keys):
+def _best_by_mean(post) -> torch.Tensor:
+    """[B] the first argmax of the posterior mean over valid candidates (the robust chosen-side pick)."""
+    return post.mean.masked_fill(~post.mask, NEG_INF).max(1).indices
+
+
+def _delta_ucb(post, k, beta, seed, keys, robust=False):
     mu, sd = post.mean, post.pair_std()
-    i, j = _argmax_pair(mu[:, :, None] - mu[:, None, :] + beta * sd, post.mask)
+    gap = mu[:, :, None] - mu[:, None, :] + beta * sd
+    if robust:
+        i = _best_by_mean(post)
+        row = gap.gather(1, i[:, None, None].expand(-1, 1, gap.shape[2])).squeeze(1)  # [B, N]: gap(i, j)
+        taken = (~post.mask).scatter(1, i[:, None], True)
+        j = _excluding(row, taken, NEG_INF).max(1).indices
+    else:
+        i, j = _argmax_pair(gap, post.mask)
     affinity = (mu[:, :, None] - mu[:, None, :]).abs() + beta * sd
     return _greedy_extend(i, j, affinity, post.mask, k)
 
 
-def _max_min_lcb(post, k, beta, seed, keys):
+def _max_min_lcb(post, k, beta, seed, keys, robust=False):
     mu, sd, mask = post.mean, post.pair_std(), post.mask
     lcb = (mu[:, :, None] - mu[:, None, :] - beta * sd).masked_fill(~_pair_mask(mask), POS_INF)
     worst, j_of = lcb.min(2)  # [B, N]: min over j != i, and its first minimiser
@@ -109,17 +129,17 @@ def _max_min_lcb(post, k, beta, seed, keys):
     return _greedy_extend(i, j, affinity, mask, k)
 
 
-def _info_max(post, k, beta, seed, keys):
+def _info_max(post, k, beta, seed, keys, robust=False):
     var = post.pair_std().pow(2)
     i, j = _argmax_pair(var, post.mask)
     return _greedy_extend(i, j, var, post.mask, k)
 
 
-def _thompson(post, k, beta, seed, keys, reversed_second: bool):
+def _thompson(post, k, beta, seed, keys, reversed_second: bool, robust: bool = False):
     taken = ~post.mask
     sel = []
     for t in range(k):
-        f = thompson_draws(post, seed, keys, t)
+        f = post.mean if (t == 0 and robust) else thompson_draws(post, seed, keys, t)
         if t == 1 and reversed_second:
             c = _excluding(f, taken, POS_INF).min(1).indices
         else:
@@ -129,17 +149,18 @@ def _thompson(post, k, beta, seed, keys, reversed_second: bool):
     return torch.stack(sel, 1)
 
 
-def _double_ts(post, k, beta, seed, keys):
-    return _thompson(post, k, beta, seed, keys, reversed_second=False)
+def _double_ts(post, k, beta, seed, keys, robust=False):
+    return _thompson(post, k, beta, seed, keys, reversed_second=False, robust=robust)
 
 
-def _double_reversed_ts(post, k, beta, seed, keys):
-    return _thompson(post, k, beta, seed, keys, reversed_second=True)
+def _double_reversed_ts(post, k, beta, seed, keys, robust=False):
+    return _thompson(post, k, beta, seed, keys, reversed_second=True, robust=robust)
 
 
-def _ucb_random(post, k, beta, seed, keys):
+def _ucb_random(post, k, beta, seed, keys, robust=False):
     mask = post.mask
-    best = (post.mean + beta * post.std).masked_fill(~mask, NEG_INF).max(1).indices
+    optimism = 0.0 if robust else beta
+    best = (post.mean + optimism * post.std).masked_fill(~mask, NEG_INF).max(1).indices
     N = mask.shape[1]
     draws = hash32(seed, keys, STREAM_RANDOM_OTHER, torch.arange(N, device=keys.device)).to(mask.device)
     draws = draws.masked_fill(~mask, 1 << 33).scatter(1, best[:, None], 1 << 34)  # padding and the best: last
@@ -147,7 +168,8 @@ def _ucb_random(post, k, beta, seed, keys):
     return torch.cat([best[:, None], others], 1)
 
 
-#: name -> batched acquisition (post, k, beta, seed, keys) -> [B, k] indices (unsorted: first = the "best" pick).
+#: name -> batched acquisition (post, k, beta, seed, keys, robust) -> [B, k] indices (unsorted: first = the "best"
+#: pick; `robust` takes it by the posterior mean, see the module docstring).
 ACQUISITIONS = {
     "delta_ucb": _delta_ucb,
     "double_ts": _double_ts,
@@ -159,8 +181,11 @@ ACQUISITIONS = {
 
 
 @torch.no_grad()
-def acquire(strategy: str, post: Posterior, k: int, beta: float, seed: int, keys: torch.Tensor) -> torch.Tensor:
-    """[B, k] selected indices (sorted ascending) of `strategy` under `post`; every row needs >= k valid candidates."""
+def acquire(
+    strategy: str, post: Posterior, k: int, beta: float, seed: int, keys: torch.Tensor, robust_best: bool = False
+) -> torch.Tensor:
+    """[B, k] selected indices (sorted ascending) of `strategy` under `post`; every row needs >= k valid candidates.
+    `robust_best` picks the chosen-side member by the posterior mean (module docstring)."""
     if strategy not in ACQUISITIONS:
         raise ValueError(f"unknown acquisition {strategy!r}; expected one of {', '.join(map(repr, ACQUISITIONS))}")
     counts = post.mask.sum(1)
@@ -168,4 +193,4 @@ def acquire(strategy: str, post: Posterior, k: int, beta: float, seed: int, keys
         row = int((counts < k).nonzero()[0, 0])
         raise ValueError(f"row {row} has {int(counts[row])} valid candidates, fewer than k={k}")
     keys = keys.to(torch.int64).cpu()
-    return ACQUISITIONS[strategy](post, k, float(beta), int(seed), keys).sort(1).values
+    return ACQUISITIONS[strategy](post, k, float(beta), int(seed), keys, bool(robust_best)).sort(1).values

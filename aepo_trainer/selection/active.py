@@ -10,6 +10,11 @@ It holds a `BayesianLinearSurrogate` and alternates two calls:
   the new labels (Spearman and within-prompt pairwise accuracy: the learning curve users see), then adds the valid
   labels and refits. Invalid labels (None, NaN, infinities, non-numbers) are counted and never enter the model.
 
+The safety rule (`selection/safety.py`, on by default): the out-of-sample test of every prompt's fresh labels goes
+into a running record, and the acquisition selects only while the record's lower confidence bound of pairwise
+accuracy exceeds 0.5 + margin; otherwise the cold-start strategy (random k by default) selects, exactly as during
+warm-up. The "best" member of each pair is taken by the posterior mean (`robust_best`, `acquisitions.py`).
+
 Determinism: the surrogate's fit depends only on the set of labels (see `surrogate.py`) and every random choice is
 keyed by (seed, prompt key), so replaying the same labels in the same batches — a resumed `aepo select` reads them
 back from the annotation store — reproduces the same selections bit for bit, and ranks that observe the same
@@ -25,10 +30,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..choices import ACTIVE_STRATEGIES, COLD_START_STRATEGIES
+from ..choices import ACTIVE_STRATEGIES, ACTIVE_SURROGATES, COLD_START_STRATEGIES
 from .acquisitions import acquire
 from .kernel import SelectionResult, select_subsets
 from .keys import prompt_key
+from .safety import SafetyRecord
 from .surrogate import FEATURES, BayesianLinearSurrogate, FeatureFn, features_for, pool_features
 
 __all__ = ["ActiveSelector", "BatchQuality", "valid_score"]
@@ -62,11 +68,15 @@ class BatchQuality:
     pairs_evaluated: int
     spearman: float
     pairwise_accuracy: float
-    cold_start: bool  # the batch was selected by the cold-start strategy
+    cold_start: bool  # the batch was selected by the cold-start strategy (warm-up or the safety rule's fallback)
     fit_seconds: float
     select_seconds: float
     alpha: float
     beta: float
+    prompts_tested: int = 0  # the safety record after this batch: prompts tested out of sample so far
+    safety_accuracy: float = math.nan  # their mean within-prompt pairwise accuracy
+    safety_lower_bound: float = 0.0  # its lower confidence bound
+    follows: bool = False  # the next batch follows the acquisition (bound above 0.5 + margin, surrogate fitted)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,6 +98,10 @@ class ActiveSelector:
         features: the feature functions (`surrogate.FEATURES` by default; append to extend).
         prior_precision / noise_precision: the surrogate's alpha and beta (None: evidence maximisation).
         search / local_search_rounds: for 'aepo' cold start and `aepo_ucb` with k > 2.
+        surrogate: one of `choices.ACTIVE_SURROGATES` ('bayesian_linear', or 'ensemble' of `ensemble_heads` heads).
+        safety / safety_margin / safety_confidence: the safety rule (`selection/safety.py`); safety=False follows
+            the acquisition as soon as the surrogate is fitted.
+        robust_best: take the chosen-side member by the posterior mean (`acquisitions.py`).
     """
 
     def __init__(
@@ -107,6 +121,12 @@ class ActiveSelector:
         noise_precision: float | None = None,
         search: str = "auto",
         local_search_rounds: int = 20,
+        surrogate: str = "bayesian_linear",
+        ensemble_heads: int = 10,
+        safety: bool = True,
+        safety_margin: float = 0.02,
+        safety_confidence: float = 0.95,
+        robust_best: bool = True,
     ):
         if strategy not in ACTIVE_STRATEGIES:
             raise ValueError(f"strategy {strategy!r} is not active; expected one of {', '.join(ACTIVE_STRATEGIES)}")
@@ -129,9 +149,20 @@ class ActiveSelector:
         self.completions_column = completions_column
         self.features = tuple(features)
         self.search, self.local_search_rounds = search, local_search_rounds
-        self.surrogate = BayesianLinearSurrogate(prior_precision, noise_precision)
+        if surrogate not in ACTIVE_SURROGATES:
+            raise ValueError(f"surrogate {surrogate!r}: expected one of {', '.join(ACTIVE_SURROGATES)}")
+        if surrogate == "ensemble":
+            from .ensemble import EnsembleSurrogate
+
+            self.surrogate = EnsembleSurrogate(prior_precision, noise_precision, heads=ensemble_heads, seed=self.seed)
+        else:
+            self.surrogate = BayesianLinearSurrogate(prior_precision, noise_precision)
+        self.safety = SafetyRecord(safety, safety_margin, safety_confidence)
+        self.robust_best = bool(robust_best)
         self.history: list[BatchQuality] = []
         self.invalid_labels = 0
+        self.nonfinite_features = 0  # labels whose features were NaN/inf (never learned)
+        self.nonfinite_candidates = 0  # candidates whose features were NaN/inf at selection (given zero features)
         self._last_select = (False, 0.0)  # (cold start?, seconds) of the last `select`
 
     @classmethod
@@ -156,13 +187,25 @@ class ActiveSelector:
             noise_precision=config.active_noise_precision,
             search=config.selection_search,
             local_search_rounds=config.local_search_rounds,
+            surrogate=config.active_surrogate,
+            ensemble_heads=config.active_ensemble_heads,
+            safety=config.active_safety_margin is not None,
+            safety_margin=config.active_safety_margin if config.active_safety_margin is not None else 0.0,
+            safety_confidence=config.active_safety_confidence,
+            robust_best=not config.active_optimistic_best,
         )
 
     # --------------------------------------------------------------------------------------------------- select
     @property
-    def cold(self) -> bool:
-        """True while selection uses the cold-start strategy (too few labels, or none usable yet)."""
+    def warming_up(self) -> bool:
+        """True until the surrogate has `warmup_annotations` labels and a usable fit."""
         return len(self.surrogate) < self.warmup_annotations or not self.surrogate.ready
+
+    @property
+    def cold(self) -> bool:
+        """True while selection uses the cold-start strategy: warming up, or the safety rule does not trust the
+        surrogate (its out-of-sample accuracy bound is not above 0.5 + margin)."""
+        return self.warming_up or not self.safety.follows
 
     def _keys(self, rows, row_keys, device) -> torch.Tensor:
         if row_keys is None:
@@ -203,11 +246,15 @@ class ActiveSelector:
                 **common,
             )
         else:
-            post = self.surrogate.posterior(
-                pool_features(rows, embeddings, mask, self.completions_column, self.features, signals), mask
-            )
+            features = pool_features(rows, embeddings, mask, self.completions_column, self.features, signals)
+            finite = torch.isfinite(features).all(-1)
+            if not bool(finite[mask].all()):  # reported; such a candidate gets no information (zero features)
+                self.nonfinite_candidates += int((~finite & mask).sum())
+                features = torch.where(finite[..., None], features, torch.zeros_like(features))
+            post = self.surrogate.posterior(features, mask)
             if self.strategy == "aepo_ucb":
-                ucb = (post.mean + self.exploration * post.std) / self.surrogate.target_scale
+                optimism = 0.0 if self.robust_best else self.exploration
+                ucb = (post.mean + optimism * post.std) / self.surrogate.target_scale
                 result = select_subsets(
                     embeddings,
                     self.k,
@@ -218,15 +265,28 @@ class ActiveSelector:
                     **common,
                 )
             else:
-                idx = acquire(self.strategy, post, self.k, self.exploration, self.seed, keys).to(dev)
+                idx = acquire(self.strategy, post, self.k, self.exploration, self.seed, keys, self.robust_best).to(dev)
                 result = describe_selection(embeddings, mask, idx)
         self._last_select = (cold, time.perf_counter() - started)
         return result
 
+    def export(self, known_labels: set | None = None) -> dict:
+        """What a checkpoint stores and what ranks exchange: `{"labels": [...], "tests": [...]}` — the surrogate's
+        labels (`BayesianLinearSurrogate.export`; those not in `known_labels` when given) and the safety record's
+        entries of the same prompts."""
+        keys = None if known_labels is None else self.surrogate.keys() - set(known_labels)
+        labels = self.surrogate.export(keys)
+        prompts = None if keys is None else {pk for pk, _ in keys}
+        return {"labels": labels, "tests": self.safety.export(prompts)}
+
     def absorb(self, items) -> int:
-        """Learn labels exported by `BayesianLinearSurrogate.export` (another rank's, or a checkpoint's) and refit.
-        The fit depends only on the set of labels, so ranks that absorb each other's hold identical surrogates."""
-        added = self.surrogate.merge(items)
+        """Learn what `export` wrote (another rank's, or a checkpoint's; a bare list of labels is an older
+        checkpoint's) and refit. The fit depends only on the set of labels and the record on the set of tests, so
+        ranks that absorb each other's hold identical surrogates and make identical decisions."""
+        if isinstance(items, dict):
+            self.safety.merge(tuple(t) for t in items.get("tests", ()))
+            items = items.get("labels", ())
+        added = self.surrogate.merge(tuple(item) for item in items)
         if added or not self.surrogate.ready:
             self.surrogate.fit()
         return added
@@ -277,6 +337,7 @@ class ActiveSelector:
             mask = torch.ones(embeddings.shape[:2], dtype=torch.bool, device=dev)
         keys = self._keys(rows, row_keys, dev).tolist()
         features = pool_features(rows, embeddings, mask.to(dev), self.completions_column, self.features, signals).cpu()
+        finite = torch.isfinite(features).all(-1)  # [B, N]
         labelled, invalid = [], 0  # (row, index, score)
         for b, (subset, row_scores) in enumerate(zip(subsets, scores)):
             if row_scores is None:
@@ -285,17 +346,25 @@ class ActiveSelector:
                 score = valid_score(value)
                 if score is None:
                     invalid += 1
+                elif not bool(finite[b, int(index)]):
+                    self.nonfinite_features += 1  # paid, paired as usual, but never taught to the surrogate
                 else:
                     labelled.append((b, int(index), score))
         self.invalid_labels += invalid
-        spearman, accuracy, pairs = self._quality(features, labelled)
+        completion_keys = [prompt_key(rows[b][self.completions_column][index]) for b, index, _ in labelled]
+        known = self.surrogate.keys()
+        fresh = [item for item, ck in zip(labelled, completion_keys) if (keys[item[0]], ck) not in known]
+        spearman, accuracy, pairs, per_row = self._quality(features, fresh)
+        if self.surrogate.ready:  # the safety record: tested before the refit, on labels the surrogate never saw
+            for b, share in per_row.items():
+                self.safety.record(keys[b], share)
         before = len(self.surrogate)
-        for b, index, score in labelled:
-            text = rows[b][self.completions_column][index]
-            self.surrogate.add(keys[b], prompt_key(text), features[b, index], score)
+        for (b, index, score), ck in zip(labelled, completion_keys):
+            self.surrogate.add(keys[b], ck, features[b, index], score)
         t = time.perf_counter()
         fit = self.surrogate.fit() if len(self.surrogate) != before or not self.surrogate.ready else None
         fitted = self.surrogate.fitted
+        safety = self.safety.state()
         quality = BatchQuality(
             batch=len(self.history),
             labels_before=before,
@@ -310,18 +379,23 @@ class ActiveSelector:
             select_seconds=self._last_select[1],
             alpha=fitted.alpha if fitted else math.nan,
             beta=fitted.beta if fitted else math.nan,
+            prompts_tested=safety.prompts_tested,
+            safety_accuracy=safety.accuracy,
+            safety_lower_bound=safety.lower_bound,
+            follows=not self.cold,
         )
         self.history.append(quality)
         return quality
 
-    def _quality(self, features: torch.Tensor, labelled) -> tuple[float, float, int]:
-        """(Spearman, pairwise accuracy, pairs) of the current surrogate on `labelled`, within-prompt centred."""
+    def _quality(self, features: torch.Tensor, labelled) -> tuple[float, float, int, dict[int, float]]:
+        """(Spearman, pairwise accuracy, pairs, {row: its share of pairs ordered correctly}) of the current
+        surrogate on `labelled`, within-prompt centred."""
         if not self.surrogate.ready or not labelled:
-            return math.nan, math.nan, 0
+            return math.nan, math.nan, 0, {}
         by_row: dict[int, list[tuple[int, float]]] = {}
         for b, index, score in labelled:
             by_row.setdefault(b, []).append((index, score))
-        predicted, paid = [], []
+        predicted, paid, per_row = [], [], {}
         correct, pairs = 0.0, 0
         for b, items in by_row.items():
             if len(items) < 2:
@@ -332,20 +406,25 @@ class ActiveSelector:
             mu_mean, y_mean = sum(mu) / len(mu), sum(y) / len(y)
             predicted += [m - mu_mean for m in mu]
             paid += [s - y_mean for s in y]
+            row_correct, row_pairs = 0.0, 0
             for p in range(len(items)):
                 for q in range(p + 1, len(items)):
                     if y[p] == y[q]:
                         continue
-                    pairs += 1
+                    row_pairs += 1
                     d = (mu[p] - mu[q]) * (y[p] - y[q])
-                    correct += 1.0 if d > 0 else (0.5 if d == 0 else 0.0)
+                    row_correct += 1.0 if d > 0 else (0.5 if d == 0 else 0.0)
+            if row_pairs:
+                per_row[b] = row_correct / row_pairs
+            correct += row_correct
+            pairs += row_pairs
         spearman = math.nan
         if len(paid) >= 3:
             from scipy.stats import spearmanr
 
             value = spearmanr(predicted, paid).statistic
             spearman = float(value) if value is not None and math.isfinite(value) else math.nan
-        return spearman, (correct / pairs if pairs else math.nan), pairs
+        return spearman, (correct / pairs if pairs else math.nan), pairs, per_row
 
 
 def describe_selection(embeddings: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor) -> SelectionResult:

@@ -44,6 +44,7 @@ import torch
 
 __all__ = [
     "FEATURES",
+    "HIDDEN_STATE_FEATURES",
     "POLICY_FEATURES",
     "BayesianLinearSurrogate",
     "FeatureFn",
@@ -51,6 +52,7 @@ __all__ = [
     "SurrogateFit",
     "embedding_feature",
     "features_for",
+    "hidden_state_feature",
     "implicit_reward_feature",
     "log_length_feature",
     "policy_hidden_feature",
@@ -72,7 +74,7 @@ def _unit(embeddings: torch.Tensor) -> torch.Tensor:
     return e / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def _pool_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def pool_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.to(x.dtype)[..., None]
     return (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
 
@@ -85,7 +87,7 @@ def embedding_feature(rows, embeddings, mask, completions_column):
 def pool_relative_feature(rows, embeddings, mask, completions_column):
     """The normalised embedding minus the mean of its pool's valid candidates: how it differs from its siblings."""
     e = _unit(embeddings)
-    return e - _pool_mean(e, mask)
+    return e - pool_mean(e, mask)
 
 
 def log_length_feature(rows, embeddings, mask, completions_column):
@@ -112,6 +114,20 @@ def implicit_reward_feature(rows, embeddings, mask, completions_column, *, impli
 implicit_reward_feature.signals = ("implicit_rewards",)
 
 
+def hidden_state_feature(rows, embeddings, mask, completions_column, *, hidden_states):
+    """A model's hidden state of each candidate ([B, N, H], L2-normalised): the features of a feature model
+    (`active_feature_model`, `selection/feature_model.py`) or any per-candidate feature matrix a caller computes
+    (e.g. the policy's own final hidden states in the trainer). Non-finite rows stay non-finite: the selector counts
+    them and keeps them out of the surrogate."""
+    B, N = mask.shape
+    if hidden_states.dim() != 3 or tuple(hidden_states.shape[:2]) != (B, N):
+        raise ValueError(f"hidden_states has shape {list(hidden_states.shape)}, the pools are {[B, N]} x features")
+    return _unit(hidden_states.to(device=mask.device))
+
+
+hidden_state_feature.signals = ("hidden_states",)
+
+
 def policy_hidden_feature(rows, embeddings, mask, completions_column, *, policy_features):
     """The policy's own representation of the candidate: its last hidden layer averaged over the completion's tokens,
     L2-normalised (`AEPOConfig.active_policy_features`; ActiveDPO and Kveton et al. use the policy's last layer).
@@ -128,14 +144,19 @@ policy_hidden_feature.signals = ("policy_features",)
 FEATURES: tuple[FeatureFn, ...] = (embedding_feature, log_length_feature)
 #: The defaults plus the policy's implicit reward (the trainer's `active_implicit_reward_feature=True`).
 POLICY_FEATURES: tuple[FeatureFn, ...] = (*FEATURES, implicit_reward_feature)
+#: The defaults plus a model's hidden state of each candidate (`active_feature_model`, or a caller's feature matrix).
+HIDDEN_STATE_FEATURES: tuple[FeatureFn, ...] = (*FEATURES, hidden_state_feature)
 
 
 def features_for(config) -> tuple[FeatureFn, ...]:
     """The feature list an `AEPOConfig` asks for: the defaults, plus the implicit reward
-    (`active_implicit_reward_feature`) and the policy's hidden state (`active_policy_features`)."""
+    (`active_implicit_reward_feature`), the policy's hidden state (`active_policy_features`) and a feature model's
+    (`active_feature_model`)."""
     features = POLICY_FEATURES if getattr(config, "active_implicit_reward_feature", False) else FEATURES
     if getattr(config, "active_policy_features", False):
         features = (*features, policy_hidden_feature)
+    if getattr(config, "active_feature_model", None):  # a feature model's hidden states (`aepo select`, issue 27)
+        features = (*features, hidden_state_feature)
     return features
 
 
@@ -264,20 +285,29 @@ class BayesianLinearSurrogate:
     def keys(self) -> set[tuple[int, int]]:
         return set(self._labels)
 
+    def grouped(self):
+        """[(prompt key, features [m, F], scores [m])] of every prompt, sorted by key (labels sorted by completion
+        key): the raw, uncentred material of `training_set` (the ensemble surrogate builds its own features from it)."""
+        groups: dict[int, list[tuple[int, int]]] = {}
+        for key in sorted(self._labels):
+            groups.setdefault(key[0], []).append(key)
+        return [
+            (
+                pk,
+                torch.stack([self._labels[k][0] for k in members]),
+                torch.tensor([self._labels[k][1] for k in members], dtype=torch.float64),
+            )
+            for pk, members in sorted(groups.items())
+        ]
+
     def training_set(self):
         """(X [n, F], y [n] centred per prompt, prompts, single-label prompts), sorted by key: order-independent."""
-        keys = sorted(self._labels)
-        groups: dict[int, list[tuple[int, int]]] = {}
-        for key in keys:
-            groups.setdefault(key[0], []).append(key)
         xs, ys, prompts, single = [], [], 0, 0
-        for _, members in sorted(groups.items()):
-            if len(members) < 2:
+        for _, feats, scores in self.grouped():
+            if len(scores) < 2:
                 single += 1
                 continue
             prompts += 1
-            scores = torch.tensor([self._labels[k][1] for k in members], dtype=torch.float64)
-            feats = torch.stack([self._labels[k][0] for k in members])
             ys.append(scores - scores.mean())
             xs.append(feats - feats.mean(0, keepdim=True))
         if not xs:
@@ -295,6 +325,11 @@ class BayesianLinearSurrogate:
         if X is None:
             self.fitted, self._mean_w, self._basis = None, None, None
             return SurrogateFit(0, prompts, single, math.nan, math.nan, 0, 0.0)
+        return self._fit_design(X, y, prompts, single)
+
+    def _fit_design(self, X: torch.Tensor, y: torch.Tensor, prompts: int, single: int) -> SurrogateFit:
+        """The posterior and the evidence-maximised alpha, beta for a centred design X [n, F] and targets y [n]
+        (the ensemble calls it on its own features)."""
         n, F = X.shape
         s, V = torch.linalg.eigh(X.T @ X)  # X^T X = V diag(s) V^T
         s = s.clamp_min(0.0)
@@ -343,7 +378,7 @@ class BayesianLinearSurrogate:
         N(0, alpha^-1 I) when unfitted). Padding gets zeros."""
         valid = mask.to(device=features.device, dtype=torch.float64)[..., None]
         x = features.to(torch.float64)
-        x = (x - _pool_mean(x, mask.to(features.device))) * valid
+        x = (x - pool_mean(x, mask.to(features.device))) * valid
         if self._mean_w is None:
             alpha = 1.0 if self.prior_precision is None else float(self.prior_precision)
             return Posterior(torch.zeros(x.shape[:2], dtype=torch.float64, device=x.device), x / math.sqrt(alpha), mask)

@@ -35,7 +35,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import STORE_FILE, AnnotationStoreError, BudgetExhausted, default_store_path, store_error
+from ..errors import StorageWriteError, storage_error_of, storage_guard
+from .errors import (
+    STORE_FILE,
+    AnnotationStoreError,
+    BudgetExhausted,
+    default_store_path,
+    kept_annotations,
+    rollback_quietly,
+    store_error,
+)
 
 __all__ = [
     "STORE_FILE",
@@ -46,6 +55,7 @@ __all__ = [
     "StoredAnnotation",
     "annotated_keys",
     "default_store_path",
+    "kept_annotations",
     "pid_alive",
     "store_error",
 ]
@@ -159,8 +169,9 @@ class AnnotationStore:
         self.path = str(Path(path))
         self.timeout = float(timeout)
         self.lease_seconds = float(lease_seconds)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        with storage_guard(self.path):
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             with self.transaction() as conn:
                 for statement in _SCHEMA.split(";"):
@@ -171,6 +182,9 @@ class AnnotationStore:
                 if version in _UPGRADABLE:  # the schema above already created what is new; record the upgrade
                     conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (SCHEMA_VERSION,))
                     version = SCHEMA_VERSION
+        except StorageWriteError:
+            self.close()
+            raise
         except sqlite3.Error as error:
             self.close()
             raise store_error(self.path, error, self.timeout) from error
@@ -213,19 +227,27 @@ class AnnotationStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """`BEGIN IMMEDIATE` … `COMMIT` (rolled back on error): one writer at a time across processes."""
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as error:
-            raise store_error(self.path, error, self.timeout) from error
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        """`BEGIN IMMEDIATE` … `COMMIT` (rolled back on error): one writer at a time across processes.
+
+        A write the disk refuses (full, read-only, no permission) raises `aepo_trainer.errors.StorageWriteError`
+        naming the store and how many annotations it keeps; the transaction is rolled back, so nothing of it counts.
+        """
+        with storage_guard(self.path, kept=lambda: kept_annotations(self.path)):
+            try:
+                conn = self._conn()
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:
+                raise storage_error_of(error, self.path) or store_error(self.path, error, self.timeout) from error
+            try:
+                yield conn
+            except BaseException:
+                rollback_quietly(conn)  # SQLite may have rolled back already (a full disk does): no second error
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                rollback_quietly(conn)
+                raise
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -27,9 +27,11 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from .._utils.hashing import canonical_json
+from ..errors import storage_guard
 from .annotations import AnnotationStore, BudgetExhausted, pid_alive
 
 __all__ = ["CostBudgetExhausted", "PriceTable", "UsageLedger"]
@@ -187,7 +189,7 @@ class UsageLedger:
     def reserve(self, key: str, model: str, endpoint: str, upper_cost: float) -> int | None:
         """Reserve `upper_cost` dollars for one attempt; the row id, or None when the budget cannot cover it."""
         now = time.time()
-        with self.store.transaction() as conn:
+        with self._transaction() as conn:
             self._expire(conn, now)
             if self.budget is not None and _spent(conn, self.run_id) + upper_cost > self.budget + 1e-12:
                 return None
@@ -201,7 +203,7 @@ class UsageLedger:
     def settle(self, row_id: int, response: dict, prompt_tokens: int, completion_tokens: int, model: str) -> float:
         """Record a completed call (response and usage) in one transaction; returns its cost in dollars."""
         cost = self.prices.cost(model, prompt_tokens, completion_tokens)
-        with self.store.transaction() as conn:
+        with self._transaction() as conn:
             conn.execute(
                 "UPDATE usage SET status = 'done', cost = ?, prompt_tokens = ?, completion_tokens = ?, response = ?, "
                 "owner = NULL, updated_at = ? WHERE id = ?",
@@ -213,12 +215,28 @@ class UsageLedger:
         """Record a failed attempt: `failed` (cost 0) or, when the server may have billed it, `unknown` (the reserved
         upper bound stays charged)."""
         status = "unknown" if billed_unknown else "failed"
-        with self.store.transaction() as conn:
+        with self._transaction() as conn:
             conn.execute(
                 "UPDATE usage SET status = ?, cost = CASE WHEN ? THEN reserved_cost ELSE 0 END, error = ?, "
                 "owner = NULL, updated_at = ? WHERE id = ? AND status = 'reserved'",
                 (status, int(billed_unknown), str(error)[:500], time.time(), row_id),
             )
+
+    @contextmanager
+    def _transaction(self):
+        """The store's write transaction; a write the disk refuses (`StorageWriteError`) also says what this ledger
+        keeps: completed calls keep their responses, so none of them is paid again."""
+        with storage_guard(kept=self._kept), self.store.transaction() as conn:
+            yield conn
+
+    def _kept(self) -> dict[str, str]:
+        totals = self.totals()
+        if not totals["calls"]:
+            return {}
+        return {
+            "usage": f"{totals['calls']} completed API call(s) (${totals['cost']:.4f}) with their responses in the "
+            "usage ledger"
+        }
 
     def _expire(self, conn, now: float) -> None:
         """Reservations of dead processes (or expired leases) become `unknown`: their bill was never seen."""

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..errors import storage_guard
 from .generators import Usage
 
 __all__ = ["StageCheckpoint"]
@@ -59,13 +60,14 @@ class StageCheckpoint:
             if self.path != ":memory:" and Path(self.path).exists():
                 self._conn = sqlite3.connect(f"file:{Path(self.path).resolve()}?mode=ro", uri=True)
             return
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=60)
-        if self.path != ":memory:":
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute(_SCHEMA)
+        with storage_guard(self.path, kept=self.kept):  # a full disk or a read-only place: StorageWriteError
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+            if self.path != ":memory:":
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(_SCHEMA)
 
     def __repr__(self) -> str:
         return f"StageCheckpoint({self.path!r}{', read_only=True' if self.read_only else ''})"
@@ -99,17 +101,27 @@ class StageCheckpoint:
                 usage.cost_usd / len(items),
             ]
         now = time.time()
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO results(stage, key, output, calls, prompt_tokens, completion_tokens, cost_usd, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(stage, key, json.dumps(output, ensure_ascii=False), *share, now) for key, output in items],
-            )
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        with storage_guard(self.path, kept=self.kept):  # refused (full disk): rolled back, the batch is redone
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO results(stage, key, output, calls, prompt_tokens, completion_tokens, "
+                    "cost_usd, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(stage, key, json.dumps(output, ensure_ascii=False), *share, now) for key, output in items],
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:  # SQLite may have rolled back already (a full disk does)
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def kept(self) -> dict[str, str]:
+        """What a refused write leaves safe: the finished rows of every stage (for `StorageWriteError.kept`)."""
+        if self._conn is None:
+            return {}
+        rows = self._conn.execute("SELECT stage, COUNT(*) FROM results GROUP BY stage ORDER BY stage").fetchall()
+        stages = ", ".join(f"{count} {stage}" for stage, count in rows) or "0"
+        return {"checkpoint": f"finished rows ({stages}) in {self.path}"}
 
     def usage(self, stage: str) -> Usage:
         """What the finished rows of `stage` cost in total, over every run that contributed to this file."""

@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+from ..errors import storage_guard
 from .stage import SynthesisReport
 from .templates import REVERSE_TEMPLATE
 
@@ -120,17 +121,23 @@ inherits the licenses of the source texts and the terms of use of the models nam
 def save_outputs(pairs, pools, card, directory: str | os.PathLike) -> dict[str, str]:
     """Write `pairs.jsonl`, `pools.jsonl` and `README.md` (the card) into `directory`, each atomically."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    with storage_guard(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, dataset in (("pairs.jsonl", pairs), ("pools.jsonl", pools)):
         path = directory / name
         tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in dataset:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        with storage_guard(path):  # a full disk: StorageWriteError naming the file; no temporary file left
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    for row in dataset:
+                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
         written[name] = str(path)
     card_path = directory / "README.md"
-    card.save(str(card_path))
+    with storage_guard(card_path):
+        card.save(str(card_path))
     written["README.md"] = str(card_path)
     return written

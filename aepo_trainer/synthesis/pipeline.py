@@ -19,6 +19,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from ..errors import storage_guard
 from .arguments import SaferInstructArguments
 from .checkpoint import StageCheckpoint
 from .settings import sampling, system_prompt
@@ -43,12 +44,16 @@ class WorkDir:
 
 # --------------------------------------------------------------------------------------------------- helpers
 def _write_jsonl(dataset, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in dataset:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    with storage_guard(path):  # a full disk or a read-only place: StorageWriteError naming the file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in dataset:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _read_jsonl(path: Path, step: str, before: str):
@@ -145,7 +150,8 @@ def _save_report(work: WorkDir, step: str, report: SynthesisReport) -> None:
     work.root.mkdir(parents=True, exist_ok=True)
     stored = json.loads(work.reports.read_text()) if work.reports.exists() else {}
     stored[step] = report.to_dict()
-    work.reports.write_text(json.dumps(stored, indent=2))
+    with storage_guard(work.reports):
+        work.reports.write_text(json.dumps(stored, indent=2))
 
 
 # --------------------------------------------------------------------------------------------------- steps
@@ -368,6 +374,12 @@ def run_steps(step: str, args: SaferInstructArguments, sft_args, model_args) -> 
     steps = STEP_ORDER if step == "all" else (step,)
     work = WorkDir(args.work_dir)
     report = SynthesisReport()
+    with storage_guard(kept=lambda: StageCheckpoint(work.checkpoint, read_only=True).kept()):  # a full disk
+        _run(steps, args, sft_args, model_args, work, report)
+    return report
+
+
+def _run(steps, args, sft_args, model_args, work: WorkDir, report: SynthesisReport) -> None:
     for name in steps:
         if name == "reverse-sft":
             step_reverse_sft(args, sft_args, model_args, report)
@@ -381,4 +393,3 @@ def run_steps(step: str, args: SaferInstructArguments, sft_args, model_args) -> 
                 report.note("wrote " + ", ".join(written.values()))
         if not args.dry_run and name != "respond":
             _save_report(work, name, report)
-    return report

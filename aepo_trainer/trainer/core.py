@@ -29,6 +29,7 @@ from ..config import AEPOConfig
 from ..data import pools, validation
 from ..data.collator import AEPODataCollator, is_pool_batch
 from ..data.kinds import is_prompt_only_dataset
+from ..errors import storage_guard
 from .batch_keys import STEP_PAIRS
 from .model_card import model_card_section
 from .pool_loss import PairLossMeans, compute_pool_loss
@@ -481,11 +482,12 @@ class AEPOTrainer(DPOTrainer):
             self.create_model_card(model_name=os.path.basename(os.path.abspath(self.args.output_dir)))
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        path = os.path.join(self.args.output_dir, "README.md")
+        with storage_guard(path):  # a full disk or a read-only place: StorageWriteError naming the card
+            super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
         if not self.is_world_process_zero():
             return
-        path = os.path.join(self.args.output_dir, "README.md")
         if not os.path.exists(path):
             return
-        with open(path, "a", encoding="utf-8") as f:
+        with storage_guard(path), open(path, "a", encoding="utf-8") as f:
             f.write(model_card_section(self.args, self._aepo_uses_pools, self.annotation_service))

@@ -21,6 +21,7 @@ from trl import DPOConfig
 
 from .._utils.run_ids import default_run_id
 from ..config import AEPOConfig
+from ..errors import storage_guard
 
 logger = logging.getLogger("aepo_trainer.trainer")
 
@@ -98,8 +99,9 @@ class AEPOControlCallback(TrainerCallback):
         if active is not None and trainer.accelerator.is_main_process:
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if os.path.isdir(folder):
-                with open(os.path.join(folder, ACTIVE_LABELS_FILE), "w", encoding="utf-8") as f:
-                    json.dump(active.surrogate.export(), f)
+                path = os.path.join(folder, ACTIVE_LABELS_FILE)
+                with storage_guard(path), open(path, "w", encoding="utf-8") as f:
+                    json.dump(active.export(), f)
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -147,4 +149,4 @@ def restore_active_labels(active, checkpoint: str, accelerator) -> None:
     if accelerator.num_processes > 1:
         broadcast_object_list(items, from_process=0)
     if items[0]:
-        active.absorb([tuple(item) for item in items[0]])
+        active.absorb(items[0])  # {labels, tests} (issue 27), or an older checkpoint's bare label list

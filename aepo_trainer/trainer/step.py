@@ -277,9 +277,9 @@ def share_active_labels(accelerator, active, known: set) -> None:
         return
     from accelerate.utils import gather_object
 
-    mine = active.surrogate.export(active.surrogate.keys() - known)
-    everyone = gather_object([mine])
-    active.absorb([item for part in everyone for item in part])
+    everyone = gather_object([active.export(known)])  # labels and the safety rule's out-of-sample tests
+    for part in everyone:  # both are sets, so the merge order does not matter
+        active.absorb(part)
 
 
 def active_quality_metrics(active, qualities: list) -> list[tuple[str, float, bool]]:
@@ -287,7 +287,14 @@ def active_quality_metrics(active, qualities: list) -> list[tuple[str, float, bo
     m = [
         ("aepo/active_labels", float(len(active.surrogate)), True),
         ("aepo/active_cold_start", float(active.cold), False),
+        # the safety rule (issue 27), identical on every rank: a function of the shared tests
+        ("aepo/active_follows", float(not active.cold), False),
     ]
+    safety = active.safety.state()
+    m.append(("aepo/active_prompts_tested", float(safety.prompts_tested), True))
+    m.append(("aepo/active_safety_lower_bound", safety.lower_bound, True))
+    if safety.prompts_tested:
+        m.append(("aepo/active_safety_accuracy", safety.accuracy, True))
     for name in ("spearman", "pairwise_accuracy"):
         values = [getattr(q, name) for q in qualities if not math.isnan(getattr(q, name))]
         if values:

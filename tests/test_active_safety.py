@@ -1,0 +1,234 @@
+"""The safety rule of the active strategies, the robust chosen side and the ensemble surrogate (issue 27)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from aepo_trainer.choices import ACTIVE_STRATEGIES
+from aepo_trainer.selection import ActiveSelector, select_subsets
+from aepo_trainer.selection.acquisitions import acquire
+from aepo_trainer.selection.ensemble import EnsembleSurrogate
+from aepo_trainer.selection.keys import prompt_key
+from aepo_trainer.selection.safety import SafetyRecord, wilson_lower_bound
+from aepo_trainer.selection.surrogate import Posterior
+
+
+# ------------------------------------------------------------------------------------------------ the bound
+@pytest.mark.parametrize("successes,trials", [(7, 10), (30, 40), (0, 5), (12, 12)])
+def test_wilson_bound_is_scipys_one_sided_wilson_interval(successes, trials):
+    from scipy.stats import binomtest
+
+    # a one-sided 95% bound is the lower end of the two-sided 90% interval
+    expected = binomtest(successes, trials).proportion_ci(confidence_level=0.90, method="wilson").low
+    assert wilson_lower_bound(successes, trials, 0.95) == pytest.approx(expected, abs=1e-12)
+
+
+def test_record_decisions_on_a_hand_built_sequence():
+    record = SafetyRecord(margin=0.02, confidence=0.95)
+    assert not record.follows  # nothing tested: never trust the surrogate
+    z2 = 1.6448536269514722**2
+    for key in range(5):  # 5 prompts ordered right: LCB = 1 / (1 + z^2 / 5) = 0.649 > 0.52
+        assert record.record(key, 1.0)
+    state = record.state()
+    assert state.prompts_tested == 5 and state.accuracy == 1.0
+    assert state.lower_bound == pytest.approx(1 / (1 + z2 / 5)) and state.follows
+    assert not record.record(0, 0.0) and not record.record(99, math.nan)  # first test of a prompt wins; NaN ignored
+    for key in range(5, 10):  # 5 wrong: p = 0.5, the bound falls under 0.52 -> fall back
+        record.record(key, 0.0)
+    assert record.state().accuracy == 0.5 and not record.follows
+    for key in range(10, 40):  # 30 more right: 35 / 40
+        record.record(key, 1.0)
+    assert record.state().lower_bound == pytest.approx(wilson_lower_bound(35, 40, 0.95)) and record.follows
+    # export / merge: the state is a function of the set of entries, whatever order they arrive in
+    other = SafetyRecord(margin=0.02, confidence=0.95)
+    assert other.merge(reversed(record.export())) == 40 and other.state() == record.state()
+    assert SafetyRecord(enabled=False).follows  # disabled: follow as soon as fitted
+
+
+def pools(B=16, N=8, D=8, seed=0, sign=1.0):
+    g = torch.Generator().manual_seed(seed)
+    E = torch.nn.functional.normalize(torch.randn(B, N, D, generator=g), dim=-1)
+    rows = [{"prompt": f"p{seed}-{b}", "completions": [f"answer {seed}.{b}.{i}" for i in range(N)]} for b in range(B)]
+    return rows, E, (sign * 3.0 * E[:, :, 0]).double()
+
+
+def feed(sel, rows, E, scores):
+    selected = sel.select(rows, E)
+    subsets = selected.indices.tolist()
+    q = sel.observe(rows, E, None, None, subsets, [[float(scores[b, i]) for i in s] for b, s in enumerate(subsets)])
+    return selected, q
+
+
+def random_pick(rows, E, seed=3):
+    keys = torch.tensor([prompt_key(r["prompt"]) for r in rows])
+    return select_subsets(E, 2, strategy="random", seed=seed, row_keys=keys).indices
+
+
+def test_selector_decisions_on_a_hand_built_sequence_of_batches():
+    sel = ActiveSelector("delta_ucb", 2, warmup_annotations=20, seed=3)
+    trace = []
+    for batch, sign in enumerate([1.0, 1.0, -1.0, -1.0]):  # a planted reward that then turns around
+        rows, E, scores = pools(seed=batch, sign=sign)
+        selected, q = feed(sel, rows, E, scores)
+        if q.cold_start:
+            assert torch.equal(selected.indices, random_pick(rows, E))  # the fallback IS random k
+        trace.append((q.cold_start, q.prompts_tested, q.follows))
+    # 1: warm-up (nothing tested); 2: still random (nothing tested before it), its 16 fresh prompts are all ordered
+    # right -> follow; 3: follows, and its 16 prompts are all ordered wrong (p = 0.5) -> fall back; 4: random again
+    assert trace[0] == (True, 0, False)
+    assert trace[1] == (True, 16, True)
+    assert trace[2][:2] == (False, 32) and not trace[2][2]
+    assert trace[3][0] and trace[3][1] == 48
+    assert sel.history[1].safety_accuracy == 1.0 and sel.history[2].safety_accuracy == 0.5
+
+
+# ------------------------------------------------------------------------------------------------ vs random
+def synthetic(kind, P=320, N=8, D=16):
+    g = torch.Generator().manual_seed(0)
+    E = torch.nn.functional.normalize(torch.randn(P, N, D, generator=g), dim=-1)
+    if kind == "planted":
+        s = 3.0 * E[:, :, 0]
+    elif kind == "no-signal":
+        s = torch.randn(P, N, generator=g)
+    else:  # anti-signal: atypical candidates are bad (the failure on weak-model pools), no linear signal
+        c = E - E.mean(1, keepdim=True)
+        s = -5.0 * c.pow(2).sum(-1) + 0.3 * torch.randn(P, N, generator=g)
+    rows = [{"prompt": f"{kind}-{p}", "completions": [f"answer {p}.{i}" for i in range(N)]} for p in range(P)]
+    return rows, E, s.double()
+
+
+def delta_vs_random(strategy, kind, **options):
+    """(mean, standard error) over prompts of chosen gold minus random k's exact expectation, batches of 32."""
+    rows, E, s = synthetic(kind)
+    sel = ActiveSelector(strategy, 2, seed=0, **options)
+    chosen = []
+    for start in range(0, len(rows), 32):
+        part = slice(start, start + 32)
+        selected, _ = feed(sel, rows[part], E[part], s[part])
+        chosen += [max(s[start + b, i] for i in sub) for b, sub in enumerate(selected.indices.tolist())]
+    chosen = torch.stack(chosen)
+    ref = torch.stack([torch.maximum(s[:, i], s[:, j]) for i, j in itertools.combinations(range(s.shape[1]), 2)], 1)
+    d = chosen - ref.mean(1)
+    return float(d.mean()), float(d.std() / math.sqrt(len(d)))
+
+
+@pytest.mark.parametrize("strategy", ["delta_ucb", "ucb_random", "double_ts"])
+@pytest.mark.parametrize("kind", ["no-signal", "anti-signal"])
+def test_without_signal_the_safe_strategy_matches_random(strategy, kind):
+    mean, se = delta_vs_random(strategy, kind)
+    assert abs(mean) < 2.0 * se  # random k's chosen score, within noise
+
+
+def test_without_the_safety_rule_anti_signal_loses_to_random():
+    """The test above can fail: the optimistic acquisition chases atypical candidates when the rule is off."""
+    mean, se = delta_vs_random("delta_ucb", "anti-signal", safety=False, robust_best=False)
+    assert mean < -3.0 * se
+
+
+@pytest.mark.parametrize("strategy", ["delta_ucb", "ucb_random", "double_ts"])
+def test_a_planted_linear_reward_is_still_exploited(strategy):
+    mean, se = delta_vs_random(strategy, "planted")
+    assert mean > 0.4 and mean > 10 * se
+
+
+# ------------------------------------------------------------------------------------------------ robust side
+def test_robust_best_takes_the_chosen_member_by_the_posterior_mean():
+    # candidate 2 is atypical: lower mean, huge uncertainty. Optimism picks it as the best; the robust pick does not.
+    mean = torch.tensor([[0.0, 1.0, 0.5, -1.0]], dtype=torch.float64)
+    whitened = torch.zeros(1, 4, 4, dtype=torch.float64)
+    whitened[0, 2, 2] = 5.0
+    post = Posterior(mean, whitened, torch.ones(1, 4, dtype=torch.bool))
+    keys = torch.tensor([7])
+    assert acquire("ucb_random", post, 2, 1.0, 0, keys).tolist()[0].count(2) == 1  # UCB best = 2 (0.5 + 5)
+    robust = acquire("ucb_random", post, 2, 1.0, 0, keys, robust_best=True).tolist()[0]
+    assert 1 in robust  # the best by the mean
+    # delta_ucb, robust: i = 1 (mean), j = argmax_j mu_1 - mu_j + sigma_1j -> 2 (1 - 0.5 + 5) beats 3 (1 + 1 + 0)
+    assert acquire("delta_ucb", post, 2, 1.0, 0, keys, robust_best=True).tolist() == [[1, 2]]
+    assert acquire("delta_ucb", post, 2, 0.0, 0, keys, robust_best=True).tolist() == [[1, 3]]  # no optimism: worst
+
+
+# ------------------------------------------------------------------------------------------------ ensemble
+def labelled(seed=0, B=24, N=6, D=5):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(B, N, D, generator=g, dtype=torch.float64)
+    y = X[:, :, 0] - 0.5 * X[:, :, 1] + 0.05 * torch.randn(B, N, generator=g, dtype=torch.float64)
+    return [(b, i, X[b, i], float(y[b, i])) for b in range(B) for i in range(N)], X
+
+
+def test_ensemble_is_a_function_of_the_label_set():
+    items, X = labelled()
+    a, b = EnsembleSurrogate(heads=6, seed=1), EnsembleSurrogate(heads=6, seed=1)
+    for pk, ck, x, y in items:
+        a.add(pk, ck, x, y)
+    for pk, ck, x, y in reversed(items):
+        b.add(pk, ck, x, y)
+    a.fit(), b.fit()
+    mask = torch.ones(X.shape[:2], dtype=torch.bool)
+    pa, pb = a.posterior(X, mask), b.posterior(X, mask)
+    assert torch.equal(pa.mean, pb.mean) and torch.equal(pa.whitened, pb.whitened)  # bitwise
+    assert pa.whitened.shape[-1] == 6 and float(pa.std.mean()) > 0  # the heads disagree: an uncertainty
+    c = EnsembleSurrogate(heads=6, seed=1)
+    c.merge(a.export())  # what a checkpoint / another rank carries
+    c.fit()
+    assert torch.equal(c.posterior(X, mask).mean, pa.mean)
+    d = EnsembleSurrogate(heads=6, seed=2)  # another seed: other heads
+    d.merge(a.export())
+    d.fit()
+    assert not torch.equal(d.posterior(X, mask).whitened, pa.whitened)
+    # it learned the planted reward: within-prompt pairwise accuracy of the mean on the training pools
+    mu = pa.mean
+    y = X[:, :, 0] - 0.5 * X[:, :, 1]
+    agree = ((mu[:, :, None] - mu[:, None, :]) * (y[:, :, None] - y[:, None, :]) > 0).float().sum() / (24 * 6 * 5)
+    assert agree > 0.9
+
+
+@pytest.mark.parametrize("surrogate", ["bayesian_linear", "ensemble"])
+def test_resume_from_export_selects_and_decides_alike(surrogate):
+    def run(selector, batches):
+        out = []
+        for seed in batches:
+            rows, E, scores = pools(seed=seed)
+            selected, q = feed(selector, rows, E, scores)
+            out.append((selected.indices.tolist(), q.follows))
+        return out
+
+    make = lambda: ActiveSelector("double_ts", 2, warmup_annotations=20, seed=5, surrogate=surrogate)
+    whole = run(make(), range(5))
+    first = make()
+    head = run(first, range(3))
+    resumed = make()
+    resumed.absorb(first.export())  # a checkpoint's content
+    assert resumed.safety.state() == first.safety.state()
+    assert head + run(resumed, range(3, 5)) == whole
+    assert any(follows for _, follows in whole)  # the planted reward is followed at some point
+
+
+def test_old_checkpoints_hold_a_bare_label_list():
+    first = ActiveSelector("delta_ucb", 2, warmup_annotations=0)
+    rows, E, scores = pools()
+    feed(first, rows, E, scores)
+    resumed = ActiveSelector("delta_ucb", 2, warmup_annotations=0)
+    assert resumed.absorb(first.surrogate.export()) == 32 and resumed.surrogate.ready
+    assert resumed.safety.state().prompts_tested == 0  # no tests stored: the rule starts from scratch
+
+
+@pytest.mark.parametrize("strategy", ACTIVE_STRATEGIES)
+def test_nonfinite_features_never_enter_the_surrogate(strategy):
+    def nan_length(rows, embeddings, mask, completions_column):
+        out = torch.zeros(mask.shape, dtype=torch.float64)
+        out[0, 1] = math.nan
+        return out[..., None]
+
+    from aepo_trainer.selection.surrogate import FEATURES
+
+    sel = ActiveSelector(strategy, 2, warmup_annotations=0, safety=False, features=(*FEATURES, nan_length))
+    rows, E, scores = pools()
+    q = None
+    for _ in range(2):
+        sub = [[0, 1]] + [[0, 2]] * 15
+        q = sel.observe(rows, E, None, None, sub, [[float(scores[b, i]) for i in s] for b, s in enumerate(sub)])
+    assert sel.nonfinite_features == 2 and q.labels_after == 31  # row 0's candidate 1 counted twice, never learned
+    result = sel.select(rows, E)
+    assert sel.nonfinite_candidates == 1 and result.indices.shape == (16, 2)
