@@ -23,7 +23,9 @@ __all__ = [
     "LABEL_QUESTIONS",
     "LONG_TEXT_POLICIES",
     "PAIRING_RULES",
+    "POLICY_PROMPT_SELECTIONS",
     "POLICY_STRATEGIES",
+    "PROMPT_SELECTIONS",
     "RPO_LOSS_TYPES",
     "SELECTION_SEARCHES",
     "SELECTION_STRATEGIES",
@@ -61,6 +63,11 @@ SELECTION_STRATEGIES = (
     *ACTIVE_STRATEGIES,
     *POLICY_STRATEGIES,
 )
+#: Which prompts of a window get labels when the budget covers fewer prompts than the data
+#: (`AEPOConfig.prompt_selection`, `aepo_trainer.selection.prompts`): all of them (off), a keyed random share, greedy
+#: D-optimal design on the selected pairs' features (APO), or the policy's implicit-reward spread (trainer only).
+POLICY_PROMPT_SELECTIONS = ("implicit_reward_spread",)
+PROMPT_SELECTIONS = ("all", "random", "d_optimal", *POLICY_PROMPT_SELECTIONS)
 #: The strategies an active strategy may use until the surrogate has `active_warmup_annotations` labels.
 COLD_START_STRATEGIES = ("random", "aepo", "representativeness", "kmedoids")
 #: The search for k > 2 (`AEPOConfig.selection_search`).

@@ -21,6 +21,7 @@ from .choices import (
     JUDGE_MODES,
     PAIRING_RULES,
     POLICY_STRATEGIES,
+    PROMPT_SELECTIONS,
     RPO_LOSS_TYPES,
     SELECTION_SEARCHES,
     SELECTION_STRATEGIES,
@@ -116,6 +117,27 @@ class AEPOConfig(DPOConfig):
     local_search_rounds: int = field(
         default=20,
         metadata={"help": "Rounds of swap local search after the greedy pass (the reference implementation uses 20)."},
+    )
+    prompt_selection: str = field(
+        default="all",
+        metadata={
+            "help": "Which prompts get labels when the budget covers fewer prompts than the data "
+            "(`aepo_trainer.selection.prompts`): 'all' (off: every prompt until the budget is spent), 'random' (a "
+            "keyed random share of each window), 'd_optimal' (greedy D-optimal design on the selected pairs' "
+            "embedding differences, as APO, arXiv 2402.10500) or 'implicit_reward_spread' (trainer only: the prompts "
+            "whose selected candidates the policy's implicit reward separates most). A window is one optimizer "
+            "step's batches on each process in the trainer, one chunk in `aepo select`; the prompts left out are "
+            "not paid for, form no pair and are counted (`aepo/prompts_unselected`).",
+            "choices": list(PROMPT_SELECTIONS),
+        },
+    )
+    prompt_selection_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Share of each window's prompts annotated when `prompt_selection` is not 'all' (in (0, 1]). None "
+            "(default): the share the budget pays for, annotation_budget / (k x prompts x epochs), or 1 without a "
+            "budget."
+        },
     )
     selection_seed: int | None = field(
         default=None,
@@ -621,6 +643,8 @@ class AEPOConfig(DPOConfig):
             "selection_strategy",
             "selection_search",
             "local_search_rounds",
+            "prompt_selection",
+            "prompt_selection_ratio",
             "embedding_model",
             "embedding_backend",
             "embedding_quantized",

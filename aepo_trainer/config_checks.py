@@ -22,6 +22,7 @@ from .choices import (
     JUDGE_MODES,
     PAIRING_RULES,
     POLICY_STRATEGIES,
+    PROMPT_SELECTIONS,
     SELECTION_SEARCHES,
     SELECTION_STRATEGIES,
     SELF_JUDGE_MODELS,
@@ -114,6 +115,13 @@ CHECKS: tuple[Check | Callable, ...] = (
     Check("selection_strategy", _in(SELECTION_STRATEGIES), _one_of(SELECTION_STRATEGIES)),
     Check("selection_search", _in(SELECTION_SEARCHES), _one_of(SELECTION_SEARCHES)),
     Check("local_search_rounds", _int_at_least(0), "an integer >= 0"),
+    # prompt-level selection (selection/prompts.py)
+    Check("prompt_selection", _in(PROMPT_SELECTIONS), _one_of(PROMPT_SELECTIONS)),
+    Check(
+        "prompt_selection_ratio",
+        _optional(lambda v, c: is_finite_number(v) and 0 < v <= 1),
+        "None or a number in (0, 1]",
+    ),
     # active selection
     Check("active_warmup_annotations", _int_at_least(0), "an integer >= 0"),
     Check("active_cold_start", _in(COLD_START_STRATEGIES), _one_of(COLD_START_STRATEGIES)),

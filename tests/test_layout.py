@@ -30,6 +30,8 @@ MAX_LINES = 500
 DECLARATIVE = {
     "aepo_trainer.config": "AEPOConfig's dataclass fields with their help texts (the checks are config_checks.py)",
 }
+
+
 def _modules() -> dict[str, Path]:
     modules = {}
     for path in ROOT.rglob("*.py"):

@@ -13,6 +13,7 @@ import textwrap
 from dataclasses import dataclass, field
 
 from aepo_trainer.choices import LABEL_QUESTIONS
+from aepo_trainer.labelling.security import ServerLimits
 
 from .args import CommandParser, parse_with_yaml
 from .errors import EXIT_OK, InputError
@@ -152,19 +153,30 @@ class LabelAccessArguments:
 
 @dataclass
 class LabelLimitArguments:
-    """Limits of the server (docs/labelling-team.md)."""
+    """Limits of the server (docs/labelling-team.md); the defaults are `ServerLimits`' own."""
 
     _argument_group_name = "limits"
 
-    max_body_bytes: int = field(default=64 * 1024, metadata={"help": "Largest request body; bigger: 413."})
-    max_json_depth: int = field(default=8, metadata={"help": "Deepest nesting of a posted JSON body; deeper: 400."})
-    max_number_chars: int = field(default=24, metadata={"help": "Longest number in a posted JSON body; longer: 400."})
-    max_rationale_chars: int = field(default=2000, metadata={"help": "Longest rationale text."})
-    login_attempts: int = field(
-        default=10, metadata={"help": "Failed sign-ins per client address within --login_window_seconds; then 429."}
+    max_body_bytes: int = field(
+        default=ServerLimits.max_body_bytes, metadata={"help": "Largest request body; bigger: 413."}
     )
-    login_window_seconds: float = field(default=300.0, metadata={"help": "The window of --login_attempts."})
-    session_hours: float = field(default=12.0, metadata={"help": "How long a sign-in lasts."})
+    max_json_depth: int = field(
+        default=ServerLimits.max_json_depth, metadata={"help": "Deepest nesting of a posted JSON body; deeper: 400."}
+    )
+    max_number_chars: int = field(
+        default=ServerLimits.max_number_chars, metadata={"help": "Longest number in a posted JSON body; longer: 400."}
+    )
+    max_rationale_chars: int = field(
+        default=ServerLimits.max_rationale_chars, metadata={"help": "Longest rationale text."}
+    )
+    login_attempts: int = field(
+        default=ServerLimits.login_attempts,
+        metadata={"help": "Failed sign-ins per client address within --login_window_seconds; then 429."},
+    )
+    login_window_seconds: float = field(
+        default=ServerLimits.login_window_seconds, metadata={"help": "The window of --login_attempts."}
+    )
+    session_hours: float = field(default=ServerLimits.session_hours, metadata={"help": "How long a sign-in lasts."})
 
 
 @dataclass

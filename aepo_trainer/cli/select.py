@@ -360,6 +360,10 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
         embed_seconds += time.perf_counter() - t
         stop = False
         if processes.is_main:
+            if config.prompt_selection != "all":  # the budget goes to the chunk's most informative prompts
+                chunk, embeddings, left_out = _informative_part(chunk, embeddings, reducer, size, prompts)
+                totals["prompts_unselected"] = totals.get("prompts_unselected", 0.0) + left_out
+                bar.update(left_out)
             mark = active.mark() if active is not None else None
             pairs, chunk_totals, chunk_pending = reduce_rows(chunk, embeddings, reducer, size, bar=bar)
             _add_totals(totals, chunk_totals)
@@ -421,11 +425,26 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
     )
     if reducer.active is not None:
         print(active_summary(reducer.active, f"{output}.surrogate.jsonl"), file=sys.stderr)
+    if totals.get("prompts_unselected"):
+        print(
+            f"aepo select: prompt selection ({config.prompt_selection}) left {int(totals['prompts_unselected'])} "
+            "prompts unannotated (not paid for)",
+            file=sys.stderr,
+        )
     code = EXIT_OK
     if totals["prompts_skipped"]:
         print(f"aepo select: {service.budget_message(int(totals['prompts_skipped']))}", file=sys.stderr)
         code = EXIT_BUDGET_EXHAUSTED
     return processes.broadcast(code)
+
+
+def _informative_part(chunk, embeddings, reducer, size: int, prompts: int):
+    """Prompt-level selection on one chunk (`selection.prompts.informative_rows`): the rows kept, their embeddings,
+    and how many were left out (never annotated, never paid for)."""
+    from aepo_trainer.selection.prompts import informative_rows, prompt_ratio
+
+    kept = informative_rows(reducer, chunk, embeddings, ratio=prompt_ratio(reducer.args, prompts), batch_size=size)
+    return [chunk[i] for i in kept], [embeddings[i] for i in kept], len(chunk) - len(kept)
 
 
 def _add_totals(totals: dict, stats: dict, resumed: bool = False) -> None:

@@ -131,6 +131,18 @@ def policy_signal_problems(args, command: str) -> list[Problem]:
                 f"has no policy. Train with it (`aepo train`, `AEPOTrainer`), or choose one of {others}",
             )
         )
+    from ..choices import POLICY_PROMPT_SELECTIONS, PROMPT_SELECTIONS
+
+    if getattr(args, "prompt_selection", "all") in POLICY_PROMPT_SELECTIONS:
+        others = ", ".join(repr(s) for s in PROMPT_SELECTIONS if s not in POLICY_PROMPT_SELECTIONS)
+        problems.append(
+            Problem(
+                "prompt_selection",
+                None,
+                f"{args.prompt_selection!r} ranks prompts by the implicit reward of the policy being trained; "
+                f"{command} has no policy. Choose one of {others}",
+            )
+        )
     if getattr(args, "active_implicit_reward_feature", False):
         problems.append(
             Problem(

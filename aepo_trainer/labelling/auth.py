@@ -23,6 +23,7 @@ import re
 import stat
 import threading
 
+from aepo_trainer._utils.file_stamp import file_stamp
 from aepo_trainer.choices import LABELLER_ROLES
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class LabellerTokens:
     def __init__(self, tokens: dict[str, str], roles: dict[str, str] | None = None, source: str | None = None):
         self._set(tokens, roles or {})
         self.source = source
-        self._stamp = _stamp(source) if source else None
+        self._stamp = file_stamp(source) if source else None
         self._lock = threading.Lock()
 
     def _set(self, tokens: dict[str, str], roles: dict[str, str]) -> None:
@@ -93,7 +94,7 @@ class LabellerTokens:
         if self.source is None:
             return []
         with self._lock:
-            stamp = _stamp(self.source)
+            stamp = file_stamp(self.source)
             if not force and stamp == self._stamp:
                 return []
             self._stamp = stamp
@@ -116,14 +117,6 @@ class LabellerTokens:
 
     def __repr__(self) -> str:  # never the tokens
         return f"LabellerTokens(names={self.names})"
-
-
-def _stamp(path) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def load_tokens(source: str) -> LabellerTokens:

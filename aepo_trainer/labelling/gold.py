@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from aepo_trainer.annotation.base import canonical_json
+from aepo_trainer._utils.hashing import canonical_json
 from aepo_trainer.storage.annotations import AnnotationStore
 from aepo_trainer.storage.label_gold import GoldAnswers, gold_accuracy
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import threading
 import time
 from dataclasses import dataclass, field
 
+from aepo_trainer._utils.file_stamp import file_stamp
 from aepo_trainer._utils.hashing import canonical_json
 
 from ..storage.label_book import LabelBook, LabellingSettings
@@ -108,7 +108,7 @@ class QueueView:
 
     def _cached(self, name, paths, compute):
         paths = paths if isinstance(paths, tuple) else (paths,)
-        stamp = tuple(_stamp(p) for p in paths)
+        stamp = tuple(file_stamp(p) for p in paths)
         with self._lock:
             hit = self._cache.get(name)
             if hit is not None and hit[0] == stamp:
@@ -234,11 +234,3 @@ def _messages(cell):
         if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
             return value
     return cell
-
-
-def _stamp(path) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..annotation.base import AnnotationRequest
-from ..choices import POLICY_STRATEGIES
+from ..choices import POLICY_PROMPT_SELECTIONS, POLICY_STRATEGIES
 from ..selection.keys import prompt_key
 
 logger = logging.getLogger(__name__)
@@ -151,11 +151,19 @@ class PoolReducer:
     @property
     def needed_signals(self) -> tuple[str, ...]:
         """The policy signals `select` needs in training (`("implicit_rewards",)` for `implicit_reward_gap` or the
-        surrogate's implicit-reward feature; empty otherwise): the trainer computes them before selecting."""
+        surrogate's implicit-reward feature, or `prompt_selection='implicit_reward_spread'`; empty otherwise): the
+        trainer computes them before selecting."""
         if self.active is not None:  # less the feature model's hidden states, which `select` computes itself
             own = ("hidden_states",) if self.feature_model is not None else ()
-            return tuple(name for name in self.active.needed_signals if name not in own)
-        return ("implicit_rewards",) if self.args.selection_strategy in POLICY_STRATEGIES else ()
+            needed = tuple(name for name in self.active.needed_signals if name not in own)
+        else:
+            needed = ("implicit_rewards",) if self.args.selection_strategy in POLICY_STRATEGIES else ()
+        if (
+            getattr(self.args, "prompt_selection", "all") in POLICY_PROMPT_SELECTIONS
+            and "implicit_rewards" not in needed
+        ):
+            needed += ("implicit_rewards",)
+        return needed
 
     def select(
         self,

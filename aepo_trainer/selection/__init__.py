@@ -9,6 +9,8 @@
   linear reward surrogate, the batched acquisitions (DeltaUCB, Thompson sampling, MaxMinLCB, InfoMax, ...) and the
   stateful `ActiveSelector` that alternates `select` and `observe`.
 * `implicit_reward.py`: the policy's implicit reward β·(log π − log π_ref) per candidate, a selection feature.
+* `prompts.py`: prompt-level selection — which prompts of a window get labels when the budget covers fewer prompts
+  than the data (random, greedy D-optimal as APO, the policy's implicit-reward spread).
 """
 
 from __future__ import annotations

@@ -303,6 +303,7 @@ class AEPOTrainer(DPOTrainer):
 
     def _aepo_reduce(self, pool_batches: list[dict], mode: str) -> list[dict]:
         """Run the step's reduction (`step.reduce_pool_batches`) and apply its result to this trainer's state."""
+        from ..selection.prompts import dataset_size, planned_prompts
         from .policy_signals import policy_signals_of_step
         from .step import GroupLayout, reduce_pool_batches
 
@@ -321,6 +322,7 @@ class AEPOTrainer(DPOTrainer):
             policy_signals=policy_signals_of_step(self) if reducer.needed_signals else None,
             timer=self.aepo_phase_timer,
             gold_agreement=not self._aepo_labels_are_dataset_scores,
+            planned_prompts=planned_prompts(args, dataset_size(self.train_dataset), self.accelerator.num_processes),
         )
         metrics = self._metrics[mode]
         for name, value, running_total in result.metrics:

@@ -84,6 +84,7 @@ def reduce_pool_batches(
     policy_signals: Callable[[dict], PolicySignals | None] | None = None,
     timer: PhaseTimer | None = None,
     gold_agreement: bool = True,
+    planned_prompts: int | None = None,
 ) -> StepResult:
     """Select -> annotate (main process) -> pair -> lay out every pool batch of one step.
 
@@ -103,13 +104,15 @@ def reduce_pool_batches(
             fallback, as prompts without implicit-reward spread are.
         timer: the run's phase timer (select, annotate).
         gold_agreement: log `aepo/label_gold_agreement` (False when the labels *are* the dataset's scores).
+        planned_prompts: the prompts the run goes through (`selection.prompts.planned_prompts`): with
+            `prompt_selection`, each step annotates the share of its prompts the budget pays for over them.
     """
     device = accelerator.device
     learn = mode == "train"  # active strategies learn from training labels only; evaluation selects the same each time
     known = reducer.active.surrogate.keys() if learn and reducer.active is not None else None
     picks, requests, sizes = [], [], []
     wants_signals = learn and bool(reducer.needed_signals)  # computed here, where the policy is
-    spreads, computed = [], []
+    spreads, computed, all_signals = [], [], []
     with phase(timer, "select"):
         for batch in batches:
             rows = batch[POOL_ROWS]
@@ -123,15 +126,25 @@ def reduce_pool_batches(
                 else:
                     signals = batch_signals.for_selection()
                 spreads.append(_spread(signals["implicit_rewards"], mask))
-            selected = reducer.select(
-                rows,
-                batch["pool_embeddings"].to(device),
-                batch["pool_mask"].to(device),
-                learn=learn,
-                signals=signals,
+            all_signals.append(signals)
+            picks.append(
+                reducer.select(
+                    rows,
+                    batch["pool_embeddings"].to(device),
+                    batch["pool_mask"].to(device),
+                    learn=learn,
+                    signals=signals,
+                )
             )
-            batch_requests = reducer.requests(rows, selected)
-            picks.append(selected)
+        unselected = None
+        if learn and reducer.args.prompt_selection != "all":  # prompts left out cost nothing: their requests are empty
+            from ..selection.prompts import drop_unchosen_prompts, prompt_ratio
+
+            ratio = prompt_ratio(reducer.args, planned_prompts)
+            features = [b["pool_embeddings"] for b in batches]
+            unselected = drop_unchosen_prompts(reducer.args, picks, features, ratio=ratio, signals=all_signals)
+        for batch, selected in zip(batches, picks):
+            batch_requests = reducer.requests(batch[POOL_ROWS], selected)
             requests.extend(batch_requests)
             sizes.append(len(batch_requests))
     with phase(timer, "annotate"):
@@ -174,6 +187,8 @@ def reduce_pool_batches(
         metrics += active_quality_metrics(reducer.active, qualities)
     if wants_signals:
         metrics += implicit_reward_metrics(accelerator, spreads)
+    if unselected is not None:
+        metrics.append(("aepo/prompts_unselected", float(unselected), False))
     return StepResult(out, step_terms, reply, summary, metrics, recent)
 
 

@@ -1,0 +1,138 @@
+"""Prompt-level selection (`aepo_trainer.selection.prompts`): with a budget smaller than k x prompts, the labels go to
+the hand-checked most informative prompts, in `AEPOTrainer` and in `aepo select`, and the others cost nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_cli import _store_counts, read_jsonl, write_jsonl
+from test_exact_pay import CountingReward, trainer_for
+
+from aepo_trainer import AEPOConfig
+from aepo_trainer.selection.prompts import choose_prompts, planned_prompts, prompt_ratio, prompts_to_keep
+
+#: Pair differences d = c0 - c1 of eight two-candidate pools in 3-D. Hand-checked greedy D-optimal choice of 2 with
+#: V = I: row 3 first (|d|^2 = 4, gain ln 5 = 1.609 > row 5's ln 4.61 = 1.528); then along e1 V^-1 = 1/5, so row 5's
+#: gain drops to ln(1 + 3.61/5) = 0.543, below row 6's ln(1 + 1) = 0.693 (orthogonal, untouched): rows {3, 6}.
+#: Ranking by |d| alone would take {3, 5}; the first two rows would be {0, 1}.
+DIFFS = {3: (2.0, 0.0, 0.0), 5: (1.9, 0.0, 0.0), 6: (0.0, 1.0, 0.0)}
+SMALL = (0.0, 0.0, 0.1)
+
+
+def planted_rows(n: int = 8) -> list[dict]:
+    rows = []
+    for i in range(n):
+        d = torch.tensor(DIFFS.get(i, SMALL))
+        rows.append(
+            {
+                "prompt": f"Question {i}: name a colour.",
+                "completions": [f" Colour {i}.", f" Colour {i}, very much."],
+                "scores": [0.0, 1.0],
+                "embeddings": [(d / 2).tolist(), (-d / 2).tolist()],
+            }
+        )
+    return rows
+
+
+def test_d_optimal_greedy_matches_the_hand_computed_choice():
+    rows = planted_rows()
+    emb = torch.tensor([r["embeddings"] for r in rows])
+    subsets = [[0, 1]] * len(rows)
+    kept = choose_prompts("d_optimal", 2, embeddings=emb, subsets=subsets, keys=list(range(8)), seed=0)
+    assert kept == [3, 6]
+    order = [6, 0, 5, 1, 3, 2, 7, 4]  # the window's order does not matter (no ties)
+    kept = choose_prompts("d_optimal", 2, embeddings=emb[order], subsets=subsets, keys=order, seed=0)
+    assert sorted(order[i] for i in kept) == [3, 6]
+
+
+def test_implicit_reward_spread_and_random_rules():
+    emb = torch.zeros(4, 3, 2)
+    subsets = [[0, 1], [0, 2], [1, 2], [0]]  # the last row cannot form a pair: never kept
+    rewards = torch.tensor([[0.0, 0.5, 9.0], [0.0, 9.0, 2.0], [5.0, 1.0, 1.5], [0.0, 100.0, 0.0]])
+    # spreads over the selected candidates: 0.5, 2.0, 0.5 (row 2: |1.0 - 1.5|), row 3 ineligible
+    kept = choose_prompts(
+        "implicit_reward_spread",
+        1,
+        embeddings=emb,
+        subsets=subsets,
+        keys=[0, 1, 2, 3],
+        seed=0,
+        implicit_rewards=rewards,
+    )
+    assert kept == [1]
+    keys = [11, 22, 33, 44, 55, 66]
+    subsets = [[0, 1]] * 6
+    emb = torch.zeros(6, 2, 2)
+    kept = choose_prompts("random", 3, embeddings=emb, subsets=subsets, keys=keys, seed=7)
+    assert len(kept) == 3
+    reversed_kept = choose_prompts("random", 3, embeddings=emb, subsets=subsets, keys=keys[::-1], seed=7)
+    assert sorted(keys[i] for i in kept) == sorted(keys[::-1][i] for i in reversed_kept)  # keyed by prompt
+
+
+def test_ratio_and_keep_counts(tmp_path):
+    assert [prompts_to_keep(8, r) for r in (0.25, 0.3, 1.0, 0.01)] == [2, 3, 8, 1]
+    args = AEPOConfig(
+        output_dir=str(tmp_path), bf16=False, annotation_budget=40, num_train_epochs=2, prompt_selection="random"
+    )
+    assert planned_prompts(args, 50) == 100 and prompt_ratio(args, 100) == pytest.approx(40 / (2 * 100))
+    args.max_steps, args.per_device_train_batch_size, args.gradient_accumulation_steps = 3, 4, 2
+    assert planned_prompts(args, 50, world_size=2) == 48
+    args = AEPOConfig(output_dir=str(tmp_path), bf16=False, prompt_selection="random", prompt_selection_ratio=0.5)
+    assert prompt_ratio(args, 50) == 0.5
+    with pytest.raises(ValueError, match="prompt_selection_ratio"):
+        AEPOConfig(output_dir=str(tmp_path), bf16=False, prompt_selection_ratio=1.5)
+    with pytest.raises(ValueError, match="prompt_selection"):
+        AEPOConfig(output_dir=str(tmp_path), bf16=False, prompt_selection="best")
+
+
+@pytest.mark.parametrize("strategy", ["random", "double_ts", "implicit_reward_gap"])  # plain, active, policy-aware
+def test_trainer_annotates_only_the_chosen_prompts_and_pays_nothing_for_the_others(tiny_model_path, dpo_args, strategy):
+    reward = CountingReward()
+    trainer = trainer_for(
+        tiny_model_path,
+        dpo_args,
+        planted_rows(),
+        annotator=reward,
+        per_device_train_batch_size=8,  # one window: the whole data set
+        max_steps=1,
+        prompt_selection="d_optimal",
+        selection_strategy=strategy,  # N = 2: every strategy selects both candidates
+        annotation_budget=4,  # ratio 4 / (2 x 8 prompts) = 0.25: 2 of the 8 prompts
+    )
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    paid_prompts = sorted({prompt for prompt, _ in reward.calls})
+    assert paid_prompts == ["Question 3: name a colour.", "Question 6: name a colour."]
+    assert len(reward.calls) == 4 and trainer.annotation_service.spent == 4
+    logged = [e for e in trainer.state.log_history if "aepo/prompts_unselected" in e]
+    assert logged[0]["aepo/prompts_unselected"] == 6 and logged[0]["aepo/pairs"] == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))  # it trained on them
+
+
+@pytest.mark.parametrize("rule, expected", [("d_optimal", [3, 6]), ("all", [0, 1])])
+def test_aepo_select_spends_a_small_budget_on_the_most_informative_prompts(tmp_path, rule, expected, capsys):
+    from aepo_trainer.cli import main
+
+    pools = write_jsonl(tmp_path / "pools.jsonl", planted_rows())
+    out = tmp_path / "pairs.jsonl"
+    argv = ["select", "--input", str(pools), "--output", str(out), "--selection_strategy", "random"]
+    argv += ["--annotation_budget", "4", "--prompt_selection", rule, "--batch_size", "4"]
+    code = main(argv)
+    err = " ".join(capsys.readouterr().err.split())
+    pairs = read_jsonl(out)
+    assert sorted(int(p["prompt"].split()[1].rstrip(":")) for p in pairs) == expected
+    if rule == "all":  # the first prompts took the budget; the rest were skipped for budget
+        assert code == 3
+    else:  # the budget covered exactly the chosen prompts; the others were never requested
+        assert code == 0 and "left 6 prompts unannotated" in err
+    stored, spent = _store_counts(f"{out}.annotations.sqlite", f"aepo-select:{out}")
+    assert stored == 4 and spent == 4  # the chosen prompts' 2 candidates each, nothing for the others
+
+
+def test_aepo_select_refuses_the_policy_rule(tmp_path, capsys):
+    from aepo_trainer.cli import main
+
+    pools = write_jsonl(tmp_path / "pools.jsonl", planted_rows())
+    argv = ["select", "--input", str(pools), "--output", str(tmp_path / "o.jsonl")]
+    assert main([*argv, "--prompt_selection", "implicit_reward_spread"]) == 2
+    assert "prompt_selection" in capsys.readouterr().err
