@@ -252,3 +252,34 @@ def test_moved_module_paths_still_import_with_a_deprecation_warning():
             module = importlib.import_module(old)
         assert module is importlib.import_module(new), old
         assert new in MODULES and old not in MODULES, (old, new)
+
+
+#: The one module that reads and writes each table of the run's SQLite file (and of the candidate store).
+TABLE_OWNERS = {
+    "annotations": "aepo_trainer.storage.annotations",
+    "ledger": "aepo_trainer.storage.annotations",
+    "runs": "aepo_trainer.storage.annotations",
+    "meta": "aepo_trainer.storage.annotations",
+    "usage": "aepo_trainer.storage.usage",
+    "label_answers": "aepo_trainer.storage.label_book",
+    "label_gold_answers": "aepo_trainer.storage.label_gold",
+    "label_sessions": "aepo_trainer.storage.label_sessions",
+    "pools": "aepo_trainer.generation.store",
+}
+
+
+def test_each_table_has_one_owner():
+    """SQL that reads or writes a table (FROM, JOIN, INTO, UPDATE) appears only in the table's owner module; the
+    others call the owner's public functions. (The schema itself, CREATE TABLE, is the store's migrations.)"""
+    import re
+
+    pattern = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE)\s+([a-z_]+)\b")
+    offenders = []
+    for name in MODULES:
+        for node in ast.walk(_parse(name)):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for table in pattern.findall(node.value):
+                    owner = TABLE_OWNERS.get(table)
+                    if owner is not None and owner != name:
+                        offenders.append(f"{name}:{node.lineno} uses table {table!r} (owner: {owner})")
+    assert not offenders, "\n".join(offenders)

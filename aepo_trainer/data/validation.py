@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from ..storage.annotations import default_store_path
+from ..storage.annotations import check_readable, default_store_path
 from .errors import MAX_LISTED_PROBLEMS, InputValidationError, Problem, excerpt
 from .kinds import columns_of, dataset_kind
 from .rows import is_blank, pool_problems, validate_pool_dataset
@@ -157,24 +157,14 @@ def policy_signal_problems(args, command: str) -> list[Problem]:
 def store_problems(args) -> list[Problem]:
     """An existing annotation store must be a readable SQLite store (D6); it is opened read-only, so this check
     writes nothing. A missing file is fine: it is created on the first annotation."""
-    import sqlite3
 
     path = default_store_path(args)
     if not os.path.exists(path) or (os.path.isfile(path) and os.path.getsize(path) == 0):
         return []  # created (or initialised) on the first annotation
     if not os.path.isfile(path):
         return [Problem("annotation_store", None, f"{path!r} is not a file")]
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
-        try:
-            conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error as error:
-        from ..storage.annotations import store_error
-
-        return [Problem("annotation_store", None, str(store_error(path, error, 5.0)))]
-    return []
+    error = check_readable(path, timeout=5.0)
+    return [] if error is None else [Problem("annotation_store", None, str(error))]
 
 
 def budget_problems(args, pool_sizes: Iterable[int]) -> list[Problem]:

@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import StorageWriteError, storage_error_of, storage_guard
@@ -41,10 +40,10 @@ from .errors import (
     AnnotationStoreError,
     BudgetExhausted,
     default_store_path,
-    kept_annotations,
     rollback_quietly,
     store_error,
 )
+from .records import Reservation, StoredAnnotation, pid_alive
 
 __all__ = [
     "STORE_FILE",
@@ -54,10 +53,13 @@ __all__ = [
     "Reservation",
     "StoredAnnotation",
     "annotated_keys",
+    "check_readable",
     "default_store_path",
     "kept_annotations",
     "pid_alive",
+    "read_meta",
     "store_error",
+    "write_meta",
 ]
 
 SCHEMA_VERSION = "2"
@@ -118,41 +120,6 @@ CREATE INDEX IF NOT EXISTS usage_run ON usage (run_id, status);
 """
 
 _HOST = socket.gethostname()
-
-
-@dataclass(frozen=True)
-class StoredAnnotation:
-    """One annotation as stored. `score` is None when the annotator's result was invalid (`valid` False)."""
-
-    key: str
-    annotator: str
-    prompt: object
-    completion: object
-    score: float | None
-    valid: bool
-    raw: str | None
-    run_id: str | None
-    created_at: float
-
-
-@dataclass
-class Reservation:
-    """The ledger's decision for one prompt (one group of keys).
-
-    `status`: "ok" (cached keys are served; `to_annotate` are reserved for the caller), "wait" (another live process
-    holds a reservation on one of the keys: ask again later), or "skip" (the new charges do not fit in the budget;
-    nothing was reserved).
-    """
-
-    status: str
-    cached: dict[str, StoredAnnotation] = field(default_factory=dict)
-    charged: list[str] = field(default_factory=list)
-    recovered: list[str] = field(default_factory=list)
-    cost: int = 0
-
-    @property
-    def to_annotate(self) -> list[str]:
-        return self.charged + self.recovered
 
 
 class AnnotationStore:
@@ -414,6 +381,35 @@ _COLUMNS = "key, annotator, prompt, completion, score, valid, raw, run_id, creat
 _CHUNK = 500  # SQLite's host-parameter limit is >= 999
 
 
+def read_meta(conn: sqlite3.Connection, name: str) -> str | None:
+    """The value of row `name` of the store's `meta` table (None when absent)."""
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+    return None if row is None else row[0]
+
+
+def write_meta(conn: sqlite3.Connection, name: str, value: str) -> None:
+    """Set row `name` of the `meta` table (inside the caller's transaction): how another owner of the file (the
+    labelling page's settings) keeps a setting next to the schema version."""
+    conn.execute(
+        "INSERT INTO meta(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+        (name, value),
+    )
+
+
+def check_readable(path: str, timeout: float = 5.0) -> AnnotationStoreError | None:
+    """Open the store at `path` read-only and read its schema version: the error a run would meet, or None. Writes
+    nothing (the preflight's check of an existing store)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+        try:
+            read_meta(conn, "schema_version")
+        finally:
+            conn.close()
+    except sqlite3.Error as error:
+        return store_error(path, error, timeout)
+    return None
+
+
 def annotated_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
     """The keys among `keys` present in `annotations`, read on `conn` (inside another owner's transaction too)."""
     found: set[str] = set()
@@ -465,16 +461,14 @@ def _spent(conn: sqlite3.Connection, run_id: str) -> int:
     return int(row[0]) if row else 0
 
 
-def pid_alive(pid: int | None) -> bool:
-    """True when a process of this id runs on this host (a reservation's owner is still alive)."""
-    if not pid:
-        return False
+def kept_annotations(path: str | os.PathLike) -> dict[str, str]:
+    """What a refused write leaves safe in the store at `path`: its committed annotations, counted read-only (for
+    `aepo_trainer.errors.StorageWriteError.kept`; empty when there is no store yet)."""
+    if not os.path.exists(path):
+        return {}
+    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=1)
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
+        stored = conn.execute("SELECT COUNT(*) FROM annotations").fetchone()[0]
+    finally:
+        conn.close()
+    return {"annotations": f"{stored} paid annotation(s) committed in {os.fspath(path)}"}

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from pathlib import Path
 
 __all__ = [
     "STORE_FILE",
     "AnnotationStoreError",
     "BudgetExhausted",
     "default_store_path",
-    "kept_annotations",
     "rollback_quietly",
     "store_error",
 ]
@@ -72,19 +70,6 @@ def store_error(path: str, error: sqlite3.Error, timeout: float) -> AnnotationSt
     else:
         hint = "check that the path is a writable file on a local disk"
     return AnnotationStoreError(f"Annotation store {path} cannot be used: {hint} (sqlite3: {text}).")
-
-
-def kept_annotations(path: str | os.PathLike) -> dict[str, str]:
-    """What a refused write leaves safe in the store at `path`: its committed annotations, counted read-only (for
-    `aepo_trainer.errors.StorageWriteError.kept`; empty when there is no store yet)."""
-    if not os.path.exists(path):
-        return {}
-    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=1)
-    try:
-        stored = conn.execute("SELECT COUNT(*) FROM annotations").fetchone()[0]
-    finally:
-        conn.close()
-    return {"annotations": f"{stored} paid annotation(s) committed in {os.fspath(path)}"}
 
 
 def rollback_quietly(conn: sqlite3.Connection) -> None:

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from aepo_trainer.choices import LABEL_QUESTIONS
-from aepo_trainer.storage.annotations import AnnotationStore, annotated_keys
+from aepo_trainer.storage.annotations import AnnotationStore, annotated_keys, read_meta, write_meta
 
 from ..labelling.agreement import aggregate
 
@@ -188,11 +188,7 @@ class LabelBook:
                     f"--scale_min {old.scale_min} --scale_max {old.scale_max}; start the page with the same settings "
                     "(only --labels_per_item may change)."
                 )
-            conn.execute(
-                "INSERT INTO meta(name, value) VALUES ('labelling', ?) "
-                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                (json.dumps(asdict(settings)),),
-            )
+            write_meta(conn, "labelling", json.dumps(asdict(settings)))
 
     # ------------------------------------------------------------------------------------------- reading
 
@@ -373,8 +369,8 @@ def read_answers(
 
 
 def _read_settings(conn) -> LabellingSettings | None:
-    row = conn.execute("SELECT value FROM meta WHERE name = 'labelling'").fetchone()
-    return None if row is None else LabellingSettings(**json.loads(row[0]))
+    value = read_meta(conn, "labelling")
+    return None if value is None else LabellingSettings(**json.loads(value))
 
 
 def final_labels(
