@@ -14,6 +14,7 @@ __all__ = [
     "ANNOTATORS",
     "COLD_START_STRATEGIES",
     "EMBEDDING_BACKENDS",
+    "EMPTY_COMPLETION_RULES",
     "GENERATE_BACKENDS",
     "GENERATOR_BACKENDS",
     "JUDGE_MODES",
@@ -81,6 +82,9 @@ ANNOTATORS = ("dataset_scores", "reward_model", "judge", "self_judge", "api_judg
 JUDGE_MODES = ("pairwise", "rubric")
 #: Which weights judge for `annotator='self_judge'` (`AEPOConfig.self_judge_model`).
 SELF_JUDGE_MODELS = ("current", "frozen")
+#: What happens to an empty candidate (blank or invisible characters only) of a pool (`AEPOConfig.empty_completions`,
+#: `aepo_trainer.data.empty_completions`): kept as a candidate, dropped from its pool before selection, or refused.
+EMPTY_COMPLETION_RULES = ("keep", "drop", "error")
 #: How annotated candidates become pairs (`AEPOConfig.pairing_rule`).
 PAIRING_RULES = ("best_vs_worst", "all_pairs", "best_vs_random")
 #: The reward-aware losses this package computes (entries of `loss_type`; TRL computes the rest).

@@ -17,6 +17,7 @@ from .choices import (
     ANNOTATORS,
     COLD_START_STRATEGIES,
     EMBEDDING_BACKENDS,
+    EMPTY_COMPLETION_RULES,
     JUDGE_MODES,
     PAIRING_RULES,
     POLICY_STRATEGIES,
@@ -343,6 +344,16 @@ class AEPOConfig(DPOConfig):
         default="embeddings",
         metadata={"help": "Optional column with precomputed candidate embeddings ([N, D] per row)."},
     )
+    empty_completions: str = field(
+        default="keep",
+        metadata={
+            "help": "What to do with an empty candidate of a pool (the empty string, whitespace only, or only "
+            "invisible characters such as a zero-width space): 'keep' it as a candidate like any other (a warning "
+            "counts them and names the first rows), 'drop' it from its pool before selection (a pool left too small "
+            "to select from is skipped and reported), or 'error' (refuse the dataset, naming each one).",
+            "choices": list(EMPTY_COMPLETION_RULES),
+        },
+    )
     # ----------------------------------------------------------------------------------------------- annotation
     annotator: str = field(
         default="dataset_scores",
@@ -638,6 +649,7 @@ class AEPOConfig(DPOConfig):
             "embedding_backend",
             "embedding_quantized",
             "embedding_max_length",
+            "empty_completions",
             "annotator",
             "annotation_budget",
             "eval_annotation_budget",

@@ -18,6 +18,7 @@ from .choices import (
     ANNOTATORS,
     COLD_START_STRATEGIES,
     EMBEDDING_BACKENDS,
+    EMPTY_COMPLETION_RULES,
     JUDGE_MODES,
     PAIRING_RULES,
     POLICY_STRATEGIES,
@@ -197,6 +198,7 @@ CHECKS: tuple[Check | Callable, ...] = (
     Check("scores_column", _non_empty_string, "a non-empty column name"),
     Check("embeddings_column", _non_empty_string, "a non-empty column name"),
     # annotation
+    Check("empty_completions", _in(EMPTY_COMPLETION_RULES), _one_of(EMPTY_COMPLETION_RULES)),
     Check("annotator", _in(ANNOTATORS), _one_of(ANNOTATORS)),
     Check(
         "reward_model_name_or_path",

@@ -133,7 +133,7 @@ def test_stats_simulates_active_strategies_and_plots_the_learning_curve(tmp_path
         tmp_path / "stats.json",
     )
     assert "delta_ucb" in result.stdout and "pairwise acc." in result.stdout
-    records = json.loads((tmp_path / "stats.json").read_text())
+    records = json.loads((tmp_path / "stats.json").read_text())["strategies"]
     active = next(r for r in records if r["strategy"] == "delta_ucb")
     assert len(active["learning_curve"]) == 6 and 0.0 <= active["pairwise_accuracy"] <= 1.0
     assert png.stat().st_size > 10_000

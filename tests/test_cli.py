@@ -358,7 +358,8 @@ def test_select_bad_rows_exit_2_naming_row_and_field(tmp_path, demo_pool_rows, c
     rows = copy.deepcopy(demo_pool_rows[:4])
     mutate(rows)
     bad = write_jsonl(tmp_path / "bad.jsonl", rows)
-    assert main(["select", "--input", str(bad), "--output", str(tmp_path / "o.jsonl")]) == 2
+    flags = ["--empty_completions", "error"]  # the default, 'keep', keeps an empty completion
+    assert main(["select", "--input", str(bad), "--output", str(tmp_path / "o.jsonl"), *flags]) == 2
     assert expected in capsys.readouterr().err
 
 
@@ -423,7 +424,7 @@ def test_stats_prints_the_table_and_writes_a_png(tmp_path, embedded_pools):
         table,
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
-    records = json.loads(table.read_text())
+    records = json.loads(table.read_text())["strategies"]
     labels = {(r["strategy"], r["k"]) for r in records}
     for label in ("aepo λ=0", "aepo λ=0.5", "aepo λ=1", "aepo λ=2", "random", "representativeness", "kmedoids"):
         assert (label, 2) in labels and (label, 4) in labels

@@ -16,8 +16,10 @@ from aepo_trainer.data.pools import (
 
 
 @pytest.fixture
-def args(tmp_path):
-    return AEPOConfig(output_dir=str(tmp_path), bf16=False, report_to="none", num_annotations=2)
+def args(tmp_path):  # the strict rule for empty completions: the row checks below name them
+    return AEPOConfig(
+        output_dir=str(tmp_path), bf16=False, report_to="none", num_annotations=2, empty_completions="error"
+    )
 
 
 def _pools(n=3, k=3):

@@ -18,5 +18,5 @@ def test_diagnostics_plot(tmp_path, capsys):
     assert main([*argv, "--diagnostics_plot", str(png), "--json", str(table)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     assert "diagnostics plot written to" in capsys.readouterr().err
-    records = json.loads(table.read_text())
+    records = json.loads(table.read_text())["strategies"]
     assert records and all("_per_prompt" not in r for r in records)  # the per-prompt data stays out of the table

@@ -92,7 +92,7 @@ TRAINER_CASES = [
     (
         "D10-zero-width-only",
         edit(**{"completions[2]": {1: "\u200b\u200d\ufeff "}}),
-        {},
+        {"empty_completions": "error"},  # the default, 'keep', keeps it (`aepo_trainer.data.empty_completions`)
         "row 1, field 'completions'[2]",
     ),
     (
@@ -227,7 +227,12 @@ CLI_CASES = [
     ("D7-lone-surrogate", edit(**{"completions[1]": {2: " cut \udc80 here"}}), [], "row 2, field 'completions'[1]"),
     ("D8-pools-and-pairs", lambda d: [{**r, "chosen": "a", "rejected": "b"} for r in d], [], "pair column(s)"),
     ("D9-empty-file", lambda d: [], [], "the dataset is empty"),
-    ("D10-invisible", edit(**{"completions[0]": {0: "\u200b\u2060"}}), [], "row 0, field 'completions'[0]: empty"),
+    (
+        "D10-invisible",
+        edit(**{"completions[0]": {0: "\u200b\u2060"}}),
+        ["--empty_completions", "error"],  # the default, 'keep', keeps it
+        "row 0, field 'completions'[0]: empty",
+    ),
     (
         "missing-reward-model",
         lambda d: d,

@@ -144,8 +144,9 @@ class GenerateServerArguments:
     )
 
 
-def generate_arguments() -> tuple[type, ...]:
-    """The dataclasses of `aepo generate`'s flags, one per `--help` group (`aepo best-of-n` adds its own)."""
+def generate_arguments(store_note: str | None = None) -> tuple[type, ...]:
+    """The dataclasses of `aepo generate`'s flags, one per `--help` group (`aepo best-of-n` adds its own, and says
+    what its store holds in `store_note`)."""
     columns = aepo_settings_arguments(
         "GenerateColumnArguments", names={"completions_column", "seed"}, title="columns and seed (AEPOConfig fields)"
     )
@@ -163,8 +164,9 @@ def generate_arguments() -> tuple[type, ...]:
         },
         title="API limits, prices and ledger (--backend openai; AEPOConfig fields)",
         notes={
-            "annotation_store": "Here: where every call's usage and response is recorded (a rerun pays no completed "
-            "call again); default `<output>.api.sqlite`."
+            "annotation_store": store_note
+            or "Here: where every call's usage and response is recorded (a rerun pays no completed call again); "
+            "default `<output>.api.sqlite`."
         },
     )
     return (GenerateDataArguments, columns, GenerateSamplingArguments, GenerateServerArguments, api)

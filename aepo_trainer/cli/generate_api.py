@@ -23,7 +23,9 @@ class BudgetStop(CLIError):
 class OpenAISampler:
     """`sampler(prompts, seed) -> (pools, completion_tokens)` over a `ChatClient` (the interface of the local ones)."""
 
-    def __init__(self, args):
+    def __init__(self, args, run_id: str | None = None):
+        """`run_id`: the dollar ledger the calls are charged to (default `generate:<output>`); `aepo best-of-n` passes
+        its own, so that sampling and judging share one `--annotation_cost_budget`."""
         try:
             from aepo_trainer.generation import ApiConfigError, ChatClient, UsageLedger
         except ImportError:
@@ -32,7 +34,10 @@ class OpenAISampler:
         store = args.annotation_store or f"{args.output}.api.sqlite"
         try:
             ledger = UsageLedger(
-                store, run_id=f"generate:{args.output}", prices=args.api_prices, budget=args.annotation_cost_budget
+                store,
+                run_id=run_id or f"generate:{args.output}",
+                prices=args.api_prices,
+                budget=args.annotation_cost_budget,
             )
             self.client = ChatClient(
                 args.api_base,

@@ -48,9 +48,13 @@ class JSFTArguments:
 
 
 def build_parser():
-    from trl import ModelConfig, SFTConfig, TrlParser
+    from trl import ModelConfig, SFTConfig
 
-    return TrlParser((JSFTArguments, SFTConfig, ModelConfig), prog="aepo jsft", description=__doc__.split("\n\n")[0])
+    from .args import LiteralHelpTrlParser
+
+    return LiteralHelpTrlParser(
+        (JSFTArguments, SFTConfig, ModelConfig), prog="aepo jsft", description=__doc__.split("\n\n")[0]
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -32,11 +32,13 @@ would do and cost; writes nothing). `aepo safer-instruct <step> --help` lists ev
 
 def build_parser():
     import torch
-    from trl import ModelConfig, SFTConfig, TrlParser
+    from trl import ModelConfig, SFTConfig
 
     from aepo_trainer.synthesis.arguments import SaferInstructArguments
 
-    parser = TrlParser((SaferInstructArguments, SFTConfig, ModelConfig), prog="aepo safer-instruct <step>")
+    from .args import LiteralHelpTrlParser
+
+    parser = LiteralHelpTrlParser((SaferInstructArguments, SFTConfig, ModelConfig), prog="aepo safer-instruct <step>")
     defaults = {"output_dir": OUTPUT_DIR_DEFAULT, "report_to": "none"}
     if not torch.cuda.is_available():  # TRL defaults bf16 to True, which TrainingArguments rejects on CPU
         defaults["bf16"] = False

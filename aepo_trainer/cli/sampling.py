@@ -56,10 +56,11 @@ def prompt_id(prompt) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- backends
-# A backend is a factory `(args, settings) -> generator`, where the generator has `generate(prompts, seeds) ->
-# list[GeneratedPool]` (see `aepo_trainer.generation`). Adding a backend = one name in `choices.GENERATE_BACKENDS`,
+# A backend is a factory `(args, settings, ledger_run_id) -> generator`, where the generator has `generate(prompts,
+# seeds) -> list[GeneratedPool]` (see `aepo_trainer.generation`); a backend that pays per call charges it to the usage
+# ledger `ledger_run_id` (None: its own default). Adding a backend = one name in `choices.GENERATE_BACKENDS`,
 # one factory here, and its flags in `build_parser`.
-def _transformers_backend(args, settings):
+def _transformers_backend(args, settings, ledger_run_id=None):
     from aepo_trainer.generation import load_transformers_generator
 
     return load_transformers_generator(
@@ -72,7 +73,7 @@ def _transformers_backend(args, settings):
     )
 
 
-def _vllm_backend(args, settings):
+def _vllm_backend(args, settings, ledger_run_id=None):
     from aepo_trainer.generation.vllm import VLLMGenerator
 
     return VLLMGenerator.from_pretrained(
@@ -80,10 +81,10 @@ def _vllm_backend(args, settings):
     )
 
 
-def _openai_backend(args, settings):
+def _openai_backend(args, settings, ledger_run_id=None):
     from .generate_api import OpenAISampler
 
-    return OpenAISampler(args)
+    return OpenAISampler(args, run_id=ledger_run_id)
 
 
 BACKENDS = {"transformers": _transformers_backend, "vllm": _vllm_backend, "openai": _openai_backend}
@@ -99,7 +100,8 @@ def _resolve_backend(name: str) -> str:
     return "vllm" if is_vllm_available() and torch.cuda.is_available() else "transformers"
 
 
-def make_generator(args):
+def make_generator(args, ledger_run_id: str | None = None):
+    """The sampling backend `args.backend` names; paid calls are charged to the usage ledger `ledger_run_id`."""
     from aepo_trainer.generation import GenerationInputError, SamplingSettings
 
     try:
@@ -112,6 +114,6 @@ def make_generator(args):
             repetition_penalty=args.repetition_penalty,
             use_chat_template=args.use_chat_template,
         )
-        return BACKENDS[_resolve_backend(args.backend)](args, settings)
+        return BACKENDS[_resolve_backend(args.backend)](args, settings, ledger_run_id)
     except GenerationInputError as error:
         raise InputError(str(error)) from None

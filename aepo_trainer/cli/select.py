@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from aepo_trainer.data.empty_completions import EmptyCompletionReport
 from aepo_trainer.reduction.reducer import RUNNING_TOTALS
 from aepo_trainer.reduction.rows import reduce_rows
 
@@ -44,10 +45,10 @@ examples:
 
   aepo select --input pools.jsonl --output pairs.jsonl --selection_strategy delta_ucb --annotation_budget 800
 
-Resume: rerun the same command after an interruption; annotations in the store are reused for free. Active
-strategies replay the stored labels batch by batch, so a resumed run selects (and writes) exactly the same pairs;
-their learning curve (the surrogate's accuracy on each batch before it saw its labels) goes to
-<output>.surrogate.jsonl.
+Resume: rerun the same command after an interruption; annotations in the store are reused for free and finished
+chunks are skipped. Active strategies restore their surrogate from the labels of the finished chunks in one fit, so a
+resumed run selects (and writes) exactly the same pairs; their learning curve (the surrogate's accuracy on each batch
+before it saw its labels) goes to <output>.surrogate.jsonl.
 Exit codes: 0 ok, 2 bad input, 3 budget exhausted (pairs annotated so far written), 4 human labels pending.
 """
 
@@ -199,7 +200,7 @@ def run(argv: list[str], processes) -> int:
     size = config.active_batch_size if config.uses_active_selection else args.batch_size
     chunk_rows = math.ceil(args.chunk_size / size) * size  # chunks hold whole batches: the same batches as one pass
 
-    def chunks():
+    def raw_chunks():
         from .streaming import iter_row_chunks
 
         return iter_row_chunks(
@@ -210,7 +211,13 @@ def run(argv: list[str], processes) -> int:
             embeddings_column=config.embeddings_column,
         )
 
-    prompts, texts = check_input(chunks(), config, args, annotator, processes)  # streamed: nothing kept but counts
+    def chunks():  # the rows every stage sees: the empty-completions rule applied (`empty_completions`)
+        report, offset = EmptyCompletionReport(config.empty_completions), 0
+        for chunk in raw_chunks():
+            yield report.apply(chunk, config, row_offset=offset)
+            offset += len(chunk)
+
+    prompts, texts = check_input(raw_chunks(), config, args, annotator, processes)  # streamed: only counts kept
     timings["check"] = time.perf_counter() - started
     from aepo_trainer.errors import storage_guard
     from aepo_trainer.storage.annotations import kept_annotations
@@ -249,18 +256,28 @@ def check_input(chunks, config, args, annotator, processes) -> tuple[int, int]:
     from .pool_stages import check_pool_rows, check_pool_settings
 
     ccol = config.completions_column
-    prompts = texts = 0
+    rows_read = prompts = texts = 0
     need_embedder = False
     smallest_pool = None
+    empty = EmptyCompletionReport(config.empty_completions)
     for chunk in chunks:
-        check_pool_rows(chunk, config, args.input, need_scores=config.annotator == "dataset_scores", row_offset=prompts)
-        sizes = [len(row[ccol]) for row in chunk]
-        prompts += len(chunk)
+        check_pool_rows(
+            chunk, config, args.input, need_scores=config.annotator == "dataset_scores", row_offset=rows_read
+        )
+        kept = empty.apply(chunk, config, row_offset=rows_read)
+        rows_read += len(chunk)
+        sizes = [len(row[ccol]) for row in kept]
+        prompts += len(kept)
         texts += sum(sizes)
-        smallest_pool = min([*sizes, smallest_pool] if smallest_pool is not None else sizes)
-        need_embedder = need_embedder or any(row.get(config.embeddings_column) is None for row in chunk)
-    if not prompts:
+        smallest_pool = min([*sizes, smallest_pool] if smallest_pool is not None else sizes) if sizes else smallest_pool
+        need_embedder = need_embedder or any(row.get(config.embeddings_column) is None for row in kept)
+    if not rows_read:
         raise InputError(f"{args.input}: the dataset is empty (no rows)")
+    warning = empty.warning(args.input, ccol)
+    if warning and processes.is_main:
+        print(f"aepo select: warning: {warning}", file=sys.stderr)
+    if not prompts:
+        raise InputError(f"{args.input}: every pool was skipped by --empty_completions drop (none left to select from)")
 
     def settings():
         check_pool_settings(
@@ -309,21 +326,35 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
         if written.restarted:
             print(f"aepo select: {written.folder} held chunks of other settings; starting over", file=sys.stderr)
         bar = tqdm(total=prompts, unit="prompt", desc="select+annotate+pair", dynamic_ncols=True, position=1)
-    resumable = not config.uses_active_selection  # an active surrogate must see every chunk's labels again (free)
+    # An active surrogate learns from every chunk's labels: a finished chunk keeps what it taught it (the labels with
+    # their features, the learning-curve points) and a resumed run relearns that in one fit (`ActiveSelector.relearn`)
+    # instead of selecting the finished chunks again. Only a prefix of finished chunks can be skipped that way.
+    active = reducer.active if processes.is_main else None
+    restored: list[dict] = []
     totals = dict.fromkeys(STATS_FIELDS, 0.0)
     resumed = pairs_written = chunks_done = 0
     pending = []
     embed_seconds = 0.0
+    prefix = True
     for index, chunk in enumerate(chunks):
         chunks_done = index + 1
-        finished = processes.broadcast(written.finished(index) if processes.is_main and resumable else None)
+        finished = written.finished(index) if processes.is_main else None
+        if active is not None and (not prefix or finished is None or "active" not in finished):
+            finished = None
+        prefix = prefix and finished is not None
+        finished = processes.broadcast(finished)
         if finished is not None:  # done by an earlier run: its rows are in its chunk file
             if processes.is_main:
                 _add_totals(totals, finished, resumed=True)
                 resumed += len(chunk)
                 pairs_written += finished["rows"]
                 bar.update(len(chunk))
+                if active is not None:
+                    restored.append(finished["active"])
             continue
+        if restored:
+            active.relearn(restored)
+            restored = []
         t = time.perf_counter()
         embeddings = embedder.embed(chunk)
         embed_seconds += time.perf_counter() - t
@@ -333,16 +364,21 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
                 chunk, embeddings, left_out = _informative_part(chunk, embeddings, reducer, size, prompts)
                 totals["prompts_unselected"] = totals.get("prompts_unselected", 0.0) + left_out
                 bar.update(left_out)
+            mark = active.mark() if active is not None else None
             pairs, chunk_totals, chunk_pending = reduce_rows(chunk, embeddings, reducer, size, bar=bar)
             _add_totals(totals, chunk_totals)
             pending.extend(chunk_pending)
             if not chunk_pending:  # a chunk waiting for human labels is redone once they are in
+                if active is not None:
+                    chunk_totals = {**chunk_totals, "active": active.lessons_since(mark)}
                 written.write(index, pairs, chunk_totals, complete=not chunk_totals["prompts_skipped"])
                 pairs_written += len(pairs)
             stop = bool(chunk_pending) and reducer.active is not None
         del embeddings
         if processes.broadcast(stop):
             break
+    if restored:  # every chunk was finished: the learning curve and the summary still describe the whole run
+        active.relearn(restored)
     timings["embed"] = embed_seconds
     timings["select+annotate+pair"] = time.perf_counter() - started - timings["check"] - embed_seconds
     if not processes.is_main:

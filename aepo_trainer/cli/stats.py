@@ -65,6 +65,7 @@ _SELECTION_FIELDS = {
     "completions_column",
     "scores_column",
     "embeddings_column",
+    "empty_completions",
     "annotation_budget",
     "annotation_store",
     "active_warmup_annotations",
@@ -104,7 +105,13 @@ class StatsDataArguments:
         default=None, metadata={"help": "Write the plot to this image file.", "metavar": "FILE.png"}
     )
     json: str | None = field(
-        default=None, metadata={"help": "Write the table as JSON records.", "metavar": "FILE.json"}
+        default=None,
+        metadata={
+            "help": "Write everything the report prints as one JSON document: the strategy table and learning curves, "
+            "the budget, the empty completions found, the API usage per run and model (--annotation_store) and the "
+            "labelling summary (--labels). Schema: docs/cli.md.",
+            "metavar": "FILE.json",
+        },
     )
     diagnostics_plot: str | None = field(
         default=None,
@@ -175,15 +182,21 @@ def main(argv: list[str]) -> int:
     args = parse_with_yaml(build_parser(), argv)
     if args.input is None and args.labels is None and args.annotation_store is None:
         raise InputError("pass --input (a pool dataset), --labels or --annotation_store (an annotation store), or both")
+    report = {"schema_version": JSON_SCHEMA_VERSION, "input": args.input, "api_usage": None, "labels": None}
     if args.annotation_store is not None:
-        print(usage_report(args.annotation_store))
+        report["api_usage"] = usage_summary(args.annotation_store)
+        print(format_usage(report["api_usage"]))
     if args.labels is not None:
         from aepo_trainer.labelling.summary import format_labelling_summary, labelling_summary
 
         if not os.path.exists(args.labels):
             raise InputError(f"--labels {args.labels}: no such file")
-        print(format_labelling_summary(labelling_summary(args.labels), args.labels))
+        labelled = labelling_summary(args.labels)
+        print(format_labelling_summary(labelled, args.labels))
+        report["labels"] = {"store": args.labels, **_labels_record(labelled)}
     if args.input is None:
+        if args.json:
+            write_json(report, args.json)
         return EXIT_OK
     ks = sorted(set(args.num_annotations))
     if min(ks) < 2 or args.batch_size < 1 or any(w < 0 or not math.isfinite(w) for w in args.diversity_weight):
@@ -202,6 +215,14 @@ def main(argv: list[str]) -> int:
     if args.max_prompts is not None:
         rows = rows[: args.max_prompts]
     check_pools(rows, config, args.input, need_scores=False, paid=False)
+    from aepo_trainer.data.empty_completions import EmptyCompletionReport
+
+    empty = EmptyCompletionReport(config.empty_completions)  # as `aepo select` and the trainer treat them
+    rows = empty.apply(rows, config, mark_positions=False)
+    if empty.warning(args.input, config.completions_column):
+        print(f"aepo stats: warning: {empty.warning(args.input, config.completions_column)}", file=sys.stderr)
+    if not rows:
+        raise InputError(f"{args.input}: every pool was skipped by --empty_completions drop (none left to compare)")
     has_scores = all(isinstance(r.get(config.scores_column), list) for r in rows)
     active = [s for s in args.strategies if s in ACTIVE_STRATEGIES]
     if active and not has_scores:
@@ -223,9 +244,23 @@ def main(argv: list[str]) -> int:
                     f"pairwise accuracy {q['pairwise_accuracy']:.3f}, Spearman {q['spearman']:.3f} on its new labels"
                 )
     per_prompt = {(r["strategy"], r["k"]): r.pop("_per_prompt") for r in records}
+    report.update(
+        prompts=len(rows),
+        pool_size={"min": min(pool_sizes), "max": max(pool_sizes)},
+        annotation_budget=args.annotation_budget,
+        has_scores=has_scores,
+        k_left_out=[k for k in ks if k >= min(pool_sizes)],
+        empty_completions={
+            "rule": empty.rule,
+            "empty": empty.empty,
+            "pools_with_empty": empty.pools_with_empty,
+            "first": [{"row": r, "index": j} for r, j in empty.named],
+            "pools_skipped": empty.skipped,
+        },
+        strategies=records,
+    )
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(records, f, indent=1)
+        write_json(report, args.json)
     if args.diagnostics_plot:
         from .diagnostics import plot_diagnostics
 
@@ -239,8 +274,39 @@ def main(argv: list[str]) -> int:
     return EXIT_OK
 
 
-def usage_report(path: str) -> str:
-    """The API usage table of an annotation store: calls, tokens and dollars per (run, model), and the total."""
+#: The version of the `--json` document (docs/cli.md, "aepo stats --json"); raised when a key changes meaning.
+JSON_SCHEMA_VERSION = 1
+
+
+def write_json(report: dict, path: str) -> None:
+    """The `--json` document: standard JSON (a NaN, e.g. no pairwise accuracy yet, is written as null)."""
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(clean(report), f, indent=1, allow_nan=False)
+
+
+def _labels_record(summary: dict | None) -> dict:
+    """The labelling summary `--labels` prints, as JSON values (None: no labelling page ran on the store)."""
+    if summary is None:
+        return {"settings": None, "items": 0, "final": 0, "read_by_run": 0, "agreement": None}
+    import dataclasses
+
+    settings = summary["settings"]
+    return {**summary, "settings": dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else settings}
+
+
+def usage_summary(path: str) -> dict:
+    """The API usage of an annotation store: `{"store", "runs": [per (run, model)], "total"}` (`total` is None when
+    no call was recorded). Each entry: calls, failed, unknown, prompt_tokens, completion_tokens, cost (dollars)."""
     import os
 
     from aepo_trainer.storage.usage import summary
@@ -248,11 +314,25 @@ def usage_report(path: str) -> str:
     if not os.path.exists(path):
         raise InputError(f"--annotation_store {path!r}: no such file")
     rows = summary(path)
-    if not rows:
+    total = None
+    if rows:
+        names = ("calls", "failed", "unknown", "prompt_tokens", "completion_tokens")
+        total = {k: sum(r[k] for r in rows) for k in names}
+        total["cost"] = sum(r["cost"] for r in rows)
+    return {"store": str(path), "runs": rows, "total": total}
+
+
+def usage_report(path: str) -> str:
+    """The API usage table of an annotation store: calls, tokens and dollars per (run, model), and the total."""
+    return format_usage(usage_summary(path))
+
+
+def format_usage(usage: dict) -> str:
+    """The table of `usage_summary`."""
+    path = usage["store"]
+    if not usage["runs"]:
         return f"{path}: no API calls recorded"
-    total = {k: sum(r[k] for r in rows) for k in ("calls", "failed", "unknown", "prompt_tokens", "completion_tokens")}
-    total["cost"] = sum(r["cost"] for r in rows)
-    rows = rows + [{"run_id": "total", "model": "", **total}]
+    rows = usage["runs"] + [{"run_id": "total", "model": "", **usage["total"]}]
     header = ("run", "model", "calls", "failed", "unknown", "prompt tokens", "completion tokens", "cost ($)")
     cells = [
         (

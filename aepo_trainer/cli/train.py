@@ -97,11 +97,13 @@ def resolve_config_argument(argv: list[str]) -> list[str]:
 
 
 def build_parser():
-    from trl import ModelConfig, TrlParser
+    from trl import ModelConfig
 
     from aepo_trainer.config import AEPOConfig
 
-    return TrlParser((TrainScriptArguments, AEPOConfig, ModelConfig), prog="aepo train")
+    from .args import LiteralHelpTrlParser
+
+    return LiteralHelpTrlParser((TrainScriptArguments, AEPOConfig, ModelConfig), prog="aepo train")
 
 
 def parse_arguments(argv: list[str]):

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .empty_completions import apply_to_dataset
 from .kinds import first_row, is_pool_dataset
 from .rows import validate_pool_dataset
 
@@ -111,8 +112,9 @@ def prepare_pool_dataset(
             called with a copy of `args` whose `max_length` is None, so that no pseudo pair is dropped and the pools
             stay aligned; pools whose prompt alone fills `max_length` are dropped here instead, as TRL does for pairs.
         embed: `f(dataset, args) -> dataset` adding `args.embeddings_column` (used only when that column is absent).
-        allow_empty: accept empty completions (on-policy pools: a policy that stops at once produced a real sample,
-            the EOS-only response; in a dataset an empty completion is almost always a data bug).
+        allow_empty: keep empty completions whatever `args.empty_completions` says, without a warning (on-policy
+            pools: a policy that stops at once produced a real sample, the EOS-only response). Otherwise the rule of
+            `aepo_trainer.data.empty_completions` applies: keep (warned), drop, or error.
 
     Returns:
         The dataset with all its original columns plus `prompt_ids`, `completions_ids` and the embeddings column.
@@ -129,6 +131,8 @@ def prepare_pool_dataset(
     if is_prepared_pool_dataset(dataset):
         return dataset
     validate_pool_dataset(dataset, args, dataset_name, allow_empty=allow_empty)
+    if not allow_empty:  # the rule of `empty_completions` (keep: a warning; drop: removed before anything else)
+        dataset = apply_to_dataset(dataset, args, dataset_name)
     ccol = args.completions_column
 
     extra = [c for c in _PAIR_COLUMNS_PASSED_TO_TRL if c in dataset.column_names]

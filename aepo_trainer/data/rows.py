@@ -1,7 +1,7 @@
 """Every row and every column of a pool dataset, checked in one pass before any paid or slow work.
 
-Prompts and completions (strings or chat messages, one format, no empty or invisible-only completion (D10), no lone
-surrogate code point (D7)), `scores` (one finite number per completion when the `dataset_scores` annotator reads them:
+Prompts and completions (strings or chat messages, one format, empty or invisible-only completions (D10) by the rule
+of `aepo_trainer.data.empty_completions`, no lone surrogate code point (D7)), `scores` (one finite number per completion when the `dataset_scores` annotator reads them:
 D1, D4), `embeddings` (one finite, non-zero vector of one dimension per completion, in every row or none: D2, D3).
 
 Lone surrogates (D7) are refused rather than re-encoded: they come from a broken decoder upstream (`surrogateescape`,
@@ -82,7 +82,8 @@ def pool_problems(dataset, args, need_scores: bool = False, allow_empty: bool = 
     """Every problem of a pool dataset (a `datasets.Dataset` or any iterable of row dicts), all rows, all columns.
 
     `need_scores`: the `dataset_scores` annotator reads `scores_column`, so it must exist in every row and hold one
-    finite number per completion (otherwise only its length is checked where it is present).
+    finite number per completion (otherwise only its length is checked where it is present). Empty completions (D10)
+    are problems only under `args.empty_completions == 'error'` and never with `allow_empty` (on-policy pools).
     """
     ccol, scol, ecol = args.completions_column, args.scores_column, args.embeddings_column
     columns = columns_of(dataset)
@@ -114,6 +115,9 @@ def pool_problems(dataset, args, need_scores: bool = False, allow_empty: bool = 
             return problems
     west_of_n = args.selection_strategy == "west_of_n"
     k = 2 if west_of_n else args.num_annotations
+    # `aepo_trainer.data.empty_completions`: only 'error' refuses an empty candidate (settings objects without the
+    # field: the strict rule)
+    refuse_empty = not allow_empty and getattr(args, "empty_completions", "error") == "error"
     wanted = [c for c in dict.fromkeys(("prompt", ccol, scol, ecol)) if columns is None or c in columns]
     rows = dataset.select_columns(wanted) if hasattr(dataset, "select_columns") and columns is not None else dataset
     expected_format = None
@@ -183,10 +187,13 @@ def pool_problems(dataset, args, need_scores: bool = False, allow_empty: bool = 
                 problems.append(
                     Problem(field, index, f"mixed formats: the prompt is {prompt_format} but this completion is {fmt}")
                 )
-            if _is_empty(completion, fmt) and not allow_empty:
+            if refuse_empty and _is_empty(completion, fmt):
                 problems.append(
                     Problem(
-                        field, index, "empty completion (only whitespace or invisible characters)", excerpt(completion)
+                        field,
+                        index,
+                        "empty completion (only whitespace or invisible characters; empty_completions='error')",
+                        excerpt(completion),
                     )
                 )
             bad = _surrogate(completion, fmt)

@@ -7,7 +7,8 @@ same step would be paid twice. With the pools stored first, the repeated step re
 annotation store recognises every label, and nothing is generated or paid again.
 
 A pool's key hashes the run, the sampling settings (`SamplingSettings.fingerprint`), the generation round and the
-prompt; the stored record keeps the texts, the token ids, the seed and the settings, readable with any SQLite client.
+prompt; the stored record keeps the texts, the token ids (the prompt's as fed to the model and each completion's as
+sampled: what the step trains on), the seed and the settings, readable with any SQLite client.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ CREATE TABLE IF NOT EXISTS pools (
     completions TEXT NOT NULL,
     completion_ids TEXT,
     seed INTEGER,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    prompt_ids TEXT
 )
 """
 
@@ -60,6 +62,9 @@ class CandidateStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(pools)")}
+            if "prompt_ids" not in columns:  # a store written before the prompt's token ids were kept
+                self._conn.execute("ALTER TABLE pools ADD COLUMN prompt_ids TEXT")
             self._pid = os.getpid()
         return self._conn
 
@@ -69,15 +74,16 @@ class CandidateStore:
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             rows = self.conn.execute(
-                f"SELECT key, prompt, completions, completion_ids, seed FROM pools WHERE key IN "
+                f"SELECT key, prompt, completions, completion_ids, seed, prompt_ids FROM pools WHERE key IN "
                 f"({','.join('?' * len(chunk))})",
                 chunk,
             ).fetchall()
-            for key, prompt, completions, completion_ids, seed in rows:
+            for key, prompt, completions, completion_ids, seed, prompt_ids in rows:
                 ids = None if completion_ids is None else json.loads(completion_ids)
                 found[key] = GeneratedPool(
                     prompt=json.loads(prompt),
                     completions=json.loads(completions),
+                    prompt_ids=None if prompt_ids is None else json.loads(prompt_ids),
                     completion_ids=ids,
                     seed=seed,
                     num_tokens=sum(len(c) for c in ids) if ids else 0,
@@ -98,12 +104,17 @@ class CandidateStore:
                 None if pool.completion_ids is None else json.dumps(pool.completion_ids),
                 pool.seed,
                 now,
+                None if pool.prompt_ids is None else json.dumps(list(pool.prompt_ids)),
             )
             for key, pool in records.items()
         ]
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.executemany("INSERT OR IGNORE INTO pools VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO pools (key, run_id, round, settings, prompt, completions, completion_ids, seed, "
+                "created, prompt_ids) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
 
     def __len__(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM pools").fetchone()[0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from ..data.empty_completions import KEPT_POSITIONS_KEY
 from .reducer import STATS_FIELDS, add_stats
 
 __all__ = ["batch_inputs", "pair_record", "pair_rows", "reduce_rows"]
@@ -34,7 +35,8 @@ def reduce_rows(rows, embeddings, reducer, size: int, bar=None):
         bar = tqdm(total=len(rows), unit="prompt", desc="select+annotate+pair", dynamic_ncols=True)
     for start in range(0, len(rows), size):
         batch_rows, tensor, mask = batch_inputs(rows, embeddings, start, start + size, config.embeddings_column)
-        reduced = reducer.reduce(batch_rows, tensor, mask)
+        visible = [{k: v for k, v in row.items() if k != KEPT_POSITIONS_KEY} for row in batch_rows]  # annotators'
+        reduced = reducer.reduce(visible, tensor, mask)
         add_stats(totals, reduced.stats)
         if reduced.pending is not None:
             pending.append(reduced.pending)
@@ -87,8 +89,15 @@ def pair_rows(rows: list[dict], reduced, config) -> list[dict]:
         row = rows[pair.row]
         pool = row[ccol]
         record = pair_record(row, reduced, pair, ccol)
+        kept = row.get(KEPT_POSITIONS_KEY)  # `empty_completions='drop'` trimmed the pool: name positions in the input
+        if kept is not None:
+            record["chosen_index"], record["rejected_index"] = (
+                kept[record["chosen_index"]],
+                kept[record["rejected_index"]],
+            )
+            record["selected_indices"] = [kept[i] for i in record["selected_indices"]]
         for name, value in row.items():  # keep per-prompt columns; drop per-candidate ones (one entry per completion)
-            if name in record or name in (ccol, scol, ecol):
+            if name in record or name in (ccol, scol, ecol, KEPT_POSITIONS_KEY):
                 continue
             if isinstance(value, list) and len(value) == len(pool):
                 continue

@@ -291,6 +291,46 @@ class ActiveSelector:
             self.surrogate.fit()
         return added
 
+    # --------------------------------------------------------------------------------------------------- resume
+    def mark(self) -> tuple:
+        """Where learning stands now (label keys, tested prompts, learning-curve points, counters): `lessons_since`
+        reads it."""
+        return (
+            self.surrogate.keys(),
+            self.safety.keys(),
+            len(self.history),
+            self.invalid_labels,
+            self.nonfinite_features,
+        )
+
+    def lessons_since(self, mark: tuple) -> dict:
+        """What was learned since `mark`, as JSON: the labels added (with their features: an exact float64 round
+        trip), the safety record's new tests, the learning-curve points and the counters. `aepo select` keeps it with
+        each finished chunk."""
+        keys, tested, points, invalid, nonfinite = mark
+        return {
+            "labels": self.surrogate.export(self.surrogate.keys() - keys),
+            "tests": self.safety.export(self.safety.keys() - tested),
+            "history": [q.to_dict() for q in self.history[points:]],
+            "invalid_labels": self.invalid_labels - invalid,
+            "nonfinite_features": self.nonfinite_features - nonfinite,
+        }
+
+    def relearn(self, lessons: list[dict]) -> None:
+        """Learn again what `lessons_since` recorded, in one fit. The fit depends only on the set of labels and the
+        safety record on the set of tests, so the selector ends where batch-by-batch learning ended, and the next
+        selection is the one an uninterrupted run makes."""
+        self.absorb(
+            {
+                "labels": [item for lesson in lessons for item in lesson["labels"]],
+                "tests": [item for lesson in lessons for item in lesson.get("tests", ())],
+            }
+        )
+        for lesson in lessons:
+            self.history.extend(BatchQuality(**q) for q in lesson["history"])
+            self.invalid_labels += lesson["invalid_labels"]
+            self.nonfinite_features += lesson.get("nonfinite_features", 0)
+
     # --------------------------------------------------------------------------------------------------- observe
     @torch.no_grad()
     def observe(

@@ -45,11 +45,14 @@ class BestOfN:
     extra: dict = field(default_factory=dict)
 
 
-def pick_best(judge, prompt, completions: list, row: dict | None = None) -> BestOfN:
-    """Judge one prompt's responses with `judge` (any annotator) and return the winner with its confidence."""
+def pick_best(judge, prompt, completions: list, row: dict | None = None, scores: list | None = None) -> BestOfN:
+    """Judge one prompt's responses with `judge` (any annotator) and return the winner with its confidence.
+    `scores`: the judge's scores obtained already (e.g. through an `AnnotationService`, which stores and meters
+    them); `judge` is then only asked whether its scores are relative (a tournament's)."""
     from ..annotation.base import AnnotationRequest, is_valid_score
 
-    (scores,) = judge.score([AnnotationRequest(prompt, list(completions), row=row or {})])
+    if scores is None:
+        (scores,) = judge.score([AnnotationRequest(prompt, list(completions), row=row or {})])
     valid = [i for i, s in enumerate(scores) if is_valid_score(s)]
     if not valid:
         return BestOfN(prompt, list(completions), list(scores), None)

@@ -14,8 +14,12 @@ reduction (`step.reduce_pool_batches`):
   round is read back whenever the prompt comes again in that round — with `generate_every > 1` a pool serves several
   steps — and a resumed run repeating a step reads the very candidates the killed run had paid labels for, so the
   annotation store recognises them and nothing is paid twice.
-* **Tokenization is the offline pools'** (`pools.prepare_pool_dataset`, i.e. TRL's DPO tokenization), so the trainer
-  computes the same thing on an on-policy pool as on the same pool given as a dataset.
+* **The sampled tokens are trained on**: each pool keeps the prompt's token ids as fed to the model and every
+  completion's ids as generated (up to and including EOS; a completion cut at `max_completion_length` has no EOS, as
+  it was sampled), and the step trains on exactly those. Decoding the samples and tokenizing the text again (TRL's
+  DPO tokenization) can give other tokens — BPE merges across the prompt/completion boundary, non-canonical samples —
+  i.e. train on sequences the policy never produced. Pools without ids (an API backend, an older store) fall back to
+  the offline pools' tokenization (`pools.prepare_pool_dataset`).
 * **Phase times** (`PhaseTimer`): generate / embed / select / annotate / train, logged as `aepo/time_share/*`.
 """
 
@@ -182,6 +186,8 @@ class OnPolicyPools:
         with phase(trainer.aepo_phase_timer, "embed"):
             embeddings, _ = self.embedder.encode_pools([pool.completions for pool in pools])
         embeddings = embeddings.float().cpu()
+        if all(pool.prompt_ids is not None and pool.completion_ids is not None for pool in pools):
+            return self._sampled_tokens_batch(rows, pools, embeddings)
         table = [
             {
                 **row,
@@ -205,6 +211,34 @@ class OnPolicyPools:
         prepared = prepared.with_format("torch", columns=[args.embeddings_column], output_all_columns=True)
         collator = AEPODataCollator.from_config(args, pad_token_id=trainer.pad_token_id)
         return collator([prepared[i] for i in range(len(prepared))])
+
+    def _sampled_tokens_batch(self, rows: list[dict], pools, embeddings) -> dict:
+        """The pool batch of the tokens as sampled: prompt ids as fed to the model, completion ids as generated."""
+        from ..data.collator import AEPODataCollator
+        from ..data.pools import COMPLETIONS_IDS, PROMPT_IDS
+
+        trainer, args = self.trainer, self.trainer.args
+        examples = []
+        for i, (row, pool) in enumerate(zip(rows, pools)):
+            fills = args.max_length is not None and len(pool.prompt_ids) >= args.max_length
+            if fills and args.truncation_mode == "keep_start":  # as prepared pools: no completion token would be left
+                logger.warning(
+                    "An on-policy pool was dropped: its prompt alone is %d >= max_length=%d tokens.",
+                    len(pool.prompt_ids),
+                    args.max_length,
+                )
+                continue
+            examples.append(
+                {
+                    **row,
+                    args.completions_column: pool.completions,
+                    args.embeddings_column: embeddings[i, : len(pool.completions)],
+                    PROMPT_IDS: list(pool.prompt_ids),
+                    COMPLETIONS_IDS: [list(ids) for ids in pool.completion_ids],
+                }
+            )
+        collator = AEPODataCollator.from_config(args, pad_token_id=trainer.pad_token_id)
+        return collator(examples)
 
 
 def _offsets(batches: list[list]) -> list[int]:
