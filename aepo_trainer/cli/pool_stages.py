@@ -199,13 +199,14 @@ def read_only_store(path: str):
     import tempfile
 
     from aepo_trainer.annotation import AnnotationStore
+    from aepo_trainer.storage.annotations import connect_read_only
 
     folder = tempfile.mkdtemp(prefix="aepo-dry-run-")
     copy = os.path.join(folder, "annotations.sqlite")
     store = None
     try:
         if os.path.exists(path) and os.path.getsize(path) > 0:
-            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            source = connect_read_only(path)
             target = sqlite3.connect(copy)
             try:
                 source.backup(target)

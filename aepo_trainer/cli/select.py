@@ -303,139 +303,144 @@ def select_chunks(chunks, embedder, annotator, config, args, run_id, processes, 
 
     output = os.path.abspath(os.path.expanduser(args.output))
     reducer = service = written = bar = None
-    if processes.is_main:
-        from tqdm.auto import tqdm
-
-        from aepo_trainer.annotation import AnnotationService
-        from aepo_trainer.reduction.reducer import PoolReducer
-
-        service = AnnotationService.from_config(config, annotator, run_id=run_id)
-        reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
-        written = ChunkedOutput(
-            output,
-            {
-                "input": input_identity(args.input),
-                "split": args.split,
-                "max_prompts": args.max_prompts,
-                "chunk_size": args.chunk_size,
-                "batch_size": size,
-                "settings": config.aepo_settings(),
-                "run_id": run_id,
-            },
-        )
-        if written.restarted:
-            print(f"aepo select: {written.folder} held chunks of other settings; starting over", file=sys.stderr)
-        bar = tqdm(total=prompts, unit="prompt", desc="select+annotate+pair", dynamic_ncols=True, position=1)
-    # An active surrogate learns from every chunk's labels: a finished chunk keeps what it taught it (the labels with
-    # their features, the learning-curve points) and a resumed run relearns that in one fit (`ActiveSelector.relearn`)
-    # instead of selecting the finished chunks again. Only a prefix of finished chunks can be skipped that way.
-    active = reducer.active if processes.is_main else None
-    restored: list[dict] = []
-    totals = dict.fromkeys(STATS_FIELDS, 0.0)
-    resumed = pairs_written = chunks_done = 0
-    pending = []
-    embed_seconds = 0.0
-    prefix = True
-    for index, chunk in enumerate(chunks):
-        chunks_done = index + 1
-        finished = written.finished(index) if processes.is_main else None
-        if active is not None and (not prefix or finished is None or "active" not in finished):
-            finished = None
-        prefix = prefix and finished is not None
-        finished = processes.broadcast(finished)
-        if finished is not None:  # done by an earlier run: its rows are in its chunk file
-            if processes.is_main:
-                _add_totals(totals, finished, resumed=True)
-                resumed += len(chunk)
-                pairs_written += finished["rows"]
-                bar.update(len(chunk))
-                if active is not None:
-                    restored.append(finished["active"])
-            continue
-        if restored:
-            active.relearn(restored)
-            restored = []
-        t = time.perf_counter()
-        embeddings = embedder.embed(chunk)
-        embed_seconds += time.perf_counter() - t
-        stop = False
+    try:  # the store's connection is closed when the command ends (its WAL is checkpointed now, not at GC)
         if processes.is_main:
-            if config.prompt_selection != "all":  # the budget goes to the chunk's most informative prompts
-                chunk, embeddings, left_out = _informative_part(chunk, embeddings, reducer, size, prompts)
-                totals["prompts_unselected"] = totals.get("prompts_unselected", 0.0) + left_out
-                bar.update(left_out)
-            mark = active.mark() if active is not None else None
-            pairs, chunk_totals, chunk_pending = reduce_rows(chunk, embeddings, reducer, size, bar=bar)
-            _add_totals(totals, chunk_totals)
-            pending.extend(chunk_pending)
-            if not chunk_pending:  # a chunk waiting for human labels is redone once they are in
-                if active is not None:
-                    chunk_totals = {**chunk_totals, "active": active.lessons_since(mark)}
-                written.write(index, pairs, chunk_totals, complete=not chunk_totals["prompts_skipped"])
-                pairs_written += len(pairs)
-            stop = bool(chunk_pending) and reducer.active is not None
-        del embeddings
-        if processes.broadcast(stop):
-            break
-    if restored:  # every chunk was finished: the learning curve and the summary still describe the whole run
-        active.relearn(restored)
-    timings["embed"] = embed_seconds
-    timings["select+annotate+pair"] = time.perf_counter() - started - timings["check"] - embed_seconds
-    if not processes.is_main:
-        return processes.broadcast()
-    bar.close()
-    if resumed:
-        print(
-            f"aepo select: resumed: {resumed} prompts were finished by an earlier run ({written.folder})",
-            file=sys.stderr,
-        )
-    if reducer.active is not None:
-        write_learning_curve(reducer.active, f"{output}.surrogate.jsonl")
-    if pending:  # a human queue: every batch queued its items; nothing is written until all labels are in
-        print(summary(totals, service, timings, started, written=None), file=sys.stderr)
-        if reducer.active is not None:
+            from tqdm.auto import tqdm
+
+            from aepo_trainer.annotation import AnnotationService
+            from aepo_trainer.reduction.reducer import PoolReducer
+
+            service = AnnotationService.from_config(config, annotator, run_id=run_id)
+            reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
+            written = ChunkedOutput(
+                output,
+                {
+                    "input": input_identity(args.input),
+                    "split": args.split,
+                    "max_prompts": args.max_prompts,
+                    "chunk_size": args.chunk_size,
+                    "batch_size": size,
+                    "settings": config.aepo_settings(),
+                    "run_id": run_id,
+                },
+            )
+            if written.restarted:
+                print(f"aepo select: {written.folder} held chunks of other settings; starting over", file=sys.stderr)
+            bar = tqdm(total=prompts, unit="prompt", desc="select+annotate+pair", dynamic_ncols=True, position=1)
+        # An active surrogate learns from every chunk's labels: a finished chunk keeps what it taught it (the labels with
+        # their features, the learning-curve points) and a resumed run relearns that in one fit (`ActiveSelector.relearn`)
+        # instead of selecting the finished chunks again. Only a prefix of finished chunks can be skipped that way.
+        active = reducer.active if processes.is_main else None
+        restored: list[dict] = []
+        totals = dict.fromkeys(STATS_FIELDS, 0.0)
+        resumed = pairs_written = chunks_done = 0
+        pending = []
+        embed_seconds = 0.0
+        prefix = True
+        for index, chunk in enumerate(chunks):
+            chunks_done = index + 1
+            finished = written.finished(index) if processes.is_main else None
+            if active is not None and (not prefix or finished is None or "active" not in finished):
+                finished = None
+            prefix = prefix and finished is not None
+            finished = processes.broadcast(finished)
+            if finished is not None:  # done by an earlier run: its rows are in its chunk file
+                if processes.is_main:
+                    _add_totals(totals, finished, resumed=True)
+                    resumed += len(chunk)
+                    pairs_written += finished["rows"]
+                    bar.update(len(chunk))
+                    if active is not None:
+                        restored.append(finished["active"])
+                continue
+            if restored:
+                active.relearn(restored)
+                restored = []
+            t = time.perf_counter()
+            embeddings = embedder.embed(chunk)
+            embed_seconds += time.perf_counter() - t
+            stop = False
+            if processes.is_main:
+                if config.prompt_selection != "all":  # the budget goes to the chunk's most informative prompts
+                    chunk, embeddings, left_out = _informative_part(chunk, embeddings, reducer, size, prompts)
+                    totals["prompts_unselected"] = totals.get("prompts_unselected", 0.0) + left_out
+                    bar.update(left_out)
+                mark = active.mark() if active is not None else None
+                pairs, chunk_totals, chunk_pending = reduce_rows(chunk, embeddings, reducer, size, bar=bar)
+                _add_totals(totals, chunk_totals)
+                pending.extend(chunk_pending)
+                if not chunk_pending:  # a chunk waiting for human labels is redone once they are in
+                    if active is not None:
+                        chunk_totals = {**chunk_totals, "active": active.lessons_since(mark)}
+                    written.write(index, pairs, chunk_totals, complete=not chunk_totals["prompts_skipped"])
+                    pairs_written += len(pairs)
+                stop = bool(chunk_pending) and reducer.active is not None
+            del embeddings
+            if processes.broadcast(stop):
+                break
+        if restored:  # every chunk was finished: the learning curve and the summary still describe the whole run
+            active.relearn(restored)
+        timings["embed"] = embed_seconds
+        timings["select+annotate+pair"] = time.perf_counter() - started - timings["check"] - embed_seconds
+        if not processes.is_main:
+            return processes.broadcast()
+        bar.close()
+        if resumed:
             print(
-                f"aepo select: --selection_strategy {config.selection_strategy} learns from the labels of each batch "
-                f"before selecting the next, so it stopped at the first batch whose labels are pending "
-                f"({int(totals['prompts'])} prompts selected so far); later batches are selected once these labels "
-                "are in.",
+                f"aepo select: resumed: {resumed} prompts were finished by an earlier run ({written.folder})",
                 file=sys.stderr,
             )
-        print(
-            f"aepo select: {sum(p.pending for p in pending)} annotation(s) are waiting for labels in "
-            f'{pending[0].queue_path}; write them to {pending[0].labels_path} (lines {{"id": ..., "score": '
-            f"...}}) or label them in a browser (`aepo label --store {service.store.path}`), and rerun the same "
-            f"command (or add --wait). Labels already given are saved in {service.store.path}.",
-            file=sys.stderr,
-        )
-        return processes.broadcast(EXIT_ANNOTATIONS_PENDING)
-    t = time.perf_counter()
-    if args.push_to_hub:
-        import datasets
+        if reducer.active is not None:
+            write_learning_curve(reducer.active, f"{output}.surrogate.jsonl")
+        if pending:  # a human queue: every batch queued its items; nothing is written until all labels are in
+            print(summary(totals, service, timings, started, written=None), file=sys.stderr)
+            if reducer.active is not None:
+                print(
+                    f"aepo select: --selection_strategy {config.selection_strategy} learns from the labels of each batch "
+                    f"before selecting the next, so it stopped at the first batch whose labels are pending "
+                    f"({int(totals['prompts'])} prompts selected so far); later batches are selected once these labels "
+                    "are in.",
+                    file=sys.stderr,
+                )
+            print(
+                f"aepo select: {sum(p.pending for p in pending)} annotation(s) are waiting for labels in "
+                f'{pending[0].queue_path}; write them to {pending[0].labels_path} (lines {{"id": ..., "score": '
+                f"...}}) or label them in a browser (`aepo label --store {service.store.path}`), and rerun the same "
+                f"command (or add --wait). Labels already given are saved in {service.store.path}.",
+                file=sys.stderr,
+            )
+            return processes.broadcast(EXIT_ANNOTATIONS_PENDING)
+        t = time.perf_counter()
+        if args.push_to_hub:
+            import datasets
 
-        rows = datasets.Dataset.from_generator(lambda: written.rows(chunks_done))
-    written.assemble(chunks_done)
-    card = pairs_card(args, config, service, totals, prompts, pairs_written)
-    write_dataset_card(output, card)
-    timings["write"] = time.perf_counter() - t
-    if args.push_to_hub:
-        push_to_hub(rows, args.push_to_hub, private=args.hub_private, card=card)
-    print(
-        summary(totals, service, timings, started, written=f"{pairs_written} pairs -> {args.output}"), file=sys.stderr
-    )
-    if reducer.active is not None:
-        print(active_summary(reducer.active, f"{output}.surrogate.jsonl"), file=sys.stderr)
-    if totals.get("prompts_unselected"):
+            rows = datasets.Dataset.from_generator(lambda: written.rows(chunks_done))
+        written.assemble(chunks_done)
+        card = pairs_card(args, config, service, totals, prompts, pairs_written)
+        write_dataset_card(output, card)
+        timings["write"] = time.perf_counter() - t
+        if args.push_to_hub:
+            push_to_hub(rows, args.push_to_hub, private=args.hub_private, card=card)
         print(
-            f"aepo select: prompt selection ({config.prompt_selection}) left {int(totals['prompts_unselected'])} "
-            "prompts unannotated (not paid for)",
+            summary(totals, service, timings, started, written=f"{pairs_written} pairs -> {args.output}"),
             file=sys.stderr,
         )
-    code = EXIT_OK
-    if totals["prompts_skipped"]:
-        print(f"aepo select: {service.budget_message(int(totals['prompts_skipped']))}", file=sys.stderr)
-        code = EXIT_BUDGET_EXHAUSTED
-    return processes.broadcast(code)
+        if reducer.active is not None:
+            print(active_summary(reducer.active, f"{output}.surrogate.jsonl"), file=sys.stderr)
+        if totals.get("prompts_unselected"):
+            print(
+                f"aepo select: prompt selection ({config.prompt_selection}) left {int(totals['prompts_unselected'])} "
+                "prompts unannotated (not paid for)",
+                file=sys.stderr,
+            )
+        code = EXIT_OK
+        if totals["prompts_skipped"]:
+            print(f"aepo select: {service.budget_message(int(totals['prompts_skipped']))}", file=sys.stderr)
+            code = EXIT_BUDGET_EXHAUSTED
+        return processes.broadcast(code)
+    finally:
+        if service is not None:
+            service.store.close()
 
 
 def _informative_part(chunk, embeddings, reducer, size: int, prompts: int):

@@ -54,6 +54,7 @@ __all__ = [
     "StoredAnnotation",
     "annotated_keys",
     "check_readable",
+    "connect_read_only",
     "default_store_path",
     "kept_annotations",
     "pid_alive",
@@ -396,11 +397,24 @@ def write_meta(conn: sqlite3.Connection, name: str, value: str) -> None:
     )
 
 
+def connect_read_only(path: str | os.PathLike, timeout: float = 5.0) -> sqlite3.Connection:
+    """A read-only connection to the store at `path` that leaves no file behind.
+
+    A plain read-only connection (`mode=ro`) to a WAL database creates its `-wal` and `-shm` side files and, being
+    read-only, cannot remove them: a dry run or a preflight check would leave them next to the store. When neither
+    side file exists, no connection has the database open and all its content is in the main file, so it is opened
+    `immutable` (no side files, no locks); otherwise `mode=ro`, which joins the side files already there."""
+    resolved = Path(path).resolve()
+    side_files = any(os.path.exists(f"{resolved}{suffix}") for suffix in ("-wal", "-shm"))
+    options = "mode=ro" if side_files else "mode=ro&immutable=1"
+    return sqlite3.connect(f"file:{resolved}?{options}", uri=True, timeout=timeout)
+
+
 def check_readable(path: str, timeout: float = 5.0) -> AnnotationStoreError | None:
     """Open the store at `path` read-only and read its schema version: the error a run would meet, or None. Writes
     nothing (the preflight's check of an existing store)."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+        conn = connect_read_only(path, timeout)
         try:
             read_meta(conn, "schema_version")
         finally:
@@ -466,7 +480,7 @@ def kept_annotations(path: str | os.PathLike) -> dict[str, str]:
     `aepo_trainer.errors.StorageWriteError.kept`; empty when there is no store yet)."""
     if not os.path.exists(path):
         return {}
-    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=1)
+    conn = connect_read_only(path, timeout=1)
     try:
         stored = conn.execute("SELECT COUNT(*) FROM annotations").fetchone()[0]
     finally:
