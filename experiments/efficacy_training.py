@@ -43,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
+import tasks
 from efficacy_common import (
     STRATEGIES,
     CharNgramEncoder,
@@ -139,21 +140,9 @@ def random_prompt(rng: random.Random, scale: Scale) -> str:
 
 
 def corrupt(text: str, rng: random.Random) -> str:
-    """1-3 random edits: substitute, swap neighbours, delete or insert a digit."""
-    s = list(text)
-    for _ in range(rng.randint(1, 3)):
-        op = rng.randrange(4)
-        i = rng.randrange(len(s)) if s else 0
-        if op == 0 and s:
-            s[i] = rng.choice(DIGITS)
-        elif op == 1 and len(s) > 1:
-            j = min(i + 1, len(s) - 1)
-            s[i], s[j] = s[j], s[i]
-        elif op == 2 and len(s) > 1:
-            del s[i]
-        else:
-            s.insert(i, rng.choice(DIGITS))
-    return "".join(s)
+    """1-3 random edits of a digit string: the digit-sorting task plugin's edits (`tasks.corrupt`), one rule for both
+    experiments."""
+    return tasks.corrupt(text, rng, DIGITS)
 
 
 def demonstration(prompt_digits: str, rng: random.Random, p_clean: float) -> str:
