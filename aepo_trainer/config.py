@@ -284,8 +284,9 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Pool datasets with policy signals: compute every candidate's reference log-prob once, before "
             "training (TRL's `precompute_ref_log_probs`, for candidates instead of pairs). Without it each is "
-            "computed the first time its prompt is scored; either way they are cached for the run (and saved with "
-            "its checkpoints) and the training step takes the selected pair's reference log-probs from there."
+            "computed the first time its prompt is scored; either way they are kept in the run's store (table "
+            "`reference_logps`, reused by every later run against the same reference) and in its checkpoints, and "
+            "the training step takes the selected pair's reference log-probs from there."
         },
     )
     # ----------------------------------------------------------------------------------------------- embedding

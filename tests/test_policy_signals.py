@@ -260,3 +260,35 @@ def test_config_validates_the_new_fields(tmp_path):
     with pytest.raises(ValueError, match="precompute_pool_ref_logps=True is invalid"):
         AEPOConfig(**base, precompute_pool_ref_logps=True)
     assert AEPOConfig(**base, selection_strategy="delta_ucb", active_policy_features=True).needs_implicit_rewards
+
+
+def test_reference_logps_live_in_the_runs_store_and_a_restarted_run_computes_none(tiny_model_path, dpo_args):
+    """A second run on the same store, without any checkpoint, makes no reference pass: every value comes from the
+    store's `reference_logps` table, bitwise. A run against another reference computes its own, kept beside them."""
+    from aepo_trainer.storage.annotations import AnnotationStore
+    from aepo_trainer.storage.reference_logps import ReferenceLogpsTable
+    from aepo_trainer.trainer.policy_signals import signals_state
+
+    rows = pool_rows(n=4, size=5)
+    first = _trainer(tiny_model_path, dpo_args, rows, max_steps=2, save_strategy="no")
+    first.train()
+    computed = signals_state(first)
+    assert computed.forward_passes["reference"] == 4 and len(computed.cache) == 20  # each prompt once, in the steps
+    store = first.annotation_service.store
+    table = ReferenceLogpsTable(store)
+    assert table.load(computed.cache.identity) == computed.cache.values
+
+    again = _trainer(tiny_model_path, dpo_args, rows, max_steps=2, save_strategy="no")
+    again.ref_model.load_state_dict(first.ref_model.state_dict())  # the same reference weights: the same identity
+    again.train()
+    reused = signals_state(again)
+    assert reused.cache.identity == computed.cache.identity
+    assert reused.forward_passes["reference"] == 0 and reused.cache.hits == 20 and reused.cache.misses == 0
+    assert reused.cache.values == computed.cache.values
+
+    other = _trainer(tiny_model_path, dpo_args, rows, max_steps=1, save_strategy="no")
+    with torch.no_grad():
+        next(other.ref_model.parameters()).add_(0.01)  # another reference: nothing of the first may be used
+    other.train()
+    assert signals_state(other).forward_passes["reference"] == 2 and signals_state(other).cache.hits == 0
+    assert ReferenceLogpsTable(AnnotationStore(store.path)).count() == 20 + 10

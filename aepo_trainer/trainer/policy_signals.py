@@ -13,8 +13,12 @@ Three things keep that cheap (issue 33):
    the PEFT policy with its adapter disabled, or its frozen "ref" adapter) and by the candidate's kept tokens (prompt
    and completion after TRL's truncation). It is filled in the training step the first time a candidate is scored, or
    for the whole training set before training with `AEPOConfig.precompute_pool_ref_logps` (TRL's
-   `precompute_ref_log_probs`, for candidates instead of pairs). It is saved into every checkpoint (gathered from all
-   ranks) and loaded on resume, so a resumed run, and every rank after the first save, reuse it.
+   `precompute_ref_log_probs`, for candidates instead of pairs). It is kept in the run's store (table
+   `reference_logps`, `storage.reference_logps`: the main process writes every rank's new values, at each step its
+   own and at every save and at the end of training all ranks' together, and reads them back at the start of
+   training for every rank), so a resumed or restarted run against the same reference, with or without a checkpoint,
+   and every rank, reuse it; every checkpoint also carries it (gathered from all ranks), so a checkpoint restores it
+   even where the store is not at hand.
 2. **The N candidates share the prompt** (`candidate_scoring`): each prompt is encoded once (`use_cache=True`) and
    its key/value cache is expanded over its candidates (`DynamicCache.batch_repeat_interleave`), which are then
    scored from that prefix. The prompt's tokens are not encoded N times. Only `truncation_mode="keep_start"` keeps every candidate's prompt whole;
@@ -56,12 +60,14 @@ __all__ = [
     "ReferenceLogpsCache",
     "candidate_keys",
     "compute_policy_signals",
+    "load_from_store",
     "policy_signals_due",
     "policy_signals_of_step",
     "precompute_reference_logps",
     "prepare_reference_cache",
     "reference_identity",
     "restore_reference_cache",
+    "save_to_store",
 ]
 
 #: The reference log-probs cache inside a checkpoint folder.
@@ -80,6 +86,7 @@ class ReferenceLogpsCache:
         self.values: dict[bytes, float] = {}
         self.hits = 0
         self.misses = 0
+        self.unsaved: dict[bytes, float] = {}  # computed here and not yet in the run's store
 
     def __len__(self) -> int:
         return len(self.values)
@@ -92,7 +99,14 @@ class ReferenceLogpsCache:
         return found
 
     def store(self, keys: list[bytes], values: list[float]) -> None:
-        self.values.update(zip(keys, (float(v) for v in values)))
+        new = dict(zip(keys, (float(v) for v in values)))
+        self.values.update(new)
+        self.unsaved.update(new)
+
+    def take_unsaved(self) -> dict[bytes, float]:
+        """The values computed here since the last call (for the run's store); forgets them."""
+        unsaved, self.unsaved = self.unsaved, {}
+        return unsaved
 
     def export(self) -> dict:
         return {"identity": self.identity, "values": dict(self.values)}
@@ -167,15 +181,19 @@ def policy_signals_of_step(trainer):
 
 
 def prepare_reference_cache(trainer, checkpoint) -> None:
-    """Before training: a resumed run's cache from its checkpoint, then, with `precompute_pool_ref_logps`, every
-    training candidate's reference log-prob that is still missing (one pass; on-policy pools do not exist yet)."""
-    if checkpoint:
-        restore_reference_cache(trainer, checkpoint)
+    """Before training (every rank): the values of this reference in the run's store and, on a resume, in its
+    checkpoint; then, with `precompute_pool_ref_logps`, every training candidate's reference log-prob that is still
+    missing (one pass; on-policy pools do not exist yet), saved to the store."""
+    state = signals_state(trainer)
+    if checkpoint and restore_reference_cache(trainer, checkpoint):
+        state.cache.unsaved.update(state.cache.values)  # a checkpoint's values reach a store that lacks them
+    load_from_store(trainer)
     if trainer.args.precompute_pool_ref_logps and trainer.train_dataset is not None:
         from ..data.pools import is_pool_dataset
 
         if is_pool_dataset(trainer.train_dataset, trainer.args):
             precompute_reference_logps(trainer, trainer.train_dataset, trainer.args.per_device_train_batch_size)
+    save_to_store(trainer, all_ranks=True)
 
 
 def policy_signals_due(trainer) -> bool:
@@ -195,6 +213,56 @@ class _TrainerSignalsState:
                 trainer.accelerator.unwrap_model(trainer.ref_model)
             )
         self.forward_passes = {"policy": 0, "reference": 0}  # candidate units scored (tests count them)
+        self.table = None  # the run's `ReferenceLogpsTable` (main process), opened on first use
+
+
+def _store_table(trainer):
+    """The `reference_logps` table of the run's store, on the process that holds the store (the main one); None
+    elsewhere, and for a run without an annotation service."""
+    state = signals_state(trainer)
+    if state.table is None:
+        service = getattr(trainer, "annotation_service", None)
+        if service is None or not trainer.accelerator.is_main_process:
+            return None
+        from ..storage.reference_logps import ReferenceLogpsTable
+
+        state.table = ReferenceLogpsTable(service.store)
+    return state.table
+
+
+def load_from_store(trainer) -> int:
+    """Every rank's cache gets this reference's values from the run's store (read on the main process, broadcast:
+    one collective when several processes train). Returns the entries added here."""
+    state = signals_state(trainer)
+    table = _store_table(trainer)
+    values = table.load(state.cache.identity) if table is not None else {}
+    if trainer.accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        values = broadcast_object_list([values], from_process=0)[0]
+    return state.cache.absorb({"identity": state.cache.identity, "values": values})
+
+
+def save_to_store(trainer, all_ranks: bool) -> int:
+    """Write the values computed since the last save into the run's store (main process). `all_ranks=True` gathers
+    every rank's first (one collective: call it on every rank); otherwise only the main process's own are written
+    and the other ranks keep theirs for the next gathering save. Returns the rows added."""
+    state = getattr(trainer, "aepo_policy_signals", None)
+    if state is None:
+        return 0
+    world = trainer.accelerator.num_processes
+    if all_ranks and world > 1:
+        from accelerate.utils import gather_object
+
+        unsaved: dict[bytes, float] = {}
+        for part in gather_object([state.cache.take_unsaved()]):
+            unsaved.update(part)
+    elif trainer.accelerator.is_main_process:
+        unsaved = state.cache.take_unsaved()
+    else:
+        return 0
+    table = _store_table(trainer)
+    return table.save(state.cache.identity, unsaved) if table is not None else 0
 
 
 def signals_state(trainer) -> _TrainerSignalsState:
@@ -370,12 +438,23 @@ def exported_for_checkpoint(trainer) -> dict | None:
 
 
 class PolicySignalsCallback(TrainerCallback):
-    """Saves the reference cache into every checkpoint (entries of all ranks: `on_save` runs on every rank)."""
+    """Keeps the reference cache in the run's store (the main process's new values after every step, every rank's
+    at every save and at the end of training) and in every checkpoint (`on_save` and `on_train_end` run on every
+    rank)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
 
+    def on_step_end(self, args, state, control, **kwargs):
+        save_to_store(self.trainer, all_ranks=False)
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        save_to_store(self.trainer, all_ranks=True)
+        return control
+
     def on_save(self, args, state, control, **kwargs):
+        save_to_store(self.trainer, all_ranks=True)
         exported = exported_for_checkpoint(self.trainer)
         if exported is not None and self.trainer.accelerator.is_main_process:
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
