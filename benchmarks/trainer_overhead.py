@@ -388,6 +388,30 @@ def _today_agreement(trainer, batch) -> dict:
     return {"max_abs_diff": float((new - old).abs().max()), "same_selection": f"{int(same.sum())}/{len(same)}"}
 
 
+def _signals_pass_seconds(trainer, batch) -> float:
+    """Wall time of the policy-signals pass alone (no-grad policy pass over every candidate, cached reference)."""
+    from aepo_trainer.trainer.policy_signals import compute_policy_signals
+
+    start = time.perf_counter()
+    compute_policy_signals(trainer, batch)
+    return time.perf_counter() - start
+
+
+def _token_counts(trainer, pool_batch, pair_batch) -> dict:
+    """Tokens the signals pass runs forward (each prompt once, every candidate's completion, as kept by TRL's
+    truncation) and tokens in the DPO step's batch (chosen and rejected rows, prompt included; the DPO step runs them
+    forward, backward, and through the reference)."""
+    from aepo_trainer.trainer.candidate_scoring import kept_lengths
+
+    mask = pool_batch["pool_mask"].bool()
+    tokens = 0
+    for b, prompt_len in enumerate(pool_batch["pool_prompt_lengths"].tolist()):
+        lens = [int(c) for c, ok in zip(pool_batch["pool_completion_lengths"][b].tolist(), mask[b].tolist()) if ok]
+        kept = kept_lengths(prompt_len, lens, trainer.args.max_length, trainer.args.truncation_mode)
+        tokens += max(pk for _, pk, _ in kept) + sum(ck for _, _, ck in kept)
+    return {"pass": tokens, "dpo_batch": int(pair_batch["attention_mask"].sum())}
+
+
 def policy_signals_main(opts) -> dict:
     """AEPO steps with policy signals vs DPO steps on the pairs they selected, per N and signal (issue 33 item 6)."""
     import torch
@@ -462,8 +486,13 @@ def policy_signals_main(opts) -> dict:
                     dpo.model.zero_grad(set_to_none=True)
                     return time.perf_counter() - start
 
-                times = {"aepo": [], "dpo": []}
+                times = {"aepo": [], "dpo": [], "pass": []}
                 pending = None
+                # The floor of a policy-signals step (issue 33 item 3): the no-grad pass over every candidate of the
+                # step's prompts, timed alone on one pool batch of the same shape, interleaved with the steps.
+                probe = (
+                    next(iter(aepo.get_train_dataloader())) if kind in ("implicit_reward", "policy_features") else None
+                )
                 for i in range(total):
                     # alternate which goes first; DPO trains on the pairs of the latest AEPO step
                     if i % 2 == 1 and pending is not None:
@@ -477,17 +506,22 @@ def policy_signals_main(opts) -> dict:
                     if i >= opts.warmup:
                         times["aepo"].append(a)
                         times["dpo"].append(d)
+                        if probe is not None:
+                            times["pass"].append(_signals_pass_seconds(aepo, probe))
                 agreement = None  # after the timed steps: the policy has moved away from its reference
                 if kind == "implicit_reward" and every == 1 and n <= opts.check_today_up_to:
                     agreement = _today_agreement(aepo, next(iter(aepo.get_train_dataloader())))
                 aepo_s = sum(times["aepo"]) / len(times["aepo"])
                 dpo_s = sum(times["dpo"]) / len(times["dpo"])
                 signal_ms = 1000 * sum(step_aepo.data_seconds[opts.warmup :]) / opts.steps
+                pass_s = sum(times["pass"]) / len(times["pass"]) if times["pass"] else None
                 row = {
                     "N": n, "signals": kind, "every": every, "aepo_s_per_step": aepo_s, "dpo_s_per_step": dpo_s,
                     "ratio": aepo_s / dpo_s, "aepo_data_ms_per_step": signal_ms, "precompute_s": precompute_s,
                     "load_at_start": row_load, "load_at_end": os.getloadavg()[0], "vs_today": agreement,
                     "annotations_paid": aepo.annotation_service.spent, "data": source,
+                    "signals_pass_s": pass_s, "pass_over_dpo": None if pass_s is None else pass_s / dpo_s,
+                    "tokens": _token_counts(aepo, probe, pending) if probe is not None else None,
                 }  # fmt: skip
                 rows_out.append(row)
                 print(json.dumps(row), flush=True)
@@ -506,6 +540,25 @@ def policy_signals_main(opts) -> dict:
             f"| {r['N']} | {r['signals']} | {r['every']} | {r['aepo_s_per_step']:.3f} | {r['dpo_s_per_step']:.3f} | "
             f"**{r['ratio']:.2f}x** | {r['aepo_data_ms_per_step']:.0f} | {r['precompute_s']:.1f} |"
         )
+    floor_rows = [r for r in rows_out if r["signals_pass_s"] is not None]
+    if floor_rows:
+        print(
+            "\nThe floor (issue 33 item 3): an AEPO step with fresh signals = the no-grad pass over all N candidates' tokens"
+            "\n+ one policy forward/backward on the pairs (its reference log-probs come from the cache, so it makes no"
+            "\nreference pass; the pair's policy log-probs are needed with gradients, so the pass's cannot stand in). The"
+            "\npass alone, timed interleaved with the steps on a pool batch of the same shape:"
+        )
+        print(
+            "| N | signals | every | signals pass s | DPO step s | pass / DPO | 1 + pass / DPO | measured AEPO / DPO | tokens: pass / DPO batch |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in floor_rows:
+            tok = r["tokens"]
+            print(
+                f"| {r['N']} | {r['signals']} | {r['every']} | {r['signals_pass_s']:.3f} | {r['dpo_s_per_step']:.3f} | "
+                f"{r['pass_over_dpo']:.2f} | {1 + r['pass_over_dpo']:.2f} | {r['ratio']:.2f} | "
+                f"{tok['pass']} / {tok['dpo_batch']} |"
+            )
     results = {"rows": rows_out, "load_before": load_before, "load_after": load_after, "parameters": num_params}
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2))
