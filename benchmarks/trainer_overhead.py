@@ -113,10 +113,16 @@ class Stepper:
         trainer.create_optimizer_and_scheduler(num_training_steps=total_steps)
         trainer.current_gradient_accumulation_steps = 1  # set by `Trainer.train`'s loop otherwise
         self.trainer = trainer
-        self.iterator = iter(trainer.get_train_dataloader())
+        self.iterator = self._recording(iter(trainer.get_train_dataloader()))
+        self.last_pool_batch = None  # the batch as the DataLoader gave it (AEPO: the pool batch, before selection)
         self.data_seconds: list[float] = []  # fetch + collate (AEPO: + select + annotate + pair) of each step
         self.last_batch = None  # the batch the last step trained on (AEPO: the group batch of the selected pairs)
         trainer.model.train()
+
+    def _recording(self, iterator):
+        for batch in iterator:
+            self.last_pool_batch = batch
+            yield batch
 
     def __call__(self) -> float:
         trainer = self.trainer
@@ -397,6 +403,18 @@ def _signals_pass_seconds(trainer, batch) -> float:
     return time.perf_counter() - start
 
 
+def _reference_pass_seconds(dpo, batch) -> float:
+    """Wall time of DPOTrainer's reference forward on its pair batch (no grad, as TRL runs it)."""
+    import torch
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        dpo.ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().log_softmax(
+            -1
+        )
+    return time.perf_counter() - start
+
+
 def _token_counts(trainer, pool_batch, pair_batch) -> dict:
     """Tokens the signals pass runs forward (each prompt once, every candidate's completion, as kept by TRL's
     truncation) and tokens in the DPO step's batch (chosen and rejected rows, prompt included; the DPO step runs them
@@ -486,13 +504,12 @@ def policy_signals_main(opts) -> dict:
                     dpo.model.zero_grad(set_to_none=True)
                     return time.perf_counter() - start
 
-                times = {"aepo": [], "dpo": [], "pass": []}
+                times = {"aepo": [], "dpo": [], "pass": [], "ref": []}
                 pending = None
                 # The floor of a policy-signals step (issue 33 item 3): the no-grad pass over every candidate of the
-                # step's prompts, timed alone on one pool batch of the same shape, interleaved with the steps.
-                probe = (
-                    next(iter(aepo.get_train_dataloader())) if kind in ("implicit_reward", "policy_features") else None
-                )
+                # step's own pool batch, timed alone right after the step, and DPO's reference pass on its pairs.
+                probe = kind in ("implicit_reward", "policy_features")
+                tokens = {"pass": 0, "dpo_batch": 0}
                 for i in range(total):
                     # alternate which goes first; DPO trains on the pairs of the latest AEPO step
                     if i % 2 == 1 and pending is not None:
@@ -506,8 +523,11 @@ def policy_signals_main(opts) -> dict:
                     if i >= opts.warmup:
                         times["aepo"].append(a)
                         times["dpo"].append(d)
-                        if probe is not None:
-                            times["pass"].append(_signals_pass_seconds(aepo, probe))
+                        if probe:
+                            times["pass"].append(_signals_pass_seconds(aepo, step_aepo.last_pool_batch))
+                            times["ref"].append(_reference_pass_seconds(dpo, pending))
+                            counted = _token_counts(aepo, step_aepo.last_pool_batch, pending)
+                            tokens = {name: tokens[name] + counted[name] for name in tokens}
                 agreement = None  # after the timed steps: the policy has moved away from its reference
                 if kind == "implicit_reward" and every == 1 and n <= opts.check_today_up_to:
                     agreement = _today_agreement(aepo, next(iter(aepo.get_train_dataloader())))
@@ -515,13 +535,15 @@ def policy_signals_main(opts) -> dict:
                 dpo_s = sum(times["dpo"]) / len(times["dpo"])
                 signal_ms = 1000 * sum(step_aepo.data_seconds[opts.warmup :]) / opts.steps
                 pass_s = sum(times["pass"]) / len(times["pass"]) if times["pass"] else None
+                ref_s = sum(times["ref"]) / len(times["ref"]) if times["ref"] else None
                 row = {
                     "N": n, "signals": kind, "every": every, "aepo_s_per_step": aepo_s, "dpo_s_per_step": dpo_s,
                     "ratio": aepo_s / dpo_s, "aepo_data_ms_per_step": signal_ms, "precompute_s": precompute_s,
                     "load_at_start": row_load, "load_at_end": os.getloadavg()[0], "vs_today": agreement,
                     "annotations_paid": aepo.annotation_service.spent, "data": source,
-                    "signals_pass_s": pass_s, "pass_over_dpo": None if pass_s is None else pass_s / dpo_s,
-                    "tokens": _token_counts(aepo, probe, pending) if probe is not None else None,
+                    "signals_pass_s": pass_s, "dpo_reference_pass_s": ref_s,
+                    "floor_ratio": None if pass_s is None else (dpo_s - ref_s + pass_s) / dpo_s,
+                    "tokens": tokens if probe else None,
                 }  # fmt: skip
                 rows_out.append(row)
                 print(json.dumps(row), flush=True)
@@ -543,21 +565,22 @@ def policy_signals_main(opts) -> dict:
     floor_rows = [r for r in rows_out if r["signals_pass_s"] is not None]
     if floor_rows:
         print(
-            "\nThe floor (issue 33 item 3): an AEPO step with fresh signals = the no-grad pass over all N candidates' tokens"
-            "\n+ one policy forward/backward on the pairs (its reference log-probs come from the cache, so it makes no"
-            "\nreference pass; the pair's policy log-probs are needed with gradients, so the pass's cannot stand in). The"
-            "\npass alone, timed interleaved with the steps on a pool batch of the same shape:"
+            "\nThe floor (issue 33 item 3): an AEPO step with fresh signals = the DPO step without its reference pass"
+            "\n(the pairs' reference log-probs come from the cache) + the no-grad pass over all N candidates' tokens (the"
+            "\npairs' policy log-probs are needed with gradients, in train mode, so the pass's cannot stand in). Each timed"
+            "\nalone right after each step, on that step's own batches: floor = (DPO - DPO reference pass + pass) / DPO."
         )
         print(
-            "| N | signals | every | signals pass s | DPO step s | pass / DPO | 1 + pass / DPO | measured AEPO / DPO | tokens: pass / DPO batch |"
+            "| N | signals | every | signals pass s | DPO step s | of which reference pass s | floor "
+            "| measured AEPO / DPO | tokens per step: pass / DPO batch |"
         )
         print("|---|---|---|---|---|---|---|---|---|")
         for r in floor_rows:
             tok = r["tokens"]
             print(
                 f"| {r['N']} | {r['signals']} | {r['every']} | {r['signals_pass_s']:.3f} | {r['dpo_s_per_step']:.3f} | "
-                f"{r['pass_over_dpo']:.2f} | {1 + r['pass_over_dpo']:.2f} | {r['ratio']:.2f} | "
-                f"{tok['pass']} / {tok['dpo_batch']} |"
+                f"{r['dpo_reference_pass_s']:.3f} | {r['floor_ratio']:.2f}x | {r['ratio']:.2f}x | "
+                f"{tok['pass'] // opts.steps} / {tok['dpo_batch'] // opts.steps} |"
             )
     results = {"rows": rows_out, "load_before": load_before, "load_after": load_after, "parameters": num_params}
     if opts.json:
