@@ -20,6 +20,7 @@ from .choices import (
     EMPTY_COMPLETION_RULES,
     JUDGE_MODES,
     PAIRING_RULES,
+    POLICY_SIGNALS_DTYPES,
     POLICY_STRATEGIES,
     PROMPT_SELECTIONS,
     RPO_LOSS_TYPES,
@@ -54,6 +55,7 @@ TRAINING_ONLY_FIELDS = (
     "active_policy_features",
     "implicit_reward_batch_size",
     "policy_signals_every",
+    "policy_signals_dtype",
     "precompute_pool_ref_logps",
 )
 
@@ -285,6 +287,18 @@ class AEPOConfig(DPOConfig):
             "measurably (there `implicit_reward_gap` itself was no better than random; docs/active-selection.md). "
             "Only with `selection_strategy='implicit_reward_gap'`: the surrogate needs the signals of every label it "
             "learns."
+        },
+    )
+    policy_signals_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Precision of the policy-signals pass: 'auto' (default) scores under the step's own autocast "
+            "(float32 unless `bf16`); 'bfloat16' scores the policy and the reference under bfloat16 autocast even "
+            "when training in float32: a faster pass on hardware with fast bfloat16 (measured in docs/benchmarks.md), "
+            "whose implicit rewards differ slightly from float32's and may change a selection. The "
+            "DPO loss keeps the step's precision: the selected pairs' reference log-probs come from a second cache "
+            "kept at the step's precision (each candidate is scored once at each precision).",
+            "choices": list(POLICY_SIGNALS_DTYPES),
         },
     )
     precompute_pool_ref_logps: bool = field(

@@ -22,6 +22,7 @@ from .choices import (
     EMPTY_COMPLETION_RULES,
     JUDGE_MODES,
     PAIRING_RULES,
+    POLICY_SIGNALS_DTYPES,
     POLICY_STRATEGIES,
     PROMPT_SELECTIONS,
     SELECTION_SEARCHES,
@@ -176,6 +177,7 @@ CHECKS: tuple[Check | Callable, ...] = (
         "an integer >= 1; > 1 only with selection_strategy='implicit_reward_gap' (an active surrogate needs the "
         "policy signals of every label it learns)",
     ),
+    Check("policy_signals_dtype", _in(POLICY_SIGNALS_DTYPES), _one_of(POLICY_SIGNALS_DTYPES)),
     Check(
         "precompute_pool_ref_logps",
         lambda v, c: isinstance(v, bool) and (not v or c.needs_implicit_rewards),

@@ -198,6 +198,17 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--policy_signals_every", type=int, nargs="+", default=[1], help="Rows per refresh interval.")
     parser.add_argument(
+        "--agreement_batches", type=int, default=4, help="bfloat16 rows: pool batches compared with float32."
+    )
+    parser.add_argument(
+        "--policy_signals_dtype",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "bfloat16"],
+        help="--policy_signals rows per precision of the signals pass (AEPOConfig.policy_signals_dtype); bfloat16 rows "
+        "also report how many prompts select as the float32 pass does.",
+    )
+    parser.add_argument(
         "--lazy_reference",
         action="store_true",
         help="--policy_signals rows: compute reference log-probs in the steps (first epoch) instead of before training.",
@@ -394,6 +405,31 @@ def _today_agreement(trainer, batch) -> dict:
     return {"max_abs_diff": float((new - old).abs().max()), "same_selection": f"{int(same.sum())}/{len(same)}"}
 
 
+def _precision_agreement(trainer, num_batches: int) -> dict:
+    """After the timed steps: the bf16 signals against the float32 pass on the same weights, over `num_batches`
+    pool batches (same selection = the same k = 2 candidates of a prompt)."""
+    from aepo_trainer.selection.implicit_reward import implicit_reward_gap_indices
+    from aepo_trainer.trainer.policy_signals import compute_policy_signals, signals_state
+
+    state = signals_state(trainer)
+    same = total = 0
+    worst = 0.0
+    for _, batch in zip(range(num_batches), iter(trainer.get_train_dataloader())):
+        fast = compute_policy_signals(trainer, batch).implicit_rewards
+        bf16, signals_cache = state.signals_bf16, state.signals_cache
+        state.signals_bf16, state.signals_cache = False, state.cache  # the float32 pass, for comparison only
+        try:
+            exact = compute_policy_signals(trainer, batch).implicit_rewards
+        finally:
+            state.signals_bf16, state.signals_cache = bf16, signals_cache
+        mask = batch["pool_mask"].bool()
+        picks = [implicit_reward_gap_indices(r, 2, mask)[0] for r in (fast, exact)]
+        same += int(picks[0].eq(picks[1]).all(1).sum())
+        total += len(picks[0])
+        worst = max(worst, float((fast - exact).abs().max()))
+    return {"max_abs_diff": worst, "same_selection": f"{same}/{total}"}
+
+
 def _signals_pass_seconds(trainer, batch) -> float:
     """Wall time of the policy-signals pass alone (no-grad policy pass over every candidate, cached reference)."""
     from aepo_trainer.trainer.policy_signals import compute_policy_signals
@@ -464,10 +500,13 @@ def policy_signals_main(opts) -> dict:
             [{"prompt": r["prompt"], "chosen": r["completions"][0], "rejected": r["completions"][1]} for r in rows[:8]]
         )
         for kind in opts.policy_signals:
-            for every in opts.policy_signals_every if kind == "implicit_reward" else [1]:
+            everies = opts.policy_signals_every if kind == "implicit_reward" else [1]
+            dtypes = opts.policy_signals_dtype if kind in ("implicit_reward", "policy_features") else ["auto"]
+            for every, dtype in [(e, d) for e in everies for d in dtypes]:
                 settings = {**SIGNAL_SETTINGS[kind], "policy_signals_every": every}
                 if kind in ("implicit_reward", "policy_features"):
                     settings["precompute_pool_ref_logps"] = not opts.lazy_reference
+                    settings["policy_signals_dtype"] = dtype
                 else:
                     settings.pop("policy_signals_every")
                 aepo = AEPOTrainer(
@@ -476,7 +515,10 @@ def policy_signals_main(opts) -> dict:
                     train_dataset=pools,
                     processing_class=tokenizer,
                     args=AEPOConfig(
-                        output_dir=str(tmp / f"aepo-{n}-{kind}-{every}"), num_annotations=2, **common, **settings
+                        output_dir=str(tmp / f"aepo-{n}-{kind}-{every}-{dtype}"),
+                        num_annotations=2,
+                        **common,
+                        **settings,
                     ),
                 )
                 dpo = DPOTrainer(
@@ -531,15 +573,16 @@ def policy_signals_main(opts) -> dict:
                 agreement = None  # after the timed steps: the policy has moved away from its reference
                 if kind == "implicit_reward" and every == 1 and n <= opts.check_today_up_to:
                     agreement = _today_agreement(aepo, next(iter(aepo.get_train_dataloader())))
+                vs_float32 = _precision_agreement(aepo, opts.agreement_batches) if dtype == "bfloat16" else None
                 aepo_s = sum(times["aepo"]) / len(times["aepo"])
                 dpo_s = sum(times["dpo"]) / len(times["dpo"])
                 signal_ms = 1000 * sum(step_aepo.data_seconds[opts.warmup :]) / opts.steps
                 pass_s = sum(times["pass"]) / len(times["pass"]) if times["pass"] else None
                 ref_s = sum(times["ref"]) / len(times["ref"]) if times["ref"] else None
                 row = {
-                    "N": n, "signals": kind, "every": every, "aepo_s_per_step": aepo_s, "dpo_s_per_step": dpo_s,
+                    "N": n, "signals": kind if dtype == "auto" else f"{kind} ({dtype})", "every": every, "aepo_s_per_step": aepo_s, "dpo_s_per_step": dpo_s,
                     "ratio": aepo_s / dpo_s, "aepo_data_ms_per_step": signal_ms, "precompute_s": precompute_s,
-                    "load_at_start": row_load, "load_at_end": os.getloadavg()[0], "vs_today": agreement,
+                    "load_at_start": row_load, "load_at_end": os.getloadavg()[0], "vs_today": agreement, "vs_float32": vs_float32,
                     "annotations_paid": aepo.annotation_service.spent, "data": source,
                     "signals_pass_s": pass_s, "dpo_reference_pass_s": ref_s,
                     "floor_ratio": None if pass_s is None else (dpo_s - ref_s + pass_s) / dpo_s,
@@ -572,15 +615,20 @@ def policy_signals_main(opts) -> dict:
         )
         print(
             "| N | signals | every | signals pass s | DPO step s | of which reference pass s | floor "
-            "| measured AEPO / DPO | tokens per step: pass / DPO batch |"
+            "| measured AEPO / DPO | tokens per step: pass / DPO batch | bf16 vs float32: same selection, max diff |"
         )
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in floor_rows:
             tok = r["tokens"]
             print(
                 f"| {r['N']} | {r['signals']} | {r['every']} | {r['signals_pass_s']:.3f} | {r['dpo_s_per_step']:.3f} | "
                 f"{r['dpo_reference_pass_s']:.3f} | {r['floor_ratio']:.2f}x | {r['ratio']:.2f}x | "
-                f"{tok['pass'] // opts.steps} / {tok['dpo_batch'] // opts.steps} |"
+                f"{tok['pass'] // opts.steps} / {tok['dpo_batch'] // opts.steps} | "
+                + (
+                    f"{r['vs_float32']['same_selection']}, {r['vs_float32']['max_abs_diff']:.4f} |"
+                    if r["vs_float32"]
+                    else "– |"
+                )
             )
     results = {"rows": rows_out, "load_before": load_before, "load_after": load_after, "parameters": num_params}
     if opts.json:

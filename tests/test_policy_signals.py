@@ -292,3 +292,42 @@ def test_reference_logps_live_in_the_runs_store_and_a_restarted_run_computes_non
     other.train()
     assert signals_state(other).forward_passes["reference"] == 2 and signals_state(other).cache.hits == 0
     assert ReferenceLogpsTable(AnnotationStore(store.path)).count() == 20 + 10
+
+
+def test_bfloat16_signals_select_as_float32_and_leave_the_loss_reference_at_the_steps_precision(
+    tiny_model_path, dpo_args
+):
+    """policy_signals_dtype="bfloat16" while training in float32: implicit rewards within bf16 rounding of the float32
+    ones and the same selection on these pools; exactly 0 when the policy is its reference (bf16 on both sides); the
+    reference log-probs the DPO loss reads are the float32 ones, bitwise; each candidate's reference is scored once per
+    precision, and both caches reach the run's store under their own identities."""
+    from aepo_trainer.selection.implicit_reward import implicit_reward_gap_indices
+    from aepo_trainer.storage.reference_logps import ReferenceLogpsTable
+    from aepo_trainer.trainer.policy_signals import compute_policy_signals, save_to_store, signals_state
+
+    rows = _uneven_rows()
+    exact = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4)
+    fast = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4, policy_signals_dtype="bfloat16")
+    fast.ref_model.load_state_dict(exact.ref_model.state_dict())
+    batch = next(iter(exact.get_train_dataloader()))
+    mask = batch["pool_mask"].bool()
+    want, got = compute_policy_signals(exact, batch), compute_policy_signals(fast, batch)
+    assert want.implicit_rewards.abs().max() > 0.05  # a perturbed reference: rewards with spread
+    torch.testing.assert_close(got.implicit_rewards, want.implicit_rewards, rtol=0, atol=0.02)
+    assert not torch.equal(got.implicit_rewards, want.implicit_rewards)  # really scored in bf16
+    assert torch.equal(
+        implicit_reward_gap_indices(got.implicit_rewards, 2, mask)[0],
+        implicit_reward_gap_indices(want.implicit_rewards, 2, mask)[0],
+    )
+    assert torch.equal(got.ref_logps, want.ref_logps)  # the loss's reference: float32, as without the option
+    state = signals_state(fast)
+    assert state.signals_cache.identity == state.cache.identity + "|bfloat16"
+    assert len(state.cache) == len(state.signals_cache) == 19 and state.forward_passes["reference"] == 8
+    compute_policy_signals(fast, batch)
+    assert state.forward_passes["reference"] == 8  # both precisions cached
+    assert save_to_store(fast, all_ranks=True) == 38
+    table = ReferenceLogpsTable(fast.annotation_service.store)
+    assert table.count(state.cache.identity) == table.count(state.signals_cache.identity) == 19
+    same = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4, perturb=False,
+                    policy_signals_dtype="bfloat16")  # fmt: skip
+    assert compute_policy_signals(same, batch).implicit_rewards.abs().max() == 0
