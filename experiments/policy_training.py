@@ -108,6 +108,27 @@ STRATEGIES = [
         {"selection_strategy": "random", "prompt_selection": "implicit_reward_spread"},
         "pools",
     ),
+    # a window of upcoming batches (`prompt_selection_window`, "auto" = 1 / budget share): full batches of the chosen
+    # prompts, fewer optimizer steps, instead of a share of every step's batch
+    (
+        "random k, prompts: random, window",
+        {"selection_strategy": "random", "prompt_selection": "random", "prompt_selection_window": "auto"},
+        "pools",
+    ),
+    (
+        "random k, prompts: D-optimal, window",
+        {"selection_strategy": "random", "prompt_selection": "d_optimal", "prompt_selection_window": "auto"},
+        "pools",
+    ),
+    (
+        "random k, prompts: implicit-reward spread, window",
+        {
+            "selection_strategy": "random",
+            "prompt_selection": "implicit_reward_spread",
+            "prompt_selection_window": "auto",
+        },
+        "pools",
+    ),
     ("on-policy random k", {"selection_strategy": "random"}, "on-policy"),
     ("on-policy implicit_reward_gap", {"selection_strategy": "implicit_reward_gap"}, "on-policy"),
     (
@@ -384,6 +405,8 @@ def run_task_seed(task, scale: Scale, seed: int, strategies, log=print) -> list[
             for label, overrides, kind in strategies:
                 if "prompt_selection" in overrides and share >= 1.0:
                     continue  # every prompt is paid for: prompt selection changes nothing
+                if overrides.get("prompt_selection_window") == "auto":  # the window the budget pays one batch of
+                    overrides = {**overrides, "prompt_selection_window": max(1, round(1 / share))}
                 run += 1
                 t1 = time.perf_counter()
                 model, cost = train_policy(
@@ -425,7 +448,9 @@ def summarize(records, replicates: int = 2000) -> dict:
         budgets = sorted({r["budget"] for r in recs if r["label"] != "SFT"})
         sft = _matrix(recs, task, "SFT", 0)
         for budget in budgets:
-            control = _matrix(recs, task, "random k, prompts: random", budget)
+            controls = {
+                window: _matrix(recs, task, "random k, prompts: random" + window, budget) for window in ("", ", window")
+            }
             for label in dict.fromkeys(r["label"] for r in recs if r["budget"] == budget):
                 ref = _matrix(recs, task, reference_for(label), budget)
                 m = _matrix(recs, task, label, budget)
@@ -437,7 +462,8 @@ def summarize(records, replicates: int = 2000) -> dict:
                 row["vs_sft"] = bootstrap_ci(m - sft, replicates=replicates)
                 if ref is not None and label != reference_for(label) and ref.shape == m.shape:
                     row["vs_random"] = bootstrap_ci(m - ref, replicates=replicates)
-                is_rule = label.startswith("random k, prompts:") and label != "random k, prompts: random"
+                control = controls[", window" if label.endswith(", window") else ""]
+                is_rule = label.startswith("random k, prompts:") and not label.startswith("random k, prompts: random")
                 if control is not None and is_rule and control.shape == m.shape:
                     row["vs_prompt_control"] = bootstrap_ci(m - control, replicates=replicates)
                 for name in ("labels", "prompts_covered", "pairs", "optimizer_steps", "train_seconds", "wall_seconds"):
@@ -511,7 +537,10 @@ def results_markdown(summary: dict, meta: dict) -> str:
         "differences (same seed, same held-out prompts). 'Δ vs random k (same data)': offline strategies against "
         "offline random k, on-policy strategies against on-policy random k, and on-policy random k against offline "
         "random k (the effect of sampling the pools from the current policy). 'vs control' compares an offline "
-        "prompt-selection rule with the random prompt choice at the same coverage.",
+        "prompt-selection rule with the random prompt choice at the same coverage (', window': with the same "
+        "window). ', window' = `prompt_selection_window` = 1 / budget share (4 at 0.25, 2 at 0.5): each step chooses "
+        "among that many upcoming batches and trains one full batch of the chosen prompts; without it the rule "
+        "annotates that share of every step's batch.",
         "- Compute per strategy (means over seeds): optimizer steps; 'step gen. tokens' = completion tokens sampled "
         "in the training step (on-policy data; the trainer's own `aepo/generated_tokens`, EOS included), 0 on "
         "offline pools, whose samples are drawn once per seed and shared by every offline strategy (see each task's "
@@ -626,6 +655,11 @@ def main(argv=None):
     if args.render:  # one results JSON, or several (e.g. one per task, run in parallel) merged into --out
         parts = [json.loads(Path(path).read_text(encoding="utf-8")) for path in args.render]
         records = [r for part in parts for r in part["records"]]
+        # several runs of one task and seed (e.g. more strategies later) repeat its deterministic SFT record: keep one
+        unique = {}
+        for r in records:
+            unique.setdefault((r["task"], r["seed"], r["label"], r["budget"]), r)
+        records = list(unique.values())
         meta = dict(parts[0]["meta"])
         if len(parts) > 1:
             meta["command"] = " && ".join(part["meta"].get("command", "(partial)") for part in parts)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_cli import _store_counts, read_jsonl, write_jsonl
-from test_exact_pay import CountingReward, trainer_for
+from test_exact_pay import CountingReward, pools, trainer_for
 
 from aepo_trainer import AEPOConfig
 from aepo_trainer.selection.prompts import choose_prompts, planned_prompts, prompt_ratio, prompts_to_keep
@@ -107,6 +107,104 @@ def test_trainer_annotates_only_the_chosen_prompts_and_pays_nothing_for_the_othe
     logged = [e for e in trainer.state.log_history if "aepo/prompts_unselected" in e]
     assert logged[0]["aepo/prompts_unselected"] == 6 and logged[0]["aepo/pairs"] == 2
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))  # it trained on them
+
+
+def test_a_window_of_upcoming_batches_trains_the_chosen_prompts_as_full_batches(tiny_model_path, dpo_args):
+    """`prompt_selection_window=4` with 2 prompts per batch: the DataLoader gives the step one window of 4 x 2 = 8
+    prompts (the whole data set), the step keeps the 2 most informative (hand-checked D-optimal: rows 3 and 6), pays
+    for them only, and the epoch has 1 optimizer step instead of 4 (the schedule and resuming count windows)."""
+    reward = CountingReward()
+    trainer = trainer_for(
+        tiny_model_path,
+        dpo_args,
+        planted_rows(),
+        annotator=reward,
+        per_device_train_batch_size=2,
+        max_steps=-1,  # one epoch, as many steps as the DataLoader has windows
+        num_train_epochs=1,
+        prompt_selection="d_optimal",
+        prompt_selection_window=4,
+        selection_strategy="random",
+    )
+    loader = trainer.get_train_dataloader()
+    assert len(loader) == 1 and len(next(iter(loader))["pool_mask"]) == 8
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert sorted({prompt for prompt, _ in reward.calls}) == [
+        "Question 3: name a colour.",
+        "Question 6: name a colour.",
+    ]
+    assert len(reward.calls) == 4 and trainer.annotation_service.spent == 4
+    logged = [e for e in trainer.state.log_history if "aepo/prompts_unselected" in e]
+    assert logged[0]["aepo/prompts_unselected"] == 6 and logged[0]["aepo/pairs"] == 2  # a full batch of 2 prompts
+
+
+def test_a_windowed_run_resumed_after_its_first_step_trains_and_pays_as_the_uninterrupted_run(
+    tiny_model_path, dpo_args, tmp_path
+):
+    """16 prompts, windows of 2 x 4: two steps. Stopped after step 1 (its checkpoint saved) and resumed, the run pays
+    for the same prompts' candidates as the uninterrupted run, none twice: the Trainer skips whole windows."""
+    from transformers import TrainerCallback
+
+    class StopAfterFirstStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = True
+
+    settings = dict(
+        annotator=None,
+        per_device_train_batch_size=2,
+        max_steps=-1,
+        num_train_epochs=1,
+        prompt_selection="d_optimal",
+        prompt_selection_window=4,
+        selection_strategy="random",
+        save_strategy="steps",
+        save_steps=1,
+    )
+    runs = {}
+    for name in ("whole", "killed"):
+        reward = CountingReward()
+        settings["annotator"] = reward
+        trainer = trainer_for(tiny_model_path, {**dpo_args, "output_dir": str(tmp_path / name)}, pools(16), **settings)
+        if name == "killed":
+            trainer.add_callback(StopAfterFirstStep())
+        trainer.train()
+        runs[name] = (trainer, reward)
+    assert runs["whole"][0].state.global_step == 2 and runs["killed"][0].state.global_step == 1
+    reward = CountingReward()
+    settings["annotator"] = reward
+    resumed = trainer_for(tiny_model_path, {**dpo_args, "output_dir": str(tmp_path / "killed")}, pools(16), **settings)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 2
+    whole, first = runs["whole"][1].calls, runs["killed"][1].calls
+    assert len(whole) == 2 * 2 * 2  # 2 steps x 2 prompts kept of 8 x k = 2
+    assert sorted(first + reward.calls) == sorted(whole)  # the same prompts and candidates, each paid once
+
+
+def test_a_window_is_refused_where_it_cannot_be_honoured(tmp_path, capsys):
+    from aepo_trainer.cli import main
+
+    with pytest.raises(ValueError, match="prompt_selection_window"):  # a window needs a rule that chooses
+        AEPOConfig(output_dir=str(tmp_path), bf16=False, prompt_selection_window=2)
+    with pytest.raises(ValueError, match="prompt_selection_window"):  # the window fixes the share: 1 / window
+        AEPOConfig(
+            output_dir=str(tmp_path),
+            bf16=False,
+            prompt_selection="random",
+            prompt_selection_ratio=0.5,
+            prompt_selection_window=2,
+        )
+    args = AEPOConfig(output_dir=str(tmp_path), bf16=False, prompt_selection="random", prompt_selection_window=4)
+    assert prompt_ratio(args, 100) == 0.25
+    # aepo select has chunks, not upcoming batches: no such flag, and a config that sets it is refused by name
+    from aepo_trainer.data.validation import policy_signal_problems
+
+    assert [p.column for p in policy_signal_problems(args, "aepo select")] == ["prompt_selection_window"]
+    pools = write_jsonl(tmp_path / "pools.jsonl", planted_rows())
+    argv = ["select", "--input", str(pools), "--output", str(tmp_path / "o.jsonl"), "--prompt_selection", "random"]
+    assert main([*argv, "--prompt_selection_window", "2"]) == 2
+    assert "unrecognized arguments: --prompt_selection_window" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 @pytest.mark.parametrize("rule, expected", [("d_optimal", [3, 6]), ("all", [0, 1])])

@@ -266,6 +266,20 @@ class AEPOTrainer(DPOTrainer):
         if extra:
             self._signature_columns = [*self._signature_columns, *extra]
 
+    def get_train_dataloader(self):
+        """TRL's training DataLoader; with `prompt_selection_window` W > 1 on pools, W x the batch size per
+        micro-batch: the step chooses 1/W of each window's prompts (`selection.prompts`), so the Trainer's step
+        count, schedule and resume skipping all count windows, exactly as they are trained."""
+        window = self.args.prompt_selection_window
+        if window <= 1 or not self._aepo_trains_on_pools:
+            return super().get_train_dataloader()
+        batch_size = self._train_batch_size
+        self._train_batch_size = batch_size * window
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self._train_batch_size = batch_size
+
     # ------------------------------------------------------------------------------------------------ the step
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
