@@ -3,10 +3,12 @@ the hand-checked most informative prompts, in `AEPOTrainer` and in `aepo select`
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from test_cli import _store_counts, read_jsonl, write_jsonl
-from test_exact_pay import CountingReward, pools, trainer_for
+from test_exact_pay import CountingReward, _free_port, finish, pools, read_calls, run_worker, trainer_for
 
 from aepo_trainer import AEPOConfig
 from aepo_trainer.selection.prompts import choose_prompts, planned_prompts, prompt_ratio, prompts_to_keep
@@ -234,3 +236,49 @@ def test_aepo_select_refuses_the_policy_rule(tmp_path, capsys):
     argv = ["select", "--input", str(pools), "--output", str(tmp_path / "o.jsonl")]
     assert main([*argv, "--prompt_selection", "implicit_reward_spread"]) == 2
     assert "prompt_selection" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_choose_by_the_rule_and_pay_once_on_the_main_process(tiny_model_path, tmp_path):
+    """torchrun, 2 CPU processes (gloo), d_optimal over windows of 2 upcoming batches of 2: every rank's choice in every
+    window is exactly the rule's choice on that window (recomputed here), the kept prompts are the only ones paid (k
+    each, once, on the main process), the logged count covers both ranks, and the weights agree."""
+    from collections import Counter
+
+    from train_worker import rows
+
+    from aepo_trainer.selection.keys import prompt_key
+
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(_free_port())]  # fmt: skip
+    options = {"max_steps": 2, "num_prompts": 16, "resume": False, "selection_strategy": "random",
+               "prompt_selection": "d_optimal", "prompt_selection_window": 2, "record_selections": True}  # fmt: skip
+    code, out = finish(run_worker(tiny_model_path, tmp_path, "out", options, launcher=launcher))
+    assert code == 0, out[-6000:]
+    results = [json.loads((tmp_path / f"result_rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world"] for r in results] == [2, 2] and [r["global_step"] for r in results] == [2, 2]
+    data = {prompt_key(row["prompt"]): row for row in rows(16)}
+    kept_rows = {}
+    for result in results:
+        assert len(result["selections"]) == 2  # one window of 2 x 2 prompts per step on each rank
+        mine = []
+        for window in result["selections"]:
+            keys, selected = window["keys"], window["selected"]
+            embeddings = torch.tensor([data[k]["embeddings"] for k in keys])
+            expected = choose_prompts("d_optimal", 2, embeddings=embeddings, subsets=selected, keys=keys, seed=0)
+            assert [i for i, kept in enumerate(window["kept"]) if kept] == expected
+            mine += [k for k, kept in zip(keys, window["kept"]) if kept]
+            kept_rows.update({keys[i]: selected[i] for i in expected})
+        seen = [k for window in result["selections"] for k in window["keys"]]
+        assert sorted(result["keys"]) == sorted(seen) and set(mine) < set(seen)  # its windows' prompts, each once
+    windows = [k for result in results for window in result["selections"] for k in window["keys"]]
+    assert len(windows) == len(set(windows)) == 16 and len(kept_rows) == 8  # every prompt seen once, half kept
+    calls = read_calls(tmp_path, 0)
+    assert not read_calls(tmp_path, 1) and results[1]["spent"] is None  # one ledger, on the main process
+    assert len(calls) == results[0]["spent"] == 2 * 8
+    assert Counter(prompt_key(c["prompt"]) for c in calls) == dict.fromkeys(kept_rows, 2)
+    for key, selected in kept_rows.items():  # exactly the selected candidates of each kept prompt
+        paid = sorted(c["completion"] for c in calls if prompt_key(c["prompt"]) == key)
+        assert paid == sorted(data[key]["completions"][j] for j in selected)
+    assert [e["aepo/prompts_unselected"] for e in results[0]["logged"]] == [4.0, 4.0]  # both ranks' 2 each
+    assert results[0]["weights"] == results[1]["weights"]
