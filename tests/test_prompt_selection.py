@@ -229,6 +229,27 @@ def test_aepo_select_spends_a_small_budget_on_the_most_informative_prompts(tmp_p
     assert stored == 4 and spent == 4  # the chosen prompts' 2 candidates each, nothing for the others
 
 
+@pytest.mark.parametrize(
+    "rule, needed, covered",
+    [("d_optimal", 4, "2 of 8"), ("all", 16, "2 of 8 (the rest would be skipped: budget exhausted)")],
+)
+def test_aepo_select_dry_run_costs_the_prompts_the_run_would_choose(tmp_path, capsys, rule, needed, covered):
+    """The dry run chooses prompts as the run does: with d_optimal and a budget of 4, 2 prompts x k = 2 are needed
+    (and all paid), 6 are left out; without prompt selection all 8 prompts' 16 annotations are needed."""
+    from aepo_trainer.cli import main
+
+    pools = write_jsonl(tmp_path / "pools.jsonl", planted_rows())
+    argv = ["select", "--input", str(pools), "--output", str(tmp_path / "o.jsonl"), "--selection_strategy", "random"]
+    argv += ["--annotation_budget", "4", "--prompt_selection", rule, "--batch_size", "4", "--dry-run"]
+    assert main(argv) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "dry run: 8 prompts" in out
+    assert f"annotations needed {needed} (2 per prompt)" in out and f"would be paid {needed}" in out
+    assert f"prompts covered {covered}" in out
+    assert ("left out by prompt choice 6 (--prompt_selection d_optimal" in out) == (rule == "d_optimal")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
 def test_aepo_select_refuses_the_policy_rule(tmp_path, capsys):
     from aepo_trainer.cli import main
 
