@@ -57,6 +57,7 @@ TRAINING_ONLY_FIELDS = (
     "policy_signals_every",
     "policy_signals_dtype",
     "precompute_pool_ref_logps",
+    "prompt_selection_window",
 )
 
 
@@ -138,7 +139,18 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Share of each window's prompts annotated when `prompt_selection` is not 'all' (in (0, 1]). None "
             "(default): the share the budget pays for, annotation_budget / (k x prompts x epochs), or 1 without a "
-            "budget."
+            "budget. Not with `prompt_selection_window` > 1, whose share is 1 / window."
+        },
+    )
+    prompt_selection_window: int = field(
+        default=1,
+        metadata={
+            "help": "Trainer only: how many upcoming batches `prompt_selection` chooses from (>= 1). With W > 1 each "
+            "micro-batch the DataLoader gives the step holds W x per_device_train_batch_size prompts, of which the "
+            "step keeps the 1/W most informative: every optimizer step trains as many prompts as without a window, "
+            "and an epoch has 1/W as many steps (the learning-rate schedule, `max_steps` and resuming count these "
+            "steps). The prompts left out are not paid for and are counted (`aepo/prompts_unselected`); their "
+            "pools are still embedded (and, on prompt-only data, sampled)."
         },
     )
     selection_seed: int | None = field(
@@ -668,6 +680,7 @@ class AEPOConfig(DPOConfig):
             "local_search_rounds",
             "prompt_selection",
             "prompt_selection_ratio",
+            "prompt_selection_window",
             "embedding_model",
             "embedding_backend",
             "embedding_quantized",

@@ -94,6 +94,11 @@ STRATEGIES = [
         {"selection_strategy": "double_ts", "active_implicit_reward_feature": True},
         "pools",
     ),
+    (
+        "DTS (+ policy features)",
+        {"selection_strategy": "double_ts", "active_policy_features": True},
+        "pools",
+    ),
     ("implicit_reward_gap", {"selection_strategy": "implicit_reward_gap"}, "pools"),
     ("West-of-N", {"selection_strategy": "west_of_n"}, "pools"),
     ("random k, prompts: random", {"selection_strategy": "random", "prompt_selection": "random"}, "pools"),
@@ -101,6 +106,27 @@ STRATEGIES = [
     (
         "random k, prompts: implicit-reward spread",
         {"selection_strategy": "random", "prompt_selection": "implicit_reward_spread"},
+        "pools",
+    ),
+    # a window of upcoming batches (`prompt_selection_window`, "auto" = 1 / budget share): full batches of the chosen
+    # prompts, fewer optimizer steps, instead of a share of every step's batch
+    (
+        "random k, prompts: random, window",
+        {"selection_strategy": "random", "prompt_selection": "random", "prompt_selection_window": "auto"},
+        "pools",
+    ),
+    (
+        "random k, prompts: D-optimal, window",
+        {"selection_strategy": "random", "prompt_selection": "d_optimal", "prompt_selection_window": "auto"},
+        "pools",
+    ),
+    (
+        "random k, prompts: implicit-reward spread, window",
+        {
+            "selection_strategy": "random",
+            "prompt_selection": "implicit_reward_spread",
+            "prompt_selection_window": "auto",
+        },
         "pools",
     ),
     ("on-policy random k", {"selection_strategy": "random"}, "on-policy"),
@@ -193,8 +219,9 @@ def sft(task, tokenizer, scale: Scale, seed: int, workdir: str):
     return out
 
 
-def sample(model, tokenizer, task, prompts: list[str], n: int, seed: int) -> dict[str, list[str]]:
-    """n samples per prompt (temperature 1; padding never sampled), prompts grouped by length (no padding)."""
+def sample(model, tokenizer, task, prompts: list[str], n: int, seed: int, tokens: list | None = None):
+    """n samples per prompt (temperature 1; padding never sampled), prompts grouped by length (no padding).
+    `tokens`, when given, gets the number of generated tokens appended (EOS included, as the trainer counts them)."""
     import torch
     from transformers import GenerationConfig
 
@@ -222,22 +249,28 @@ def sample(model, tokenizer, task, prompts: list[str], n: int, seed: int) -> dic
                 chunk = group[start : start + 512]
                 x = torch.tensor([tokenizer(p + task.prompt_suffix)["input_ids"] for p in chunk])
                 g = model.generate(input_ids=x, attention_mask=torch.ones_like(x), generation_config=gen)
+                generated = 0
                 for i, row in enumerate(g[:, x.shape[1] :].tolist()):
                     text = []
                     for t in row:
                         if t in (tokenizer.eos_token_id, tokenizer.pad_token_id):
+                            generated += t == tokenizer.eos_token_id
                             break
                         text.append(tokenizer.convert_ids_to_tokens(t))
+                    generated += len(text)
                     out.setdefault(chunk[i // n], []).append("".join(text))
+                if tokens is not None:
+                    tokens.append(generated)
     return out
 
 
 def evaluate(model, tokenizer, task, held_out, scale: Scale) -> dict:
     """Per held-out prompt: mean gold and length-controlled reward over `eval_samples` samples (fixed seed)."""
-    samples = sample(model, tokenizer, task, held_out, scale.eval_samples, seed=12345)
+    tokens = []
+    samples = sample(model, tokenizer, task, held_out, scale.eval_samples, seed=12345, tokens=tokens)
     gold = [float(np.mean([task.gold_reward(p, y) for y in samples[p]])) for p in held_out]
     lc = [float(np.mean([task.length_controlled_reward(p, y) for y in samples[p]])) for p in held_out]
-    return {"gold": gold, "length_controlled": lc}
+    return {"gold": gold, "length_controlled": lc, "eval_generated_tokens": int(sum(tokens))}
 
 
 # ---------------------------------------------------------------------------------------------------- the product
@@ -309,6 +342,9 @@ def train_policy(task, sft_dir, tokenizer, data, overrides: dict, budget: int, s
         "optimizer_steps": int(trainer.state.global_step),
         "train_seconds": seconds,
     }
+    # compute: the product's own count of on-policy sampled tokens (its logged running total; 0 on offline pools)
+    totals = [e["aepo/generated_tokens"] for e in history if "aepo/generated_tokens" in e]
+    cost["generated_tokens"] = int(totals[-1]) if totals else 0
     if trainer.aepo_on_policy is not None:
         cost["pools_generated"] = int(trainer.aepo_on_policy.generated)
     return trainer.model.eval(), cost
@@ -348,11 +384,13 @@ def run_task_seed(task, scale: Scale, seed: int, strategies, log=print) -> list[
         t0 = time.perf_counter()
         sft_dir = sft(task, tokenizer, scale, seed, workdir)
         sft_model = Qwen2ForCausalLM.from_pretrained(sft_dir)
-        pools = sample(sft_model, tokenizer, task, train, scale.pool_size, seed=seed + 1)
+        pool_tokens = []  # the offline pools: sampled once per task and seed, shared by every offline strategy
+        pools = sample(sft_model, tokenizer, task, train, scale.pool_size, seed=seed + 1, tokens=pool_tokens)
         pool_gold = float(np.mean([task.gold_reward(p, y) for p in train for y in pools[p]]))
         ev = evaluate(sft_model, tokenizer, task, held_out, scale)
         base = {"task": task.name, "seed": seed}
-        records.append({**base, "label": "SFT", "budget": 0, "share": 0.0, **ev, "pool_gold": pool_gold})
+        records.append({**base, "label": "SFT", "budget": 0, "share": 0.0, **ev, "pool_gold": pool_gold,
+                        "pool_generated_tokens": int(sum(pool_tokens)), "sft_seconds": time.perf_counter() - t0})  # fmt: skip
         log(
             f"  [{task.name} seed {seed}] SFT {time.perf_counter() - t0:.0f}s: held-out gold "
             f"{np.mean(ev['gold']):.3f}, pool samples {pool_gold:.3f}"
@@ -367,6 +405,8 @@ def run_task_seed(task, scale: Scale, seed: int, strategies, log=print) -> list[
             for label, overrides, kind in strategies:
                 if "prompt_selection" in overrides and share >= 1.0:
                     continue  # every prompt is paid for: prompt selection changes nothing
+                if overrides.get("prompt_selection_window") == "auto":  # the window the budget pays one batch of
+                    overrides = {**overrides, "prompt_selection_window": max(1, round(1 / share))}
                 run += 1
                 t1 = time.perf_counter()
                 model, cost = train_policy(
@@ -408,7 +448,9 @@ def summarize(records, replicates: int = 2000) -> dict:
         budgets = sorted({r["budget"] for r in recs if r["label"] != "SFT"})
         sft = _matrix(recs, task, "SFT", 0)
         for budget in budgets:
-            control = _matrix(recs, task, "random k, prompts: random", budget)
+            controls = {
+                window: _matrix(recs, task, "random k, prompts: random" + window, budget) for window in ("", ", window")
+            }
             for label in dict.fromkeys(r["label"] for r in recs if r["budget"] == budget):
                 ref = _matrix(recs, task, reference_for(label), budget)
                 m = _matrix(recs, task, label, budget)
@@ -420,12 +462,15 @@ def summarize(records, replicates: int = 2000) -> dict:
                 row["vs_sft"] = bootstrap_ci(m - sft, replicates=replicates)
                 if ref is not None and label != reference_for(label) and ref.shape == m.shape:
                     row["vs_random"] = bootstrap_ci(m - ref, replicates=replicates)
-                is_rule = label.startswith("random k, prompts:") and label != "random k, prompts: random"
+                control = controls[", window" if label.endswith(", window") else ""]
+                is_rule = label.startswith("random k, prompts:") and not label.startswith("random k, prompts: random")
                 if control is not None and is_rule and control.shape == m.shape:
                     row["vs_prompt_control"] = bootstrap_ci(m - control, replicates=replicates)
                 for name in ("labels", "prompts_covered", "pairs", "optimizer_steps", "train_seconds", "wall_seconds"):
                     row[name] = float(np.mean([r[name] for r in these]))
                 row["generated"] = float(np.mean([r.get("pools_generated", 0) for r in these]))
+                for name in ("generated_tokens", "eval_generated_tokens"):
+                    row[name] = float(np.mean([r.get(name, 0) for r in these]))
                 out["rows"].append(row)
         out["parity"] += parity_table(recs, task, budgets, replicates=min(replicates, 500))
     return out
@@ -474,7 +519,8 @@ def results_markdown(summary: dict, meta: dict) -> str:
     lines = [
         "# Policy-level efficacy through AEPOTrainer (issue 28)",
         "",
-        f"Generated by `{meta['command']}` in {meta['wall_seconds'] / 60:.1f} min.",
+        f"Generated by `{meta['command']}` in {meta['wall_seconds'] / 60:.1f} min"
+        + (f" wall, {meta['cpu_seconds'] / 60:.1f} min CPU time." if "cpu_seconds" in meta else "."),
         "",
         f"- Machine: {meta['machine']}.",
         f"- Tasks: {', '.join(meta['tasks'])}. Tiny Qwen2 ({s['hidden_size']} hidden × {s['num_layers']} layers, "
@@ -491,13 +537,23 @@ def results_markdown(summary: dict, meta: dict) -> str:
         "differences (same seed, same held-out prompts). 'Δ vs random k (same data)': offline strategies against "
         "offline random k, on-policy strategies against on-policy random k, and on-policy random k against offline "
         "random k (the effect of sampling the pools from the current policy). 'vs control' compares an offline "
-        "prompt-selection rule with the random prompt choice at the same coverage.",
+        "prompt-selection rule with the random prompt choice at the same coverage (', window': with the same "
+        "window). ', window' = `prompt_selection_window` = 1 / budget share (4 at 0.25, 2 at 0.5): each step chooses "
+        "among that many upcoming batches and trains one full batch of the chosen prompts; without it the rule "
+        "annotates that share of every step's batch.",
+        "- Compute per strategy (means over seeds): optimizer steps; 'step gen. tokens' = completion tokens sampled "
+        "in the training step (on-policy data; the trainer's own `aepo/generated_tokens`, EOS included), 0 on "
+        "offline pools, whose samples are drawn once per seed and shared by every offline strategy (see each task's "
+        "'offline pools' line); 'eval gen. tokens' = tokens sampled to evaluate the policy (the same prompts and "
+        "samples count for every strategy); 'train s' = `trainer.train()`, 'wall s' = training + evaluation, "
+        "measured on a shared machine (see the load above).",
         "",
     ]
     for task in meta["tasks"]:
         rows = [r for r in summary["rows"] if r["task"] == task]
         header = ["budget", "strategy", "labels", "prompts", "pairs", "opt. steps", "held-out gold",
-                  "Δ vs random k (same data)", "Δ vs control", "length-controlled", "train s"]  # fmt: skip
+                  "Δ vs random k (same data)", "Δ vs control", "length-controlled", "step gen. tokens",
+                  "eval gen. tokens", "train s", "wall s"]  # fmt: skip
         table = []
         for r in rows:
             table.append(
@@ -512,13 +568,23 @@ def results_markdown(summary: dict, meta: dict) -> str:
                     fmt(r["vs_random"], signed=True) if "vs_random" in r else "–",
                     fmt(r["vs_prompt_control"], signed=True) if "vs_prompt_control" in r else "–",
                     fmt(r["length_controlled"]),
+                    f"{r.get('generated_tokens', 0):.0f}",
+                    f"{r.get('eval_generated_tokens', 0):.0f}",
                     f"{r['train_seconds']:.0f}",
+                    f"{r['wall_seconds']:.0f}",
                 ]
             )
         sft = next((r for r in summary["rows"] if r["task"] == task), None)
         lines += [f"## {task}", ""]
         if sft is not None:
             lines += [f"SFT policy (no DPO): held-out gold {meta['sft_gold'][task]:.3f}.", ""]
+        shared = meta.get("shared_compute", {}).get(task)
+        if shared:
+            lines += [
+                f"Offline pools (shared by every offline strategy of a seed): {shared['pool_generated_tokens']:.0f} "
+                f"generated tokens per seed; SFT + pools + SFT evaluation {shared['sft_seconds']:.0f} s per seed.",
+                "",
+            ]
         lines += [markdown_table(header, table, ["--:", "---"] + ["--:"] * (len(header) - 2))]
         par = [p for p in summary["parity"] if p["task"] == task]
         if par:
@@ -573,6 +639,13 @@ def _sft_gold(records, task: str) -> float:
     return float(np.mean([np.mean(r["gold"]) for r in records if r["task"] == task and r["label"] == "SFT"]))
 
 
+def _shared_compute(records, task: str) -> dict:
+    sft = [r for r in records if r["task"] == task and r["label"] == "SFT" and "pool_generated_tokens" in r]
+    if not sft:
+        return {}
+    return {name: float(np.mean([r[name] for r in sft])) for name in ("pool_generated_tokens", "sft_seconds")}
+
+
 def _suffix(args) -> str:
     return f"_{args.tag}" if args.tag else ("_quick" if args.quick else "")
 
@@ -582,6 +655,11 @@ def main(argv=None):
     if args.render:  # one results JSON, or several (e.g. one per task, run in parallel) merged into --out
         parts = [json.loads(Path(path).read_text(encoding="utf-8")) for path in args.render]
         records = [r for part in parts for r in part["records"]]
+        # several runs of one task and seed (e.g. more strategies later) repeat its deterministic SFT record: keep one
+        unique = {}
+        for r in records:
+            unique.setdefault((r["task"], r["seed"], r["label"], r["budget"]), r)
+        records = list(unique.values())
         meta = dict(parts[0]["meta"])
         if len(parts) > 1:
             meta["command"] = " && ".join(part["meta"].get("command", "(partial)") for part in parts)
@@ -590,6 +668,9 @@ def main(argv=None):
         tasks_seen = list(dict.fromkeys(r["task"] for r in records))  # a partial file's meta is minimal
         meta["tasks"] = tasks_seen
         meta["sft_gold"] = {t: _sft_gold(records, t) for t in tasks_seen}
+        meta["shared_compute"] = {t: _shared_compute(records, t) for t in tasks_seen}
+        if all("cpu_seconds" in part["meta"] for part in parts):
+            meta["cpu_seconds"] = sum(part["meta"]["cpu_seconds"] for part in parts)
         meta["budgets"] = sorted({r["budget"] for r in records if r["label"] != "SFT"})
         meta["scale"] = {**meta["scale"], "seeds": len({(r["task"], r["seed"]) for r in records}) // len(tasks_seen)}
         meta.setdefault("command", "python experiments/policy_training.py (partial)")
@@ -617,7 +698,8 @@ def main(argv=None):
     unknown = set(wanted or ()) - {s[0] for s in STRATEGIES}
     if unknown:
         raise SystemExit(f"unknown strategies {sorted(unknown)}; choose from {[s[0] for s in STRATEGIES]}")
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
+    load_start = " ".join(f"{x:.1f}" for x in os.getloadavg())
     records = []
     for task in tasks:
         for seed in range(args.first_seed, args.first_seed + scale.seeds):
@@ -628,6 +710,8 @@ def main(argv=None):
                 "tasks": [t.name for t in tasks],
                 "sft_gold": {},
                 "wall_seconds": time.time() - started,
+                "cpu_seconds": time.process_time() - cpu_started,
+                "machine": machine_line(machine_info()) + f"; load at start: {load_start}",
             }
             Path(args.out).mkdir(parents=True, exist_ok=True)  # what is done so far survives an interrupted run
             (Path(args.out) / f"policy{_suffix(args)}.partial.json").write_text(
@@ -640,8 +724,12 @@ def main(argv=None):
         "tasks": [t.name for t in tasks],
         "budgets": sorted({r["budget"] for r in records if r["label"] != "SFT"}),
         "sft_gold": {t.name: _sft_gold(records, t.name) for t in tasks},
-        "machine": machine_line(machine_info()) + f"; load before: {os.getloadavg()[0]:.1f}",
+        "shared_compute": {t.name: _shared_compute(records, t.name) for t in tasks},
+        "machine": machine_line(machine_info())
+        + f"; load average (1, 5, 15 min) at start {load_start}, at end "
+        + " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "wall_seconds": time.time() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
