@@ -288,15 +288,15 @@ class GoldReward:
         return [self.task.gold_reward(p[: -len(suffix)] if suffix else p, c) for p, c in zip(prompts, completions)]
 
 
-def train_policy(task, sft_dir, tokenizer, data, overrides: dict, budget: int, scale: Scale, seed: int, workdir: str):
-    """One `AEPOTrainer` run from the SFT weights; returns the trained model and what it cost."""
+def dpo_trainer(sft_dir, tokenizer, data, annotator, scale: Scale, seed: int, workdir: str, **fields):
+    """The experiments' `AEPOTrainer`: the SFT weights as policy and reference, the scale's DPO settings, CPU, no
+    checkpoints or console printing; `fields` add or override `AEPOConfig` settings (the strategy under test)."""
     from transformers import Qwen2ForCausalLM
     from transformers.trainer_callback import PrinterCallback
 
     from aepo_trainer import AEPOConfig, AEPOTrainer
 
-    reward = GoldReward(task)
-    args = AEPOConfig(
+    settings = dict(
         output_dir=workdir,
         bf16=False,
         report_to="none",
@@ -314,21 +314,37 @@ def train_policy(task, sft_dir, tokenizer, data, overrides: dict, budget: int, s
         dataloader_num_workers=0,
         disable_tqdm=True,
         num_annotations=scale.k,
+    )
+    trainer = AEPOTrainer(
+        model=Qwen2ForCausalLM.from_pretrained(sft_dir),
+        ref_model=Qwen2ForCausalLM.from_pretrained(sft_dir),
+        args=AEPOConfig(**{**settings, **fields}),
+        train_dataset=data,
+        processing_class=tokenizer,
+        annotator=annotator,
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def train_policy(task, sft_dir, tokenizer, data, overrides: dict, budget: int, scale: Scale, seed: int, workdir: str):
+    """One `AEPOTrainer` run from the SFT weights; returns the trained model and what it cost."""
+
+    reward = GoldReward(task)
+    trainer = dpo_trainer(
+        sft_dir,
+        tokenizer,
+        data,
+        reward,
+        scale,
+        seed,
+        workdir,
         annotation_budget=budget,
         num_generations=scale.pool_size,
         max_completion_length=task.max_completion_chars,
         active_warmup_annotations=32,
         **overrides,
     )
-    trainer = AEPOTrainer(
-        model=Qwen2ForCausalLM.from_pretrained(sft_dir),
-        ref_model=Qwen2ForCausalLM.from_pretrained(sft_dir),
-        args=args,
-        train_dataset=data,
-        processing_class=tokenizer,
-        annotator=reward,
-    )
-    trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started

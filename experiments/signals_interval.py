@@ -37,7 +37,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 from efficacy_common import fmt_ci, machine_info, machine_line, markdown_table, mean_ci
-from policy_training import SCALES, GoldReward, build_tokenizer, evaluate, pool_dataset, prompt_sets, sample, sft
+from policy_training import (
+    SCALES,
+    GoldReward,
+    build_tokenizer,
+    dpo_trainer,
+    evaluate,
+    pool_dataset,
+    prompt_sets,
+    sample,
+    sft,
+)
 from tasks import load_task
 
 #: The refresh intervals compared; NEVER stands for "no step after the first computes signals".
@@ -119,44 +129,21 @@ def _gap(gold: list[float], subset: list[int]) -> float:
 
 def train_with_interval(task, sft_dir, tokenizer, data, every: int, scale, seed: int, workdir: str):
     """One `AEPOTrainer` run (implicit_reward_gap, interval `every`) with the selection probe installed."""
-    from transformers import Qwen2ForCausalLM
-    from transformers.trainer_callback import PrinterCallback
-
-    from aepo_trainer import AEPOConfig, AEPOTrainer
     from aepo_trainer.trainer import policy_signals as ps
 
     probe = SelectionProbe(task, scale.k)
-    args = AEPOConfig(
-        output_dir=workdir,
-        bf16=False,
-        report_to="none",
-        seed=seed,
-        use_cpu=True,
-        per_device_train_batch_size=scale.prompts_per_step,
-        num_train_epochs=1,
-        learning_rate=scale.dpo_lr,
-        lr_scheduler_type="linear",
-        beta=scale.beta,
-        max_length=32,
-        logging_steps=1,
-        save_strategy="no",
-        activation_checkpointing=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        num_annotations=scale.k,
+    trainer = dpo_trainer(
+        sft_dir,
+        tokenizer,
+        data,
+        GoldReward(task),
+        scale,
+        seed,
+        workdir,
         selection_strategy="implicit_reward_gap",
         policy_signals_every=every,
         precompute_pool_ref_logps=True,  # the reference pass is out of the timed steps, as in the benchmark
     )
-    trainer = AEPOTrainer(
-        model=Qwen2ForCausalLM.from_pretrained(sft_dir),
-        ref_model=Qwen2ForCausalLM.from_pretrained(sft_dir),
-        args=args,
-        train_dataset=data,
-        processing_class=tokenizer,
-        annotator=GoldReward(task),
-    )
-    trainer.remove_callback(PrinterCallback)
     original = ps.policy_signals_of_step
     ps.policy_signals_of_step = probe
     try:
