@@ -147,7 +147,9 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Trainer only: how many upcoming batches `prompt_selection` chooses from (>= 1). With W > 1 each "
             "micro-batch the DataLoader gives the step holds W x per_device_train_batch_size prompts, of which the "
-            "step keeps the 1/W most informative: every optimizer step trains as many prompts as without a window, "
+            "step keeps the 1/W most informative, chosen within that micro-batch: every micro-batch trains "
+            "per_device_train_batch_size prompts (full batches, whatever gradient_accumulation_steps), "
+            "every optimizer step as many prompts as without a window, "
             "and an epoch has 1/W as many steps (the learning-rate schedule, `max_steps` and resuming count these "
             "steps). The prompts left out are not paid for and are counted (`aepo/prompts_unselected`); their "
             "pools are still embedded (and, on prompt-only data, sampled)."
