@@ -125,6 +125,7 @@ def main() -> None:
         "logged": [e for e in trainer.state.log_history if "loss" in e],
         "surrogate": None,
         "generated": None if trainer.aepo_on_policy is None else trainer.aepo_on_policy.generated,
+        "generated_tokens_total": None if trainer.aepo_on_policy is None else trainer.aepo_on_policy.export(),
         "selections": [
             {"keys": picked.keys, "selected": subsets, "kept": [bool(s) for s in picked.subsets]}
             for picked, subsets in selections

@@ -40,7 +40,7 @@ from .run_control import (
     default_run_id,
     last_complete_checkpoint,
     refuse_options_pools_cannot_honour,
-    restore_active_labels,
+    restore_run_state,
 )
 
 logger = logging.getLogger(__name__)
@@ -425,8 +425,8 @@ class AEPOTrainer(DPOTrainer):
             if resume_from_checkpoint is None:
                 logger.warning("AEPO: no complete checkpoint in %s: training from the start.", self.args.output_dir)
         self._aepo_losses.reset("train_total")
-        if resume_from_checkpoint and self.pool_reducer is not None and self.pool_reducer.active is not None:
-            restore_active_labels(self.pool_reducer.active, resume_from_checkpoint, self.accelerator)
+        if resume_from_checkpoint:  # an active strategy's labels, the on-policy counters
+            restore_run_state(self, resume_from_checkpoint)
         if self._aepo_trains_on_pools and self.args.needs_implicit_rewards:
             from .policy_signals import prepare_reference_cache
 
