@@ -288,9 +288,12 @@ class GoldReward:
         return [self.task.gold_reward(p[: -len(suffix)] if suffix else p, c) for p, c in zip(prompts, completions)]
 
 
-def dpo_trainer(sft_dir, tokenizer, data, annotator, scale: Scale, seed: int, workdir: str, **fields):
+def dpo_trainer(
+    sft_dir, tokenizer, data, annotator, scale: Scale, seed: int, workdir: str, trainer_class=None, **fields
+):
     """The experiments' `AEPOTrainer`: the SFT weights as policy and reference, the scale's DPO settings, CPU, no
-    checkpoints or console printing; `fields` add or override `AEPOConfig` settings (the strategy under test)."""
+    checkpoints or console printing; `fields` add or override `AEPOConfig` settings (the strategy under test);
+    `trainer_class`: an `AEPOTrainer` subclass to build instead (a probe)."""
     from transformers import Qwen2ForCausalLM
     from transformers.trainer_callback import PrinterCallback
 
@@ -315,7 +318,7 @@ def dpo_trainer(sft_dir, tokenizer, data, annotator, scale: Scale, seed: int, wo
         disable_tqdm=True,
         num_annotations=scale.k,
     )
-    trainer = AEPOTrainer(
+    trainer = (trainer_class or AEPOTrainer)(
         model=Qwen2ForCausalLM.from_pretrained(sft_dir),
         ref_model=Qwen2ForCausalLM.from_pretrained(sft_dir),
         args=AEPOConfig(**{**settings, **fields}),

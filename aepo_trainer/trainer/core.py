@@ -313,10 +313,16 @@ class AEPOTrainer(DPOTrainer):
             )
         return groups, None
 
+    def policy_signals_of_step(self):
+        """The training step's policy-signals function, `batch -> PolicySignals | None` (`policy_signals`): a subclass
+        may override it to observe or replace the signals the step's selection reads (an experiment's probe)."""
+        from .policy_signals import policy_signals_of_step
+
+        return policy_signals_of_step(self)
+
     def _aepo_reduce(self, pool_batches: list[dict], mode: str) -> list[dict]:
         """Run the step's reduction (`step.reduce_pool_batches`) and apply its result to this trainer's state."""
         from ..selection.prompts import dataset_size, planned_prompts
-        from .policy_signals import policy_signals_of_step
         from .step import GroupLayout, reduce_pool_batches
 
         args = self.args
@@ -331,7 +337,7 @@ class AEPOTrainer(DPOTrainer):
             pairs_are_terms=any(t not in args.rpo_loss_types for t in self.loss_types),
             include_unpaired=bool(args.rpo_loss_types),
             completions_column=args.completions_column,
-            policy_signals=policy_signals_of_step(self) if reducer.needed_signals else None,
+            policy_signals=self.policy_signals_of_step() if reducer.needed_signals else None,
             timer=self.aepo_phase_timer,
             gold_agreement=not self._aepo_labels_are_dataset_scores,
             planned_prompts=planned_prompts(args, dataset_size(self.train_dataset), self.accelerator.num_processes),
