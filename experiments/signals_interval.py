@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 from efficacy_common import fmt_ci, machine_info, machine_line, markdown_table, mean_ci
-from policy_training import (
+from policy_lab import (
     SCALES,
     GoldReward,
     build_tokenizer,
@@ -296,7 +296,7 @@ def parse_args(argv=None):
     p.add_argument("--train-prompts", type=int, default=None)
     p.add_argument("--pool-size", type=int, default=None)
     p.add_argument("--intervals", type=int, nargs="+", default=list(INTERVALS))
-    p.add_argument("--quick", action="store_true", help="smoke run: the quick scale of policy_training.py")
+    p.add_argument("--quick", action="store_true", help="smoke run: the quick scale of policy_lab.py")
     p.add_argument("--tag", default="")
     p.add_argument("--render", metavar="JSON", help="only re-write the Markdown (and rows) from a results JSON")
     return p.parse_args(argv)
