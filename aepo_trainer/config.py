@@ -23,6 +23,7 @@ from .choices import (
     POLICY_STRATEGIES,
     PROMPT_SELECTIONS,
     RPO_LOSS_TYPES,
+    SAFETY_TESTS,
     SELECTION_SEARCHES,
     SELECTION_STRATEGIES,
     SELF_JUDGE_MODELS,
@@ -223,6 +224,17 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Active strategies: confidence level of the safety rule's one-sided Wilson lower bound, in "
             "[0.5, 1)."
+        },
+    )
+    active_safety_test: str = field(
+        default="cross_validated",
+        metadata={
+            "help": "Active strategies: how the safety rule tests the surrogate on labels it was not fitted on. "
+            "'cross_validated' (default): 5-fold cross-validation of the current fit over every labelled prompt "
+            "(folds by prompt key; recomputed from the labels, so identical on every rank and after a resume). "
+            "'prequential': each batch's labels tested once, by the surrogate as it was before learning them "
+            "(early tests from a fit on few labels keep the bound low: slower to trust a surrogate that learned).",
+            "choices": list(SAFETY_TESTS),
         },
     )
     active_feature_model: str | None = field(
