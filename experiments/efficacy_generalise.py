@@ -15,9 +15,10 @@ prequential or cross-validated; the first 400 prompts), by the mean over the lea
 `all:32` (every model) is also measured, labelled as overlapping the tuning models.
 
 Strategies: random k (its exact expectation per prompt: the mean over all C(N, 2) pairs), AEPO λ = 1 (the old
-default), and delta_ucb / ucb_random / double_ts with the safety rule and robust chosen side on ("safe", the chosen
-settings; "safe, prequential": the same with the prequential test when the cross-validated one was chosen) and off
-("unsafe": the behaviour before issue 27), run exactly as `aepo select` runs them (`ActiveSelector`, batches of 32
+default), and delta_ucb / ucb_random / double_ts with the safety rule and robust chosen side on ("safe": the chosen
+settings; "safe, prequential" / "safe, cross-validated": the same with the other test of the rule; "safe, defaults":
+the package defaults, margin 0.02, Bayesian linear, cross-validated, when they differ) and off ("unsafe": the
+behaviour before issue 27), run exactly as `aepo select` runs them (`ActiveSelector`, batches of 32
 prompts, k = 2, features = embedding + log length). Budgets are prefixes of one run over the seeded prompt order
 (B = 800: the first 400 prompts; B = 1610: all 805).
 
@@ -55,8 +56,11 @@ from efficacy_common import (
 )
 from efficacy_selection import embed_all, prompt_order
 
+from aepo_trainer.choices import SAFETY_TESTS
+
 LEARNERS = ["delta_ucb", "ucb_random", "double_ts"]
-DEFAULT_TEST = "cross_validated"  # AEPOConfig.active_safety_test's default (the all-32 rows use the package defaults)
+#: AEPOConfig's defaults of the settings the grid tunes (the all-32 rows, and the "(safe, defaults)" rows)
+PACKAGE_DEFAULTS = dict(safety_margin=0.02, surrogate="bayesian_linear", safety_test="cross_validated")
 #: the grid tuned on the tuning pools: (safety margin, surrogate, safety test)
 GRID = [
     (margin, surrogate, test)
@@ -192,12 +196,23 @@ def measure(pools, strategies, keys, seed, batch, budgets):
 
 
 def strategy_list(margin, surrogate, test):
+    """The measured rows: random, AEPO, the learners with the chosen settings ("safe"), the same with the other test of
+    the safety rule, with the package defaults (when they differ), and without the rule ("unsafe")."""
     safe = dict(safety=True, robust_best=True, safety_margin=margin, surrogate=surrogate, safety_test=test)
-    unsafe = dict(safety=False, robust_best=False, surrogate=surrogate)
+    other = next(t for t in SAFETY_TESTS if t != test)
+    variants = [
+        ("safe", safe),
+        (f"safe, {other.replace('_', '-')}", {**safe, "safety_test": other}),
+        ("safe, defaults", dict(safety=True, robust_best=True, **PACKAGE_DEFAULTS)),
+    ]
     rows = [("random k", "random", {}), ("AEPO λ=1", "aepo", {})]
-    rows += [(f"{s} (safe)", s, safe) for s in LEARNERS]
-    if test != "prequential":  # the rule before the cross-validated test, same margin and surrogate
-        rows += [(f"{s} (safe, prequential)", s, {**safe, "safety_test": "prequential"}) for s in LEARNERS]
+    seen = []
+    for name, options in variants:
+        if options in seen:  # the defaults may be the chosen settings: measured once
+            continue
+        seen.append(options)
+        rows += [(f"{s} ({name})", s, options) for s in LEARNERS]
+    unsafe = dict(safety=False, robust_best=False, surrogate=surrogate)
     rows += [(f"{s} (unsafe)", s, unsafe) for s in LEARNERS]
     return rows
 
@@ -275,8 +290,9 @@ def main(argv=None):
         results["info"][name] = info
     # every model (overlaps the tuning models): the package defaults (margin 0.02, bayesian_linear, the default test)
     print("[measure] all:32 (package defaults)", flush=True)
-    res, info = measure(pools(np.arange(scores.shape[1])), strategy_list(0.02, "bayesian_linear", DEFAULT_TEST),
-                        keys, args.seed, args.batch, args.budgets)  # fmt: skip
+    defaults = (PACKAGE_DEFAULTS["safety_margin"], PACKAGE_DEFAULTS["surrogate"], PACKAGE_DEFAULTS["safety_test"])
+    res, info = measure(pools(np.arange(scores.shape[1])), strategy_list(*defaults), keys, args.seed, args.batch,
+                        args.budgets)  # fmt: skip
     results["measured"]["all-32"] = res
     results["info"]["all-32"] = info
     embed_seconds_per_text = embed_info.get("seconds", float("nan")) / max(1, embed_info.get("texts", 1))
