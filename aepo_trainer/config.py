@@ -240,10 +240,14 @@ class AEPOConfig(DPOConfig):
     active_feature_model: str | None = field(
         default=None,
         metadata={
-            "help": "Active strategies: a Hugging Face model (Hub id or local path; a reward model, an instruct "
-            "model, an encoder) whose last-layer hidden state of `prompt + completion` is added to the surrogate's "
-            "features (last token for causal models, mean for encoders). Loaded and probed before anything is "
-            "embedded or paid; a model that cannot load or gives no hidden states is refused."
+            "help": "Active strategies (`aepo select` and AEPOTrainer): a Hugging Face model (Hub id or local path; a "
+            "reward model, an instruct model, an encoder) whose last-layer hidden state of each candidate is added to "
+            "the surrogate's features: at the token the score head reads for a sequence-classification (reward model) "
+            "checkpoint, the last token for other causal models, the mean for other encoders. It reads the decoded "
+            "text (with its chat template when it has one) and tokenizes it itself, so it need not share the policy's "
+            "tokenizer. Loaded and probed before anything is embedded or paid; a model that cannot load, lacks "
+            "backbone weights or gives no finite hidden states is refused, and so is the reward model that annotates "
+            "(its features of every candidate would be its labels of every candidate)."
         },
     )
     active_optimistic_best: bool = field(

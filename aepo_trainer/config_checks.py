@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
+from ._utils.model_names import same_model
 from .choices import (
     ACTIVE_STRATEGIES,
     ACTIVE_SURROGATES,
@@ -170,6 +171,7 @@ CHECKS: tuple[Check | Callable, ...] = (
         _optional(lambda v, c: isinstance(v, str) and v.strip() != "" and c.selection_strategy in ACTIVE_STRATEGIES),
         "None, or a model id / path with an active selection_strategy (the surrogate whose features it extends)",
     ),
+    lambda config: _feature_model_is_not_the_annotator(config),
     Check(
         "policy_signals_every",
         lambda v, c: _int_at_least(1, bools=False)(v, c) and (v == 1 or c.selection_strategy in POLICY_STRATEGIES),
@@ -249,6 +251,24 @@ CHECKS: tuple[Check | Callable, ...] = (
     Check("generation_batch_size", _optional(_int_at_least(1)), "None or an integer >= 1"),
     Check("vllm_mode", _in(VLLM_MODES), _one_of(VLLM_MODES)),
     _sampling_settings,
+)
+
+
+def _feature_model_is_not_the_annotator(config) -> None:
+    """`active_feature_model` may not be the reward model that annotates (`selection/feature_model.py` says why)."""
+    name = getattr(config, "active_feature_model", None)
+    if config.annotator == "reward_model" and same_model(name, config.reward_model_name_or_path):
+        raise ValueError(FEATURE_MODEL_IS_THE_ANNOTATOR.format(name=name))
+
+
+#: Why the annotating reward model cannot be the feature model (the config check and the trainer's check of an
+#: annotator object both say it).
+FEATURE_MODEL_IS_THE_ANNOTATOR = (
+    "AEPOConfig.active_feature_model={name!r} is the reward model that annotates (reward_model_name_or_path): its "
+    "hidden state of a candidate is its label (the score head is one linear map of that state), so the features of all "
+    "N candidates would cost a label for every candidate and selection would be moot. Use a different, cheaper "
+    "reward model (or an instruct model) as active_feature_model, or score every candidate (num_annotations = the "
+    "pool size: best-of-N)."
 )
 
 

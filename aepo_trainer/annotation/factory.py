@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import os
 
+from .._utils.model_names import same_model
+from ..config_checks import FEATURE_MODEL_IS_THE_ANNOTATOR
 from ..storage.annotations import default_store_path
 from .dataset_scores import DatasetScoresAnnotator
 from .human import HumanQueueAnnotator
 from .judge import PairwiseJudgeAnnotator
 from .reward_model import RewardModelAnnotator
 
-__all__ = ["JUDGE_NEEDS_A_FROZEN_MODEL", "build_annotator", "judge_available", "resolve_annotator"]
+__all__ = [
+    "JUDGE_NEEDS_A_FROZEN_MODEL",
+    "build_annotator",
+    "judge_available",
+    "refuse_annotator_as_feature_model",
+    "resolve_annotator",
+]
 
 #: Why `annotator='judge'` cannot run: the one message of the preflight and of the factory.
 JUDGE_NEEDS_A_FROZEN_MODEL = (
@@ -131,3 +139,11 @@ def resolve_annotator(args, annotator=None, *, model=None, ref_model=None, token
             f"{type(annotator).__name__}."
         )
     return RewardFunctionAnnotator(annotator, tokenizer=tokenizer)
+
+
+def refuse_annotator_as_feature_model(args, annotator) -> None:
+    """Refuse an annotator object (`AEPOTrainer(annotator=...)`) that is the reward model `active_feature_model`
+    names; the config check refuses the same for `annotator='reward_model'` (`config_checks`, which says why)."""
+    name = getattr(args, "active_feature_model", None)
+    if isinstance(annotator, RewardModelAnnotator) and same_model(name, annotator.model_name_or_path):
+        raise ValueError(FEATURE_MODEL_IS_THE_ANNOTATOR.format(name=name))

@@ -24,7 +24,7 @@ from transformers.trainer_utils import TrainOutput
 from trl import DPOConfig, DPOTrainer
 
 from .._utils.timing import PhaseTimer, phase
-from ..annotation.factory import judge_available
+from ..annotation.factory import judge_available, refuse_annotator_as_feature_model
 from ..config import AEPOConfig
 from ..data import pools, validation
 from ..data.collator import AEPODataCollator, is_pool_batch
@@ -173,6 +173,7 @@ class AEPOTrainer(DPOTrainer):
 
         args = self.args
         self.pad_token_id = self._tokenizer.pad_token_id
+        refuse_annotator_as_feature_model(args, annotator)  # on every rank, before anything is loaded or paid
         if self.accelerator.is_main_process:  # one ledger and one store for the whole run, whatever the world size
             from ..annotation.factory import resolve_annotator
             from ..annotation.service import AnnotationService
