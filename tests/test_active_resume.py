@@ -57,7 +57,7 @@ def test_resume_restores_the_surrogate_in_one_fit_and_writes_the_same_bytes(tmp_
     assert main(select_argv(pools, out, strategy, *CHUNKS)) == 0
     assert calls["reduce"] == 3  # chunks 3, 4, 5: the three finished ones are not selected again
     assert calls["fit"] == 1 + 3  # one fit restores chunks 0-2, then one per new batch
-    assert calls["fold_fits"] == 5 * (1 + 3)  # the cross-validated safety test: 5 folds per new label set
+    assert calls["fold_fits"] == 0  # the prequential safety test (the default) refits nothing
     assert _store_counts(store, run_id) == (96, 96)  # chunk 3's labels came from the store: nothing paid twice
     assert out.read_bytes() == reference.read_bytes()
     timing = ("fit_seconds", "select_seconds")

@@ -26,7 +26,7 @@ def test_wilson_bound_is_scipys_one_sided_wilson_interval(successes, trials):
 
 
 def test_record_decisions_on_a_hand_built_sequence():
-    record = SafetyRecord(margin=0.02, confidence=0.95, test="prequential")
+    record = SafetyRecord(margin=0.02, confidence=0.95)  # prequential: the default
     assert not record.follows  # nothing tested: never trust the surrogate
     z2 = 1.6448536269514722**2
     for key in range(5):  # 5 prompts ordered right: LCB = 1 / (1 + z^2 / 5) = 0.649 > 0.52
@@ -105,7 +105,7 @@ def test_folds_are_a_hash_of_the_prompt_key():
 def test_cross_validated_decisions_on_a_hand_built_sequence():
     z2 = 1.6448536269514722**2
     surrogate = BayesianLinearSurrogate()
-    record = SafetyRecord(margin=0.02, confidence=0.95)  # cross-validated by default
+    record = SafetyRecord(margin=0.02, confidence=0.95, test="cross_validated")
     record.attach(surrogate)
     assert record.state().prompts_tested == 0 and not record.follows  # no labels: nothing shown
     # 1. one prompt per fold 0-3, the reward agrees with the feature: each is predicted by a fit on the 3 others,
@@ -144,13 +144,13 @@ def test_cross_validated_state_is_a_function_of_the_label_set():
     for pk, ck, x, y in items:
         a.add(pk, ck, x, y)
     b.merge(reversed(a.export()))  # another rank / a checkpoint, another order
-    ra, rb = SafetyRecord(), SafetyRecord()
+    ra, rb = SafetyRecord(test="cross_validated"), SafetyRecord(test="cross_validated")
     ra.attach(a), rb.attach(b)
     assert ra.state() == rb.state() and ra.state().prompts_tested == 30 and ra.follows  # the planted reward shows
 
 
 def test_cross_validated_selector_decisions_on_a_hand_built_sequence_of_batches():
-    sel = ActiveSelector("delta_ucb", 2, warmup_annotations=20, seed=3)
+    sel = ActiveSelector("delta_ucb", 2, warmup_annotations=20, seed=3, safety_test="cross_validated")
     trace = []
     for batch, sign in enumerate([1.0, 1.0, -1.0, -1.0]):  # a planted reward that then turns around
         rows, E, scores = pools(seed=batch, sign=sign)
@@ -158,7 +158,7 @@ def test_cross_validated_selector_decisions_on_a_hand_built_sequence_of_batches(
         if q.cold_start:
             assert torch.equal(selected.indices, random_pick(rows, E))  # the fallback IS random k
         # the decision is the bound of a fresh cross-validation of the labels learned so far
-        fresh = SafetyRecord()
+        fresh = SafetyRecord(test="cross_validated")
         labels = sel.surrogate.keys()
         fresh.attach(sel.surrogate.restricted({pk for pk, _ in labels}))
         assert fresh.state() == sel.safety.state()
@@ -174,7 +174,9 @@ def test_cross_validated_selector_decisions_on_a_hand_built_sequence_of_batches(
 
 @pytest.mark.parametrize("surrogate", ["bayesian_linear", "ensemble"])
 def test_cross_validated_rule_is_restored_from_the_labels_alone(surrogate):
-    make = lambda: ActiveSelector("double_ts", 2, warmup_annotations=20, seed=5, surrogate=surrogate)
+    make = lambda: ActiveSelector(
+        "double_ts", 2, warmup_annotations=20, seed=5, surrogate=surrogate, safety_test="cross_validated"
+    )
     first = make()
     for seed in range(3):
         feed(first, *pools(seed=seed))
@@ -299,8 +301,9 @@ def test_ensemble_is_a_function_of_the_label_set():
     assert agree > 0.9
 
 
+@pytest.mark.parametrize("test", ["prequential", "cross_validated"])
 @pytest.mark.parametrize("surrogate", ["bayesian_linear", "ensemble"])
-def test_resume_from_export_selects_and_decides_alike(surrogate):
+def test_resume_from_export_selects_and_decides_alike(surrogate, test):
     def run(selector, batches):
         out = []
         for seed in batches:
@@ -309,7 +312,7 @@ def test_resume_from_export_selects_and_decides_alike(surrogate):
             out.append((selected.indices.tolist(), q.follows))
         return out
 
-    make = lambda: ActiveSelector("double_ts", 2, warmup_annotations=20, seed=5, surrogate=surrogate)
+    make = lambda: ActiveSelector("double_ts", 2, warmup_annotations=20, seed=5, surrogate=surrogate, safety_test=test)
     whole = run(make(), range(5))
     first = make()
     head = run(first, range(3))

@@ -11,9 +11,9 @@ It holds a `BayesianLinearSurrogate` and alternates two calls:
   labels and refits. Invalid labels (None, NaN, infinities, non-numbers) are counted and never enter the model.
 
 The safety rule (`selection/safety.py`, on by default): the acquisition selects only while the lower confidence
-bound of the surrogate's out-of-sample within-prompt pairwise accuracy exceeds 0.5 + margin — by default the current
-fit's K-fold cross-validated accuracy over every labelled prompt, or (`safety_test='prequential'`) the record of each
-batch's labels tested before the refit; otherwise the cold-start strategy (random k by default) selects, exactly as
+bound of the surrogate's out-of-sample within-prompt pairwise accuracy exceeds 0.5 + margin — by default the record
+of each batch's labels tested before the refit (prequential), or (`safety_test='cross_validated'`) the current fit's
+K-fold cross-validated accuracy over every labelled prompt; otherwise the cold-start strategy (random k by default) selects, exactly as
 during warm-up. The "best" member of each pair is taken by the posterior mean (`robust_best`, `acquisitions.py`).
 
 Determinism: the surrogate's fit depends only on the set of labels (see `surrogate.py`) and every random choice is
@@ -102,8 +102,8 @@ class ActiveSelector:
         surrogate: one of `choices.ACTIVE_SURROGATES` ('bayesian_linear', or 'ensemble' of `ensemble_heads` heads).
         safety / safety_margin / safety_confidence: the safety rule (`selection/safety.py`); safety=False follows
             the acquisition as soon as the surrogate is fitted.
-        safety_test / safety_folds: how the rule tests the surrogate (`choices.SAFETY_TESTS`): K-fold
-            cross-validation of the current fit over every labelled prompt (default, K = 5), or 'prequential'.
+        safety_test / safety_folds: how the rule tests the surrogate (`choices.SAFETY_TESTS`): 'prequential' (the
+            default) or K-fold cross-validation of the current fit over every labelled prompt (K = 5).
         robust_best: take the chosen-side member by the posterior mean (`acquisitions.py`).
     """
 
@@ -130,7 +130,7 @@ class ActiveSelector:
         safety_margin: float = 0.02,
         safety_confidence: float = 0.95,
         robust_best: bool = True,
-        safety_test: str = "cross_validated",
+        safety_test: str = "prequential",
         safety_folds: int = 5,
     ):
         if strategy not in ACTIVE_STRATEGIES:
