@@ -11,7 +11,13 @@ from aepo_trainer.selection import ActiveSelector, select_subsets
 from aepo_trainer.selection.acquisitions import acquire
 from aepo_trainer.selection.ensemble import EnsembleSurrogate
 from aepo_trainer.selection.keys import prompt_key
-from aepo_trainer.selection.safety import SafetyRecord, cross_validated_shares, fold_of, wilson_lower_bound
+from aepo_trainer.selection.safety import (
+    SafetyRecord,
+    cross_validated_shares,
+    fold_of,
+    pair_share,
+    wilson_lower_bound,
+)
 from aepo_trainer.selection.surrogate import BayesianLinearSurrogate, Posterior
 
 
@@ -94,6 +100,19 @@ def label(surrogate, key, sign):
     every value is +-0.5 (exact in binary), so sums of opposite prompts cancel exactly."""
     surrogate.add(key, 0, torch.tensor([0.0], dtype=torch.float64), 0.0 if sign > 0 else 1.0)
     surrogate.add(key, 1, torch.tensor([1.0], dtype=torch.float64), 1.0 if sign > 0 else 0.0)
+
+
+def test_with_k_above_2_every_pair_counts_and_the_prompt_is_one_unit():
+    # paid 1, 2, 3, 3: 5 pairs differ (not the 3-3 one). Predicted 0, 1, -1, 0: (a, b) right; (a, c), (b, c),
+    # (b, d) wrong; (a, d) a predicted tie -> one half. 1.5 / 5
+    assert pair_share([0.0, 1.0, -1.0, 0.0], [1.0, 2.0, 3.0, 3.0]) == pytest.approx((1 + 0 + 0.5 + 0 + 0) / 5)
+    assert pair_share([1.0, 2.0], [5.0, 5.0]) is None  # no pair differs: not a test
+    surrogate = BayesianLinearSurrogate()
+    for key in (3, 5, 19, 22, 1, 4):  # three candidates per prompt, the reward follows the feature
+        for c in range(3):
+            surrogate.add(key, c, torch.tensor([float(c)], dtype=torch.float64), float(c))
+    shares = cross_validated_shares(surrogate)
+    assert shares == dict.fromkeys((1, 3, 4, 5, 19, 22), 1.0)  # one entry per prompt, its 3 pairs all right
 
 
 def test_folds_are_a_hash_of_the_prompt_key():
