@@ -24,6 +24,7 @@ __all__ = [
     "LONG_TEXT_POLICIES",
     "PAIRING_RULES",
     "POLICY_PROMPT_SELECTIONS",
+    "POLICY_SIGNALS_DTYPES",
     "POLICY_STRATEGIES",
     "PROMPT_SELECTIONS",
     "RPO_LOSS_TYPES",
@@ -72,6 +73,9 @@ SELECTION_STRATEGIES = (
 #: (`AEPOConfig.prompt_selection`, `aepo_trainer.selection.prompts`): all of them (off), a keyed random share, greedy
 #: D-optimal design on the selected pairs' features (APO), or the policy's implicit-reward spread (trainer only).
 POLICY_PROMPT_SELECTIONS = ("implicit_reward_spread",)
+#: `policy_signals_dtype`: "auto" scores the policy signals under the step's own autocast; "bfloat16" under bf16
+#: autocast even when training in float32 (a faster pass; its reference log-probs are cached apart).
+POLICY_SIGNALS_DTYPES = ("auto", "bfloat16")
 PROMPT_SELECTIONS = ("all", "random", "d_optimal", *POLICY_PROMPT_SELECTIONS)
 #: The strategies an active strategy may use until the surrogate has `active_warmup_annotations` labels.
 COLD_START_STRATEGIES = ("random", "aepo", "representativeness", "kmedoids")

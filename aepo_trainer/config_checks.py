@@ -22,6 +22,7 @@ from .choices import (
     EMPTY_COMPLETION_RULES,
     JUDGE_MODES,
     PAIRING_RULES,
+    POLICY_SIGNALS_DTYPES,
     POLICY_STRATEGIES,
     PROMPT_SELECTIONS,
     SAFETY_TESTS,
@@ -124,6 +125,15 @@ CHECKS: tuple[Check | Callable, ...] = (
         _optional(lambda v, c: is_finite_number(v) and 0 < v <= 1),
         "None or a number in (0, 1]",
     ),
+    Check(
+        "prompt_selection_window",
+        lambda v, c: (
+            _int_at_least(1, bools=False)(v, c)
+            and (v == 1 or (c.prompt_selection != "all" and c.prompt_selection_ratio is None))
+        ),
+        "an integer >= 1; > 1 only with a prompt_selection other than 'all' and prompt_selection_ratio None (the "
+        "window keeps 1 / window of its prompts)",
+    ),
     # active selection
     Check("active_warmup_annotations", _int_at_least(0), "an integer >= 0"),
     Check("active_cold_start", _in(COLD_START_STRATEGIES), _one_of(COLD_START_STRATEGIES)),
@@ -178,6 +188,7 @@ CHECKS: tuple[Check | Callable, ...] = (
         "an integer >= 1; > 1 only with selection_strategy='implicit_reward_gap' (an active surrogate needs the "
         "policy signals of every label it learns)",
     ),
+    Check("policy_signals_dtype", _in(POLICY_SIGNALS_DTYPES), _one_of(POLICY_SIGNALS_DTYPES)),
     Check(
         "precompute_pool_ref_logps",
         lambda v, c: isinstance(v, bool) and (not v or c.needs_implicit_rewards),

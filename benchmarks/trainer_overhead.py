@@ -113,10 +113,16 @@ class Stepper:
         trainer.create_optimizer_and_scheduler(num_training_steps=total_steps)
         trainer.current_gradient_accumulation_steps = 1  # set by `Trainer.train`'s loop otherwise
         self.trainer = trainer
-        self.iterator = iter(trainer.get_train_dataloader())
+        self.iterator = self._recording(iter(trainer.get_train_dataloader()))
+        self.last_pool_batch = None  # the batch as the DataLoader gave it (AEPO: the pool batch, before selection)
         self.data_seconds: list[float] = []  # fetch + collate (AEPO: + select + annotate + pair) of each step
         self.last_batch = None  # the batch the last step trained on (AEPO: the group batch of the selected pairs)
         trainer.model.train()
+
+    def _recording(self, iterator):
+        for batch in iterator:
+            self.last_pool_batch = batch
+            yield batch
 
     def __call__(self) -> float:
         trainer = self.trainer
@@ -191,6 +197,17 @@ def main(argv: list[str] | None = None) -> dict:
         "this (the old pass is slow at large N).",
     )
     parser.add_argument("--policy_signals_every", type=int, nargs="+", default=[1], help="Rows per refresh interval.")
+    parser.add_argument(
+        "--agreement_batches", type=int, default=4, help="bfloat16 rows: pool batches compared with float32."
+    )
+    parser.add_argument(
+        "--policy_signals_dtype",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "bfloat16"],
+        help="--policy_signals rows per precision of the signals pass (AEPOConfig.policy_signals_dtype); bfloat16 rows "
+        "also report how many prompts select as the float32 pass does.",
+    )
     parser.add_argument(
         "--lazy_reference",
         action="store_true",
@@ -388,6 +405,67 @@ def _today_agreement(trainer, batch) -> dict:
     return {"max_abs_diff": float((new - old).abs().max()), "same_selection": f"{int(same.sum())}/{len(same)}"}
 
 
+def _precision_agreement(trainer, num_batches: int) -> dict:
+    """After the timed steps: the bf16 signals against the float32 pass on the same weights, over `num_batches`
+    pool batches (same selection = the same k = 2 candidates of a prompt)."""
+    from aepo_trainer.selection.implicit_reward import implicit_reward_gap_indices
+    from aepo_trainer.trainer.policy_signals import compute_policy_signals, signals_state
+
+    state = signals_state(trainer)
+    same = total = 0
+    worst = 0.0
+    for _, batch in zip(range(num_batches), iter(trainer.get_train_dataloader())):
+        fast = compute_policy_signals(trainer, batch).implicit_rewards
+        bf16, signals_cache = state.signals_bf16, state.signals_cache
+        state.signals_bf16, state.signals_cache = False, state.cache  # the float32 pass, for comparison only
+        try:
+            exact = compute_policy_signals(trainer, batch).implicit_rewards
+        finally:
+            state.signals_bf16, state.signals_cache = bf16, signals_cache
+        mask = batch["pool_mask"].bool()
+        picks = [implicit_reward_gap_indices(r, 2, mask)[0] for r in (fast, exact)]
+        same += int(picks[0].eq(picks[1]).all(1).sum())
+        total += len(picks[0])
+        worst = max(worst, float((fast - exact).abs().max()))
+    return {"max_abs_diff": worst, "same_selection": f"{same}/{total}"}
+
+
+def _signals_pass_seconds(trainer, batch) -> float:
+    """Wall time of the policy-signals pass alone (no-grad policy pass over every candidate, cached reference)."""
+    from aepo_trainer.trainer.policy_signals import compute_policy_signals
+
+    start = time.perf_counter()
+    compute_policy_signals(trainer, batch)
+    return time.perf_counter() - start
+
+
+def _reference_pass_seconds(dpo, batch) -> float:
+    """Wall time of DPOTrainer's reference forward on its pair batch (no grad, as TRL runs it)."""
+    import torch
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        dpo.ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().log_softmax(
+            -1
+        )
+    return time.perf_counter() - start
+
+
+def _token_counts(trainer, pool_batch, pair_batch) -> dict:
+    """Tokens the signals pass runs forward (each prompt once, every candidate's completion, as kept by TRL's
+    truncation) and tokens in the DPO step's batch (chosen and rejected rows, prompt included; the DPO step runs them
+    forward, backward, and through the reference)."""
+    from aepo_trainer.trainer.candidate_scoring import kept_lengths
+
+    mask = pool_batch["pool_mask"].bool()
+    tokens = 0
+    for b, prompt_len in enumerate(pool_batch["pool_prompt_lengths"].tolist()):
+        lens = [int(c) for c, ok in zip(pool_batch["pool_completion_lengths"][b].tolist(), mask[b].tolist()) if ok]
+        kept = kept_lengths(prompt_len, lens, trainer.args.max_length, trainer.args.truncation_mode)
+        tokens += max(pk for _, pk, _ in kept) + sum(ck for _, _, ck in kept)
+    return {"pass": tokens, "dpo_batch": int(pair_batch["attention_mask"].sum())}
+
+
 def policy_signals_main(opts) -> dict:
     """AEPO steps with policy signals vs DPO steps on the pairs they selected, per N and signal (issue 33 item 6)."""
     import torch
@@ -422,10 +500,13 @@ def policy_signals_main(opts) -> dict:
             [{"prompt": r["prompt"], "chosen": r["completions"][0], "rejected": r["completions"][1]} for r in rows[:8]]
         )
         for kind in opts.policy_signals:
-            for every in opts.policy_signals_every if kind == "implicit_reward" else [1]:
+            everies = opts.policy_signals_every if kind == "implicit_reward" else [1]
+            dtypes = opts.policy_signals_dtype if kind in ("implicit_reward", "policy_features") else ["auto"]
+            for every, dtype in [(e, d) for e in everies for d in dtypes]:
                 settings = {**SIGNAL_SETTINGS[kind], "policy_signals_every": every}
                 if kind in ("implicit_reward", "policy_features"):
                     settings["precompute_pool_ref_logps"] = not opts.lazy_reference
+                    settings["policy_signals_dtype"] = dtype
                 else:
                     settings.pop("policy_signals_every")
                 aepo = AEPOTrainer(
@@ -434,7 +515,10 @@ def policy_signals_main(opts) -> dict:
                     train_dataset=pools,
                     processing_class=tokenizer,
                     args=AEPOConfig(
-                        output_dir=str(tmp / f"aepo-{n}-{kind}-{every}"), num_annotations=2, **common, **settings
+                        output_dir=str(tmp / f"aepo-{n}-{kind}-{every}-{dtype}"),
+                        num_annotations=2,
+                        **common,
+                        **settings,
                     ),
                 )
                 dpo = DPOTrainer(
@@ -462,8 +546,12 @@ def policy_signals_main(opts) -> dict:
                     dpo.model.zero_grad(set_to_none=True)
                     return time.perf_counter() - start
 
-                times = {"aepo": [], "dpo": []}
+                times = {"aepo": [], "dpo": [], "pass": [], "ref": []}
                 pending = None
+                # The floor of a policy-signals step (issue 33 item 3): the no-grad pass over every candidate of the
+                # step's own pool batch, timed alone right after the step, and DPO's reference pass on its pairs.
+                probe = kind in ("implicit_reward", "policy_features")
+                tokens = {"pass": 0, "dpo_batch": 0}
                 for i in range(total):
                     # alternate which goes first; DPO trains on the pairs of the latest AEPO step
                     if i % 2 == 1 and pending is not None:
@@ -477,17 +565,28 @@ def policy_signals_main(opts) -> dict:
                     if i >= opts.warmup:
                         times["aepo"].append(a)
                         times["dpo"].append(d)
+                        if probe:
+                            times["pass"].append(_signals_pass_seconds(aepo, step_aepo.last_pool_batch))
+                            times["ref"].append(_reference_pass_seconds(dpo, pending))
+                            counted = _token_counts(aepo, step_aepo.last_pool_batch, pending)
+                            tokens = {name: tokens[name] + counted[name] for name in tokens}
                 agreement = None  # after the timed steps: the policy has moved away from its reference
                 if kind == "implicit_reward" and every == 1 and n <= opts.check_today_up_to:
                     agreement = _today_agreement(aepo, next(iter(aepo.get_train_dataloader())))
+                vs_float32 = _precision_agreement(aepo, opts.agreement_batches) if dtype == "bfloat16" else None
                 aepo_s = sum(times["aepo"]) / len(times["aepo"])
                 dpo_s = sum(times["dpo"]) / len(times["dpo"])
                 signal_ms = 1000 * sum(step_aepo.data_seconds[opts.warmup :]) / opts.steps
+                pass_s = sum(times["pass"]) / len(times["pass"]) if times["pass"] else None
+                ref_s = sum(times["ref"]) / len(times["ref"]) if times["ref"] else None
                 row = {
-                    "N": n, "signals": kind, "every": every, "aepo_s_per_step": aepo_s, "dpo_s_per_step": dpo_s,
+                    "N": n, "signals": kind if dtype == "auto" else f"{kind} ({dtype})", "every": every, "aepo_s_per_step": aepo_s, "dpo_s_per_step": dpo_s,
                     "ratio": aepo_s / dpo_s, "aepo_data_ms_per_step": signal_ms, "precompute_s": precompute_s,
-                    "load_at_start": row_load, "load_at_end": os.getloadavg()[0], "vs_today": agreement,
+                    "load_at_start": row_load, "load_at_end": os.getloadavg()[0], "vs_today": agreement, "vs_float32": vs_float32,
                     "annotations_paid": aepo.annotation_service.spent, "data": source,
+                    "signals_pass_s": pass_s, "dpo_reference_pass_s": ref_s,
+                    "floor_ratio": None if pass_s is None else (dpo_s - ref_s + pass_s) / dpo_s,
+                    "tokens": tokens if probe else None,
                 }  # fmt: skip
                 rows_out.append(row)
                 print(json.dumps(row), flush=True)
@@ -506,6 +605,31 @@ def policy_signals_main(opts) -> dict:
             f"| {r['N']} | {r['signals']} | {r['every']} | {r['aepo_s_per_step']:.3f} | {r['dpo_s_per_step']:.3f} | "
             f"**{r['ratio']:.2f}x** | {r['aepo_data_ms_per_step']:.0f} | {r['precompute_s']:.1f} |"
         )
+    floor_rows = [r for r in rows_out if r["signals_pass_s"] is not None]
+    if floor_rows:
+        print(
+            "\nThe floor (issue 33 item 3): an AEPO step with fresh signals = the DPO step without its reference pass"
+            "\n(the pairs' reference log-probs come from the cache) + the no-grad pass over all N candidates' tokens (the"
+            "\npairs' policy log-probs are needed with gradients, in train mode, so the pass's cannot stand in). Each timed"
+            "\nalone right after each step, on that step's own batches: floor = (DPO - DPO reference pass + pass) / DPO."
+        )
+        print(
+            "| N | signals | every | signals pass s | DPO step s | of which reference pass s | floor "
+            "| measured AEPO / DPO | tokens per step: pass / DPO batch | bf16 vs float32: same selection, max diff |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in floor_rows:
+            tok = r["tokens"]
+            print(
+                f"| {r['N']} | {r['signals']} | {r['every']} | {r['signals_pass_s']:.3f} | {r['dpo_s_per_step']:.3f} | "
+                f"{r['dpo_reference_pass_s']:.3f} | {r['floor_ratio']:.2f}x | {r['ratio']:.2f}x | "
+                f"{tok['pass'] // opts.steps} / {tok['dpo_batch'] // opts.steps} | "
+                + (
+                    f"{r['vs_float32']['same_selection']}, {r['vs_float32']['max_abs_diff']:.4f} |"
+                    if r["vs_float32"]
+                    else "– |"
+                )
+            )
     results = {"rows": rows_out, "load_before": load_before, "load_after": load_after, "parameters": num_params}
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2))

@@ -30,58 +30,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 from efficacy_common import CharNgramEncoder, machine_info, machine_line, markdown_table
+from policy_lab import (
+    SCALES,
+    Scale,
+    build_tokenizer,
+    evaluate,
+    pool_dataset,
+    prompt_sets,
+    sample,
+    sft,
+    train_policy,
+)
 from policy_stats import bootstrap_ci, labels_to_parity
 from tasks import load_task
 
 BUILTIN_TASKS = ("tasks:DigitSort", "tasks:Addition")
-SPECIALS = ["<|im_end|>", "<|pad|>"]  # EOS, padding
 
-
-@dataclass
-class Scale:
-    hidden_size: int = 64
-    num_layers: int = 2
-    sft_quality: float = 0.3
-    sft_steps: int = 400
-    sft_batch: int = 64
-    sft_lr: float = 3e-3
-    train_prompts: int = 256
-    pool_size: int = 8
-    k: int = 2
-    budget_shares: tuple = (0.25, 0.5, 1.0)  # of k x train_prompts
-    prompts_per_step: int = 8
-    dpo_lr: float = 3e-4
-    beta: float = 0.5
-    eval_prompts: int = 256
-    eval_samples: int = 4
-    seeds: int = 3
-
-
-SCALES = {
-    "quick": Scale(
-        sft_steps=40,
-        sft_batch=32,
-        train_prompts=32,
-        pool_size=4,
-        budget_shares=(0.5, 1.0),
-        prompts_per_step=8,
-        eval_prompts=16,
-        eval_samples=2,
-        seeds=1,
-    ),
-    "small": Scale(),
-}
 
 #: (label, AEPOConfig overrides, data): "pools" = offline pools of the SFT policy, "on-policy" = prompt-only data.
 #: Prompt-level rules only where the budget covers fewer prompts than the data (they change nothing otherwise).
@@ -94,6 +68,11 @@ STRATEGIES = [
         {"selection_strategy": "double_ts", "active_implicit_reward_feature": True},
         "pools",
     ),
+    (
+        "DTS (+ policy features)",
+        {"selection_strategy": "double_ts", "active_policy_features": True},
+        "pools",
+    ),
     ("implicit_reward_gap", {"selection_strategy": "implicit_reward_gap"}, "pools"),
     ("West-of-N", {"selection_strategy": "west_of_n"}, "pools"),
     ("random k, prompts: random", {"selection_strategy": "random", "prompt_selection": "random"}, "pools"),
@@ -101,6 +80,27 @@ STRATEGIES = [
     (
         "random k, prompts: implicit-reward spread",
         {"selection_strategy": "random", "prompt_selection": "implicit_reward_spread"},
+        "pools",
+    ),
+    # a window of upcoming batches (`prompt_selection_window`, "auto" = 1 / budget share): full batches of the chosen
+    # prompts, fewer optimizer steps, instead of a share of every step's batch
+    (
+        "random k, prompts: random, window",
+        {"selection_strategy": "random", "prompt_selection": "random", "prompt_selection_window": "auto"},
+        "pools",
+    ),
+    (
+        "random k, prompts: D-optimal, window",
+        {"selection_strategy": "random", "prompt_selection": "d_optimal", "prompt_selection_window": "auto"},
+        "pools",
+    ),
+    (
+        "random k, prompts: implicit-reward spread, window",
+        {
+            "selection_strategy": "random",
+            "prompt_selection": "implicit_reward_spread",
+            "prompt_selection_window": "auto",
+        },
         "pools",
     ),
     ("on-policy random k", {"selection_strategy": "random"}, "on-policy"),
@@ -117,222 +117,6 @@ ON_POLICY_REFERENCE = "on-policy random k"
 
 
 # ---------------------------------------------------------------------------------------------------- model
-def build_tokenizer(alphabet: str):
-    """Character-level tokenizer over exactly the task's alphabet (+ EOS, padding): see efficacy_training.py for
-    why a small vocabulary keeps DPO's likelihood displacement on meaningful characters."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(SPECIALS + list(alphabet))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIALS[0], pad_token=SPECIALS[1])
-
-
-def prompt_sets(task, scale: Scale, seed: int):
-    """Held-out prompts (the same for every seed) and disjoint training prompts (re-drawn per seed)."""
-    eval_rng, seen, held_out = random.Random(10_000), set(), []
-    for _ in range(100 * scale.eval_prompts):
-        if len(held_out) == scale.eval_prompts:
-            break
-        p = task.prompt(eval_rng)
-        if p not in seen:
-            seen.add(p)
-            held_out.append(p)
-    rng, train = random.Random(seed * 7919 + 1), []
-    for _ in range(100 * scale.train_prompts):
-        if len(train) == scale.train_prompts:
-            break
-        p = task.prompt(rng)
-        if p not in seen:
-            seen.add(p)
-            train.append(p)
-    return train, held_out
-
-
-def sft(task, tokenizer, scale: Scale, seed: int, workdir: str):
-    """A fresh tiny Qwen2, causal-LM SFT on the task's demonstrations (loss on completion + EOS)."""
-    import torch
-    from transformers import Qwen2ForCausalLM
-
-    from aepo_trainer.testing import build_tiny_causal_lm
-
-    path = build_tiny_causal_lm(
-        os.path.join(workdir, "init"),
-        hidden_size=scale.hidden_size,
-        num_layers=scale.num_layers,
-        seed=seed,
-        tokenizer=tokenizer,
-    )
-    model = Qwen2ForCausalLM.from_pretrained(path).train()
-    rng = random.Random(seed * 104729 + 3)
-    opt = torch.optim.AdamW(model.parameters(), lr=scale.sft_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=scale.sft_lr, total_steps=scale.sft_steps, pct_start=0.1)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    for _ in range(scale.sft_steps):
-        ids, labels = [], []
-        for _ in range(scale.sft_batch):
-            p = task.prompt(rng)
-            pi = tokenizer(p + task.prompt_suffix)["input_ids"]
-            ci = tokenizer(task.demonstration(p, rng, scale.sft_quality))["input_ids"] + [eos]
-            ids.append(pi + ci)
-            labels.append([-100] * len(pi) + ci)
-        width = max(map(len, ids))
-        x = torch.tensor([a + [pad] * (width - len(a)) for a in ids])
-        y = torch.tensor([a + [-100] * (width - len(a)) for a in labels])
-        attn = (torch.arange(width)[None] < torch.tensor([len(a) for a in ids])[:, None]).long()
-        model(input_ids=x, attention_mask=attn, labels=y).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-    out = os.path.join(workdir, "sft")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def sample(model, tokenizer, task, prompts: list[str], n: int, seed: int) -> dict[str, list[str]]:
-    """n samples per prompt (temperature 1; padding never sampled), prompts grouped by length (no padding)."""
-    import torch
-    from transformers import GenerationConfig
-
-    gen = GenerationConfig(
-        do_sample=True,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        max_new_tokens=task.max_completion_chars,
-        num_return_sequences=n,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        suppress_tokens=[tokenizer.pad_token_id],
-    )
-    torch.manual_seed(seed)
-    model.eval()
-    by_len: dict[int, list[str]] = {}
-    for p in dict.fromkeys(prompts):
-        by_len.setdefault(len(p), []).append(p)
-    out: dict[str, list[str]] = {}
-    with torch.no_grad():
-        for length in sorted(by_len):
-            group = by_len[length]
-            for start in range(0, len(group), 512):
-                chunk = group[start : start + 512]
-                x = torch.tensor([tokenizer(p + task.prompt_suffix)["input_ids"] for p in chunk])
-                g = model.generate(input_ids=x, attention_mask=torch.ones_like(x), generation_config=gen)
-                for i, row in enumerate(g[:, x.shape[1] :].tolist()):
-                    text = []
-                    for t in row:
-                        if t in (tokenizer.eos_token_id, tokenizer.pad_token_id):
-                            break
-                        text.append(tokenizer.convert_ids_to_tokens(t))
-                    out.setdefault(chunk[i // n], []).append("".join(text))
-    return out
-
-
-def evaluate(model, tokenizer, task, held_out, scale: Scale) -> dict:
-    """Per held-out prompt: mean gold and length-controlled reward over `eval_samples` samples (fixed seed)."""
-    samples = sample(model, tokenizer, task, held_out, scale.eval_samples, seed=12345)
-    gold = [float(np.mean([task.gold_reward(p, y) for y in samples[p]])) for p in held_out]
-    lc = [float(np.mean([task.length_controlled_reward(p, y) for y in samples[p]])) for p in held_out]
-    return {"gold": gold, "length_controlled": lc}
-
-
-# ---------------------------------------------------------------------------------------------------- the product
-class GoldReward:
-    """The paid label: the task's gold reward as a TRL-style reward function. It counts what it is paid for."""
-
-    def __init__(self, task):
-        self.task = task
-        self.__name__ = f"gold_{task.name}"
-        self.calls: list[tuple[str, str]] = []
-
-    def __call__(self, prompts, completions, **kwargs):
-        suffix = self.task.prompt_suffix
-        self.calls.extend(zip(prompts, completions))
-        return [self.task.gold_reward(p[: -len(suffix)] if suffix else p, c) for p, c in zip(prompts, completions)]
-
-
-def train_policy(task, sft_dir, tokenizer, data, overrides: dict, budget: int, scale: Scale, seed: int, workdir: str):
-    """One `AEPOTrainer` run from the SFT weights; returns the trained model and what it cost."""
-    from transformers import Qwen2ForCausalLM
-    from transformers.trainer_callback import PrinterCallback
-
-    from aepo_trainer import AEPOConfig, AEPOTrainer
-
-    reward = GoldReward(task)
-    args = AEPOConfig(
-        output_dir=workdir,
-        bf16=False,
-        report_to="none",
-        seed=seed,
-        use_cpu=True,
-        per_device_train_batch_size=scale.prompts_per_step,
-        num_train_epochs=1,
-        learning_rate=scale.dpo_lr,
-        lr_scheduler_type="linear",
-        beta=scale.beta,
-        max_length=32,
-        logging_steps=1,
-        save_strategy="no",
-        activation_checkpointing=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        num_annotations=scale.k,
-        annotation_budget=budget,
-        num_generations=scale.pool_size,
-        max_completion_length=task.max_completion_chars,
-        active_warmup_annotations=32,
-        **overrides,
-    )
-    trainer = AEPOTrainer(
-        model=Qwen2ForCausalLM.from_pretrained(sft_dir),
-        ref_model=Qwen2ForCausalLM.from_pretrained(sft_dir),
-        args=args,
-        train_dataset=data,
-        processing_class=tokenizer,
-        annotator=reward,
-    )
-    trainer.remove_callback(PrinterCallback)
-    started = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - started
-    history = trainer.state.log_history
-    cost = {
-        "labels": len(reward.calls),
-        "labels_spent": float(trainer.annotation_service.spent),
-        "prompts_covered": len({p for p, _ in reward.calls}),
-        "pairs": float(sum(e.get("aepo/pairs", 0.0) for e in history)),
-        "prompts_unselected": float(sum(e.get("aepo/prompts_unselected", 0.0) for e in history)),
-        "optimizer_steps": int(trainer.state.global_step),
-        "train_seconds": seconds,
-    }
-    if trainer.aepo_on_policy is not None:
-        cost["pools_generated"] = int(trainer.aepo_on_policy.generated)
-    return trainer.model.eval(), cost
-
-
-def pool_dataset(task, pools: dict, train: list[str], embedder):
-    """The pool rows the trainer reads. Rule for real samples: an empty completion (the policy stopped at once) is
-    dropped from its pool, since the product refuses empty candidates; a prompt left with fewer than 2 candidates is
-    dropped (it could never form a pair). Pools may therefore be ragged, which the trainer handles."""
-    from datasets import Dataset
-
-    kept = {p: [y for y in pools[p] if y.strip()] for p in train}
-    rows = [p for p in train if len(kept[p]) >= 2]
-    flat = [y for p in rows for y in kept[p]]
-    emb = embedder.encode(flat)
-    out, start = [], 0
-    for p in rows:
-        out.append(emb[start : start + len(kept[p])].tolist())
-        start += len(kept[p])
-    return Dataset.from_dict(
-        {"prompt": [p + task.prompt_suffix for p in rows], "completions": [kept[p] for p in rows], "embeddings": out}
-    )
-
-
 def run_task_seed(task, scale: Scale, seed: int, strategies, log=print) -> list[dict]:
     import transformers
     from datasets import Dataset
@@ -348,11 +132,13 @@ def run_task_seed(task, scale: Scale, seed: int, strategies, log=print) -> list[
         t0 = time.perf_counter()
         sft_dir = sft(task, tokenizer, scale, seed, workdir)
         sft_model = Qwen2ForCausalLM.from_pretrained(sft_dir)
-        pools = sample(sft_model, tokenizer, task, train, scale.pool_size, seed=seed + 1)
+        pool_tokens = []  # the offline pools: sampled once per task and seed, shared by every offline strategy
+        pools = sample(sft_model, tokenizer, task, train, scale.pool_size, seed=seed + 1, tokens=pool_tokens)
         pool_gold = float(np.mean([task.gold_reward(p, y) for p in train for y in pools[p]]))
         ev = evaluate(sft_model, tokenizer, task, held_out, scale)
         base = {"task": task.name, "seed": seed}
-        records.append({**base, "label": "SFT", "budget": 0, "share": 0.0, **ev, "pool_gold": pool_gold})
+        records.append({**base, "label": "SFT", "budget": 0, "share": 0.0, **ev, "pool_gold": pool_gold,
+                        "pool_generated_tokens": int(sum(pool_tokens)), "sft_seconds": time.perf_counter() - t0})  # fmt: skip
         log(
             f"  [{task.name} seed {seed}] SFT {time.perf_counter() - t0:.0f}s: held-out gold "
             f"{np.mean(ev['gold']):.3f}, pool samples {pool_gold:.3f}"
@@ -367,6 +153,8 @@ def run_task_seed(task, scale: Scale, seed: int, strategies, log=print) -> list[
             for label, overrides, kind in strategies:
                 if "prompt_selection" in overrides and share >= 1.0:
                     continue  # every prompt is paid for: prompt selection changes nothing
+                if overrides.get("prompt_selection_window") == "auto":  # the window the budget pays one batch of
+                    overrides = {**overrides, "prompt_selection_window": max(1, round(1 / share))}
                 run += 1
                 t1 = time.perf_counter()
                 model, cost = train_policy(
@@ -408,7 +196,9 @@ def summarize(records, replicates: int = 2000) -> dict:
         budgets = sorted({r["budget"] for r in recs if r["label"] != "SFT"})
         sft = _matrix(recs, task, "SFT", 0)
         for budget in budgets:
-            control = _matrix(recs, task, "random k, prompts: random", budget)
+            controls = {
+                window: _matrix(recs, task, "random k, prompts: random" + window, budget) for window in ("", ", window")
+            }
             for label in dict.fromkeys(r["label"] for r in recs if r["budget"] == budget):
                 ref = _matrix(recs, task, reference_for(label), budget)
                 m = _matrix(recs, task, label, budget)
@@ -420,12 +210,15 @@ def summarize(records, replicates: int = 2000) -> dict:
                 row["vs_sft"] = bootstrap_ci(m - sft, replicates=replicates)
                 if ref is not None and label != reference_for(label) and ref.shape == m.shape:
                     row["vs_random"] = bootstrap_ci(m - ref, replicates=replicates)
-                is_rule = label.startswith("random k, prompts:") and label != "random k, prompts: random"
+                control = controls[", window" if label.endswith(", window") else ""]
+                is_rule = label.startswith("random k, prompts:") and not label.startswith("random k, prompts: random")
                 if control is not None and is_rule and control.shape == m.shape:
                     row["vs_prompt_control"] = bootstrap_ci(m - control, replicates=replicates)
                 for name in ("labels", "prompts_covered", "pairs", "optimizer_steps", "train_seconds", "wall_seconds"):
                     row[name] = float(np.mean([r[name] for r in these]))
                 row["generated"] = float(np.mean([r.get("pools_generated", 0) for r in these]))
+                for name in ("generated_tokens", "eval_generated_tokens"):
+                    row[name] = float(np.mean([r.get(name, 0) for r in these]))
                 out["rows"].append(row)
         out["parity"] += parity_table(recs, task, budgets, replicates=min(replicates, 500))
     return out
@@ -474,7 +267,8 @@ def results_markdown(summary: dict, meta: dict) -> str:
     lines = [
         "# Policy-level efficacy through AEPOTrainer (issue 28)",
         "",
-        f"Generated by `{meta['command']}` in {meta['wall_seconds'] / 60:.1f} min.",
+        f"Generated by `{meta['command']}` in {meta['wall_seconds'] / 60:.1f} min"
+        + (f" wall, {meta['cpu_seconds'] / 60:.1f} min CPU time." if "cpu_seconds" in meta else "."),
         "",
         f"- Machine: {meta['machine']}.",
         f"- Tasks: {', '.join(meta['tasks'])}. Tiny Qwen2 ({s['hidden_size']} hidden × {s['num_layers']} layers, "
@@ -491,13 +285,23 @@ def results_markdown(summary: dict, meta: dict) -> str:
         "differences (same seed, same held-out prompts). 'Δ vs random k (same data)': offline strategies against "
         "offline random k, on-policy strategies against on-policy random k, and on-policy random k against offline "
         "random k (the effect of sampling the pools from the current policy). 'vs control' compares an offline "
-        "prompt-selection rule with the random prompt choice at the same coverage.",
+        "prompt-selection rule with the random prompt choice at the same coverage (', window': with the same "
+        "window). ', window' = `prompt_selection_window` = 1 / budget share (4 at 0.25, 2 at 0.5): each step chooses "
+        "among that many upcoming batches and trains one full batch of the chosen prompts; without it the rule "
+        "annotates that share of every step's batch.",
+        "- Compute per strategy (means over seeds): optimizer steps; 'step gen. tokens' = completion tokens sampled "
+        "in the training step (on-policy data; the trainer's own `aepo/generated_tokens`, EOS included), 0 on "
+        "offline pools, whose samples are drawn once per seed and shared by every offline strategy (see each task's "
+        "'offline pools' line); 'eval gen. tokens' = tokens sampled to evaluate the policy (the same prompts and "
+        "samples count for every strategy); 'train s' = `trainer.train()`, 'wall s' = training + evaluation, "
+        "measured on a shared machine (see the load above).",
         "",
     ]
     for task in meta["tasks"]:
         rows = [r for r in summary["rows"] if r["task"] == task]
         header = ["budget", "strategy", "labels", "prompts", "pairs", "opt. steps", "held-out gold",
-                  "Δ vs random k (same data)", "Δ vs control", "length-controlled", "train s"]  # fmt: skip
+                  "Δ vs random k (same data)", "Δ vs control", "length-controlled", "step gen. tokens",
+                  "eval gen. tokens", "train s", "wall s"]  # fmt: skip
         table = []
         for r in rows:
             table.append(
@@ -512,13 +316,23 @@ def results_markdown(summary: dict, meta: dict) -> str:
                     fmt(r["vs_random"], signed=True) if "vs_random" in r else "–",
                     fmt(r["vs_prompt_control"], signed=True) if "vs_prompt_control" in r else "–",
                     fmt(r["length_controlled"]),
+                    f"{r.get('generated_tokens', 0):.0f}",
+                    f"{r.get('eval_generated_tokens', 0):.0f}",
                     f"{r['train_seconds']:.0f}",
+                    f"{r['wall_seconds']:.0f}",
                 ]
             )
         sft = next((r for r in summary["rows"] if r["task"] == task), None)
         lines += [f"## {task}", ""]
         if sft is not None:
             lines += [f"SFT policy (no DPO): held-out gold {meta['sft_gold'][task]:.3f}.", ""]
+        shared = meta.get("shared_compute", {}).get(task)
+        if shared:
+            lines += [
+                f"Offline pools (shared by every offline strategy of a seed): {shared['pool_generated_tokens']:.0f} "
+                f"generated tokens per seed; SFT + pools + SFT evaluation {shared['sft_seconds']:.0f} s per seed.",
+                "",
+            ]
         lines += [markdown_table(header, table, ["--:", "---"] + ["--:"] * (len(header) - 2))]
         par = [p for p in summary["parity"] if p["task"] == task]
         if par:
@@ -573,6 +387,13 @@ def _sft_gold(records, task: str) -> float:
     return float(np.mean([np.mean(r["gold"]) for r in records if r["task"] == task and r["label"] == "SFT"]))
 
 
+def _shared_compute(records, task: str) -> dict:
+    sft = [r for r in records if r["task"] == task and r["label"] == "SFT" and "pool_generated_tokens" in r]
+    if not sft:
+        return {}
+    return {name: float(np.mean([r[name] for r in sft])) for name in ("pool_generated_tokens", "sft_seconds")}
+
+
 def _suffix(args) -> str:
     return f"_{args.tag}" if args.tag else ("_quick" if args.quick else "")
 
@@ -582,6 +403,11 @@ def main(argv=None):
     if args.render:  # one results JSON, or several (e.g. one per task, run in parallel) merged into --out
         parts = [json.loads(Path(path).read_text(encoding="utf-8")) for path in args.render]
         records = [r for part in parts for r in part["records"]]
+        # several runs of one task and seed (e.g. more strategies later) repeat its deterministic SFT record: keep one
+        unique = {}
+        for r in records:
+            unique.setdefault((r["task"], r["seed"], r["label"], r["budget"]), r)
+        records = list(unique.values())
         meta = dict(parts[0]["meta"])
         if len(parts) > 1:
             meta["command"] = " && ".join(part["meta"].get("command", "(partial)") for part in parts)
@@ -590,6 +416,9 @@ def main(argv=None):
         tasks_seen = list(dict.fromkeys(r["task"] for r in records))  # a partial file's meta is minimal
         meta["tasks"] = tasks_seen
         meta["sft_gold"] = {t: _sft_gold(records, t) for t in tasks_seen}
+        meta["shared_compute"] = {t: _shared_compute(records, t) for t in tasks_seen}
+        if all("cpu_seconds" in part["meta"] for part in parts):
+            meta["cpu_seconds"] = sum(part["meta"]["cpu_seconds"] for part in parts)
         meta["budgets"] = sorted({r["budget"] for r in records if r["label"] != "SFT"})
         meta["scale"] = {**meta["scale"], "seeds": len({(r["task"], r["seed"]) for r in records}) // len(tasks_seen)}
         meta.setdefault("command", "python experiments/policy_training.py (partial)")
@@ -617,7 +446,8 @@ def main(argv=None):
     unknown = set(wanted or ()) - {s[0] for s in STRATEGIES}
     if unknown:
         raise SystemExit(f"unknown strategies {sorted(unknown)}; choose from {[s[0] for s in STRATEGIES]}")
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
+    load_start = " ".join(f"{x:.1f}" for x in os.getloadavg())
     records = []
     for task in tasks:
         for seed in range(args.first_seed, args.first_seed + scale.seeds):
@@ -628,6 +458,8 @@ def main(argv=None):
                 "tasks": [t.name for t in tasks],
                 "sft_gold": {},
                 "wall_seconds": time.time() - started,
+                "cpu_seconds": time.process_time() - cpu_started,
+                "machine": machine_line(machine_info()) + f"; load at start: {load_start}",
             }
             Path(args.out).mkdir(parents=True, exist_ok=True)  # what is done so far survives an interrupted run
             (Path(args.out) / f"policy{_suffix(args)}.partial.json").write_text(
@@ -640,8 +472,12 @@ def main(argv=None):
         "tasks": [t.name for t in tasks],
         "budgets": sorted({r["budget"] for r in records if r["label"] != "SFT"}),
         "sft_gold": {t.name: _sft_gold(records, t.name) for t in tasks},
-        "machine": machine_line(machine_info()) + f"; load before: {os.getloadavg()[0]:.1f}",
+        "shared_compute": {t.name: _shared_compute(records, t.name) for t in tasks},
+        "machine": machine_line(machine_info())
+        + f"; load average (1, 5, 15 min) at start {load_start}, at end "
+        + " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "wall_seconds": time.time() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -264,6 +264,7 @@ TABLE_OWNERS = {
     "label_answers": "aepo_trainer.storage.label_book",
     "label_gold_answers": "aepo_trainer.storage.label_gold",
     "label_sessions": "aepo_trainer.storage.label_sessions",
+    "reference_logps": "aepo_trainer.storage.reference_logps",
     "pools": "aepo_trainer.generation.store",
 }
 

@@ -74,11 +74,33 @@ def _trainer(tiny_model_path, config, reward, dataset=None):
     )
 
 
+def _record_samples(trainer) -> list:
+    """Wrap the on-policy sampler so that the test sees every pool it returns (to count tokens independently)."""
+    sampled, generate = [], trainer.aepo_on_policy._generate
+
+    def recording(prompts, seeds, step):
+        pools = generate(prompts, seeds, step)
+        sampled.extend(pools)
+        return pools
+
+    trainer.aepo_on_policy._generate = recording
+    return sampled
+
+
 def test_prompt_only_dataset_trains_on_policy(tmp_path, tiny_model_path, minilm_path):
     reward = CountingReward()
     trainer = _trainer(tiny_model_path, _config(tmp_path, minilm_path, annotation_budget=100), reward)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    sampled = _record_samples(trainer)
     trainer.train()
+
+    # generated tokens (compute): every sampled completion's ids, EOS included, counted once, logged as a running total
+    assert len(sampled) == 6 and all(len(pool.completion_ids) == 4 for pool in sampled)
+    tokens = sum(len(ids) for pool in sampled for ids in pool.completion_ids)
+    assert 6 * 4 <= tokens <= 6 * 4 * 8  # at least one token (EOS) and at most max_completion_length each
+    assert trainer.aepo_on_policy.generated_tokens == tokens
+    totals = [e["aepo/generated_tokens"] for e in trainer.state.log_history if "aepo/generated_tokens" in e]
+    assert len(totals) == 2 and totals[-1] == tokens and 0 < totals[0] < tokens
 
     # 2 steps x 3 prompts: every pool generated from the policy, k = 2 of N = 4 paid per prompt, exactly
     assert trainer.aepo_on_policy.generated == 6 and trainer.aepo_on_policy.reused == 0
@@ -103,8 +125,16 @@ def test_conversational_prompts_and_generate_every(tmp_path, tiny_model_path, mi
     data = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in PROMPTS[:3]]})
     config = _config(tmp_path, minilm_path, generate_every=4, max_steps=2)
     trainer = _trainer(tiny_model_path, config, reward, dataset=data)
+    sampled = _record_samples(trainer)
     trainer.train()
     assert trainer.aepo_on_policy.generated == 3 and trainer.aepo_on_policy.reused == 3
+    # the reused pools cost no generated token: the total is the first step's
+    tokens = sum(len(ids) for pool in sampled for ids in pool.completion_ids)
+    assert len(sampled) == 3 and trainer.aepo_on_policy.generated_tokens == tokens
+    assert [e["aepo/generated_tokens"] for e in trainer.state.log_history if "aepo/generated_tokens" in e] == [
+        tokens,
+        tokens,
+    ]
     assert reward.scored == 6 and trainer.annotation_service.spent == 6  # same candidates: labels reused as well
     pair = trainer.recent_pairs[-1]
     assert pair["chosen"][0]["role"] == "assistant"

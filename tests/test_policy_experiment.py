@@ -130,18 +130,26 @@ def test_quick_run_end_to_end_through_the_trainer(tmp_path):
     import policy_training as exp
 
     argv = ["--quick", "--task", "tasks:Addition", "--out", str(tmp_path), "--train-prompts", "16"]
-    argv += ["--strategies", "random k", "random k, prompts: D-optimal"]
+    argv += ["--strategies", "random k", "random k, prompts: D-optimal", "on-policy random k", "--budget-shares", "0.5"]
     exp.main(argv)
     data = json.loads((tmp_path / "policy_quick.json").read_text())
     runs = [r for r in data["records"] if r["label"] != "SFT"]
     assert {(r["label"], r["budget"]) for r in runs} == {
         ("random k", 16),
-        ("random k", 32),
         ("random k, prompts: D-optimal", 16),
+        ("on-policy random k", 16),
     }
+    longest = exp.load_task("tasks:Addition").max_completion_chars
     for r in runs:
         assert r["labels"] <= r["budget"] and r["labels"] == r["labels_spent"]  # the annotator's count = the ledger's
         assert len(r["gold"]) == 16  # one mean per held-out prompt
+        assert 16 * 2 <= r["eval_generated_tokens"] <= 16 * 2 * (longest + 1)  # 2 samples per held-out prompt
+        # compute of the step: the trainer's own count of on-policy tokens (offline pools are sampled once, outside)
+        if r["data"] == "on-policy":
+            pools = r["pools_generated"]
+            assert pools >= 8 and pools * 4 <= r["generated_tokens"] <= pools * 4 * (longest + 1)  # N = 4, EOS incl.
+        else:
+            assert r["generated_tokens"] == 0
     selected = next(r for r in runs if r["label"] == "random k, prompts: D-optimal")
     assert selected["prompts_unselected"] > 0 and selected["labels"] == 2 * selected["prompts_covered"]
     assert "Labels to parity" in (tmp_path / "policy_quick.md").read_text()

@@ -260,3 +260,74 @@ def test_config_validates_the_new_fields(tmp_path):
     with pytest.raises(ValueError, match="precompute_pool_ref_logps=True is invalid"):
         AEPOConfig(**base, precompute_pool_ref_logps=True)
     assert AEPOConfig(**base, selection_strategy="delta_ucb", active_policy_features=True).needs_implicit_rewards
+
+
+def test_reference_logps_live_in_the_runs_store_and_a_restarted_run_computes_none(tiny_model_path, dpo_args):
+    """A second run on the same store, without any checkpoint, makes no reference pass: every value comes from the
+    store's `reference_logps` table, bitwise. A run against another reference computes its own, kept beside them."""
+    from aepo_trainer.storage.annotations import AnnotationStore
+    from aepo_trainer.storage.reference_logps import ReferenceLogpsTable
+    from aepo_trainer.trainer.policy_signals import signals_state
+
+    rows = pool_rows(n=4, size=5)
+    first = _trainer(tiny_model_path, dpo_args, rows, max_steps=2, save_strategy="no")
+    first.train()
+    computed = signals_state(first)
+    assert computed.forward_passes["reference"] == 4 and len(computed.cache) == 20  # each prompt once, in the steps
+    store = first.annotation_service.store
+    table = ReferenceLogpsTable(store)
+    assert table.load(computed.cache.identity) == computed.cache.values
+
+    again = _trainer(tiny_model_path, dpo_args, rows, max_steps=2, save_strategy="no")
+    again.ref_model.load_state_dict(first.ref_model.state_dict())  # the same reference weights: the same identity
+    again.train()
+    reused = signals_state(again)
+    assert reused.cache.identity == computed.cache.identity
+    assert reused.forward_passes["reference"] == 0 and reused.cache.hits == 20 and reused.cache.misses == 0
+    assert reused.cache.values == computed.cache.values
+
+    other = _trainer(tiny_model_path, dpo_args, rows, max_steps=1, save_strategy="no")
+    with torch.no_grad():
+        next(other.ref_model.parameters()).add_(0.01)  # another reference: nothing of the first may be used
+    other.train()
+    assert signals_state(other).forward_passes["reference"] == 2 and signals_state(other).cache.hits == 0
+    assert ReferenceLogpsTable(AnnotationStore(store.path)).count() == 20 + 10
+
+
+def test_bfloat16_signals_select_as_float32_and_leave_the_loss_reference_at_the_steps_precision(
+    tiny_model_path, dpo_args
+):
+    """policy_signals_dtype="bfloat16" while training in float32: implicit rewards within bf16 rounding of the float32
+    ones and the same selection on these pools; exactly 0 when the policy is its reference (bf16 on both sides); the
+    reference log-probs the DPO loss reads are the float32 ones, bitwise; each candidate's reference is scored once per
+    precision, and both caches reach the run's store under their own identities."""
+    from aepo_trainer.selection.implicit_reward import implicit_reward_gap_indices
+    from aepo_trainer.storage.reference_logps import ReferenceLogpsTable
+    from aepo_trainer.trainer.policy_signals import compute_policy_signals, save_to_store, signals_state
+
+    rows = _uneven_rows()
+    exact = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4)
+    fast = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4, policy_signals_dtype="bfloat16")
+    fast.ref_model.load_state_dict(exact.ref_model.state_dict())
+    batch = next(iter(exact.get_train_dataloader()))
+    mask = batch["pool_mask"].bool()
+    want, got = compute_policy_signals(exact, batch), compute_policy_signals(fast, batch)
+    assert want.implicit_rewards.abs().max() > 0.05  # a perturbed reference: rewards with spread
+    torch.testing.assert_close(got.implicit_rewards, want.implicit_rewards, rtol=0, atol=0.02)
+    assert not torch.equal(got.implicit_rewards, want.implicit_rewards)  # really scored in bf16
+    assert torch.equal(
+        implicit_reward_gap_indices(got.implicit_rewards, 2, mask)[0],
+        implicit_reward_gap_indices(want.implicit_rewards, 2, mask)[0],
+    )
+    assert torch.equal(got.ref_logps, want.ref_logps)  # the loss's reference: float32, as without the option
+    state = signals_state(fast)
+    assert state.signals_cache.identity == state.cache.identity + "|bfloat16"
+    assert len(state.cache) == len(state.signals_cache) == 19 and state.forward_passes["reference"] == 8
+    compute_policy_signals(fast, batch)
+    assert state.forward_passes["reference"] == 8  # both precisions cached
+    assert save_to_store(fast, all_ranks=True) == 38
+    table = ReferenceLogpsTable(fast.annotation_service.store)
+    assert table.count(state.cache.identity) == table.count(state.signals_cache.identity) == 19
+    same = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4, perturb=False,
+                    policy_signals_dtype="bfloat16")  # fmt: skip
+    assert compute_policy_signals(same, batch).implicit_rewards.abs().max() == 0

@@ -9,6 +9,8 @@ working directory. `kill_during_save_at=N` SIGKILLs the process in the middle of
 weights, before the optimizer and the trainer state), like a machine that dies during a save.
 `prompt_only=true` trains on the prompts alone (on-policy: the pools are sampled in the step); `perturb_ref=true`
 nudges the reference's weights, so that the policy's implicit rewards differ from 0 from the first step on.
+`record_selections=true` writes, per training batch this rank selected, the rows' keys and selected candidates as
+selected and which rows kept them after prompt selection (`selections` in the result).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def main() -> None:
     resume = options.pop("resume", False)
     prompt_only = options.pop("prompt_only", False)
     perturb_ref = options.pop("perturb_ref", False)
+    record_selections = options.pop("record_selections", False)
     settings = dict(
         output_dir=output_dir,
         bf16=False,
@@ -94,6 +97,17 @@ def main() -> None:
         processing_class=AutoTokenizer.from_pretrained(model_path),
         annotator=reward,
     )
+    selections = []
+    if record_selections:  # each batch's selection as made, and (the same objects, after the step) as kept
+        select = trainer.pool_reducer.select
+
+        def recording_select(batch_rows, *args, **kwargs):
+            picked = select(batch_rows, *args, **kwargs)
+            if kwargs.get("learn"):
+                selections.append((picked, [list(s) for s in picked.subsets]))
+            return picked
+
+        trainer.pool_reducer.select = recording_select
     trainer.train(resume_from_checkpoint=True if resume else None)
     digest = hashlib.sha256()
     for name, p in sorted(trainer.model.named_parameters()):
@@ -111,6 +125,10 @@ def main() -> None:
         "logged": [e for e in trainer.state.log_history if "loss" in e],
         "surrogate": None,
         "generated": None if trainer.aepo_on_policy is None else trainer.aepo_on_policy.generated,
+        "selections": [
+            {"keys": picked.keys, "selected": subsets, "kept": [bool(s) for s in picked.subsets]}
+            for picked, subsets in selections
+        ],
     }
     active = trainer.pool_reducer.active
     if active is not None:  # what an active strategy learned, as a digest: equal on every rank

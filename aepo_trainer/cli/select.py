@@ -229,7 +229,7 @@ def run(argv: list[str], processes) -> int:
     try:  # a full disk or a read-only place: one message naming what is kept (annotations, finished chunks)
         with storage_guard(kept=lambda: {**kept_annotations(config.annotation_store), **finished_chunks(output)}):
             if args.dry_run:
-                return dry_run(chunks(), embedder, annotator, config, args, run_id, processes, size)
+                return dry_run(chunks(), embedder, annotator, config, args, run_id, processes, size, prompts)
             return select_chunks(
                 chunks(), embedder, annotator, config, args, run_id, processes, size, prompts, timings, started
             )
@@ -466,9 +466,10 @@ def _add_totals(totals: dict, stats: dict, resumed: bool = False) -> None:
             totals[name] += value
 
 
-def dry_run(chunks, embedder, annotator, config, args, run_id, processes, size) -> int:
+def dry_run(chunks, embedder, annotator, config, args, run_id, processes, size, prompts) -> int:
     """Embed and select every chunk; print what the run would pay for. Writes nothing: the store is read from a private
-    copy, deleted afterwards."""
+    copy, deleted afterwards. With `prompt_selection`, each chunk's prompts are chosen as the run would choose them
+    (`_informative_part`), and only the kept ones are costed."""
     if not processes.is_main:
         for chunk in chunks:
             embedder.embed(chunk)
@@ -485,6 +486,12 @@ def dry_run(chunks, embedder, annotator, config, args, run_id, processes, size) 
             annotator, store, budget=config.annotation_budget, run_id=run_id, batch_size=config.annotation_batch_size
         )
         reducer = PoolReducer(config, service, device=args.device, catch_pending=True)
-        costs = [dry_run_costs(chunk, embedder.embed(chunk), reducer, service, size) for chunk in chunks]
-        report_dry_run(costs, reducer, service, store_path=config.annotation_store)
+        costs, unselected = [], 0
+        for chunk in chunks:
+            embeddings = embedder.embed(chunk)
+            if config.prompt_selection != "all":  # as the run: the budget goes to the chunk's most informative prompts
+                chunk, embeddings, left_out = _informative_part(chunk, embeddings, reducer, size, prompts)
+                unselected += left_out
+            costs.append(dry_run_costs(chunk, embeddings, reducer, service, size))
+        report_dry_run(costs, reducer, service, store_path=config.annotation_store, unselected=unselected)
     return processes.broadcast(EXIT_OK)

@@ -91,8 +91,9 @@ def dry_run_costs(rows, embeddings, reducer, service, size: int) -> list[tuple[i
     return costs
 
 
-def report_dry_run(chunk_costs, reducer, service, store_path: str | None = None) -> None:
-    """Print what the run would pay for: selected items minus those in the store, against the budget."""
+def report_dry_run(chunk_costs, reducer, service, store_path: str | None = None, unselected: int = 0) -> None:
+    """Print what the run would pay for: selected items minus those in the store, against the budget. `unselected`:
+    the prompts prompt selection leaves out (never requested, so they cost nothing and are not in `chunk_costs`)."""
     from .pool_stages import prompts_covered
 
     config = reducer.args
@@ -110,9 +111,17 @@ def report_dry_run(chunk_costs, reducer, service, store_path: str | None = None)
             f"({config.active_cold_start}), so 'already in the store' is an estimate (the counts per prompt are exact)."
         )
     per_prompt = "N" if config.selection_strategy == "west_of_n" else config.num_annotations
+    total = len(rows) + unselected
     lines = [
-        f"dry run: {len(rows)} prompts, annotator {service.identity}, store {store_path or service.store.path} "
+        f"dry run: {total} prompts, annotator {service.identity}, store {store_path or service.store.path} "
         "(nothing is written)",
+    ]
+    if config.prompt_selection != "all":
+        lines.append(
+            f"  left out by prompt choice {unselected:>10}  (--prompt_selection {config.prompt_selection}: never "
+            f"annotated, not paid; {len(rows)} prompts chosen)"
+        )
+    lines += [
         f"  annotations needed        {needed:>10}  ({per_prompt} per prompt)",
         f"  already in the store      {stored:>10}  (free)",
         f"  would be paid             {to_pay:>10}",
@@ -126,7 +135,7 @@ def report_dry_run(chunk_costs, reducer, service, store_path: str | None = None)
         lines += [
             f"  budget                    {config.annotation_budget:>10}  (spent so far: {service.spent}, "
             f"left: {remaining})",
-            f"  prompts covered           {covered:>10}  of {len(rows)}"
+            f"  prompts covered           {covered:>10}  of {total}"
             + ("" if covered == len(rows) else "  (the rest would be skipped: budget exhausted)"),
         ]
     print("\n".join(lines))

@@ -143,6 +143,15 @@ def policy_signal_problems(args, command: str) -> list[Problem]:
                 f"{command} has no policy. Choose one of {others}",
             )
         )
+    if getattr(args, "prompt_selection_window", 1) > 1:
+        problems.append(
+            Problem(
+                "prompt_selection_window",
+                None,
+                f"a window of upcoming training batches exists only in AEPOTrainer; {command} chooses prompts within "
+                "each chunk it reads. Leave prompt_selection_window at 1",
+            )
+        )
     if getattr(args, "active_implicit_reward_feature", False):
         problems.append(
             Problem(

@@ -2,12 +2,20 @@
 
 Candidate selection (`kernel`, `active`, `implicit_reward`) picks k of each prompt's N candidates; it says nothing
 about which prompts deserve labels at all. With `AEPOConfig.prompt_selection` set, every window of prompts — the
-micro-batches of one optimizer step on one process in `AEPOTrainer`, one chunk in `aepo select` — is first selected as
+micro-batches of one optimizer step on one process in `AEPOTrainer` (`prompt_selection_window` W upcoming batches
+each, see below), one chunk in `aepo select` — is first selected as
 usual (no label is bought for that), then only the `ceil(ratio x window)` most informative prompts are annotated;
 the others get an empty request (the annotation service pays nothing for it) and form no pair. The choice depends
 only on the window's data, the policy's weights and the seed, so it is the same in a resumed run and needs no
 collective across processes (each rank chooses among its own prompts; the main process still pays every rank's
 requests in one call, so the budget stays exact).
+
+A window of upcoming batches (`prompt_selection_window` W > 1, trainer only) is not a look-ahead into the
+DataLoader: the training DataLoader itself is built with W x `per_device_train_batch_size` prompts per micro-batch
+(`AEPOTrainer.get_train_dataloader`), and the step keeps 1/W of them. So the Trainer's own bookkeeping stays true
+as it is — steps per epoch (len(dataloader) / accumulation), the learning-rate schedule, `max_steps`, and the batches a
+resumed run skips (whole windows, as trained) — with no custom sampler, and each process still chooses among its own
+shard of prompts.
 
 Rules (`choices.PROMPT_SELECTIONS`):
 
@@ -75,7 +83,11 @@ def planned_prompts(args, dataset_size: int | None, world_size: int = 1) -> int 
 def prompt_ratio(args, prompts: int | None = None) -> float:
     """The share of each window's prompts to annotate: `args.prompt_selection_ratio`, or by default the share the
     budget pays for, `annotation_budget / (k x prompts)` for the `prompts` the run goes through (1.0 without a
-    budget or a known count)."""
+    budget or a known count). With `prompt_selection_window` W > 1 (trainer): 1 / W, so that every step trains as many
+    prompts as a step without a window."""
+    window = getattr(args, "prompt_selection_window", 1)
+    if window > 1:
+        return 1.0 / window
     if args.prompt_selection_ratio is not None:
         return float(args.prompt_selection_ratio)
     budget = args.annotation_budget

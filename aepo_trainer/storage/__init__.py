@@ -6,6 +6,8 @@
   reviewers' verdicts.
 * `label_sessions`: table `label_sessions`, the labelling page's sign-in sessions.
 * `label_gold`: table `label_gold_answers`, answers to the labelling page's honeypot tasks.
+* `reference_logps`: table `reference_logps`, the reference model's log-prob of each pool candidate (the trainer's
+  policy signals compute each once per reference and reuse it across epochs, resumes, restarts and ranks).
 
 Other modules use these modules' public functions, never SQL on a table they do not own.
 """

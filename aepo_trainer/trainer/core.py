@@ -36,6 +36,7 @@ from .pool_loss import PairLossMeans, compute_pool_loss
 from .run_control import (
     AEPOControlCallback,
     as_aepo_config,
+    budget_already_spent,
     default_run_id,
     last_complete_checkpoint,
     refuse_options_pools_cannot_honour,
@@ -267,6 +268,16 @@ class AEPOTrainer(DPOTrainer):
         if extra:
             self._signature_columns = [*self._signature_columns, *extra]
 
+    def get_train_dataloader(self):
+        """With `prompt_selection_window` W on pools, W x the batch per micro-batch (the step keeps 1/W of it,
+        `selection.prompts`): the Trainer's steps, schedule and resume skipping count windows, as trained."""
+        window = self.args.prompt_selection_window if self._aepo_trains_on_pools else 1
+        batch_size, self._train_batch_size = self._train_batch_size, self._train_batch_size * window
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self._train_batch_size = batch_size
+
     # ------------------------------------------------------------------------------------------------ the step
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -277,7 +288,7 @@ class AEPOTrainer(DPOTrainer):
         """
         if not self._aepo_trains_on_pools:
             return super().get_batch_samples(epoch_iterator, num_batches, device)
-        if self._aepo_budget_already_spent():
+        if budget_already_spent(self):
             self.control.should_training_stop = True
             return [], None
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -367,25 +378,6 @@ class AEPOTrainer(DPOTrainer):
             self._aepo_seen_prompt_keys.extend(result.prompt_keys)
         self._aepo_losses.add(mode, result.batch_mean, result.terms)
         return (result.loss, result.outputs) if return_outputs else result.loss
-
-    def _aepo_budget_already_spent(self) -> bool:
-        """True when the training budget cannot pay for one more prompt: the run stops before fetching data (a rerun
-        of a run that stopped for its budget trains nothing and changes no weight). Decided on the main process."""
-        if self.args.annotation_budget is None:
-            return False
-        from accelerate.utils import broadcast_object_list
-
-        verdict = [None]
-        service = self.annotation_service
-        if service is not None:
-            need = 2 if self.args.selection_strategy == "west_of_n" else self.args.num_annotations
-            verdict = [service.budget_message() if service.remaining < need else None]
-        if self.accelerator.num_processes > 1:
-            broadcast_object_list(verdict, from_process=0)
-        if verdict[0] is not None and self.aepo_stop_reason is None:
-            self.aepo_stop_reason = verdict[0]
-            logger.warning("AEPO: nothing to train. %s", verdict[0])
-        return verdict[0] is not None
 
     def _aepo_after_annotation(self, reply, summary: dict) -> None:
         """After a training step's annotation: decide (identically on every process) whether to stop after it."""

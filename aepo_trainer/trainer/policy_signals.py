@@ -13,8 +13,12 @@ Three things keep that cheap (issue 33):
    the PEFT policy with its adapter disabled, or its frozen "ref" adapter) and by the candidate's kept tokens (prompt
    and completion after TRL's truncation). It is filled in the training step the first time a candidate is scored, or
    for the whole training set before training with `AEPOConfig.precompute_pool_ref_logps` (TRL's
-   `precompute_ref_log_probs`, for candidates instead of pairs). It is saved into every checkpoint (gathered from all
-   ranks) and loaded on resume, so a resumed run, and every rank after the first save, reuse it.
+   `precompute_ref_log_probs`, for candidates instead of pairs). It is kept in the run's store (table
+   `reference_logps`, `storage.reference_logps`: the main process writes every rank's new values, at each step its
+   own and at every save and at the end of training all ranks' together, and reads them back at the start of
+   training for every rank), so a resumed or restarted run against the same reference, with or without a checkpoint,
+   and every rank, reuse it; every checkpoint also carries it (gathered from all ranks), so a checkpoint restores it
+   even where the store is not at hand.
 2. **The N candidates share the prompt** (`candidate_scoring`): each prompt is encoded once (`use_cache=True`) and
    its key/value cache is expanded over its candidates (`DynamicCache.batch_repeat_interleave`), which are then
    scored from that prefix. The prompt's tokens are not encoded N times. Only `truncation_mode="keep_start"` keeps every candidate's prompt whole;
@@ -31,13 +35,16 @@ exactly 0, as before. Log-probs are computed from the backbone's last hidden sta
 float32 (the LM head TRL fuses); models whose head scales or soft-caps its logits, and prompt-learning PEFT, are scored
 by the whole-sequence fused-head pass of `trainer.implicit_rewards` instead (no hidden-state features there).
 
+`AEPOConfig.policy_signals_dtype = "bfloat16"` scores the signals (policy and reference) under bf16 autocast while the
+step trains in float32: the faster pass of hardware with fast bf16; the reference values of the two precisions are
+cached apart (identity suffix "|bfloat16"), and the DPO loss reads the step-precision ones, so it is DPO's exactly.
+
 `AEPOConfig.policy_signals_every` = s refreshes the signals on every s-th optimizer step only; the prompts of the other
 steps are selected by the strategy's fallback (`active_cold_start`), as a prompt without implicit-reward spread is.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 
@@ -47,7 +54,8 @@ from transformers import TrainerCallback
 
 from .._trl_compat import disable_gradient_checkpointing, use_adapter
 from ..selection.implicit_reward import implicit_rewards
-from .candidate_scoring import kept_lengths, prefix_scoring_supported, score_pool_candidates
+from .candidate_scoring import prefix_scoring_supported, score_pool_candidates
+from .reference_cache import ReferenceLogpsCache, candidate_keys, reference_identity
 
 __all__ = [
     "REF_LOGPS_FILE",
@@ -56,90 +64,18 @@ __all__ = [
     "ReferenceLogpsCache",
     "candidate_keys",
     "compute_policy_signals",
+    "load_from_store",
     "policy_signals_due",
     "policy_signals_of_step",
     "precompute_reference_logps",
     "prepare_reference_cache",
     "reference_identity",
     "restore_reference_cache",
+    "save_to_store",
 ]
 
 #: The reference log-probs cache inside a checkpoint folder.
 REF_LOGPS_FILE = "aepo_reference_logps.pt"
-
-
-# ------------------------------------------------------------------------------------------------ the reference cache
-class ReferenceLogpsCache:
-    """Σ_t log π_ref(y_t | x, y_<t) of candidates already scored, for one reference model (`identity`).
-
-    Keys are `candidate_keys` digests of the kept tokens. The single owner is the trainer's `policy_signals` state;
-    `export`/`absorb` move entries between ranks and checkpoints."""
-
-    def __init__(self, identity: str):
-        self.identity = identity
-        self.values: dict[bytes, float] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def lookup(self, keys: list[bytes]) -> list[float | None]:
-        found = [self.values.get(key) for key in keys]
-        missing = sum(v is None for v in found)
-        self.misses += missing
-        self.hits += len(found) - missing
-        return found
-
-    def store(self, keys: list[bytes], values: list[float]) -> None:
-        self.values.update(zip(keys, (float(v) for v in values)))
-
-    def export(self) -> dict:
-        return {"identity": self.identity, "values": dict(self.values)}
-
-    def absorb(self, exported: dict | None) -> int:
-        """Add another cache's entries (a rank's, a checkpoint's) when they belong to the same reference."""
-        if not exported or exported.get("identity") != self.identity:
-            return 0
-        before = len(self.values)
-        self.values.update(exported["values"])
-        return len(self.values) - before
-
-
-def reference_identity(trainer) -> str:
-    """A digest of the reference the trainer uses: which one (ref_model / adapter disabled / "ref" adapter), its class
-    and name, and every parameter's name, shape, sum and first values (cheap, and changes with any real weight edit)."""
-    h = hashlib.sha256()
-    if trainer.ref_model is not None:
-        model, kind = trainer.ref_model, "ref_model"
-    else:
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        kind = "ref_adapter" if is_peft_model(model) and "ref" in model.peft_config else "adapter_disabled"
-    model = trainer.accelerator.unwrap_model(model)
-    h.update(f"{kind}|{type(model).__name__}|{getattr(model.config, '_name_or_path', '')}".encode())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if kind == "adapter_disabled" and "lora_" in name:
-                continue  # the adapter is disabled: its (trained) weights are not part of the reference
-            head = p.detach().reshape(-1)[:8].double().cpu()
-            h.update(f"{name}|{tuple(p.shape)}|{float(p.detach().double().sum())!r}|{head.tolist()!r}".encode())
-    return h.hexdigest()
-
-
-def candidate_keys(batch: dict, positions: list[tuple[int, int]], max_length, truncation_mode) -> list[bytes]:
-    """A 16-byte digest of each candidate's kept prompt and completion tokens (the sequence its log-prob is of)."""
-    prompts, prompt_lens = batch["pool_prompt_ids"], batch["pool_prompt_lengths"].tolist()
-    completions, completion_lens = batch["pool_completion_ids"], batch["pool_completion_lengths"]
-    keys = []
-    for b, j in positions:
-        p, c = prompt_lens[b], int(completion_lens[b, j])
-        ((offset, pk, ck),) = kept_lengths(p, [c], max_length, truncation_mode)
-        seq = torch.cat([prompts[b, :p], completions[b, j, :c]])[offset : offset + pk + ck]
-        h = hashlib.blake2b(digest_size=16)
-        h.update(pk.to_bytes(4, "little"))
-        h.update(seq.to(torch.int64).cpu().numpy().tobytes())
-        keys.append(h.digest())
-    return keys
 
 
 # ------------------------------------------------------------------------------------------------ in the step
@@ -167,15 +103,20 @@ def policy_signals_of_step(trainer):
 
 
 def prepare_reference_cache(trainer, checkpoint) -> None:
-    """Before training: a resumed run's cache from its checkpoint, then, with `precompute_pool_ref_logps`, every
-    training candidate's reference log-prob that is still missing (one pass; on-policy pools do not exist yet)."""
-    if checkpoint:
-        restore_reference_cache(trainer, checkpoint)
+    """Before training (every rank): the values of this reference in the run's store and, on a resume, in its
+    checkpoint; then, with `precompute_pool_ref_logps`, every training candidate's reference log-prob that is still
+    missing (one pass; on-policy pools do not exist yet), saved to the store."""
+    state = signals_state(trainer)
+    if checkpoint and restore_reference_cache(trainer, checkpoint):
+        for cache in state.caches:  # a checkpoint's values reach a store that lacks them
+            cache.unsaved.update(cache.values)
+    load_from_store(trainer)
     if trainer.args.precompute_pool_ref_logps and trainer.train_dataset is not None:
         from ..data.pools import is_pool_dataset
 
         if is_pool_dataset(trainer.train_dataset, trainer.args):
             precompute_reference_logps(trainer, trainer.train_dataset, trainer.args.per_device_train_batch_size)
+    save_to_store(trainer, all_ranks=True)
 
 
 def policy_signals_due(trainer) -> bool:
@@ -188,13 +129,84 @@ class _TrainerSignalsState:
     """The trainer's policy-signals state: the reference cache, and whether prefix scoring applies to its model."""
 
     def __init__(self, trainer):
-        self.cache = ReferenceLogpsCache(reference_identity(trainer))
+        identity = reference_identity(trainer)
+        self.cache = ReferenceLogpsCache(identity)  # the step's precision: what the DPO loss reads
+        # `policy_signals_dtype="bfloat16"` while training in float32: the signals are scored in bf16, their
+        # reference values kept in a cache (and store rows) of their own
+        self.signals_bf16 = getattr(trainer.args, "policy_signals_dtype", "auto") == "bfloat16" and not (
+            trainer.args.bf16
+        )
+        self.signals_cache = ReferenceLogpsCache(f"{identity}|bfloat16") if self.signals_bf16 else self.cache
         self.prefix_ok = prefix_scoring_supported(trainer.accelerator.unwrap_model(trainer.model))
         if trainer.ref_model is not None:
             self.prefix_ok = self.prefix_ok and prefix_scoring_supported(
                 trainer.accelerator.unwrap_model(trainer.ref_model)
             )
         self.forward_passes = {"policy": 0, "reference": 0}  # candidate units scored (tests count them)
+        self.table = None  # the run's `ReferenceLogpsTable` (main process), opened on first use
+
+    @property
+    def caches(self) -> list[ReferenceLogpsCache]:
+        """Every reference cache of the run (one, or two with bf16 signals)."""
+        return [self.cache] if self.signals_cache is self.cache else [self.cache, self.signals_cache]
+
+
+def _scoring_context(trainer, bf16: bool):
+    """The autocast of a policy-signals pass: bf16 (`policy_signals_dtype`), or the step's own, as TRL's reference
+    pass runs."""
+    if bf16:
+        return torch.autocast(device_type=trainer.accelerator.device.type, dtype=torch.bfloat16)
+    return trainer.compute_loss_context_manager()
+
+
+def _store_table(trainer):
+    """The `reference_logps` table of the run's store, on the process that holds the store (the main one); None
+    elsewhere, and for a run without an annotation service."""
+    state = signals_state(trainer)
+    if state.table is None:
+        service = getattr(trainer, "annotation_service", None)
+        if service is None or not trainer.accelerator.is_main_process:
+            return None
+        from ..storage.reference_logps import ReferenceLogpsTable
+
+        state.table = ReferenceLogpsTable(service.store)
+    return state.table
+
+
+def load_from_store(trainer) -> int:
+    """Every rank's cache gets this reference's values from the run's store (read on the main process, broadcast:
+    one collective when several processes train). Returns the entries added here."""
+    state = signals_state(trainer)
+    table = _store_table(trainer)
+    values = {c.identity: table.load(c.identity) for c in state.caches} if table is not None else {}
+    if trainer.accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        values = broadcast_object_list([values], from_process=0)[0]
+    return sum(c.absorb({"identity": c.identity, "values": values.get(c.identity, {})}) for c in state.caches)
+
+
+def save_to_store(trainer, all_ranks: bool) -> int:
+    """Write the values computed since the last save into the run's store (main process). `all_ranks=True` gathers
+    every rank's first (one collective: call it on every rank); otherwise only the main process's own are written
+    and the other ranks keep theirs for the next gathering save. Returns the rows added."""
+    state = getattr(trainer, "aepo_policy_signals", None)
+    if state is None:
+        return 0
+    world = trainer.accelerator.num_processes
+    if all_ranks and world > 1:
+        from accelerate.utils import gather_object
+
+        unsaved: dict[str, dict[bytes, float]] = {c.identity: {} for c in state.caches}
+        for part in gather_object([{c.identity: c.take_unsaved() for c in state.caches}]):
+            for identity, values in part.items():
+                unsaved[identity].update(values)
+    elif trainer.accelerator.is_main_process:
+        unsaved = {c.identity: c.take_unsaved() for c in state.caches}
+    else:
+        return 0
+    table = _store_table(trainer)
+    return sum(table.save(identity, values) for identity, values in unsaved.items()) if table is not None else 0
 
 
 def signals_state(trainer) -> _TrainerSignalsState:
@@ -220,12 +232,15 @@ def _reference_model_context(trainer):
     return trainer.accelerator.unwrap_model(trainer.ref_model), contextlib.nullcontext()
 
 
-def reference_logps(trainer, batch: dict, positions: list[tuple[int, int]]) -> torch.Tensor:
-    """[R] reference log-probs of the candidates, from the cache where known; the rest are scored and cached."""
+def reference_logps(trainer, batch: dict, positions: list[tuple[int, int]], for_signals: bool = False) -> torch.Tensor:
+    """[R] reference log-probs of the candidates, from the cache where known; the rest are scored and cached. At the
+    step's precision (what the DPO loss reads), or `for_signals` at the signals' (`policy_signals_dtype`)."""
     state = signals_state(trainer)
     args = trainer.args
+    bf16 = for_signals and state.signals_bf16
+    cache = state.signals_cache if bf16 else state.cache
     keys = candidate_keys(batch, positions, args.max_length, args.truncation_mode)
-    found = state.cache.lookup(keys)
+    found = cache.lookup(keys)
     missing = [i for i, v in enumerate(found) if v is None]
     if missing:
         model, context = _reference_model_context(trainer)
@@ -235,7 +250,7 @@ def reference_logps(trainer, batch: dict, positions: list[tuple[int, int]]) -> t
             with (
                 context,
                 disable_gradient_checkpointing(trainer.model, args.gradient_checkpointing_kwargs),
-                trainer.compute_loss_context_manager(),  # the step's autocast, as TRL's reference pass runs
+                _scoring_context(trainer, bf16),
             ):
                 scored = score_pool_candidates(
                     model,
@@ -249,7 +264,7 @@ def reference_logps(trainer, batch: dict, positions: list[tuple[int, int]]) -> t
             model.train(was_training)
         state.forward_passes["reference"] += len({positions[i][0] for i in missing})
         values = scored.logps.cpu().tolist()
-        state.cache.store([keys[i] for i in missing], values)
+        cache.store([keys[i] for i in missing], values)
         for i, v in zip(missing, values):
             found[i] = v
     return torch.tensor(found, dtype=torch.float32)
@@ -275,14 +290,16 @@ def compute_policy_signals(trainer, batch: dict) -> PolicySignals:
         from .implicit_rewards import pool_implicit_rewards
 
         return PolicySignals(pool_implicit_rewards(trainer, batch), None, None, None)
-    ref = reference_logps(trainer, batch, positions)
+    ref = reference_logps(trainer, batch, positions, for_signals=True)
+    # what the DPO loss reads (the step's precision); the same values unless the signals are scored in bf16
+    loss_ref = reference_logps(trainer, batch, positions) if state.signals_bf16 else ref
     model = trainer.accelerator.unwrap_model(trainer.model)
     was_training = model.training
     model.eval()
     try:
         with (
             disable_gradient_checkpointing(trainer.model, args.gradient_checkpointing_kwargs),
-            trainer.compute_loss_context_manager(),
+            _scoring_context(trainer, state.signals_bf16),
         ):
             scored = score_pool_candidates(
                 model,
@@ -298,19 +315,21 @@ def compute_policy_signals(trainer, batch: dict) -> PolicySignals:
     state.forward_passes["policy"] += len({b for b, _ in positions})
     policy = torch.zeros(B, N, dtype=torch.float32, device=device)
     reference = torch.zeros(B, N, dtype=torch.float32, device=device)
+    step_reference = torch.zeros(B, N, dtype=torch.float32, device=device)
     feats = None
     if positions:
         rows = torch.tensor([b for b, _ in positions], device=device)
         cols = torch.tensor([j for _, j in positions], device=device)
         policy[rows, cols] = scored.logps.to(device)
         reference[rows, cols] = ref.to(device)
+        step_reference[rows, cols] = loss_ref.to(device)
         if want_features:
             feats = torch.zeros(B, N, scored.features.shape[-1], dtype=torch.float32, device=device)
             feats[rows, cols] = scored.features.to(device)
     elif want_features:
         feats = torch.zeros(B, N, 1, dtype=torch.float32, device=device)
     rewards = implicit_rewards(policy, reference, trainer.beta).masked_fill(~mask.to(device), 0.0)
-    return PolicySignals(rewards, policy, reference, feats)
+    return PolicySignals(rewards, policy, step_reference, feats)
 
 
 def group_reference_logps(signals: PolicySignals, group: dict) -> torch.Tensor | None:
@@ -336,7 +355,7 @@ def precompute_reference_logps(trainer, dataset, batch_size: int) -> int:
     accelerator = trainer.accelerator
     rank, world = accelerator.process_index, accelerator.num_processes
     indices = [i for i in range(len(dataset)) if i % world == rank]
-    before = len(state.cache)
+    before = sum(len(c) for c in state.caches)
     loader = DataLoader(
         torch.utils.data.Subset(dataset, indices), batch_size=batch_size, collate_fn=trainer.data_collator
     )
@@ -344,38 +363,56 @@ def precompute_reference_logps(trainer, dataset, batch_size: int) -> int:
         mask = batch["pool_mask"].bool()
         positions = [(b, j) for b, row in enumerate(mask.tolist()) for j, ok in enumerate(row) if ok]
         reference_logps(trainer, batch, positions)
-    computed = len(state.cache) - before
+        if state.signals_bf16:
+            reference_logps(trainer, batch, positions, for_signals=True)
+    computed = sum(len(c) for c in state.caches) - before
     if world > 1:
         from accelerate.utils import gather_object
 
-        for part in gather_object([state.cache.export()]):
-            state.cache.absorb(part)
+        for part in gather_object([[c.export() for c in state.caches]]):
+            for exported in part:
+                for cache in state.caches:
+                    cache.absorb(exported)
     return computed
 
 
-def exported_for_checkpoint(trainer) -> dict | None:
-    """Every rank's cache entries (one collective: call on every rank), for the main process to save."""
+def exported_for_checkpoint(trainer) -> list[dict] | None:
+    """Every rank's cache entries, one export per cache (one collective: call on every rank), for the main process
+    to save."""
     state = getattr(trainer, "aepo_policy_signals", None)
     if state is None:
         return None
-    exported = state.cache.export()
+    exported = [c.export() for c in state.caches]
     if trainer.accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
-        merged = ReferenceLogpsCache(state.cache.identity)
+        merged = [ReferenceLogpsCache(c.identity) for c in state.caches]
         for part in gather_object([exported]):
-            merged.absorb(part)
-        exported = merged.export()
+            for one in part:
+                for cache in merged:
+                    cache.absorb(one)
+        exported = [c.export() for c in merged]
     return exported
 
 
 class PolicySignalsCallback(TrainerCallback):
-    """Saves the reference cache into every checkpoint (entries of all ranks: `on_save` runs on every rank)."""
+    """Keeps the reference cache in the run's store (the main process's new values after every step, every rank's
+    at every save and at the end of training) and in every checkpoint (`on_save` and `on_train_end` run on every
+    rank)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
 
+    def on_step_end(self, args, state, control, **kwargs):
+        save_to_store(self.trainer, all_ranks=False)
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        save_to_store(self.trainer, all_ranks=True)
+        return control
+
     def on_save(self, args, state, control, **kwargs):
+        save_to_store(self.trainer, all_ranks=True)
         exported = exported_for_checkpoint(self.trainer)
         if exported is not None and self.trainer.accelerator.is_main_process:
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
@@ -389,4 +426,7 @@ def restore_reference_cache(trainer, checkpoint: str) -> int:
     path = os.path.join(checkpoint, REF_LOGPS_FILE)
     if not os.path.exists(path):
         return 0
-    return signals_state(trainer).cache.absorb(torch.load(path, weights_only=True))
+    saved = torch.load(path, weights_only=True)
+    parts = saved if isinstance(saved, list) else [saved]  # a list of caches; one dict before bf16 signals
+    caches = signals_state(trainer).caches
+    return sum(cache.absorb(part) for part in parts for cache in caches)

@@ -29,6 +29,7 @@ __all__ = [
     "ACTIVE_LABELS_FILE",
     "AEPOControlCallback",
     "as_aepo_config",
+    "budget_already_spent",
     "default_run_id",
     "last_complete_checkpoint",
     "refuse_options_pools_cannot_honour",
@@ -150,3 +151,24 @@ def restore_active_labels(active, checkpoint: str, accelerator) -> None:
         broadcast_object_list(items, from_process=0)
     if items[0]:
         active.absorb(items[0])  # {labels, tests} (issue 27), or an older checkpoint's bare label list
+
+
+def budget_already_spent(trainer) -> bool:
+    """True when the training budget cannot pay for one more prompt: the run stops before fetching data (a rerun of a
+    run that stopped for its budget trains nothing and changes no weight). Decided on the main process, broadcast."""
+    args = trainer.args
+    if args.annotation_budget is None:
+        return False
+    from accelerate.utils import broadcast_object_list
+
+    verdict = [None]
+    service = trainer.annotation_service
+    if service is not None:
+        need = 2 if args.selection_strategy == "west_of_n" else args.num_annotations
+        verdict = [service.budget_message() if service.remaining < need else None]
+    if trainer.accelerator.num_processes > 1:
+        broadcast_object_list(verdict, from_process=0)
+    if verdict[0] is not None and trainer.aepo_stop_reason is None:
+        trainer.aepo_stop_reason = verdict[0]
+        logger.warning("AEPO: nothing to train. %s", verdict[0])
+    return verdict[0] is not None

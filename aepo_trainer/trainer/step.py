@@ -187,7 +187,8 @@ def reduce_pool_batches(
         metrics += active_quality_metrics(reducer.active, qualities)
     if wants_signals:
         metrics += implicit_reward_metrics(accelerator, spreads)
-    if unselected is not None:
+    if unselected is not None:  # every rank's, like the other statistics of the step
+        unselected = accelerator.reduce(torch.tensor(float(unselected), device=device), "sum").item()
         metrics.append(("aepo/prompts_unselected", float(unselected), False))
     return StepResult(out, step_terms, reply, summary, metrics, recent)
 
