@@ -13,8 +13,9 @@ It holds a `BayesianLinearSurrogate` and alternates two calls:
 The safety rule (`selection/safety.py`, on by default): the acquisition selects only while the lower confidence
 bound of the surrogate's out-of-sample within-prompt pairwise accuracy exceeds 0.5 + margin — by default the record
 of each batch's labels tested before the refit (prequential), or (`safety_test='cross_validated'`) the current fit's
-K-fold cross-validated accuracy over every labelled prompt; otherwise the cold-start strategy (random k by default) selects, exactly as
-during warm-up. The "best" member of each pair is taken by the posterior mean (`robust_best`, `acquisitions.py`).
+K-fold cross-validated accuracy over every labelled prompt; otherwise the cold-start strategy (random k by default)
+selects, exactly as during warm-up. The "best" member of each pair is taken by the posterior mean (`robust_best`,
+`acquisitions.py`).
 
 Determinism: the surrogate's fit depends only on the set of labels (see `surrogate.py`) and every random choice is
 keyed by (seed, prompt key), so replaying the same labels in the same batches — a resumed `aepo select` reads them
