@@ -250,8 +250,18 @@ class AEPOConfig(DPOConfig):
             "them. 'cross_validated': 5-fold cross-validation of the current fit over every labelled prompt (folds "
             "by prompt key; recomputed from the labels): trusts a surrogate that has learned sooner, but its "
             "accuracy falls as the acquisition's own harder pairs join the test, and it measured worse than "
-            "prequential on the tuning pools (docs/efficacy.md, pools nobody tuned to).",
+            "prequential on the tuning pools (docs/efficacy.md, pools nobody tuned to). 'prequential_recent': the "
+            "prequential tests of the `active_safety_window` most recently tested prompts only, so that the tests "
+            "of an early, weak fit stop holding back the surrogate that selects now.",
             "choices": list(SAFETY_TESTS),
+        },
+    )
+    active_safety_window: int = field(
+        default=64,
+        metadata={
+            "help": "Active strategies with `active_safety_test='prequential_recent'`: how many of the most recently "
+            "tested prompts (by the batch their labels arrived in, then prompt key) the safety rule's bound is "
+            "computed over (an integer >= 1; fewer prompts: a looser bound, quicker to follow and to fall back)."
         },
     )
     active_feature_model: str | None = field(

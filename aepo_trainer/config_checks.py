@@ -175,6 +175,7 @@ CHECKS: tuple[Check | Callable, ...] = (
         "a number in [0.5, 1)",
     ),
     Check("active_safety_test", _in(SAFETY_TESTS), _one_of(SAFETY_TESTS)),
+    Check("active_safety_window", _int_at_least(1, bools=False), "an integer >= 1"),
     Check("active_optimistic_best", lambda v, c: isinstance(v, bool), "a bool"),
     Check(
         "active_feature_model",

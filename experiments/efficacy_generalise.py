@@ -59,15 +59,29 @@ from efficacy_selection import embed_all, prompt_order
 from aepo_trainer.choices import SAFETY_TESTS
 
 LEARNERS = ["delta_ucb", "ucb_random", "double_ts"]
+
+
+def _config_default(name):
+    from aepo_trainer import AEPOConfig
+
+    return AEPOConfig.__dataclass_fields__[name].default
+
+
 #: AEPOConfig's defaults of the settings the grid tunes (the all-32 rows, and the "(safe, defaults)" rows)
-PACKAGE_DEFAULTS = dict(safety_margin=0.02, surrogate="bayesian_linear", safety_test="prequential")
-#: the grid tuned on the tuning pools: (safety margin, surrogate, safety test)
+PACKAGE_DEFAULTS = dict(
+    safety_margin=_config_default("active_safety_margin"),
+    surrogate=_config_default("active_surrogate"),
+    safety_test=_config_default("active_safety_test"),
+    safety_window=_config_default("active_safety_window"),
+)
+RECENT = "prequential_recent"
+#: the grid tuned on the tuning pools: (safety margin, surrogate, safety test, window of the recent test)
 GRID = [
-    (margin, surrogate, test)
+    (margin, surrogate, test, PACKAGE_DEFAULTS["safety_window"])
     for test in ("prequential", "cross_validated")
     for margin, surrogate in [(0.0, "bayesian_linear"), (0.02, "bayesian_linear"), (0.05, "bayesian_linear"),
                               (0.02, "ensemble")]
-]  # fmt: skip
+] + [(0.02, "bayesian_linear", RECENT, window) for window in (64, 128)]  # fmt: skip
 TUNING_BUDGET = 800  # the tuning runs cover the first 400 prompts (of the tuning models' pools)
 
 
@@ -195,15 +209,23 @@ def measure(pools, strategies, keys, seed, batch, budgets):
     return out, info
 
 
-def strategy_list(margin, surrogate, test):
-    """The measured rows: random, AEPO, the learners with the chosen settings ("safe"), the same with the other test of
-    the safety rule, with the package defaults (when they differ), and without the rule ("unsafe")."""
-    safe = dict(safety=True, robust_best=True, safety_margin=margin, surrogate=surrogate, safety_test=test)
-    other = next(t for t in SAFETY_TESTS if t != test)
+def test_name(test, window):
+    return f"recent {window}" if test == RECENT else test.replace("_", "-")
+
+
+def strategy_list(margin, surrogate, test, window, recent_window):
+    """The measured rows: random, AEPO, the learners with the chosen settings ("safe"), the same with each other test
+    of the safety rule (the recent test with `recent_window`, the best window on the tuning pools), with the package
+    defaults (when they differ), and without the rule ("unsafe")."""
+    safe = dict(safety=True, robust_best=True, safety_margin=margin, surrogate=surrogate, safety_test=test,
+                safety_window=window)  # fmt: skip
     defaults = dict(safety=True, robust_best=True, **PACKAGE_DEFAULTS)
-    variants = [
-        ("safe", safe),
-        (f"safe, {other.replace('_', '-')}", {**safe, "safety_test": other}),
+    variants = [("safe", safe)]
+    for other in SAFETY_TESTS:
+        if other != test:
+            options = {**safe, "safety_test": other, "safety_window": recent_window if other == RECENT else window}
+            variants.append((f"safe, {test_name(other, options['safety_window'])}", options))
+    variants += [
         ("safe, defaults", defaults),
         ("safe, defaults, cross-validated", {**defaults, "safety_test": "cross_validated"}),
     ]
@@ -264,6 +286,7 @@ def main(argv=None):
     grid = GRID[: args.grid] if args.grid else GRID
     groups = model_groups(scores, args.seed)
     results = {"tuning": {}, "measured": {}, "settings": {}, "models": {}, "info": {}}
+    recent_windows = {}  # split -> the recent test's best window on its tuning pools
     for name, (tune_cols, eval_cols) in groups.items():
         results["models"][name] = {
             "tuning": [generators[c] for c in tune_cols],
@@ -272,29 +295,44 @@ def main(argv=None):
         print(f"[tune] {name} on {len(tune_cols)} models", flush=True)
         tune_pools = pools(tune_cols)
         scored = []
-        for margin, surrogate, test in grid:
-            learners = [row for row in strategy_list(margin, surrogate, test) if row[0].endswith("(safe)")]
+        for margin, surrogate, test, window in grid:
+            learners = [
+                row for row in strategy_list(margin, surrogate, test, window, window) if row[0].endswith("(safe)")
+            ]
             n = TUNING_BUDGET // 2
             tune_part = (tune_pools[0][:n], tune_pools[1][:n], tune_pools[2][:n], tune_pools[3][:n])
             res, _ = measure(tune_part, [("random k", "random", {}), *learners], keys[:n], args.seed, args.batch,
                              [TUNING_BUDGET])  # fmt: skip
             value = float(np.mean([res[label][TUNING_BUDGET]["d_chosen"] for label, _, _ in learners]))
-            scored.append(((margin, surrogate, test), value))
-            results["tuning"][f"{name} margin={margin} {surrogate} {test}"] = res
-        (margin, surrogate, test), _ = max(scored, key=lambda item: item[1])
+            scored.append(((margin, surrogate, test, window), value))
+            results["tuning"][f"{name} margin={margin} {surrogate} {test_name(test, window)}"] = res
+            print(f"[tune] {name} margin={margin} {surrogate} {test_name(test, window)}: mean Δ chosen {value:+.4f}",
+                  flush=True)  # fmt: skip
+        (margin, surrogate, test, window), _ = max(scored, key=lambda item: item[1])
+        recent = [item for item in scored if item[0][2] == RECENT]
+        recent_window = max(recent, key=lambda item: item[1])[0][3] if recent else PACKAGE_DEFAULTS["safety_window"]
+        recent_windows[name] = recent_window
         results["settings"][name] = {"safety_margin": margin, "surrogate": surrogate, "safety_test": test,
+                                     "safety_window": window, "recent_window": recent_window,
                                      "grid": scored}  # fmt: skip
-        print(f"[measure] {name}: chosen margin={margin} surrogate={surrogate} test={test}", flush=True)
+        print(f"[measure] {name}: chosen margin={margin} surrogate={surrogate} test={test_name(test, window)}",
+              flush=True)  # fmt: skip
         res, info = measure(
-            pools(eval_cols), strategy_list(margin, surrogate, test), keys, args.seed, args.batch, args.budgets
+            pools(eval_cols),
+            strategy_list(margin, surrogate, test, window, recent_window),
+            keys,
+            args.seed,
+            args.batch,
+            args.budgets,
         )
         results["measured"][name] = res
         results["info"][name] = info
     # every model (overlaps the tuning models): the package defaults (margin 0.02, bayesian_linear, the default test)
     print("[measure] all:32 (package defaults)", flush=True)
-    defaults = (PACKAGE_DEFAULTS["safety_margin"], PACKAGE_DEFAULTS["surrogate"], PACKAGE_DEFAULTS["safety_test"])
-    res, info = measure(pools(np.arange(scores.shape[1])), strategy_list(*defaults), keys, args.seed, args.batch,
-                        args.budgets)  # fmt: skip
+    # the recent test's window there: the one half A chose (half A: the tuning pools of the random split)
+    recent_window = recent_windows.get("random-half", PACKAGE_DEFAULTS["safety_window"])
+    res, info = measure(pools(np.arange(scores.shape[1])), strategy_list(*PACKAGE_DEFAULTS.values(), recent_window),
+                        keys, args.seed, args.batch, args.budgets)  # fmt: skip
     results["measured"]["all-32"] = res
     results["info"]["all-32"] = info
     embed_seconds_per_text = embed_info.get("seconds", float("nan")) / max(1, embed_info.get("texts", 1))
@@ -306,6 +344,7 @@ def main(argv=None):
         "embed_seconds_per_text": embed_seconds_per_text,
         "seed": args.seed,
         "batch": args.batch,
+        "defaults": ", ".join(f"{k} {v}" for k, v in PACKAGE_DEFAULTS.items()),
         "machine": machine_line(machine_info()),
         "wall_seconds": time.time() - t_start,
     }
@@ -334,8 +373,10 @@ def render(results, meta) -> str:
         "Δ = paired difference to random k's exact expectation on the same prompts, 95% percentile bootstrap CI over "
         "prompts (2000 resamples); ratio = total gap / random's; lengths in characters (chosen / rejected; random: "
         "its expectation). Only pools of models the settings were NOT chosen on are shown, except `all-32`, which "
-        "overlaps the tuning models (package defaults: margin 0.02, Bayesian linear surrogate, prequential test; "
-        "'(safe, cross-validated)': the same with the cross-validated test).",
+        "overlaps the tuning models (package defaults: "
+        + meta.get("defaults", "margin 0.02, Bayesian linear surrogate, prequential test")
+        + "; '(safe, cross-validated)', '(safe, recent W)': the same with the cross-validated test, with the "
+        "prequential test of the W most recently tested prompts; W: the best window on half A).",
         "",
     ]
     for name, res in results["measured"].items():
@@ -347,6 +388,7 @@ def render(results, meta) -> str:
                 f": measured on {len(models)} models' pools (N = {len(models)}); settings chosen on the other "
                 f"{len(results['models'][name]['tuning'])}: safety margin {setting['safety_margin']}, surrogate "
                 f"`{setting['surrogate']}`, test `{setting.get('safety_test', 'prequential')}`"
+                + (f" (window {setting['safety_window']})" if setting.get("safety_test") == RECENT else "")
             )
         lines += [head, ""]
         budgets = sorted({b for r in res.values() for b in r}, key=int)  # int keys, or str ones read from JSON

@@ -1,6 +1,7 @@
 """The safety rule of the active strategies, the robust chosen side and the ensemble surrogate (issue 27)."""
 
 import itertools
+import json
 import math
 
 import pytest
@@ -51,6 +52,94 @@ def test_record_decisions_on_a_hand_built_sequence():
     other = SafetyRecord(margin=0.02, confidence=0.95, test="prequential")
     assert other.merge(reversed(record.export())) == 40 and other.state() == record.state()
     assert SafetyRecord(enabled=False).follows  # disabled: follow as soon as fitted
+
+
+# ------------------------------------------------------------------------------------------------ recent window
+def test_recent_window_decisions_on_a_hand_built_sequence():
+    z2 = 1.6448536269514722**2
+    record = SafetyRecord(margin=0.02, confidence=0.95, test="prequential_recent", window=8)
+    everything = SafetyRecord(margin=0.02, confidence=0.95, test="prequential")  # the same tests, all of them
+    assert not record.follows and record.next_batch() == 0
+
+    def batch(keys, share):
+        number = record.next_batch()
+        for key in keys:
+            assert record.record(key, share, number) and everything.record(key, share, number)
+        return record.state()
+
+    # batch 0: a weak early fit orders 8 prompts (keys 100-107) wrong -> p = 0: fall back
+    state = batch(range(100, 108), 0.0)
+    assert (state.prompts_tested, state.accuracy, state.follows) == (8, 0.0, False)
+    # batch 1: the fit has learned; 8 prompts (keys 0-7, SMALLER keys: the batch orders, not the key) right. The
+    # window holds batch 1 only: p = 1, n = 8, LCB = 1 / (1 + z^2 / 8) = 0.747 > 0.52 -> follow; the whole record
+    # (p = 0.5) still holds the weak fit's tests against it
+    state = batch(range(8), 1.0)
+    assert (state.prompts_tested, state.accuracy, state.follows) == (8, 1.0, True)
+    assert state.lower_bound == pytest.approx(1 / (1 + z2 / 8))
+    assert everything.state().accuracy == 0.5 and not everything.follows
+    # batch 2: 4 prompts (keys 50-53) wrong: the window is they and batch 1's 4 LARGEST keys (4-7) -> p = 0.5: fall back
+    state = batch(range(50, 54), 0.0)
+    assert sorted(record.shares()) == [4, 5, 6, 7, 50, 51, 52, 53]
+    assert (state.prompts_tested, state.accuracy, state.follows) == (8, 0.5, False)
+    # batch 3: 6 right (keys 20-25): window = those 6 + batch 2's keys 52, 53 -> 6 / 8, LCB 0.41: still random
+    state = batch(range(20, 26), 1.0)
+    assert sorted(record.shares()) == [20, 21, 22, 23, 24, 25, 52, 53]
+    assert state.lower_bound == pytest.approx(wilson_lower_bound(6, 8, 0.95)) and not state.follows
+    # batch 4: 2 more right: the last wrong tests fall out of the window -> 8 / 8: follow again
+    state = batch((60, 61), 1.0)
+    assert sorted(record.shares()) == [20, 21, 22, 23, 24, 25, 60, 61] and state.follows
+    assert everything.state().prompts_tested == 28 and not everything.follows  # 16 / 28: LCB 0.41
+    # a prompt is tested once: a later test of key 0 is ignored; NaN is never recorded
+    assert not record.record(0, 0.0, 9) and not record.record(99, math.nan, 9) and record.next_batch() == 5
+
+
+def test_recent_window_state_survives_export_and_merge_in_any_order():
+    record = SafetyRecord(test="prequential_recent", window=6)
+    for number, (keys, share) in enumerate([((9, 3, 7), 0.0), ((1, 8), 1.0), ((4, 2, 6), 0.5), ((5,), 1.0)]):
+        for key in keys:
+            record.record(key, share, number)
+    exported = record.export()
+    assert exported == sorted(exported) and (3, 0.0, 0) in exported  # (prompt key, accuracy, batch), by key
+    # two ranks' halves, merged in opposite orders, and a JSON round trip (a checkpoint): the same record
+    half = len(exported) // 2
+    a, b = SafetyRecord(test="prequential_recent", window=6), SafetyRecord(test="prequential_recent", window=6)
+    a.merge(exported[:half]), a.merge(exported[half:])
+    b.merge(reversed(json.loads(json.dumps(exported))))
+    for other in (a, b):
+        assert other.export() == exported and other.state() == record.state() and other.next_batch() == 4
+    assert sorted(record.shares()) == [1, 2, 4, 5, 6, 8]
+    # one prompt tested on two ranks with different shares: the smaller (batch, accuracy) wins in either order
+    c, d = SafetyRecord(test="prequential_recent"), SafetyRecord(test="prequential_recent")
+    c.merge([(11, 1.0, 3)]), c.merge([(11, 0.5, 3)])
+    d.merge([(11, 0.5, 3)]), d.merge([(11, 1.0, 3)])
+    assert c.export() == d.export() == [(11, 0.5, 3)]
+    # an older checkpoint's (key, accuracy) pairs: batch 0, the oldest
+    old = SafetyRecord(test="prequential_recent")
+    assert old.merge([(1, 1.0), (2, 0.0)]) == 2 and old.export() == [(1, 1.0, 0), (2, 0.0, 0)]
+    with pytest.raises(ValueError, match="window"):
+        SafetyRecord(test="prequential_recent", window=0)
+
+
+def test_recent_selector_decisions_on_a_hand_built_sequence_of_batches():
+    """A planted reward that turns around, window = 16 prompts = one batch: the window reads the latest batch only."""
+    sel = ActiveSelector("delta_ucb", 2, warmup_annotations=20, seed=3, safety_test="prequential_recent",
+                         safety_window=16)  # fmt: skip
+    trace = []
+    for batch, sign in enumerate([1.0, 1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0]):
+        rows, E, scores = pools(seed=batch, sign=sign)
+        selected, q = feed(sel, rows, E, scores)
+        if q.cold_start:
+            assert torch.equal(selected.indices, random_pick(rows, E))  # the fallback IS random k
+        assert q.prompts_tested == min(16, 16 * batch)  # at most the window
+        trace.append((q.cold_start, q.follows, q.safety_accuracy))
+    # 1: warm-up; 2: random, its 16 prompts all right -> follow; 3: follows, all 16 wrong (the turn): the window
+    # holds only them (p = 0; the whole record would read 0.5) -> fall back; 4-5: random while the surrogate learns
+    # the turned reward (9 / 16 right); 6: all right -> follow, and it stays right
+    assert trace[0][:2] == (True, False) and math.isnan(trace[0][2])
+    assert trace[1:] == [(True, True, 1.0), (False, False, 0.0), (True, False, 0.5625), (True, False, 0.5625),
+                         (True, True, 1.0), (False, True, 1.0), (False, True, 1.0)]  # fmt: skip
+    # batches numbered 0.. in arrival order (the warm-up batch tested nothing): 7 batches of 16 prompts
+    assert sorted(batch for _, _, batch in sel.safety.export()) == [b for b in range(7) for _ in range(16)]
 
 
 def pools(B=16, N=8, D=8, seed=0, sign=1.0):
@@ -248,7 +337,7 @@ def delta_vs_random(strategy, kind, **options):
     return float(d.mean()), float(d.std() / math.sqrt(len(d)))
 
 
-@pytest.mark.parametrize("test", ["cross_validated", "prequential"])
+@pytest.mark.parametrize("test", ["cross_validated", "prequential", "prequential_recent"])
 @pytest.mark.parametrize("strategy", ["delta_ucb", "ucb_random", "double_ts"])
 @pytest.mark.parametrize("kind", ["no-signal", "anti-signal"])
 def test_without_signal_the_safe_strategy_matches_random(strategy, kind, test):
@@ -262,7 +351,7 @@ def test_without_the_safety_rule_anti_signal_loses_to_random():
     assert mean < -3.0 * se
 
 
-@pytest.mark.parametrize("test", ["cross_validated", "prequential"])
+@pytest.mark.parametrize("test", ["cross_validated", "prequential", "prequential_recent"])
 @pytest.mark.parametrize("strategy", ["delta_ucb", "ucb_random", "double_ts"])
 def test_a_planted_linear_reward_is_still_exploited(strategy, test):
     mean, se = delta_vs_random(strategy, "planted", safety_test=test)
@@ -320,7 +409,7 @@ def test_ensemble_is_a_function_of_the_label_set():
     assert agree > 0.9
 
 
-@pytest.mark.parametrize("test", ["prequential", "cross_validated"])
+@pytest.mark.parametrize("test", ["prequential", "prequential_recent", "cross_validated"])
 @pytest.mark.parametrize("surrogate", ["bayesian_linear", "ensemble"])
 def test_resume_from_export_selects_and_decides_alike(surrogate, test):
     def run(selector, batches):
@@ -331,14 +420,18 @@ def test_resume_from_export_selects_and_decides_alike(surrogate, test):
             out.append((selected.indices.tolist(), q.follows))
         return out
 
-    make = lambda: ActiveSelector("double_ts", 2, warmup_annotations=20, seed=5, surrogate=surrogate, safety_test=test)
-    whole = run(make(), range(5))
+    make = lambda: ActiveSelector(
+        "double_ts", 2, warmup_annotations=20, seed=5, surrogate=surrogate, safety_test=test, safety_window=24
+    )
+    uninterrupted = make()
+    whole = run(uninterrupted, range(5))
     first = make()
     head = run(first, range(3))
     resumed = make()
-    resumed.absorb(first.export())  # a checkpoint's content
+    resumed.absorb(json.loads(json.dumps(first.export())))  # a checkpoint's content (JSON)
     assert resumed.safety.state() == first.safety.state()
     assert head + run(resumed, range(3, 5)) == whole
+    assert resumed.safety.export() == uninterrupted.safety.export()  # the batch numbers too
     assert any(follows for _, follows in whole)  # the planted reward is followed at some point
 
 

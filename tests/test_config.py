@@ -41,6 +41,9 @@ def test_defaults(tmp_path):
         ("pairing_rule", "worst_vs_best", "one of 'best_vs_worst', 'all_pairs', 'best_vs_random'"),
         ("reward_scale", 0.0, "a finite number > 0"),
         ("completions_column", "", "a non-empty column name"),
+        ("active_safety_test", "recent", "one of 'prequential', 'prequential_recent', 'cross_validated'"),
+        ("active_safety_window", 0, "an integer >= 1"),
+        ("active_safety_window", True, "an integer >= 1"),
     ],
 )
 def test_invalid_values_name_the_field_and_the_allowed_values(tmp_path, field, value, expected):

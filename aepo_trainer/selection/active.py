@@ -12,8 +12,9 @@ It holds a `BayesianLinearSurrogate` and alternates two calls:
 
 The safety rule (`selection/safety.py`, on by default): the acquisition selects only while the lower confidence
 bound of the surrogate's out-of-sample within-prompt pairwise accuracy exceeds 0.5 + margin — by default the record
-of each batch's labels tested before the refit (prequential), or (`safety_test='cross_validated'`) the current fit's
-K-fold cross-validated accuracy over every labelled prompt; otherwise the cold-start strategy (random k by default)
+of each batch's labels tested before the refit (prequential), its most recent `safety_window` prompts only
+(`safety_test='prequential_recent'`), or (`'cross_validated'`) the current fit's K-fold cross-validated accuracy over
+every labelled prompt; otherwise the cold-start strategy (random k by default)
 selects, exactly as during warm-up. The "best" member of each pair is taken by the posterior mean (`robust_best`,
 `acquisitions.py`).
 
@@ -103,8 +104,9 @@ class ActiveSelector:
         surrogate: one of `choices.ACTIVE_SURROGATES` ('bayesian_linear', or 'ensemble' of `ensemble_heads` heads).
         safety / safety_margin / safety_confidence: the safety rule (`selection/safety.py`); safety=False follows
             the acquisition as soon as the surrogate is fitted.
-        safety_test / safety_folds: how the rule tests the surrogate (`choices.SAFETY_TESTS`): 'prequential' (the
-            default) or K-fold cross-validation of the current fit over every labelled prompt (K = 5).
+        safety_test / safety_folds / safety_window: how the rule tests the surrogate (`choices.SAFETY_TESTS`):
+            'prequential' (the default), 'prequential_recent' (only the `safety_window` most recently tested
+            prompts) or K-fold cross-validation of the current fit over every labelled prompt (K = 5).
         robust_best: take the chosen-side member by the posterior mean (`acquisitions.py`).
     """
 
@@ -133,6 +135,7 @@ class ActiveSelector:
         robust_best: bool = True,
         safety_test: str = "prequential",
         safety_folds: int = 5,
+        safety_window: int = 64,
     ):
         if strategy not in ACTIVE_STRATEGIES:
             raise ValueError(f"strategy {strategy!r} is not active; expected one of {', '.join(ACTIVE_STRATEGIES)}")
@@ -163,7 +166,7 @@ class ActiveSelector:
             self.surrogate = EnsembleSurrogate(prior_precision, noise_precision, heads=ensemble_heads, seed=self.seed)
         else:
             self.surrogate = BayesianLinearSurrogate(prior_precision, noise_precision)
-        self.safety = SafetyRecord(safety, safety_margin, safety_confidence, safety_test, safety_folds)
+        self.safety = SafetyRecord(safety, safety_margin, safety_confidence, safety_test, safety_folds, safety_window)
         self.safety.attach(self.surrogate)
         self.robust_best = bool(robust_best)
         self.history: list[BatchQuality] = []
@@ -201,6 +204,7 @@ class ActiveSelector:
             safety_confidence=config.active_safety_confidence,
             robust_best=not config.active_optimistic_best,
             safety_test=config.active_safety_test,
+            safety_window=config.active_safety_window,
         )
 
     # --------------------------------------------------------------------------------------------------- select
@@ -380,8 +384,9 @@ class ActiveSelector:
         fresh = [item for item, ck in zip(labelled, completion_keys) if (keys[item[0]], ck) not in known]
         spearman, accuracy, pairs, per_row = self._quality(features, fresh)
         if self.surrogate.ready:  # the safety record: tested before the refit, on labels the surrogate never saw
+            batch = self.safety.next_batch()  # one number for the whole batch (ordering the recent window)
             for b, share in per_row.items():
-                self.safety.record(keys[b], share)
+                self.safety.record(keys[b], share, batch)
         before = len(self.surrogate)
         for (b, index, score), ck in zip(labelled, completion_keys):
             self.surrogate.add(keys[b], ck, features[b, index], score)

@@ -26,7 +26,14 @@ Which prompts test what (`test`, `choices.SAFETY_TESTS`):
   came from a surrogate fitted on very few labels, so the record keeps understating a surrogate that has since
   learned: measured on the AlpacaEval pools (N = 32, k = 2, batches of 32) it trusted the surrogate only after ~10 of
   12.5 batches (docs/efficacy.md). The entries are exchanged between ranks and stored in checkpoints (`export` /
-  `merge`); they are kept under either test (the learning curve logs them).
+  `merge`); they are kept under every test (the learning curve logs them).
+* `prequential_recent`: the same tests, but only those of the `window` most recently tested prompts (ordered by the
+  batch their labels arrived in, then by prompt key): n = min(window, prompts tested). The tests of an early, weak
+  fit leave the window as newer ones arrive, so the bound follows the recent fits — the ones that select — instead of
+  the mean over every fit since the start. Each entry carries its batch number, `next_batch()` = one past the newest
+  recorded (a function of the record, not of a per-rank counter, so a resumed run and every rank number alike);
+  exported and merged with its entry, and a key tested twice keeps the smaller (batch, accuracy) whatever the merge
+  order, so the record, the window and the decision are functions of the set of entries.
 
 Which is better was measured, not assumed (`experiments/efficacy_generalise.py`, docs/efficacy.md): the cross-validated
 test trusts a learning surrogate much sooner (AlpacaEval pools of all 32 models, MiniLM, k = 2, B = 800: safe DTS
@@ -50,6 +57,17 @@ safe strategy at random's level) are the empirical side of the guarantee. The co
 signal: the prompts spent at random while the bound accumulates — for true accuracy a, about
 z^2 a (1 - a) / (a - 0.5 - margin)^2 tested prompts (~60 at a = 0.6, ~20 at a = 0.7 with z = 1.645); the
 cross-validated test reaches them with today's fit, the prequential one with a mixture of every past fit.
+
+The recent window keeps that argument: the fallback is still random k, and the bound is still a one-sided Wilson
+bound over out-of-sample tests, now of the last `window` prompts' tests — made by the fits of the last few batches,
+i.e. by (nearly) the surrogate that is selecting, which is what the guarantee is about; the prequential bound over
+every test concerns an average of every fit since the start and stays conservative long after the surrogate has
+learned. Its costs: n never exceeds the window, so the bound is looser (following needs an observed accuracy above
+0.623 with window 64, 0.593 with 128, against 0.562 over 400 tested prompts), and every batch is a fresh look at a largely new sample, so a
+no-signal surrogate passes the bound now and then by chance — the multiple-looks error grows with the number of
+batches, where the full record's looks are strongly correlated. While it follows, the window fills with the
+acquisition's own (harder) pairs, as the cross-validated test's does, but they were each tested once, before the refit,
+like the prequential test's. No hysteresis: the tuning grid measured none.
 """
 
 from __future__ import annotations
@@ -65,6 +83,7 @@ __all__ = ["SafetyRecord", "SafetyState", "cross_validated_shares", "pair_share"
 
 STREAM_FOLDS = 14  # the hash stream of the fold assignment (search.hash32; 11-13 are the ensemble's)
 DEFAULT_FOLDS = 5
+DEFAULT_WINDOW = 64  # AEPOConfig.active_safety_window
 
 
 def wilson_lower_bound(successes: float, trials: int, confidence: float) -> float:
@@ -153,8 +172,10 @@ class SafetyRecord:
         enabled: False follows the surrogate as soon as it is fitted (the pre-safety behaviour).
         margin: the bound must exceed 0.5 + margin.
         confidence: of the one-sided lower bound (0.95: z = 1.645).
-        test: 'cross_validated' (of the attached surrogate's current label set) or 'prequential' (the recorded tests).
+        test: one of `choices.SAFETY_TESTS`: 'prequential' (every recorded test), 'prequential_recent' (the recorded
+            tests of the `window` most recent prompts) or 'cross_validated' (of the attached surrogate's label set).
         folds: K of the cross-validation (>= 2).
+        window: with test 'prequential_recent', how many of the most recently tested prompts the bound reads (>= 1).
     """
 
     def __init__(
@@ -164,6 +185,7 @@ class SafetyRecord:
         confidence: float = 0.95,
         test: str = "prequential",
         folds: int = DEFAULT_FOLDS,
+        window: int = DEFAULT_WINDOW,
     ):
         if not (isinstance(margin, (int, float)) and 0 <= margin < 0.5):
             raise ValueError(f"margin must be a number in [0, 0.5), got {margin!r}")
@@ -174,8 +196,11 @@ class SafetyRecord:
         if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
             raise ValueError(f"folds must be an integer >= 2, got {folds!r}")
         self.enabled, self.margin, self.confidence = bool(enabled), float(margin), float(confidence)
-        self.test, self.folds = test, folds
-        self._tests: dict[int, float] = {}  # prompt key -> share of its fresh pairs ordered correctly (prequential)
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        self.test, self.folds, self.window = test, folds, window
+        # prompt key -> (batch its labels arrived in, share of its fresh pairs ordered correctly): the prequential tests
+        self._tests: dict[int, tuple[int, float]] = {}
         self._surrogate = None  # the surrogate the cross-validated test refits (`attach`)
         self._cv: tuple[frozenset, dict[int, float]] | None = None  # (label keys it was computed on, shares)
 
@@ -183,18 +208,34 @@ class SafetyRecord:
         """The surrogate whose label set the cross-validated test reads (`ActiveSelector` attaches its own)."""
         self._surrogate, self._cv = surrogate, None
 
-    def record(self, prompt_key: int, accuracy: float) -> bool:
-        """Keep one prompt's prequential out-of-sample accuracy (the first one recorded for the key wins)."""
+    def next_batch(self) -> int:
+        """The batch number the next tests get: one past the newest recorded (a function of the record, so every rank
+        and a resumed run number alike)."""
+        return 1 + max((batch for batch, _ in self._tests.values()), default=-1)
+
+    def record(self, prompt_key: int, accuracy: float, batch: int | None = None) -> bool:
+        """Keep one prompt's prequential out-of-sample accuracy, tested in `batch` (None: `next_batch()`). A prompt
+        is tested once: of two entries for one key the smaller (batch, accuracy) wins whatever order they arrive in
+        (the first test, and the same pick on every rank). True when the key is new."""
         key = int(prompt_key)
-        if key in self._tests or not math.isfinite(accuracy):
+        if not math.isfinite(accuracy):
             return False
-        self._tests[key] = float(accuracy)
-        return True
+        entry = (self.next_batch() if batch is None else int(batch), float(accuracy))
+        known = self._tests.get(key)
+        if known is None or entry < known:
+            self._tests[key] = entry
+        return known is None
 
     def shares(self) -> dict[int, float]:
-        """{prompt key: accuracy} the decision is based on (cross-validated: recomputed when the label set changed)."""
-        if self.test == "prequential" or self._surrogate is None:
-            return self._tests if self.test == "prequential" else {}
+        """{prompt key: accuracy} the decision is based on: every prequential test, the `window` most recent ones
+        (by batch, then prompt key), or the cross-validated shares (recomputed when the label set changed)."""
+        if self.test == "prequential":
+            return {key: share for key, (_, share) in self._tests.items()}
+        if self.test == "prequential_recent":
+            recent = sorted(self._tests, key=lambda key: (self._tests[key][0], key))[-self.window :]
+            return {key: self._tests[key][1] for key in recent}
+        if self._surrogate is None:
+            return {}
         labels = frozenset(self._surrogate.keys())
         if self._cv is None or self._cv[0] != labels:
             self._cv = (labels, cross_validated_shares(self._surrogate, self.folds))
@@ -202,9 +243,8 @@ class SafetyRecord:
 
     def state(self) -> SafetyState:
         shares = self.shares()
-        keys = sorted(shares)  # a sum in key order: the same float on every rank
-        n = len(keys)
-        total = math.fsum(shares[k] for k in keys)
+        n = len(shares)
+        total = math.fsum(shares.values())  # exactly rounded: the same float in any order, on every rank
         lower = wilson_lower_bound(total, n, self.confidence)
         threshold = 0.5 + self.margin
         return SafetyState(n, total / n if n else math.nan, lower, threshold, (not self.enabled) or lower > threshold)
@@ -213,13 +253,15 @@ class SafetyRecord:
     def follows(self) -> bool:
         return self.state().follows
 
-    def export(self, keys=None) -> list[tuple[int, float]]:
-        """Prequential (prompt key, accuracy) entries, sorted (all, or those of `keys`)."""
+    def export(self, keys=None) -> list[tuple[int, float, int]]:
+        """Prequential (prompt key, accuracy, batch) entries, sorted by key (all, or those of `keys`)."""
         chosen = sorted(self._tests) if keys is None else sorted(k for k in keys if k in self._tests)
-        return [(k, self._tests[k]) for k in chosen]
+        return [(k, self._tests[k][1], self._tests[k][0]) for k in chosen]
 
     def merge(self, items) -> int:
-        return sum(self.record(int(k), float(v)) for k, v in items)
+        """Record what `export` wrote (another rank's, a checkpoint's); an older checkpoint's (key, accuracy) pairs
+        count as batch 0 (the oldest). The record is then a function of the set of entries: any merge order gives it."""
+        return sum(self.record(int(item[0]), float(item[1]), int(item[2]) if len(item) > 2 else 0) for item in items)
 
     def keys(self) -> set[int]:
         return set(self._tests)
