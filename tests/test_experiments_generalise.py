@@ -28,6 +28,11 @@ def test_random_expectation_and_outcome_by_hand():
     ]  # fmt: skip
 
 
+def test_the_grid_tunes_every_test_of_the_safety_rule():
+    assert {test for _, _, test, _ in gen.GRID} == set(gen.SAFETY_TESTS)
+    assert sorted(window for _, _, test, window in gen.GRID if test == gen.RECENT) == [64, 128]
+
+
 def test_model_groups_are_disjoint_halves():
     scores = np.tile(np.arange(8.0), (3, 1))  # model m has mean score m
     groups = gen.model_groups(scores, seed=0)
@@ -45,6 +50,10 @@ def test_experiment_runs_end_to_end_on_demo_pools(tmp_path):
     assert set(data["measured"]) == {"random-half", "strength", "all-32"}
     cell = data["measured"]["strength"]
     assert {"random k", "AEPO λ=1", "double_ts (safe)", "delta_ucb (unsafe)"} <= set(cell)
+    # every test of the safety rule is measured next to the chosen one (the recent test with its best window: the
+    # package default here, the one-setting grid holding no recent setting)
+    assert {"double_ts (safe, cross-validated)", "double_ts (safe, recent 64)"} <= set(cell)
+    assert data["settings"]["strength"]["recent_window"] == 64
     for label, per in cell.items():
         for budget, r in per.items():
             assert r["prompts"] == int(budget) // 2
