@@ -229,16 +229,17 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("safety_test", ["prequential", "cross_validated"])
+@pytest.mark.parametrize("safety_test", ["prequential", "prequential_recent", "cross_validated"])
 def test_two_processes_pay_once_on_the_main_process(tiny_model_path, tmp_path, safety_test):
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                 "--master_port", str(_free_port())]  # fmt: skip
     # an active strategy (issue 15): the ranks exchange the step's labels, so their surrogates stay identical
     # (issue 27) with the ensemble surrogate and a safety rule loose enough to follow it on these few labels: the ranks
     # also exchange their out-of-sample tests, so the rule decides alike on every rank
+    # (the recent test reads the 3 newest tests only: fewer than the two ranks record in one step)
     options = {"max_steps": 3, "num_prompts": 16, "resume": False, "selection_strategy": "double_ts",
                "active_warmup_annotations": 4, "active_surrogate": "ensemble", "active_safety_confidence": 0.5,
-               "active_safety_margin": 0.0, "active_safety_test": safety_test}  # fmt: skip
+               "active_safety_margin": 0.0, "active_safety_test": safety_test, "active_safety_window": 3}  # fmt: skip
     code, out = finish(run_worker(tiny_model_path, tmp_path, "out", options, launcher=launcher))
     assert code == 0, out[-6000:]
     results = [json.loads((tmp_path / f"result_rank{r}.json").read_text()) for r in range(2)]
