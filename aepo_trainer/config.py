@@ -257,7 +257,7 @@ class AEPOConfig(DPOConfig):
         },
     )
     active_safety_window: int = field(
-        default=64,
+        default=128,
         metadata={
             "help": "Active strategies with `active_safety_test='prequential_recent'`: how many of the most recently "
             "tested prompts (by the batch their labels arrived in, then prompt key) the safety rule's bound is "

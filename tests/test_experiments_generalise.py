@@ -52,8 +52,8 @@ def test_experiment_runs_end_to_end_on_demo_pools(tmp_path):
     assert {"random k", "AEPO λ=1", "double_ts (safe)", "delta_ucb (unsafe)"} <= set(cell)
     # every test of the safety rule is measured next to the chosen one (the recent test with its best window: the
     # package default here, the one-setting grid holding no recent setting)
-    assert {"double_ts (safe, cross-validated)", "double_ts (safe, recent 64)"} <= set(cell)
-    assert data["settings"]["strength"]["recent_window"] == 64
+    assert {"double_ts (safe, cross-validated)", "double_ts (safe, recent 128)"} <= set(cell)
+    assert data["settings"]["strength"]["recent_window"] == 128
     for label, per in cell.items():
         for budget, r in per.items():
             assert r["prompts"] == int(budget) // 2

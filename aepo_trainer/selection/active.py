@@ -135,7 +135,7 @@ class ActiveSelector:
         robust_best: bool = True,
         safety_test: str = "prequential",
         safety_folds: int = 5,
-        safety_window: int = 64,
+        safety_window: int = 128,
     ):
         if strategy not in ACTIVE_STRATEGIES:
             raise ValueError(f"strategy {strategy!r} is not active; expected one of {', '.join(ACTIVE_STRATEGIES)}")
