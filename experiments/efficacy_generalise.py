@@ -11,12 +11,13 @@ set is the candidates of a group of models (N = the group's size). Two tune/meas
   on the 16 weakest's (the kind of pools the issue found every learning strategy below random on).
 
 Settings chosen on the tuning pools (a small grid: the safety margin, the surrogate and the safety rule's test,
-prequential or cross-validated; the first 400 prompts), by the mean over the learning strategies of Δ chosen vs random; the tuning pools' own figures are written to the JSON but never to a report table.
+prequential, cross-validated, or prequential over the 64 / 128 most recently tested prompts; the first 400 prompts), by the mean over the learning strategies of Δ chosen vs random; the tuning pools' own figures are written to the JSON but never to a report table.
 `all:32` (every model) is also measured, labelled as overlapping the tuning models.
 
 Strategies: random k (its exact expectation per prompt: the mean over all C(N, 2) pairs), AEPO λ = 1 (the old
 default), and delta_ucb / ucb_random / double_ts with the safety rule and robust chosen side on ("safe": the chosen
-settings; "safe, prequential" / "safe, cross-validated": the same with the other test of the rule; "safe, defaults":
+settings; "safe, prequential" / "safe, cross-validated" / "safe, recent W": the same with each other test of the
+rule, the recent one with the window W that scored best on the tuning pools; "safe, defaults":
 the package defaults, margin 0.02, Bayesian linear, prequential test, and "safe, defaults, cross-validated", each when
 it differs from the rows before) and off ("unsafe": the behaviour before issue 27), run exactly as `aepo select` runs them (`ActiveSelector`, batches of 32
 prompts, k = 2, features = embedding + log length). Budgets are prefixes of one run over the seeded prompt order
