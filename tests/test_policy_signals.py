@@ -134,19 +134,28 @@ def test_reference_logps_are_computed_once_and_reused(tiny_model_path, dpo_args)
     assert torch.equal(compute_policy_signals(trainer, batch).ref_logps, first.ref_logps)
 
 
-@pytest.mark.parametrize("loss_type", [["sigmoid"], ["sigmoid", "rpo_sq"]])
-def test_training_step_takes_the_pair_reference_logps_from_the_signals_pass(tiny_model_path, dpo_args, loss_type):
+@pytest.mark.parametrize(
+    "loss_type, signals_dtype", [(["sigmoid"], "auto"), (["sigmoid", "rpo_sq"], "auto"), (["sigmoid"], "bfloat16")]
+)
+def test_training_step_takes_the_pair_reference_logps_from_the_signals_pass(
+    tiny_model_path, dpo_args, loss_type, signals_dtype
+):
     """The step makes no reference pass (TRL's precomputed-reference path, and the reward-aware losses) and its loss
-    equals the loss with one."""
+    equals the loss with one. With bf16 signals the loss's float32 reference values are scored for the selected
+    candidates only."""
     from aepo_trainer.trainer.batch_keys import REF_LOGPS
+    from aepo_trainer.trainer.policy_signals import signals_state
     from aepo_trainer.trainer.pool_loss import compute_pool_loss
 
     trainer = _trainer(tiny_model_path, dpo_args, _uneven_rows(), per_device_train_batch_size=4, max_steps=1,
-                       loss_type=loss_type)  # fmt: skip
+                       loss_type=loss_type, policy_signals_dtype=signals_dtype)  # fmt: skip
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
     batch = next(iter(trainer.get_train_dataloader()))
     (group,) = trainer._aepo_reduce([batch], "train")
     assert REF_LOGPS in group and group["pair_chosen_rows"].numel() >= 3
+    if signals_dtype == "bfloat16":  # every candidate in bf16, the selected ones (k = 2 of 4 prompts) in float32
+        state = signals_state(trainer)
+        assert len(state.signals_cache) == 19 and len(state.cache) == 8 == int(group[REF_LOGPS].ne(0).sum())
     calls = {"n": 0}
     ref_forward = trainer.ref_model.forward
 
@@ -189,12 +198,12 @@ def test_peft_signals_use_the_adapter_disabled_reference_and_cache_it(tiny_model
     assert got.implicit_rewards.abs().max() > 1e-2
     assert len(signals_state(trainer).cache) == 19
     # the identity ignores the adapter's weights (they train; the disabled-adapter reference does not change)
-    from aepo_trainer.trainer.policy_signals import reference_identity
+    from aepo_trainer.trainer.reference_cache import reference_weights_digest
 
-    before = reference_identity(trainer)
+    before = reference_weights_digest(trainer)
     with torch.no_grad():
         next(p for n, p in model.named_parameters() if "lora_" in n).add_(1.0)
-    assert reference_identity(trainer) == before
+    assert reference_weights_digest(trainer) == before
 
 
 def test_precomputed_cache_survives_a_resume_and_every_interval(tiny_model_path, dpo_args, tmp_path):
@@ -299,11 +308,17 @@ def test_bfloat16_signals_select_as_float32_and_leave_the_loss_reference_at_the_
 ):
     """policy_signals_dtype="bfloat16" while training in float32: implicit rewards within bf16 rounding of the float32
     ones and the same selection on these pools; exactly 0 when the policy is its reference (bf16 on both sides); the
-    reference log-probs the DPO loss reads are the float32 ones, bitwise; each candidate's reference is scored once per
-    precision, and both caches reach the run's store under their own identities."""
+    reference log-probs the DPO loss reads are float32 ones, computed for the selected candidates only (not all N);
+    each candidate's reference is scored at most once per precision, and both caches reach the run's store under their
+    own identities."""
     from aepo_trainer.selection.implicit_reward import implicit_reward_gap_indices
     from aepo_trainer.storage.reference_logps import ReferenceLogpsTable
-    from aepo_trainer.trainer.policy_signals import compute_policy_signals, save_to_store, signals_state
+    from aepo_trainer.trainer.policy_signals import (
+        compute_policy_signals,
+        group_reference_logps,
+        save_to_store,
+        signals_state,
+    )
 
     rows = _uneven_rows()
     exact = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4)
@@ -319,15 +334,28 @@ def test_bfloat16_signals_select_as_float32_and_leave_the_loss_reference_at_the_
         implicit_reward_gap_indices(got.implicit_rewards, 2, mask)[0],
         implicit_reward_gap_indices(want.implicit_rewards, 2, mask)[0],
     )
-    assert torch.equal(got.ref_logps, want.ref_logps)  # the loss's reference: float32, as without the option
     state = signals_state(fast)
-    assert state.signals_cache.identity == state.cache.identity + "|bfloat16"
-    assert len(state.cache) == len(state.signals_cache) == 19 and state.forward_passes["reference"] == 8
+    assert state.signals_cache.identity.endswith("|autocast=bfloat16")
+    assert state.cache.identity.endswith("|mixed_precision=no") and state.cache.identity != state.signals_cache.identity
+    # the bf16 pass scored the reference of all 19 candidates in bf16, and no float32 reference yet
+    assert len(state.signals_cache) == 19 and len(state.cache) == 0 and state.forward_passes["reference"] == 4
+    # the loss's reference: float32, of the selected candidates only (2 of each prompt)
+    assert got.ref_logps is None
+    picks = implicit_reward_gap_indices(got.implicit_rewards, 2, mask)[0]
+    group = {
+        "response_groups": torch.tensor([b for b in range(4) for _ in range(2)] + [-1]),
+        "response_candidates": torch.tensor([int(j) for row in picks for j in row] + [0]),
+    }
+    loss_ref = group_reference_logps(got, group)
+    expected = torch.tensor([float(want.ref_logps[b, j]) for b, row in enumerate(picks) for j in row] + [0.0])
+    torch.testing.assert_close(loss_ref, expected, rtol=0, atol=1e-5)  # float32 values, as without the option
+    assert len(state.cache) == 8 and state.forward_passes["reference"] == 8  # 8 candidates, not 19
     compute_policy_signals(fast, batch)
+    group_reference_logps(compute_policy_signals(fast, batch), group)
     assert state.forward_passes["reference"] == 8  # both precisions cached
-    assert save_to_store(fast, all_ranks=True) == 38
+    assert save_to_store(fast, all_ranks=True) == 19 + 8
     table = ReferenceLogpsTable(fast.annotation_service.store)
-    assert table.count(state.cache.identity) == table.count(state.signals_cache.identity) == 19
+    assert table.count(state.cache.identity) == 8 and table.count(state.signals_cache.identity) == 19
     same = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4, perturb=False,
                     policy_signals_dtype="bfloat16")  # fmt: skip
     assert compute_policy_signals(same, batch).implicit_rewards.abs().max() == 0
