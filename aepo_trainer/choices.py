@@ -28,6 +28,7 @@ __all__ = [
     "POLICY_STRATEGIES",
     "PROMPT_SELECTIONS",
     "RPO_LOSS_TYPES",
+    "SAFETY_TESTS",
     "SELECTION_SEARCHES",
     "SELECTION_STRATEGIES",
     "SELF_JUDGE_MODELS",
@@ -49,6 +50,10 @@ ACTIVE_STRATEGIES = (
 #: The reward surrogates of the active strategies (`AEPOConfig.active_surrogate`): closed-form Bayesian linear
 #: regression (`selection/surrogate.py`) or an ensemble of randomized-prior, bootstrapped heads (`selection/ensemble.py`).
 ACTIVE_SURROGATES = ("bayesian_linear", "ensemble")
+#: How the safety rule tests the surrogate out of sample (`AEPOConfig.active_safety_test`, `selection/safety.py`):
+#: each prompt's labels tested once by the surrogate as it was when they arrived (prequential, the default), or K-fold
+#: cross-validation of the CURRENT fit over every labelled prompt.
+SAFETY_TESTS = ("prequential", "cross_validated")
 #: The strategies that read the policy being trained (`selection.implicit_reward.select_implicit_reward_gap`): each
 #: candidate's implicit reward beta * (log pi - log pi_ref) is computed in the training step, so only `AEPOTrainer`
 #: can select with them (`aepo select` refuses them: it has no policy).

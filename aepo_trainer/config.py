@@ -24,6 +24,7 @@ from .choices import (
     POLICY_STRATEGIES,
     PROMPT_SELECTIONS,
     RPO_LOSS_TYPES,
+    SAFETY_TESTS,
     SELECTION_SEARCHES,
     SELECTION_STRATEGIES,
     SELF_JUDGE_MODELS,
@@ -147,7 +148,9 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Trainer only: how many upcoming batches `prompt_selection` chooses from (>= 1). With W > 1 each "
             "micro-batch the DataLoader gives the step holds W x per_device_train_batch_size prompts, of which the "
-            "step keeps the 1/W most informative: every optimizer step trains as many prompts as without a window, "
+            "step keeps the 1/W most informative, chosen within that micro-batch: every micro-batch trains "
+            "per_device_train_batch_size prompts (full batches, whatever gradient_accumulation_steps), "
+            "every optimizer step as many prompts as without a window, "
             "and an epoch has 1/W as many steps (the learning-rate schedule, `max_steps` and resuming count these "
             "steps). The prompts left out are not paid for and are counted (`aepo/prompts_unselected`); their "
             "pools are still embedded (and, on prompt-only data, sampled)."
@@ -237,6 +240,18 @@ class AEPOConfig(DPOConfig):
         metadata={
             "help": "Active strategies: confidence level of the safety rule's one-sided Wilson lower bound, in "
             "[0.5, 1)."
+        },
+    )
+    active_safety_test: str = field(
+        default="prequential",
+        metadata={
+            "help": "Active strategies: how the safety rule tests the surrogate on labels it was not fitted on. "
+            "'prequential' (default): each batch's labels tested once, by the surrogate as it was before learning "
+            "them. 'cross_validated': 5-fold cross-validation of the current fit over every labelled prompt (folds "
+            "by prompt key; recomputed from the labels): trusts a surrogate that has learned sooner, but its "
+            "accuracy falls as the acquisition's own harder pairs join the test, and it measured worse than "
+            "prequential on the tuning pools (docs/efficacy.md, pools nobody tuned to).",
+            "choices": list(SAFETY_TESTS),
         },
     )
     active_feature_model: str | None = field(

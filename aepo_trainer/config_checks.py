@@ -25,6 +25,7 @@ from .choices import (
     POLICY_SIGNALS_DTYPES,
     POLICY_STRATEGIES,
     PROMPT_SELECTIONS,
+    SAFETY_TESTS,
     SELECTION_SEARCHES,
     SELECTION_STRATEGIES,
     SELF_JUDGE_MODELS,
@@ -173,6 +174,7 @@ CHECKS: tuple[Check | Callable, ...] = (
         lambda v, c: is_finite_number(v) and 0.5 <= v < 1,
         "a number in [0.5, 1)",
     ),
+    Check("active_safety_test", _in(SAFETY_TESTS), _one_of(SAFETY_TESTS)),
     Check("active_optimistic_best", lambda v, c: isinstance(v, bool), "a bool"),
     Check(
         "active_feature_model",

@@ -10,13 +10,15 @@ set is the candidates of a group of models (N = the group's size). Two tune/meas
 * `strength`: the models ranked by their mean gold score; settings chosen on the 16 strongest models' pools, reported
   on the 16 weakest's (the kind of pools the issue found every learning strategy below random on).
 
-Settings chosen on the tuning pools (a small grid: the safety margin and the surrogate; the first 400 prompts), by the
-mean over the learning strategies of Δ chosen vs random; the tuning pools' own figures are written to the JSON but never to a report table.
+Settings chosen on the tuning pools (a small grid: the safety margin, the surrogate and the safety rule's test,
+prequential or cross-validated; the first 400 prompts), by the mean over the learning strategies of Δ chosen vs random; the tuning pools' own figures are written to the JSON but never to a report table.
 `all:32` (every model) is also measured, labelled as overlapping the tuning models.
 
 Strategies: random k (its exact expectation per prompt: the mean over all C(N, 2) pairs), AEPO λ = 1 (the old
-default), and delta_ucb / ucb_random / double_ts with the safety rule and robust chosen side on ("safe") and off
-("unsafe": the behaviour before issue 27), run exactly as `aepo select` runs them (`ActiveSelector`, batches of 32
+default), and delta_ucb / ucb_random / double_ts with the safety rule and robust chosen side on ("safe": the chosen
+settings; "safe, prequential" / "safe, cross-validated": the same with the other test of the rule; "safe, defaults":
+the package defaults, margin 0.02, Bayesian linear, prequential test, and "safe, defaults, cross-validated", each when
+it differs from the rows before) and off ("unsafe": the behaviour before issue 27), run exactly as `aepo select` runs them (`ActiveSelector`, batches of 32
 prompts, k = 2, features = embedding + log length). Budgets are prefixes of one run over the seeded prompt order
 (B = 800: the first 400 prompts; B = 1610: all 805).
 
@@ -54,9 +56,18 @@ from efficacy_common import (
 )
 from efficacy_selection import embed_all, prompt_order
 
+from aepo_trainer.choices import SAFETY_TESTS
+
 LEARNERS = ["delta_ucb", "ucb_random", "double_ts"]
-#: the grid tuned on the tuning pools: (safety margin, surrogate)
-GRID = [(0.0, "bayesian_linear"), (0.02, "bayesian_linear"), (0.05, "bayesian_linear"), (0.02, "ensemble")]
+#: AEPOConfig's defaults of the settings the grid tunes (the all-32 rows, and the "(safe, defaults)" rows)
+PACKAGE_DEFAULTS = dict(safety_margin=0.02, surrogate="bayesian_linear", safety_test="prequential")
+#: the grid tuned on the tuning pools: (safety margin, surrogate, safety test)
+GRID = [
+    (margin, surrogate, test)
+    for test in ("prequential", "cross_validated")
+    for margin, surrogate in [(0.0, "bayesian_linear"), (0.02, "bayesian_linear"), (0.05, "bayesian_linear"),
+                              (0.02, "ensemble")]
+]  # fmt: skip
 TUNING_BUDGET = 800  # the tuning runs cover the first 400 prompts (of the tuning models' pools)
 
 
@@ -129,7 +140,13 @@ def run_learner(emb, sc, texts, keys, strategy, seed, batch, **options):
         seconds.append((t1 - t0 + q.fit_seconds, len(subsets)))
         out.extend(subsets)
     trace = [
-        {"batch": q.batch, "follows_next": q.follows, "lcb": q.safety_lower_bound, "tested": q.prompts_tested}
+        {
+            "batch": q.batch,
+            "follows_next": q.follows,
+            "lcb": q.safety_lower_bound,
+            "accuracy": q.safety_accuracy,
+            "tested": q.prompts_tested,
+        }
         for q in sel.history
     ]
     return np.array(out), {
@@ -178,11 +195,26 @@ def measure(pools, strategies, keys, seed, batch, budgets):
     return out, info
 
 
-def strategy_list(margin, surrogate):
-    safe = dict(safety=True, robust_best=True, safety_margin=margin, surrogate=surrogate)
-    unsafe = dict(safety=False, robust_best=False, surrogate=surrogate)
+def strategy_list(margin, surrogate, test):
+    """The measured rows: random, AEPO, the learners with the chosen settings ("safe"), the same with the other test of
+    the safety rule, with the package defaults (when they differ), and without the rule ("unsafe")."""
+    safe = dict(safety=True, robust_best=True, safety_margin=margin, surrogate=surrogate, safety_test=test)
+    other = next(t for t in SAFETY_TESTS if t != test)
+    defaults = dict(safety=True, robust_best=True, **PACKAGE_DEFAULTS)
+    variants = [
+        ("safe", safe),
+        (f"safe, {other.replace('_', '-')}", {**safe, "safety_test": other}),
+        ("safe, defaults", defaults),
+        ("safe, defaults, cross-validated", {**defaults, "safety_test": "cross_validated"}),
+    ]
     rows = [("random k", "random", {}), ("AEPO λ=1", "aepo", {})]
-    rows += [(f"{s} (safe)", s, safe) for s in LEARNERS]
+    seen = []
+    for name, options in variants:
+        if options in seen:  # the defaults may be the chosen settings: measured once
+            continue
+        seen.append(options)
+        rows += [(f"{s} ({name})", s, options) for s in LEARNERS]
+    unsafe = dict(safety=False, robust_best=False, surrogate=surrogate)
     rows += [(f"{s} (unsafe)", s, unsafe) for s in LEARNERS]
     return rows
 
@@ -240,27 +272,29 @@ def main(argv=None):
         print(f"[tune] {name} on {len(tune_cols)} models", flush=True)
         tune_pools = pools(tune_cols)
         scored = []
-        for margin, surrogate in grid:
-            learners = [row for row in strategy_list(margin, surrogate) if row[0].endswith("(safe)")]
+        for margin, surrogate, test in grid:
+            learners = [row for row in strategy_list(margin, surrogate, test) if row[0].endswith("(safe)")]
             n = TUNING_BUDGET // 2
             tune_part = (tune_pools[0][:n], tune_pools[1][:n], tune_pools[2][:n], tune_pools[3][:n])
             res, _ = measure(tune_part, [("random k", "random", {}), *learners], keys[:n], args.seed, args.batch,
                              [TUNING_BUDGET])  # fmt: skip
             value = float(np.mean([res[label][TUNING_BUDGET]["d_chosen"] for label, _, _ in learners]))
-            scored.append(((margin, surrogate), value))
-            results["tuning"][f"{name} margin={margin} {surrogate}"] = res
-        (margin, surrogate), _ = max(scored, key=lambda item: item[1])
-        results["settings"][name] = {"safety_margin": margin, "surrogate": surrogate, "grid": scored}
-        print(f"[measure] {name}: chosen margin={margin} surrogate={surrogate}", flush=True)
+            scored.append(((margin, surrogate, test), value))
+            results["tuning"][f"{name} margin={margin} {surrogate} {test}"] = res
+        (margin, surrogate, test), _ = max(scored, key=lambda item: item[1])
+        results["settings"][name] = {"safety_margin": margin, "surrogate": surrogate, "safety_test": test,
+                                     "grid": scored}  # fmt: skip
+        print(f"[measure] {name}: chosen margin={margin} surrogate={surrogate} test={test}", flush=True)
         res, info = measure(
-            pools(eval_cols), strategy_list(margin, surrogate), keys, args.seed, args.batch, args.budgets
+            pools(eval_cols), strategy_list(margin, surrogate, test), keys, args.seed, args.batch, args.budgets
         )
         results["measured"][name] = res
         results["info"][name] = info
-    # every model (overlaps the tuning models): the package defaults (margin 0.02, bayesian_linear)
+    # every model (overlaps the tuning models): the package defaults (margin 0.02, bayesian_linear, the default test)
     print("[measure] all:32 (package defaults)", flush=True)
-    res, info = measure(pools(np.arange(scores.shape[1])), strategy_list(0.02, "bayesian_linear"), keys, args.seed,
-                        args.batch, args.budgets)  # fmt: skip
+    defaults = (PACKAGE_DEFAULTS["safety_margin"], PACKAGE_DEFAULTS["surrogate"], PACKAGE_DEFAULTS["safety_test"])
+    res, info = measure(pools(np.arange(scores.shape[1])), strategy_list(*defaults), keys, args.seed, args.batch,
+                        args.budgets)  # fmt: skip
     results["measured"]["all-32"] = res
     results["info"]["all-32"] = info
     embed_seconds_per_text = embed_info.get("seconds", float("nan")) / max(1, embed_info.get("texts", 1))
@@ -295,11 +329,13 @@ def render(results, meta) -> str:
         f"Command: `{meta['command']}`  ",
         f"Embedder: {meta['embedder']}; {meta['prompts']} prompts; k = 2; surrogate updated every {meta['batch']} "
         f"prompts; seed {meta['seed']}; {meta['machine']}; wall time {meta['wall_seconds']:.0f} s.",
+        *([meta["note"]] if meta.get("note") else []),
         "",
         "Δ = paired difference to random k's exact expectation on the same prompts, 95% percentile bootstrap CI over "
         "prompts (2000 resamples); ratio = total gap / random's; lengths in characters (chosen / rejected; random: "
         "its expectation). Only pools of models the settings were NOT chosen on are shown, except `all-32`, which "
-        "overlaps the tuning models (package defaults: margin 0.02, Bayesian linear surrogate).",
+        "overlaps the tuning models (package defaults: margin 0.02, Bayesian linear surrogate, prequential test; "
+        "'(safe, cross-validated)': the same with the cross-validated test).",
         "",
     ]
     for name, res in results["measured"].items():
@@ -310,7 +346,7 @@ def render(results, meta) -> str:
             head += (
                 f": measured on {len(models)} models' pools (N = {len(models)}); settings chosen on the other "
                 f"{len(results['models'][name]['tuning'])}: safety margin {setting['safety_margin']}, surrogate "
-                f"`{setting['surrogate']}`"
+                f"`{setting['surrogate']}`, test `{setting.get('safety_test', 'prequential')}`"
             )
         lines += [head, ""]
         budgets = sorted({b for r in res.values() for b in r}, key=int)  # int keys, or str ones read from JSON

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 from efficacy_common import fmt_ci, machine_info, machine_line, markdown_table, mean_ci
-from policy_training import (
+from policy_lab import (
     SCALES,
     GoldReward,
     build_tokenizer,
@@ -60,8 +60,9 @@ def label_of(every: int) -> str:
 
 
 class SelectionProbe:
-    """Installed as `policy_signals_of_step`: computes fresh signals on every step, hands them to the step only when
-    the run's interval says so, and records both selections of every prompt with the candidates' gold rewards."""
+    """Answers `AEPOTrainer.policy_signals_of_step` (overridden by `probed_trainer_class`): computes fresh signals on
+    every step, hands them to the step only when the run's interval says so, and records both selections of every
+    prompt with the candidates' gold rewards."""
 
     def __init__(self, task, k: int):
         self.task, self.k = task, k
@@ -127,10 +128,19 @@ def _gap(gold: list[float], subset: list[int]) -> float:
     return max(values) - min(values)
 
 
+def probed_trainer_class(probe: SelectionProbe):
+    """An `AEPOTrainer` whose training steps take their policy signals from `probe` (the trainer's public hook)."""
+    from aepo_trainer import AEPOTrainer
+
+    class ProbedAEPOTrainer(AEPOTrainer):
+        def policy_signals_of_step(self):
+            return probe(self)
+
+    return ProbedAEPOTrainer
+
+
 def train_with_interval(task, sft_dir, tokenizer, data, every: int, scale, seed: int, workdir: str):
     """One `AEPOTrainer` run (implicit_reward_gap, interval `every`) with the selection probe installed."""
-    from aepo_trainer.trainer import policy_signals as ps
-
     probe = SelectionProbe(task, scale.k)
     trainer = dpo_trainer(
         sft_dir,
@@ -143,16 +153,17 @@ def train_with_interval(task, sft_dir, tokenizer, data, every: int, scale, seed:
         selection_strategy="implicit_reward_gap",
         policy_signals_every=every,
         precompute_pool_ref_logps=True,  # the reference pass is out of the timed steps, as in the benchmark
+        trainer_class=probed_trainer_class(probe),
     )
-    original = ps.policy_signals_of_step
-    ps.policy_signals_of_step = probe
-    try:
-        started = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - started
-    finally:
-        ps.policy_signals_of_step = original
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
     steps = int(trainer.state.global_step)
+    if steps and not probe.records:  # the probe must have seen every trained step: no silent empty table
+        raise RuntimeError(
+            f"The selection probe recorded no prompt in {steps} training steps: AEPOTrainer no longer asks "
+            "`policy_signals_of_step` for the step's signals, or no longer selects through `pool_reducer.select`."
+        )
     return trainer.model.eval(), probe, {"steps": steps, "train_seconds": seconds, "probe_seconds": probe.probe_seconds}
 
 
@@ -285,7 +296,7 @@ def parse_args(argv=None):
     p.add_argument("--train-prompts", type=int, default=None)
     p.add_argument("--pool-size", type=int, default=None)
     p.add_argument("--intervals", type=int, nargs="+", default=list(INTERVALS))
-    p.add_argument("--quick", action="store_true", help="smoke run: the quick scale of policy_training.py")
+    p.add_argument("--quick", action="store_true", help="smoke run: the quick scale of policy_lab.py")
     p.add_argument("--tag", default="")
     p.add_argument("--render", metavar="JSON", help="only re-write the Markdown (and rows) from a results JSON")
     return p.parse_args(argv)

@@ -53,7 +53,13 @@ def test_the_safety_rule_is_on_by_default(tmp_path, pools):
     assert main(select_argv(pools, out, "double_ts")) == 0
     curve = read_jsonl(f"{out}.surrogate.jsonl")
     assert [q["prompts_tested"] for q in curve] == [0, 8, 16, 24, 32, 40]  # every batch after the first is a test
-    # each batch follows the acquisition exactly when the record before it supported it
+    # each batch follows the acquisition exactly when the bound before it supported it
+    assert [q["cold_start"] for q in curve[1:]] == [not q["follows"] for q in curve[:-1]]
+    assert [q["follows"] for q in curve] == [q["safety_lower_bound"] > 0.52 for q in curve]
+    cross_validated = tmp_path / "cross_validated.jsonl"
+    assert main([*select_argv(pools, cross_validated, "double_ts"), "--active_safety_test", "cross_validated"]) == 0
+    curve = read_jsonl(f"{cross_validated}.surrogate.jsonl")
+    assert [q["prompts_tested"] for q in curve] == [8, 16, 24, 32, 40, 48]  # every labelled prompt, out of fold
     assert [q["cold_start"] for q in curve[1:]] == [not q["follows"] for q in curve[:-1]]
     assert [q["follows"] for q in curve] == [q["safety_lower_bound"] > 0.52 for q in curve]
 

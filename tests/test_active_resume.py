@@ -34,22 +34,30 @@ def test_resume_restores_the_surrogate_in_one_fit_and_writes_the_same_bytes(tmp_
     store, run_id = f"{out}.annotations.sqlite", f"aepo-select:{out}"
     assert _store_counts(store, run_id) == (64, 64)  # chunks 0-3 annotated (chunk 3 paid, never written)
 
-    calls = {"reduce": 0, "fit": 0}
-    reduce, fit = PoolReducer.reduce, BayesianLinearSurrogate.fit
+    calls = {"reduce": 0, "fit": 0, "fold_fits": 0}
+    reduce, fit, restricted = PoolReducer.reduce, BayesianLinearSurrogate.fit, BayesianLinearSurrogate.restricted
 
     def counting_reduce(self, *args, **kwargs):
         calls["reduce"] += 1
         return reduce(self, *args, **kwargs)
 
     def counting_fit(self):
-        calls["fit"] += 1
+        calls["fold_fits" if getattr(self, "fold", False) else "fit"] += 1
         return fit(self)
 
     monkeypatch.setattr(PoolReducer, "reduce", counting_reduce)
     monkeypatch.setattr(BayesianLinearSurrogate, "fit", counting_fit)
+
+    def marked_restricted(self, prompt_keys):  # the safety rule's cross-validation fits (one per fold)
+        other = restricted(self, prompt_keys)
+        other.fold = True
+        return other
+
+    monkeypatch.setattr(BayesianLinearSurrogate, "restricted", marked_restricted)
     assert main(select_argv(pools, out, strategy, *CHUNKS)) == 0
     assert calls["reduce"] == 3  # chunks 3, 4, 5: the three finished ones are not selected again
     assert calls["fit"] == 1 + 3  # one fit restores chunks 0-2, then one per new batch
+    assert calls["fold_fits"] == 0  # the prequential safety test (the default) refits nothing
     assert _store_counts(store, run_id) == (96, 96)  # chunk 3's labels came from the store: nothing paid twice
     assert out.read_bytes() == reference.read_bytes()
     timing = ("fit_seconds", "select_seconds")

@@ -11,8 +11,14 @@ from aepo_trainer.selection import ActiveSelector, select_subsets
 from aepo_trainer.selection.acquisitions import acquire
 from aepo_trainer.selection.ensemble import EnsembleSurrogate
 from aepo_trainer.selection.keys import prompt_key
-from aepo_trainer.selection.safety import SafetyRecord, wilson_lower_bound
-from aepo_trainer.selection.surrogate import Posterior
+from aepo_trainer.selection.safety import (
+    SafetyRecord,
+    cross_validated_shares,
+    fold_of,
+    pair_share,
+    wilson_lower_bound,
+)
+from aepo_trainer.selection.surrogate import BayesianLinearSurrogate, Posterior
 
 
 # ------------------------------------------------------------------------------------------------ the bound
@@ -26,7 +32,7 @@ def test_wilson_bound_is_scipys_one_sided_wilson_interval(successes, trials):
 
 
 def test_record_decisions_on_a_hand_built_sequence():
-    record = SafetyRecord(margin=0.02, confidence=0.95)
+    record = SafetyRecord(margin=0.02, confidence=0.95)  # prequential: the default
     assert not record.follows  # nothing tested: never trust the surrogate
     z2 = 1.6448536269514722**2
     for key in range(5):  # 5 prompts ordered right: LCB = 1 / (1 + z^2 / 5) = 0.649 > 0.52
@@ -42,7 +48,7 @@ def test_record_decisions_on_a_hand_built_sequence():
         record.record(key, 1.0)
     assert record.state().lower_bound == pytest.approx(wilson_lower_bound(35, 40, 0.95)) and record.follows
     # export / merge: the state is a function of the set of entries, whatever order they arrive in
-    other = SafetyRecord(margin=0.02, confidence=0.95)
+    other = SafetyRecord(margin=0.02, confidence=0.95, test="prequential")
     assert other.merge(reversed(record.export())) == 40 and other.state() == record.state()
     assert SafetyRecord(enabled=False).follows  # disabled: follow as soon as fitted
 
@@ -66,8 +72,8 @@ def random_pick(rows, E, seed=3):
     return select_subsets(E, 2, strategy="random", seed=seed, row_keys=keys).indices
 
 
-def test_selector_decisions_on_a_hand_built_sequence_of_batches():
-    sel = ActiveSelector("delta_ucb", 2, warmup_annotations=20, seed=3)
+def test_prequential_selector_decisions_on_a_hand_built_sequence_of_batches():
+    sel = ActiveSelector("delta_ucb", 2, warmup_annotations=20, seed=3, safety_test="prequential")
     trace = []
     for batch, sign in enumerate([1.0, 1.0, -1.0, -1.0]):  # a planted reward that then turns around
         rows, E, scores = pools(seed=batch, sign=sign)
@@ -82,6 +88,134 @@ def test_selector_decisions_on_a_hand_built_sequence_of_batches():
     assert trace[2][:2] == (False, 32) and not trace[2][2]
     assert trace[3][0] and trace[3][1] == 48
     assert sel.history[1].safety_accuracy == 1.0 and sel.history[2].safety_accuracy == 0.5
+
+
+# ------------------------------------------------------------------------------------------------ cross-validated
+# prompt keys by fold (`fold_of`, a hash of the key alone): the hand-built sequences below put prompts in known folds
+FOLDS = {0: [3, 5, 18, 32], 1: [19, 22, 30, 31], 2: [1, 4, 9, 10], 3: [2, 7, 8, 13]}
+
+
+def label(surrogate, key, sign):
+    """Prompt `key`'s two labels: 1-D features 0 and 1, scores that agree (+1) or disagree (-1) with them. Centred,
+    every value is +-0.5 (exact in binary), so sums of opposite prompts cancel exactly."""
+    surrogate.add(key, 0, torch.tensor([0.0], dtype=torch.float64), 0.0 if sign > 0 else 1.0)
+    surrogate.add(key, 1, torch.tensor([1.0], dtype=torch.float64), 1.0 if sign > 0 else 0.0)
+
+
+def test_with_k_above_2_every_pair_counts_and_the_prompt_is_one_unit():
+    # paid 1, 2, 3, 3: 5 pairs differ (not the 3-3 one). Predicted 0, 1, -1, 0: (a, b) right; (a, c), (b, c),
+    # (b, d) wrong; (a, d) a predicted tie -> one half. 1.5 / 5
+    assert pair_share([0.0, 1.0, -1.0, 0.0], [1.0, 2.0, 3.0, 3.0]) == pytest.approx((1 + 0 + 0.5 + 0 + 0) / 5)
+    assert pair_share([1.0, 2.0], [5.0, 5.0]) is None  # no pair differs: not a test
+    surrogate = BayesianLinearSurrogate()
+    for key in (3, 5, 19, 22, 1, 4):  # three candidates per prompt, the reward follows the feature
+        for c in range(3):
+            surrogate.add(key, c, torch.tensor([float(c)], dtype=torch.float64), float(c))
+    shares = cross_validated_shares(surrogate)
+    assert shares == dict.fromkeys((1, 3, 4, 5, 19, 22), 1.0)  # one entry per prompt, its 3 pairs all right
+
+
+def test_folds_are_a_hash_of_the_prompt_key():
+    assert fold_of(list(range(14)), 5) == [4, 2, 3, 0, 2, 0, 4, 3, 3, 2, 2, 2, 4, 3]
+    assert all(fold_of([k], 5)[0] == f for f, keys in FOLDS.items() for k in keys)  # alone or in a list: the same
+    assert fold_of([5, 3], 5) == [0, 0] and fold_of([], 5) == []
+
+
+def test_cross_validated_decisions_on_a_hand_built_sequence():
+    z2 = 1.6448536269514722**2
+    surrogate = BayesianLinearSurrogate()
+    record = SafetyRecord(margin=0.02, confidence=0.95, test="cross_validated")
+    record.attach(surrogate)
+    assert record.state().prompts_tested == 0 and not record.follows  # no labels: nothing shown
+    # 1. one prompt per fold 0-3, the reward agrees with the feature: each is predicted by a fit on the 3 others,
+    #    all right -> p = 1, n = 4, LCB = 1 / (1 + z^2 / 4) = 0.597 > 0.52: follow
+    for f in range(4):
+        label(surrogate, FOLDS[f][0], +1)
+    state = record.state()
+    assert (state.prompts_tested, state.accuracy) == (4, 1.0) and state.follows
+    assert state.lower_bound == pytest.approx(1 / (1 + z2 / 4))
+    # 2. one prompt per fold that disagrees: every fold trains on 3 agreeing and 3 disagreeing prompts, X^T y = 0
+    #    exactly, the fit predicts ties -> every share 1/2 -> p = 0.5: fall back
+    for f in range(4):
+        label(surrogate, FOLDS[f][1], -1)
+    state = record.state()
+    assert (state.prompts_tested, state.accuracy) == (8, 0.5) and not state.follows
+    # 3. two more disagreeing prompts per fold: every fold trains on 3 agreeing and 9 disagreeing -> w < 0: the
+    #    agreeing prompts are ordered wrong, the disagreeing ones right -> 12 / 16: the CURRENT fit has learned the
+    #    new reward and the rule follows again (a prequential record would still hold the old tests)
+    for f in range(4):
+        label(surrogate, FOLDS[f][2], -1)
+        label(surrogate, FOLDS[f][3], -1)
+    state = record.state()
+    assert (state.prompts_tested, state.accuracy) == (16, 0.75) and state.follows
+    assert state.lower_bound == pytest.approx(wilson_lower_bound(12, 16, 0.95)) and state.lower_bound > 0.52
+    shares = cross_validated_shares(surrogate)
+    assert [shares[k] for k in sorted(shares)] == [0.0 if k in (3, 19, 1, 2) else 1.0 for k in sorted(shares)]
+    # a prompt whose labels tie carries no pair: not tested
+    surrogate.add(99, 0, torch.tensor([0.0], dtype=torch.float64), 0.5)
+    surrogate.add(99, 1, torch.tensor([1.0], dtype=torch.float64), 0.5)
+    assert record.state().prompts_tested == 16
+
+
+def test_cross_validated_state_is_a_function_of_the_label_set():
+    items, _ = labelled(B=30)
+    a, b = BayesianLinearSurrogate(), BayesianLinearSurrogate()
+    for pk, ck, x, y in items:
+        a.add(pk, ck, x, y)
+    b.merge(reversed(a.export()))  # another rank / a checkpoint, another order
+    ra, rb = SafetyRecord(test="cross_validated"), SafetyRecord(test="cross_validated")
+    ra.attach(a), rb.attach(b)
+    assert ra.state() == rb.state() and ra.state().prompts_tested == 30 and ra.follows  # the planted reward shows
+
+
+def test_cross_validated_selector_decisions_on_a_hand_built_sequence_of_batches():
+    sel = ActiveSelector("delta_ucb", 2, warmup_annotations=20, seed=3, safety_test="cross_validated")
+    trace = []
+    for batch, sign in enumerate([1.0, 1.0, -1.0, -1.0]):  # a planted reward that then turns around
+        rows, E, scores = pools(seed=batch, sign=sign)
+        selected, q = feed(sel, rows, E, scores)
+        if q.cold_start:
+            assert torch.equal(selected.indices, random_pick(rows, E))  # the fallback IS random k
+        # the decision is the bound of a fresh cross-validation of the labels learned so far
+        fresh = SafetyRecord(test="cross_validated")
+        labels = sel.surrogate.keys()
+        fresh.attach(sel.surrogate.restricted({pk for pk, _ in labels}))
+        assert fresh.state() == sel.safety.state()
+        trace.append((q.cold_start, q.prompts_tested, q.safety_accuracy, q.follows))
+    # 1: warm-up; its 16 prompts, cross-validated, are all ordered right -> follow from batch 2 on (the prequential
+    # rule must wait one batch more: it has tested nothing yet); 2: follows, 32 prompts all right; 3: the reward
+    # turned around -> the fit on the mixed labels orders 54% of the prompts right -> fall back; 4: random
+    assert trace[0] == (True, 16, 1.0, True)
+    assert trace[1] == (False, 32, 1.0, True)
+    assert trace[2][:2] == (False, 48) and trace[2][2] == pytest.approx(26 / 48) and not trace[2][3]
+    assert trace[3][0] and not trace[3][3]
+
+
+@pytest.mark.parametrize("surrogate", ["bayesian_linear", "ensemble"])
+def test_cross_validated_rule_is_restored_from_the_labels_alone(surrogate):
+    make = lambda: ActiveSelector(
+        "double_ts", 2, warmup_annotations=20, seed=5, surrogate=surrogate, safety_test="cross_validated"
+    )
+    first = make()
+    for seed in range(3):
+        feed(first, *pools(seed=seed))
+    resumed = make()
+    resumed.absorb(first.surrogate.export())  # an old checkpoint: the labels only, no tests
+    assert resumed.safety.state() == first.safety.state() and resumed.safety.state().prompts_tested == 48
+    rows, E, scores = pools(seed=3)
+    assert torch.equal(resumed.select(rows, E).indices, first.select(rows, E).indices)
+
+
+def test_a_planted_reward_is_followed_earlier_than_by_the_prequential_rule():
+    def followed(test):
+        rows, E, s = synthetic("planted")
+        sel = ActiveSelector("double_ts", 2, seed=0, safety_test=test)
+        for start in range(0, len(rows), 32):
+            feed(sel, rows[start : start + 32], E[start : start + 32], s[start : start + 32])
+        return [not q.cold_start for q in sel.history]
+
+    cv, prequential = followed("cross_validated"), followed("prequential")
+    assert cv.index(True) < prequential.index(True) and sum(cv) > sum(prequential)
 
 
 # ------------------------------------------------------------------------------------------------ vs random
@@ -114,10 +248,11 @@ def delta_vs_random(strategy, kind, **options):
     return float(d.mean()), float(d.std() / math.sqrt(len(d)))
 
 
+@pytest.mark.parametrize("test", ["cross_validated", "prequential"])
 @pytest.mark.parametrize("strategy", ["delta_ucb", "ucb_random", "double_ts"])
 @pytest.mark.parametrize("kind", ["no-signal", "anti-signal"])
-def test_without_signal_the_safe_strategy_matches_random(strategy, kind):
-    mean, se = delta_vs_random(strategy, kind)
+def test_without_signal_the_safe_strategy_matches_random(strategy, kind, test):
+    mean, se = delta_vs_random(strategy, kind, safety_test=test)
     assert abs(mean) < 2.0 * se  # random k's chosen score, within noise
 
 
@@ -127,9 +262,10 @@ def test_without_the_safety_rule_anti_signal_loses_to_random():
     assert mean < -3.0 * se
 
 
+@pytest.mark.parametrize("test", ["cross_validated", "prequential"])
 @pytest.mark.parametrize("strategy", ["delta_ucb", "ucb_random", "double_ts"])
-def test_a_planted_linear_reward_is_still_exploited(strategy):
-    mean, se = delta_vs_random(strategy, "planted")
+def test_a_planted_linear_reward_is_still_exploited(strategy, test):
+    mean, se = delta_vs_random(strategy, "planted", safety_test=test)
     assert mean > 0.4 and mean > 10 * se
 
 
@@ -184,8 +320,9 @@ def test_ensemble_is_a_function_of_the_label_set():
     assert agree > 0.9
 
 
+@pytest.mark.parametrize("test", ["prequential", "cross_validated"])
 @pytest.mark.parametrize("surrogate", ["bayesian_linear", "ensemble"])
-def test_resume_from_export_selects_and_decides_alike(surrogate):
+def test_resume_from_export_selects_and_decides_alike(surrogate, test):
     def run(selector, batches):
         out = []
         for seed in batches:
@@ -194,7 +331,7 @@ def test_resume_from_export_selects_and_decides_alike(surrogate):
             out.append((selected.indices.tolist(), q.follows))
         return out
 
-    make = lambda: ActiveSelector("double_ts", 2, warmup_annotations=20, seed=5, surrogate=surrogate)
+    make = lambda: ActiveSelector("double_ts", 2, warmup_annotations=20, seed=5, surrogate=surrogate, safety_test=test)
     whole = run(make(), range(5))
     first = make()
     head = run(first, range(3))
@@ -206,12 +343,12 @@ def test_resume_from_export_selects_and_decides_alike(surrogate):
 
 
 def test_old_checkpoints_hold_a_bare_label_list():
-    first = ActiveSelector("delta_ucb", 2, warmup_annotations=0)
+    first = ActiveSelector("delta_ucb", 2, warmup_annotations=0, safety_test="prequential")
     rows, E, scores = pools()
     feed(first, rows, E, scores)
-    resumed = ActiveSelector("delta_ucb", 2, warmup_annotations=0)
+    resumed = ActiveSelector("delta_ucb", 2, warmup_annotations=0, safety_test="prequential")
     assert resumed.absorb(first.surrogate.export()) == 32 and resumed.surrogate.ready
-    assert resumed.safety.state().prompts_tested == 0  # no tests stored: the rule starts from scratch
+    assert resumed.safety.state().prompts_tested == 0  # no tests stored: the prequential rule starts from scratch
 
 
 @pytest.mark.parametrize("strategy", ACTIVE_STRATEGIES)

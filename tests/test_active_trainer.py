@@ -43,6 +43,7 @@ def test_resume_restores_the_surrogate_and_selects_as_an_uninterrupted_run(tiny_
     logged = [e for e in whole.state.log_history if "aepo/active_labels" in e]
     assert [e["aepo/active_labels"] for e in logged] == [4, 8, 12, 16] and "aepo/active_spearman" in logged[-1]
     assert [e["aepo/active_prompts_tested"] for e in logged] == [0, 2, 4, 6]
+    assert resumed.pool_reducer.active.safety.state() == whole.pool_reducer.active.safety.state()
     follows = [e["aepo/active_follows"] for e in logged]
     assert follows == [float(b > 0.52) for b in (e["aepo/active_safety_lower_bound"] for e in logged)]
 

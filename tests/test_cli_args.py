@@ -55,7 +55,7 @@ def test_every_aepo_field_is_a_select_flag_with_its_help_default_and_choices():
     parser = select.build_parser()
     actions = {a.dest: a for a in parser._actions}
     expected = [f for f in aepo_fields() if f.name != "reward_scale" and f.name not in TRAINING_ONLY_FIELDS]
-    assert len(expected) == 55  # the AEPO settings a CLI user can set (training-only ones excluded)
+    assert len(expected) == 56  # the AEPO settings a CLI user can set (training-only ones excluded)
     for field in expected:
         action = actions[field.name]
         assert action.default == field.default, field.name

@@ -229,7 +229,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_pay_once_on_the_main_process(tiny_model_path, tmp_path):
+@pytest.mark.parametrize("safety_test", ["prequential", "cross_validated"])
+def test_two_processes_pay_once_on_the_main_process(tiny_model_path, tmp_path, safety_test):
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                 "--master_port", str(_free_port())]  # fmt: skip
     # an active strategy (issue 15): the ranks exchange the step's labels, so their surrogates stay identical
@@ -237,7 +238,7 @@ def test_two_processes_pay_once_on_the_main_process(tiny_model_path, tmp_path):
     # also exchange their out-of-sample tests, so the rule decides alike on every rank
     options = {"max_steps": 3, "num_prompts": 16, "resume": False, "selection_strategy": "double_ts",
                "active_warmup_annotations": 4, "active_surrogate": "ensemble", "active_safety_confidence": 0.5,
-               "active_safety_margin": 0.0}  # fmt: skip
+               "active_safety_margin": 0.0, "active_safety_test": safety_test}  # fmt: skip
     code, out = finish(run_worker(tiny_model_path, tmp_path, "out", options, launcher=launcher))
     assert code == 0, out[-6000:]
     results = [json.loads((tmp_path / f"result_rank{r}.json").read_text()) for r in range(2)]
@@ -247,6 +248,7 @@ def test_two_processes_pay_once_on_the_main_process(tiny_model_path, tmp_path):
     assert results[0]["posterior"] == results[1]["posterior"]  # the fitted ensemble, bitwise
     assert results[0]["safety"] == results[1]["safety"] and len(results[0]["safety"]) >= 4  # both ranks' tests
     assert results[0]["follows"] == results[1]["follows"] and len(results[0]["follows"]) == 3
+    assert results[0]["safety_bounds"] == results[1]["safety_bounds"]  # the same bound, to the bit, on both ranks
     trained = [k for r in results for k in r["keys"]]
     assert len(trained) == 3 * 2 * 2 and len(set(trained)) == len(trained)
     assert results[0]["spent"] == 2 * len(trained) and results[1]["spent"] is None  # one ledger, on rank 0

@@ -126,6 +126,40 @@ def test_an_encoder_reward_model_is_read_at_its_first_token(tmp_path, tiny_token
         torch.testing.assert_close(score, from_feature, rtol=1e-4, atol=1e-5)
 
 
+def test_a_roberta_reward_model_without_a_pooler_is_read_at_its_first_token(tmp_path, tiny_tokenizer):
+    """A `RobertaForSequenceClassification` checkpoint (RoBERTa, XLM-R reward models) has no pooler, which `AutoModel`
+    builds: the missing pooler is not refused (no feature reads it), and the feature is the `<s>` hidden state the
+    classification head reads, so the reward model's score is its head applied to the feature."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256 + tiny_tokenizer.pad_token_id + 2,  # RoBERTa's positions start after the pad id
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        num_labels=1,
+    )
+    RobertaForSequenceClassification(config).save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    fm = FeatureModel(str(tmp_path))
+    assert fm.reward_model and fm.pooling == "first_token"
+    rows = [{"prompt": "Hi", "completions": ["Hello there.", "Hey"]}]
+    features = fm.encode_pools(rows, "prompt", "completions", 2)
+    reward_model = RobertaForSequenceClassification.from_pretrained(tmp_path).eval()
+    for i in range(2):
+        ids = _chat_inputs(fm.tokenizer, "Hi", rows[0]["completions"][i])
+        with torch.no_grad():
+            hidden = reward_model.roberta(**ids).last_hidden_state[0, 0]
+            torch.testing.assert_close(features[0, i], hidden, rtol=1e-4, atol=1e-5)
+            score = reward_model(**ids).logits[0, 0]
+            from_feature = reward_model.classifier(features[0, i][None, None])[0, 0]  # the head reads token 0 itself
+        torch.testing.assert_close(score, from_feature, rtol=1e-4, atol=1e-5)
+
+
 def test_a_model_that_cannot_load_is_refused(tmp_path):
     with pytest.raises(FeatureModelError, match="active_feature_model='.*nowhere'"):
         FeatureModel(str(tmp_path / "nowhere"))
@@ -171,17 +205,22 @@ def test_the_trainer_refuses_a_reward_model_annotator_that_is_the_feature_model(
     tiny_model_path, tiny_reward_model_path, dpo_args
 ):
     class CountingRewardModel(RewardModelAnnotator):
-        calls = 0
+        calls = model_uses = 0
 
         def score(self, requests):
             CountingRewardModel.calls += 1
             return super().score(requests)
 
+        @property
+        def model(self):  # the annotator's only way to its model (loaded on first use)
+            CountingRewardModel.model_uses += 1
+            return super().model
+
     annotator = CountingRewardModel(tiny_reward_model_path, device="cpu")
     with pytest.raises(ValueError, match="is the reward model that annotates"):
         make_trainer(tiny_model_path, dpo_args, annotator=annotator, selection_strategy="delta_ucb",
                      active_feature_model=tiny_reward_model_path)  # fmt: skip
-    assert CountingRewardModel.calls == 0 and annotator._model is None  # nothing scored, not even loaded
+    assert CountingRewardModel.calls == 0 and CountingRewardModel.model_uses == 0  # nothing scored, not even loaded
 
 
 def test_select_uses_the_feature_model_and_refuses_a_bad_one_before_paying(

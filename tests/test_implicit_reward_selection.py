@@ -261,8 +261,11 @@ def test_aepo_select_refuses_policy_strategies_before_any_work(tmp_path, capsys)
 @pytest.mark.slow
 def test_two_processes_on_policy_pay_exactly_and_agree(tiny_model_path, minilm_path, tmp_path):
     """torchrun, 2 CPU processes (gloo), prompt-only dataset: each rank samples its prompts' pools, computes their
-    implicit rewards and selects; the main process pays for both (one ledger): paid = k x trained prompts."""
+    implicit rewards and selects; the main process pays for both (one ledger): paid = k x trained prompts. Resumed
+    from its first checkpoint, the run reads step 2's pools and labels back (nothing sampled or paid twice) and every
+    rank's running total of generated tokens continues from the checkpoint's."""
     import json
+    import shutil
 
     from test_exact_pay import _free_port, finish, read_calls, run_worker
 
@@ -270,7 +273,8 @@ def test_two_processes_on_policy_pay_exactly_and_agree(tiny_model_path, minilm_p
                 "--master_port", str(_free_port())]  # fmt: skip
     options = {"max_steps": 2, "num_prompts": 8, "resume": False, "prompt_only": True, "perturb_ref": True,
                "selection_strategy": "implicit_reward_gap", "embedding_model": minilm_path, "num_generations": 4,
-               "max_completion_length": 8, "temperature": 1.0, "learning_rate": 1e-2}  # fmt: skip
+               "max_completion_length": 8, "temperature": 1.0, "learning_rate": 1e-2,
+               "save_strategy": "steps", "save_steps": 1}  # fmt: skip
     code, out = finish(run_worker(tiny_model_path, tmp_path, "out", options, launcher=launcher), timeout=400)
     assert code == 0, out[-6000:]
     results = [json.loads((tmp_path / f"result_rank{r}.json").read_text()) for r in range(2)]
@@ -284,3 +288,16 @@ def test_two_processes_on_policy_pay_exactly_and_agree(tiny_model_path, minilm_p
     assert results[0]["weights"] == results[1]["weights"]
     logged = [e for e in results[0]["logged"] if "aepo/implicit_reward_spread" in e]
     assert len(logged) == 2 and all(e["aepo/implicit_reward_flat"] == 0 for e in logged)
+    totals = [e["aepo/generated_tokens"] for e in results[0]["logged"]]
+    assert [r["generated_tokens_total"] for r in results] == [{"generated_tokens": totals[1]}] * 2
+    assert 0 < totals[0] < totals[1]
+
+    shutil.rmtree(tmp_path / "out" / "checkpoint-2")  # killed after step 2 paid, before its checkpoint was saved
+    launcher[-1] = str(_free_port())
+    options["resume"] = True
+    code, out = finish(run_worker(tiny_model_path, tmp_path, "out", options, launcher=launcher), timeout=400)
+    assert code == 0, out[-6000:]
+    resumed = [json.loads((tmp_path / f"result_rank{r}.json").read_text()) for r in range(2)]
+    assert [r["global_step"] for r in resumed] == [2, 2] and [r["generated"] for r in resumed] == [0, 0]
+    assert resumed[0]["spent"] == 16 and len(read_calls(tmp_path, 0)) == 16  # nothing paid twice
+    assert [r["generated_tokens_total"] for r in resumed] == [{"generated_tokens": totals[0]}] * 2

@@ -74,25 +74,19 @@ def _trainer(tiny_model_path, config, reward, dataset=None):
     )
 
 
-def _record_samples(trainer) -> list:
-    """Wrap the on-policy sampler so that the test sees every pool it returns (to count tokens independently)."""
-    sampled, generate = [], trainer.aepo_on_policy._generate
-
-    def recording(prompts, seeds, step):
-        pools = generate(prompts, seeds, step)
-        sampled.extend(pools)
-        return pools
-
-    trainer.aepo_on_policy._generate = recording
-    return sampled
+def _stored_pools(trainer) -> list:
+    """Every pool the run sampled, as its candidate store (a public file) holds them: a pool is stored once, when it
+    is sampled, so the test counts generated tokens independently of the trainer's counter."""
+    store = trainer.aepo_on_policy.store
+    return list(store.get(_all_keys(trainer)).values())
 
 
 def test_prompt_only_dataset_trains_on_policy(tmp_path, tiny_model_path, minilm_path):
     reward = CountingReward()
     trainer = _trainer(tiny_model_path, _config(tmp_path, minilm_path, annotation_budget=100), reward)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    sampled = _record_samples(trainer)
     trainer.train()
+    sampled = _stored_pools(trainer)
 
     # generated tokens (compute): every sampled completion's ids, EOS included, counted once, logged as a running total
     assert len(sampled) == 6 and all(len(pool.completion_ids) == 4 for pool in sampled)
@@ -125,8 +119,8 @@ def test_conversational_prompts_and_generate_every(tmp_path, tiny_model_path, mi
     data = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in PROMPTS[:3]]})
     config = _config(tmp_path, minilm_path, generate_every=4, max_steps=2)
     trainer = _trainer(tiny_model_path, config, reward, dataset=data)
-    sampled = _record_samples(trainer)
     trainer.train()
+    sampled = _stored_pools(trainer)
     assert trainer.aepo_on_policy.generated == 3 and trainer.aepo_on_policy.reused == 3
     # the reused pools cost no generated token: the total is the first step's
     tokens = sum(len(ids) for pool in sampled for ids in pool.completion_ids)
@@ -158,6 +152,19 @@ def test_kill_and_resume_regenerates_and_pays_nothing_twice(tmp_path, tiny_model
     assert second_reward.scored == 0  # and its labels too
     assert second.annotation_service.spent == 18
     assert {k: p.completions for k, p in second.aepo_on_policy.store.get(_all_keys(second)).items()} == stored
+
+    # `aepo/generated_tokens` is a running total across the resume: step 3 continues from checkpoint-2's total (its
+    # pools were read back, so it samples nothing), not from 0
+    def totals(trainer):
+        return {
+            e["step"]: e["aepo/generated_tokens"] for e in trainer.state.log_history if "aepo/generated_tokens" in e
+        }
+
+    first_totals = totals(first)
+    assert (
+        0 < first_totals[2] < first_totals[3] == sum(len(ids) for p in _stored_pools(first) for ids in p.completion_ids)
+    )
+    assert totals(second) == {1: first_totals[1], 2: first_totals[2], 3: first_totals[2]}
 
 
 def _all_keys(trainer):

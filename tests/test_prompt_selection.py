@@ -141,6 +141,50 @@ def test_a_window_of_upcoming_batches_trains_the_chosen_prompts_as_full_batches(
     assert logged[0]["aepo/prompts_unselected"] == 6 and logged[0]["aepo/pairs"] == 2  # a full batch of 2 prompts
 
 
+def test_with_accumulation_every_micro_batch_of_a_window_trains_a_full_batch(tiny_model_path, dpo_args):
+    """`prompt_selection_window=2`, 2 prompts per batch, `gradient_accumulation_steps=2`: one step, two micro-batches of
+    2 x 2 prompts in order (rows 0-3, rows 4-7). The three strong, orthogonal pair differences are all in the first
+    micro-batch: one choice across the step (keep 4 of 8) would train rows 0, 1, 2, 3 there and none in the second. Each
+    micro-batch keeps its own 2 (hand-checked D-optimal: rows 0 and 1 of the tied strong rows, window order; rows 4
+    and 5 of the identical weak ones), so each trains a full batch of 2 prompts, and only those 4 are paid (k = 2)."""
+    strong = {0: (2.0, 0.0, 0.0, 0.0), 1: (0.0, 2.0, 0.0, 0.0), 2: (0.0, 0.0, 2.0, 0.0)}
+    rows = planted_rows()
+    for i, row in enumerate(rows):
+        d = torch.tensor(strong.get(i, (0.0, 0.0, 0.0, 0.1)))
+        row["embeddings"] = [(d / 2).tolist(), (-d / 2).tolist()]
+    reward = CountingReward()
+    trainer = trainer_for(
+        tiny_model_path,
+        dpo_args,
+        rows,
+        annotator=reward,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        train_sampling_strategy="sequential",
+        max_steps=-1,
+        num_train_epochs=1,
+        prompt_selection="d_optimal",
+        prompt_selection_window=2,
+        selection_strategy="random",
+    )
+    kept_per_micro_batch, select = [], trainer.pool_reducer.select
+
+    def recording_select(batch_rows, *args, **kwargs):  # the selection objects the step then trims, one per micro-batch
+        picked = select(batch_rows, *args, **kwargs)
+        kept_per_micro_batch.append(picked)
+        return picked
+
+    trainer.pool_reducer.select = recording_select
+    trainer.train()
+    assert trainer.state.global_step == 1
+    kept = [[key for key, subset in zip(p.keys, p.subsets) if subset] for p in kept_per_micro_batch]
+    assert [len(p.keys) for p in kept_per_micro_batch] == [4, 4] and [len(k) for k in kept] == [2, 2]
+    assert sorted({prompt for prompt, _ in reward.calls}) == [f"Question {i}: name a colour." for i in (0, 1, 4, 5)]
+    assert len(reward.calls) == 8 and trainer.annotation_service.spent == 8
+    logged = [e for e in trainer.state.log_history if "aepo/prompts_unselected" in e]
+    assert logged[0]["aepo/prompts_unselected"] == 4 and logged[0]["aepo/pairs"] == 4
+
+
 def test_a_windowed_run_resumed_after_its_first_step_trains_and_pays_as_the_uninterrupted_run(
     tiny_model_path, dpo_args, tmp_path
 ):

@@ -125,6 +125,7 @@ def main() -> None:
         "logged": [e for e in trainer.state.log_history if "loss" in e],
         "surrogate": None,
         "generated": None if trainer.aepo_on_policy is None else trainer.aepo_on_policy.generated,
+        "generated_tokens_total": None if trainer.aepo_on_policy is None else trainer.aepo_on_policy.export(),
         "selections": [
             {"keys": picked.keys, "selected": subsets, "kept": [bool(s) for s in picked.subsets]}
             for picked, subsets in selections
@@ -136,6 +137,9 @@ def main() -> None:
         result["surrogate_labels"] = len(active.surrogate)
         result["safety"] = active.safety.export()  # the safety rule's record (issue 27): equal on every rank
         result["follows"] = [e["aepo/active_follows"] for e in trainer.state.log_history if "aepo/active_follows" in e]
+        result["safety_bounds"] = [
+            e["aepo/active_safety_lower_bound"] for e in trainer.state.log_history if "aepo/active_follows" in e
+        ]
         if active.surrogate.ready:  # the fitted model itself (an ensemble's heads included), as a digest
             features = torch.stack([torch.tensor(item[2], dtype=torch.float64) for item in active.surrogate.export()])
             post = active.surrogate.posterior(features[None], torch.ones(1, len(features), dtype=torch.bool))

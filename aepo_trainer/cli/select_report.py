@@ -59,7 +59,8 @@ def active_summary(selector, path: str) -> str:
     cold = sum(q.cold_start for q in selector.history)
     safety = selector.safety.state()
     rule = (
-        f"safety rule: {safety.prompts_tested} prompts tested out of sample, accuracy {safety.accuracy:.3f}, lower "
+        f"safety rule ({selector.safety.test}): {safety.prompts_tested} prompts tested out of sample, accuracy "
+        f"{safety.accuracy:.3f}, lower "
         f"bound {safety.lower_bound:.3f} vs {safety.threshold:.2f} needed -> next batch "
         f"{'follows the surrogate' if not selector.cold else 'random (cold start)'}"
         if selector.safety.enabled

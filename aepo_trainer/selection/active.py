@@ -10,10 +10,12 @@ It holds a `BayesianLinearSurrogate` and alternates two calls:
   the new labels (Spearman and within-prompt pairwise accuracy: the learning curve users see), then adds the valid
   labels and refits. Invalid labels (None, NaN, infinities, non-numbers) are counted and never enter the model.
 
-The safety rule (`selection/safety.py`, on by default): the out-of-sample test of every prompt's fresh labels goes
-into a running record, and the acquisition selects only while the record's lower confidence bound of pairwise
-accuracy exceeds 0.5 + margin; otherwise the cold-start strategy (random k by default) selects, exactly as during
-warm-up. The "best" member of each pair is taken by the posterior mean (`robust_best`, `acquisitions.py`).
+The safety rule (`selection/safety.py`, on by default): the acquisition selects only while the lower confidence
+bound of the surrogate's out-of-sample within-prompt pairwise accuracy exceeds 0.5 + margin — by default the record
+of each batch's labels tested before the refit (prequential), or (`safety_test='cross_validated'`) the current fit's
+K-fold cross-validated accuracy over every labelled prompt; otherwise the cold-start strategy (random k by default)
+selects, exactly as during warm-up. The "best" member of each pair is taken by the posterior mean (`robust_best`,
+`acquisitions.py`).
 
 Determinism: the surrogate's fit depends only on the set of labels (see `surrogate.py`) and every random choice is
 keyed by (seed, prompt key), so replaying the same labels in the same batches — a resumed `aepo select` reads them
@@ -101,6 +103,8 @@ class ActiveSelector:
         surrogate: one of `choices.ACTIVE_SURROGATES` ('bayesian_linear', or 'ensemble' of `ensemble_heads` heads).
         safety / safety_margin / safety_confidence: the safety rule (`selection/safety.py`); safety=False follows
             the acquisition as soon as the surrogate is fitted.
+        safety_test / safety_folds: how the rule tests the surrogate (`choices.SAFETY_TESTS`): 'prequential' (the
+            default) or K-fold cross-validation of the current fit over every labelled prompt (K = 5).
         robust_best: take the chosen-side member by the posterior mean (`acquisitions.py`).
     """
 
@@ -127,6 +131,8 @@ class ActiveSelector:
         safety_margin: float = 0.02,
         safety_confidence: float = 0.95,
         robust_best: bool = True,
+        safety_test: str = "prequential",
+        safety_folds: int = 5,
     ):
         if strategy not in ACTIVE_STRATEGIES:
             raise ValueError(f"strategy {strategy!r} is not active; expected one of {', '.join(ACTIVE_STRATEGIES)}")
@@ -157,7 +163,8 @@ class ActiveSelector:
             self.surrogate = EnsembleSurrogate(prior_precision, noise_precision, heads=ensemble_heads, seed=self.seed)
         else:
             self.surrogate = BayesianLinearSurrogate(prior_precision, noise_precision)
-        self.safety = SafetyRecord(safety, safety_margin, safety_confidence)
+        self.safety = SafetyRecord(safety, safety_margin, safety_confidence, safety_test, safety_folds)
+        self.safety.attach(self.surrogate)
         self.robust_best = bool(robust_best)
         self.history: list[BatchQuality] = []
         self.invalid_labels = 0
@@ -193,6 +200,7 @@ class ActiveSelector:
             safety_margin=config.active_safety_margin if config.active_safety_margin is not None else 0.0,
             safety_confidence=config.active_safety_confidence,
             robust_best=not config.active_optimistic_best,
+            safety_test=config.active_safety_test,
         )
 
     # --------------------------------------------------------------------------------------------------- select

@@ -79,6 +79,17 @@ class EnsembleSurrogate(BayesianLinearSurrogate):
         self._projection: tuple[torch.Tensor, torch.Tensor] | None = None  # (R [F, H], b [H])
         self._head_weights: torch.Tensor | None = None  # [D, M] g_m + w_m of every head
 
+    def blank(self) -> EnsembleSurrogate:
+        return type(self)(
+            self.prior_precision,
+            self.noise_precision,
+            heads=self.heads,
+            hidden=self.hidden,
+            seed=self.seed,
+            max_iterations=self.max_iterations,
+            tolerance=self.tolerance,
+        )
+
     def _phi(self, x: torch.Tensor) -> torch.Tensor:
         """[..., F] raw features -> [..., F + hidden] head features (before within-prompt / within-pool centring): the
         raw features (the linear model's) and the random ReLU features of their standardised values, scaled by

@@ -15,7 +15,8 @@ encoder): `AutoModel` loads its backbone, and the feature of a candidate is the 
 * the mean over non-padding tokens for other encoders.
 
 A checkpoint that leaves weights of the backbone uninitialised (missing keys) is refused: random weights give random
-features. Decoders see the text truncated from the left, so that the end of the answer is always read.
+features. The pooler `AutoModel` adds to BERT-like encoders is the exception: no feature reads it, and RoBERTa and
+XLM-R reward models (`RobertaForSequenceClassification`) are saved without one (tested). Decoders see the text truncated from the left, so that the end of the answer is always read.
 
 **What the model reads.** The candidate as a reward model reads it (`RewardModelAnnotator`'s rule): the conversation
 (prompt as the user's turn, completion as the assistant's) rendered with the model's chat template when its tokenizer
@@ -57,6 +58,10 @@ from ..embedding.embedder import completion_text
 __all__ = ["FeatureModel", "FeatureModelError"]
 
 
+#: Weights `AutoModel` may build that no feature reads: their absence from a checkpoint is not refused.
+_UNUSED_PREFIXES = ("pooler.",)
+
+
 class FeatureModelError(ValueError):
     """`active_feature_model` names a model that cannot serve as a feature model (the message says why)."""
 
@@ -90,7 +95,9 @@ class FeatureModel:
                 f"active_feature_model={self.name_or_path!r} cannot be loaded as a Hugging Face model and tokenizer "
                 f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
             ) from error
-        missing = sorted(info.get("missing_keys") or ())
+        # A pooler is built by `AutoModel` for BERT-like encoders but read by no feature (they are hidden states): a
+        # `RobertaForSequenceClassification` / XLM-R reward model has none (its head reads the first token itself).
+        missing = sorted(k for k in info.get("missing_keys") or () if not k.startswith(_UNUSED_PREFIXES))
         if missing:
             raise FeatureModelError(
                 f"active_feature_model={self.name_or_path!r}: the checkpoint lacks {len(missing)} weights of its "

@@ -1,21 +1,23 @@
 """Prompt-level selection: when the budget covers fewer prompts than the data holds, choose *which prompts* to annotate.
 
 Candidate selection (`kernel`, `active`, `implicit_reward`) picks k of each prompt's N candidates; it says nothing
-about which prompts deserve labels at all. With `AEPOConfig.prompt_selection` set, every window of prompts — the
-micro-batches of one optimizer step on one process in `AEPOTrainer` (`prompt_selection_window` W upcoming batches
-each, see below), one chunk in `aepo select` — is first selected as
-usual (no label is bought for that), then only the `ceil(ratio x window)` most informative prompts are annotated;
-the others get an empty request (the annotation service pays nothing for it) and form no pair. The choice depends
-only on the window's data, the policy's weights and the seed, so it is the same in a resumed run and needs no
-collective across processes (each rank chooses among its own prompts; the main process still pays every rank's
-requests in one call, so the budget stays exact).
+about which prompts deserve labels at all. With `AEPOConfig.prompt_selection` set, every window of prompts — in
+`AEPOTrainer` the micro-batches of one optimizer step on one process, or with `prompt_selection_window` W > 1 each
+micro-batch alone (it holds W upcoming batches, see below); in `aepo select` one chunk — is first selected as usual (no
+label is bought for that), then only the `ceil(ratio x window)` most informative prompts are annotated; the others get
+an empty request (the annotation service pays nothing for it) and form no pair. The choice depends only on the
+window's data, the policy's weights and the seed, so it is the same in a resumed run and needs no collective across
+processes (each rank chooses among its own prompts; the main process still pays every rank's requests in one call, so
+the budget stays exact).
 
 A window of upcoming batches (`prompt_selection_window` W > 1, trainer only) is not a look-ahead into the
 DataLoader: the training DataLoader itself is built with W x `per_device_train_batch_size` prompts per micro-batch
-(`AEPOTrainer.get_train_dataloader`), and the step keeps 1/W of them. So the Trainer's own bookkeeping stays true
-as it is — steps per epoch (len(dataloader) / accumulation), the learning-rate schedule, `max_steps`, and the batches a
-resumed run skips (whole windows, as trained) — with no custom sampler, and each process still chooses among its own
-shard of prompts.
+(`AEPOTrainer.get_train_dataloader`), and the step keeps 1/W of each micro-batch's prompts, chosen within that
+micro-batch (`step_windows`). So every micro-batch trains at most `per_device_train_batch_size` prompts (exactly that
+many when each has enough prompts that can form a pair), whatever `gradient_accumulation_steps`: peak memory is that of
+a run without a window. And the Trainer's own bookkeeping stays true as it is — steps per epoch (len(dataloader) /
+accumulation), the learning-rate schedule, `max_steps`, and the batches a resumed run skips (whole windows, as
+trained) — with no custom sampler, and each process still chooses among its own shard of prompts.
 
 Rules (`choices.PROMPT_SELECTIONS`):
 
@@ -53,6 +55,7 @@ __all__ = [
     "planned_prompts",
     "prompt_ratio",
     "prompts_to_keep",
+    "step_windows",
 ]
 
 #: Ridge λ of the D-optimal design matrix V = λI + Σ d dᵀ (embeddings are unit-norm, so |d| <= 2).
@@ -194,20 +197,36 @@ def chosen_rows(args, picks: list, embeddings: list, *, ratio: float, signals: l
     )
 
 
+def step_windows(args, batches: int) -> list[range]:
+    """The windows of one optimizer step's `batches` micro-batches (indices into them): all of them together, or,
+    with `prompt_selection_window` W > 1, each micro-batch alone — it already holds W batches' prompts, and choosing
+    within it keeps exactly 1/W of them there, so that no micro-batch trains more than `per_device_train_batch_size`
+    prompts (a choice across micro-batches could crowd up to min(W, accumulation) batches' prompts into one)."""
+    if getattr(args, "prompt_selection_window", 1) > 1:
+        return [range(i, i + 1) for i in range(batches)]
+    return [range(batches)]
+
+
 def drop_unchosen_prompts(args, picks: list, embeddings: list, *, ratio: float, signals: list | None = None) -> int:
-    """Prompt selection over one window of selected batches, in place (`AEPOTrainer`'s step): the subsets of the
-    prompts not chosen are emptied, so that their requests cost nothing and they form no pair. Returns how many
-    prompts were left out (0 with `prompt_selection='all'`)."""
+    """Prompt selection over the selected micro-batches of one optimizer step, in place (`AEPOTrainer`'s step), window
+    by window (`step_windows`): the subsets of the prompts not chosen are emptied, so that their requests cost nothing
+    and they form no pair. Returns how many prompts were left out (0 with `prompt_selection='all'`)."""
     if args.prompt_selection == "all":
         return 0
-    kept = chosen_rows(args, picks, embeddings, ratio=ratio, signals=signals)
-    dropped, row = 0, 0
-    for sel in picks:
-        for i in range(len(sel.subsets)):
-            if row not in kept and sel.subsets[i]:
-                sel.subsets[i] = []
-                dropped += 1
-            row += 1
+    signals = signals if signals is not None else [None] * len(picks)
+    dropped = 0
+    for window in step_windows(args, len(picks)):
+        part = [picks[i] for i in window]
+        kept = chosen_rows(
+            args, part, [embeddings[i] for i in window], ratio=ratio, signals=[signals[i] for i in window]
+        )
+        row = 0
+        for sel in part:
+            for i in range(len(sel.subsets)):
+                if row not in kept and sel.subsets[i]:
+                    sel.subsets[i] = []
+                    dropped += 1
+                row += 1
     return dropped
 
 

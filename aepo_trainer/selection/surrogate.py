@@ -285,6 +285,18 @@ class BayesianLinearSurrogate:
     def keys(self) -> set[tuple[int, int]]:
         return set(self._labels)
 
+    def blank(self) -> BayesianLinearSurrogate:
+        """An empty surrogate with the same settings (the safety rule's cross-validation fits one per fold)."""
+        return type(self)(self.prior_precision, self.noise_precision, self.max_iterations, self.tolerance)
+
+    def restricted(self, prompt_keys) -> BayesianLinearSurrogate:
+        """An unfitted surrogate with the same settings holding only the labels of `prompt_keys` (shared tensors,
+        never modified: labels are immutable once added)."""
+        keep = set(prompt_keys)
+        other = self.blank()
+        other._labels = {key: value for key, value in self._labels.items() if key[0] in keep}
+        return other
+
     def grouped(self):
         """[(prompt key, features [m, F], scores [m])] of every prompt, sorted by key (labels sorted by completion
         key): the raw, uncentred material of `training_set` (the ensemble surrogate builds its own features from it)."""

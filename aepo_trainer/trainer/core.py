@@ -40,7 +40,7 @@ from .run_control import (
     default_run_id,
     last_complete_checkpoint,
     refuse_options_pools_cannot_honour,
-    restore_active_labels,
+    restore_run_state,
 )
 
 logger = logging.getLogger(__name__)
@@ -314,10 +314,16 @@ class AEPOTrainer(DPOTrainer):
             )
         return groups, None
 
+    def policy_signals_of_step(self):
+        """The training step's policy-signals function, `batch -> PolicySignals | None` (`policy_signals`): a subclass
+        may override it to observe or replace the signals the step's selection reads (an experiment's probe)."""
+        from .policy_signals import policy_signals_of_step
+
+        return policy_signals_of_step(self)
+
     def _aepo_reduce(self, pool_batches: list[dict], mode: str) -> list[dict]:
         """Run the step's reduction (`step.reduce_pool_batches`) and apply its result to this trainer's state."""
         from ..selection.prompts import dataset_size, planned_prompts
-        from .policy_signals import policy_signals_of_step
         from .step import GroupLayout, reduce_pool_batches
 
         args = self.args
@@ -332,7 +338,7 @@ class AEPOTrainer(DPOTrainer):
             pairs_are_terms=any(t not in args.rpo_loss_types for t in self.loss_types),
             include_unpaired=bool(args.rpo_loss_types),
             completions_column=args.completions_column,
-            policy_signals=policy_signals_of_step(self) if reducer.needed_signals else None,
+            policy_signals=self.policy_signals_of_step() if reducer.needed_signals else None,
             timer=self.aepo_phase_timer,
             gold_agreement=not self._aepo_labels_are_dataset_scores,
             planned_prompts=planned_prompts(args, dataset_size(self.train_dataset), self.accelerator.num_processes),
@@ -426,8 +432,8 @@ class AEPOTrainer(DPOTrainer):
             if resume_from_checkpoint is None:
                 logger.warning("AEPO: no complete checkpoint in %s: training from the start.", self.args.output_dir)
         self._aepo_losses.reset("train_total")
-        if resume_from_checkpoint and self.pool_reducer is not None and self.pool_reducer.active is not None:
-            restore_active_labels(self.pool_reducer.active, resume_from_checkpoint, self.accelerator)
+        if resume_from_checkpoint:  # an active strategy's labels, the on-policy counters
+            restore_run_state(self, resume_from_checkpoint)
         if self._aepo_trains_on_pools and self.args.needs_implicit_rewards:
             from .policy_signals import prepare_reference_cache
 

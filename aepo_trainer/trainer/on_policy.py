@@ -22,8 +22,10 @@ reduction (`step.reduce_pool_batches`):
   the offline pools' tokenization (`pools.prepare_pool_dataset`).
 * **Phase times** (`PhaseTimer`): generate / embed / select / annotate / train, logged as `aepo/time_share/*`.
 * **Generated tokens** (compute, not labels): every step logs `aepo/generated_tokens`, the completion tokens sampled
-  so far by all processes of this run since it started (EOS included, padding excluded; a pool read back from the
-  store costs none), a running total like `num_tokens`. `OnPolicyPools.generated_tokens` is this process's count.
+  so far by all processes of this run (EOS included, padding excluded; a pool read back from the store costs none),
+  a running total like `num_tokens`: each checkpoint keeps it and a resumed run continues from the checkpoint's value
+  (the pools a killed run sampled after its last checkpoint are read back from the store and not counted again).
+  `OnPolicyPools.generated_tokens` is this process's count since the process started (not checkpointed).
 """
 
 from __future__ import annotations
@@ -92,6 +94,15 @@ class OnPolicyPools:
         self.reused = 0
         self.generated_tokens = 0  # completion tokens this process sampled (EOS included, no padding)
         self._all_generated_tokens = 0  # the same, summed over every process (the logged running total)
+
+    def export(self) -> dict:
+        """What a checkpoint keeps (`run_control.ON_POLICY_STATE_FILE`): the running total of generated tokens, the
+        same on every process, so that a resumed run's `aepo/generated_tokens` continues from it."""
+        return {"generated_tokens": self._all_generated_tokens}
+
+    def absorb(self, state: dict) -> None:
+        """Continue from a checkpoint's `export()` (every process, on resume)."""
+        self._all_generated_tokens = int(state.get("generated_tokens", 0))
 
     # ------------------------------------------------------------------------------------------------ backends
     @property

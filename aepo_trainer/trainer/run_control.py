@@ -27,6 +27,7 @@ logger = logging.getLogger("aepo_trainer.trainer")
 
 __all__ = [
     "ACTIVE_LABELS_FILE",
+    "ON_POLICY_STATE_FILE",
     "AEPOControlCallback",
     "as_aepo_config",
     "budget_already_spent",
@@ -34,9 +35,11 @@ __all__ = [
     "last_complete_checkpoint",
     "refuse_options_pools_cannot_honour",
     "restore_active_labels",
+    "restore_run_state",
 ]
 
 ACTIVE_LABELS_FILE = "aepo_active_labels.json"  # in each checkpoint: the labels an active strategy has learned
+ON_POLICY_STATE_FILE = "aepo_on_policy.json"  # in each checkpoint: the on-policy counters (`OnPolicyPools.export`)
 
 
 def last_complete_checkpoint(output_dir) -> str | None:
@@ -94,15 +97,18 @@ class AEPOControlCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_save(self, args, state, control, **kwargs):
-        """An active strategy's surrogate goes into the checkpoint: a resumed run selects as an uninterrupted one."""
+        """An active strategy's surrogate and the on-policy counters go into the checkpoint: a resumed run selects
+        as an uninterrupted one, and its running totals continue."""
         trainer = self.trainer
         active = trainer.pool_reducer.active if trainer.pool_reducer is not None else None
-        if active is not None and trainer.accelerator.is_main_process:
-            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            if os.path.isdir(folder):
-                path = os.path.join(folder, ACTIVE_LABELS_FILE)
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if not trainer.accelerator.is_main_process or not os.path.isdir(folder):
+            return control
+        for name, owner in ((ACTIVE_LABELS_FILE, active), (ON_POLICY_STATE_FILE, trainer.aepo_on_policy)):
+            if owner is not None:
+                path = os.path.join(folder, name)
                 with storage_guard(path), open(path, "w", encoding="utf-8") as f:
-                    json.dump(active.export(), f)
+                    json.dump(owner.export(), f)
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -134,23 +140,41 @@ def as_aepo_config(args: DPOConfig) -> AEPOConfig:
     return upgraded
 
 
+def restore_run_state(trainer, checkpoint: str) -> None:
+    """On resume, every rank: an active strategy's labels (`restore_active_labels`) and the on-policy counters
+    (`ON_POLICY_STATE_FILE`) come back from `checkpoint`."""
+    if trainer.pool_reducer is not None and trainer.pool_reducer.active is not None:
+        restore_active_labels(trainer.pool_reducer.active, checkpoint, trainer.accelerator)
+    if trainer.aepo_on_policy is not None:
+        state = _read_on_main_process(checkpoint, ON_POLICY_STATE_FILE, trainer.accelerator, "generated tokens count 0")
+        if state:
+            trainer.aepo_on_policy.absorb(state)
+
+
 def restore_active_labels(active, checkpoint: str, accelerator) -> None:
     """Read an active strategy's labels from `checkpoint` on the main process and teach them to every rank's
     surrogate (a resumed run selects as an uninterrupted one would)."""
+    items = _read_on_main_process(checkpoint, ACTIVE_LABELS_FILE, accelerator, "the active surrogate starts cold")
+    if items:
+        active.absorb(items)  # {labels, tests} (issue 27), or an older checkpoint's bare label list
+
+
+def _read_on_main_process(checkpoint: str, name: str, accelerator, otherwise: str):
+    """The JSON file `name` of `checkpoint`, read on the main process and broadcast to every rank (None, with a
+    warning saying `otherwise`, when the checkpoint has none)."""
     from accelerate.utils import broadcast_object_list
 
     items = [None]
     if accelerator.is_main_process:
-        path = os.path.join(checkpoint, ACTIVE_LABELS_FILE)
+        path = os.path.join(checkpoint, name)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 items = [json.load(f)]
         else:
-            logger.warning("AEPO: %s has no %s: the active surrogate starts cold.", checkpoint, ACTIVE_LABELS_FILE)
+            logger.warning("AEPO: %s has no %s: %s.", checkpoint, name, otherwise)
     if accelerator.num_processes > 1:
         broadcast_object_list(items, from_process=0)
-    if items[0]:
-        active.absorb(items[0])  # {labels, tests} (issue 27), or an older checkpoint's bare label list
+    return items[0]
 
 
 def budget_already_spent(trainer) -> bool:
