@@ -334,7 +334,9 @@ class AEPOConfig(DPOConfig):
             "when training in float32: a faster pass on hardware with fast bfloat16 (measured in docs/benchmarks.md), "
             "whose implicit rewards differ slightly from float32's and may change a selection. The "
             "DPO loss keeps the step's precision: the selected pairs' reference log-probs come from a second cache "
-            "kept at the step's precision (each candidate is scored once at each precision).",
+            "kept at the step's precision, scored for the selected candidates only (every candidate with "
+            "`precompute_pool_ref_logps`). Only with policy signals; refused with `fp16=True` and on a GPU "
+            "without bfloat16.",
             "choices": list(POLICY_SIGNALS_DTYPES),
         },
     )

@@ -189,7 +189,13 @@ CHECKS: tuple[Check | Callable, ...] = (
         "an integer >= 1; > 1 only with selection_strategy='implicit_reward_gap' (an active surrogate needs the "
         "policy signals of every label it learns)",
     ),
-    Check("policy_signals_dtype", _in(POLICY_SIGNALS_DTYPES), _one_of(POLICY_SIGNALS_DTYPES)),
+    Check(
+        "policy_signals_dtype",
+        lambda v, c: v in POLICY_SIGNALS_DTYPES and (v == "auto" or (c.needs_implicit_rewards and not c.fp16)),
+        _one_of(POLICY_SIGNALS_DTYPES) + "; 'bfloat16' only with policy signals (selection_strategy="
+        "'implicit_reward_gap', active_implicit_reward_feature or active_policy_features: otherwise nothing reads it) "
+        "and not with fp16=True (the step's fp16 autocast would override it)",
+    ),
     Check(
         "precompute_pool_ref_logps",
         lambda v, c: isinstance(v, bool) and (not v or c.needs_implicit_rewards),

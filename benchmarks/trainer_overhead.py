@@ -160,6 +160,8 @@ class StepTimer:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from aepo_trainer.choices import POLICY_SIGNALS_DTYPES
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--pool_size", type=int, default=32, help="N")
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--policy_signals_dtype",
         nargs="+",
         default=["auto"],
-        choices=["auto", "bfloat16"],
+        choices=list(POLICY_SIGNALS_DTYPES),
         help="--policy_signals rows per precision of the signals pass (AEPOConfig.policy_signals_dtype); bfloat16 rows "
         "also report how many prompts select as the float32 pass does.",
     )
@@ -409,19 +411,13 @@ def _precision_agreement(trainer, num_batches: int) -> dict:
     """After the timed steps: the bf16 signals against the float32 pass on the same weights, over `num_batches`
     pool batches (same selection = the same k = 2 candidates of a prompt)."""
     from aepo_trainer.selection.implicit_reward import implicit_reward_gap_indices
-    from aepo_trainer.trainer.policy_signals import compute_policy_signals, signals_state
+    from aepo_trainer.trainer.policy_signals import compute_policy_signals
 
-    state = signals_state(trainer)
     same = total = 0
     worst = 0.0
     for _, batch in zip(range(num_batches), iter(trainer.get_train_dataloader())):
         fast = compute_policy_signals(trainer, batch).implicit_rewards
-        bf16, signals_cache = state.signals_bf16, state.signals_cache
-        state.signals_bf16, state.signals_cache = False, state.cache  # the float32 pass, for comparison only
-        try:
-            exact = compute_policy_signals(trainer, batch).implicit_rewards
-        finally:
-            state.signals_bf16, state.signals_cache = bf16, signals_cache
+        exact = compute_policy_signals(trainer, batch, signals_dtype="auto").implicit_rewards  # float32, to compare
         mask = batch["pool_mask"].bool()
         picks = [implicit_reward_gap_indices(r, 2, mask)[0] for r in (fast, exact)]
         same += int(picks[0].eq(picks[1]).all(1).sum())
@@ -475,6 +471,7 @@ def policy_signals_main(opts) -> dict:
 
     from aepo_trainer import AEPOConfig, AEPOTrainer
     from aepo_trainer.trainer.policy_signals import prepare_reference_cache
+    from aepo_trainer.trainer.reference_cache import reference_weights_digest
 
     tmp = Path(tempfile.mkdtemp(prefix="aepo-signals-"))
     num_params = build_model(tmp / "model", opts.hidden, opts.layers)
@@ -529,6 +526,9 @@ def policy_signals_main(opts) -> dict:
                     args=DPOConfig(output_dir=str(tmp / "dpo"), **common),
                 )
                 t = time.perf_counter()
+                reference_weights_digest(aepo)  # the reference cache's key: a hash of the full weights, once a run
+                digest_s = time.perf_counter() - t
+                t = time.perf_counter()
                 if "precompute_pool_ref_logps" in settings:  # one-time, like the embeddings: each candidate's ref
                     prepare_reference_cache(aepo, None)
                 precompute_s = time.perf_counter() - t
@@ -582,6 +582,7 @@ def policy_signals_main(opts) -> dict:
                 row = {
                     "N": n, "signals": kind if dtype == "auto" else f"{kind} ({dtype})", "every": every, "aepo_s_per_step": aepo_s, "dpo_s_per_step": dpo_s,
                     "ratio": aepo_s / dpo_s, "aepo_data_ms_per_step": signal_ms, "precompute_s": precompute_s,
+                    "weights_digest_s": digest_s,
                     "load_at_start": row_load, "load_at_end": os.getloadavg()[0], "vs_today": agreement, "vs_float32": vs_float32,
                     "annotations_paid": aepo.annotation_service.spent, "data": source,
                     "signals_pass_s": pass_s, "dpo_reference_pass_s": ref_s,
@@ -597,13 +598,15 @@ def policy_signals_main(opts) -> dict:
         f"{opts.max_length}, {opts.steps} timed steps after {opts.warmup} warm-up, torch threads {torch.get_num_threads()}"
     )
     print(
-        "| N | signals | every | AEPO s/step | DPO on its pairs s/step | ratio | AEPO select phase ms | precompute s |"
+        "| N | signals | every | AEPO s/step | DPO on its pairs s/step | ratio | AEPO select phase ms | precompute s "
+        "| weights digest s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows_out:
         print(
             f"| {r['N']} | {r['signals']} | {r['every']} | {r['aepo_s_per_step']:.3f} | {r['dpo_s_per_step']:.3f} | "
-            f"**{r['ratio']:.2f}x** | {r['aepo_data_ms_per_step']:.0f} | {r['precompute_s']:.1f} |"
+            f"**{r['ratio']:.2f}x** | {r['aepo_data_ms_per_step']:.0f} | {r['precompute_s']:.1f} | "
+            f"{r['weights_digest_s']:.2f} |"
         )
     floor_rows = [r for r in rows_out if r["signals_pass_s"] is not None]
     if floor_rows:

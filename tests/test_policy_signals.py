@@ -134,19 +134,28 @@ def test_reference_logps_are_computed_once_and_reused(tiny_model_path, dpo_args)
     assert torch.equal(compute_policy_signals(trainer, batch).ref_logps, first.ref_logps)
 
 
-@pytest.mark.parametrize("loss_type", [["sigmoid"], ["sigmoid", "rpo_sq"]])
-def test_training_step_takes_the_pair_reference_logps_from_the_signals_pass(tiny_model_path, dpo_args, loss_type):
+@pytest.mark.parametrize(
+    "loss_type, signals_dtype", [(["sigmoid"], "auto"), (["sigmoid", "rpo_sq"], "auto"), (["sigmoid"], "bfloat16")]
+)
+def test_training_step_takes_the_pair_reference_logps_from_the_signals_pass(
+    tiny_model_path, dpo_args, loss_type, signals_dtype
+):
     """The step makes no reference pass (TRL's precomputed-reference path, and the reward-aware losses) and its loss
-    equals the loss with one."""
+    equals the loss with one. With bf16 signals the loss's float32 reference values are scored for the selected
+    candidates only."""
     from aepo_trainer.trainer.batch_keys import REF_LOGPS
+    from aepo_trainer.trainer.policy_signals import signals_state
     from aepo_trainer.trainer.pool_loss import compute_pool_loss
 
     trainer = _trainer(tiny_model_path, dpo_args, _uneven_rows(), per_device_train_batch_size=4, max_steps=1,
-                       loss_type=loss_type)  # fmt: skip
+                       loss_type=loss_type, policy_signals_dtype=signals_dtype)  # fmt: skip
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
     batch = next(iter(trainer.get_train_dataloader()))
     (group,) = trainer._aepo_reduce([batch], "train")
     assert REF_LOGPS in group and group["pair_chosen_rows"].numel() >= 3
+    if signals_dtype == "bfloat16":  # every candidate in bf16, the selected ones (k = 2 of 4 prompts) in float32
+        state = signals_state(trainer)
+        assert len(state.signals_cache) == 19 and len(state.cache) == 8 == int(group[REF_LOGPS].ne(0).sum())
     calls = {"n": 0}
     ref_forward = trainer.ref_model.forward
 
@@ -189,12 +198,12 @@ def test_peft_signals_use_the_adapter_disabled_reference_and_cache_it(tiny_model
     assert got.implicit_rewards.abs().max() > 1e-2
     assert len(signals_state(trainer).cache) == 19
     # the identity ignores the adapter's weights (they train; the disabled-adapter reference does not change)
-    from aepo_trainer.trainer.policy_signals import reference_identity
+    from aepo_trainer.trainer.reference_cache import reference_weights_digest
 
-    before = reference_identity(trainer)
+    before = reference_weights_digest(trainer)
     with torch.no_grad():
         next(p for n, p in model.named_parameters() if "lora_" in n).add_(1.0)
-    assert reference_identity(trainer) == before
+    assert reference_weights_digest(trainer) == before
 
 
 def test_precomputed_cache_survives_a_resume_and_every_interval(tiny_model_path, dpo_args, tmp_path):
@@ -299,11 +308,17 @@ def test_bfloat16_signals_select_as_float32_and_leave_the_loss_reference_at_the_
 ):
     """policy_signals_dtype="bfloat16" while training in float32: implicit rewards within bf16 rounding of the float32
     ones and the same selection on these pools; exactly 0 when the policy is its reference (bf16 on both sides); the
-    reference log-probs the DPO loss reads are the float32 ones, bitwise; each candidate's reference is scored once per
-    precision, and both caches reach the run's store under their own identities."""
+    reference log-probs the DPO loss reads are float32 ones, computed for the selected candidates only (not all N);
+    each candidate's reference is scored at most once per precision, and both caches reach the run's store under their
+    own identities."""
     from aepo_trainer.selection.implicit_reward import implicit_reward_gap_indices
     from aepo_trainer.storage.reference_logps import ReferenceLogpsTable
-    from aepo_trainer.trainer.policy_signals import compute_policy_signals, save_to_store, signals_state
+    from aepo_trainer.trainer.policy_signals import (
+        compute_policy_signals,
+        group_reference_logps,
+        save_to_store,
+        signals_state,
+    )
 
     rows = _uneven_rows()
     exact = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4)
@@ -319,15 +334,151 @@ def test_bfloat16_signals_select_as_float32_and_leave_the_loss_reference_at_the_
         implicit_reward_gap_indices(got.implicit_rewards, 2, mask)[0],
         implicit_reward_gap_indices(want.implicit_rewards, 2, mask)[0],
     )
-    assert torch.equal(got.ref_logps, want.ref_logps)  # the loss's reference: float32, as without the option
     state = signals_state(fast)
-    assert state.signals_cache.identity == state.cache.identity + "|bfloat16"
-    assert len(state.cache) == len(state.signals_cache) == 19 and state.forward_passes["reference"] == 8
+    assert state.signals_cache.identity.endswith("|autocast=bfloat16")
+    assert state.cache.identity.endswith("|mixed_precision=no") and state.cache.identity != state.signals_cache.identity
+    # the bf16 pass scored the reference of all 19 candidates in bf16, and no float32 reference yet
+    assert len(state.signals_cache) == 19 and len(state.cache) == 0 and state.forward_passes["reference"] == 4
+    # the loss's reference: float32, of the selected candidates only (2 of each prompt)
+    assert got.ref_logps is None
+    picks = implicit_reward_gap_indices(got.implicit_rewards, 2, mask)[0]
+    group = {
+        "response_groups": torch.tensor([b for b in range(4) for _ in range(2)] + [-1]),
+        "response_candidates": torch.tensor([int(j) for row in picks for j in row] + [0]),
+    }
+    loss_ref = group_reference_logps(got, group)
+    expected = torch.tensor([float(want.ref_logps[b, j]) for b, row in enumerate(picks) for j in row] + [0.0])
+    torch.testing.assert_close(loss_ref, expected, rtol=0, atol=1e-5)  # float32 values, as without the option
+    assert len(state.cache) == 8 and state.forward_passes["reference"] == 8  # 8 candidates, not 19
     compute_policy_signals(fast, batch)
+    group_reference_logps(compute_policy_signals(fast, batch), group)
     assert state.forward_passes["reference"] == 8  # both precisions cached
-    assert save_to_store(fast, all_ranks=True) == 38
+    assert save_to_store(fast, all_ranks=True) == 19 + 8
     table = ReferenceLogpsTable(fast.annotation_service.store)
-    assert table.count(state.cache.identity) == table.count(state.signals_cache.identity) == 19
+    assert table.count(state.cache.identity) == 8 and table.count(state.signals_cache.identity) == 19
     same = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4, perturb=False,
                     policy_signals_dtype="bfloat16")  # fmt: skip
     assert compute_policy_signals(same, batch).implicit_rewards.abs().max() == 0
+
+
+def test_a_bf16_runs_reference_values_are_not_read_by_a_float32_run(tiny_model_path, dpo_args):
+    """The cache key holds the precision the values were computed at: a float32 run on the store of a bf16
+    mixed-precision run (same reference weights) computes its own values; it reads only its own precision's."""
+    from aepo_trainer.trainer.policy_signals import (
+        compute_policy_signals,
+        load_from_store,
+        save_to_store,
+        signals_state,
+    )
+
+    rows = pool_rows(n=4, size=5)
+    low = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4, bf16=True, use_cpu=True)
+    batch = next(iter(low.get_train_dataloader()))
+    compute_policy_signals(low, batch)
+    assert save_to_store(low, all_ranks=True) == 20
+    exact = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4)  # float32, the same store
+    exact.ref_model.load_state_dict(low.ref_model.state_dict())
+    assert load_from_store(exact) == 0
+    compute_policy_signals(exact, batch)
+    state = signals_state(exact)
+    assert state.forward_passes["reference"] == 4 and state.cache.hits == 0 and state.cache.misses == 20
+    assert save_to_store(exact, all_ranks=True) == 20
+    again = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4)
+    again.ref_model.load_state_dict(low.ref_model.state_dict())
+    assert load_from_store(again) == 20  # its own precision's values are found
+    assert signals_state(low).cache.identity.endswith("|mixed_precision=bf16")
+
+
+def test_the_reference_digest_covers_every_weight_value_and_dtype(tiny_model_path, dpo_args):
+    """A weight edit that keeps each tensor's sum and first values (moving one value) changes the reference's
+    identity, as does the weights' dtype."""
+    from aepo_trainer.trainer.reference_cache import reference_weights_digest
+
+    trainer = _trainer(tiny_model_path, dpo_args, pool_rows(n=2, size=3))
+    weight = next(p for p in trainer.ref_model.parameters() if p.numel() > 200)
+    with torch.no_grad():
+        weight.zero_()
+        weight.view(-1)[100] = 1.0
+    before = reference_weights_digest(trainer)
+    with torch.no_grad():
+        weight.view(-1)[100], weight.view(-1)[101] = 0.0, 1.0  # same sum, same first 8 values
+    moved = reference_weights_digest(trainer)
+    assert moved != before
+    trainer.ref_model.to(torch.bfloat16)
+    assert reference_weights_digest(trainer) != moved
+
+
+def test_policy_signals_refuse_sharded_weights_and_bf16_on_a_gpu_without_it(monkeypatch):
+    """Checked at trainer init (`check_policy_signals_setup`): FSDP or ZeRO-3 shard the reference the cache key
+    digests; bf16 signals need a GPU with bf16."""
+    from types import SimpleNamespace
+
+    from aepo_trainer.trainer.policy_signals import check_policy_signals_setup
+
+    def fake(fsdp=False, zero_stage=None, device="cpu", dtype="auto"):
+        plugin = None if zero_stage is None else SimpleNamespace(zero_stage=zero_stage)
+        state = SimpleNamespace(deepspeed_plugin=plugin)
+        accelerator = SimpleNamespace(state=state, device=torch.device(device))
+        return SimpleNamespace(is_fsdp_enabled=fsdp, accelerator=accelerator,
+                               args=SimpleNamespace(policy_signals_dtype=dtype))  # fmt: skip
+
+    with pytest.raises(ValueError, match="not supported with FSDP or DeepSpeed ZeRO-3.*precompute_pool_ref_logps"):
+        check_policy_signals_setup(fake(fsdp=True))
+    with pytest.raises(ValueError, match="FSDP or DeepSpeed ZeRO-3"):
+        check_policy_signals_setup(fake(zero_stage=3))
+    check_policy_signals_setup(fake(zero_stage=2))  # ZeRO-2: every rank holds the whole weights
+    check_policy_signals_setup(fake(dtype="bfloat16"))  # CPU bf16 autocast works
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(ValueError, match="policy_signals_dtype='bfloat16' is invalid on this GPU"):
+        check_policy_signals_setup(fake(device="cuda", dtype="bfloat16"))
+    check_policy_signals_setup(fake(device="cuda"))
+
+
+def test_config_refuses_bfloat16_signals_where_they_would_be_ignored_or_overridden(tmp_path):
+    from aepo_trainer import AEPOConfig
+
+    base = dict(output_dir=str(tmp_path), report_to="none", bf16=False)
+    with pytest.raises(ValueError, match="policy_signals_dtype='bfloat16' is invalid.*only with policy signals"):
+        AEPOConfig(**base, policy_signals_dtype="bfloat16")  # selection_strategy without policy signals
+    with pytest.raises(ValueError, match="policy_signals_dtype='bfloat16' is invalid.*not with fp16=True"):
+        AEPOConfig(**base, selection_strategy="implicit_reward_gap", fp16=True, policy_signals_dtype="bfloat16")
+    assert AEPOConfig(**base, selection_strategy="implicit_reward_gap", policy_signals_dtype="bfloat16")
+
+
+@pytest.mark.parametrize("main_process", [True, False])
+def test_a_resume_writes_only_checkpoint_values_the_store_lacks_and_only_from_the_main_process(
+    tiny_model_path, dpo_args, tmp_path, monkeypatch, main_process
+):
+    """On a resume the checkpoint's values go to the store from the main process only (no rank gathers the whole
+    cache), and only those the store does not hold yet."""
+    from accelerate import Accelerator
+
+    from aepo_trainer.storage.reference_logps import ReferenceLogpsTable
+    from aepo_trainer.trainer.policy_signals import (
+        REF_LOGPS_FILE,
+        compute_policy_signals,
+        exported_for_checkpoint,
+        prepare_reference_cache,
+        save_to_store,
+        signals_state,
+    )
+
+    rows = pool_rows(n=4, size=5)
+    first = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4)
+    compute_policy_signals(first, next(iter(first.get_train_dataloader())))
+    checkpoint = tmp_path / "checkpoint-1"
+    checkpoint.mkdir()
+    torch.save(exported_for_checkpoint(first), checkpoint / REF_LOGPS_FILE)
+    assert save_to_store(first, all_ranks=True) == 20  # the store holds them already
+    written = []
+    save = ReferenceLogpsTable.save
+    monkeypatch.setattr(ReferenceLogpsTable, "save", lambda self, ref, values: written.append(len(values)) or save(
+        self, ref, values))  # fmt: skip
+    resumed = _trainer(tiny_model_path, dpo_args, rows, per_device_train_batch_size=4)
+    resumed.ref_model.load_state_dict(first.ref_model.state_dict())
+    signals_state(resumed)  # its key, digested (on the main process) before this process plays another rank
+    monkeypatch.setattr(Accelerator, "is_main_process", property(lambda self: main_process))
+    prepare_reference_cache(resumed, str(checkpoint))
+    state = signals_state(resumed)
+    assert len(state.cache) == 20 and state.cache.unsaved == {}  # restored, nothing left to write
+    assert written == ([0] if main_process else [])  # nothing written twice; other ranks write nothing

@@ -1,7 +1,8 @@
 """Table `reference_logps` (owned by this module): the reference model's log-probability of each pool candidate.
 
 `reference_logps(reference, candidate, logp, created_at)`: Σ_t log π_ref(y_t | x, y_<t) of one candidate, keyed by the
-reference's identity (`trainer.reference_cache.reference_identity`: which reference and a digest of its weights) and
+reference's identity (`trainer.reference_cache.reference_identity`: which reference, a hash of its full weights and
+their dtypes, and the precision the value was computed at) and
 the candidate's kept tokens (`candidate_keys`: a 16-byte digest of the prompt and completion tokens after TRL's
 truncation). The reference never changes, so a value computed once holds for every later epoch, resume and restart
 of any run that trains against the same reference and shares the store (`annotation_store`, default

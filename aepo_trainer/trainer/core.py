@@ -213,8 +213,9 @@ class AEPOTrainer(DPOTrainer):
             self.loss_is_scaled_for_ga = True
         self.add_callback(AEPOControlCallback(self))
         if args.needs_implicit_rewards:
-            from .policy_signals import PolicySignalsCallback
+            from .policy_signals import PolicySignalsCallback, check_policy_signals_setup
 
+            check_policy_signals_setup(self)  # sharded weights, bf16 on a GPU without it: refused before paid work
             self.add_callback(PolicySignalsCallback(self))
 
     def _aepo_embed(self, dataset, args):

@@ -9,8 +9,10 @@ Selection that reads the policy (`implicit_reward_gap`, the surrogate's `active_
 Three things keep that cheap (issue 33):
 
 1. **The reference never changes**, so log π_ref(y|x) is computed once per candidate and kept in a
-   `ReferenceLogpsCache`, keyed by the reference's identity (a digest of its weights, and which reference: `ref_model`,
-   the PEFT policy with its adapter disabled, or its frozen "ref" adapter) and by the candidate's kept tokens (prompt
+   `ReferenceLogpsCache`, keyed by the reference's identity (a digest of its full weights with their dtypes, which
+   reference: `ref_model`, the PEFT policy with its adapter disabled, or its frozen "ref" adapter, and the precision the
+   values are computed at: the run's mixed precision, or the bf16 autocast of `policy_signals_dtype`; digested on the
+   main process and broadcast, so every rank keys alike) and by the candidate's kept tokens (prompt
    and completion after TRL's truncation). It is filled in the training step the first time a candidate is scored, or
    for the whole training set before training with `AEPOConfig.precompute_pool_ref_logps` (TRL's
    `precompute_ref_log_probs`, for candidates instead of pairs). It is kept in the run's store (table
@@ -37,7 +39,8 @@ by the whole-sequence fused-head pass of `trainer.implicit_rewards` instead (no 
 
 `AEPOConfig.policy_signals_dtype = "bfloat16"` scores the signals (policy and reference) under bf16 autocast while the
 step trains in float32: the faster pass of hardware with fast bf16; the reference values of the two precisions are
-cached apart (identity suffix "|bfloat16"), and the DPO loss reads the step-precision ones, so it is DPO's exactly.
+cached apart (identity suffix "|autocast=bfloat16"), and the DPO loss reads the step-precision ones, so it is DPO's
+exactly: those are scored for the selected candidates only (`PolicySignals.step_reference`), not for all N.
 
 `AEPOConfig.policy_signals_every` = s refreshes the signals on every s-th optimizer step only; the prompts of the other
 steps are selected by the strategy's fallback (`active_cold_start`), as a prompt without implicit-reward spread is.
@@ -46,6 +49,7 @@ steps are selected by the strategy's fallback (`active_cold_start`), as a prompt
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +59,13 @@ from transformers import TrainerCallback
 from .._trl_compat import disable_gradient_checkpointing, use_adapter
 from ..selection.implicit_reward import implicit_rewards
 from .candidate_scoring import prefix_scoring_supported, score_pool_candidates
-from .reference_cache import ReferenceLogpsCache, candidate_keys, reference_identity
+from .reference_cache import (
+    ReferenceLogpsCache,
+    candidate_keys,
+    reference_identity,
+    reference_weights_digest,
+    weights_are_sharded,
+)
 
 __all__ = [
     "REF_LOGPS_FILE",
@@ -63,6 +73,7 @@ __all__ = [
     "PolicySignalsCallback",
     "ReferenceLogpsCache",
     "candidate_keys",
+    "check_policy_signals_setup",
     "compute_policy_signals",
     "load_from_store",
     "policy_signals_due",
@@ -87,6 +98,8 @@ class PolicySignals:
     policy_logps: torch.Tensor | None  # None from the whole-sequence fallback pass (`trainer.implicit_rewards`)
     ref_logps: torch.Tensor | None
     policy_features: torch.Tensor | None  # [B, N, H], with `active_policy_features`
+    # with bf16 signals (`ref_logps` None): [(b, j)] -> [R] the step-precision reference log-probs of those candidates
+    step_reference: Callable[[list[tuple[int, int]]], torch.Tensor] | None = None
 
     def for_selection(self) -> dict:
         signals = {"implicit_rewards": self.implicit_rewards}
@@ -107,8 +120,8 @@ def prepare_reference_cache(trainer, checkpoint) -> None:
     checkpoint; then, with `precompute_pool_ref_logps`, every training candidate's reference log-prob that is still
     missing (one pass; on-policy pools do not exist yet), saved to the store."""
     state = signals_state(trainer)
-    if checkpoint and restore_reference_cache(trainer, checkpoint):
-        for cache in state.caches:  # a checkpoint's values reach a store that lacks them
+    if checkpoint and restore_reference_cache(trainer, checkpoint) and trainer.accelerator.is_main_process:
+        for cache in state.caches:  # a checkpoint's values reach a store that lacks them: once, from the main process
             cache.unsaved.update(cache.values)
     load_from_store(trainer)
     if trainer.args.precompute_pool_ref_logps and trainer.train_dataset is not None:
@@ -125,23 +138,57 @@ def policy_signals_due(trainer) -> bool:
     return trainer.state.global_step % every == 0
 
 
+def check_policy_signals_setup(trainer) -> None:
+    """At trainer init, before any paid or slow work: refuse what the policy signals cannot do soundly.
+
+    * Sharded weights (FSDP, DeepSpeed ZeRO-3): the reference log-probs cached in the run's store are keyed by a
+      digest of the reference's full weights, which no rank holds, and the signals pass runs the unwrapped model.
+    * `policy_signals_dtype="bfloat16"` on a CUDA device without bf16 (CPU bf16 autocast always works)."""
+    args = trainer.args
+    if weights_are_sharded(trainer):
+        raise ValueError(
+            "AEPOConfig.selection_strategy / active_implicit_reward_feature / active_policy_features: policy signals "
+            "are not supported with FSDP or DeepSpeed ZeRO-3: the reference log-probs they cache (in memory, in "
+            "checkpoints, in the run's store `reference_logps`; all of them with `precompute_pool_ref_logps=True`) "
+            "are keyed by a digest of the reference's full weights, which sharding leaves on no rank. Train with "
+            "DDP or ZeRO-1/2, or choose a selection strategy without policy signals."
+        )
+    device = trainer.accelerator.device
+    if args.policy_signals_dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(
+            "AEPOConfig.policy_signals_dtype='bfloat16' is invalid on this GPU: it does not support bfloat16 "
+            "(torch.cuda.is_bf16_supported() is False); use policy_signals_dtype='auto'."
+        )
+
+
 class _TrainerSignalsState:
-    """The trainer's policy-signals state: the reference cache, and whether prefix scoring applies to its model."""
+    """The trainer's policy-signals state: the reference caches, and whether prefix scoring applies to its model."""
 
     def __init__(self, trainer):
-        identity = reference_identity(trainer)
-        self.cache = ReferenceLogpsCache(identity)  # the step's precision: what the DPO loss reads
+        accelerator = trainer.accelerator
         # `policy_signals_dtype="bfloat16"` while training in float32: the signals are scored in bf16, their
         # reference values kept in a cache (and store rows) of their own
         self.signals_bf16 = getattr(trainer.args, "policy_signals_dtype", "auto") == "bfloat16" and not (
             trainer.args.bf16
         )
-        self.signals_cache = ReferenceLogpsCache(f"{identity}|bfloat16") if self.signals_bf16 else self.cache
-        self.prefix_ok = prefix_scoring_supported(trainer.accelerator.unwrap_model(trainer.model))
+        # The caches' keys: the reference's weights and the precision of each computation. Digested on the main
+        # process and handed to every rank (one collective), so that all ranks' values share one key.
+        identities = None
+        if accelerator.is_main_process:
+            digest = reference_weights_digest(trainer)
+            identities = [
+                reference_identity(digest, f"mixed_precision={accelerator.mixed_precision}"),
+                reference_identity(digest, "autocast=bfloat16"),
+            ]
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            identities = broadcast_object_list([identities], from_process=0)[0]
+        self.cache = ReferenceLogpsCache(identities[0])  # the step's precision: what the DPO loss reads
+        self.signals_cache = ReferenceLogpsCache(identities[1]) if self.signals_bf16 else self.cache
+        self.prefix_ok = prefix_scoring_supported(accelerator.unwrap_model(trainer.model))
         if trainer.ref_model is not None:
-            self.prefix_ok = self.prefix_ok and prefix_scoring_supported(
-                trainer.accelerator.unwrap_model(trainer.ref_model)
-            )
+            self.prefix_ok = self.prefix_ok and prefix_scoring_supported(accelerator.unwrap_model(trainer.ref_model))
         self.forward_passes = {"policy": 0, "reference": 0}  # candidate units scored (tests count them)
         self.table = None  # the run's `ReferenceLogpsTable` (main process), opened on first use
 
@@ -179,6 +226,9 @@ def load_from_store(trainer) -> int:
     state = signals_state(trainer)
     table = _store_table(trainer)
     values = {c.identity: table.load(c.identity) for c in state.caches} if table is not None else {}
+    for cache in state.caches:  # what the store holds already is not written again (a checkpoint's values)
+        stored = values.get(cache.identity, {})
+        cache.unsaved = {k: v for k, v in cache.unsaved.items() if k not in stored}
     if trainer.accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
@@ -232,12 +282,12 @@ def _reference_model_context(trainer):
     return trainer.accelerator.unwrap_model(trainer.ref_model), contextlib.nullcontext()
 
 
-def reference_logps(trainer, batch: dict, positions: list[tuple[int, int]], for_signals: bool = False) -> torch.Tensor:
+def reference_logps(trainer, batch: dict, positions: list[tuple[int, int]], bf16: bool = False) -> torch.Tensor:
     """[R] reference log-probs of the candidates, from the cache where known; the rest are scored and cached. At the
-    step's precision (what the DPO loss reads), or `for_signals` at the signals' (`policy_signals_dtype`)."""
+    step's precision (what the DPO loss reads), or `bf16` under bf16 autocast (`policy_signals_dtype="bfloat16"`)."""
     state = signals_state(trainer)
     args = trainer.args
-    bf16 = for_signals and state.signals_bf16
+    bf16 = bf16 and state.signals_bf16
     cache = state.signals_cache if bf16 else state.cache
     keys = candidate_keys(batch, positions, args.max_length, args.truncation_mode)
     found = cache.lookup(keys)
@@ -271,11 +321,14 @@ def reference_logps(trainer, batch: dict, positions: list[tuple[int, int]], for_
 
 
 @torch.no_grad()
-def compute_policy_signals(trainer, batch: dict) -> PolicySignals:
+def compute_policy_signals(trainer, batch: dict, signals_dtype: str | None = None) -> PolicySignals:
     """Implicit rewards (and, with `active_policy_features`, hidden-state features) of every valid candidate of a
-    pool batch: one prefix-shared no-grad pass of the policy in eval mode, reference log-probs from the cache."""
+    pool batch: one prefix-shared no-grad pass of the policy in eval mode, reference log-probs from the cache.
+    `signals_dtype="auto"` scores this call at the step's precision even under `policy_signals_dtype="bfloat16"` (the
+    benchmark compares the two precisions on the same weights); None: as configured."""
     args = trainer.args
     state = signals_state(trainer)
+    bf16 = state.signals_bf16 and signals_dtype != "auto"
     want_features = bool(getattr(args, "active_policy_features", False))
     mask = batch["pool_mask"].bool()
     B, N = mask.shape
@@ -290,16 +343,14 @@ def compute_policy_signals(trainer, batch: dict) -> PolicySignals:
         from .implicit_rewards import pool_implicit_rewards
 
         return PolicySignals(pool_implicit_rewards(trainer, batch), None, None, None)
-    ref = reference_logps(trainer, batch, positions, for_signals=True)
-    # what the DPO loss reads (the step's precision); the same values unless the signals are scored in bf16
-    loss_ref = reference_logps(trainer, batch, positions) if state.signals_bf16 else ref
+    ref = reference_logps(trainer, batch, positions, bf16=bf16)
     model = trainer.accelerator.unwrap_model(trainer.model)
     was_training = model.training
     model.eval()
     try:
         with (
             disable_gradient_checkpointing(trainer.model, args.gradient_checkpointing_kwargs),
-            _scoring_context(trainer, state.signals_bf16),
+            _scoring_context(trainer, bf16),
         ):
             scored = score_pool_candidates(
                 model,
@@ -315,34 +366,41 @@ def compute_policy_signals(trainer, batch: dict) -> PolicySignals:
     state.forward_passes["policy"] += len({b for b, _ in positions})
     policy = torch.zeros(B, N, dtype=torch.float32, device=device)
     reference = torch.zeros(B, N, dtype=torch.float32, device=device)
-    step_reference = torch.zeros(B, N, dtype=torch.float32, device=device)
     feats = None
     if positions:
         rows = torch.tensor([b for b, _ in positions], device=device)
         cols = torch.tensor([j for _, j in positions], device=device)
         policy[rows, cols] = scored.logps.to(device)
         reference[rows, cols] = ref.to(device)
-        step_reference[rows, cols] = loss_ref.to(device)
         if want_features:
             feats = torch.zeros(B, N, scored.features.shape[-1], dtype=torch.float32, device=device)
             feats[rows, cols] = scored.features.to(device)
     elif want_features:
         feats = torch.zeros(B, N, 1, dtype=torch.float32, device=device)
     rewards = implicit_rewards(policy, reference, trainer.beta).masked_fill(~mask.to(device), 0.0)
-    return PolicySignals(rewards, policy, step_reference, feats)
+    if not bf16:
+        return PolicySignals(rewards, policy, reference, feats)
+    # bf16 signals: the DPO loss reads step-precision reference values, of the selected candidates only (scored when
+    # the step asks, `group_reference_logps`), not of all N
+    return PolicySignals(rewards, policy, None, feats, lambda pos: reference_logps(trainer, batch, pos))
 
 
 def group_reference_logps(signals: PolicySignals, group: dict) -> torch.Tensor | None:
     """The reference log-probs of a group batch's rows (`build_group_batch`), taken from the signals' pass: the step
     then makes no reference pass. None when the group has no `response_candidates` to index them by."""
     candidates = group.get("response_candidates")
-    if candidates is None or signals.ref_logps is None:
+    if candidates is None or (signals.ref_logps is None and signals.step_reference is None):
         return None
     rows = group["response_groups"]
-    ref = signals.ref_logps.to(rows.device)
     valid = rows >= 0
     out = torch.zeros(rows.shape[0], dtype=torch.float32, device=rows.device)
-    out[valid] = ref[rows[valid], candidates[valid]]
+    if signals.ref_logps is not None:
+        out[valid] = signals.ref_logps.to(rows.device)[rows[valid], candidates[valid]]
+        return out
+    wanted = list(zip(rows[valid].tolist(), candidates[valid].tolist()))
+    needed = sorted(set(wanted))  # the selected candidates, each once
+    values = dict(zip(needed, signals.step_reference(needed).tolist()))
+    out[valid] = torch.tensor([values[p] for p in wanted], dtype=torch.float32, device=rows.device)
     return out
 
 
@@ -362,9 +420,9 @@ def precompute_reference_logps(trainer, dataset, batch_size: int) -> int:
     for batch in loader:
         mask = batch["pool_mask"].bool()
         positions = [(b, j) for b, row in enumerate(mask.tolist()) for j, ok in enumerate(row) if ok]
-        reference_logps(trainer, batch, positions)
+        reference_logps(trainer, batch, positions)  # both precisions: which candidates the steps select is not known
         if state.signals_bf16:
-            reference_logps(trainer, batch, positions, for_signals=True)
+            reference_logps(trainer, batch, positions, bf16=True)
     computed = sum(len(c) for c in state.caches) - before
     if world > 1:
         from accelerate.utils import gather_object

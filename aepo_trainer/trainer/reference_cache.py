@@ -11,7 +11,13 @@ from accelerate.utils import is_peft_model
 
 from .candidate_scoring import kept_lengths
 
-__all__ = ["ReferenceLogpsCache", "candidate_keys", "reference_identity"]
+__all__ = [
+    "ReferenceLogpsCache",
+    "candidate_keys",
+    "reference_identity",
+    "reference_weights_digest",
+    "weights_are_sharded",
+]
 
 
 class ReferenceLogpsCache:
@@ -59,10 +65,20 @@ class ReferenceLogpsCache:
         return len(self.values) - before
 
 
-def reference_identity(trainer) -> str:
+def weights_are_sharded(trainer) -> bool:
+    """True when FSDP or DeepSpeed ZeRO-3 shard the weights across ranks (the trainer's own flags, as `Trainer` sets
+    them): no rank then holds the whole reference, so none can digest it."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and getattr(plugin, "zero_stage", None) == 3
+
+
+def reference_weights_digest(trainer) -> str:
     """A digest of the reference the trainer uses: which one (ref_model / adapter disabled / "ref" adapter), its class
-    and name, and every parameter's name, shape, sum and first values (cheap, and changes with any real weight edit)."""
-    h = hashlib.sha256()
+    and name, and every parameter's name, shape, dtype and full bytes (a weight edit anywhere changes it). One pass
+    over the weights, once per run (`benchmarks/trainer_overhead.py --policy_signals` prints its seconds)."""
+    h = hashlib.blake2b(digest_size=32)
     if trainer.ref_model is not None:
         model, kind = trainer.ref_model, "ref_model"
     else:
@@ -72,11 +88,18 @@ def reference_identity(trainer) -> str:
     h.update(f"{kind}|{type(model).__name__}|{getattr(model.config, '_name_or_path', '')}".encode())
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if kind == "adapter_disabled" and "lora_" in name:
-                continue  # the adapter is disabled: its (trained) weights are not part of the reference
-            head = p.detach().reshape(-1)[:8].double().cpu()
-            h.update(f"{name}|{tuple(p.shape)}|{float(p.detach().double().sum())!r}|{head.tolist()!r}".encode())
+            if "lora_" in name and (kind == "adapter_disabled" or ".ref." not in name):
+                continue  # the trained adapter is no part of the reference (disabled, or the "ref" adapter is used)
+            h.update(f"|{name}|{tuple(p.shape)}|{p.dtype}|".encode())
+            h.update(p.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
     return h.hexdigest()
+
+
+def reference_identity(weights_digest: str, precision: str) -> str:
+    """The key of one cache: the reference's weights (`reference_weights_digest`) and the precision its log-probs are
+    computed at (`"mixed_precision=no"`, `"...=bf16"`, `"...=fp16"`: the step's; `"autocast=bfloat16"`: the signals'
+    of `policy_signals_dtype="bfloat16"`). A value of one precision is never read as another's."""
+    return f"{weights_digest}|{precision}"
 
 
 def candidate_keys(batch: dict, positions: list[tuple[int, int]], max_length, truncation_mode) -> list[bytes]:
