@@ -131,6 +131,11 @@ class Stepper:
         # pair), so that it pays only for the batches the step trains on.
         batches, num_items = trainer.get_batch_samples(self.iterator, 1, trainer.args.device)
         self.data_seconds.append(time.perf_counter() - start)
+        if not batches:
+            raise SystemExit(
+                f"the training data ran out after {trainer.state.global_step} steps: raise --prompts (pools whose "
+                "prompt fills max_length are dropped) or lower --steps/--warmup"
+            )
         self.last_batch = batches[0]
         trainer.training_step(trainer.model, batches[0], num_items)
         trainer.optimizer.step()
