@@ -46,6 +46,9 @@ from efficacy_common import (
     machine_line,
     markdown_table,
 )
+from efficacy_common import (
+    fmt_interval as _ci,
+)
 from efficacy_selection import embed_all, pool_subsets, prompt_order
 
 # (label, strategy, lambda) of the embedding-only baselines, and the active strategies (package defaults)
@@ -284,12 +287,8 @@ def main(argv=None):
     print(f"[done] {time.time() - t_start:.0f}s -> {out}/active{suffix}.md")
 
 
-def _ci(v, ci, d=3):
-    return f"{v:+.{d}f} [{ci[0]:+.{d}f}, {ci[1]:+.{d}f}]"
-
-
 def _plain(v, ci, d=3):
-    return f"{v:.{d}f} [{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
+    return _ci(v, ci, d, sign="")
 
 
 def render(results, meta) -> str:

@@ -65,6 +65,12 @@ def fmt_ci(mean: float, half: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
+def fmt_interval(value: float, interval, digits: int = 3, sign: str = "+") -> str:
+    """`value [low, high]` with `digits` decimals; `sign="+"` signs differences, `""` leaves plain values unsigned."""
+    low, high = interval
+    return f"{value:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+
 def markdown_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
     align = align or ["---"] * len(header)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]

@@ -55,6 +55,9 @@ from efficacy_common import (
     machine_line,
     markdown_table,
 )
+from efficacy_common import (
+    fmt_interval as _ci,
+)
 from efficacy_selection import embed_all, prompt_order
 
 from aepo_trainer.choices import SAFETY_TESTS
@@ -356,10 +359,6 @@ def main(argv=None):
     (out / f"generalise{suffix}.md").write_text(render(results, meta), encoding="utf-8")
     (out / f"generalise{suffix}_summary.md").write_text(summary_table(results), encoding="utf-8")
     print(f"[done] {time.time() - t_start:.0f}s -> {out}/generalise{suffix}.md")
-
-
-def _ci(v, ci, d=3):
-    return f"{v:+.{d}f} [{ci[0]:+.{d}f}, {ci[1]:+.{d}f}]"
 
 
 def render(results, meta) -> str:

@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from efficacy_common import CharNgramEncoder, machine_info, machine_line, markdown_table
+from efficacy_common import CharNgramEncoder, fmt_interval, machine_info, machine_line, markdown_table
 from policy_lab import (
     SCALES,
     Scale,
@@ -257,9 +257,7 @@ def parity_table(recs, task, budgets, replicates: int = 500) -> list[dict]:
 
 
 def fmt(ci, digits: int = 3, signed: bool = False) -> str:
-    mean, low, high = ci
-    sign = "+" if signed else ""
-    return f"{mean:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+    return fmt_interval(ci[0], ci[1:], digits, "+" if signed else "")
 
 
 def results_markdown(summary: dict, meta: dict) -> str:

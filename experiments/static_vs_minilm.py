@@ -48,6 +48,7 @@ from efficacy_common import (
     machine_line,
     markdown_table,
 )
+from efficacy_common import fmt_interval as _ci
 from efficacy_selection import embed_all, pool_subsets, prompt_order
 
 STRATEGIES = [("AEPO λ=0.5", "aepo", 0.5), *[(label, name, None) for label, name in ACTIVE]]
@@ -299,10 +300,6 @@ def strategy_records(per_prompt_all, split_info):
             rec["gap_ratio_static_minus_minilm_ci"] = bootstrap_ci((gs, rs, gm, rm), _ratio_difference)
             records.append(rec)
     return records
-
-
-def _ci(v, ci, d=3, sign="+"):
-    return f"{v:{sign}.{d}f} [{ci[0]:{sign}.{d}f}, {ci[1]:{sign}.{d}f}]"
 
 
 def render(results, meta) -> str:
