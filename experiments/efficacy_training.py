@@ -54,6 +54,7 @@ from efficacy_common import (
     markdown_table,
     mean_ci,
 )
+from tasks import levenshtein  # the task plugins' edit distance: one implementation for both experiments
 
 from aepo_trainer.choices import ACTIVE_STRATEGIES
 
@@ -117,15 +118,6 @@ SCALES = {
 # ---------------------------------------------------------------------------------------------------- the task
 def target(prompt_digits: str) -> str:
     return "".join(sorted(prompt_digits))
-
-
-def levenshtein(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
 
 
 def gold_reward(prompt_digits: str, completion: str) -> float:
