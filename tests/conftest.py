@@ -86,3 +86,14 @@ def tiny_training_kwargs(output_dir) -> dict:
 def dpo_args(tmp_path):
     """`tiny_training_kwargs` in the test's temp dir."""
     return tiny_training_kwargs(tmp_path / "out")
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """The tests' OpenAI-compatible HTTP server (`tests/openai_server.py`) on a local port, its key in `KEY_ENV`:
+    yields (state, url)."""
+    from openai_server import API_KEY, KEY_ENV, serving
+
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    with serving() as running:
+        yield running

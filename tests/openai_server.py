@@ -33,11 +33,13 @@ import sys
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BIAS = 0.5  # the judge's position bias towards A (in logits)
 API_KEY = "sk-test-key"
+KEY_ENV = "AEPO_TEST_API_KEY"  # the environment variable the tests' clients read the key from
 
 
 @dataclass
@@ -253,6 +255,17 @@ def start_server(state: ServerState | None = None) -> tuple[ThreadingHTTPServer,
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, state, f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+@contextmanager
+def serving():
+    """`start_server()` for the length of a `with` block: yields (state, url), then shuts the server and its socket."""
+    srv, state, url = start_server()
+    try:
+        yield state, url
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 if __name__ == "__main__":

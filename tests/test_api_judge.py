@@ -21,7 +21,7 @@ pytest.importorskip("openai")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from api_judge_worker import requests as worker_requests
-from openai_server import API_KEY, BIAS, start_server
+from openai_server import API_KEY, BIAS, KEY_ENV
 
 from aepo_trainer.annotation import AnnotationRequest, AnnotationService, ApiJudgeAnnotator
 from aepo_trainer.annotation.base import canonical_json
@@ -30,17 +30,7 @@ from aepo_trainer.generation import ChatClient, UsageLedger
 from aepo_trainer.storage.annotations import AnnotationStore
 from aepo_trainer.storage.usage import summary as usage_summary
 
-KEY_ENV = "AEPO_TEST_API_KEY"
 WORKER = Path(__file__).parent / "api_judge_worker.py"
-
-
-@pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, API_KEY)
-    srv, state, url = start_server()
-    yield state, url
-    srv.shutdown()
-    srv.server_close()
 
 
 def make_judge(url, ledger=None, concurrency=1, **kwargs):

@@ -15,23 +15,13 @@ import pytest
 pytest.importorskip("openai")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from openai_server import API_KEY, start_server
+from openai_server import KEY_ENV
 
 from aepo_trainer.storage.usage import summary as usage_summary
 
-KEY_ENV = "AEPO_TEST_API_KEY"
 PROMPTS = [f"Question number {i}, please answer" for i in range(5)]
 N = 3  # a pairwise tournament of 3: 2 matches, each judged in both orders = 4 judge calls per prompt
 PRICES = '{"gen-model": [1.0, 2.0], "judge-model": [3.0, 4.0]}'
-
-
-@pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, API_KEY)
-    srv, state, url = start_server()
-    yield state, url
-    srv.shutdown()
-    srv.server_close()
 
 
 def run(url, tmp_path, name, *flags):

@@ -13,20 +13,9 @@ import pytest
 pytest.importorskip("openai")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from openai_server import API_KEY, start_server
+from openai_server import KEY_ENV
 
 from aepo_trainer.cli import main
-
-KEY_ENV = "AEPO_TEST_API_KEY"
-
-
-@pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, API_KEY)
-    srv, state, url = start_server()
-    yield state, url
-    srv.shutdown()
-    srv.server_close()
 
 
 def write_prompts(path, conversational):

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("openai")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from openai_server import API_KEY, start_server
+from openai_server import API_KEY, KEY_ENV
 
 from aepo_trainer.generation import (
     ApiConfigError,
@@ -26,17 +26,6 @@ from aepo_trainer.generation import (
     parse_retry_after,
 )
 from aepo_trainer.storage.annotations import AnnotationStore
-
-KEY_ENV = "AEPO_TEST_API_KEY"
-
-
-@pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, API_KEY)
-    srv, state, url = start_server()
-    yield state, url
-    srv.shutdown()
-    srv.server_close()
 
 
 def client(url, tmp_path=None, model="judge-model", **kwargs):

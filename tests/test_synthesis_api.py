@@ -9,7 +9,7 @@ from datasets import Dataset
 
 pytest.importorskip("openai")
 
-from openai_server import API_KEY, start_server
+from openai_server import KEY_ENV
 
 from aepo_trainer.generation.openai_client import ChatClient
 from aepo_trainer.synthesis import (
@@ -23,15 +23,6 @@ from aepo_trainer.synthesis import (
 from aepo_trainer.synthesis.generators import OpenAIChatGenerator
 from aepo_trainer.synthesis.respond import write_expert_responses
 
-
-@pytest.fixture
-def server(monkeypatch):
-    srv, state, url = start_server()
-    monkeypatch.setenv("AEPO_TEST_KEY", API_KEY)
-    yield state, url
-    srv.shutdown()
-
-
 TEXTS = ["Water boils at 100 degrees at sea level.", "reject-me: a fragment", "Paris is the capital of France."]
 
 
@@ -44,7 +35,7 @@ def _induced():
 
 def test_filter_and_respond_through_the_api_pay_once(server, tmp_path):
     state, url = server
-    client = ChatClient(base_url=url, model="judge-model", api_key_env="AEPO_TEST_KEY", concurrency=2)
+    client = ChatClient(base_url=url, model="judge-model", api_key_env=KEY_ENV, concurrency=2)
     client.probe()
     judge = OpenAIChatGenerator(client, 2.0, 10.0)
     checkpoint = tmp_path / "checkpoint.sqlite"
@@ -53,7 +44,7 @@ def test_filter_and_respond_through_the_api_pay_once(server, tmp_path):
     assert judged["verdict_reason"][0] == "read by the test server"
     accepted = keep_accepted(judged)
     assert accepted["text"] == [TEXTS[0], TEXTS[2]]
-    expert = OpenAIChatGenerator(ChatClient(base_url=url, model="gen-model", api_key_env="AEPO_TEST_KEY"))
+    expert = OpenAIChatGenerator(ChatClient(base_url=url, model="gen-model", api_key_env=KEY_ENV))
     responded = write_expert_responses(
         accepted, expert, num_responses=2, checkpoint=StageCheckpoint(checkpoint), progress=False
     )
@@ -69,7 +60,7 @@ def test_filter_and_respond_through_the_api_pay_once(server, tmp_path):
     )
 
     # the same stages again over the same checkpoint: every row is finished, nothing is sent
-    again = OpenAIChatGenerator(ChatClient(base_url=url, model="judge-model", api_key_env="AEPO_TEST_KEY"))
+    again = OpenAIChatGenerator(ChatClient(base_url=url, model="judge-model", api_key_env=KEY_ENV))
     rejudged = judge_instructions(_induced(), again, checkpoint=StageCheckpoint(checkpoint), progress=False)
     assert rejudged["verdict"] == judged["verdict"]
     assert len(state.paid("/v1/chat/completions")) == 5 and again.usage.calls == 0
