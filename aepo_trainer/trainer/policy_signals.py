@@ -53,12 +53,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from accelerate.utils import is_peft_model
 from transformers import TrainerCallback
 
 from .._trl_compat import disable_gradient_checkpointing, use_adapter
 from ..selection.implicit_reward import implicit_rewards
 from .candidate_scoring import prefix_scoring_supported, score_pool_candidates
+from .reference import reference_source
 from .reference_cache import (
     ReferenceLogpsCache,
     candidate_keys,
@@ -271,10 +271,11 @@ def _reference_model_context(trainer):
     """(model to score with, context) for the reference, exactly as `DPOTrainer._compute_loss` obtains it."""
     import contextlib
 
-    if trainer.ref_model is None and is_peft_model(trainer.accelerator.unwrap_model(trainer.model)):
+    source = reference_source(trainer)
+    if source in ("ref_adapter", "adapter_disabled"):
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        return unwrapped, use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
-    if trainer.ref_model is None:
+        return unwrapped, use_adapter(unwrapped, adapter_name="ref" if source == "ref_adapter" else None)
+    if source is None:
         raise ValueError(
             "Policy signals need a reference model: pass `ref_model`, or train a PEFT adapter (the reference is then "
             "the policy with its adapter disabled)."

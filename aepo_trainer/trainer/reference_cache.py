@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 
 import torch
-from accelerate.utils import is_peft_model
 
 from .candidate_scoring import kept_lengths
+from .reference import reference_source
 
 __all__ = [
     "ReferenceLogpsCache",
@@ -79,12 +79,8 @@ def reference_weights_digest(trainer) -> str:
     and name, and every parameter's name, shape, dtype and full bytes (a weight edit anywhere changes it). One pass
     over the weights, once per run (`benchmarks/trainer_overhead.py --policy_signals` prints its seconds)."""
     h = hashlib.blake2b(digest_size=32)
-    if trainer.ref_model is not None:
-        model, kind = trainer.ref_model, "ref_model"
-    else:
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        kind = "ref_adapter" if is_peft_model(model) and "ref" in model.peft_config else "adapter_disabled"
-    model = trainer.accelerator.unwrap_model(model)
+    kind = reference_source(trainer)
+    model = trainer.accelerator.unwrap_model(trainer.ref_model if kind == "ref_model" else trainer.model)
     h.update(f"{kind}|{type(model).__name__}|{getattr(model.config, '_name_or_path', '')}".encode())
     with torch.no_grad():
         for name, p in model.named_parameters():
