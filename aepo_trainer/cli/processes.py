@@ -120,6 +120,11 @@ def run_in_processes(command: Callable[[list[str], Processes], int], argv: list[
     `TrainingArguments` is made, which would make accelerate's state without one), leave it at the end."""
     processes = Processes()
     try:
-        return command(argv, processes)
+        result = command(argv, processes)
+        # every rank done before any leaves: a rank that tears its gloo group down while a peer is still finishing
+        # (the main process writing the output) can abort that peer at exit (not on the error path: a failed rank
+        # exits and the launcher stops the others, where a barrier would only wait)
+        processes.barrier()
+        return result
     finally:
         processes.close()
