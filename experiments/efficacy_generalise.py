@@ -15,7 +15,7 @@ prequential, cross-validated, or prequential over the 64 / 128 most recently tes
 `all:32` (every model) is also measured, labelled as overlapping the tuning models.
 
 Strategies: random k (its exact expectation per prompt: the mean over all C(N, 2) pairs), AEPO λ = 1 (the old
-default), and delta_ucb / ucb_random / double_ts with the safety rule and robust chosen side on ("safe": the chosen
+default), and delta_ucb / ucb_random / double_ts / double_reversed_ts / max_min_lcb with the safety rule and robust chosen side on ("safe": the chosen
 settings; "safe, prequential" / "safe, cross-validated" / "safe, recent W": the same with each other test of the
 rule, the recent one with the window W that scored best on the tuning pools; "safe, defaults":
 the package defaults, margin 0.02, Bayesian linear, prequential test, and "safe, defaults, cross-validated", each when
@@ -25,7 +25,10 @@ prompts, k = 2, features = embedding + log length). Budgets are prefixes of one 
 
 Per prompt: chosen gold (best of the two), gap (best - worst), chosen and rejected length (characters). Reported:
 Δ chosen and Δ gap vs random with 95% paired percentile bootstrap CIs over prompts, total-gap ratio with its CI, and
-the chosen / rejected lengths next to them.
+the chosen / rejected lengths next to them. A sequential selection is chaotic (embeddings differing by 1e-3 moved
+unsafe DTS on the 32-model pools from +0.166 to +0.211), so the main rows (random, AEPO, the chosen settings, the
+package defaults, no rule) are measured again over `--seeds` seeds (prompt order and selection seed), each seed with
+its own prompt-level CI: the tables give the mean, the range and how many seeds' CIs lie above / below zero.
 
     python experiments/efficacy_generalise.py --out experiments/results                 # MiniLM (cached embeddings)
     python experiments/efficacy_generalise.py --out /tmp/gen --embedder ngram --tag ngram
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from itertools import combinations
@@ -62,7 +66,7 @@ from efficacy_selection import embed_all, prompt_order
 
 from aepo_trainer.choices import SAFETY_TESTS
 
-LEARNERS = ["delta_ucb", "ucb_random", "double_ts"]
+LEARNERS = ["delta_ucb", "ucb_random", "double_ts", "double_reversed_ts", "max_min_lcb"]
 
 
 def _config_default(name):
@@ -86,6 +90,8 @@ GRID = [
     for margin, surrogate in [(0.0, "bayesian_linear"), (0.02, "bayesian_linear"), (0.05, "bayesian_linear"),
                               (0.02, "ensemble")]
 ] + [(0.02, "bayesian_linear", RECENT, window) for window in (64, 128)]  # fmt: skip
+#: the rows measured over every seed: random, AEPO, the chosen settings, the package defaults and no rule
+SEED_ROWS = re.compile(r"^(random k|AEPO λ=1)$|\((safe|safe, defaults|unsafe)\)$")
 TUNING_BUDGET = 800  # the tuning runs cover the first 400 prompts (of the tuning models' pools)
 
 
@@ -253,6 +259,12 @@ def main(argv=None):
     p.add_argument("--embedder", choices=["minilm", "ngram"], default="minilm")
     p.add_argument("--budgets", type=int, nargs="+", default=[800, 1610])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=5,
+        help="measure the main rows over this many seeds (prompt order and selection seed --seed ...)",
+    )
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-prompts", type=int, default=None)
     p.add_argument("--grid", type=int, default=None, help="use only the first N settings of the grid (smoke runs)")
@@ -276,10 +288,16 @@ def main(argv=None):
     from aepo_trainer.selection import prompt_key
 
     P = len(rows)
-    order = prompt_order(P, args.seed)
-    keys = np.array([prompt_key(str(i)) for i in range(P)], dtype=np.int64)[order]
+    all_keys = np.array([prompt_key(str(i)) for i in range(P)], dtype=np.int64)
 
-    def pools(cols):
+    def arranged(seed):
+        """(order, keys) of a seed: the prompts in the order they are annotated, and their keys."""
+        order = prompt_order(P, seed)
+        return order, all_keys[order]
+
+    order, keys = arranged(args.seed)
+
+    def pools(cols, order=order):
         return (
             embeddings[order][:, cols],
             scores[order][:, cols],
@@ -287,9 +305,22 @@ def main(argv=None):
             lengths[order][:, cols],
         )
 
+    def over_seeds(cols, strategies):
+        """{label: [summary at each budget, per seed]} of the main rows (chosen settings, defaults, unsafe) over
+        --seeds seeds: a sequential selection is chaotic (one different pick early changes what follows), so one
+        seed's prompt-level CI understates the run-to-run spread."""
+        main_rows = [row for row in strategies if SEED_ROWS.search(row[0])]
+        out = {}
+        for seed in range(args.seed, args.seed + args.seeds):
+            o, k = arranged(seed)
+            res, _ = measure(pools(cols, o), main_rows, k, seed, args.batch, args.budgets)
+            for label, per in res.items():
+                out.setdefault(label, []).append(per)
+        return out
+
     grid = GRID[: args.grid] if args.grid else GRID
     groups = model_groups(scores, args.seed)
-    results = {"tuning": {}, "measured": {}, "settings": {}, "models": {}, "info": {}}
+    results = {"tuning": {}, "measured": {}, "settings": {}, "models": {}, "info": {}, "seeds": {}}
     recent_windows = {}  # split -> the recent test's best window on its tuning pools
     for name, (tune_cols, eval_cols) in groups.items():
         results["models"][name] = {
@@ -321,24 +352,23 @@ def main(argv=None):
                                      "grid": scored}  # fmt: skip
         print(f"[measure] {name}: chosen margin={margin} surrogate={surrogate} test={test_name(test, window)}",
               flush=True)  # fmt: skip
-        res, info = measure(
-            pools(eval_cols),
-            strategy_list(margin, surrogate, test, window, recent_window),
-            keys,
-            args.seed,
-            args.batch,
-            args.budgets,
-        )
+        rows_measured = strategy_list(margin, surrogate, test, window, recent_window)
+        res, info = measure(pools(eval_cols), rows_measured, keys, args.seed, args.batch, args.budgets)
         results["measured"][name] = res
         results["info"][name] = info
+        if args.seeds > 1:
+            results["seeds"][name] = over_seeds(eval_cols, rows_measured)
     # every model (overlaps the tuning models): the package defaults (margin 0.02, bayesian_linear, the default test)
     print("[measure] all:32 (package defaults)", flush=True)
     # the recent test's window there: the one half A chose (half A: the tuning pools of the random split)
     recent_window = recent_windows.get("random-half", PACKAGE_DEFAULTS["safety_window"])
-    res, info = measure(pools(np.arange(scores.shape[1])), strategy_list(*PACKAGE_DEFAULTS.values(), recent_window),
-                        keys, args.seed, args.batch, args.budgets)  # fmt: skip
+    every = np.arange(scores.shape[1])
+    rows_measured = strategy_list(*PACKAGE_DEFAULTS.values(), recent_window)
+    res, info = measure(pools(every), rows_measured, keys, args.seed, args.batch, args.budgets)
     results["measured"]["all-32"] = res
     results["info"]["all-32"] = info
+    if args.seeds > 1:
+        results["seeds"]["all-32"] = over_seeds(every, rows_measured)
     embed_seconds_per_text = embed_info.get("seconds", float("nan")) / max(1, embed_info.get("texts", 1))
     meta = {
         "command": "python experiments/efficacy_generalise.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -347,6 +377,7 @@ def main(argv=None):
         "embedder": encoder.tag,
         "embed_seconds_per_text": embed_seconds_per_text,
         "seed": args.seed,
+        "seeds": args.seeds,
         "batch": args.batch,
         "defaults": ", ".join(f"{k} {v}" for k, v in PACKAGE_DEFAULTS.items()),
         "machine": machine_line(machine_info()),
@@ -422,6 +453,12 @@ def render(results, meta) -> str:
                     ["---", "--:", "--:", "--:", "--:", "--:"],
                 )
             )
+        for budget in budgets:
+            table = seeds_table(results, name, budget)
+            if table:
+                seeds = len(next(iter(results["seeds"][name].values())))
+                lines += [f"**B = {budget}, over {seeds} seeds** (prompt order and selection seed; random k's "
+                          "expectation is exact on every seed's prompts)", "", table]  # fmt: skip
         info = results["info"].get(name, {})
         if info:
             lines.append(
@@ -430,6 +467,35 @@ def render(results, meta) -> str:
             )
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def seed_spread(results, name: str, label: str, budget) -> tuple[str, str] | None:
+    """(Δ chosen, total-gap ratio) of `label` over the seeds: 'mean (min – max)', with how many seeds' prompt-level
+    CIs of Δ chosen lie above / below zero; None when it was measured on one seed only."""
+    runs = results.get("seeds", {}).get(name, {}).get(label)
+    if not runs or len(runs) < 2:
+        return None
+    cells = [per.get(budget, per.get(str(budget))) for per in runs]
+    d = np.array([c["d_chosen"] for c in cells])
+    ratio = np.array([c["gap_ratio"] for c in cells])
+    above = sum(c["d_chosen_ci"][0] > 0 for c in cells)
+    below = sum(c["d_chosen_ci"][1] < 0 for c in cells)
+    return (
+        f"{d.mean():+.3f} ({d.min():+.3f} – {d.max():+.3f}); CI > 0: {above}, < 0: {below} of {len(cells)}",
+        f"{ratio.mean():.2f} ({ratio.min():.2f} – {ratio.max():.2f})",
+    )
+
+
+def seeds_table(results, name: str, budget) -> str:
+    rows = []
+    for label in results.get("seeds", {}).get(name, {}):
+        spread = seed_spread(results, name, label, budget)
+        if spread and label != "random k":
+            rows.append([label, *spread])
+    if not rows:
+        return ""
+    return markdown_table(["strategy", "Δ chosen over seeds: mean (min – max)", "total gap ratio: mean (min – max)"],
+                          rows, ["---", "--:", "--:"])  # fmt: skip
 
 
 def summary_table(results, budget: int = 800) -> str:
@@ -450,13 +516,14 @@ def summary_table(results, budget: int = 800) -> str:
                     "1" if label == "random k" else
                     f"{r['gap_ratio']:.2f} [{r['gap_ratio_ci'][0]:.2f}, {r['gap_ratio_ci'][1]:.2f}]",
                     f"{r['chosen_len']:.0f} / {r['rejected_len']:.0f}",
+                    "–" if label == "random k" else " · ".join(seed_spread(results, name, label, budget) or ["–"]),
                 ]
             )  # fmt: skip
     return markdown_table(
         ["pools", "strategy", "chosen gold", "Δ chosen vs random [95% CI]", "total gap / random [95% CI]",
-         "length chosen / rejected"],
+         "length chosen / rejected", "over seeds: Δ chosen · gap ratio"],
         table,
-        ["---", "---", "--:", "--:", "--:", "--:"],
+        ["---", "---", "--:", "--:", "--:", "--:", "--:"],
     )  # fmt: skip
 
 

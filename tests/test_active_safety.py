@@ -273,10 +273,11 @@ def test_cross_validated_selector_decisions_on_a_hand_built_sequence_of_batches(
         trace.append((q.cold_start, q.prompts_tested, q.safety_accuracy, q.follows))
     # 1: warm-up; its 16 prompts, cross-validated, are all ordered right -> follow from batch 2 on (the prequential
     # rule must wait one batch more: it has tested nothing yet); 2: follows, 32 prompts all right; 3: the reward
-    # turned around -> the fit on the mixed labels orders 54% of the prompts right -> fall back; 4: random
+    # turned around -> the fit on the mixed labels orders 58% of the prompts right (28 of 48: bound 0.47) -> fall
+    # back; 4: random
     assert trace[0] == (True, 16, 1.0, True)
     assert trace[1] == (False, 32, 1.0, True)
-    assert trace[2][:2] == (False, 48) and trace[2][2] == pytest.approx(26 / 48) and not trace[2][3]
+    assert trace[2][:2] == (False, 48) and trace[2][2] == pytest.approx(28 / 48) and not trace[2][3]
     assert trace[3][0] and not trace[3][3]
 
 

@@ -40,9 +40,33 @@ def test_surrogate_recovers_a_planted_linear_reward_despite_prompt_offsets():
     s = fitted(data)
     assert s.fitted.labels == 800 and s.fitted.prompts == 200 and s.fitted.single_label_prompts == 0
     assert torch.allclose(s._mean_w, w, atol=2e-3)
-    # evidence maximisation finds the noise level: beta ~ 1 / (0.01^2 * 3/4) (centring 4 labels costs one dof)
-    assert 0.5e4 < s.fitted.beta < 2.5e4
+    # evidence maximisation finds the noise level, beta ~ 1 / 0.01^2, counting the centred residual's n - P degrees
+    # of freedom (counting n, as before issue 27's fix, gives ~ 1 / (0.01^2 * 3/4): centring 4 labels costs one)
+    assert 0.85e4 < s.fitted.beta < 1.15e4
     assert 4.9 < s.fitted.effective_parameters <= 5.0
+
+
+def pairs_of_prompts(prompts, F, noise, seed):
+    """k = 2 labels per prompt (what `aepo select` pays by default) of a planted linear reward w / sqrt(F)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(F, generator=g, dtype=torch.float64) / math.sqrt(F)
+    data = []
+    for p in range(prompts):
+        X = torch.randn(2, F, generator=g, dtype=torch.float64)
+        y = X @ w + noise * torch.randn(2, generator=g, dtype=torch.float64)
+        data += [(p, i, X[i], float(y[i])) for i in range(2)]
+    return data
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_noise_precision_counts_one_observation_per_pair_of_labels(seed):
+    """With k = 2 the two centred rows of a prompt are mirror images: one observation. The evidence's noise precision
+    must come out ~ 1 / noise^2, not ~ 2 / noise^2 (n rows counted as n observations), and in many dimensions the
+    over-count let the noise shrink far further (3-4x: the fit then chases the labels)."""
+    low = fitted(pairs_of_prompts(3000, 5, 0.1, seed))
+    assert 0.8 < low.fitted.beta * 0.1**2 < 1.25
+    high = fitted(pairs_of_prompts(300, 200, 0.5, seed))
+    assert 0.6 < high.fitted.beta * 0.5**2 < 1.5
 
 
 def test_fixed_prior_is_used_as_given():

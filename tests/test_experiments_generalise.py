@@ -44,7 +44,7 @@ def test_model_groups_are_disjoint_halves():
 
 def test_experiment_runs_end_to_end_on_demo_pools(tmp_path):
     argv = ["--data", str(DEMO_POOLS), "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache"),
-            "--embedder", "ngram", "--budgets", "48", "96", "--batch", "8", "--grid", "1", "--tag", "t"]  # fmt: skip
+            "--embedder", "ngram", "--budgets", "48", "96", "--batch", "8", "--grid", "1", "--tag", "t", "--seeds", "2"]  # fmt: skip
     gen.main(argv)
     data = json.loads((tmp_path / "generalise_t.json").read_text())
     assert set(data["measured"]) == {"random-half", "strength", "all-32"}
@@ -59,5 +59,16 @@ def test_experiment_runs_end_to_end_on_demo_pools(tmp_path):
             assert r["prompts"] == int(budget) // 2
             assert r["d_chosen_ci"][0] <= r["d_chosen"] <= r["d_chosen_ci"][1] or label == "random k"
     assert data["models"]["strength"]["measured"] and data["settings"]["strength"]["safety_margin"] == 0.0
+    # the main rows are measured again on a second seed (another prompt order): the seed 0 run is the first of them
+    seeds = data["seeds"]["strength"]
+    assert set(seeds) == {
+        "random k",
+        "AEPO λ=1",
+        *(f"{s} ({v})" for s in gen.LEARNERS for v in ("safe", "safe, defaults", "unsafe")),
+    }
+    assert all(len(runs) == 2 for runs in seeds.values())
+    assert seeds["double_ts (safe)"][0]["48"] == cell["double_ts (safe)"]["48"]
+    assert seeds["double_ts (safe)"][1]["48"]["prompts"] == 24
     text = (tmp_path / "generalise_t.md").read_text()
-    assert "## `strength`" in text and "length c / r" in text
+    assert "## `strength`" in text and "length c / r" in text and "over 2 seeds" in text
+    assert "over seeds: Δ chosen · gap ratio" in (tmp_path / "generalise_t_summary.md").read_text()

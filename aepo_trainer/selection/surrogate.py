@@ -26,7 +26,13 @@ provided for feature lists of models without within-prompt centring; under it, i
 default list leaves it out. Features are computed once per pool, when it is observed, and stored with the label.
 
 Hyper-parameters: alpha (prior precision) and beta (noise precision) are set by evidence maximisation with MacKay's
-fixed-point updates (Bishop, PRML §3.5.2) on the eigen-decomposition of X^T X, or fixed to the values given.
+fixed-point updates (Bishop, PRML §3.5.2) on the eigen-decomposition of X^T X, or fixed to the values given. The
+noise update counts the centred residual's degrees of freedom, n - P for n labels of P prompts (beta = (n - P -
+gamma) / |y - X m|^2): centring a prompt's m labels leaves its noise m - 1 dimensions, and with k = 2 the two rows
+of a prompt are one observation written twice. Counting n instead (as before issue 27's fix) claimed twice the data
+it had at k = 2: the evidence then let the noise shrink towards zero and the fit chase the labels with hundreds of
+effective parameters. Measured on the AlpacaEval pools (MiniLM, random pairs, 400 prompts): out-of-sample pairwise
+accuracy fell from 0.62 to 0.56 as labels accumulated, against 0.69-0.73 with the right count (docs/efficacy.md).
 
 Determinism: the fit depends only on the SET of labels. They are keyed by (prompt key, completion key), sorted by
 that key before the design matrix is built, and solved in float64, so the surrogate is bitwise identical whatever
@@ -343,13 +349,19 @@ class BayesianLinearSurrogate:
         """The posterior and the evidence-maximised alpha, beta for a centred design X [n, F] and targets y [n]
         (the ensemble calls it on its own features)."""
         n, F = X.shape
+        # the residual's degrees of freedom: centring a prompt's m labels removes one (its centred noise lives in
+        # m - 1 dimensions; with k = 2 the two rows of a prompt are mirror images, one observation)
+        dof = max(n - prompts, 1)
         s, V = torch.linalg.eigh(X.T @ X)  # X^T X = V diag(s) V^T
         s = s.clamp_min(0.0)
         Xty_v = V.T @ (X.T @ y)  # X^T y in the eigenbasis
         yy = float(y @ y)
         alpha = 1.0 if self.prior_precision is None else float(self.prior_precision)
         var_y = yy / n
-        beta = (1.0 / var_y if var_y > 0 else 1.0) if self.noise_precision is None else float(self.noise_precision)
+        noise_var = yy / dof
+        beta = (
+            (1.0 / noise_var if noise_var > 0 else 1.0) if self.noise_precision is None else float(self.noise_precision)
+        )
         beta = min(max(beta, MIN_PRECISION), MAX_PRECISION)
         iterations = 0
         estimate = self.prior_precision is None or self.noise_precision is None
@@ -363,8 +375,8 @@ class BayesianLinearSurrogate:
                 new_alpha = min(max(gamma / mm, MIN_PRECISION), MAX_PRECISION)
             # ||y - X m||^2 = y.y - 2 m.X^T y + m^T X^T X m, in the eigenbasis
             residual = max(yy - 2.0 * float(m_v @ Xty_v) + float((s * m_v * m_v).sum()), 0.0)
-            if self.noise_precision is None and n - gamma > 0 and residual > 0:
-                new_beta = min(max((n - gamma) / residual, MIN_PRECISION), MAX_PRECISION)
+            if self.noise_precision is None and dof - gamma > 0 and residual > 0:
+                new_beta = min(max((dof - gamma) / residual, MIN_PRECISION), MAX_PRECISION)
             change = max(abs(new_alpha - alpha) / alpha, abs(new_beta - beta) / beta)
             alpha, beta = new_alpha, new_beta
             if change < self.tolerance:
