@@ -499,11 +499,14 @@ def seeds_table(results, name: str, budget) -> str:
 
 
 def summary_table(results, budget: int = 800) -> str:
-    """One compact table at budget B over every measured pool set: what docs/efficacy.md shows."""
+    """One compact table at budget B over every measured pool set: what docs/efficacy.md shows (the main rows, and
+    every test of the safety rule for double_ts only; the full tables are in generalise*.md)."""
     names = {"random-half": "half B (random split)", "strength": "16 weakest models", "all-32": "all 32 (overlaps)"}
     table = []
     for name, res in results["measured"].items():
         for label, per in res.items():
+            if not (SEED_ROWS.search(label) or label.startswith("double_ts (")):
+                continue
             r = per.get(budget, per.get(str(budget)))
             if r is None:
                 continue
