@@ -25,8 +25,8 @@ prompts, k = 2, features = embedding + log length). Budgets are prefixes of one 
 
 Per prompt: chosen gold (best of the two), gap (best - worst), chosen and rejected length (characters). Reported:
 Δ chosen and Δ gap vs random with 95% paired percentile bootstrap CIs over prompts, total-gap ratio with its CI, and
-the chosen / rejected lengths next to them. A sequential selection is chaotic (embeddings differing by 1e-3 moved
-unsafe DTS on the 32-model pools from +0.166 to +0.211), so the main rows (random, AEPO, the chosen settings, the
+the chosen / rejected lengths next to them. A sequential selection is chaotic (one different pick early
+changes every later fit), so the main rows (random, AEPO, the chosen settings, the
 package defaults, no rule) are measured again over `--seeds` seeds (prompt order and selection seed), each seed with
 its own prompt-level CI: the tables give the mean, the range and how many seeds' CIs lie above / below zero.
 

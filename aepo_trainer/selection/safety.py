@@ -25,7 +25,7 @@ Which prompts test what (`test`, `choices.SAFETY_TESTS`):
   (`ActiveSelector.observe`), each prompt once (the first test wins). n grows by one per prompt, but the early tests
   came from a surrogate fitted on very few labels, so the record understates a surrogate that learns late (with the
   surrogate's noise count corrected, issue 27, the early fits are skilled where the features carry the reward: on the
-  AlpacaEval pools, N = 32, k = 2, batches of 32, it follows from the second or third batch). The entries are exchanged between ranks and stored in checkpoints (`export` /
+  AlpacaEval pools, N = 32, k = 2, batches of 32, it follows from the third batch). The entries are exchanged between ranks and stored in checkpoints (`export` /
   `merge`); they are kept under every test (the learning curve logs them).
 * `prequential_recent`: the same tests, but only those of the `window` most recently tested prompts (ordered by the
   batch their labels arrived in, then by prompt key): n = min(window, prompts tested). The tests of an early, weak
@@ -37,7 +37,8 @@ Which prompts test what (`test`, `choices.SAFETY_TESTS`):
 
 Which is better was measured, not assumed (`experiments/efficacy_generalise.py`, docs/efficacy.md): on the tuning
 pools (half A of the models, 400 prompts, mean Δ chosen of the five learners) the prequential test scored highest with
-MiniLM (+0.293 against +0.283 cross-validated and +0.282 with the recent window of 128) and tied the cross-validated
+MiniLM, by a hair (+0.293 against +0.291 for the ensemble and +0.283 for the Bayesian linear surrogate
+cross-validated, +0.282 with the recent window of 128) and tied the cross-validated
 one with the n-gram embedder (+0.325 each, +0.310 recent), so it stays the default. The cross-validated test's known
 weakness: its tested pairs mix random pairs with the acquisition's own, which are harder to order (DTS pairs two
 candidates the surrogate rates high), so its accuracy sags once it follows. (Before the noise count was corrected the

@@ -32,7 +32,8 @@ gamma) / |y - X m|^2): centring a prompt's m labels leaves its noise m - 1 dimen
 of a prompt are one observation written twice. Counting n instead (as before issue 27's fix) claimed twice the data
 it had at k = 2: the evidence then let the noise shrink towards zero and the fit chase the labels with hundreds of
 effective parameters. Measured on the AlpacaEval pools (MiniLM, random pairs, 400 prompts): out-of-sample pairwise
-accuracy fell from 0.62 to 0.56 as labels accumulated, against 0.69-0.73 with the right count (docs/efficacy.md).
+accuracy fell from 0.62 to 0.57 as labels accumulated, against 0.66-0.70 with the right count
+(experiments/surrogate_noise_count.py).
 
 Determinism: the fit depends only on the SET of labels. They are keyed by (prompt key, completion key), sorted by
 that key before the design matrix is built, and solved in float64, so the surrogate is bitwise identical whatever
