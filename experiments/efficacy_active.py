@@ -36,10 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 from efficacy_common import (
-    DEFAULT_CACHE,
     CharNgramEncoder,
     MiniLMEncoder,
-    default_pools_path,
+    add_pool_arguments,
     file_sha256,
     load_jsonl,
     machine_info,
@@ -178,9 +177,7 @@ def rerender(json_path, out_dir, suffix):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(default_pools_path()))
-    p.add_argument("--out", default="experiments/results")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
+    add_pool_arguments(p)
     p.add_argument("--embedder", choices=["minilm", "ngram"], default="minilm")
     p.add_argument("--budgets", type=int, nargs="+", default=[400, 800, 1600])
     p.add_argument("--sets", nargs="+", default=["all:8", "all:32", "weak:8", "weak:16"])

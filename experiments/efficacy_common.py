@@ -175,6 +175,16 @@ class CharNgramEncoder:
         return out / norms
 
 
+def add_pool_arguments(parser) -> None:
+    """--data (the pools with gold scores), --out (where results go) and --cache-dir (the embedding cache): the three
+    arguments every experiment on the AlpacaEval pools takes."""
+    parser.add_argument(
+        "--data", default=str(default_pools_path()), help="pool file (JSONL or JSONL.gz) with gold scores"
+    )
+    parser.add_argument("--out", default="experiments/results", help="folder for the results (Markdown, JSON, PNG)")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="embedding cache folder (gitignored)")
+
+
 def machine_info() -> dict:
     import torch
 

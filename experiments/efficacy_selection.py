@@ -34,11 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 from efficacy_common import (
-    DEFAULT_CACHE,
     STRATEGIES,
     CharNgramEncoder,
     MiniLMEncoder,
-    default_pools_path,
+    add_pool_arguments,
     file_sha256,
     fmt_ci,
     load_jsonl,
@@ -480,9 +479,7 @@ def plot(summary, path, title_suffix=""):
 # ---------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", default=str(default_pools_path()), help="pool file (JSONL or JSONL.gz) with gold scores")
-    p.add_argument("--out", default="experiments/results", help="folder for the Markdown table, PNG plot and JSON")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="embedding cache folder (gitignored)")
+    add_pool_arguments(p)
     p.add_argument("--pool-sizes", type=int, nargs="+", default=[4, 8, 16, 32])
     p.add_argument("--seeds", type=int, default=10, help="number of seeds (0..seeds-1)")
     p.add_argument(

@@ -39,9 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from efficacy_active import ACTIVE, bootstrap_ci, per_prompt, run_active, run_baseline
 from efficacy_common import (
-    DEFAULT_CACHE,
     MiniLMEncoder,
-    default_pools_path,
+    add_pool_arguments,
     file_sha256,
     load_jsonl,
     machine_info,
@@ -127,9 +126,7 @@ def _ratio_difference(a, b, c, d, axis=-1):
 # ---------------------------------------------------------------------------------------------------- main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(default_pools_path()))
-    p.add_argument("--out", default="experiments/results")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
+    add_pool_arguments(p)
     p.add_argument("--budget", type=int, default=800, help="labels per strategy (k = 2: budget / 2 prompts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--active-batch-size", type=int, default=32)

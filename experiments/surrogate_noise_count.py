@@ -27,16 +27,14 @@ import argparse
 import json
 import sys
 import time
-from itertools import combinations
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 from efficacy_common import (
-    DEFAULT_CACHE,
     MiniLMEncoder,
-    default_pools_path,
+    add_pool_arguments,
     file_sha256,
     load_jsonl,
     machine_info,
@@ -44,7 +42,7 @@ from efficacy_common import (
     markdown_table,
     mean_ci,
 )
-from efficacy_generalise import model_groups
+from efficacy_generalise import model_groups, random_expectation
 from efficacy_selection import embed_all, prompt_order
 
 WINDOWS = [(1, 4), (4, 8), (8, 13)]  # batch windows (batch 0 only fits: nothing to test yet)
@@ -77,7 +75,6 @@ def run(embeddings, scores, texts, prompts, seed, count, batch=32):
     rng = np.random.default_rng([seed, 27, 1])
     surrogate = surrogate_for(count)
     N = scores.shape[1]
-    pairs_all = np.array(list(combinations(range(N), 2)))
     out = []
     for start in range(0, len(order), batch):
         rows_idx = order[start : start + batch]
@@ -90,7 +87,7 @@ def run(embeddings, scores, texts, prompts, seed, count, batch=32):
         if surrogate.ready:
             mu = surrogate.posterior(X, mask).mean.numpy()
             best = mu.argmax(1)
-            random_chosen = np.maximum(sc[:, pairs_all[:, 0]], sc[:, pairs_all[:, 1]]).mean(1)
+            random_chosen = random_expectation(sc, np.zeros_like(sc))[0]  # random k = 2's expected chosen gold
             gain = sc[np.arange(len(sc)), best] - random_chosen
             correct = [
                 float((mu[b, i] - mu[b, j]) * (sc[b, i] - sc[b, j]) > 0)
@@ -110,9 +107,7 @@ def run(embeddings, scores, texts, prompts, seed, count, batch=32):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(default_pools_path()))
-    p.add_argument("--out", default="experiments/results")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
+    add_pool_arguments(p)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--prompts", type=int, default=400)
     args = p.parse_args(argv)
