@@ -141,6 +141,8 @@ def main(argv=None):
     p.add_argument("--embedder", choices=["minilm", "ngram"], default="minilm")
     p.add_argument("--tag", default="", help="suffix of the output files (bon_policy<_tag>.*)")
     args = p.parse_args(argv)
+    if args.budget < 4 or args.budget % 2:
+        p.error(f"--budget must be an even number >= 4 (k = 2 labels per prompt), got {args.budget}")
     import torch
 
     from aepo_trainer.selection import prompt_key
@@ -148,6 +150,8 @@ def main(argv=None):
     torch.set_num_threads(1)
     t0 = time.time()
     rows = load_jsonl(args.data)
+    if args.budget // 2 >= len(rows):
+        p.error(f"--budget {args.budget} labels cover all {len(rows)} prompts: none would be left to answer held out")
     texts = [r["completions"] for r in rows]
     scores = np.array([r["scores"] for r in rows], dtype=np.float64)
     encoder = CharNgramEncoder() if args.embedder == "ngram" else MiniLMEncoder()
@@ -169,7 +173,8 @@ def main(argv=None):
             "seeds": [{label: gold.tolist() for label, gold in r[0].items()} for r in runs],
             "penalties": [r[1] for r in runs],
         }
-        _, _, pool_mean, pool_best = runs[0]
+        pool_mean = float(np.mean([r[2].mean() for r in runs]))  # a random answer, over every seed's held-out prompts
+        pool_best = float(np.mean([r[3].mean() for r in runs]))
         for label, _, _ in STRATEGIES:
             diffs = [r[0][label] - r[0]["random k"] for r in runs]
             per_seed = [float(d.mean()) for d in diffs]
@@ -184,7 +189,7 @@ def main(argv=None):
                 spread = (f"{np.mean(per_seed):+.3f} ({min(per_seed):+.3f} – {max(per_seed):+.3f}); "
                           f"CI > 0: {above}, < 0: {below} of {len(cis)}")  # fmt: skip
             table.append([name, label, f"{gold:.3f}", delta, spread])
-        table.append([name, "(a random answer / the pool's best)", f"{pool_mean.mean():.3f} / {pool_best.mean():.3f}",
+        table.append([name, "(a random answer / the pool's best)", f"{pool_mean:.3f} / {pool_best:.3f}",
                       "", ""])  # fmt: skip
         print(f"[{name}] done ({time.time() - t0:.0f}s)", flush=True)
     meta = {

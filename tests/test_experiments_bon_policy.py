@@ -48,3 +48,11 @@ def test_experiment_runs_end_to_end_on_demo_pools(tmp_path):
             assert all(len(gold) == rows - 16 for gold in seed_run.values())  # every held-out prompt answered once
     summary = (tmp_path / "bon_policy_t_summary.md").read_text()
     assert "| half B | double_ts (safe) |" in summary and summary in (tmp_path / "bon_policy_t.md").read_text()
+
+
+def test_a_budget_that_leaves_no_held_out_prompt_is_refused(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        bon_policy.main(["--data", str(DEMO_POOLS), "--out", str(tmp_path), "--budget", "96"])  # 48 prompts x 2
+    assert "none would be left to answer held out" in capsys.readouterr().err

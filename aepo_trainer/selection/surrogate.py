@@ -240,8 +240,12 @@ class BayesianLinearSurrogate:
 
     Args:
         prior_precision: alpha; None sets it by evidence maximisation (starting from 1).
-        noise_precision: beta; None sets it by evidence maximisation (starting from 1 / variance of the targets).
-        max_iterations / tolerance: of the MacKay fixed-point iteration (relative change of alpha and beta).
+        noise_precision: beta; None sets it by evidence maximisation (starting from (n - P) / the centred targets'
+            sum of squares: 1 / their variance per degree of freedom).
+        max_iterations / tolerance: of the MacKay fixed-point iteration (relative change of alpha and beta). While
+            the labels pin down fewer directions than there are features (the first batches at k = 2 with a
+            384-dimensional embedding) the iteration converges slowly and may stop at the cap; `SurrogateFit.iterations`
+            says so, and the fit is then that of the capped iteration (deterministic, like every fit).
 
     Labels are added with `add` (keyed, so a label seen twice counts once: the first one is kept) and the model is
     refitted with `fit`; `posterior(features, mask)` predicts for new pools.
