@@ -302,13 +302,14 @@ def main(argv=None):
             lengths[order][:, cols],
         )
 
-    def over_seeds(cols, strategies):
+    def over_seeds(cols, strategies, first):
         """{label: [summary at each budget, per seed]} of the main rows (chosen settings, defaults, unsafe) over
-        --seeds seeds: a sequential selection is chaotic (one different pick early changes what follows), so one
-        seed's prompt-level CI understates the run-to-run spread."""
+        --seeds seeds, the first being `first` (the --seed run already measured): a sequential selection is chaotic
+        (one different pick early changes what follows), so one seed's prompt-level CI understates the run-to-run
+        spread."""
         main_rows = [row for row in strategies if SEED_ROWS.search(row[0])]
-        out = {}
-        for seed in range(args.seed, args.seed + args.seeds):
+        out = {label: [first[label]] for label, _, _ in main_rows}
+        for seed in range(args.seed + 1, args.seed + args.seeds):
             o, k = arranged(seed)
             res, _ = measure(pools(cols, o), main_rows, k, seed, args.batch, args.budgets)
             for label, per in res.items():
@@ -354,7 +355,7 @@ def main(argv=None):
         results["measured"][name] = res
         results["info"][name] = info
         if args.seeds > 1:
-            results["seeds"][name] = over_seeds(eval_cols, rows_measured)
+            results["seeds"][name] = over_seeds(eval_cols, rows_measured, res)
     # every model (overlaps the tuning models): the package defaults (margin 0.02, bayesian_linear, the default test)
     print("[measure] all:32 (package defaults)", flush=True)
     # the recent test's window there: the one half A chose (half A: the tuning pools of the random split)
@@ -365,7 +366,7 @@ def main(argv=None):
     results["measured"]["all-32"] = res
     results["info"]["all-32"] = info
     if args.seeds > 1:
-        results["seeds"]["all-32"] = over_seeds(every, rows_measured)
+        results["seeds"]["all-32"] = over_seeds(every, rows_measured, res)
     embed_seconds_per_text = embed_info.get("seconds", float("nan")) / max(1, embed_info.get("texts", 1))
     meta = {
         "command": "python experiments/efficacy_generalise.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -144,21 +144,10 @@ def demonstration(prompt_digits: str, rng: random.Random, p_clean: float) -> str
 
 def prompt_sets(scale: Scale, seed: int):
     """Disjoint training and held-out prompts. Held-out prompts are the same for every seed (seed-independent)."""
-    eval_rng = random.Random(10_000)
-    held_out = []
-    seen = set()
-    while len(held_out) < scale.eval_prompts:
-        p = random_prompt(eval_rng, scale)
-        if p not in seen:
-            seen.add(p)
-            held_out.append(p)
-    rng = random.Random(seed * 7919 + 1)
-    train = []
-    while len(train) < scale.train_prompts:
-        p = random_prompt(rng, scale)
-        if p not in seen:
-            seen.add(p)
-            train.append(p)
+    seen: set = set()
+    eval_rng, rng = random.Random(10_000), random.Random(seed * 7919 + 1)
+    held_out = tasks.distinct_prompts(lambda: random_prompt(eval_rng, scale), scale.eval_prompts, seen)
+    train = tasks.distinct_prompts(lambda: random_prompt(rng, scale), scale.train_prompts, seen)
     return train, held_out
 
 

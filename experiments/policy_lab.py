@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from tasks import distinct_prompts
 
 SPECIALS = ["<|im_end|>", "<|pad|>"]  # EOS, padding
 
@@ -70,22 +71,10 @@ def build_tokenizer(alphabet: str):
 
 def prompt_sets(task, scale: Scale, seed: int):
     """Held-out prompts (the same for every seed) and disjoint training prompts (re-drawn per seed)."""
-    eval_rng, seen, held_out = random.Random(10_000), set(), []
-    for _ in range(100 * scale.eval_prompts):
-        if len(held_out) == scale.eval_prompts:
-            break
-        p = task.prompt(eval_rng)
-        if p not in seen:
-            seen.add(p)
-            held_out.append(p)
-    rng, train = random.Random(seed * 7919 + 1), []
-    for _ in range(100 * scale.train_prompts):
-        if len(train) == scale.train_prompts:
-            break
-        p = task.prompt(rng)
-        if p not in seen:
-            seen.add(p)
-            train.append(p)
+    seen: set = set()
+    eval_rng, rng = random.Random(10_000), random.Random(seed * 7919 + 1)
+    held_out = distinct_prompts(lambda: task.prompt(eval_rng), scale.eval_prompts, seen)
+    train = distinct_prompts(lambda: task.prompt(rng), scale.train_prompts, seen)
     return train, held_out
 
 

@@ -118,6 +118,21 @@ def check_task(task, spec: str = "task") -> None:
 DIGITS = "0123456789"
 
 
+def distinct_prompts(draw, count: int, seen: set, attempts_per_prompt: int = 100) -> list[str]:
+    """`count` prompts from `draw()` that are not in `seen` (and not repeated), adding each to `seen`: how both
+    policy experiments build disjoint training and held-out sets. Stops after `attempts_per_prompt * count` draws
+    (a task with fewer distinct prompts then yields fewer)."""
+    out: list[str] = []
+    for _ in range(attempts_per_prompt * count):
+        if len(out) == count:
+            break
+        prompt = draw()
+        if prompt not in seen:
+            seen.add(prompt)
+            out.append(prompt)
+    return out
+
+
 def levenshtein(a: str, b: str) -> int:
     row = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):

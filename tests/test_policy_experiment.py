@@ -153,3 +153,13 @@ def test_quick_run_end_to_end_through_the_trainer(tmp_path):
     selected = next(r for r in runs if r["label"] == "random k, prompts: D-optimal")
     assert selected["prompts_unselected"] > 0 and selected["labels"] == 2 * selected["prompts_covered"]
     assert "Labels to parity" in (tmp_path / "policy_quick.md").read_text()
+
+
+def test_distinct_prompts_skip_the_seen_ones_and_stop_after_bounded_draws():
+    from tasks import distinct_prompts
+
+    draws = iter(["a", "b", "a", "c", "b", "d"])
+    seen = {"c"}
+    assert distinct_prompts(lambda: next(draws), 2, seen) == ["a", "b"] and seen == {"a", "b", "c"}
+    # one distinct prompt exists: 3 asked for, the draws stop after 3 x 2 attempts instead of looping forever
+    assert distinct_prompts(lambda: "x", 3, set(), attempts_per_prompt=2) == ["x"]
